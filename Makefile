@@ -1,0 +1,31 @@
+# Two commands on a fresh machine with only python3: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: run test bench clean
+
+# Debian's python3 ships venv without ensurepip until python3-venv is installed.
+$(PY):
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
+
+$(VENV)/.installed: $(PY) requirements.txt setup.py
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-test.txt
+	touch $@
+
+run: $(VENV)/.installed
+	$(PY) broker.py $(ARGS)
+
+test: $(VENV)/.test-installed
+	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.installed
+	$(PY) bench/throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

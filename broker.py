@@ -1,0 +1,66 @@
+"""The GreenMQ broker process: flags, listeners, signals and wiring. `python3 broker.py`."""
+
+import argparse
+import logging
+import signal
+import sys
+
+import gevent
+from gevent.event import Event
+from gevent.server import StreamServer
+
+from node import VERSION, Node
+from protocol import DEFAULT_MAX_LINE_BYTES, connection_handler
+
+log = logging.getLogger("greenmq")
+
+DEFAULT_HOST = "127.0.0.1"
+# The JSON-lines port. 5672 is left for the AMQP 0-9-1 listener.
+DEFAULT_PORT = 5680
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="broker.py", description="GreenMQ: a message broker with RabbitMQ's model, on gevent.")
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help=f"address to listen on (default {DEFAULT_HOST}; 0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help=f"JSON-lines port (default {DEFAULT_PORT}; 0 picks a free one)")
+    parser.add_argument("--max-line-bytes", type=int, default=DEFAULT_MAX_LINE_BYTES,
+                        help=f"longest JSON line accepted (default {DEFAULT_MAX_LINE_BYTES})")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be between 0 and 65535, not {args.port}")
+    if args.max_line_bytes < 1024:
+        parser.error("--max-line-bytes must be at least 1024")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    node = Node()
+    server = StreamServer((args.host, args.port), connection_handler(node, args.max_line_bytes))
+    try:
+        server.start()
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", args.host, args.port, exc.strerror or exc)
+        return 1
+    log.info("GreenMQ %s listening for JSON-lines clients on %s:%d", VERSION, args.host, server.server_port)
+
+    stopping = Event()
+    gevent.signal_handler(signal.SIGTERM, stopping.set)
+    gevent.signal_handler(signal.SIGINT, stopping.set)
+    stopping.wait()
+    log.info("shutting down")
+    server.stop(timeout=0)
+    node.close()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,537 @@
+"""The JSON-lines protocol (specified in PROTOCOL.md): one JSON object per line each way.
+
+`JsonLinesProtocol` never touches a socket: `data_received(bytes)` parses lines and calls
+the core; replies, deliveries and events collect as encoded lines until the owner of the
+socket takes them with `take_output()`. `handle_connection` is that owner, one reader
+greenlet and one writer greenlet per client.
+"""
+
+import base64
+import binascii
+import json
+import logging
+
+import gevent
+from gevent.event import Event
+
+from errors import (BadSyntax, BrokerError, CommandInvalid, ConnectionForced, FrameError,
+                    InternalError, Unsupported)
+from message import PROPERTY_NAMES
+from node import SERVER_NAME, VERSION
+
+log = logging.getLogger("greenmq.protocol")
+
+PROTOCOL_VERSION = 1
+
+# A line holds one whole message, base64 bodies a third larger than the bytes they carry.
+# 16 MiB keeps what one client can make the broker buffer for a single line bounded while
+# leaving room for large messages; operators can raise it with --max-line-bytes.
+DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
+
+# Once this much output waits for a client's socket, its consumers stop taking messages
+# (they stay in their queues) until the socket drains: a slow reader cannot make the
+# broker copy a whole queue into memory.
+OUTBOX_HIGH_WATER = 1024 * 1024
+
+RECV_BYTES = 256 * 1024
+
+_encode = json.JSONEncoder(separators=(",", ":"), default=lambda value: _json_value(value)).encode
+_decode = json.JSONDecoder().decode
+
+_STRING_PROPERTIES = frozenset(PROPERTY_NAMES) - {"headers", "delivery_mode", "priority", "timestamp"}
+
+
+class JsonLinesProtocol:
+    """One client connection speaking JSON lines."""
+
+    def __init__(self, node, peer, max_line_bytes=DEFAULT_MAX_LINE_BYTES, on_output=None):
+        self.node = node
+        self.peer = peer
+        self.max_line_bytes = max_line_bytes
+        self.on_output = on_output
+        self.session = None
+        self.closed = False          # no more requests are read once set
+        self.outbox = []
+        self.outbox_bytes = 0
+        self._partial = b""
+        self._confirms = {}          # channel -> [[ack?, first seq, last seq], ...] not yet sent
+
+    # -- bytes in ----------------------------------------------------------------------
+
+    def data_received(self, data):
+        if self._partial:
+            data = self._partial + data
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        limit = self.max_line_bytes
+        for line in lines:
+            if self.closed:
+                return
+            if len(line) > limit:
+                break
+            self._handle_line(line)
+        else:
+            if len(self._partial) <= limit:
+                self._send_confirms()
+                return
+        self.close(FrameError(f"line longer than {limit} bytes"))
+
+    def _handle_line(self, line):
+        try:
+            request = _decode(line.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            self._send_error({}, BadSyntax(f"line is not valid UTF-8: {exc.reason} at byte {exc.start}"))
+            return
+        except ValueError as exc:
+            if line.strip():
+                self._send_error({}, BadSyntax(f"invalid JSON: {exc}"))
+            return
+        if type(request) is not dict:
+            self._send_error({}, BadSyntax("a request must be a JSON object"))
+            return
+        op = request.get("op")
+        handler = _HANDLERS.get(op) if type(op) is str else None
+        try:
+            if handler is None:
+                raise Unsupported(f"unknown op {op!r}")
+            if self.session is None and handler is not JsonLinesProtocol.op_hello:
+                self.close(CommandInvalid("expected 'hello' as the first request"))
+                return
+            result = handler(self, request)
+        except BrokerError as exc:
+            self._send_error(request, exc)
+        except ValueError as exc:
+            self._send_error(request, BadSyntax(str(exc)))
+        except Exception:
+            log.exception("error handling %r from %s", op, self.peer)
+            self._send_error(request, InternalError(f"internal error handling '{op}'"))
+        else:
+            if result is not None:
+                result["ok"] = True
+                if "id" in request:
+                    result["id"] = request["id"]
+                self._send(result)
+
+    # -- lines out ---------------------------------------------------------------------
+
+    def _send(self, event):
+        line = _encode(event) + "\n"
+        if not self.outbox and self.on_output is not None:
+            self.on_output()
+        self.outbox.append(line)
+        self.outbox_bytes += len(line)
+        if self.outbox_bytes > OUTBOX_HIGH_WATER and self.session is not None:
+            self.session.set_writable(False)
+
+    def _send_error(self, request, exc):
+        error = {"ok": False, "code": exc.code, "error": exc.name, "text": exc.text}
+        if "id" in request:
+            error["id"] = request["id"]
+        if "op" in request:
+            error["op"] = request["op"]
+        if "channel" in request:
+            error["channel"] = request["channel"]
+        self._send(error)
+
+    def take_output(self):
+        """Everything encoded since the last call, as bytes for the socket."""
+        data = "".join(self.outbox).encode()
+        self.outbox = []
+        self.outbox_bytes = 0
+        return data
+
+    def output_drained(self):
+        if self.session is not None and not self.outbox:
+            self.session.set_writable(True)
+
+    def close(self, exc=None):
+        """End the connection; with a reason, sent as a close event, the last line."""
+        if not self.closed:
+            self.closed = True
+            if exc is not None:
+                self._send({"event": "close", "code": exc.code, "error": exc.name, "text": exc.text})
+            self.connection_lost()
+
+    def connection_lost(self):
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
+    # -- the core's sink -----------------------------------------------------------------
+
+    def deliver(self, channel_number, consumer_tag, delivery_tag, message):
+        event = {"event": "deliver", "channel": channel_number, "consumer_tag": consumer_tag,
+                 "delivery_tag": delivery_tag, "redelivered": message.redelivered,
+                 "exchange": message.exchange, "routing_key": message.routing_key}
+        _put_message(event, message)
+        self._send(event)
+
+    def consumer_cancelled(self, channel_number, consumer_tag):
+        self._send({"event": "cancel", "channel": channel_number, "consumer_tag": consumer_tag})
+
+    def message_returned(self, channel_number, reply_code, reply_text, message):
+        event = {"event": "return", "channel": channel_number, "reply_code": reply_code,
+                 "reply_text": reply_text, "exchange": message.exchange,
+                 "routing_key": message.routing_key}
+        _put_message(event, message)
+        self._send(event)
+
+    def publish_confirmed(self, channel_number, seq, ack):
+        runs = self._confirms.get(channel_number)
+        if runs is None:
+            self._confirms[channel_number] = [[ack, seq, seq]]
+        elif runs[-1][0] == ack and runs[-1][2] == seq - 1:
+            runs[-1][2] = seq
+        else:
+            runs.append([ack, seq, seq])
+
+    def _send_confirms(self):
+        """Confirms go out once per batch of input lines, after any error replies of that
+        batch, each run of acks (or nacks) as one event with `multiple`."""
+        if self._confirms:
+            for channel_number, runs in self._confirms.items():
+                for ack, first, last in runs:
+                    self._send({"event": "ack" if ack else "nack", "channel": channel_number,
+                                "delivery_tag": last, "multiple": last > first})
+            self._confirms.clear()
+
+    # -- requests ----------------------------------------------------------------------
+
+    def _channel(self, request):
+        number = request.get("channel", 1)
+        if type(number) is not int:
+            raise BadSyntax("field 'channel' must be an integer")
+        return self.session.channel(number)
+
+    def op_hello(self, request):
+        if self.session is not None:
+            raise CommandInvalid("'hello' was already received on this connection")
+        version = _field(request, "protocol", int, PROTOCOL_VERSION)
+        if version != PROTOCOL_VERSION:
+            self.close(CommandInvalid(f"protocol version {version} is not supported; this broker speaks {PROTOCOL_VERSION}"))
+            return None
+        try:
+            self.session = self.node.open_session(
+                _field(request, "user", str, "guest"), _field(request, "password", str, "guest"),
+                _field(request, "vhost", str, "/"), self.peer, "json-lines", self,
+                _field(request, "client", dict, None))
+        except BrokerError as exc:
+            self.close(exc)
+            return None
+        self.session.open_channel(1)
+        return {"server": SERVER_NAME, "version": VERSION, "protocol": PROTOCOL_VERSION,
+                "max_line_bytes": self.max_line_bytes}
+
+    def op_close(self, request):
+        """The client is done: answer, so it knows everything before was handled, and end."""
+        self._send({"ok": True, "id": request["id"]} if "id" in request else {"ok": True})
+        self.close()
+
+    def op_channel_open(self, request):
+        self.session.open_channel(_field(request, "channel", int))
+        return {}
+
+    def op_channel_close(self, request):
+        self.session.close_channel(_field(request, "channel", int))
+        return {}
+
+    def op_exchange_declare(self, request):
+        self.session.vhost.declare_exchange(
+            _field(request, "exchange", str), _field(request, "type", str, "direct"),
+            _flag(request, "passive"), _flag(request, "durable"), _flag(request, "auto_delete"),
+            _flag(request, "internal"), _field(request, "arguments", dict, None))
+        return {}
+
+    def op_exchange_delete(self, request):
+        self.session.vhost.delete_exchange(_field(request, "exchange", str), _flag(request, "if_unused"))
+        return {}
+
+    def op_queue_declare(self, request):
+        queue = self.session.vhost.declare_queue(
+            _field(request, "queue", str, ""), _flag(request, "passive"), _flag(request, "durable"),
+            _flag(request, "exclusive"), _flag(request, "auto_delete"),
+            _field(request, "arguments", dict, None), self.session)
+        return {"queue": queue.name, "message_count": queue.message_count,
+                "consumer_count": len(queue.consumers)}
+
+    def op_queue_bind(self, request):
+        self.session.vhost.bind(*self._binding(request), owner=self.session)
+        return {}
+
+    def op_queue_unbind(self, request):
+        self.session.vhost.unbind(*self._binding(request), owner=self.session)
+        return {}
+
+    def _binding(self, request):
+        return (_field(request, "queue", str), _field(request, "exchange", str),
+                _field(request, "routing_key", str, ""), _field(request, "arguments", dict, None))
+
+    def op_queue_purge(self, request):
+        queue = self.session.vhost.queue(_field(request, "queue", str), self.session)
+        return {"message_count": queue.purge()}
+
+    def op_queue_delete(self, request):
+        count = self.session.vhost.delete_queue(
+            _field(request, "queue", str), _flag(request, "if_unused"), _flag(request, "if_empty"),
+            self.session)
+        return {"message_count": count}
+
+    def op_publish(self, request):
+        channel = self._channel(request)
+        body = request.get("body", "")
+        if type(body) is not str:
+            raise BadSyntax("field 'body' must be a string")
+        encoding = request.get("body_encoding")
+        if encoding is None:
+            body = body.encode()
+        elif encoding == "base64":
+            body = _base64_bytes(body, "body")
+        else:
+            raise BadSyntax(f"unknown body_encoding {encoding!r}; use \"base64\" or leave it out")
+        properties = request.get("properties")
+        if properties is not None:
+            properties = _properties_in(properties)
+        channel.publish(_field(request, "exchange", str, ""), _field(request, "routing_key", str, ""),
+                        body, properties, _flag(request, "mandatory"))
+
+    def op_consume(self, request):
+        channel = self._channel(request)
+        reply = {}
+
+        def announce(consumer_tag):
+            reply.update(ok=True, consumer_tag=consumer_tag)
+            if "id" in request:
+                reply["id"] = request["id"]
+            self._send(reply)
+
+        channel.consume(_field(request, "queue", str), _field(request, "consumer_tag", str, ""),
+                        _flag(request, "no_ack"), _flag(request, "exclusive"),
+                        _field(request, "arguments", dict, None), announce)
+
+    def op_cancel(self, request):
+        self._channel(request).cancel(_field(request, "consumer_tag", str),
+                                      _flag(request, "requeue", True))
+        return {}
+
+    def op_get(self, request):
+        got = self._channel(request).get(_field(request, "queue", str), _flag(request, "no_ack"))
+        if got is None:
+            return {"empty": True}
+        delivery_tag, message, message_count = got
+        reply = {"empty": False, "delivery_tag": delivery_tag, "redelivered": message.redelivered,
+                 "exchange": message.exchange, "routing_key": message.routing_key,
+                 "message_count": message_count}
+        _put_message(reply, message)
+        return reply
+
+    def op_ack(self, request):
+        self._channel(request).ack(_tag(request), _flag(request, "multiple"))
+
+    def op_nack(self, request):
+        self._channel(request).nack(_tag(request), _flag(request, "multiple"), _flag(request, "requeue", True))
+
+    def op_reject(self, request):
+        self._channel(request).reject(_tag(request), _flag(request, "requeue", True))
+
+    def op_recover(self, request):
+        self._channel(request).recover()
+        return {}
+
+    def op_qos(self, request):
+        prefetch_count = _field(request, "prefetch_count", int, 0)
+        if not 0 <= prefetch_count <= 65535:
+            raise BadSyntax("field 'prefetch_count' must be between 0 and 65535")
+        self._channel(request).qos(prefetch_count, _flag(request, "global"))
+        return {}
+
+    def op_confirm_select(self, request):
+        self._channel(request).confirm_select()
+        return {}
+
+    def op_list_exchanges(self, request):
+        return {"items": self.session.vhost.list_exchanges()}
+
+    def op_list_queues(self, request):
+        return {"items": self.session.vhost.list_queues()}
+
+    def op_list_bindings(self, request):
+        return {"items": self.session.vhost.list_bindings()}
+
+    def op_list_consumers(self, request):
+        vhost = self.session.vhost
+        return {"items": [{"queue": c.queue.name, "consumer_tag": c.tag, "channel": c.channel.number,
+                           "ack_required": not c.no_ack, "exclusive": c.exclusive,
+                           "prefetch_count": c.prefetch_count, "arguments": c.arguments}
+                          for q in vhost.queues.values() for c in q.consumers]}
+
+    def op_list_connections(self, request):
+        return {"items": [{"peer": f"{s.peer[0]}:{s.peer[1]}" if s.peer else "", "user": s.user,
+                           "vhost": s.vhost.name, "protocol": s.protocol, "channels": len(s.channels)}
+                          for s in self.node.sessions]}
+
+
+_HANDLERS = {
+    "hello": JsonLinesProtocol.op_hello,
+    "close": JsonLinesProtocol.op_close,
+    "channel.open": JsonLinesProtocol.op_channel_open,
+    "channel.close": JsonLinesProtocol.op_channel_close,
+    "exchange.declare": JsonLinesProtocol.op_exchange_declare,
+    "exchange.delete": JsonLinesProtocol.op_exchange_delete,
+    "queue.declare": JsonLinesProtocol.op_queue_declare,
+    "queue.bind": JsonLinesProtocol.op_queue_bind,
+    "queue.unbind": JsonLinesProtocol.op_queue_unbind,
+    "queue.purge": JsonLinesProtocol.op_queue_purge,
+    "queue.delete": JsonLinesProtocol.op_queue_delete,
+    "publish": JsonLinesProtocol.op_publish,
+    "consume": JsonLinesProtocol.op_consume,
+    "cancel": JsonLinesProtocol.op_cancel,
+    "get": JsonLinesProtocol.op_get,
+    "ack": JsonLinesProtocol.op_ack,
+    "nack": JsonLinesProtocol.op_nack,
+    "reject": JsonLinesProtocol.op_reject,
+    "recover": JsonLinesProtocol.op_recover,
+    "qos": JsonLinesProtocol.op_qos,
+    "confirm.select": JsonLinesProtocol.op_confirm_select,
+    "list_exchanges": JsonLinesProtocol.op_list_exchanges,
+    "list_queues": JsonLinesProtocol.op_list_queues,
+    "list_bindings": JsonLinesProtocol.op_list_bindings,
+    "list_consumers": JsonLinesProtocol.op_list_consumers,
+    "list_connections": JsonLinesProtocol.op_list_connections,
+}
+
+
+# -- fields ------------------------------------------------------------------------------
+
+_REQUIRED = object()
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", dict: "an object"}
+
+
+def _field(request, name, kind, default=_REQUIRED):
+    value = request.get(name, _REQUIRED)
+    if value is _REQUIRED or (value is None and default is not _REQUIRED):
+        if default is _REQUIRED:
+            raise BadSyntax(f"field '{name}' is required")
+        return default
+    if type(value) is not kind:
+        raise BadSyntax(f"field '{name}' must be {_TYPE_NAMES[kind]}")
+    return value
+
+
+def _flag(request, name, default=False):
+    return _field(request, name, bool, default)
+
+
+def _tag(request):
+    tag = _field(request, "delivery_tag", int, 0)
+    if tag < 0:
+        raise BadSyntax("field 'delivery_tag' must not be negative")
+    return tag
+
+
+def _base64_bytes(text, name):
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raise BadSyntax(f"field '{name}' is not valid base64") from None
+
+
+def _properties_in(properties):
+    """Check a publish's properties object; returns it, or None when empty."""
+    if type(properties) is not dict:
+        raise BadSyntax("field 'properties' must be an object")
+    for name, value in properties.items():
+        if name in _STRING_PROPERTIES:
+            ok = type(value) is str
+        elif name == "headers":
+            ok = type(value) is dict
+        elif name == "delivery_mode":
+            ok = value in (1, 2) and type(value) is int
+        elif name == "priority":
+            ok = type(value) is int and 0 <= value <= 255
+        elif name == "timestamp":
+            ok = type(value) is int and value >= 0
+        else:
+            raise BadSyntax(f"unknown property '{name}'")
+        if not ok:
+            raise BadSyntax(f"invalid value for property '{name}': {value!r}")
+    return properties or None
+
+
+def _put_message(event, message):
+    """Add body (text, or base64 with body_encoding) and properties to an outgoing event."""
+    body = message.body
+    if body.isascii():
+        event["body"] = body.decode("ascii")
+    else:
+        try:
+            event["body"] = body.decode("utf-8")
+        except UnicodeDecodeError:
+            event["body"] = base64.b64encode(body).decode("ascii")
+            event["body_encoding"] = "base64"
+    if message.properties:
+        event["properties"] = message.properties
+
+
+def _json_value(value):
+    """Header values JSON has no type for (from other protocols): tagged objects."""
+    if isinstance(value, (bytes, bytearray)):
+        return {"$bytes": base64.b64encode(value).decode("ascii")}
+    raise TypeError(f"cannot encode {type(value).__name__} in JSON")
+
+
+# -- the socket --------------------------------------------------------------------------
+
+def connection_handler(node, max_line_bytes=DEFAULT_MAX_LINE_BYTES):
+    """A StreamServer handler serving JSON-lines clients of `node`. Killing its greenlet
+    (the server stopping) closes the connection with 320 CONNECTION_FORCED."""
+
+    def handle(sock, address):
+        wakeup = Event()
+        protocol = JsonLinesProtocol(node, address, max_line_bytes, wakeup.set)
+        writer = gevent.spawn(_write_loop, sock, protocol, wakeup)
+        log.info("accepted JSON-lines connection from %s:%s", *address[:2])
+        try:
+            while not protocol.closed:
+                data = sock.recv(RECV_BYTES)
+                if not data:
+                    break
+                protocol.data_received(data)
+                # recv returns at once while data is waiting: yield so that writers and
+                # other clients run between batches.
+                gevent.sleep(0)
+        except OSError as exc:
+            log.info("connection from %s:%s failed: %s", address[0], address[1], exc)
+        except gevent.GreenletExit:
+            protocol.close(ConnectionForced("broker shutdown"))
+        finally:
+            protocol.connection_lost()
+            writer.kill()
+            _send_rest(sock, protocol)
+            log.info("closed JSON-lines connection from %s:%s", *address[:2])
+
+    return handle
+
+
+def _write_loop(sock, protocol, wakeup):
+    try:
+        while True:
+            wakeup.wait()
+            wakeup.clear()
+            data = protocol.take_output()
+            if data:
+                sock.sendall(data)
+            protocol.output_drained()
+    except OSError:
+        sock.close()
+
+
+def _send_rest(sock, protocol):
+    data = protocol.take_output()
+    try:
+        if data:
+            with gevent.Timeout(5):
+                sock.sendall(data)
+    except (OSError, gevent.Timeout):
+        pass
+    finally:
+        sock.close()

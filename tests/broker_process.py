@@ -1,0 +1,72 @@
+"""A real broker in a subprocess on a free port, for tests and benchmarks."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_LISTENING = re.compile(r"listening for (\S+) clients on (\S+):(\d+)")
+START_TIMEOUT = 20.0
+
+
+class BrokerProcess:
+    """`python broker.py --port 0 ...`, with its log in a file (a pipe nobody reads would
+    block the broker once full). `port` is the JSON-lines port it announced."""
+
+    def __init__(self, *args, python=sys.executable):
+        self.args = list(args)
+        self.python = python
+        self.process = None
+        self.ports = {}
+
+    def start(self):
+        self._log = tempfile.NamedTemporaryFile(prefix="greenmq-broker-", suffix=".log", delete=False)
+        command = [self.python, os.path.join(ROOT, "broker.py"), "--port", "0", *self.args]
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            self.ports = {m.group(1): int(m.group(3)) for m in _LISTENING.finditer(self.log())}
+            if "JSON-lines" in self.ports:
+                return self
+            if self.process.poll() is not None:
+                raise RuntimeError(f"broker exited with {self.process.returncode}:\n{self.log()}")
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"broker did not announce its port:\n{self.log()}")
+
+    @property
+    def port(self):
+        return self.ports["JSON-lines"]
+
+    @property
+    def pid(self):
+        return self.process.pid
+
+    def log(self):
+        with open(self._log.name, errors="replace") as log:
+            return log.read()
+
+    def stop(self, sig=signal.SIGTERM, timeout=10):
+        """Stop the broker; returns its exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def close(self):
+        self.stop()
+        os.unlink(self._log.name)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info):
+        self.close()

@@ -1,0 +1,244 @@
+"""A virtual host: the registry of its exchanges, queues and bindings, and the one place
+where a publish is routed to queues.
+
+Operations that touch a queue take the session asking (`owner`) so exclusive queues can
+refuse everyone but the connection that declared them.
+"""
+
+import base64
+import os
+
+from errors import AccessRefused, NotFound, PreconditionFailed, ResourceLocked
+from exchange import DefaultExchange, exchange_class
+from queue_store import QUEUE_ARGUMENTS, Queue, validate_queue_arguments
+
+# AMQP names are short strings: at most 255 bytes of UTF-8.
+MAX_NAME_BYTES = 255
+
+PREDECLARED_EXCHANGES = (
+    ("amq.direct", "direct"), ("amq.fanout", "fanout"), ("amq.topic", "topic"),
+    ("amq.headers", "headers"), ("amq.match", "headers"),
+)
+
+
+class VirtualHost:
+    def __init__(self, name):
+        self.name = name
+        self.queues = {}
+        self.exchanges = {"": DefaultExchange(self.queues)}
+        for exchange_name, type_name in PREDECLARED_EXCHANGES:
+            self.exchanges[exchange_name] = exchange_class(type_name)(exchange_name, durable=True)
+
+    def __repr__(self):
+        return self.name
+
+    # -- exchanges ---------------------------------------------------------------------
+
+    def exchange(self, name):
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            raise NotFound(f"no exchange '{name}' in vhost '{self.name}'")
+        return exchange
+
+    def declare_exchange(self, name, type_name="direct", passive=False, durable=False,
+                         auto_delete=False, internal=False, arguments=None):
+        check_name(name, "exchange")
+        if name == "":
+            raise AccessRefused("operation not permitted on the default exchange")
+        if passive:
+            return self.exchange(name)
+        cls = exchange_class(type_name)
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            if name.startswith("amq."):
+                raise AccessRefused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
+            exchange = self.exchanges[name] = cls(name, durable, auto_delete, internal, arguments)
+            return exchange
+        what = f"exchange '{name}' in vhost '{self.name}'"
+        _equivalent(what, "type", type_name, exchange.type)
+        _equivalent(what, "durable", durable, exchange.durable)
+        _equivalent(what, "auto_delete", auto_delete, exchange.auto_delete)
+        _equivalent(what, "internal", internal, exchange.internal)
+        return exchange
+
+    def delete_exchange(self, name, if_unused=False):
+        check_name(name, "exchange")
+        if name == "":
+            raise AccessRefused("operation not permitted on the default exchange")
+        if name.startswith("amq.") and name in self.exchanges:
+            raise AccessRefused(f"deletion of system exchange '{name}' in vhost '{self.name}' not allowed")
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            return  # deleting what is not there succeeds, as in RabbitMQ
+        if if_unused and exchange.bindings:
+            raise PreconditionFailed(f"exchange '{name}' in vhost '{self.name}' in use")
+        del self.exchanges[name]
+        for queue in exchange.destinations():
+            queue.bindings.discard(exchange)
+
+    # -- queues ------------------------------------------------------------------------
+
+    def queue(self, name, owner=None):
+        """The queue `owner` may use, by name."""
+        queue = self.queues.get(name)
+        if queue is None:
+            raise NotFound(f"no queue '{name}' in vhost '{self.name}'")
+        if queue.exclusive_owner is not None and queue.exclusive_owner is not owner:
+            raise self._locked(name)
+        return queue
+
+    def _locked(self, name):
+        return ResourceLocked(
+            f"cannot obtain exclusive access to locked queue '{name}' in vhost '{self.name}'. "
+            "It could be originally declared on another connection or the exclusive "
+            "property value does not match that of the original declaration.")
+
+    def declare_queue(self, name="", passive=False, durable=False, exclusive=False,
+                      auto_delete=False, arguments=None, owner=None):
+        """Returns the queue; a server-named one when `name` is empty."""
+        check_name(name, "queue")
+        arguments = arguments or {}
+        if passive:
+            queue = self.queue(name, owner)
+            queue.touch()
+            return queue
+        if not name:
+            name = "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        queue = self.queues.get(name)
+        if queue is None:
+            if name.startswith("amq.") and not name.startswith("amq.gen-"):
+                raise AccessRefused(f"queue name '{name}' contains reserved prefix 'amq.*'")
+            validate_queue_arguments(arguments, name, self.name)
+            queue = Queue(self.name, name, durable, owner if exclusive else None, auto_delete,
+                          arguments, on_expired=self.remove_queue)
+            self.queues[name] = queue
+            if exclusive and owner is not None:
+                owner.exclusive_queues.add(queue)
+            return queue
+        self.queue(name, owner)
+        if exclusive and queue.exclusive_owner is None:
+            raise self._locked(name)
+        what = f"queue '{name}' in vhost '{self.name}'"
+        _equivalent(what, "durable", durable, queue.durable)
+        _equivalent(what, "auto_delete", auto_delete, queue.auto_delete)
+        for argument in QUEUE_ARGUMENTS:
+            _equivalent(what, argument, arguments.get(argument), queue.arguments.get(argument))
+        queue.touch()
+        return queue
+
+    def delete_queue(self, name, if_unused=False, if_empty=False, owner=None):
+        """queue.delete: returns how many ready messages went with the queue (0 if it was
+        not there: deleting is idempotent, as in RabbitMQ)."""
+        check_name(name, "queue")
+        if name not in self.queues:
+            return 0
+        queue = self.queue(name, owner)
+        if if_unused and queue.consumers:
+            raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' in use")
+        if if_empty and queue.message_count:
+            raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' is not empty")
+        return self.remove_queue(queue)
+
+    def remove_queue(self, queue):
+        """Delete a queue without asking (expired, auto-deleted, its owner gone), telling
+        its consumers; returns how many ready messages went with it."""
+        if queue.deleted:
+            return 0
+        count = queue.message_count
+        del self.queues[queue.name]
+        queue.mark_deleted()
+        for consumer in list(queue.consumers):
+            consumer.channel.consumer_cancelled(consumer)
+        for exchange in list(queue.bindings):
+            exchange.unbind_destination(queue)
+            self._auto_delete_exchange(exchange)
+        queue.bindings.clear()
+        if queue.exclusive_owner is not None:
+            queue.exclusive_owner.exclusive_queues.discard(queue)
+        return count
+
+    # -- bindings ----------------------------------------------------------------------
+
+    def bind(self, queue_name, exchange_name, routing_key="", arguments=None, owner=None):
+        exchange = self._bindable(exchange_name)
+        queue = self.queue(queue_name, owner)
+        exchange.bind(queue, routing_key, arguments)
+        queue.bindings.add(exchange)
+
+    def unbind(self, queue_name, exchange_name, routing_key="", arguments=None, owner=None):
+        exchange = self._bindable(exchange_name)
+        queue = self.queue(queue_name, owner)
+        if exchange.unbind(queue, routing_key, arguments):
+            if not any(key[0] is queue for key in exchange.bindings):
+                queue.bindings.discard(exchange)
+            self._auto_delete_exchange(exchange)
+
+    def _bindable(self, exchange_name):
+        check_name(exchange_name, "exchange")
+        if exchange_name == "":
+            raise AccessRefused("operation not permitted on the default exchange")
+        return self.exchange(exchange_name)
+
+    def _auto_delete_exchange(self, exchange):
+        if exchange.auto_delete and not exchange.bindings and self.exchanges.get(exchange.name) is exchange:
+            del self.exchanges[exchange.name]
+
+    # -- routing -----------------------------------------------------------------------
+
+    def publish(self, exchange_name, message):
+        """Route `message` through the named exchange into its queues; returns how many."""
+        exchange = self.exchanges.get(exchange_name)
+        if exchange is None:
+            raise NotFound(f"no exchange '{exchange_name}' in vhost '{self.name}'")
+        if exchange.internal:
+            raise AccessRefused(f"cannot publish to internal exchange '{exchange_name}' in vhost '{self.name}'")
+        queues = exchange.route(message.routing_key, message.headers)
+        for queue in queues:
+            queue.enqueue(message)
+        return len(queues)
+
+    # -- listings for operators ------------------------------------------------------------
+
+    def list_exchanges(self):
+        return [{"name": x.name, "type": x.type, "durable": x.durable, "auto_delete": x.auto_delete,
+                 "internal": x.internal, "arguments": x.arguments}
+                for x in self.exchanges.values()]
+
+    def list_queues(self):
+        return [{"name": q.name, "durable": q.durable, "exclusive": q.exclusive,
+                 "auto_delete": q.auto_delete, "arguments": q.arguments,
+                 "messages_ready": q.message_count, "messages_unacknowledged": q.unacked_count,
+                 "messages": q.message_count + q.unacked_count, "consumers": len(q.consumers)}
+                for q in self.queues.values()]
+
+    def list_bindings(self):
+        """As `rabbitmqctl list_bindings`: the default exchange's implicit bindings first."""
+        rows = [{"source": "", "destination": q.name, "destination_kind": "queue",
+                 "routing_key": q.name, "arguments": {}} for q in self.queues.values()]
+        for exchange in self.exchanges.values():
+            if exchange.name == "":
+                continue
+            for (queue, routing_key, _), arguments in exchange.bindings.items():
+                rows.append({"source": exchange.name, "destination": queue.name,
+                             "destination_kind": "queue", "routing_key": routing_key,
+                             "arguments": arguments})
+        return rows
+
+
+def check_name(name, kind):
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise PreconditionFailed(f"{kind} name is longer than {MAX_NAME_BYTES} bytes")
+
+
+def _equivalent(what, argument, received, current):
+    if received != current or type(received) is not type(current):
+        raise PreconditionFailed(
+            f"inequivalent arg '{argument}' for {what}: received {_show(received)} but current is {_show(current)}")
+
+
+def _show(value):
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return f"'{str(value).lower()}'"
+    return f"'{value}'"
