@@ -7,6 +7,7 @@ import sys
 
 import gevent
 from gevent.event import Event
+from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from node import VERSION, Node
@@ -43,7 +44,8 @@ def main(argv=None):
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     node = Node()
-    server = StreamServer((args.host, args.port), connection_handler(node, args.max_line_bytes))
+    # Handlers in a pool, so that stopping the server kills them and each client is told why.
+    server = StreamServer((args.host, args.port), connection_handler(node, args.max_line_bytes), spawn=Pool())
     try:
         server.start()
     except OSError as exc:

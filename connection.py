@@ -254,6 +254,23 @@ class Connection:
         while (left := deadline - time.monotonic()) > 0:
             self.process_data_events(left)
 
+    # -- listings, as `rabbitmqctl list_*` shows them (lists of dicts) --
+
+    def list_exchanges(self):
+        return self._call(None, "list_exchanges")["items"]
+
+    def list_queues(self):
+        return self._call(None, "list_queues")["items"]
+
+    def list_bindings(self):
+        return self._call(None, "list_bindings")["items"]
+
+    def list_consumers(self):
+        return self._call(None, "list_consumers")["items"]
+
+    def list_connections(self):
+        return self._call(None, "list_connections")["items"]
+
     def close(self):
         if self._closed is not None:
             return

@@ -154,10 +154,10 @@ class Channel:
         consumer = self.consumers.pop(consumer_tag, None)
         if consumer is None:
             return False
+        self._detach(consumer)
         if requeue_unacked:
             tags = [tag for tag, entry in self.unacked.items() if entry[2] is consumer]
             self._requeue([self.unacked.pop(tag) for tag in tags])
-        self._detach(consumer)
         return True
 
     def consumer_cancelled(self, consumer):

@@ -69,3 +69,226 @@ def test_unknown_exchange_is_a_not_found_error(channel, name):
         channel.queue_bind("nothing-" + name, "amq.direct")
     assert error.value.code == 404
     assert f"no queue 'nothing-{name}' in vhost '/'" in error.value.text
+
+
+def test_topic_exchange_routes_by_word_patterns(channel, name):
+    channel.exchange_declare(name, "topic")
+    kern = channel.queue_declare("", exclusive=True).queue
+    critical = channel.queue_declare("", exclusive=True).queue
+    channel.queue_bind(kern, name, "kern.*")
+    channel.queue_bind(critical, name, "#.critical")
+    for key in ("kern.critical", "kern.info", "app.db.critical", "kern.a.b"):
+        channel.basic_publish(name, key, key)
+    assert sorted(m.routing_key for m, _, _ in drain(channel, kern, 2)) == ["kern.critical", "kern.info"]
+    assert sorted(m.routing_key for m, _, _ in drain(channel, critical, 2)) == ["app.db.critical", "kern.critical"]
+
+
+def test_headers_exchange_routes_by_all_or_any(channel, name):
+    channel.exchange_declare(name, "headers")
+    both = channel.queue_declare("", exclusive=True).queue
+    either = channel.queue_declare("", exclusive=True).queue
+    channel.queue_bind(both, name, "", {"x-match": "all", "format": "pdf", "type": "report"})
+    channel.queue_bind(either, name, "", {"x-match": "any", "format": "pdf", "type": "report"})
+    channel.basic_publish(name, "", "pdf report", BasicProperties(headers={"format": "pdf", "type": "report"}))
+    channel.basic_publish(name, "", "pdf only", BasicProperties(headers={"format": "pdf"}))
+    channel.basic_publish(name, "", "neither", BasicProperties(headers={"format": "zip"}))
+    assert [b for _, _, b in drain(channel, both, 1)] == [b"pdf report"]
+    assert [b for _, _, b in drain(channel, either, 2)] == [b"pdf report", b"pdf only"]
+
+
+def test_predeclared_amq_exchanges_are_listed(conn):
+    exchanges = {(x["name"], x["type"]) for x in conn.list_exchanges()}
+    assert {("", "direct"), ("amq.direct", "direct"), ("amq.fanout", "fanout"),
+            ("amq.topic", "topic"), ("amq.headers", "headers")} <= exchanges
+
+
+def test_listings_show_queues_bindings_and_consumers(conn, channel, name):
+    channel.exchange_declare(name, "fanout")
+    channel.queue_declare(name)
+    channel.queue_bind(name, name)
+    channel.basic_publish(name, "", "one")
+    channel.basic_publish(name, "", "two")
+    channel.basic_qos(prefetch_count=1)
+    tag = channel.basic_consume(name, lambda *a: None)
+    [row] = [q for q in conn.list_queues() if q["name"] == name]
+    assert (row["messages_ready"], row["messages_unacknowledged"], row["consumers"]) == (1, 1, 1)
+    bindings = [(b["source"], b["destination"], b["routing_key"]) for b in conn.list_bindings()
+                if b["destination"] == name]
+    assert bindings == [("", name, name), (name, name, name)]   # pika's default key: the queue name
+    assert any(c["consumer_tag"] == tag and c["queue"] == name for c in conn.list_consumers())
+    assert any(x["name"] == name and x["type"] == "fanout" for x in conn.list_exchanges())
+
+
+def test_work_queue_is_shared_round_robin_between_connections(broker, name):
+    workers = [connection.Connection("127.0.0.1", broker.port) for _ in range(2)]
+    producer = connection.Connection("127.0.0.1", broker.port)
+    try:
+        for w in workers:
+            w.default_channel.queue_declare(name)
+        received = {0: [], 1: []}
+        for i, w in enumerate(workers):
+            w.default_channel.basic_consume(name, lambda ch, m, p, b, i=i: received[i].append(b), auto_ack=True)
+        for n in range(6):
+            producer.default_channel.basic_publish("", name, str(n))
+        producer.default_channel.queue_declare(name, passive=True)   # all six are routed by now
+        for w in workers:
+            while len(received[workers.index(w)]) < 3:
+                w.process_data_events(5)
+        assert received[0] == [b"0", b"2", b"4"] and received[1] == [b"1", b"3", b"5"]
+    finally:
+        for c in workers + [producer]:
+            c.close()
+
+
+def test_unacked_messages_return_redelivered_when_the_consumer_connection_drops(broker, name):
+    consumer = connection.Connection("127.0.0.1", broker.port)
+    consumer.default_channel.queue_declare(name)
+    for n in range(3):
+        consumer.default_channel.basic_publish("", name, str(n))
+    seen = []
+    consumer.default_channel.basic_consume(name, lambda ch, m, p, b: seen.append(b))
+    while len(seen) < 3:
+        consumer.process_data_events(5)
+    consumer._sock.close()          # vanish without acking or closing
+    other = connection.Connection("127.0.0.1", broker.port)
+    try:
+        got = []
+        while len(got) < 3:
+            method, _, body = other.default_channel.basic_get(name, auto_ack=True)
+            if method is not None:
+                got.append((body, method.redelivered))
+        assert got == [(b"0", True), (b"1", True), (b"2", True)]
+    finally:
+        other.close()
+
+
+def test_nack_and_reject_requeue_or_drop(channel, name):
+    channel.queue_declare(name)
+    for body in ("a", "b"):
+        channel.basic_publish("", name, body)
+    method, _, body = channel.basic_get(name)
+    channel.basic_nack(method.delivery_tag, requeue=True)
+    method, _, body = channel.basic_get(name)
+    assert (body, method.redelivered) == (b"a", True)
+    channel.basic_reject(method.delivery_tag, requeue=False)
+    method, _, body = channel.basic_get(name)
+    assert body == b"b" and method.message_count == 0
+    channel.basic_ack(method.delivery_tag)
+    assert channel.basic_get(name) == (None, None, None)
+
+
+def test_rpc_round_trip_with_reply_to_and_correlation_id(broker, name):
+    server = connection.Connection("127.0.0.1", broker.port)
+    client = connection.Connection("127.0.0.1", broker.port)
+    try:
+        server_channel = server.default_channel
+        server_channel.exchange_declare(name, "direct")
+        server_channel.queue_declare(name, auto_delete=True)
+        server_channel.queue_bind(name, name, "add_patient")
+
+        def on_request(ch, method, properties, body):
+            ch.basic_publish("", properties.reply_to, b"added " + body,
+                             BasicProperties(correlation_id=properties.correlation_id))
+
+        server_channel.basic_consume(name, on_request, auto_ack=True)
+        reply_queue = client.default_channel.queue_declare("", exclusive=True, auto_delete=True).queue
+        client.default_channel.basic_publish(name, "add_patient", b"John Smith",
+                                             BasicProperties(reply_to=reply_queue, correlation_id="42"))
+        while True:
+            server.process_data_events(0.01)
+            method, properties, body = client.default_channel.basic_get(reply_queue, auto_ack=True)
+            if method is not None:
+                break
+        assert (body, properties.correlation_id) == (b"added John Smith", "42")
+    finally:
+        server.close()
+        client.close()
+
+
+def test_publisher_confirms_every_message_in_order(channel, name):
+    channel.queue_declare(name)
+    channel.confirm_delivery()
+    for n in range(50):
+        channel.basic_publish("", name, str(n))
+    assert channel.queue_declare(name, passive=True).message_count == 50
+    with pytest.raises(connection.UnroutableError):
+        channel.basic_publish("", "no-such-queue-" + name, "x", mandatory=True)
+    with pytest.raises(connection.NotFound):
+        channel.basic_publish("no-such-exchange-" + name, "", "x")
+
+
+def test_mandatory_return_reaches_the_return_callback(conn, channel, name):
+    returned = []
+    channel.add_on_return_callback(lambda ch, method, props, body: returned.append((method.reply_code, body)))
+    channel.basic_publish("", "unbound-" + name, "lost?", mandatory=True)
+    while not returned:
+        conn.process_data_events(5)
+    assert returned == [(312, b"lost?")]
+
+
+def test_exclusive_queue_is_locked_to_its_connection_and_deleted_with_it(broker, name):
+    owner = connection.Connection("127.0.0.1", broker.port)
+    other = connection.Connection("127.0.0.1", broker.port)
+    try:
+        owner.default_channel.queue_declare(name, exclusive=True)
+        with pytest.raises(connection.ResourceLocked) as error:
+            other.default_channel.basic_consume(name, lambda *a: None)
+        assert error.value.code == 405
+        owner.close()
+        with pytest.raises(connection.NotFound):
+            other.default_channel.queue_declare(name, passive=True)
+    finally:
+        other.close()
+
+
+def test_auto_delete_queue_is_deleted_when_its_last_consumer_cancels(channel, name):
+    channel.queue_declare(name, auto_delete=True)
+    tag = channel.basic_consume(name, lambda *a: None)
+    channel.basic_cancel(tag)
+    with pytest.raises(connection.NotFound):
+        channel.queue_declare(name, passive=True)
+
+
+def test_redeclare_with_different_flags_is_refused(channel, name):
+    channel.queue_declare(name, durable=True)
+    with pytest.raises(connection.PreconditionFailed) as error:
+        channel.queue_declare(name, durable=False)
+    assert error.value.code == 406
+    assert "inequivalent arg 'durable'" in error.value.text
+
+
+def test_purge_and_delete_report_message_counts(channel, name):
+    channel.queue_declare(name)
+    for n in range(3):
+        channel.basic_publish("", name, str(n))
+    assert channel.queue_purge(name) == 3
+    channel.basic_publish("", name, "x")
+    with pytest.raises(connection.PreconditionFailed):
+        channel.queue_delete(name, if_empty=True)
+    assert channel.queue_delete(name) == 1
+
+
+def test_channels_have_their_own_delivery_tags(conn, name):
+    first, second = conn.channel(), conn.channel()
+    first.queue_declare(name)
+    for n in range(2):
+        first.basic_publish("", name, str(n))
+    assert first.basic_get(name)[0].delivery_tag == 1
+    assert second.basic_get(name)[0].delivery_tag == 1
+
+
+def test_a_lone_publish_is_sent_without_any_later_call(broker, conn, name):
+    conn.default_channel.queue_declare(name)
+    conn.default_channel.basic_publish("", name, "alone")   # nothing else happens on conn
+    reader = connection.Connection("127.0.0.1", broker.port)
+    try:
+        got = drain(reader.default_channel, name, 1)
+        assert got[0][2] == b"alone"
+    finally:
+        reader.close()
+
+
+def test_connection_to_localhost_uses_the_port_from_the_environment(broker, monkeypatch):
+    monkeypatch.setenv("GREENMQ_PORT", str(broker.port))
+    with connection.Connection("localhost") as conn:
+        assert conn.server_properties["server"] == "GreenMQ"

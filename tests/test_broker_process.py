@@ -1,0 +1,54 @@
+"""The broker as a process: flags, start-up errors, and clean stops."""
+
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+import connection
+from tests.broker_process import ROOT, BrokerProcess
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_the_broker_and_tells_clients_why(fresh_broker, sig):
+    client = connection.Connection("127.0.0.1", fresh_broker.port)
+    client.default_channel.queue_declare("q")
+    assert fresh_broker.stop(sig) == 0
+    with pytest.raises(connection.ConnectionClosed) as closed:
+        client.process_data_events(5)
+    assert closed.value.code == 320
+    assert "CONNECTION_FORCED - broker shutdown" in closed.value.text
+    log = fresh_broker.log()
+    assert "shutting down" in log and "stopped" in log and "Traceback" not in log
+
+
+def test_help_describes_the_flags():
+    result = subprocess.run([sys.executable, "broker.py", "--help"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0
+    for flag in ("--host", "--port", "--max-line-bytes"):
+        assert flag in result.stdout
+
+
+def test_bad_flag_values_are_refused_with_a_message():
+    result = subprocess.run([sys.executable, "broker.py", "--port", "70000"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "--port must be between 0 and 65535" in result.stderr
+
+
+def test_a_taken_port_is_a_clear_start_up_error():
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    try:
+        with pytest.raises(RuntimeError, match=r"cannot listen on 127\.0\.0\.1:\d+"):
+            BrokerProcess("--port", str(holder.getsockname()[1])).start()
+    finally:
+        holder.close()
+
+
+def test_listens_on_loopback_by_default(broker):
+    assert "listening for JSON-lines clients on 127.0.0.1:" in broker.log()

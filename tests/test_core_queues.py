@@ -1,0 +1,331 @@
+"""Unit tests of queues and channels through the core API, with a sink that records what a
+front end would send. No broker process, no network."""
+
+import gevent
+import pytest
+
+from errors import AccessRefused, NotFound, PreconditionFailed, ResourceLocked
+from node import Node
+
+
+class RecordingSink:
+    def __init__(self):
+        self.deliveries = []      # (channel, consumer_tag, delivery_tag, body, redelivered)
+        self.cancelled = []
+        self.returned = []
+        self.confirms = []
+
+    def deliver(self, channel_number, consumer_tag, delivery_tag, message):
+        self.deliveries.append((channel_number, consumer_tag, delivery_tag, message.body, message.redelivered))
+
+    def consumer_cancelled(self, channel_number, consumer_tag):
+        self.cancelled.append((channel_number, consumer_tag))
+
+    def message_returned(self, channel_number, reply_code, reply_text, message):
+        self.returned.append((reply_code, reply_text, message.body))
+
+    def publish_confirmed(self, channel_number, seq, ack):
+        self.confirms.append((seq, ack))
+
+    def bodies(self, consumer_tag=None):
+        return [d[3] for d in self.deliveries if consumer_tag in (None, d[1])]
+
+
+@pytest.fixture
+def node():
+    return Node()
+
+
+def open_channel(node, number=1):
+    sink = RecordingSink()
+    session = node.open_session("guest", "guest", "/", ("127.0.0.1", 1), "test", sink)
+    return session.open_channel(number), sink
+
+
+def publish(channel, queue, *bodies):
+    for body in bodies:
+        channel.publish("", queue, body)
+
+
+def test_consumers_of_one_queue_take_turns(node):
+    ch, sink = open_channel(node)
+    ch.vhost.declare_queue("q")
+    ch.consume("q", "c1", no_ack=True)
+    ch.consume("q", "c2", no_ack=True)
+    publish(ch, "q", b"1", b"2", b"3", b"4")
+    assert sink.bodies("c1") == [b"1", b"3"]
+    assert sink.bodies("c2") == [b"2", b"4"]
+
+
+def test_prefetch_holds_messages_until_acked(node):
+    ch, sink = open_channel(node)
+    ch.vhost.declare_queue("q")
+    ch.qos(2)
+    ch.consume("q", "c")
+    publish(ch, "q", b"1", b"2", b"3")
+    assert sink.bodies() == [b"1", b"2"]
+    assert ch.vhost.queues["q"].message_count == 1
+    ch.ack(1)
+    assert sink.bodies() == [b"1", b"2", b"3"]
+
+
+def test_fair_dispatch_sends_work_to_the_idle_consumer(node):
+    busy, busy_sink = open_channel(node, 1)
+    idle, idle_sink = open_channel(node, 2)
+    busy.vhost.declare_queue("q")
+    for ch in (busy, idle):
+        ch.qos(1)
+    busy.consume("q", "busy")
+    idle.consume("q", "idle")
+    publish(busy, "q", b"1", b"2", b"3", b"4")
+    assert busy_sink.bodies() == [b"1"] and idle_sink.bodies() == [b"2"]
+    for tag in (1, 2, 3):
+        idle.ack(tag)
+    assert busy_sink.bodies() == [b"1"]
+    assert idle_sink.bodies() == [b"2", b"3", b"4"]
+
+
+def test_global_prefetch_is_shared_by_the_channels_consumers(node):
+    ch, sink = open_channel(node)
+    for q in ("a", "b"):
+        ch.vhost.declare_queue(q)
+    ch.qos(1, global_=True)
+    ch.consume("a", "ca")
+    ch.consume("b", "cb")
+    publish(ch, "a", b"a1")
+    publish(ch, "b", b"b1")
+    assert sink.bodies() == [b"a1"]
+    ch.ack(1)
+    assert sink.bodies() == [b"a1", b"b1"]
+
+
+def test_qos_raised_while_consuming_applies_at_once(node):
+    ch, sink = open_channel(node)
+    ch.vhost.declare_queue("q")
+    ch.qos(1)
+    ch.consume("q", "c")
+    publish(ch, "q", b"1", b"2", b"3")
+    assert len(sink.deliveries) == 1
+    ch.qos(3)
+    assert len(sink.deliveries) == 3
+
+
+def test_unacked_messages_return_in_order_with_redelivered_flag_when_channel_closes(node):
+    ch, sink = open_channel(node)
+    ch.vhost.declare_queue("q")
+    publish(ch, "q", b"1", b"2", b"3", b"4")
+    ch.consume("q", "c")
+    ch.ack(2)
+    ch.session.close_channel(1)
+    queue = ch.vhost.queues["q"]
+    assert [(m.body, m.redelivered) for m in queue.ready] == [(b"1", True), (b"3", True), (b"4", True)]
+    other, other_sink = open_channel(node, 1)
+    other.consume("q", "c2", no_ack=True)
+    assert [(d[3], d[4]) for d in other_sink.deliveries] == [(b"1", True), (b"3", True), (b"4", True)]
+
+
+def test_requeued_messages_go_back_before_later_ones(node):
+    a, a_sink = open_channel(node, 1)
+    b, b_sink = a.session.open_channel(2), a_sink
+    a.vhost.declare_queue("q")
+    a.qos(2)
+    b.qos(2)
+    a.consume("q", "ca")
+    b.consume("q", "cb")
+    publish(a, "q", b"1", b"2", b"3", b"4", b"5", b"6")
+    # ca holds 1 and 3, cb holds 2 and 4; 5 and 6 wait.
+    a.session.close_channel(2)   # 2 and 4 return first...
+    a.nack(0, multiple=True)     # ...then 1 and 3, each back in its original place
+    queue = a.vhost.queues["q"]
+    delivered_since = [d[3] for d in a_sink.deliveries[4:]]
+    assert delivered_since == [b"1", b"2"]   # ca's window refilled from the head, in order
+    assert [m.body for m in queue.ready] == [b"3", b"4", b"5", b"6"]
+
+
+def test_ack_multiple_settles_everything_up_to_the_tag(node):
+    ch, sink = open_channel(node)
+    ch.vhost.declare_queue("q")
+    publish(ch, "q", b"1", b"2", b"3")
+    ch.consume("q", "c")
+    ch.ack(2, multiple=True)
+    assert list(ch.unacked) == [3]
+    assert ch.vhost.queues["q"].unacked_count == 1
+    ch.ack(0, multiple=True)
+    assert not ch.unacked and ch.vhost.queues["q"].unacked_count == 0
+
+
+def test_unknown_and_repeated_delivery_tags_are_refused(node):
+    ch, _ = open_channel(node)
+    ch.vhost.declare_queue("q")
+    publish(ch, "q", b"1")
+    ch.consume("q", "c")
+    with pytest.raises(PreconditionFailed, match="unknown delivery tag 7"):
+        ch.ack(7)
+    ch.ack(1)
+    with pytest.raises(PreconditionFailed, match="unknown delivery tag 1"):
+        ch.ack(1)
+
+
+def test_nack_without_requeue_drops_and_reject_with_requeue_redelivers(node):
+    ch, sink = open_channel(node)
+    ch.vhost.declare_queue("q")
+    publish(ch, "q", b"1", b"2")
+    got = ch.get("q")
+    ch.nack(got[0], requeue=False)
+    tag, message, left = ch.get("q")
+    assert (message.body, left) == (b"2", 0)
+    ch.reject(tag, requeue=True)
+    tag, message, _ = ch.get("q")
+    assert (message.body, message.redelivered) == (b"2", True)
+    assert ch.get("q") is None
+
+
+def test_cancel_keeps_unacked_unless_asked_to_requeue(node):
+    ch, sink = open_channel(node)
+    ch.vhost.declare_queue("q")
+    publish(ch, "q", b"1", b"2")
+    ch.qos(1)
+    ch.consume("q", "c1")
+    ch.cancel("c1")
+    assert ch.vhost.queues["q"].message_count == 1
+    ch.ack(1)           # still ackable after cancel, as in AMQP
+    ch.consume("q", "c2")
+    assert sink.bodies("c2") == [b"2"]
+    ch.cancel("c2", requeue_unacked=True)
+    assert [(m.body, m.redelivered) for m in ch.vhost.queues["q"].ready] == [(b"2", True)]
+
+
+def test_exclusive_queue_belongs_to_its_connection(node):
+    owner, _ = open_channel(node)
+    other, _ = open_channel(node)
+    queue = owner.vhost.declare_queue("", exclusive=True, owner=owner.session)
+    with pytest.raises(ResourceLocked):
+        other.consume(queue.name)
+    with pytest.raises(ResourceLocked):
+        other.vhost.declare_queue(queue.name, owner=other.session)
+    owner.session.close()
+    assert queue.name not in owner.vhost.queues
+
+
+def test_auto_delete_queue_goes_with_its_last_consumer(node):
+    ch, _ = open_channel(node)
+    ch.vhost.declare_queue("q", auto_delete=True)
+    ch.consume("q", "c1")
+    ch.consume("q", "c2")
+    ch.cancel("c1")
+    assert "q" in ch.vhost.queues
+    ch.cancel("c2")
+    assert "q" not in ch.vhost.queues
+
+
+def test_deleting_a_queue_cancels_its_consumers(node):
+    ch, sink = open_channel(node)
+    ch.vhost.declare_queue("q")
+    ch.consume("q", "c")
+    ch.vhost.delete_queue("q")
+    assert sink.cancelled == [(1, "c")]
+    assert not ch.consumers
+
+
+def test_exclusive_consumer_refuses_others(node):
+    ch, _ = open_channel(node)
+    ch.vhost.declare_queue("q")
+    ch.consume("q", "c1", exclusive=True)
+    with pytest.raises(AccessRefused):
+        ch.consume("q", "c2")
+
+
+def test_redeclare_with_other_flags_is_a_precondition_error(node):
+    ch, _ = open_channel(node)
+    ch.vhost.declare_queue("q", durable=True)
+    with pytest.raises(PreconditionFailed, match="inequivalent arg 'durable' for queue 'q' in vhost '/'"):
+        ch.vhost.declare_queue("q", durable=False)
+    ch.vhost.declare_exchange("x", "fanout")
+    with pytest.raises(PreconditionFailed, match="inequivalent arg 'type'"):
+        ch.vhost.declare_exchange("x", "direct")
+    assert ch.vhost.declare_exchange("x", "fanout").type == "fanout"
+
+
+def test_reserved_names_and_default_exchange_are_protected(node):
+    vhost = open_channel(node)[0].vhost
+    with pytest.raises(AccessRefused):
+        vhost.declare_exchange("amq.custom", "direct")
+    with pytest.raises(AccessRefused):
+        vhost.delete_exchange("amq.direct")
+    with pytest.raises(AccessRefused):
+        vhost.bind("q", "", "k")
+    assert vhost.declare_exchange("amq.direct", "direct", durable=True).name == "amq.direct"
+
+
+def test_delete_if_unused_and_if_empty(node):
+    ch, _ = open_channel(node)
+    ch.vhost.declare_queue("q")
+    publish(ch, "q", b"1")
+    with pytest.raises(PreconditionFailed, match="is not empty"):
+        ch.vhost.delete_queue("q", if_empty=True)
+    ch.consume("q", "c", no_ack=True)
+    with pytest.raises(PreconditionFailed, match="in use"):
+        ch.vhost.delete_queue("q", if_unused=True)
+    ch.vhost.declare_exchange("x", "fanout")
+    ch.vhost.bind("q", "x")
+    with pytest.raises(PreconditionFailed, match="exchange 'x' in vhost '/' in use"):
+        ch.vhost.delete_exchange("x", if_unused=True)
+
+
+def test_auto_delete_exchange_goes_with_its_last_binding(node):
+    vhost = open_channel(node)[0].vhost
+    vhost.declare_exchange("x", "fanout", auto_delete=True)
+    vhost.declare_queue("q")
+    vhost.bind("q", "x")
+    vhost.delete_queue("q")
+    assert "x" not in vhost.exchanges
+
+
+def test_mandatory_unroutable_message_is_returned_and_confirmed(node):
+    ch, sink = open_channel(node)
+    ch.confirm_select()
+    ch.publish("", "nowhere", b"m", mandatory=True)
+    with pytest.raises(NotFound):
+        ch.publish("missing-exchange", "", b"m")
+    assert sink.returned == [(312, "NO_ROUTE", b"m")]
+    assert sink.confirms == [(1, True), (2, False)]
+
+
+def test_user_id_must_be_the_authenticated_user(node):
+    ch, _ = open_channel(node)
+    with pytest.raises(PreconditionFailed, match="user_id property set to 'mallory'"):
+        ch.publish("", "q", b"m", {"user_id": "mallory"})
+
+
+def test_message_ttl_expires_waiting_messages(node):
+    ch, sink = open_channel(node)
+    queue = ch.vhost.declare_queue("q", arguments={"x-message-ttl": 20})
+    publish(ch, "q", b"old")
+    ch.publish("", "q", b"short", {"expiration": "0"})
+    gevent.sleep(0.05)
+    assert queue.message_count == 0
+    publish(ch, "q", b"fresh")
+    ch.consume("q", "c", no_ack=True)
+    assert sink.bodies() == [b"fresh"]
+
+
+def test_unused_queue_with_x_expires_is_deleted(node):
+    ch, _ = open_channel(node)
+    ch.vhost.declare_queue("q", arguments={"x-expires": 30})
+    ch.consume("q", "c")
+    gevent.sleep(0.06)
+    assert "q" in ch.vhost.queues       # in use: kept
+    ch.cancel("c")
+    gevent.sleep(0.06)
+    assert "q" not in ch.vhost.queues
+
+
+def test_unwritable_session_holds_messages_in_the_queue(node):
+    ch, sink = open_channel(node)
+    ch.vhost.declare_queue("q")
+    ch.consume("q", "c", no_ack=True)
+    ch.session.set_writable(False)
+    publish(ch, "q", b"1", b"2")
+    assert sink.bodies() == [] and ch.vhost.queues["q"].message_count == 2
+    ch.session.set_writable(True)
+    assert sink.bodies() == [b"1", b"2"]
