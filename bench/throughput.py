@@ -74,21 +74,52 @@ def rss_bytes(pid):
     raise RuntimeError("no VmRSS")
 
 
-def memory_per_message(port, broker_pid, count, size):
-    conn = connection.Connection("127.0.0.1", port)
-    channel = conn.default_channel
-    queue = channel.queue_declare("bench.memory").queue
-    channel.queue_purge(queue)
-    before = rss_bytes(broker_pid)
-    body = b"x" * size
+def publish_rate(channel, queue, count, body):
+    """Messages per second routed into `queue`, counted until the broker has them all."""
+    started = time.monotonic()
     for _ in range(count):
         channel.basic_publish("", queue, body)
-    depth = channel.queue_declare(queue, passive=True).message_count
-    after = rss_bytes(broker_pid)
+    channel.queue_declare(queue, passive=True)
+    return count / (time.monotonic() - started)
+
+
+def consume_rate(channel, queue, count):
+    """Messages per second taken from the head of `queue` by an auto-ack consumer."""
+    received = 0
+
+    def on_message(ch, method, properties, body):
+        nonlocal received
+        received += 1
+        if received == count:
+            ch.stop_consuming()
+
+    started = time.monotonic()
+    tag = channel.basic_consume(queue, on_message, auto_ack=True)
+    channel.start_consuming()
+    elapsed = time.monotonic() - started
+    channel.basic_cancel(tag)
+    return count / elapsed
+
+
+def depth_and_memory(port, broker_pid, depth, count, size):
+    """Publish and consume rates with an empty queue and with `depth` messages waiting,
+    and the broker's memory per waiting message."""
+    conn = connection.Connection("127.0.0.1", port)
+    channel = conn.default_channel
+    queue = channel.queue_declare("bench.depth").queue
+    channel.queue_purge(queue)
+    body = b"x" * size
+    shallow = publish_rate(channel, queue, count, body), consume_rate(channel, queue, count)
+    before = rss_bytes(broker_pid)
+    for _ in range(depth):
+        channel.basic_publish("", queue, body)
+    waiting = channel.queue_declare(queue, passive=True).message_count
+    per_message = (rss_bytes(broker_pid) - before) / depth
+    assert waiting == depth, (waiting, depth)
+    deep = publish_rate(channel, queue, count, body), consume_rate(channel, queue, count)
     channel.queue_delete(queue)
     conn.close()
-    assert depth == count, (depth, count)
-    return (after - before) / count
+    return shallow, deep, per_message
 
 
 def main():
@@ -109,9 +140,13 @@ def main():
         print(f"throughput: {args.messages} x {args.size} B, 1 producer -> 1 consumer, auto-ack: "
               + ", ".join(f"{r:,.0f}" for r in rates) + f" msg/s (best {max(rates):,.0f})")
         if broker is not None and args.memory_messages:
-            per_message = memory_per_message(port, broker.pid, args.memory_messages, args.size)
+            shallow, deep, per_message = depth_and_memory(port, broker.pid, args.memory_messages,
+                                                          args.messages, args.size)
             print(f"memory: {per_message:.0f} bytes of broker RSS per queued {args.size}-byte message "
                   f"({args.memory_messages:,} waiting)")
+            for what, empty, full in (("publish", shallow[0], deep[0]), ("consume", shallow[1], deep[1])):
+                print(f"{what}: {empty:,.0f} msg/s starting from an empty queue, {full:,.0f} msg/s with "
+                      f"{args.memory_messages:,} waiting (ratio {full / empty:.2f})")
     finally:
         if broker is not None:
             broker.close()

@@ -292,3 +292,50 @@ def test_connection_to_localhost_uses_the_port_from_the_environment(broker, monk
     monkeypatch.setenv("GREENMQ_PORT", str(broker.port))
     with connection.Connection("localhost") as conn:
         assert conn.server_properties["server"] == "GreenMQ"
+
+
+def test_unbind_stops_routing(channel, name):
+    channel.exchange_declare(name, "direct")
+    channel.queue_declare(name)
+    channel.queue_bind(name, name, "k")
+    channel.queue_unbind(name, name, "k")
+    channel.basic_publish(name, "k", "x")
+    assert channel.queue_declare(name, passive=True).message_count == 0
+
+
+def test_passive_declare_of_a_missing_exchange_is_not_found(channel, name):
+    with pytest.raises(connection.NotFound) as error:
+        channel.exchange_declare(name, passive=True)
+    assert f"no exchange '{name}' in vhost '/'" in error.value.text
+
+
+def test_plain_threads_each_with_a_connection_work_at_once(broker, name):
+    import threading
+
+    count, results, failures = 2000, {}, []
+
+    def produce():
+        try:
+            with connection.Connection("127.0.0.1", broker.port) as conn:
+                for n in range(count):
+                    conn.default_channel.basic_publish("", name, str(n))
+        except Exception as exc:  # reported through `failures`, asserted below
+            failures.append(exc)
+
+    def consume():
+        try:
+            with connection.Connection("127.0.0.1", broker.port) as conn:
+                got = [body for _, _, body in drain(conn.default_channel, name, count)]
+                results["bodies"] = got
+        except Exception as exc:
+            failures.append(exc)
+
+    with connection.Connection("127.0.0.1", broker.port) as setup:
+        setup.default_channel.queue_declare(name)
+    threads = [threading.Thread(target=consume), threading.Thread(target=produce)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not failures
+    assert results["bodies"] == [str(n).encode() for n in range(count)]
