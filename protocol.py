@@ -10,6 +10,7 @@ import base64
 import binascii
 import json
 import logging
+import socket
 
 import gevent
 from gevent.event import Event
@@ -34,6 +35,13 @@ DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 OUTBOX_HIGH_WATER = 1024 * 1024
 
 RECV_BYTES = 256 * 1024
+
+# A client that vanishes without closing (power loss, a cut network) holds its unacked
+# messages until the broker notices. Linux's default keepalive notices after two hours;
+# these settings after about two minutes, with no traffic while the peer is healthy.
+KEEPALIVE_IDLE_SECONDS = 60
+KEEPALIVE_INTERVAL_SECONDS = 10
+KEEPALIVE_PROBES = 6
 
 _encode = json.JSONEncoder(separators=(",", ":"), default=lambda value: _json_value(value)).encode
 _decode = json.JSONDecoder().decode
@@ -498,6 +506,7 @@ def connection_handler(node, max_line_bytes=DEFAULT_MAX_LINE_BYTES):
     (the server stopping) closes the connection with 320 CONNECTION_FORCED."""
 
     def handle(sock, address):
+        enable_keepalive(sock)
         wakeup = Event()
         protocol = JsonLinesProtocol(node, address, max_line_bytes, wakeup.set)
         writer = gevent.spawn(_write_loop, sock, protocol, wakeup)
@@ -522,6 +531,14 @@ def connection_handler(node, max_line_bytes=DEFAULT_MAX_LINE_BYTES):
             log.info("closed JSON-lines connection from %s:%s", *address[:2])
 
     return handle
+
+
+def enable_keepalive(sock):
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if hasattr(socket, "TCP_KEEPIDLE"):   # Linux; elsewhere the system's timers apply
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_SECONDS)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_SECONDS)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
 
 
 def _write_loop(sock, protocol, wakeup):

@@ -1,5 +1,7 @@
 """The broker as a process: flags, start-up errors, and clean stops."""
 
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -52,3 +54,16 @@ def test_a_taken_port_is_a_clear_start_up_error():
 
 def test_listens_on_loopback_by_default(broker):
     assert "listening for JSON-lines clients on 127.0.0.1:" in broker.log()
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to read socket timers")
+def test_client_sockets_get_a_short_keepalive_so_vanished_peers_are_noticed(broker):
+    with socket.create_connection(("127.0.0.1", broker.port)) as client:
+        client.sendall(b'{"op":"hello","id":1}\n')
+        client.recv(4096)          # the broker has accepted and set up the connection
+        peer_port = client.getsockname()[1]
+        out = subprocess.run(["ss", "-tnoH", "state", "established", f"( dport = :{peer_port} )"],
+                             capture_output=True, text=True, check=True).stdout
+    timer = re.search(r"timer:\(keepalive,(?:(\d+)sec|1min)", out)   # ss shows 60 s as "1min"
+    assert timer is not None, out
+    assert timer.group(1) is None or int(timer.group(1)) <= 60
