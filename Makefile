@@ -10,8 +10,10 @@ ARGS ?=
 $(PY):
 	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
 
+# The project itself is installed (editable), so examples/ can `import connection`.
 $(VENV)/.installed: $(PY) requirements.txt setup.py
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
 $(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt

@@ -1,0 +1,27 @@
+"""The Request/Response idiom, the responder: serves 'add_patient' requests from the direct
+exchange 'api' and answers each on the queue named by its reply_to, with the request's
+correlation_id.
+
+    python examples/rpc_server.py
+"""
+import connection
+
+
+def add_patient(channel, method, properties, body):
+    reply = f"added {body.decode()}"
+    channel.basic_publish(exchange='', routing_key=properties.reply_to, body=reply,
+                          properties=connection.BasicProperties(correlation_id=properties.correlation_id))
+    print(f" [.] {reply}", flush=True)
+
+
+conn = connection.Connection('localhost')
+channel = conn.channel()
+channel.exchange_declare(exchange='api', exchange_type='direct')
+channel.queue_declare(queue='add_patient')
+channel.queue_bind(exchange='api', queue='add_patient', routing_key='add_patient')
+channel.basic_consume(queue='add_patient', on_message_callback=add_patient, auto_ack=True)
+print(' [*] Awaiting requests', flush=True)
+try:
+    channel.start_consuming()
+except KeyboardInterrupt:
+    conn.close()

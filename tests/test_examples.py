@@ -1,0 +1,208 @@
+"""Every example program, run as a process against a live broker."""
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import connection
+from tests.broker_process import ROOT
+
+EXAMPLES = os.path.join(ROOT, "examples")
+SEED = os.path.join(os.path.dirname(ROOT), "shared", "seeds", "000_6a8685d0f885b244.txt")
+WAIT = 15.0   # seconds any expected line may take on a loaded machine
+
+
+class Program:
+    """An example running in the background, its output read line by line."""
+
+    def __init__(self, port, name, *args):
+        env = {**os.environ, "GREENMQ_PORT": str(port), "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        self.process = subprocess.Popen([sys.executable, os.path.join(EXAMPLES, name), *args],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+        self.lines = queue.Queue()
+        self.seen = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def expect(self, text):
+        """Wait for a line containing `text`; returns the lines before it."""
+        before = []
+        while True:
+            try:
+                line = self.lines.get(timeout=WAIT)
+            except queue.Empty:
+                raise AssertionError(f"no line with {text!r} after {before!r}") from None
+            if line is None:
+                raise AssertionError(f"exited without {text!r}; output: {before!r}")
+            if text in line:
+                return before
+            before.append(line)
+
+    def interrupt(self):
+        """Ctrl-C; returns the exit code."""
+        self.process.send_signal(signal.SIGINT)
+        return self.process.wait(WAIT)
+
+    def kill(self):
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+def run(port, name, *args):
+    """Run an example to completion; returns its output."""
+    env = {**os.environ, "GREENMQ_PORT": str(port), "PYTHONPATH": ROOT}
+    result = subprocess.run([sys.executable, os.path.join(EXAMPLES, name), *args], capture_output=True,
+                            text=True, env=env, cwd=ROOT, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.fixture
+def programs():
+    started = []
+    yield started
+    for program in started:
+        program.kill()
+
+
+@pytest.fixture
+def start(broker, programs):
+    def start(name, *args):
+        program = Program(broker.port, name, *args)
+        programs.append(program)
+        return program
+    return start
+
+
+def _code_lines(text):
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def test_original_examples_are_the_seed_verbatim_but_for_the_host():
+    with open(SEED) as seed:
+        lines = _code_lines(seed.read().replace("'example.com'", "'localhost'"))
+    start = lines.index("import connection")
+    for name in ("publisher.py", "subscriber.py"):
+        with open(os.path.join(EXAMPLES, name)) as example:
+            code = _code_lines(example.read())
+        assert lines[start:start + len(code)] == code, name
+        start = lines.index("import connection", start + 1) if name == "publisher.py" else None
+
+
+def test_original_publisher_sends_typed_lines_to_queue_topic1(broker, start):
+    with connection.Connection("127.0.0.1", broker.port) as conn:
+        conn.default_channel.queue_declare("topic1")
+        conn.default_channel.queue_purge("topic1")
+        publisher = start("publisher.py")
+        publisher.expect("Type the message you want to send to queue1")
+        publisher.process.stdin.write("first line\nsecond line\n")
+        publisher.process.stdin.flush()
+        got = []
+        for method, _, body in conn.default_channel.consume("topic1", auto_ack=True, inactivity_timeout=WAIT):
+            assert method is not None, got
+            got.append(body)
+            if len(got) == 2:
+                break
+        assert got == [b"first line", b"second line"]
+        assert publisher.interrupt() == 2
+        publisher.expect("Closing...")
+
+
+def test_original_subscriber_prints_messages_of_the_default_queue(broker, start):
+    subscriber = start("subscriber.py")
+    with connection.Connection("127.0.0.1", broker.port) as conn:
+        conn.publish("hello, default queue")     # no name: the default queue
+    subscriber.expect("hello, default queue")
+
+
+def test_hello_world_send_and_receive(broker, start):
+    receiver = start("receive.py")
+    receiver.expect("Waiting for messages")
+    assert "Sent 'Hello there'" in run(broker.port, "send.py", "Hello", "there")
+    receiver.expect("Received 'Hello there'")
+    assert receiver.interrupt() == 0
+
+
+def test_work_queue_gives_tasks_to_the_idle_worker(broker, start):
+    busy, idle = start("worker.py", "0.05"), None
+    busy.expect("Waiting for messages")
+    idle = start("worker.py", "0.05")
+    idle.expect("Waiting for messages")
+    run(broker.port, "new_task.py", "long" + "." * 40)    # two seconds: the first worker's
+    busy.expect("Received 'long")
+    for task in ("a.", "b.", "c."):
+        run(broker.port, "new_task.py", task)
+    for task in ("a.", "b.", "c."):
+        idle.expect(f"Done '{task}'")
+    busy_output = busy.expect("Done 'long")
+    assert busy_output == [], busy_output     # the busy worker was given nothing more
+
+
+def test_emit_log_reaches_every_receiver(broker, start):
+    receivers = [start("receive_logs.py") for _ in range(2)]
+    for r in receivers:
+        r.expect("Waiting for logs")
+    run(broker.port, "emit_log.py", "disk", "full")
+    for r in receivers:
+        r.expect("'disk full'")
+
+
+def test_topic_receivers_get_only_matching_keys(broker, start):
+    kern = start("receive_logs_topic.py", "kern.*")
+    critical = start("receive_logs_topic.py", "*.critical")
+    for r in (kern, critical):
+        r.expect("Waiting for logs")
+    for key in ("kern.critical", "kern.info", "app.critical", "app.info", "kern.end", "end.critical"):
+        run(broker.port, "emit_log_topic.py", key, "m")
+    assert kern.expect("kern.end") == [" [x] kern.critical:'m'", " [x] kern.info:'m'"]
+    assert critical.expect("end.critical") == [" [x] kern.critical:'m'", " [x] app.critical:'m'"]
+
+
+def test_headers_receivers_match_all_or_any(broker, start):
+    every = start("receive_headers.py", "all", "format=pdf", "type=report")
+    either = start("receive_headers.py", "any", "format=pdf", "format=zip")
+    for r in (every, either):
+        r.expect("Waiting for reports")
+    for headers in (["format=pdf", "type=report"], ["format=pdf"], ["format=zip"], ["format=doc"]):
+        run(broker.port, "emit_headers.py", *headers, "+".join(h.split("=")[1] for h in headers))
+    run(broker.port, "emit_headers.py", "format=pdf", "type=report", "end")
+    assert [re.sub(r".*:", "", line) for line in every.expect(":'end'")] == ["'pdf+report'"]
+    assert [re.sub(r".*:", "", line) for line in either.expect(":'end'")] == ["'pdf+report'", "'pdf'", "'zip'"]
+
+
+def test_broadcast_reaches_current_listeners(broker, start):
+    listeners = [start("broadcast.py", "listen") for _ in range(2)]
+    for listener in listeners:
+        listener.expect("Listening")
+    run(broker.port, "broadcast.py", "send", "AL 24: FL 7")
+    for listener in listeners:
+        listener.expect("AL 24: FL 7")
+
+
+def test_notify_keeps_events_for_a_consumer_that_is_not_running(broker, start):
+    scheduling = start("notify.py", "consume", "scheduling")
+    scheduling.expect("waiting for patients")
+    assert scheduling.interrupt() == 0
+    run(broker.port, "notify.py", "produce", "given:John surname:Smith")
+    scheduling = start("notify.py", "consume", "scheduling")
+    scheduling.expect("[scheduling] given:John surname:Smith")
+
+
+def test_rpc_client_gets_the_servers_answer(broker, start):
+    server = start("rpc_server.py")
+    server.expect("Awaiting requests")
+    assert "Got 'added Jane Doe'" in run(broker.port, "rpc_client.py", "Jane", "Doe")
+    server.expect("added Jane Doe")
