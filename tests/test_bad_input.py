@@ -1,0 +1,241 @@
+"""Bad input over raw sockets: each gets a clear error, the connection keeps working where
+it can, other clients are not touched and no queued message is lost. The session broker
+fixture also fails the run if anything here made the broker log a traceback."""
+
+import json
+import socket
+
+import pytest
+
+import connection
+from tests.broker_process import BrokerProcess
+
+TIMEOUT = 10.0
+
+
+class RawClient:
+    def __init__(self, port, hello=True):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        self.buffer = b""
+        if hello:
+            self.send({"op": "hello", "id": "hello"})
+            assert self.read()["ok"] is True
+
+    def send(self, *requests):
+        self.send_raw(b"".join(json.dumps(r).encode() + b"\n" for r in requests))
+
+    def send_raw(self, data):
+        self.sock.sendall(data)
+
+    def read(self):
+        """The next line from the broker, decoded; None once it closed the connection."""
+        while b"\n" not in self.buffer:
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            self.buffer += data
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def call(self, request):
+        self.send(request)
+        return self.read()
+
+    def still_works(self):
+        reply = self.call({"op": "queue.declare", "id": "check", "queue": "", "exclusive": True})
+        return reply["ok"] is True and reply["id"] == "check"
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def raw(broker):
+    client = RawClient(broker.port)
+    yield client
+    client.close()
+
+
+def assert_error(reply, code, *words):
+    assert reply["ok"] is False, reply
+    assert reply["code"] == code, reply
+    for word in words:
+        assert word in reply["text"], reply
+
+
+@pytest.mark.parametrize("line, words", [
+    (b"not json", ["invalid JSON"]),
+    (b"{\"op\": \"publish\"", ["invalid JSON"]),
+    (b"[1, 2]", ["must be a JSON object"]),
+    (b"42", ["must be a JSON object"]),
+    (b"\"publish\"", ["must be a JSON object"]),
+    (b"null", ["must be a JSON object"]),
+    (b"\xff\xfe{}", ["not valid UTF-8"]),
+    (b"{\"op\": \"publish\", \"body\": \"\xc3\x28\"}", ["not valid UTF-8"]),
+])
+def test_unparseable_lines_get_a_syntax_error_and_the_connection_goes_on(raw, line, words):
+    raw.send_raw(line + b"\n")
+    assert_error(raw.read(), 502, *words)
+    assert raw.still_works()
+
+
+@pytest.mark.parametrize("request_, code, words", [
+    ({"op": "frobnicate"}, 540, ["unknown op 'frobnicate'"]),
+    ({"op": 7}, 540, ["unknown op 7"]),
+    ({"id": 1}, 540, ["unknown op None"]),
+    ({"op": "queue.declare", "durable": "yes"}, 502, ["'durable' must be true or false"]),
+    ({"op": "queue.bind", "queue": "q"}, 502, ["'exchange' is required"]),
+    ({"op": "exchange.declare"}, 502, ["'exchange' is required"]),
+    ({"op": "exchange.declare", "exchange": "x", "type": "fancy"}, 503, ["invalid exchange type 'fancy'"]),
+    ({"op": "queue.declare", "queue": 5}, 502, ["'queue' must be a string"]),
+    ({"op": "queue.declare", "queue": "q" * 256}, 406, ["longer than 255 bytes"]),
+    ({"op": "queue.declare", "queue": "", "arguments": {"x-message-ttl": -1}}, 406, ["x-message-ttl"]),
+    ({"op": "queue.declare", "queue": "", "arguments": {"x-expires": "soon"}}, 406, ["x-expires"]),
+    ({"op": "queue.declare", "queue": "", "arguments": [1]}, 502, ["'arguments' must be an object"]),
+    ({"op": "publish", "channel": "1"}, 502, ["'channel' must be an integer"]),
+    ({"op": "publish", "channel": 9}, 504, ["channel 9"]),
+    ({"op": "publish", "body": 5}, 502, ["'body' must be a string"]),
+    ({"op": "publish", "body": "%%%", "body_encoding": "base64"}, 502, ["not valid base64"]),
+    ({"op": "publish", "body": "x", "body_encoding": "rot13"}, 502, ["unknown body_encoding"]),
+    ({"op": "publish", "body": "x", "properties": {"colour": "red"}}, 502, ["unknown property 'colour'"]),
+    ({"op": "publish", "body": "x", "properties": {"delivery_mode": 3}}, 502, ["delivery_mode"]),
+    ({"op": "publish", "body": "x", "properties": {"priority": 300}}, 502, ["priority"]),
+    ({"op": "publish", "body": "x", "properties": {"headers": [1]}}, 502, ["headers"]),
+    ({"op": "publish", "body": "x", "properties": {"expiration": "soon"}}, 406, ["invalid expiration 'soon'"]),
+    ({"op": "publish", "body": "x", "properties": []}, 502, ["'properties' must be an object"]),
+    ({"op": "publish", "body": "\ud800"}, 502, ["surrogate"]),
+    ({"op": "publish", "exchange": None, "routing_key": 5}, 502, ["'routing_key' must be a string"]),
+    ({"op": "publish", "mandatory": "yes"}, 502, ["'mandatory' must be true or false"]),
+    ({"op": "publish", "exchange": "no-such-exchange"}, 404, ["no exchange 'no-such-exchange' in vhost '/'"]),
+    ({"op": "ack", "delivery_tag": 99}, 406, ["unknown delivery tag 99"]),
+    ({"op": "ack", "delivery_tag": -1}, 502, ["must not be negative"]),
+    ({"op": "ack", "delivery_tag": 10**30}, 406, ["unknown delivery tag"]),
+    ({"op": "nack", "delivery_tag": 3, "multiple": True}, 406, ["unknown delivery tag 3"]),
+    ({"op": "reject", "delivery_tag": "1"}, 502, ["'delivery_tag' must be an integer"]),
+    ({"op": "qos", "prefetch_count": 70000}, 502, ["prefetch_count"]),
+    ({"op": "get", "queue": "no-such-queue"}, 404, ["no queue 'no-such-queue' in vhost '/'"]),
+    ({"op": "consume", "queue": "no-such-queue"}, 404, ["no queue 'no-such-queue'"]),
+    ({"op": "channel.open", "channel": 0}, 530, ["channel number 0"]),
+    ({"op": "channel.open", "channel": 70000}, 530, ["channel number 70000"]),
+    ({"op": "channel.open", "channel": 1}, 504, ["second 'channel.open'"]),
+    ({"op": "exchange.delete", "exchange": "amq.direct"}, 403, ["deletion of system exchange"]),
+    ({"op": "queue.bind", "queue": "q", "exchange": ""}, 403, ["default exchange"]),
+    ({"op": "hello"}, 503, ["already received"]),
+])
+def test_bad_requests_are_refused_by_code_and_name_the_problem(raw, request_, code, words):
+    request_ = dict(request_, id="bad")
+    reply = raw.call(request_)
+    assert_error(reply, code, *words)
+    assert reply["id"] == "bad"
+    assert raw.still_works()
+
+
+@pytest.mark.parametrize("request_id", [None, 1.5, [1, 2], {"nested": True}, "x" * 1000, 10**40])
+def test_any_json_value_works_as_a_request_id(raw, request_id):
+    reply = raw.call({"op": "queue.declare", "queue": "", "exclusive": True, "id": request_id})
+    assert reply["ok"] is True and reply["id"] == request_id
+
+
+def test_odd_but_valid_input_is_accepted(raw):
+    for request in (
+        {"op": "exchange.declare", "exchange": "unicode-ëxçhånge-名前", "type": "topic", "id": 1},
+        {"op": "queue.declare", "queue": "unicode-qüeue-名前", "id": 2,
+         "arguments": {"x-nested": {"a": [1, {"b": None}]}, "x-list": [1, 2]}},
+        {"op": "queue.bind", "queue": "unicode-qüeue-名前", "exchange": "unicode-ëxçhånge-名前",
+         "routing_key": "#", "arguments": {"list": [1, [2, 3]], "table": {"k": "v"}}, "id": 3},
+        {"op": "queue.bind", "queue": "unicode-qüeue-名前", "exchange": "amq.headers",
+         "arguments": {"x-match": "any", "n": [1, 2]}, "id": 4},
+    ):
+        assert raw.call(request)["ok"] is True
+    raw.send({"op": "publish", "exchange": "amq.headers", "body": "h", "properties": {"headers": {"n": [1, 2]}}},
+             {"op": "publish", "exchange": "unicode-ëxçhånge-名前", "routing_key": "ü.名", "body": "名前"})
+    reply = raw.call({"op": "queue.declare", "queue": "unicode-qüeue-名前", "passive": True, "id": 5})
+    assert reply["message_count"] == 2
+    got = raw.call({"op": "get", "queue": "unicode-qüeue-名前", "no_ack": True, "id": 6})
+    assert got["body"] == "h"
+    got = raw.call({"op": "get", "queue": "unicode-qüeue-名前", "no_ack": True, "id": 7})
+    assert (got["body"], got["routing_key"]) == ("名前", "ü.名")
+
+
+def test_blank_lines_are_ignored(raw):
+    raw.send_raw(b"\n\r\n   \n")
+    assert raw.still_works()
+
+
+def test_requests_before_hello_close_the_connection_with_a_reason(broker):
+    client = RawClient(broker.port, hello=False)
+    client.send({"op": "queue.declare", "queue": ""})
+    closing = client.read()
+    assert closing["event"] == "close" and closing["code"] == 503
+    assert "expected 'hello'" in closing["text"]
+    assert client.read() is None
+
+
+@pytest.mark.parametrize("hello, code, words", [
+    ({"user": "guest", "password": "wrong"}, 403, ["Login was refused"]),
+    ({"user": "nobody", "password": "guest"}, 403, ["Login was refused"]),
+    ({"vhost": "/nowhere"}, 530, ["vhost /nowhere not found"]),
+    ({"protocol": 99}, 503, ["protocol version 99 is not supported"]),
+    ({"user": 5}, 502, ["'user' must be a string"]),
+])
+def test_a_refused_hello_closes_the_connection_with_a_reason(broker, hello, code, words):
+    client = RawClient(broker.port, hello=False)
+    client.send(dict(hello, op="hello", id=1))
+    reply = client.read()
+    if reply.get("event") == "close":
+        assert reply["code"] == code and all(w in reply["text"] for w in words), reply
+        assert client.read() is None
+    else:   # a malformed hello is an ordinary refused request: the client may try again
+        assert_error(reply, code, *words)
+        assert client.call({"op": "hello", "id": 2})["ok"] is True
+
+
+def test_a_line_over_the_limit_closes_only_that_connection():
+    with BrokerProcess("--max-line-bytes", "2048") as broker:
+        bystander = connection.Connection("127.0.0.1", broker.port)
+        bystander.default_channel.queue_declare("kept")
+        bystander.default_channel.basic_publish("", "kept", "safe")
+        offender = RawClient(broker.port)
+        offender.send({"op": "publish", "routing_key": "kept", "body": "x" * 4096})
+        closing = offender.read()
+        assert closing["event"] == "close" and closing["code"] == 501
+        assert "longer than 2048 bytes" in closing["text"]
+        assert offender.read() is None
+        partial = RawClient(broker.port)   # over the limit before any newline arrives
+        partial.send_raw(b"{" + b" " * 3000)
+        assert partial.read()["code"] == 501
+        assert bystander.default_channel.queue_declare("kept", passive=True).message_count == 1
+        bystander.close()
+        assert "Traceback" not in broker.log()
+
+
+def test_a_client_vanishing_mid_line_harms_no_one(broker, name):
+    with connection.Connection("127.0.0.1", broker.port) as conn:
+        conn.default_channel.queue_declare(name)
+        for n in range(5):
+            conn.default_channel.basic_publish("", name, str(n))
+        vanishing = RawClient(broker.port)
+        vanishing.send_raw(b'{"op": "publish", "routing_key": "' + name.encode() + b'", "bo')
+        vanishing.close()
+        holder = RawClient(broker.port)     # takes two messages unacked, then vanishes
+        holder.send({"op": "consume", "queue": name, "id": 1},
+                    {"op": "publish", "routing_key": name, "body": "late"})
+        holder.close()
+        got = []
+        for method, _, body in conn.default_channel.consume(name, auto_ack=True, inactivity_timeout=TIMEOUT):
+            assert method is not None, got
+            got.append(body)
+            if len(got) == 6:
+                break
+        assert sorted(got) == [b"0", b"1", b"2", b"3", b"4", b"late"]
+
+
+def test_double_ack_is_refused_and_the_message_stays_settled(raw, name):
+    for request in ({"op": "queue.declare", "queue": name, "id": 1},):
+        assert raw.call(request)["ok"]
+    raw.send({"op": "publish", "routing_key": name, "body": "once"})
+    got = raw.call({"op": "get", "queue": name, "id": 2})
+    raw.send({"op": "ack", "delivery_tag": got["delivery_tag"]},
+             {"op": "ack", "delivery_tag": got["delivery_tag"]})
+    assert_error(raw.read(), 406, f"unknown delivery tag {got['delivery_tag']}")
+    assert raw.call({"op": "queue.declare", "queue": name, "passive": True, "id": 3})["message_count"] == 0
