@@ -18,6 +18,7 @@ import base64
 import collections
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -33,6 +34,10 @@ DEFAULT_QUEUE = "default"
 # faster than the network waits for the socket instead of growing memory.
 MAX_QUEUED_LINES = 4096
 RECV_BYTES = 256 * 1024
+
+_ASYNCHRONOUS_SIGNALS = {getattr(signal, name) for name in (
+    "SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGALRM", "SIGUSR1", "SIGUSR2", "SIGCHLD", "SIGWINCH")
+    if hasattr(signal, name)}
 
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 _decode = json.JSONDecoder().decode
@@ -380,6 +385,10 @@ class Connection:
                 self._lost(exc)
 
     def _write_loop(self):
+        # The kernel may deliver a process signal to any thread that does not block it;
+        # taken here, a Ctrl-C would never interrupt the main thread's blocking recv.
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNCHRONOUS_SIGNALS)
         while True:
             self._wakeup.wait()
             if self._closed is not None:

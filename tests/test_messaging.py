@@ -1,5 +1,8 @@
 """The messaging model over JSON lines, through connection.py against a live broker."""
 
+import os
+import signal
+
 import pytest
 
 import connection
@@ -339,3 +342,13 @@ def test_plain_threads_each_with_a_connection_work_at_once(broker, name):
         t.join(60)
     assert not failures
     assert results["bodies"] == [str(n).encode() for n in range(count)]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads thread signal masks from /proc")
+def test_ctrl_c_is_left_to_the_main_thread(conn):
+    """A signal taken by the client's writer thread would not interrupt the main thread's
+    blocking recv: Ctrl-C in a consumer would be lost."""
+    with open(f"/proc/self/task/{conn._writer.native_id}/status") as status:
+        blocked = int(next(line for line in status if line.startswith("SigBlk:")).split()[1], 16)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        assert blocked & (1 << (sig - 1)), sig
