@@ -63,7 +63,6 @@ class JsonLinesProtocol:
         self.outbox = []
         self.outbox_bytes = 0
         self._partial = b""
-        self._confirms = {}          # channel -> [[ack?, first seq, last seq], ...] not yet sent
 
     # -- bytes in ----------------------------------------------------------------------
 
@@ -81,7 +80,8 @@ class JsonLinesProtocol:
             self._handle_line(line)
         else:
             if len(self._partial) <= limit:
-                self._send_confirms()
+                if self.session is not None:
+                    self.session.flush_confirms()
                 return
         self.close(FrameError(f"line longer than {limit} bytes"))
 
@@ -183,24 +183,9 @@ class JsonLinesProtocol:
         self._write(_with_message({"event": "return", "channel": channel_number, "reply_code": reply_code,
                                    "reply_text": reply_text}, message))
 
-    def publish_confirmed(self, channel_number, seq, ack):
-        runs = self._confirms.get(channel_number)
-        if runs is None:
-            self._confirms[channel_number] = [[ack, seq, seq]]
-        elif runs[-1][0] == ack and runs[-1][2] == seq - 1:
-            runs[-1][2] = seq
-        else:
-            runs.append([ack, seq, seq])
-
-    def _send_confirms(self):
-        """Confirms go out once per batch of input lines, after any error replies of that
-        batch, each run of acks (or nacks) as one event with `multiple`."""
-        if self._confirms:
-            for channel_number, runs in self._confirms.items():
-                for ack, first, last in runs:
-                    self._send({"event": "ack" if ack else "nack", "channel": channel_number,
-                                "delivery_tag": last, "multiple": last > first})
-            self._confirms.clear()
+    def publish_confirmed(self, channel_number, delivery_tag, multiple, ack):
+        self._send({"event": "ack" if ack else "nack", "channel": channel_number,
+                    "delivery_tag": delivery_tag, "multiple": multiple})
 
     # -- requests ----------------------------------------------------------------------
 

@@ -7,7 +7,10 @@ their methods for what the client asks, and receives what the core pushes throug
     deliver(channel_number, consumer_tag, delivery_tag, message)
     consumer_cancelled(channel_number, consumer_tag)       # queue deleted under a consumer
     message_returned(channel_number, reply_code, reply_text, message)   # mandatory, unroutable
-    publish_confirmed(channel_number, seq, ack)           # confirm mode, in publish order
+    publish_confirmed(channel_number, delivery_tag, multiple, ack)      # confirm mode
+
+Confirms collect per channel as runs of acks or nacks and reach the sink when the front end
+calls `session.flush_confirms()`, once per batch of input, so one confirm covers a batch.
 
 When the front end's socket cannot keep up it calls `session.set_writable(False)`, and
 True once drained; queues then hold messages instead of piling them into its buffer.
@@ -38,6 +41,7 @@ class Session:
         self.exclusive_queues = set()
         self.writable = True
         self.closed = False
+        self.confirming_channels = []   # channels with confirms not yet flushed
 
     def open_channel(self, number):
         if number in self.channels:
@@ -57,6 +61,15 @@ class Session:
         channel = self.channels.pop(number, None)
         if channel is not None:
             channel.close()
+
+    def flush_confirms(self):
+        """Send the confirms collected since the last call, one per run."""
+        if self.confirming_channels:
+            for channel in self.confirming_channels:
+                for ack, first, last in channel.confirm_runs:
+                    self.sink.publish_confirmed(channel.number, last, last > first, ack)
+                channel.confirm_runs.clear()
+            self.confirming_channels.clear()
 
     def set_writable(self, writable):
         if writable == self.writable:
@@ -96,6 +109,7 @@ class Channel:
         self.active = session.writable
         self.confirming = False
         self.publish_seq = 0
+        self.confirm_runs = []        # [[ack, first seq, last seq], ...] not yet flushed
         self.closed = False
 
     # -- publishing --------------------------------------------------------------------
@@ -113,12 +127,21 @@ class Channel:
             routed = self.vhost.publish(exchange, message)
         except BrokerError:
             if seq:
-                self.sink.publish_confirmed(self.number, seq, False)
+                self._confirm(seq, False)
             raise
         if not routed and mandatory:
             self.sink.message_returned(self.number, 312, "NO_ROUTE", message)
         if seq:
-            self.sink.publish_confirmed(self.number, seq, True)
+            self._confirm(seq, True)
+
+    def _confirm(self, seq, ack):
+        runs = self.confirm_runs
+        if runs and runs[-1][0] == ack:
+            runs[-1][2] = seq
+            return
+        if not runs:
+            self.session.confirming_channels.append(self)
+        runs.append([ack, seq, seq])
 
     def _check_user_id(self, user_id):
         if user_id != self.session.user:

@@ -24,8 +24,8 @@ class RecordingSink:
     def message_returned(self, channel_number, reply_code, reply_text, message):
         self.returned.append((reply_code, reply_text, message.body))
 
-    def publish_confirmed(self, channel_number, seq, ack):
-        self.confirms.append((seq, ack))
+    def publish_confirmed(self, channel_number, delivery_tag, multiple, ack):
+        self.confirms.append((delivery_tag, multiple, ack))
 
     def bodies(self, consumer_tag=None):
         return [d[3] for d in self.deliveries if consumer_tag in (None, d[1])]
@@ -287,8 +287,12 @@ def test_mandatory_unroutable_message_is_returned_and_confirmed(node):
     ch.publish("", "nowhere", b"m", mandatory=True)
     with pytest.raises(NotFound):
         ch.publish("missing-exchange", "", b"m")
+    ch.publish("", "nowhere", b"m")
+    ch.publish("", "nowhere", b"m")
+    assert sink.confirms == []                  # confirms wait for the front end's flush
+    ch.session.flush_confirms()
     assert sink.returned == [(312, "NO_ROUTE", b"m")]
-    assert sink.confirms == [(1, True), (2, False)]
+    assert sink.confirms == [(1, False, True), (2, False, False), (4, True, True)]
 
 
 def test_user_id_must_be_the_authenticated_user(node):
