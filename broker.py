@@ -12,7 +12,8 @@ from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from node import VERSION, Node
-from protocol import DEFAULT_MAX_LINE_BYTES, connection_handler
+from protocol import DEFAULT_MAX_LINE_BYTES, JsonLinesProtocol
+from transport import connection_handler
 
 log = logging.getLogger("greenmq")
 
@@ -65,7 +66,9 @@ def main(argv=None):
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     node = Node()
     # Handlers in a pool, so that stopping the server kills them and each client is told why.
-    server = StreamServer((args.host, args.port), connection_handler(node, args.max_line_bytes), spawn=Pool())
+    server = StreamServer(
+        (args.host, args.port),
+        connection_handler(lambda address: JsonLinesProtocol(node, address, args.max_line_bytes)), spawn=Pool())
     try:
         server.start()
     except OSError as exc:

@@ -22,8 +22,7 @@ class Node:
         self.vhosts = {name: VirtualHost(name) for name in vhost_names}
         self.sessions = set()
 
-    def open_session(self, username, password, vhost_name, peer, protocol, sink,
-                     client_properties=None, mechanism="PLAIN"):
+    def authenticate(self, username, password, peer, mechanism="PLAIN"):
         expected = self.users.get(username)
         if expected is None or not hmac.compare_digest(expected.encode(), password.encode()):
             raise AccessRefused(
@@ -31,6 +30,10 @@ class Node:
                 "For details see the broker logfile.")
         if username in LOOPBACK_USERS and not _is_loopback(peer):
             raise AccessRefused(f"User '{username}' can only connect via localhost")
+
+    def open_session(self, username, password, vhost_name, peer, protocol, sink,
+                     client_properties=None, mechanism="PLAIN"):
+        self.authenticate(username, password, peer, mechanism)
         vhost = self.vhosts.get(vhost_name)
         if vhost is None:
             raise NotAllowed(f"vhost {vhost_name} not found")

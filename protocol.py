@@ -2,20 +2,15 @@
 
 `JsonLinesProtocol` never touches a socket: `data_received(bytes)` parses lines and calls
 the core; replies, deliveries and events collect as encoded lines until the owner of the
-socket takes them with `take_output()`. `handle_connection` is that owner, one reader
-greenlet and one writer greenlet per client.
+socket (transport.py) takes them with `take_output()`.
 """
 
 import base64
 import binascii
 import json
 import logging
-import socket
 
-import gevent
-from gevent.event import Event
-
-from errors import (BadSyntax, BrokerError, CommandInvalid, ConnectionForced, FrameError,
+from errors import (BadSyntax, BrokerError, CommandInvalid, FrameError,
                     InternalError, Unsupported)
 from message import PROPERTY_NAMES
 from node import SERVER_NAME, VERSION
@@ -34,14 +29,6 @@ DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 # broker copy a whole queue into memory.
 OUTBOX_HIGH_WATER = 1024 * 1024
 
-RECV_BYTES = 256 * 1024
-
-# A client that vanishes without closing (power loss, a cut network) holds its unacked
-# messages until the broker notices. Linux's default keepalive notices after two hours;
-# these settings after about two minutes, with no traffic while the peer is healthy.
-KEEPALIVE_IDLE_SECONDS = 60
-KEEPALIVE_INTERVAL_SECONDS = 10
-KEEPALIVE_PROBES = 6
 
 _encode = json.JSONEncoder(separators=(",", ":"), default=lambda value: _json_value(value)).encode
 _decode = json.JSONDecoder().decode
@@ -52,6 +39,8 @@ _STRING_PROPERTIES = frozenset(PROPERTY_NAMES) - {"headers", "delivery_mode", "p
 
 class JsonLinesProtocol:
     """One client connection speaking JSON lines."""
+
+    name = "JSON-lines"
 
     def __init__(self, node, peer, max_line_bytes=DEFAULT_MAX_LINE_BYTES, on_output=None):
         self.node = node
@@ -156,7 +145,8 @@ class JsonLinesProtocol:
             self.session.set_writable(True)
 
     def close(self, exc=None):
-        """End the connection; with a reason, sent as a close event, the last line."""
+        """End the connection; with a reason, sent as a close event, the last line.
+        The transport calls this with 320 CONNECTION_FORCED when the broker stops."""
         if not self.closed:
             self.closed = True
             if exc is not None:
@@ -482,70 +472,3 @@ def _json_value(value):
     if isinstance(value, (bytes, bytearray)):
         return {"$bytes": base64.b64encode(value).decode("ascii")}
     raise TypeError(f"cannot encode {type(value).__name__} in JSON")
-
-
-# -- the socket --------------------------------------------------------------------------
-
-def connection_handler(node, max_line_bytes=DEFAULT_MAX_LINE_BYTES):
-    """A StreamServer handler serving JSON-lines clients of `node`. Killing its greenlet
-    (the server stopping) closes the connection with 320 CONNECTION_FORCED."""
-
-    def handle(sock, address):
-        enable_keepalive(sock)
-        wakeup = Event()
-        protocol = JsonLinesProtocol(node, address, max_line_bytes, wakeup.set)
-        writer = gevent.spawn(_write_loop, sock, protocol, wakeup)
-        log.info("accepted JSON-lines connection from %s:%s", *address[:2])
-        try:
-            while not protocol.closed:
-                data = sock.recv(RECV_BYTES)
-                if not data:
-                    break
-                protocol.data_received(data)
-                # recv returns at once while data is waiting: yield so that writers and
-                # other clients run between batches.
-                gevent.sleep(0)
-        except OSError as exc:
-            log.info("connection from %s:%s failed: %s", address[0], address[1], exc)
-        except gevent.GreenletExit:
-            protocol.close(ConnectionForced("broker shutdown"))
-        finally:
-            protocol.connection_lost()
-            writer.kill()
-            _send_rest(sock, protocol)
-            log.info("closed JSON-lines connection from %s:%s", *address[:2])
-
-    return handle
-
-
-def enable_keepalive(sock):
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    if hasattr(socket, "TCP_KEEPIDLE"):   # Linux; elsewhere the system's timers apply
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_SECONDS)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_SECONDS)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
-
-
-def _write_loop(sock, protocol, wakeup):
-    try:
-        while True:
-            wakeup.wait()
-            wakeup.clear()
-            data = protocol.take_output()
-            if data:
-                sock.sendall(data)
-            protocol.output_drained()
-    except OSError:
-        sock.close()
-
-
-def _send_rest(sock, protocol):
-    data = protocol.take_output()
-    try:
-        if data:
-            with gevent.Timeout(5):
-                sock.sendall(data)
-    except (OSError, gevent.Timeout):
-        pass
-    finally:
-        sock.close()

@@ -5,7 +5,7 @@ setup(
     version="0.1.0",
     description="A message broker in Python on gevent, with RabbitMQ's messaging model",
     py_modules=["broker", "connection", "errors", "exchange", "message", "node",
-                "protocol", "queue_store", "session", "vhost"],
+                "protocol", "queue_store", "session", "transport", "vhost"],
     python_requires=">=3.9",
     install_requires=["gevent>=23.9"],
     entry_points={"console_scripts": ["greenmq-broker=broker:main"]},

@@ -126,7 +126,7 @@ def test_unacked_messages_return_in_order_with_redelivered_flag_when_channel_clo
 
 def test_requeued_messages_go_back_before_later_ones(node):
     a, a_sink = open_channel(node, 1)
-    b, b_sink = a.session.open_channel(2), a_sink
+    b = a.session.open_channel(2)
     a.vhost.declare_queue("q")
     a.qos(2)
     b.qos(2)
