@@ -11,6 +11,7 @@ from gevent.event import Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
+from amqp_protocol import AmqpConnection
 from node import VERSION, Node
 from protocol import DEFAULT_MAX_LINE_BYTES, JsonLinesProtocol
 from transport import connection_handler
@@ -24,8 +25,8 @@ log = logging.getLogger("greenmq")
 FULL_COLLECTION_INTERVAL_SECONDS = 60.0
 
 DEFAULT_HOST = "127.0.0.1"
-# The JSON-lines port. 5672 is left for the AMQP 0-9-1 listener.
-DEFAULT_PORT = 5680
+DEFAULT_PORT = 5680          # JSON lines
+DEFAULT_AMQP_PORT = 5672     # AMQP 0-9-1, where every AMQP client looks first
 
 
 def parse_args(argv):
@@ -35,13 +36,17 @@ def parse_args(argv):
                         help=f"address to listen on (default {DEFAULT_HOST}; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help=f"JSON-lines port (default {DEFAULT_PORT}; 0 picks a free one)")
+    parser.add_argument("--amqp-port", type=int, default=DEFAULT_AMQP_PORT,
+                        help=f"AMQP 0-9-1 port (default {DEFAULT_AMQP_PORT}; 0 picks a free one)")
+    parser.add_argument("--no-amqp", action="store_true", help="do not listen for AMQP clients")
     parser.add_argument("--max-line-bytes", type=int, default=DEFAULT_MAX_LINE_BYTES,
                         help=f"longest JSON line accepted (default {DEFAULT_MAX_LINE_BYTES})")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
-    if not 0 <= args.port <= 65535:
-        parser.error(f"--port must be between 0 and 65535, not {args.port}")
+    for flag, port in (("--port", args.port), ("--amqp-port", args.amqp_port)):
+        if not 0 <= port <= 65535:
+            parser.error(f"{flag} must be between 0 and 65535, not {port}")
     if args.max_line_bytes < 1024:
         parser.error("--max-line-bytes must be at least 1024")
     return args
@@ -65,16 +70,22 @@ def main(argv=None):
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     node = Node()
-    # Handlers in a pool, so that stopping the server kills them and each client is told why.
-    server = StreamServer(
-        (args.host, args.port),
-        connection_handler(lambda address: JsonLinesProtocol(node, address, args.max_line_bytes)), spawn=Pool())
-    try:
-        server.start()
-    except OSError as exc:
-        log.error("cannot listen on %s:%s: %s", args.host, args.port, exc.strerror or exc)
-        return 1
-    log.info("GreenMQ %s listening for JSON-lines clients on %s:%d", VERSION, args.host, server.server_port)
+    listeners = [("JSON-lines", args.port, lambda address: JsonLinesProtocol(node, address, args.max_line_bytes))]
+    if not args.no_amqp:
+        listeners.append(("AMQP", args.amqp_port, lambda address: AmqpConnection(node, address)))
+    servers = []
+    for name, port, make_protocol in listeners:
+        # Handlers in a pool, so that stopping the server kills them and each client is told why.
+        server = StreamServer((args.host, port), connection_handler(make_protocol), spawn=Pool())
+        try:
+            server.start()
+        except OSError as exc:
+            log.error("cannot listen on %s:%s for %s clients: %s", args.host, port, name, exc.strerror or exc)
+            for started in servers:
+                started.stop(timeout=0)
+            return 1
+        servers.append(server)
+        log.info("GreenMQ %s listening for %s clients on %s:%d", VERSION, name, args.host, server.server_port)
     collect_garbage_on_a_timer()
 
     stopping = Event()
@@ -82,7 +93,8 @@ def main(argv=None):
     gevent.signal_handler(signal.SIGINT, stopping.set)
     stopping.wait()
     log.info("shutting down")
-    server.stop(timeout=0)
+    for server in servers:
+        server.stop(timeout=0)
     node.close()
     log.info("stopped")
     return 0

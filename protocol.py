@@ -14,6 +14,7 @@ from errors import (BadSyntax, BrokerError, CommandInvalid, FrameError,
                     InternalError, Unsupported)
 from message import PROPERTY_NAMES
 from node import SERVER_NAME, VERSION
+from transport import OUTBOX_HIGH_WATER
 
 log = logging.getLogger("greenmq.protocol")
 
@@ -23,11 +24,6 @@ PROTOCOL_VERSION = 1
 # 16 MiB keeps what one client can make the broker buffer for a single line bounded while
 # leaving room for large messages; operators can raise it with --max-line-bytes.
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
-
-# Once this much output waits for a client's socket, its consumers stop taking messages
-# (they stay in their queues) until the socket drains: a slow reader cannot make the
-# broker copy a whole queue into memory.
-OUTBOX_HIGH_WATER = 1024 * 1024
 
 
 _encode = json.JSONEncoder(separators=(",", ":"), default=lambda value: _json_value(value)).encode

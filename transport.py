@@ -28,6 +28,11 @@ KEEPALIVE_IDLE_SECONDS = 60
 KEEPALIVE_INTERVAL_SECONDS = 10
 KEEPALIVE_PROBES = 6
 
+# Once this much output waits for a client's socket, its consumers stop taking messages
+# (they stay in their queues) until the socket drains: a slow reader cannot make the
+# broker copy a whole queue into memory.
+OUTBOX_HIGH_WATER = 1024 * 1024
+
 # How long the last words of a closing connection may take to send.
 FINAL_SEND_SECONDS = 5
 

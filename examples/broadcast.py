@@ -23,8 +23,8 @@ elif sys.argv[1:2] == ['listen']:
     channel.queue_bind(queue, EXCHANGE)
     channel.basic_consume(queue, lambda ch, method, props, body: print(body.decode(), flush=True),
                           auto_ack=True)
-    print(' [*] Listening for score updates', flush=True)
     try:
+        print(' [*] Listening for score updates', flush=True)
         channel.start_consuming()
     except KeyboardInterrupt:
         conn.close()

@@ -31,8 +31,8 @@ elif len(sys.argv) == 3 and sys.argv[1] == 'consume':
         ch.basic_ack(method.delivery_tag)
 
     channel.basic_consume(queue, patient_added)
-    print(f' [*] {sys.argv[2]} waiting for patients', flush=True)
     try:
+        print(f' [*] {sys.argv[2]} waiting for patients', flush=True)
         channel.start_consuming()
     except KeyboardInterrupt:
         conn.close()

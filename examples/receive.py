@@ -14,8 +14,8 @@ conn = connection.Connection('localhost')
 channel = conn.channel()
 channel.queue_declare(queue='hello')
 channel.basic_consume(queue='hello', on_message_callback=callback)
-print(' [*] Waiting for messages. To exit press CTRL+C', flush=True)
 try:
+    print(' [*] Waiting for messages. To exit press CTRL+C', flush=True)
     channel.start_consuming()
 except KeyboardInterrupt:
     conn.close()

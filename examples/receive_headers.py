@@ -25,9 +25,9 @@ if match == 'all':
 else:
     for name, value in pairs:   # one binding per pair: a table cannot repeat a name
         channel.queue_bind(queue_name, 'reports', '', arguments={'x-match': 'any', name: value})
-print(' [*] Waiting for reports. To exit press CTRL+C', flush=True)
 channel.basic_consume(queue=queue_name, on_message_callback=callback, auto_ack=True)
 try:
+    print(' [*] Waiting for reports. To exit press CTRL+C', flush=True)
     channel.start_consuming()
 except KeyboardInterrupt:
     conn.close()

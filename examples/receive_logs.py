@@ -15,9 +15,9 @@ channel = conn.channel()
 channel.exchange_declare(exchange='logs', exchange_type='fanout')
 queue_name = channel.queue_declare(queue='', exclusive=True).method.queue
 channel.queue_bind(exchange='logs', queue=queue_name)
-print(' [*] Waiting for logs. To exit press CTRL+C', flush=True)
 channel.basic_consume(queue=queue_name, on_message_callback=callback, auto_ack=True)
 try:
+    print(' [*] Waiting for logs. To exit press CTRL+C', flush=True)
     channel.start_consuming()
 except KeyboardInterrupt:
     conn.close()

@@ -21,9 +21,9 @@ channel.exchange_declare(exchange='topic_logs', exchange_type='topic')
 queue_name = channel.queue_declare('', exclusive=True).method.queue
 for binding_key in binding_keys:
     channel.queue_bind(exchange='topic_logs', queue=queue_name, routing_key=binding_key)
-print(' [*] Waiting for logs. To exit press CTRL+C', flush=True)
 channel.basic_consume(queue=queue_name, on_message_callback=callback, auto_ack=True)
 try:
+    print(' [*] Waiting for logs. To exit press CTRL+C', flush=True)
     channel.start_consuming()
 except KeyboardInterrupt:
     conn.close()

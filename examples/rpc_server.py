@@ -20,8 +20,8 @@ channel.exchange_declare(exchange='api', exchange_type='direct')
 channel.queue_declare(queue='add_patient')
 channel.queue_bind(exchange='api', queue='add_patient', routing_key='add_patient')
 channel.basic_consume(queue='add_patient', on_message_callback=add_patient, auto_ack=True)
-print(' [*] Awaiting requests', flush=True)
 try:
+    print(' [*] Awaiting requests', flush=True)
     channel.start_consuming()
 except KeyboardInterrupt:
     conn.close()

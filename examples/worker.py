@@ -25,8 +25,8 @@ channel = conn.channel()
 channel.queue_declare(queue='task_queue', durable=True)
 channel.basic_qos(prefetch_count=1)
 channel.basic_consume(queue='task_queue', on_message_callback=callback)
-print(' [*] Waiting for messages. To exit press CTRL+C', flush=True)
 try:
+    print(' [*] Waiting for messages. To exit press CTRL+C', flush=True)
     channel.start_consuming()
 except KeyboardInterrupt:
     conn.close()

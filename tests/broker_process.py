@@ -25,12 +25,13 @@ class BrokerProcess:
 
     def start(self):
         self._log = tempfile.NamedTemporaryFile(prefix="greenmq-broker-", suffix=".log", delete=False)
-        command = [self.python, os.path.join(ROOT, "broker.py"), "--port", "0", *self.args]
+        # Free ports only: another broker (a reference RabbitMQ, say) may hold 5672.
+        command = [self.python, os.path.join(ROOT, "broker.py"), "--port", "0", "--amqp-port", "0", *self.args]
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             self.ports = {m.group(1): int(m.group(3)) for m in _LISTENING.finditer(self.log())}
-            if "JSON-lines" in self.ports:
+            if "JSON-lines" in self.ports and ("AMQP" in self.ports or "--no-amqp" in self.args):
                 return self
             if self.process.poll() is not None:
                 raise RuntimeError(f"broker exited with {self.process.returncode}:\n{self.log()}")
@@ -41,6 +42,10 @@ class BrokerProcess:
     @property
     def port(self):
         return self.ports["JSON-lines"]
+
+    @property
+    def amqp_port(self):
+        return self.ports["AMQP"]
 
     @property
     def pid(self):

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from node import Node
-from protocol import OUTBOX_HIGH_WATER, JsonLinesProtocol
+from protocol import JsonLinesProtocol
+from transport import OUTBOX_HIGH_WATER
 
 
 def lines(*requests):

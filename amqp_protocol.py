@@ -1,0 +1,657 @@
+"""The AMQP 0-9-1 front end: frames in, core calls out; core events in, frames out.
+
+`AmqpConnection` never touches a socket (transport.py owns it). pamqp encodes and decodes
+the frames; this module is the connection and channel state machine that RabbitMQ's
+clients (pika, py-amqp, kombu, Celery) expect, driving the same core as protocol.py.
+"""
+
+import datetime
+import logging
+import struct
+import sys
+import time
+
+from pamqp import body as amqp_body
+from pamqp import commands as spec
+from pamqp import decode
+from pamqp import frame as amqp_frame
+from pamqp import header as amqp_header
+from pamqp import heartbeat as amqp_heartbeat
+from pamqp.exceptions import UnmarshalingException
+
+from errors import (AccessRefused, BadSyntax, BrokerError, ChannelNotOpen, CommandInvalid,
+                    FrameError, InternalError, NotAllowed, PreconditionFailed, UnexpectedFrame,
+                    Unsupported)
+from message import PROPERTY_NAMES
+from node import SERVER_NAME, VERSION
+from session import MAX_CHANNELS
+from transport import OUTBOX_HIGH_WATER
+
+log = logging.getLogger("greenmq.amqp")
+
+PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
+
+# RabbitMQ's defaults, which clients are tuned for: 128 KiB frames, a heartbeat a minute.
+FRAME_MAX = 131072
+HEARTBEAT_SECONDS = 60
+# The spec's floor for frame_max: every peer must accept frames this large.
+FRAME_MIN = 4096
+# A peer that has not answered our connection.close by then is simply dropped.
+CLOSE_OK_TIMEOUT_SECONDS = 10.0
+# How long a client may take to finish the handshake (RabbitMQ's handshake_timeout).
+HANDSHAKE_TIMEOUT_SECONDS = 10.0
+
+FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT = 1, 2, 3, 8
+FRAME_END = 0xCE
+_FRAME_HEAD = struct.Struct(">BHI")
+_METHOD_INDEX = struct.Struct(">I")
+
+# Only what this broker really does: pika refuses confirm_delivery without the first two.
+CAPABILITIES = {
+    "publisher_confirms": True, "basic.nack": True, "consumer_cancel_notify": True,
+    "authentication_failure_close": True, "per_consumer_qos": True,
+}
+
+# Property names as pamqp spells them (AMQP's `type` is `message_type` there).
+_AMQP_NAMES = {name: ("message_type" if name == "type" else name) for name in PROPERTY_NAMES}
+
+
+class _Content:
+    """A basic.publish whose header and body frames are still arriving."""
+
+    __slots__ = ("method", "properties", "size", "parts", "received")
+
+    def __init__(self, method):
+        self.method = method
+        self.properties = None
+        self.size = None
+        self.parts = []
+        self.received = 0
+
+
+class _Channel:
+    """What AMQP adds to a core channel: content assembly, transactions, closing state."""
+
+    __slots__ = ("core", "content", "tx", "closing")
+
+    def __init__(self, core):
+        self.core = core
+        self.content = None
+        self.tx = None          # a list of deferred operations once tx.select was seen
+        self.closing = False    # we sent channel.close and wait for close-ok
+
+
+class AmqpConnection:
+    """One client connection speaking AMQP 0-9-1."""
+
+    name = "AMQP"
+
+    def __init__(self, node, peer, on_output=None):
+        self.node = node
+        self.peer = peer
+        self.on_output = on_output
+        self.session = None
+        self.closed = False          # no more input is read once set
+        self.outbox = []
+        self.outbox_bytes = 0
+        self.state = "header"
+        self.frame_max = FRAME_MAX
+        self.channel_max = MAX_CHANNELS
+        self.heartbeat = 0
+        self.client_properties = {}
+        self.username = self.password = None
+        self.channels = {}
+        self._buffer = b""
+        self._started = self._last_received = self._last_sent = time.monotonic()
+        self._close_deadline = None
+
+    # -- bytes in ----------------------------------------------------------------------
+
+    def data_received(self, data):
+        self._last_received = time.monotonic()
+        buffer = self._buffer + data if self._buffer else data
+        offset = 0
+        if self.state == "header":
+            if len(buffer) < 8:
+                self._buffer = buffer
+                return
+            if buffer[:8] != PROTOCOL_HEADER:
+                # The spec's answer to a header it does not speak: its own, then close.
+                self._write(PROTOCOL_HEADER)
+                self.closed = True
+                return
+            offset = 8
+            self._send_method(0, spec.Connection.Start(
+                version_major=0, version_minor=9, server_properties=self._server_properties(),
+                mechanisms="PLAIN AMQPLAIN", locales="en_US"))
+            self.state = "start-ok"
+        end = len(buffer)
+        while end - offset >= 7 and not self.closed:
+            frame_type, channel, size = _FRAME_HEAD.unpack_from(buffer, offset)
+            if size + 8 > self.frame_max:
+                self._connection_error(FrameError(f"frame size {size + 8} exceeds frame_max {self.frame_max}"))
+                break
+            frame_end = offset + 7 + size
+            if frame_end >= end:
+                break
+            if buffer[frame_end] != FRAME_END:
+                self._connection_error(FrameError(f"frame end byte {buffer[frame_end]:#x} is not {FRAME_END:#x}"))
+                break
+            self._frame(frame_type, channel, buffer, offset, frame_end)
+            offset = frame_end + 1
+        self._buffer = buffer[offset:]
+        if self.session is not None:
+            self.session.flush_confirms()
+
+    def _frame(self, frame_type, channel, buffer, start, frame_end):
+        if self.state == "closing" and (frame_type != FRAME_METHOD or channel != 0):
+            return      # after our connection.close only its close-ok matters
+        method = None
+        try:
+            if frame_type == FRAME_METHOD:
+                method = self._decode_method(buffer, start, frame_end)
+                if channel == 0:
+                    self._connection_method(method)
+                else:
+                    self._channel_method(channel, method)
+            elif frame_type == FRAME_HEADER:
+                self._content_header(channel, buffer[start:frame_end + 1])
+            elif frame_type == FRAME_BODY:
+                self._content_body(channel, buffer[start + 7:frame_end])
+            elif frame_type != FRAME_HEARTBEAT:
+                raise FrameError(f"unknown frame type {frame_type}")
+        except BrokerError as exc:
+            self._fail(channel, exc, method)
+        except Exception:
+            log.exception("error handling %s from %s", method.name if method else f"frame {frame_type}", self.peer)
+            self._connection_error(InternalError("internal error"), method)
+
+    def _decode_method(self, buffer, start, frame_end):
+        if frame_end - start < 11:
+            raise FrameError("method frame too short")
+        index = _METHOD_INDEX.unpack_from(buffer, start + 7)[0]
+        if index not in spec.INDEX_MAPPING:
+            raise Unsupported(f"unknown method class {index >> 16} method {index & 0xFFFF}")
+        try:
+            return amqp_frame.unmarshal(buffer[start:frame_end + 1])[2]
+        except UnmarshalingException as exc:
+            raise BadSyntax(f"could not decode {spec.INDEX_MAPPING[index].name}: {exc}") from None
+
+    # -- the connection (channel 0) ------------------------------------------------------
+
+    def _connection_method(self, method):
+        if self.state == "closing":
+            if isinstance(method, (spec.Connection.CloseOk, spec.Connection.Close)):
+                if isinstance(method, spec.Connection.Close):
+                    self._send_method(0, spec.Connection.CloseOk())
+                self.closed = True
+            return
+        if isinstance(method, spec.Connection.Close):
+            self.connection_lost()
+            self._send_method(0, spec.Connection.CloseOk())
+            self.closed = True
+            return
+        expected = {"start-ok": spec.Connection.StartOk, "tune-ok": spec.Connection.TuneOk,
+                    "open": spec.Connection.Open}.get(self.state)
+        if expected is None or not isinstance(method, expected):
+            what = expected.name if expected else "a method on a channel"
+            raise CommandInvalid(f"expected {what}, got {method.name} on channel 0")
+        if self.state == "start-ok":
+            self._start_ok(method)
+        elif self.state == "tune-ok":
+            self._tune_ok(method)
+        else:
+            self._open(method)
+
+    def _server_properties(self):
+        return {"product": SERVER_NAME, "version": VERSION,
+                "platform": f"Python {sys.version.split()[0]}",
+                "information": "A message broker in Python on gevent",
+                "capabilities": CAPABILITIES}
+
+    def _start_ok(self, method):
+        self.client_properties = method.client_properties or {}
+        mechanism = method.mechanism
+        response = method.response.encode() if isinstance(method.response, str) else method.response
+        if mechanism == "PLAIN":
+            parts = response.split(b"\x00")
+            if len(parts) != 3:
+                raise AccessRefused("PLAIN response is not \\0user\\0password")
+            username, password = parts[1], parts[2]
+        elif mechanism == "AMQPLAIN":
+            try:
+                table = decode.field_table(struct.pack(">I", len(response)) + response)[1]
+            except ValueError:
+                raise AccessRefused("AMQPLAIN response is not a field table") from None
+            username, password = table.get("LOGIN", b""), table.get("PASSWORD", b"")
+        else:
+            raise AccessRefused(f"unsupported authentication mechanism '{mechanism}'")
+        self.username = username.decode("utf-8", "replace") if isinstance(username, bytes) else str(username)
+        self.password = password.decode("utf-8", "replace") if isinstance(password, bytes) else str(password)
+        self.node.authenticate(self.username, self.password, self.peer, mechanism)
+        self._send_method(0, spec.Connection.Tune(channel_max=MAX_CHANNELS, frame_max=FRAME_MAX,
+                                                  heartbeat=HEARTBEAT_SECONDS))
+        self.state = "tune-ok"
+
+    def _tune_ok(self, method):
+        if method.frame_max and method.frame_max < FRAME_MIN:
+            raise NotAllowed(f"frame_max={method.frame_max} < {FRAME_MIN} min size")
+        if method.frame_max > FRAME_MAX:
+            raise NotAllowed(f"frame_max={method.frame_max} > {FRAME_MAX} max size")
+        self.frame_max = method.frame_max or FRAME_MAX
+        self.channel_max = min(method.channel_max or MAX_CHANNELS, MAX_CHANNELS)
+        self.heartbeat = method.heartbeat
+        self.state = "open"
+
+    def _open(self, method):
+        self.session = self.node.open_session(
+            self.username, self.password, method.virtual_host, self.peer, "amqp", self,
+            self.client_properties)
+        self._send_method(0, spec.Connection.OpenOk())
+        self.state = "running"
+
+    def _connection_error(self, exc, method=None):
+        """Close the connection for `exc`; the client's close-ok (or a timeout) ends it."""
+        if self.state == "closing" or self.closed:
+            return
+        if self.state in ("header", "start-ok") and not (
+                isinstance(exc, AccessRefused) and self._client_capability("authentication_failure_close")):
+            # Before tune, RabbitMQ closes the socket rather than send connection.close,
+            # except for a failed login when the client asked to be told.
+            log.info("closing AMQP connection from %s: %s", self.peer, exc.text)
+            self.closed = True
+            return
+        log.info("closing AMQP connection from %s: %s", self.peer, exc.text)
+        class_id, method_id = _ids(method)
+        self._send_method(0, spec.Connection.Close(reply_code=exc.code, reply_text=exc.text[:255],
+                                                   class_id=class_id, method_id=method_id))
+        self.connection_lost()
+        self.channels = {}
+        self.state = "closing"
+        self._close_deadline = time.monotonic() + CLOSE_OK_TIMEOUT_SECONDS
+
+    def close(self, exc):
+        """The broker is stopping (320) or the transport drops the peer."""
+        self._connection_error(exc)
+        self.closed = True
+
+    def connection_lost(self):
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
+    def tick(self, now):
+        """Heartbeats both ways and the close-ok and handshake timeouts; None drops the peer."""
+        if self._close_deadline is not None:
+            return None if now >= self._close_deadline else self._close_deadline - now
+        if self.state != "running":
+            if now - self._started > HANDSHAKE_TIMEOUT_SECONDS:
+                log.info("AMQP client %s did not finish the handshake in time", self.peer)
+                return None
+            return 1.0
+        if not self.heartbeat:
+            return HEARTBEAT_SECONDS
+        if now - self._last_received > 2 * self.heartbeat:
+            log.info("missed heartbeats from AMQP client %s, timeout: %ss", self.peer, self.heartbeat)
+            self.connection_lost()
+            return None
+        if now - self._last_sent >= self.heartbeat / 2:
+            self._write(amqp_frame.marshal(amqp_heartbeat.Heartbeat(), 0))
+        return self.heartbeat / 2
+
+    def _client_capability(self, name):
+        capabilities = self.client_properties.get("capabilities") or {}
+        return bool(capabilities.get(name))
+
+    # -- channels ----------------------------------------------------------------------
+
+    def _channel_method(self, number, method):
+        if self.state != "running":
+            raise CommandInvalid(f"{method.name} before the connection is open")
+        if method.index >> 16 == spec.Connection.frame_id:
+            raise CommandInvalid(f"{method.name} is only allowed on channel 0")
+        channel = self.channels.get(number)
+        if isinstance(method, spec.Channel.Open):
+            if channel is not None:
+                raise ChannelNotOpen(f"second 'channel.open' seen for channel {number}")
+            if number > self.channel_max:
+                raise NotAllowed(f"channel number {number} is over channel_max {self.channel_max}")
+            self.channels[number] = _Channel(self.session.open_channel(number))
+            self._send_method(number, spec.Channel.OpenOk())
+            return
+        if channel is None:
+            raise ChannelNotOpen(f"expected 'channel.open' for channel {number}")
+        if channel.closing:
+            if isinstance(method, spec.Channel.CloseOk):
+                del self.channels[number]
+            elif isinstance(method, spec.Channel.Close):
+                self._send_method(number, spec.Channel.CloseOk())
+            return
+        if channel.content is not None:
+            raise UnexpectedFrame(f"expected content header for class 60, got {method.name} instead")
+        handler = _CHANNEL_METHODS.get(type(method))
+        if handler is None:
+            raise Unsupported(f"{method.name} is not supported")
+        handler(self, channel, number, method)
+
+    def _fail(self, number, exc, method):
+        if exc.connection_level or number == 0:
+            self._connection_error(exc, method)
+        else:
+            self._channel_error(number, exc, method)
+
+    def _channel_error(self, number, exc, method):
+        """Close one channel for `exc`, as RabbitMQ does for 403, 404, 405 and 406."""
+        channel = self.channels.get(number)
+        if channel is None or channel.closing:
+            return
+        self.session.close_channel(number)
+        channel.closing = True
+        channel.content = None
+        class_id, method_id = _ids(method)
+        self._send_method(number, spec.Channel.Close(reply_code=exc.code, reply_text=exc.text[:255],
+                                                     class_id=class_id, method_id=method_id))
+
+    def on_channel_close(self, channel, number, method):
+        self.session.close_channel(number)
+        del self.channels[number]
+        self._send_method(number, spec.Channel.CloseOk())
+
+    def on_channel_flow(self, channel, number, method):
+        channel.core.set_flow(method.active)
+        self._send_method(number, spec.Channel.FlowOk(active=method.active))
+
+    # -- exchanges and queues --------------------------------------------------------------
+
+    def on_exchange_declare(self, channel, number, method):
+        self.session.vhost.declare_exchange(
+            method.exchange, method.exchange_type, method.passive, method.durable,
+            method.auto_delete, method.internal, method.arguments)
+        self._reply(number, method, spec.Exchange.DeclareOk())
+
+    def on_exchange_delete(self, channel, number, method):
+        self.session.vhost.delete_exchange(method.exchange, method.if_unused)
+        self._reply(number, method, spec.Exchange.DeleteOk())
+
+    def on_queue_declare(self, channel, number, method):
+        queue = self.session.vhost.declare_queue(
+            method.queue, method.passive, method.durable, method.exclusive, method.auto_delete,
+            method.arguments, self.session)
+        self._reply(number, method, spec.Queue.DeclareOk(
+            queue=queue.name, message_count=queue.message_count, consumer_count=len(queue.consumers)))
+
+    def on_queue_bind(self, channel, number, method):
+        self.session.vhost.bind(method.queue, method.exchange, method.routing_key, method.arguments,
+                                self.session)
+        self._reply(number, method, spec.Queue.BindOk())
+
+    def on_queue_unbind(self, channel, number, method):
+        self.session.vhost.unbind(method.queue, method.exchange, method.routing_key, method.arguments,
+                                  self.session)
+        self._send_method(number, spec.Queue.UnbindOk())
+
+    def on_queue_purge(self, channel, number, method):
+        count = self.session.vhost.queue(method.queue, self.session).purge()
+        self._reply(number, method, spec.Queue.PurgeOk(message_count=count))
+
+    def on_queue_delete(self, channel, number, method):
+        count = self.session.vhost.delete_queue(method.queue, method.if_unused, method.if_empty, self.session)
+        self._reply(number, method, spec.Queue.DeleteOk(message_count=count))
+
+    # -- publishing --------------------------------------------------------------------
+
+    def on_basic_publish(self, channel, number, method):
+        if method.immediate:
+            raise Unsupported("immediate=true")
+        channel.content = _Content(method)
+
+    def _content_header(self, number, frame_bytes):
+        channel = self.channels.get(number)
+        if channel is None or channel.closing:
+            return self._ignore_content(number, "content header")
+        content = channel.content
+        if content is None or content.size is not None:
+            raise UnexpectedFrame("content header frame without a basic.publish before it")
+        try:
+            content_header = amqp_frame.unmarshal(frame_bytes)[2]
+        except UnmarshalingException as exc:
+            raise BadSyntax(f"could not decode the content header: {exc}") from None
+        content.size = content_header.body_size
+        content.properties = _properties_from_amqp(content_header.properties)
+        if content.size == 0:
+            self._publish(channel, number, content)
+
+    def _content_body(self, number, payload):
+        channel = self.channels.get(number)
+        if channel is None or channel.closing:
+            return self._ignore_content(number, "content body")
+        content = channel.content
+        if content is None or content.size is None:
+            raise UnexpectedFrame("content body frame without a content header before it")
+        content.parts.append(payload)
+        content.received += len(payload)
+        if content.received > content.size:
+            raise FrameError(f"content body of {content.received} bytes exceeds the {content.size} announced")
+        if content.received == content.size:
+            self._publish(channel, number, content)
+
+    def _ignore_content(self, number, what):
+        """Content for a channel being closed is dropped; for one never opened it is an error."""
+        if number not in self.channels:
+            raise ChannelNotOpen(f"{what} for channel {number}, which is not open")
+
+    def _publish(self, channel, number, content):
+        channel.content = None
+        parts = content.parts
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        method = content.method
+        arguments = (method.exchange, method.routing_key, bytes(body), content.properties, method.mandatory)
+        if channel.tx is not None:
+            channel.tx.append((channel.core.publish, arguments))
+            return
+        try:
+            channel.core.publish(*arguments)
+        except BrokerError as exc:
+            self._fail(number, exc, method)   # reported against basic.publish, not the body frame
+
+    # -- consuming ---------------------------------------------------------------------
+
+    def on_basic_qos(self, channel, number, method):
+        if method.prefetch_size:
+            raise Unsupported(f"prefetch_size!=0 ({method.prefetch_size})")
+        channel.core.qos(method.prefetch_count, method.global_)
+        self._send_method(number, spec.Basic.QosOk())
+
+    def on_basic_consume(self, channel, number, method):
+        def announce(consumer_tag):
+            if not method.nowait:
+                self._send_method(number, spec.Basic.ConsumeOk(consumer_tag=consumer_tag))
+
+        channel.core.consume(method.queue, method.consumer_tag, method.no_ack, method.exclusive,
+                             method.arguments, announce)
+
+    def on_basic_cancel(self, channel, number, method):
+        channel.core.cancel(method.consumer_tag)
+        self._reply(number, method, spec.Basic.CancelOk(consumer_tag=method.consumer_tag))
+
+    def on_basic_get(self, channel, number, method):
+        got = channel.core.get(method.queue, method.no_ack)
+        if got is None:
+            self._send_method(number, spec.Basic.GetEmpty())
+            return
+        delivery_tag, message, message_count = got
+        self._send_content(number, spec.Basic.GetOk(
+            delivery_tag=delivery_tag, redelivered=message.redelivered, exchange=message.exchange,
+            routing_key=message.routing_key, message_count=message_count), message)
+
+    def on_basic_ack(self, channel, number, method):
+        self._settle(channel, channel.core.ack, (method.delivery_tag, method.multiple))
+
+    def on_basic_nack(self, channel, number, method):
+        self._settle(channel, channel.core.nack, (method.delivery_tag, method.multiple, method.requeue))
+
+    def on_basic_reject(self, channel, number, method):
+        self._settle(channel, channel.core.reject, (method.delivery_tag, method.requeue))
+
+    def _settle(self, channel, operation, arguments):
+        if channel.tx is not None:
+            channel.tx.append((operation, arguments))
+        else:
+            operation(*arguments)
+
+    def on_basic_recover(self, channel, number, method):
+        if not method.requeue:
+            raise Unsupported("requeue=false")
+        channel.core.recover()
+        if isinstance(method, spec.Basic.Recover):
+            self._send_method(number, spec.Basic.RecoverOk())
+
+    # -- confirms and transactions ---------------------------------------------------------
+
+    def on_confirm_select(self, channel, number, method):
+        if channel.tx is not None:
+            raise PreconditionFailed("cannot switch from tx to confirm mode")
+        channel.core.confirm_select()
+        self._reply(number, method, spec.Confirm.SelectOk())
+
+    def on_tx_select(self, channel, number, method):
+        if channel.core.confirming:
+            raise PreconditionFailed("cannot switch from confirm to tx mode")
+        if channel.tx is None:
+            channel.tx = []
+        self._send_method(number, spec.Tx.SelectOk())
+
+    def on_tx_commit(self, channel, number, method):
+        if channel.tx is None:
+            raise PreconditionFailed("channel is not transactional")
+        operations, channel.tx = channel.tx, []
+        for operation, arguments in operations:
+            operation(*arguments)
+        self._send_method(number, spec.Tx.CommitOk())
+
+    def on_tx_rollback(self, channel, number, method):
+        if channel.tx is None:
+            raise PreconditionFailed("channel is not transactional")
+        channel.tx = []
+        self._send_method(number, spec.Tx.RollbackOk())
+
+    # -- the core's sink -----------------------------------------------------------------
+
+    def deliver(self, channel_number, consumer_tag, delivery_tag, message):
+        self._send_content(channel_number, spec.Basic.Deliver(
+            consumer_tag=consumer_tag, delivery_tag=delivery_tag, redelivered=message.redelivered,
+            exchange=message.exchange, routing_key=message.routing_key), message)
+
+    def consumer_cancelled(self, channel_number, consumer_tag):
+        if self._client_capability("consumer_cancel_notify"):
+            self._send_method(channel_number, spec.Basic.Cancel(consumer_tag=consumer_tag, nowait=True))
+
+    def message_returned(self, channel_number, reply_code, reply_text, message):
+        self._send_content(channel_number, spec.Basic.Return(
+            reply_code=reply_code, reply_text=reply_text, exchange=message.exchange,
+            routing_key=message.routing_key), message)
+
+    def publish_confirmed(self, channel_number, delivery_tag, multiple, ack):
+        if ack:
+            self._send_method(channel_number, spec.Basic.Ack(delivery_tag=delivery_tag, multiple=multiple))
+        else:
+            self._send_method(channel_number, spec.Basic.Nack(delivery_tag=delivery_tag, multiple=multiple,
+                                                              requeue=False))
+
+    # -- frames out ----------------------------------------------------------------------
+
+    def _reply(self, number, method, reply):
+        if not getattr(method, "nowait", False):
+            self._send_method(number, reply)
+
+    def _send_method(self, number, method):
+        self._write(amqp_frame.marshal(method, number))
+
+    def _send_content(self, number, method, message):
+        body = message.body
+        frames = [amqp_frame.marshal(method, number),
+                  amqp_frame.marshal(amqp_header.ContentHeader(
+                      0, len(body), _properties_to_amqp(message.properties)), number)]
+        chunk = self.frame_max - 8
+        for start in range(0, len(body), chunk):
+            frames.append(amqp_frame.marshal(amqp_body.ContentBody(body[start:start + chunk]), number))
+        self._write(b"".join(frames))
+
+    def _write(self, data):
+        if not self.outbox and self.on_output is not None:
+            self.on_output()
+        self.outbox.append(data)
+        self.outbox_bytes += len(data)
+        if self.outbox_bytes > OUTBOX_HIGH_WATER and self.session is not None:
+            self.session.set_writable(False)
+
+    def take_output(self):
+        data = b"".join(self.outbox)
+        self.outbox = []
+        self.outbox_bytes = 0
+        if data:
+            self._last_sent = time.monotonic()
+        return data
+
+    def output_drained(self):
+        if self.session is not None and not self.outbox:
+            self.session.set_writable(True)
+
+
+_CHANNEL_METHODS = {
+    spec.Channel.Close: AmqpConnection.on_channel_close,
+    spec.Channel.Flow: AmqpConnection.on_channel_flow,
+    spec.Exchange.Declare: AmqpConnection.on_exchange_declare,
+    spec.Exchange.Delete: AmqpConnection.on_exchange_delete,
+    spec.Queue.Declare: AmqpConnection.on_queue_declare,
+    spec.Queue.Bind: AmqpConnection.on_queue_bind,
+    spec.Queue.Unbind: AmqpConnection.on_queue_unbind,
+    spec.Queue.Purge: AmqpConnection.on_queue_purge,
+    spec.Queue.Delete: AmqpConnection.on_queue_delete,
+    spec.Basic.Publish: AmqpConnection.on_basic_publish,
+    spec.Basic.Qos: AmqpConnection.on_basic_qos,
+    spec.Basic.Consume: AmqpConnection.on_basic_consume,
+    spec.Basic.Cancel: AmqpConnection.on_basic_cancel,
+    spec.Basic.Get: AmqpConnection.on_basic_get,
+    spec.Basic.Ack: AmqpConnection.on_basic_ack,
+    spec.Basic.Nack: AmqpConnection.on_basic_nack,
+    spec.Basic.Reject: AmqpConnection.on_basic_reject,
+    spec.Basic.Recover: AmqpConnection.on_basic_recover,
+    spec.Basic.RecoverAsync: AmqpConnection.on_basic_recover,
+    spec.Confirm.Select: AmqpConnection.on_confirm_select,
+    spec.Tx.Select: AmqpConnection.on_tx_select,
+    spec.Tx.Commit: AmqpConnection.on_tx_commit,
+    spec.Tx.Rollback: AmqpConnection.on_tx_rollback,
+}
+
+
+def _ids(method):
+    return (method.index >> 16, method.index & 0xFFFF) if method is not None else (0, 0)
+
+
+def _properties_from_amqp(properties):
+    """pamqp's Basic.Properties as the core's dict (None when empty): `type` by its AMQP
+    name, the timestamp as whole seconds since the epoch."""
+    values = {}
+    for name, amqp_name in _AMQP_NAMES.items():
+        value = getattr(properties, amqp_name)
+        # pamqp fills in cluster_id as "" when the client sent none.
+        if value is not None and not (name == "cluster_id" and value == ""):
+            values[name] = value
+    timestamp = values.get("timestamp")
+    if isinstance(timestamp, datetime.datetime):
+        values["timestamp"] = int(timestamp.timestamp())
+    return values or None
+
+
+def _properties_to_amqp(values):
+    if not values:
+        return spec.Basic.Properties()
+    arguments = {_AMQP_NAMES[name]: value for name, value in values.items() if name != "cluster_id"}
+    timestamp = arguments.get("timestamp")
+    if timestamp is not None:
+        arguments["timestamp"] = datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
+    properties = spec.Basic.Properties(**arguments)
+    # Deprecated in 0-9-1 and refused by pamqp's constructor, but passed through unchanged.
+    properties.cluster_id = values.get("cluster_id", "")
+    return properties
