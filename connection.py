@@ -30,6 +30,11 @@ PROTOCOL_VERSION = 1
 # The queue of the original API's `publish(msg)` and `subscribe(callback)` with no names.
 DEFAULT_QUEUE = "default"
 
+# A signal (Ctrl-C) that lands after CPython's last check for pending signals but before
+# a blocking recv() starts is only acted on when recv returns: waiting in slices of this
+# length bounds that delay for an idle consumer.
+SIGNAL_CHECK_SECONDS = 0.5
+
 # Queued lines past this count are written by the publishing thread itself, so a producer
 # faster than the network waits for the socket instead of growing memory.
 MAX_QUEUED_LINES = 4096
@@ -399,13 +404,19 @@ class Connection:
     def _read(self, timeout):
         """Wait up to `timeout` (None: no limit) for data and file what arrives."""
         self._flush()
-        try:
-            self._sock.settimeout(timeout)
-            data = self._sock.recv(RECV_BYTES)
-        except socket.timeout:
-            return
-        except OSError as exc:
-            self._lost(exc)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = SIGNAL_CHECK_SECONDS if deadline is None else min(
+                SIGNAL_CHECK_SECONDS, max(0.0, deadline - time.monotonic()))
+            try:
+                self._sock.settimeout(wait)
+                data = self._sock.recv(RECV_BYTES)
+                break
+            except socket.timeout:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+            except OSError as exc:
+                self._lost(exc)
         if not data:
             self._lost(None)
         if self._received:
