@@ -5,9 +5,12 @@ while they listen (sports scores, say).
     python examples/broadcast.py listen
     python examples/broadcast.py send "AL 24: FL 7"
 """
+import signal
 import sys
 
 import connection
+
+signal.signal(signal.SIGTERM, signal.default_int_handler)   # SIGTERM stops it like Ctrl-C
 
 EXCHANGE = 'score_updates'
 

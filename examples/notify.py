@@ -7,9 +7,12 @@ register its queue; from then on events wait for it.
     python examples/notify.py consume reporting
     python examples/notify.py produce "given:John surname:Smith"
 """
+import signal
 import sys
 
 import connection
+
+signal.signal(signal.SIGTERM, signal.default_int_handler)   # SIGTERM stops it like Ctrl-C
 
 EXCHANGE = 'notify.patient.add'
 

@@ -2,7 +2,11 @@
 
     python examples/receive.py        (Ctrl-C to stop)
 """
+import signal
+
 import connection
+
+signal.signal(signal.SIGTERM, signal.default_int_handler)   # SIGTERM stops it like Ctrl-C
 
 
 def callback(channel, method, properties, body):

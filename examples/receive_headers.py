@@ -4,9 +4,12 @@ given name=value pairs.
     python examples/receive_headers.py all format=pdf type=report
     python examples/receive_headers.py any format=pdf format=zip
 """
+import signal
 import sys
 
 import connection
+
+signal.signal(signal.SIGTERM, signal.default_int_handler)   # SIGTERM stops it like Ctrl-C
 
 
 def callback(channel, method, properties, body):

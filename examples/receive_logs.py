@@ -3,7 +3,11 @@ deleted when the receiver goes. Every running receiver gets every log line.
 
     python examples/receive_logs.py > logs_from_greenmq.log
 """
+import signal
+
 import connection
+
+signal.signal(signal.SIGTERM, signal.default_int_handler)   # SIGTERM stops it like Ctrl-C
 
 
 def callback(channel, method, properties, body):

@@ -3,9 +3,12 @@ stands for one word and '#' for any number of words.
 
     python examples/receive_logs_topic.py "kern.*" "*.critical"
 """
+import signal
 import sys
 
 import connection
+
+signal.signal(signal.SIGTERM, signal.default_int_handler)   # SIGTERM stops it like Ctrl-C
 
 
 def callback(channel, method, properties, body):

@@ -1,5 +1,6 @@
 """The Request/Response idiom, the caller: sends a request with reply_to set to its own
 exclusive, server-named queue and waits for the answer carrying its correlation_id.
+Start examples/rpc_server.py first.
 
     python examples/rpc_client.py "John Smith"
 """
@@ -16,11 +17,14 @@ def call(channel, request, timeout=10.0):
                           properties=connection.BasicProperties(reply_to=reply_queue, correlation_id=correlation_id))
     for method, properties, body in channel.consume(reply_queue, auto_ack=True, inactivity_timeout=timeout):
         if method is None:
-            raise TimeoutError("no answer: is examples/rpc_server.py running?")
+            raise TimeoutError(f"no answer in {timeout} s")
         if properties.correlation_id == correlation_id:
             return body.decode()
 
 
 conn = connection.Connection('localhost')
-print(f" [.] Got {call(conn.channel(), ' '.join(sys.argv[1:]) or 'John Smith')!r}")
+try:
+    print(f" [.] Got {call(conn.channel(), ' '.join(sys.argv[1:]) or 'John Smith')!r}")
+except (connection.NotFound, TimeoutError) as exc:   # NotFound: no exchange 'api' yet
+    sys.exit(f"no answer ({exc}): is examples/rpc_server.py running?")
 conn.close()

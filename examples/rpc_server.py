@@ -1,10 +1,15 @@
 """The Request/Response idiom, the responder: serves 'add_patient' requests from the direct
 exchange 'api' and answers each on the queue named by its reply_to, with the request's
-correlation_id.
+correlation_id. Exchange and queue are auto-delete, as in the idiom: with no responder
+running, requests fail at once instead of piling up.
 
     python examples/rpc_server.py
 """
+import signal
+
 import connection
+
+signal.signal(signal.SIGTERM, signal.default_int_handler)   # SIGTERM stops it like Ctrl-C
 
 
 def add_patient(channel, method, properties, body):
@@ -16,8 +21,8 @@ def add_patient(channel, method, properties, body):
 
 conn = connection.Connection('localhost')
 channel = conn.channel()
-channel.exchange_declare(exchange='api', exchange_type='direct')
-channel.queue_declare(queue='add_patient')
+channel.exchange_declare(exchange='api', exchange_type='direct', auto_delete=True)
+channel.queue_declare(queue='add_patient', auto_delete=True)
 channel.queue_bind(exchange='api', queue='add_patient', routing_key='add_patient')
 channel.basic_consume(queue='add_patient', on_message_callback=add_patient, auto_ack=True)
 try:

@@ -4,10 +4,13 @@ that dies before acking gives its task back to the others.
 
     python examples/worker.py [seconds per dot, default 1]
 """
+import signal
 import sys
 import time
 
 import connection
+
+signal.signal(signal.SIGTERM, signal.default_int_handler)   # SIGTERM stops it like Ctrl-C
 
 SECONDS_PER_DOT = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
 

@@ -1,4 +1,5 @@
 import itertools
+import os
 import re
 
 import pytest
@@ -7,6 +8,7 @@ import connection
 from tests.broker_process import BrokerProcess
 
 _names = itertools.count(1)
+_RUN = os.urandom(4).hex()
 
 
 @pytest.fixture(scope="session")
@@ -40,5 +42,20 @@ def channel(conn):
 
 @pytest.fixture
 def name(request):
-    """A name no other test uses, for queues and exchanges."""
-    return f"{re.sub(r'[^A-Za-z0-9]+', '-', request.node.name)[:80]}.{next(_names)}"
+    """A name no other test uses, for queues and exchanges, in this run or an earlier one
+    (a reference broker keeps durable queues between runs)."""
+    return f"{re.sub(r'[^A-Za-z0-9]+', '-', request.node.name)[:80]}.{_RUN}.{next(_names)}"
+
+
+@pytest.fixture(scope="session")
+def amqp_url(broker):
+    """The AMQP broker the client tests talk to: GreenMQ's, or another one named by
+    $GREENMQ_TEST_AMQP_URL (e.g. a reference RabbitMQ: amqp://guest:guest@127.0.0.1:5682/%2f)."""
+    return os.environ.get("GREENMQ_TEST_AMQP_URL") or f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f"
+
+
+@pytest.fixture
+def against_greenmq():
+    """For tests that look inside GreenMQ (its log, its JSON-lines side)."""
+    if os.environ.get("GREENMQ_TEST_AMQP_URL"):
+        pytest.skip("checks GreenMQ itself, not the broker at $GREENMQ_TEST_AMQP_URL")

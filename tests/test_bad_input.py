@@ -4,6 +4,7 @@ fixture also fails the run if anything here made the broker log a traceback."""
 
 import json
 import socket
+import time
 
 import pytest
 
@@ -239,3 +240,182 @@ def test_double_ack_is_refused_and_the_message_stays_settled(raw, name):
              {"op": "ack", "delivery_tag": got["delivery_tag"]})
     assert_error(raw.read(), 406, f"unknown delivery tag {got['delivery_tag']}")
     assert raw.call({"op": "queue.declare", "queue": name, "passive": True, "id": 3})["message_count"] == 0
+
+
+def test_garbage_and_a_vanishing_publisher_leave_other_clients_and_queued_messages_alone(broker, name):
+    keeper = RawClient(broker.port)
+    assert keeper.call({"op": "queue.declare", "queue": name, "id": 1})["ok"] is True
+    keeper.send(*({"op": "publish", "routing_key": name, "body": f"m{n}"} for n in range(20)))
+    assert keeper.call({"op": "queue.declare", "queue": name, "passive": True, "id": 2})["message_count"] == 20
+    vandal = RawClient(broker.port)
+    vandal.send_raw(b"\x00\xff garbage\n[]\n{\"op\": {}}\n{\"op\": \"queue.purge\"}\n")
+    assert [vandal.read()["code"] for _ in range(4)] == [502, 502, 540, 502]
+    # A batch of publishes whose last line is cut off by the client going away: the whole
+    # lines are routed, the partial one is dropped, nothing already queued is touched.
+    batch = b"".join(json.dumps({"op": "publish", "routing_key": name, "body": f"b{n}"}).encode() + b"\n"
+                     for n in range(30))
+    vandal.send_raw(batch + b'{"op": "publish", "routing_key": "' + name.encode() + b'", "body": "cut')
+    vandal.close()
+    assert keeper.still_works()
+    deadline = time.monotonic() + TIMEOUT
+    while True:       # the broker reads the vandal's bytes on its own schedule: poll to a deadline
+        count = keeper.call({"op": "queue.declare", "queue": name, "passive": True, "id": 3})["message_count"]
+        if count == 50 or time.monotonic() > deadline:
+            break
+    assert count == 50
+    bodies = [keeper.call({"op": "get", "queue": name, "no_ack": True, "id": n})["body"] for n in range(50)]
+    assert bodies == [f"m{n}" for n in range(20)] + [f"b{n}" for n in range(30)]
+    keeper.close()
+
+
+def test_a_request_id_of_every_json_type_is_echoed_on_errors_too(raw):
+    for request_id in (None, True, 0, -1, 2.5, "s", [None], {"a": {"b": []}}, 10**50):
+        reply = raw.call({"op": "get", "queue": "no-such-queue", "id": request_id})
+        assert_error(reply, 404, "no-such-queue")
+        assert reply["id"] == request_id and reply["op"] == "get"
+
+
+@pytest.mark.parametrize("request_, words", [
+    ({"op": "channel.close", "channel": "2"}, ["'channel' must be an integer"]),
+    ({"op": "channel.open"}, ["'channel' is required"]),
+    ({"op": "cancel"}, ["'consumer_tag' is required"]),
+    ({"op": "cancel", "consumer_tag": "c", "requeue": "no"}, ["'requeue' must be true or false"]),
+    ({"op": "get", "queue": "q", "no_ack": 1}, ["'no_ack' must be true or false"]),
+    ({"op": "qos", "prefetch_count": -1}, ["prefetch_count"]),
+    ({"op": "qos", "prefetch_count": True}, ["'prefetch_count' must be an integer"]),
+    ({"op": "ack", "delivery_tag": 1.0}, ["'delivery_tag' must be an integer"]),
+    ({"op": "ack", "delivery_tag": True}, ["'delivery_tag' must be an integer"]),
+    ({"op": "publish", "channel": True}, ["'channel' must be an integer"]),
+    ({"op": "publish", "body": "x", "properties": {"priority": True}}, ["priority"]),
+    ({"op": "publish", "body": "x", "properties": {"delivery_mode": True}}, ["delivery_mode"]),
+    ({"op": "publish", "body": "x", "properties": {"timestamp": -1}}, ["timestamp"]),
+    ({"op": "publish", "body": "x", "properties": {"timestamp": 1.5}}, ["timestamp"]),
+    ({"op": "publish", "body": "x", "properties": {"content_type": 5}}, ["content_type"]),
+    ({"op": "publish", "body": "QQ", "body_encoding": "base64"}, ["not valid base64"]),
+    ({"op": "hello", "client": "me"}, ["already received"]),
+])
+def test_more_malformed_fields_are_refused_with_502_or_503(raw, request_, words):
+    reply = raw.call(dict(request_, id="bad"))
+    assert reply["code"] in (502, 503) and reply["ok"] is False, reply
+    assert all(word in reply["text"] for word in words), reply
+    assert raw.still_works()
+
+
+@pytest.mark.parametrize("number", [0, -1, 2048, 10**30])
+def test_channel_numbers_out_of_range_are_refused_and_requests_on_them_too(raw, number):
+    assert_error(raw.call({"op": "channel.open", "channel": number, "id": 1}), 530, f"channel number {number}")
+    assert_error(raw.call({"op": "qos", "channel": number, "id": 2}), 504, f"channel {number}")
+    assert raw.still_works()
+
+
+def test_a_closed_channel_refuses_requests_until_reopened(raw):
+    assert raw.call({"op": "channel.open", "channel": 5, "id": 1})["ok"] is True
+    assert raw.call({"op": "channel.close", "channel": 5, "id": 2})["ok"] is True
+    assert_error(raw.call({"op": "get", "channel": 5, "queue": "q", "id": 3}), 504, "channel 5")
+    assert raw.call({"op": "channel.open", "channel": 5, "id": 4})["ok"] is True
+    assert_error(raw.call({"op": "get", "channel": 5, "queue": "no-such-queue", "id": 5}), 404, "no-such-queue")
+
+
+def test_nested_and_list_valued_arguments_and_headers_round_trip(raw, name):
+    arguments = {"deep": {"a": [1, {"b": [None, True, 2.5, "ü"]}]}, "big": 10**30}
+    assert raw.call({"op": "queue.declare", "queue": name, "arguments": arguments, "id": 1})["ok"] is True
+    assert raw.call({"op": "queue.bind", "queue": name, "exchange": "amq.headers", "id": 2,
+                     "arguments": {"x-match": "all", "k": {"a": [1, 2]}}})["ok"] is True
+    headers = {"k": {"a": [1, 2]}, "n": 10**30, "x": [[], {}]}
+    raw.send({"op": "publish", "exchange": "amq.headers", "body": "h", "properties": {"headers": headers}})
+    got = raw.call({"op": "get", "queue": name, "no_ack": True, "id": 3})
+    assert got["body"] == "h" and got["properties"] == {"headers": headers}
+    listed = [q for q in raw.call({"op": "list_queues", "id": 4})["items"] if q["name"] == name]
+    assert listed[0]["arguments"] == arguments
+
+
+# -- bugs: each xfail test shows one, and passes once it is fixed ------------------------
+
+HUGE = 10**400        # JSON allows any integer; Python parses it exactly
+
+
+@pytest.fixture
+def own_broker():
+    """Inputs that make the broker log a traceback get a broker of their own, so the shared
+    one's no-traceback check stays about the rest of the suite."""
+    with BrokerProcess() as process:
+        yield process
+
+
+@pytest.mark.xfail(reason="queue_store.py:22 accepts any int x-message-ttl; queue_store.py:97 then raises "
+                          "OverflowError (int too large to convert to float) on every publish: 541", strict=True)
+def test_a_huge_x_message_ttl_is_refused_at_declare_not_on_every_publish(own_broker):
+    client = RawClient(own_broker.port)
+    reply = client.call({"op": "queue.declare", "queue": "ttl", "arguments": {"x-message-ttl": HUGE}, "id": 1})
+    if reply["ok"]:
+        client.send({"op": "publish", "routing_key": "ttl", "body": "x", "id": 2})
+        after = client.call({"op": "queue.declare", "queue": "ttl", "passive": True, "id": 3})
+        assert after["id"] == 3 and after["message_count"] == 1, after
+    else:
+        assert_error(reply, 406, "x-message-ttl")
+    assert "Traceback" not in own_broker.log()
+
+
+@pytest.mark.xfail(reason="queue_store.py:23 accepts any int x-expires; queue_store.py:184 gevent.spawn_later("
+                          "expires / 1000.0) raises OverflowError in Queue.__init__: 541", strict=True)
+def test_a_huge_x_expires_is_refused_with_406(own_broker):
+    client = RawClient(own_broker.port)
+    reply = client.call({"op": "queue.declare", "queue": "exp", "arguments": {"x-expires": HUGE}, "id": 1})
+    assert reply["ok"] is True or reply["code"] == 406, reply
+    assert client.still_works()
+    assert "Traceback" not in own_broker.log()
+
+
+@pytest.mark.xfail(reason="a per-message expiration of 400 digits passes the check in message.py; "
+                          "queue_store.py:97 raises OverflowError: the publish gets 541", strict=True)
+def test_a_huge_expiration_property_is_refused_or_kept(own_broker):
+    client = RawClient(own_broker.port)
+    assert client.call({"op": "queue.declare", "queue": "q", "id": 1})["ok"] is True
+    client.send({"op": "publish", "routing_key": "q", "body": "x", "properties": {"expiration": str(HUGE)}})
+    reply = client.call({"op": "queue.declare", "queue": "q", "passive": True, "id": 2})
+    if reply.get("id") == 2:
+        assert reply["message_count"] == 1, reply
+    else:
+        assert_error(reply, 406, "expiration")
+    assert "Traceback" not in own_broker.log()
+
+
+@pytest.mark.xfail(reason="protocol.py only checks the body for lone surrogates (op_publish body.encode()); "
+                          "names, routing keys and header strings with them are accepted, and an AMQP client "
+                          "later sent such a message gets connection.close 541 (pamqp cannot encode it)",
+                   strict=True)
+@pytest.mark.parametrize("request_", [
+    {"op": "publish", "routing_key": "\ud800", "body": "x"},
+    {"op": "publish", "routing_key": "q", "body": "x", "properties": {"headers": {"k": "\udc00"}}},
+    {"op": "publish", "routing_key": "q", "body": "x", "properties": {"message_id": "\ud800"}},
+    {"op": "queue.declare", "queue": "\udc00-bad-input"},
+    {"op": "exchange.declare", "exchange": "\udc00-bad-input"},
+])
+def test_lone_surrogates_anywhere_are_refused_like_in_the_body(own_broker, request_):
+    client = RawClient(own_broker.port)
+    # publish answers only when refused: the list that follows it gets the next reply either way
+    client.send(dict(request_, id="bad"), {"op": "list_connections", "id": "next"})
+    assert_error(client.read(), 502, "surrogate")
+    assert client.read()["id"] == "next"
+
+
+@pytest.mark.xfail(reason="a JSON-lines publish with routing_key '\\ud800' is routed; an AMQP basic.get of it "
+                          "fails in amqp_protocol.py:572 (_send_content, pamqp short_string encode) and the "
+                          "AMQP connection is closed with 541", strict=True)
+def test_a_message_with_a_lone_surrogate_does_not_break_an_amqp_consumer(own_broker):
+    pika = pytest.importorskip("pika")
+    client = RawClient(own_broker.port)
+    for request in ({"op": "queue.declare", "queue": "s", "id": 1},
+                    {"op": "queue.bind", "queue": "s", "exchange": "amq.topic", "routing_key": "#", "id": 2}):
+        assert client.call(request)["ok"] is True
+    client.send({"op": "publish", "exchange": "amq.topic", "routing_key": "\ud800", "body": "x"})
+    assert client.call({"op": "queue.declare", "queue": "s", "passive": True, "id": 3})["message_count"] == 1
+    amqp = pika.BlockingConnection(pika.URLParameters(f"amqp://guest:guest@127.0.0.1:{own_broker.amqp_port}/%2f"))
+    try:
+        channel = amqp.channel()
+        channel.basic_get("s", auto_ack=True)
+        assert channel.is_open
+    finally:
+        if amqp.is_open:
+            amqp.close()
+    assert "Traceback" not in own_broker.log()

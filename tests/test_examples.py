@@ -50,22 +50,40 @@ class Program:
                 return before
             before.append(line)
 
-    def interrupt(self):
-        """Ctrl-C; returns the exit code."""
-        self.process.send_signal(signal.SIGINT)
+    def rest(self):
+        """The output after the last line expected, once the program has exited."""
+        lines = []
+        while (line := self.lines.get(timeout=WAIT)) is not None:
+            lines.append(line)
+        return lines
+
+    def interrupt(self, sig=signal.SIGINT):
+        """Ctrl-C (or another signal); returns the exit code."""
+        self.process.send_signal(sig)
         return self.process.wait(WAIT)
 
-    def kill(self):
+    def stop(self):
+        """Ctrl-C, so the broker sees a clean close; a kill if that does not end it."""
         if self.process.poll() is None:
-            self.process.kill()
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
         self.process.wait()
 
 
+def run_to_end(port, name, *args):
+    """Run an example to completion; returns the CompletedProcess."""
+    env = {**os.environ, "GREENMQ_PORT": str(port),
+           "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, os.path.join(EXAMPLES, name), *args], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=60)
+
+
 def run(port, name, *args):
-    """Run an example to completion; returns its output."""
-    env = {**os.environ, "GREENMQ_PORT": str(port), "PYTHONPATH": ROOT}
-    result = subprocess.run([sys.executable, os.path.join(EXAMPLES, name), *args], capture_output=True,
-                            text=True, env=env, cwd=ROOT, timeout=60)
+    """Run an example that must succeed; returns its output."""
+    result = run_to_end(port, name, *args)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -75,7 +93,7 @@ def programs():
     started = []
     yield started
     for program in started:
-        program.kill()
+        program.stop()
 
 
 @pytest.fixture
@@ -137,19 +155,26 @@ def test_hello_world_send_and_receive(broker, start):
     assert receiver.interrupt() == 0
 
 
-def test_work_queue_gives_tasks_to_the_idle_worker(broker, start):
-    busy, idle = start("worker.py", "0.05"), None
+def test_work_queue_gives_tasks_to_the_idle_worker_and_requeues_unacked_ones(broker, start):
+    busy = start("worker.py", "0.05")
     busy.expect("Waiting for messages")
-    idle = start("worker.py", "0.05")
-    idle.expect("Waiting for messages")
-    run(broker.port, "new_task.py", "long" + "." * 40)    # two seconds: the first worker's
-    busy.expect("Received 'long")
-    for task in ("a.", "b.", "c."):
-        run(broker.port, "new_task.py", task)
-    for task in ("a.", "b.", "c."):
-        idle.expect(f"Done '{task}'")
-    busy_output = busy.expect("Done 'long")
-    assert busy_output == [], busy_output     # the busy worker was given nothing more
+    try:
+        run(broker.port, "new_task.py", "long" + "." * 400)    # 20 s: busy for the whole test
+        busy.expect("Received 'long")
+        idle = start("worker.py", "0.05")
+        idle.expect("Waiting for messages")
+        for task in ("a.", "b.", "c."):
+            run(broker.port, "new_task.py", task)
+        # prefetch 1: the busy worker, holding an unacked task, is given none of these
+        before = idle.expect("Done 'c.'")
+        assert [line for line in before if "Done" in line] == [" [x] Done 'a.'", " [x] Done 'b.'"]
+        assert busy.interrupt() == 0          # stopped before acking its task...
+        assert busy.rest() == []
+        idle.expect("Received 'long")         # ...which goes to the other worker
+        assert idle.interrupt() == 0
+    finally:
+        with connection.Connection("127.0.0.1", broker.port) as conn:
+            conn.default_channel.queue_purge("task_queue")
 
 
 def test_emit_log_reaches_every_receiver(broker, start):
@@ -193,13 +218,16 @@ def test_broadcast_reaches_current_listeners(broker, start):
         listener.expect("AL 24: FL 7")
 
 
-def test_notify_keeps_events_for_a_consumer_that_is_not_running(broker, start):
+def test_notify_gives_every_system_every_event_even_when_not_running(broker, start):
     scheduling = start("notify.py", "consume", "scheduling")
-    scheduling.expect("waiting for patients")
-    assert scheduling.interrupt() == 0
+    scheduling.expect("waiting for patients")   # its queue now exists...
+    assert scheduling.interrupt() == 0          # ...and outlives it
+    reporting = start("notify.py", "consume", "reporting")
+    reporting.expect("waiting for patients")
     run(broker.port, "notify.py", "produce", "given:John surname:Smith")
+    reporting.expect("[reporting] given:John surname:Smith")
     scheduling = start("notify.py", "consume", "scheduling")
-    scheduling.expect("[scheduling] given:John surname:Smith")
+    assert scheduling.expect("[scheduling] given:John surname:Smith") == [" [*] scheduling waiting for patients"]
 
 
 def test_rpc_client_gets_the_servers_answer(broker, start):
@@ -207,3 +235,31 @@ def test_rpc_client_gets_the_servers_answer(broker, start):
     server.expect("Awaiting requests")
     assert "Got 'added Jane Doe'" in run(broker.port, "rpc_client.py", "Jane", "Doe")
     server.expect("added Jane Doe")
+
+
+def test_rpc_client_without_a_server_says_so(fresh_broker):
+    result = run_to_end(fresh_broker.port, "rpc_client.py", "Jane", "Doe")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "is examples/rpc_server.py running?" in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+RECEIVERS = [
+    (("receive.py",), "Waiting for messages"),
+    (("worker.py", "0.05"), "Waiting for messages"),
+    (("receive_logs.py",), "Waiting for logs"),
+    (("receive_logs_topic.py", "signals.#"), "Waiting for logs"),
+    (("receive_headers.py", "any", "signals=yes"), "Waiting for reports"),
+    (("broadcast.py", "listen"), "Listening"),
+    (("notify.py", "consume", "signals-test"), "waiting for patients"),
+    (("rpc_server.py",), "Awaiting requests"),
+]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("command, ready", RECEIVERS, ids=[c[0] for c, _ in RECEIVERS])
+def test_receivers_exit_cleanly_on_a_signal(broker, start, command, ready, sig):
+    receiver = start(*command)
+    receiver.expect(ready)
+    assert receiver.interrupt(sig) == 0
+    assert receiver.rest() == []

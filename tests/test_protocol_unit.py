@@ -105,3 +105,82 @@ def test_client_leaving_requeues_its_unacked_deliveries(node):
     consumer.connection_lost()
     queue = node.vhosts["/"].queues["q"]
     assert [(m.body, m.redelivered) for m in queue.ready] == [(b"a", True), (b"b", True)]
+
+
+def test_whole_lines_and_a_partial_one_in_one_read(node):
+    protocol = client(node)
+    data = lines({"op": "queue.declare", "queue": "a", "id": 1}, {"op": "queue.declare", "queue": "b", "id": 2})
+    protocol.data_received(data[:-5] + b"\n" + data[:10])      # line 2 broken, then a partial line 3
+    replies = output(protocol)
+    assert [r.get("id") for r in replies] == [1, None] and replies[1]["code"] == 502
+    protocol.data_received(data[10:])                          # the rest of line 3 and a whole line 4
+    assert [r["id"] for r in output(protocol)] == [1, 2]
+
+
+def test_a_line_over_the_limit_closes_with_501_and_reads_nothing_more(node):
+    protocol = JsonLinesProtocol(node, ("127.0.0.1", 1), max_line_bytes=100)
+    protocol.data_received(lines({"op": "hello"}))
+    assert output(protocol)[0]["max_line_bytes"] == 100
+    protocol.data_received(lines({"op": "publish", "body": "x" * 200}, {"op": "queue.declare", "queue": "", "id": 1}))
+    assert output(protocol) == [{"event": "close", "code": 501, "error": "FRAME_ERROR",
+                                 "text": "FRAME_ERROR - line longer than 100 bytes"}]
+    assert protocol.closed and protocol.session is None and not node.sessions
+    protocol.data_received(lines({"op": "queue.declare", "queue": "", "id": 2}))
+    assert output(protocol) == []
+
+
+def test_a_partial_line_over_the_limit_closes_before_its_newline(node):
+    protocol = JsonLinesProtocol(node, ("127.0.0.1", 1), max_line_bytes=100)
+    protocol.data_received(lines({"op": "hello"}))
+    output(protocol)
+    protocol.data_received(b"{" + b" " * 60)
+    assert output(protocol) == [] and not protocol.closed
+    protocol.data_received(b" " * 60)
+    assert output(protocol)[0]["code"] == 501 and protocol.closed
+
+
+def test_a_request_before_hello_closes_with_503(node):
+    protocol = JsonLinesProtocol(node, ("127.0.0.1", 1))
+    protocol.data_received(lines({"op": "queue.declare", "queue": "q", "id": 1}, {"op": "hello", "id": 2}))
+    assert output(protocol) == [{"event": "close", "code": 503, "error": "COMMAND_INVALID",
+                                 "text": "COMMAND_INVALID - expected 'hello' as the first request"}]
+    assert protocol.closed and not node.sessions
+
+
+def test_bodies_that_are_not_utf8_travel_as_base64_both_ways(node):
+    protocol = client(node)
+    protocol.data_received(lines({"op": "queue.declare", "queue": "q", "id": 1},
+                                 {"op": "publish", "routing_key": "q", "body": "/wA=", "body_encoding": "base64"},
+                                 {"op": "publish", "routing_key": "q", "body": "aGk=", "body_encoding": "base64"},
+                                 {"op": "publish", "routing_key": "q", "body": "é"},
+                                 {"op": "get", "queue": "q", "no_ack": True, "id": 2},
+                                 {"op": "get", "queue": "q", "no_ack": True, "id": 3},
+                                 {"op": "get", "queue": "q", "no_ack": True, "id": 4}))
+    replies = output(protocol)[1:]
+    assert [(r["body"], r.get("body_encoding")) for r in replies] == [("/wA=", "base64"), ("hi", None), ("é", None)]
+    assert node.vhosts["/"].queues["q"].message_count == 0
+
+
+def test_a_returned_mandatory_message_comes_before_its_ack(node):
+    protocol = client(node)
+    protocol.data_received(lines({"op": "confirm.select", "id": 1}))
+    output(protocol)
+    protocol.data_received(lines({"op": "publish", "routing_key": "nowhere", "body": "b", "mandatory": True,
+                                  "properties": {"message_id": "m"}}))
+    assert output(protocol) == [
+        {"event": "return", "channel": 1, "reply_code": 312, "reply_text": "NO_ROUTE", "exchange": "",
+         "routing_key": "nowhere", "body": "b", "properties": {"message_id": "m"}},
+        {"event": "ack", "channel": 1, "delivery_tag": 1, "multiple": False}]
+
+
+def test_cancel_requeues_the_consumers_unacked_messages_by_default(node):
+    protocol = client(node)
+    protocol.data_received(lines({"op": "queue.declare", "queue": "q", "id": 1},
+                                 {"op": "publish", "routing_key": "q", "body": "a"},
+                                 {"op": "consume", "queue": "q", "consumer_tag": "c", "id": 2}))
+    assert output(protocol)[2]["event"] == "deliver"
+    protocol.data_received(lines({"op": "cancel", "consumer_tag": "c", "id": 3}, {"op": "ack", "delivery_tag": 1}))
+    replies = output(protocol)
+    assert replies[0] == {"ok": True, "id": 3}
+    assert replies[1]["code"] == 406             # the tag went back with the message
+    assert [(m.body, m.redelivered) for m in node.vhosts["/"].queues["q"].ready] == [(b"a", True)]
