@@ -569,9 +569,16 @@ class AmqpConnection:
 
     def _send_content(self, number, method, message):
         body = message.body
-        frames = [amqp_frame.marshal(method, number),
-                  amqp_frame.marshal(amqp_header.ContentHeader(
-                      0, len(body), _properties_to_amqp(message.properties)), number)]
+        try:
+            content_header = amqp_frame.marshal(amqp_header.ContentHeader(
+                0, len(body), _properties_to_amqp(message.properties)), number)
+        except (TypeError, ValueError, OverflowError, struct.error) as exc:
+            # Both front ends refuse what AMQP cannot carry, so this is a bug; better a message
+            # without properties than a consumer's connection, or the core mid-delivery, broken.
+            log.error("cannot encode the properties of a message from exchange '%s' for AMQP (%s); "
+                      "sending it without them", message.exchange, exc)
+            content_header = amqp_frame.marshal(amqp_header.ContentHeader(0, len(body)), number)
+        frames = [amqp_frame.marshal(method, number), content_header]
         chunk = self.frame_max - 8
         for start in range(0, len(body), chunk):
             frames.append(amqp_frame.marshal(amqp_body.ContentBody(body[start:start + chunk]), number))

@@ -14,6 +14,10 @@ PROPERTY_NAMES = (
 
 PERSISTENT = 2
 
+# RabbitMQ's bound on TTLs and queue expiry, in milliseconds (about 49 days): larger values
+# are refused rather than overflowing the timers they set.
+MAX_EXPIRY_MS = 2**32 - 1
+
 _next_seq = itertools.count(1).__next__
 
 
@@ -64,6 +68,8 @@ class Message:
 
 def parse_expiration(expiration):
     """Per-message TTL in milliseconds: AMQP carries it as a decimal string."""
-    if isinstance(expiration, str) and expiration.isdigit() and expiration.isascii():
-        return int(expiration)
-    raise PreconditionFailed(f"invalid expiration '{expiration}'")
+    if isinstance(expiration, str) and expiration.isdigit() and expiration.isascii() and len(expiration) <= 10:
+        ttl = int(expiration)
+        if ttl <= MAX_EXPIRY_MS:
+            return ttl
+    raise PreconditionFailed(f"invalid expiration '{expiration[:20] if isinstance(expiration, str) else expiration}'")

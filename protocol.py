@@ -7,6 +7,8 @@ socket (transport.py) takes them with `take_output()`.
 
 import base64
 import binascii
+import datetime
+import decimal
 import json
 import logging
 
@@ -14,6 +16,7 @@ from errors import (BadSyntax, BrokerError, CommandInvalid, FrameError,
                     InternalError, Unsupported)
 from message import PROPERTY_NAMES
 from node import SERVER_NAME, VERSION
+from vhost import MAX_NAME_BYTES
 from transport import OUTBOX_HIGH_WATER
 
 log = logging.getLogger("greenmq.protocol")
@@ -31,6 +34,10 @@ _decode = json.JSONDecoder().decode
 _quote = json.encoder.encode_basestring_ascii
 
 _STRING_PROPERTIES = frozenset(PROPERTY_NAMES) - {"headers", "delivery_mode", "priority", "timestamp"}
+
+# The latest second a timestamp property may name: what Python's datetime (and so every
+# AMQP client library here) can represent, the last second of the year 9999.
+MAX_TIMESTAMP = 253402300799
 
 
 class JsonLinesProtocol:
@@ -83,6 +90,14 @@ class JsonLinesProtocol:
         if type(request) is not dict:
             self._send_error({}, BadSyntax("a request must be a JSON object"))
             return
+        if b"\\ud" in line or b"\\uD" in line:
+            # Valid UTF-8 carries no lone surrogate; only a \u escape can make one, and no
+            # other protocol (AMQP's strings are UTF-8) could carry it on.
+            try:
+                json.dumps(request, ensure_ascii=False).encode()
+            except UnicodeEncodeError:
+                self._send_error(request, BadSyntax("strings must be Unicode text: lone surrogates not allowed"))
+                return
         op = request.get("op")
         handler = _HANDLERS.get(op) if type(op) is str else None
         try:
@@ -421,25 +436,48 @@ def _base64_bytes(text, name):
 
 
 def _properties_in(properties):
-    """Check a publish's properties object; returns it, or None when empty."""
+    """Check a publish's properties object against what AMQP can carry (so any consumer can
+    be sent the message); returns it, or None when empty."""
     if type(properties) is not dict:
         raise BadSyntax("field 'properties' must be an object")
     for name, value in properties.items():
         if name in _STRING_PROPERTIES:
-            ok = type(value) is str
+            ok = type(value) is str and (len(value) <= 63 or len(value.encode()) <= MAX_NAME_BYTES)
         elif name == "headers":
             ok = type(value) is dict
+            if ok:
+                properties["headers"] = _table_in(value)
         elif name == "delivery_mode":
             ok = value in (1, 2) and type(value) is int
         elif name == "priority":
             ok = type(value) is int and 0 <= value <= 255
         elif name == "timestamp":
-            ok = type(value) is int and value >= 0
+            ok = type(value) is int and 0 <= value <= MAX_TIMESTAMP
         else:
             raise BadSyntax(f"unknown property '{name}'")
         if not ok:
-            raise BadSyntax(f"invalid value for property '{name}': {value!r}")
+            raise BadSyntax(f"invalid value for property '{name}': {str(value)[:40]!r}")
     return properties or None
+
+
+def _table_in(value):
+    """A headers value from JSON as AMQP holds it: tagged objects back to bytes, timestamps
+    and decimals; integers within AMQP's widest (64-bit signed)."""
+    if type(value) is dict:
+        if len(value) == 1:
+            (tag, tagged), = value.items()
+            decode = _TAGGED_IN.get(tag)
+            if decode is not None:
+                try:
+                    return decode(tagged)
+                except (TypeError, ValueError, ArithmeticError, OverflowError):
+                    raise BadSyntax(f"invalid {tag} header value {str(tagged)[:40]!r}") from None
+        return {key: _table_in(item) for key, item in value.items()}
+    if type(value) is list:
+        return [_table_in(item) for item in value]
+    if type(value) is int and not -2**63 <= value < 2**63:
+        raise BadSyntax(f"header integer {str(value)[:40]} is outside AMQP's 64-bit range")
+    return value
 
 
 def _message_json(message):
@@ -464,7 +502,33 @@ def _with_message(event, message):
 
 
 def _json_value(value):
-    """Header values JSON has no type for (from other protocols): tagged objects."""
+    """Header values JSON has no type for (from AMQP): tagged objects, which _table_in reads back."""
     if isinstance(value, (bytes, bytearray)):
         return {"$bytes": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, datetime.datetime):
+        return {"$timestamp": int(value.timestamp())}
+    if isinstance(value, decimal.Decimal):
+        return {"$decimal": str(value)}
     raise TypeError(f"cannot encode {type(value).__name__} in JSON")
+
+
+def _timestamp_in(seconds):
+    if type(seconds) is not int or not 0 <= seconds <= MAX_TIMESTAMP:
+        raise ValueError(seconds)
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+
+
+def _decimal_in(text):
+    if type(text) is not str:
+        raise TypeError(text)
+    number = decimal.Decimal(text)
+    if not number.is_finite():
+        raise ValueError(text)
+    return number
+
+
+_TAGGED_IN = {
+    "$bytes": lambda text: bytearray(base64.b64decode(text, validate=True)),   # AMQP's byte array type
+    "$timestamp": _timestamp_in,
+    "$decimal": _decimal_in,
+}

@@ -14,13 +14,14 @@ from operator import attrgetter
 import gevent
 
 from errors import AccessRefused, PreconditionFailed
+from message import MAX_EXPIRY_MS
 
 _seq = attrgetter("seq")
 
 # Queue arguments this broker honours, with the check each value must pass (RabbitMQ's).
 QUEUE_ARGUMENTS = {
-    "x-message-ttl": lambda v: type(v) is int and v >= 0,
-    "x-expires": lambda v: type(v) is int and v > 0,
+    "x-message-ttl": lambda v: type(v) is int and 0 <= v <= MAX_EXPIRY_MS,
+    "x-expires": lambda v: type(v) is int and 0 < v <= MAX_EXPIRY_MS,
 }
 
 
@@ -227,4 +228,4 @@ def validate_queue_arguments(arguments, queue_name, vhost_name):
         if name in arguments and not check(arguments[name]):
             raise PreconditionFailed(
                 f"invalid arg '{name}' for queue '{queue_name}' in vhost '{vhost_name}': "
-                f"{arguments[name]!r} is not allowed")
+                f"{str(arguments[name])[:20]!r} is not an integer in range")

@@ -42,7 +42,7 @@ class VirtualHost:
 
     def declare_exchange(self, name, type_name="direct", passive=False, durable=False,
                          auto_delete=False, internal=False, arguments=None):
-        check_name(name, "exchange")
+        check_name(name, "exchange name")
         if name == "":
             raise AccessRefused("operation not permitted on the default exchange")
         if passive:
@@ -62,7 +62,7 @@ class VirtualHost:
         return exchange
 
     def delete_exchange(self, name, if_unused=False):
-        check_name(name, "exchange")
+        check_name(name, "exchange name")
         if name == "":
             raise AccessRefused("operation not permitted on the default exchange")
         if name.startswith("amq.") and name in self.exchanges:
@@ -96,7 +96,7 @@ class VirtualHost:
     def declare_queue(self, name="", passive=False, durable=False, exclusive=False,
                       auto_delete=False, arguments=None, owner=None):
         """Returns the queue; a server-named one when `name` is empty."""
-        check_name(name, "queue")
+        check_name(name, "queue name")
         arguments = arguments or {}
         if passive:
             queue = self.queue(name, owner)
@@ -129,7 +129,7 @@ class VirtualHost:
     def delete_queue(self, name, if_unused=False, if_empty=False, owner=None):
         """queue.delete: returns how many ready messages went with the queue (0 if it was
         not there: deleting is idempotent, as in RabbitMQ)."""
-        check_name(name, "queue")
+        check_name(name, "queue name")
         if name not in self.queues:
             return 0
         queue = self.queue(name, owner)
@@ -160,6 +160,7 @@ class VirtualHost:
     # -- bindings ----------------------------------------------------------------------
 
     def bind(self, queue_name, exchange_name, routing_key="", arguments=None, owner=None):
+        check_name(routing_key, "routing key")
         exchange = self._bindable(exchange_name)
         queue = self.queue(queue_name, owner)
         exchange.bind(queue, routing_key, arguments)
@@ -174,7 +175,7 @@ class VirtualHost:
             self._auto_delete_exchange(exchange)
 
     def _bindable(self, exchange_name):
-        check_name(exchange_name, "exchange")
+        check_name(exchange_name, "exchange name")
         if exchange_name == "":
             raise AccessRefused("operation not permitted on the default exchange")
         return self.exchange(exchange_name)
@@ -190,6 +191,7 @@ class VirtualHost:
         exchange = self.exchanges.get(exchange_name)
         if exchange is None:
             raise NotFound(f"no exchange '{exchange_name}' in vhost '{self.name}'")
+        check_name(message.routing_key, "routing key")
         if exchange.internal:
             raise AccessRefused(f"cannot publish to internal exchange '{exchange_name}' in vhost '{self.name}'")
         queues = exchange.route(message.routing_key, message.headers)
@@ -226,8 +228,9 @@ class VirtualHost:
 
 
 def check_name(name, kind):
-    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
-        raise PreconditionFailed(f"{kind} name is longer than {MAX_NAME_BYTES} bytes")
+    """Names and routing keys are AMQP short strings: at most 255 bytes of UTF-8."""
+    if len(name) > MAX_NAME_BYTES // 4 and len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise PreconditionFailed(f"{kind} is longer than {MAX_NAME_BYTES} bytes")
 
 
 def _equivalent(what, argument, received, current):

@@ -321,15 +321,19 @@ def test_nested_and_list_valued_arguments_and_headers_round_trip(raw, name):
     assert raw.call({"op": "queue.declare", "queue": name, "arguments": arguments, "id": 1})["ok"] is True
     assert raw.call({"op": "queue.bind", "queue": name, "exchange": "amq.headers", "id": 2,
                      "arguments": {"x-match": "all", "k": {"a": [1, 2]}}})["ok"] is True
-    headers = {"k": {"a": [1, 2]}, "n": 10**30, "x": [[], {}]}
+    headers = {"k": {"a": [1, 2]}, "n": 2**63 - 1, "x": [[], {}]}
     raw.send({"op": "publish", "exchange": "amq.headers", "body": "h", "properties": {"headers": headers}})
     got = raw.call({"op": "get", "queue": name, "no_ack": True, "id": 3})
     assert got["body"] == "h" and got["properties"] == {"headers": headers}
+    # Headers are AMQP tables, whose widest integer is 64-bit: an AMQP consumer must be able to get it.
+    reply = raw.call({"op": "publish", "exchange": "amq.headers", "body": "h", "id": 5,
+                      "properties": {"headers": {"k": {"a": [1, 2]}, "n": 10**30}}})
+    assert_error(reply, 502, "outside AMQP's 64-bit range")
     listed = [q for q in raw.call({"op": "list_queues", "id": 4})["items"] if q["name"] == name]
     assert listed[0]["arguments"] == arguments
 
 
-# -- bugs: each xfail test shows one, and passes once it is fixed ------------------------
+# -- inputs that once broke the broker (found as strict xfails, now fixed) ------------------
 
 HUGE = 10**400        # JSON allows any integer; Python parses it exactly
 
@@ -342,8 +346,6 @@ def own_broker():
         yield process
 
 
-@pytest.mark.xfail(reason="queue_store.py:22 accepts any int x-message-ttl; queue_store.py:97 then raises "
-                          "OverflowError (int too large to convert to float) on every publish: 541", strict=True)
 def test_a_huge_x_message_ttl_is_refused_at_declare_not_on_every_publish(own_broker):
     client = RawClient(own_broker.port)
     reply = client.call({"op": "queue.declare", "queue": "ttl", "arguments": {"x-message-ttl": HUGE}, "id": 1})
@@ -356,8 +358,6 @@ def test_a_huge_x_message_ttl_is_refused_at_declare_not_on_every_publish(own_bro
     assert "Traceback" not in own_broker.log()
 
 
-@pytest.mark.xfail(reason="queue_store.py:23 accepts any int x-expires; queue_store.py:184 gevent.spawn_later("
-                          "expires / 1000.0) raises OverflowError in Queue.__init__: 541", strict=True)
 def test_a_huge_x_expires_is_refused_with_406(own_broker):
     client = RawClient(own_broker.port)
     reply = client.call({"op": "queue.declare", "queue": "exp", "arguments": {"x-expires": HUGE}, "id": 1})
@@ -366,12 +366,11 @@ def test_a_huge_x_expires_is_refused_with_406(own_broker):
     assert "Traceback" not in own_broker.log()
 
 
-@pytest.mark.xfail(reason="a per-message expiration of 400 digits passes the check in message.py; "
-                          "queue_store.py:97 raises OverflowError: the publish gets 541", strict=True)
 def test_a_huge_expiration_property_is_refused_or_kept(own_broker):
     client = RawClient(own_broker.port)
     assert client.call({"op": "queue.declare", "queue": "q", "id": 1})["ok"] is True
-    client.send({"op": "publish", "routing_key": "q", "body": "x", "properties": {"expiration": str(HUGE)}})
+    # Short enough for an AMQP short string, far over the 2^32 - 1 ms RabbitMQ allows.
+    client.send({"op": "publish", "routing_key": "q", "body": "x", "properties": {"expiration": str(10**40)}})
     reply = client.call({"op": "queue.declare", "queue": "q", "passive": True, "id": 2})
     if reply.get("id") == 2:
         assert reply["message_count"] == 1, reply
@@ -380,10 +379,6 @@ def test_a_huge_expiration_property_is_refused_or_kept(own_broker):
     assert "Traceback" not in own_broker.log()
 
 
-@pytest.mark.xfail(reason="protocol.py only checks the body for lone surrogates (op_publish body.encode()); "
-                          "names, routing keys and header strings with them are accepted, and an AMQP client "
-                          "later sent such a message gets connection.close 541 (pamqp cannot encode it)",
-                   strict=True)
 @pytest.mark.parametrize("request_", [
     {"op": "publish", "routing_key": "\ud800", "body": "x"},
     {"op": "publish", "routing_key": "q", "body": "x", "properties": {"headers": {"k": "\udc00"}}},
@@ -399,23 +394,25 @@ def test_lone_surrogates_anywhere_are_refused_like_in_the_body(own_broker, reque
     assert client.read()["id"] == "next"
 
 
-@pytest.mark.xfail(reason="a JSON-lines publish with routing_key '\\ud800' is routed; an AMQP basic.get of it "
-                          "fails in amqp_protocol.py:572 (_send_content, pamqp short_string encode) and the "
-                          "AMQP connection is closed with 541", strict=True)
-def test_a_message_with_a_lone_surrogate_does_not_break_an_amqp_consumer(own_broker):
+def test_a_message_with_a_lone_surrogate_never_reaches_an_amqp_consumer(own_broker):
+    """AMQP strings are UTF-8: a JSON-lines client must not be able to route a message that
+    an AMQP consumer could not be sent (it used to close that consumer's connection, 541)."""
     pika = pytest.importorskip("pika")
     client = RawClient(own_broker.port)
     for request in ({"op": "queue.declare", "queue": "s", "id": 1},
                     {"op": "queue.bind", "queue": "s", "exchange": "amq.topic", "routing_key": "#", "id": 2}):
         assert client.call(request)["ok"] is True
-    client.send({"op": "publish", "exchange": "amq.topic", "routing_key": "\ud800", "body": "x"})
-    assert client.call({"op": "queue.declare", "queue": "s", "passive": True, "id": 3})["message_count"] == 1
+    reply = client.call({"op": "publish", "exchange": "amq.topic", "routing_key": "\ud800", "body": "x", "id": 3})
+    assert_error(reply, 502, "surrogate")
+    client.send({"op": "publish", "exchange": "amq.topic", "routing_key": "ok", "body": "x",
+                 "properties": {"headers": {"emoji": "\U0001f600"}}})
     amqp = pika.BlockingConnection(pika.URLParameters(f"amqp://guest:guest@127.0.0.1:{own_broker.amqp_port}/%2f"))
     try:
         channel = amqp.channel()
-        channel.basic_get("s", auto_ack=True)
+        method, properties, body = channel.basic_get("s", auto_ack=True)
+        assert (method.routing_key, properties.headers) == ("ok", {"emoji": "\U0001f600"})
+        assert channel.basic_get("s", auto_ack=True) == (None, None, None)
         assert channel.is_open
     finally:
-        if amqp.is_open:
-            amqp.close()
+        amqp.close()
     assert "Traceback" not in own_broker.log()
