@@ -44,6 +44,9 @@ HANDSHAKE_TIMEOUT_SECONDS = 10.0
 FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT = 1, 2, 3, 8
 FRAME_END = 0xCE
 _FRAME_HEAD = struct.Struct(">BHI")
+_FRAME_END_BYTE = bytes([FRAME_END])
+_HEADER_PREFIX = struct.Struct(">HHQ")      # a content header's class id, weight, body size
+_HEADER_PREFIX_BYTES = _HEADER_PREFIX.size
 _METHOD_INDEX = struct.Struct(">I")
 
 # Only what this broker really does: pika refuses confirm_delivery without the first two.
@@ -59,11 +62,12 @@ _AMQP_NAMES = {name: ("message_type" if name == "type" else name) for name in PR
 class _Content:
     """A basic.publish whose header and body frames are still arriving."""
 
-    __slots__ = ("method", "properties", "size", "parts", "received")
+    __slots__ = ("method", "properties", "encoded_properties", "size", "parts", "received")
 
     def __init__(self, method):
         self.method = method
         self.properties = None
+        self.encoded_properties = None
         self.size = None
         self.parts = []
         self.received = 0
@@ -129,13 +133,13 @@ class AmqpConnection:
         while end - offset >= 7 and not self.closed:
             frame_type, channel, size = _FRAME_HEAD.unpack_from(buffer, offset)
             if size + 8 > self.frame_max:
-                self._connection_error(FrameError(f"frame size {size + 8} exceeds frame_max {self.frame_max}"))
+                self._framing_lost(FrameError(f"frame size {size + 8} exceeds frame_max {self.frame_max}"))
                 break
             frame_end = offset + 7 + size
             if frame_end >= end:
                 break
             if buffer[frame_end] != FRAME_END:
-                self._connection_error(FrameError(f"frame end byte {buffer[frame_end]:#x} is not {FRAME_END:#x}"))
+                self._framing_lost(FrameError(f"frame end byte {buffer[frame_end]:#x} is not {FRAME_END:#x}"))
                 break
             self._frame(frame_type, channel, buffer, offset, frame_end)
             offset = frame_end + 1
@@ -161,6 +165,9 @@ class AmqpConnection:
             elif frame_type != FRAME_HEARTBEAT:
                 raise FrameError(f"unknown frame type {frame_type}")
         except BrokerError as exc:
+            if method is None and frame_type == FRAME_METHOD and frame_end - start >= 11:
+                # Undecodable or unknown: still name its class and method ids, as RabbitMQ does.
+                method = _MethodIds(_METHOD_INDEX.unpack_from(buffer, start + 7)[0])
             self._fail(channel, exc, method)
         except Exception:
             log.exception("error handling %s from %s", method.name if method else f"frame {frame_type}", self.peer)
@@ -254,11 +261,13 @@ class AmqpConnection:
         """Close the connection for `exc`; the client's close-ok (or a timeout) ends it."""
         if self.state == "closing" or self.closed:
             return
-        if self.state in ("header", "start-ok") and not (
-                isinstance(exc, AccessRefused) and self._client_capability("authentication_failure_close")):
-            # Before tune, RabbitMQ closes the socket rather than send connection.close,
-            # except for a failed login when the client asked to be told.
+        if self.state in ("header", "start-ok"):
+            # Before tune, RabbitMQ hangs up without connection.close, except for a failed
+            # login when the client asked to be told; then it hangs up right after.
             log.info("closing AMQP connection from %s: %s", self.peer, exc.text)
+            if isinstance(exc, AccessRefused) and self._client_capability("authentication_failure_close"):
+                self._send_method(0, spec.Connection.Close(reply_code=exc.code, reply_text=exc.text[:255],
+                                                           class_id=10, method_id=11))
             self.closed = True
             return
         log.info("closing AMQP connection from %s: %s", self.peer, exc.text)
@@ -269,6 +278,12 @@ class AmqpConnection:
         self.channels = {}
         self.state = "closing"
         self._close_deadline = time.monotonic() + CLOSE_OK_TIMEOUT_SECONDS
+
+    def _framing_lost(self, exc):
+        """After a malformed frame nothing more can be parsed: say why and hang up at once,
+        without waiting for a close-ok that could not be found (as RabbitMQ does)."""
+        self._connection_error(exc)
+        self.closed = True
 
     def close(self, exc):
         """The broker is stopping (320) or the transport drops the peer."""
@@ -328,7 +343,11 @@ class AmqpConnection:
                 self._send_method(number, spec.Channel.CloseOk())
             return
         if channel.content is not None:
-            raise UnexpectedFrame(f"expected content header for class 60, got {method.name} instead")
+            # RabbitMQ names the basic.publish still waiting for its content, not the intruder.
+            self._connection_error(UnexpectedFrame(
+                f"expected content header for class 60, got non content header frame instead"),
+                channel.content.method)
+            return
         handler = _CHANNEL_METHODS.get(type(method))
         if handler is None:
             raise Unsupported(f"{method.name} is not supported")
@@ -418,6 +437,9 @@ class AmqpConnection:
             raise BadSyntax(f"could not decode the content header: {exc}") from None
         content.size = content_header.body_size
         content.properties = _properties_from_amqp(content_header.properties)
+        # class id, weight and body size, then the property flags and values, which an AMQP
+        # delivery of this message can send again as they are.
+        content.encoded_properties = frame_bytes[7 + _HEADER_PREFIX_BYTES:-1]
         if content.size == 0:
             self._publish(channel, number, content)
 
@@ -445,7 +467,8 @@ class AmqpConnection:
         parts = content.parts
         body = parts[0] if len(parts) == 1 else b"".join(parts)
         method = content.method
-        arguments = (method.exchange, method.routing_key, bytes(body), content.properties, method.mandatory)
+        arguments = (method.exchange, method.routing_key, bytes(body), content.properties, method.mandatory,
+                     content.encoded_properties)
         if channel.tx is not None:
             channel.tx.append((channel.core.publish, arguments))
             return
@@ -570,8 +593,12 @@ class AmqpConnection:
     def _send_content(self, number, method, message):
         body = message.body
         try:
-            content_header = amqp_frame.marshal(amqp_header.ContentHeader(
-                0, len(body), _properties_to_amqp(message.properties)), number)
+            if message.encoded_properties is not None:
+                payload = _HEADER_PREFIX.pack(spec.Basic.frame_id, 0, len(body)) + message.encoded_properties
+                content_header = _FRAME_HEAD.pack(FRAME_HEADER, number, len(payload)) + payload + _FRAME_END_BYTE
+            else:
+                content_header = amqp_frame.marshal(amqp_header.ContentHeader(
+                    0, len(body), _properties_to_amqp(message.properties)), number)
         except (TypeError, ValueError, OverflowError, struct.error) as exc:
             # Both front ends refuse what AMQP cannot carry, so this is a bug; better a message
             # without properties than a consumer's connection, or the core mid-delivery, broken.
@@ -630,6 +657,15 @@ _CHANNEL_METHODS = {
     spec.Tx.Commit: AmqpConnection.on_tx_commit,
     spec.Tx.Rollback: AmqpConnection.on_tx_rollback,
 }
+
+
+class _MethodIds:
+    """A method frame that could not be decoded, known only by its class and method ids."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index):
+        self.index = index
 
 
 def _ids(method):

@@ -25,17 +25,20 @@ class Message:
     """`properties` is None or a dict keyed by PROPERTY_NAMES; `seq` orders messages
     process-wide, so requeued messages can return to their original place in any queue.
     `redelivered` and `expires_at` belong to a message's place in one queue: queues
-    copy the message (see `placed`) rather than change a shared one."""
+    copy the message (see `placed`) rather than change a shared one. `encoded_properties`
+    is opaque to the core: the properties as the publisher's wire format carried them, which
+    a front end speaking the same format may send again instead of encoding them anew."""
 
     __slots__ = ("seq", "exchange", "routing_key", "body", "properties", "ttl",
-                 "redelivered", "expires_at")
+                 "redelivered", "expires_at", "encoded_properties")
 
-    def __init__(self, exchange, routing_key, body, properties=None):
+    def __init__(self, exchange, routing_key, body, properties=None, encoded_properties=None):
         self.seq = _next_seq()
         self.exchange = exchange
         self.routing_key = routing_key
         self.body = body
         self.properties = properties
+        self.encoded_properties = encoded_properties
         self.ttl = None
         if properties is not None:
             expiration = properties.get("expiration")
@@ -63,6 +66,7 @@ class Message:
         copy.ttl = self.ttl
         copy.redelivered = redelivered
         copy.expires_at = expires_at
+        copy.encoded_properties = self.encoded_properties
         return copy
 
 

@@ -114,7 +114,8 @@ class Channel:
 
     # -- publishing --------------------------------------------------------------------
 
-    def publish(self, exchange, routing_key, body, properties=None, mandatory=False):
+    def publish(self, exchange, routing_key, body, properties=None, mandatory=False,
+                encoded_properties=None):
         """Route one message. In confirm mode every publish, refused or not, takes the next
         sequence number and is acked or nacked in order."""
         seq = 0
@@ -123,7 +124,7 @@ class Channel:
         try:
             if properties is not None and "user_id" in properties:
                 self._check_user_id(properties["user_id"])
-            message = Message(exchange, routing_key, body, properties)
+            message = Message(exchange, routing_key, body, properties, encoded_properties)
             routed = self.vhost.publish(exchange, message)
         except BrokerError:
             if seq:
