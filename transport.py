@@ -2,8 +2,9 @@
 object and a writer greenlet sending what it produces, in batches.
 
 A protocol object has `data_received(bytes)`, `take_output() -> bytes`, `output_drained()`,
-`close(exc)`, `connection_lost()`, a `closed` flag, an `on_output` callback attribute the
-transport sets (called when output appears after none was waiting) and a `name`. It may
+`close(exc)`, `connection_lost()`, a `closed` flag, an `outbox` (empty when no output
+waits), an `on_output` callback attribute the transport sets (called when output appears
+after none was waiting) and a `name`. It may
 have `tick(now) -> seconds`: called again after that many seconds (heartbeats, timeouts),
 or None when the peer is to be dropped without further ado.
 """
@@ -44,9 +45,9 @@ def connection_handler(make_protocol):
     def handle(sock, address):
         configure_socket(sock)
         protocol = make_protocol(address)
-        wakeup = Event()
-        protocol.on_output = wakeup.set
-        helpers = [gevent.spawn(_write_loop, sock, protocol, wakeup)]
+        output = _Output(sock, protocol)
+        protocol.on_output = output.ready
+        helpers = [gevent.spawn(output.write_loop)]
         if hasattr(protocol, "tick"):
             helpers.append(gevent.spawn(_tick_loop, sock, protocol))
         log.info("accepted %s connection from %s:%s", protocol.name, *address[:2])
@@ -56,6 +57,7 @@ def connection_handler(make_protocol):
                 if not data:
                     break
                 protocol.data_received(data)
+                _send_ready()
                 # recv returns at once while data is waiting: yield so that writers and
                 # other clients run between batches.
                 gevent.sleep(0)
@@ -66,10 +68,77 @@ def connection_handler(make_protocol):
         finally:
             protocol.connection_lost()
             gevent.killall(helpers)
-            _send_rest(sock, protocol)
+            _send_rest(sock, output.pending + protocol.take_output())
             log.info("closed %s connection from %s:%s", protocol.name, *address[:2])
 
     return handle
+
+
+# Connections with output produced since the last send: after each batch of input the
+# reader sends it straight away, one write per connection, without waiting for each
+# connection's writer greenlet to be scheduled (a hub round trip per hop of a request).
+_ready = []
+
+
+def _send_ready():
+    while _ready:
+        _ready.pop().send_now()
+
+
+class _Output:
+    """The sending side of one connection: direct non-blocking sends while the socket keeps
+    up, and a writer greenlet for whatever has to wait for it."""
+
+    __slots__ = ("sock", "protocol", "pending", "writing", "wakeup")
+
+    def __init__(self, sock, protocol):
+        self.sock = sock
+        self.protocol = protocol
+        self.pending = b""        # taken from the protocol, not yet accepted by the socket
+        self.writing = False      # the writer greenlet owns the socket
+        self.wakeup = Event()
+
+    def ready(self):
+        """The protocol has output where it had none. Output made outside a reader's batch
+        (timers, heartbeats) is sent from the hub's next round of callbacks."""
+        if not _ready:
+            gevent.get_hub().loop.run_callback(_send_ready)
+        _ready.append(self)
+
+    def send_now(self):
+        if self.writing or self.pending:
+            return                # the writer is on it and will take the new output too
+        data = self.protocol.take_output()
+        if not data:
+            return
+        try:
+            sent = self.sock.send(data, 0, 0.0)      # timeout 0: never wait here
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.sock.close()     # the reader's recv fails and the connection ends
+            return
+        if sent < len(data):
+            self.pending = data[sent:]
+            self.wakeup.set()
+        else:
+            self.protocol.output_drained()
+
+    def write_loop(self):
+        try:
+            while True:
+                self.wakeup.wait()
+                self.wakeup.clear()
+                self.writing = True
+                data, self.pending = self.pending + self.protocol.take_output(), b""
+                if data:
+                    self.sock.sendall(data)
+                self.writing = False
+                self.protocol.output_drained()
+                if self.protocol.outbox:
+                    self.wakeup.set()
+        except OSError:
+            self.sock.close()
 
 
 def configure_socket(sock):
@@ -82,19 +151,6 @@ def configure_socket(sock):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
 
 
-def _write_loop(sock, protocol, wakeup):
-    try:
-        while True:
-            wakeup.wait()
-            wakeup.clear()
-            data = protocol.take_output()
-            if data:
-                sock.sendall(data)
-            protocol.output_drained()
-    except OSError:
-        sock.close()
-
-
 def _tick_loop(sock, protocol):
     while True:
         delay = protocol.tick(time.monotonic())
@@ -104,8 +160,7 @@ def _tick_loop(sock, protocol):
         gevent.sleep(delay)
 
 
-def _send_rest(sock, protocol):
-    data = protocol.take_output()
+def _send_rest(sock, data):
     try:
         if data:
             with gevent.Timeout(FINAL_SEND_SECONDS):
