@@ -25,7 +25,7 @@ from errors import (AccessRefused, BadSyntax, BrokerError, ChannelNotOpen, Comma
 from message import PROPERTY_NAMES
 from node import SERVER_NAME, VERSION
 from session import MAX_CHANNELS
-from transport import OUTBOX_HIGH_WATER
+from transport import FrontEndConnection
 
 log = logging.getLogger("greenmq.amqp")
 
@@ -85,19 +85,13 @@ class _Channel:
         self.closing = False    # we sent channel.close and wait for close-ok
 
 
-class AmqpConnection:
+class AmqpConnection(FrontEndConnection):
     """One client connection speaking AMQP 0-9-1."""
 
     name = "AMQP"
 
-    def __init__(self, node, peer, on_output=None):
-        self.node = node
-        self.peer = peer
-        self.on_output = on_output
-        self.session = None
-        self.closed = False          # no more input is read once set
-        self.outbox = []
-        self.outbox_bytes = 0
+    def __init__(self, node, peer):
+        super().__init__(node, peer)
         self.state = "header"
         self.frame_max = FRAME_MAX
         self.channel_max = MAX_CHANNELS
@@ -290,11 +284,6 @@ class AmqpConnection:
         self._connection_error(exc)
         self.closed = True
 
-    def connection_lost(self):
-        if self.session is not None:
-            self.session.close()
-            self.session = None
-
     def tick(self, now):
         """Heartbeats both ways and the close-ok and handshake timeouts; None drops the peer."""
         if self._close_deadline is not None:
@@ -345,7 +334,7 @@ class AmqpConnection:
         if channel.content is not None:
             # RabbitMQ names the basic.publish still waiting for its content, not the intruder.
             self._connection_error(UnexpectedFrame(
-                f"expected content header for class 60, got non content header frame instead"),
+                "expected content header for class 60, got non content header frame instead"),
                 channel.content.method)
             return
         handler = _CHANNEL_METHODS.get(type(method))
@@ -377,8 +366,9 @@ class AmqpConnection:
         self._send_method(number, spec.Channel.CloseOk())
 
     def on_channel_flow(self, channel, number, method):
-        channel.core.set_flow(method.active)
+        # flow-ok first: resuming may deliver at once, and deliveries come after the answer.
         self._send_method(number, spec.Channel.FlowOk(active=method.active))
+        channel.core.set_flow(method.active)
 
     # -- exchanges and queues --------------------------------------------------------------
 
@@ -611,25 +601,11 @@ class AmqpConnection:
             frames.append(amqp_frame.marshal(amqp_body.ContentBody(body[start:start + chunk]), number))
         self._write(b"".join(frames))
 
-    def _write(self, data):
-        if not self.outbox and self.on_output is not None:
-            self.on_output()
-        self.outbox.append(data)
-        self.outbox_bytes += len(data)
-        if self.outbox_bytes > OUTBOX_HIGH_WATER and self.session is not None:
-            self.session.set_writable(False)
-
     def take_output(self):
-        data = b"".join(self.outbox)
-        self.outbox = []
-        self.outbox_bytes = 0
+        data = super().take_output()
         if data:
             self._last_sent = time.monotonic()
         return data
-
-    def output_drained(self):
-        if self.session is not None and not self.outbox:
-            self.session.set_writable(True)
 
 
 _CHANNEL_METHODS = {

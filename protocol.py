@@ -17,7 +17,7 @@ from errors import (BadSyntax, BrokerError, CommandInvalid, FrameError,
 from message import PROPERTY_NAMES
 from node import SERVER_NAME, VERSION
 from vhost import MAX_NAME_BYTES
-from transport import OUTBOX_HIGH_WATER
+from transport import FrontEndConnection
 
 log = logging.getLogger("greenmq.protocol")
 
@@ -40,20 +40,14 @@ _STRING_PROPERTIES = frozenset(PROPERTY_NAMES) - {"headers", "delivery_mode", "p
 MAX_TIMESTAMP = 253402300799
 
 
-class JsonLinesProtocol:
+class JsonLinesProtocol(FrontEndConnection):
     """One client connection speaking JSON lines."""
 
     name = "JSON-lines"
 
-    def __init__(self, node, peer, max_line_bytes=DEFAULT_MAX_LINE_BYTES, on_output=None):
-        self.node = node
-        self.peer = peer
+    def __init__(self, node, peer, max_line_bytes=DEFAULT_MAX_LINE_BYTES):
+        super().__init__(node, peer)
         self.max_line_bytes = max_line_bytes
-        self.on_output = on_output
-        self.session = None
-        self.closed = False          # no more requests are read once set
-        self.outbox = []
-        self.outbox_bytes = 0
         self._partial = b""
 
     # -- bytes in ----------------------------------------------------------------------
@@ -124,15 +118,7 @@ class JsonLinesProtocol:
     # -- lines out ---------------------------------------------------------------------
 
     def _send(self, event):
-        self._write(_encode(event) + "\n")
-
-    def _write(self, line):
-        if not self.outbox and self.on_output is not None:
-            self.on_output()
-        self.outbox.append(line)
-        self.outbox_bytes += len(line)
-        if self.outbox_bytes > OUTBOX_HIGH_WATER and self.session is not None:
-            self.session.set_writable(False)
+        self._write((_encode(event) + "\n").encode())
 
     def _send_error(self, request, exc):
         error = {"ok": False, "code": exc.code, "error": exc.name, "text": exc.text}
@@ -144,17 +130,6 @@ class JsonLinesProtocol:
             error["channel"] = request["channel"]
         self._send(error)
 
-    def take_output(self):
-        """Everything encoded since the last call, as bytes for the socket."""
-        data = "".join(self.outbox).encode()
-        self.outbox = []
-        self.outbox_bytes = 0
-        return data
-
-    def output_drained(self):
-        if self.session is not None and not self.outbox:
-            self.session.set_writable(True)
-
     def close(self, exc=None):
         """End the connection; with a reason, sent as a close event, the last line.
         The transport calls this with 320 CONNECTION_FORCED when the broker stops."""
@@ -164,18 +139,13 @@ class JsonLinesProtocol:
                 self._send({"event": "close", "code": exc.code, "error": exc.name, "text": exc.text})
             self.connection_lost()
 
-    def connection_lost(self):
-        if self.session is not None:
-            self.session.close()
-            self.session = None
-
     # -- the core's sink -----------------------------------------------------------------
 
     def deliver(self, channel_number, consumer_tag, delivery_tag, message):
         # The hottest line the broker writes: formatted directly rather than through a dict.
         self._write(f'{{"event":"deliver","channel":{channel_number},"consumer_tag":{_quote(consumer_tag)},'
                     f'"delivery_tag":{delivery_tag},"redelivered":{"true" if message.redelivered else "false"},'
-                    f'{_message_json(message)}}}\n')
+                    f'{_message_json(message)}}}\n'.encode())
 
     def consumer_cancelled(self, channel_number, consumer_tag):
         self._send({"event": "cancel", "channel": channel_number, "consumer_tag": consumer_tag})
@@ -498,7 +468,7 @@ def _message_json(message):
 
 def _with_message(event, message):
     """One line: the members of `event`, then the message's."""
-    return f"{_encode(event)[:-1]},{_message_json(message)}}}\n"
+    return f"{_encode(event)[:-1]},{_message_json(message)}}}\n".encode()
 
 
 def _json_value(value):

@@ -1,12 +1,9 @@
 """The socket side of both front ends: a reader greenlet feeding a sans-I/O protocol
 object and a writer greenlet sending what it produces, in batches.
 
-A protocol object has `data_received(bytes)`, `take_output() -> bytes`, `output_drained()`,
-`close(exc)`, `connection_lost()`, a `closed` flag, an `outbox` (empty when no output
-waits), an `on_output` callback attribute the transport sets (called when output appears
-after none was waiting) and a `name`. It may
-have `tick(now) -> seconds`: called again after that many seconds (heartbeats, timeouts),
-or None when the peer is to be dropped without further ado.
+A protocol is a `FrontEndConnection` with `data_received(bytes)`, `close(exc)` and a
+`name`. It may have `tick(now) -> seconds`: called again after that many seconds
+(heartbeats, timeouts), or None when the peer is to be dropped without further ado.
 """
 
 import logging
@@ -36,6 +33,44 @@ OUTBOX_HIGH_WATER = 1024 * 1024
 
 # How long the last words of a closing connection may take to send.
 FINAL_SEND_SECONDS = 5
+
+
+class FrontEndConnection:
+    """What both front ends share: output waiting for the socket, the backpressure it puts
+    on the session's consumers, and the session's end with the connection's."""
+
+    def __init__(self, node, peer):
+        self.node = node
+        self.peer = peer
+        self.on_output = None        # set by the transport: output appeared where none waited
+        self.session = None
+        self.closed = False          # no more input is read once set
+        self.outbox = []
+        self.outbox_bytes = 0
+
+    def _write(self, data):
+        if not self.outbox and self.on_output is not None:
+            self.on_output()
+        self.outbox.append(data)
+        self.outbox_bytes += len(data)
+        if self.outbox_bytes > OUTBOX_HIGH_WATER and self.session is not None:
+            self.session.set_writable(False)
+
+    def take_output(self):
+        """Everything written since the last call, as bytes for the socket."""
+        data = b"".join(self.outbox)
+        self.outbox = []
+        self.outbox_bytes = 0
+        return data
+
+    def output_drained(self):
+        if self.session is not None and not self.outbox:
+            self.session.set_writable(True)
+
+    def connection_lost(self):
+        if self.session is not None:
+            self.session.close()
+            self.session = None
 
 
 def connection_handler(make_protocol):
