@@ -26,8 +26,10 @@ run: $(VENV)/.installed
 test: $(VENV)/.test-installed
 	$(PY) -m pytest -q tests
 
-bench: $(VENV)/.installed
+# BENCH_URL=amqp://guest:guest@127.0.0.1:5682/%2f measures a reference broker in the same run.
+bench: $(VENV)/.test-installed
 	$(PY) bench/throughput.py
+	$(PY) bench/amqp_workloads.py $(if $(BENCH_URL),--url "$(BENCH_URL)")
 
 clean:
 	rm -rf $(VENV) .pytest_cache
