@@ -67,8 +67,10 @@ class BrokerProcess:
         return self.process.returncode
 
     def close(self):
+        """Stop the broker and remove its log; closing twice is harmless."""
         self.stop()
-        os.unlink(self._log.name)
+        if os.path.exists(self._log.name):
+            os.unlink(self._log.name)
 
     def __enter__(self):
         return self.start()
