@@ -12,8 +12,6 @@ PROPERTY_NAMES = (
     "user_id", "app_id", "cluster_id",
 )
 
-PERSISTENT = 2
-
 # RabbitMQ's bound on TTLs and queue expiry, in milliseconds (about 49 days): larger values
 # are refused rather than overflowing the timers they set.
 MAX_EXPIRY_MS = 2**32 - 1
@@ -50,10 +48,6 @@ class Message:
     @property
     def headers(self):
         return self.properties.get("headers") if self.properties else None
-
-    @property
-    def persistent(self):
-        return bool(self.properties) and self.properties.get("delivery_mode") == PERSISTENT
 
     def placed(self, redelivered, expires_at):
         """A copy for one queue's use, sharing body and properties."""

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import time
 
 import pytest
 
@@ -352,3 +353,16 @@ def test_ctrl_c_is_left_to_the_main_thread(conn):
         blocked = int(next(line for line in status if line.startswith("SigBlk:")).split()[1], 16)
     for sig in (signal.SIGINT, signal.SIGTERM):
         assert blocked & (1 << (sig - 1)), sig
+
+
+def test_connection_sleep_keeps_serving_consumers(broker, conn, name):
+    channel = conn.default_channel
+    channel.queue_declare(name)
+    got = []
+    channel.basic_consume(name, lambda ch, m, p, b: got.append(b), auto_ack=True)
+    with connection.Connection("127.0.0.1", broker.port) as producer:
+        producer.default_channel.basic_publish("", name, "during sleep")
+    started = time.monotonic()
+    conn.sleep(0.3)
+    assert time.monotonic() - started >= 0.3
+    assert got == [b"during sleep"]
