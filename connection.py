@@ -282,11 +282,14 @@ class Connection:
         return self._call(None, "list_connections")["items"]
 
     def close(self):
+        """Say goodbye (the answer means every request before it was handled) and hang up.
+        A connection already broken (the broker gone, or a Ctrl-C that cut a read or a
+        write short) is just hung up."""
         if self._closed is not None:
             return
         try:
             self._call(None, "close")
-        except GreenMQError:
+        except (GreenMQError, ValueError, OSError):
             pass
         self._shutdown()
 
