@@ -15,6 +15,8 @@ from pamqp import header as amqp_header
 from pamqp import body as amqp_body
 from pamqp import heartbeat as amqp_heartbeat
 
+from tests.broker_process import BrokerProcess
+
 WAIT = 10.0
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 
@@ -342,3 +344,23 @@ def test_a_deleted_queue_cancels_silently_for_clients_without_consumer_cancel_no
     other.close()
     client.send_method(1, spec.Basic.Qos(prefetch_count=3))
     client.expect(spec.Basic.QosOk, 1)         # and no basic.cancel before it
+
+
+def test_undecodable_method_arguments_are_a_syntax_error(raw, bystander):
+    client = raw().open()
+    client.open_channel()
+    # queue.declare (class 50, method 10) whose arguments end in the middle of the queue name.
+    client.send(frame(1, 1, struct.pack(">HHH", 50, 10, 0) + b"\x10abc"))
+    close = client.expect_connection_close()
+    assert (close.reply_code, close.class_id, close.method_id) == (502, 50, 10)
+
+
+def test_a_stopping_broker_tells_amqp_clients_why(against_greenmq):
+    with BrokerProcess() as broker:
+        connection = pika.BlockingConnection(
+            pika.URLParameters(f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f"))
+        assert broker.stop() == 0
+        with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+            connection.process_data_events(WAIT)
+        assert closed.value.reply_code == 320
+        assert "CONNECTION_FORCED - broker shutdown" in closed.value.reply_text
