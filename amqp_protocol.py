@@ -19,7 +19,7 @@ from pamqp import header as amqp_header
 from pamqp import heartbeat as amqp_heartbeat
 from pamqp.exceptions import UnmarshalingException
 
-from errors import (AccessRefused, BadSyntax, BrokerError, ChannelNotOpen, CommandInvalid,
+from errors import (AccessRefused, BrokerError, ChannelNotOpen, CommandInvalid,
                     FrameError, InternalError, NotAllowed, PreconditionFailed, UnexpectedFrame,
                     Unsupported)
 from message import PROPERTY_NAMES
@@ -176,7 +176,8 @@ class AmqpConnection(FrontEndConnection):
         try:
             return amqp_frame.unmarshal(buffer[start:frame_end + 1])[2]
         except UnmarshalingException as exc:
-            raise BadSyntax(f"could not decode {spec.INDEX_MAPPING[index].name}: {exc}") from None
+            # RabbitMQ answers a method it cannot decode with 501, naming the method.
+            raise FrameError(f"could not decode {spec.INDEX_MAPPING[index].name}: {exc}") from None
 
     # -- the connection (channel 0) ------------------------------------------------------
 
@@ -424,7 +425,7 @@ class AmqpConnection(FrontEndConnection):
         try:
             content_header = amqp_frame.unmarshal(frame_bytes)[2]
         except UnmarshalingException as exc:
-            raise BadSyntax(f"could not decode the content header: {exc}") from None
+            raise FrameError(f"could not decode the content header: {exc}") from None
         content.size = content_header.body_size
         content.properties = _properties_from_amqp(content_header.properties)
         # class id, weight and body size, then the property flags and values, which an AMQP

@@ -346,13 +346,14 @@ def test_a_deleted_queue_cancels_silently_for_clients_without_consumer_cancel_no
     client.expect(spec.Basic.QosOk, 1)         # and no basic.cancel before it
 
 
-def test_undecodable_method_arguments_are_a_syntax_error(raw, bystander):
+def test_undecodable_method_arguments_are_a_frame_error_naming_the_method(raw, bystander):
+    """As RabbitMQ answers it: 501 with the method's ids (not 502, which it does not use here)."""
     client = raw().open()
     client.open_channel()
     # queue.declare (class 50, method 10) whose arguments end in the middle of the queue name.
     client.send(frame(1, 1, struct.pack(">HHH", 50, 10, 0) + b"\x10abc"))
     close = client.expect_connection_close()
-    assert (close.reply_code, close.class_id, close.method_id) == (502, 50, 10)
+    assert (close.reply_code, close.class_id, close.method_id) == (501, 50, 10)
 
 
 def test_a_stopping_broker_tells_amqp_clients_why(against_greenmq):
