@@ -333,3 +333,13 @@ def test_unwritable_session_holds_messages_in_the_queue(node):
     assert sink.bodies() == [] and ch.vhost.queues["q"].message_count == 2
     ch.session.set_writable(True)
     assert sink.bodies() == [b"1", b"2"]
+
+
+def test_waiting_messages_share_one_copy_of_their_routing_key(node):
+    """Memory per queued message is a benchmark target; a key string per message costs a fifth of it."""
+    ch, _ = open_channel(node)
+    ch.vhost.declare_queue("q.keys")
+    for _ in range(3):
+        ch.publish("", "".join(["q.", "keys"]), b"x")   # a new string object each time, as a decoder makes
+    keys = [message.routing_key for message in ch.vhost.queues["q.keys"].ready]
+    assert len(keys) == 3 and all(key is keys[0] for key in keys)
