@@ -48,6 +48,7 @@ _FRAME_END_BYTE = bytes([FRAME_END])
 _HEADER_PREFIX = struct.Struct(">HHQ")      # a content header's class id, weight, body size
 _HEADER_PREFIX_BYTES = _HEADER_PREFIX.size
 _METHOD_INDEX = struct.Struct(">I")
+_SHORT_LENGTH = struct.Struct(">B")
 
 # Only what this broker really does: pika refuses confirm_delivery without the first two.
 CAPABILITIES = {
@@ -494,9 +495,9 @@ class AmqpConnection(FrontEndConnection):
             self._send_method(number, spec.Basic.GetEmpty())
             return
         delivery_tag, message, message_count = got
-        self._send_content(number, spec.Basic.GetOk(
+        self._send_content(number, amqp_frame.marshal(spec.Basic.GetOk(
             delivery_tag=delivery_tag, redelivered=message.redelivered, exchange=message.exchange,
-            routing_key=message.routing_key, message_count=message_count), message)
+            routing_key=message.routing_key, message_count=message_count), number), message)
 
     def on_basic_ack(self, channel, number, method):
         self._settle(channel, channel.core.ack, (method.delivery_tag, method.multiple))
@@ -552,18 +553,18 @@ class AmqpConnection(FrontEndConnection):
     # -- the core's sink -----------------------------------------------------------------
 
     def deliver(self, channel_number, consumer_tag, delivery_tag, message):
-        self._send_content(channel_number, spec.Basic.Deliver(
-            consumer_tag=consumer_tag, delivery_tag=delivery_tag, redelivered=message.redelivered,
-            exchange=message.exchange, routing_key=message.routing_key), message)
+        self._send_content(channel_number, deliver_frame(
+            channel_number, consumer_tag, delivery_tag, message.redelivered, message.exchange,
+            message.routing_key), message)
 
     def consumer_cancelled(self, channel_number, consumer_tag):
         if self._client_capability("consumer_cancel_notify"):
             self._send_method(channel_number, spec.Basic.Cancel(consumer_tag=consumer_tag, nowait=True))
 
     def message_returned(self, channel_number, reply_code, reply_text, message):
-        self._send_content(channel_number, spec.Basic.Return(
+        self._send_content(channel_number, amqp_frame.marshal(spec.Basic.Return(
             reply_code=reply_code, reply_text=reply_text, exchange=message.exchange,
-            routing_key=message.routing_key), message)
+            routing_key=message.routing_key), channel_number), message)
 
     def publish_confirmed(self, channel_number, delivery_tag, multiple, ack):
         if ack:
@@ -581,7 +582,7 @@ class AmqpConnection(FrontEndConnection):
     def _send_method(self, number, method):
         self._write(amqp_frame.marshal(method, number))
 
-    def _send_content(self, number, method, message):
+    def _send_content(self, number, method_frame, message):
         body = message.body
         try:
             if message.encoded_properties is not None:
@@ -596,7 +597,7 @@ class AmqpConnection(FrontEndConnection):
             log.error("cannot encode the properties of a message from exchange '%s' for AMQP (%s); "
                       "sending it without them", message.exchange, exc)
             content_header = amqp_frame.marshal(amqp_header.ContentHeader(0, len(body)), number)
-        frames = [amqp_frame.marshal(method, number), content_header]
+        frames = [method_frame, content_header]
         chunk = self.frame_max - 8
         for start in range(0, len(body), chunk):
             frames.append(amqp_frame.marshal(amqp_body.ContentBody(body[start:start + chunk]), number))
@@ -643,6 +644,26 @@ class _MethodIds:
 
     def __init__(self, index):
         self.index = index
+
+
+# basic.deliver's frame head through its first argument's length, then the delivery tag,
+# the redelivered bit and the exchange name's length.
+_DELIVER_START = struct.Struct(">BHIHHB")
+_DELIVER_MIDDLE = struct.Struct(">q?B")
+_DELIVER_FIXED_BYTES = 4 + 1 + 9 + 1 + 1      # ids, three string lengths, tag and bit
+
+
+def deliver_frame(channel_number, consumer_tag, delivery_tag, redelivered, exchange, routing_key):
+    """basic.deliver exactly as pamqp marshals it (a test holds the two equal), assembled
+    here because it is the one frame sent per message and consumer: pamqp's general
+    marshalling took a sixth of a delivery's cost, and fanout is bound by it."""
+    tag, exchange, routing_key = consumer_tag.encode(), exchange.encode(), routing_key.encode()
+    size = _DELIVER_FIXED_BYTES + len(tag) + len(exchange) + len(routing_key)
+    return b"".join((
+        _DELIVER_START.pack(FRAME_METHOD, channel_number, size, spec.Basic.frame_id, spec.Basic.Deliver.frame_id,
+                            len(tag)), tag,
+        _DELIVER_MIDDLE.pack(delivery_tag, redelivered, len(exchange)), exchange,
+        _SHORT_LENGTH.pack(len(routing_key)), routing_key, _FRAME_END_BYTE))
 
 
 def _ids(method):
