@@ -6,20 +6,27 @@ run can measure GreenMQ and a reference RabbitMQ side by side.
 
 Workloads: one producer to one consumer (transient 100-byte messages, auto-ack); fanout
 to four queues with four consumers (deliveries per second); RPC round trips through a
-server process (p50 and p99 latency).
+server process (p50 and p99 latency); and the same round trip without a client library,
+two raw sockets replaying pre-encoded frames, which leaves the broker and the kernel.
 """
 
 import argparse
 import multiprocessing
 import os
+import socket
 import statistics
 import sys
 import time
 import uuid
+from urllib.parse import unquote, urlparse
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pika  # noqa: E402
+from pamqp import body as amqp_body  # noqa: E402
+from pamqp import commands as spec  # noqa: E402
+from pamqp import frame as amqp_frame  # noqa: E402
+from pamqp import header as amqp_header  # noqa: E402
 
 from tests.broker_process import BrokerProcess  # noqa: E402
 
@@ -141,11 +148,86 @@ def rpc_latency(url, calls):
     return statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1]
 
 
+class _RawChannel:
+    """Channel 1 of a bare AMQP connection: just enough to declare, consume and replay frames."""
+
+    def __init__(self, url):
+        parts = urlparse(url)
+        self.sock = socket.create_connection((parts.hostname, parts.port or 5672))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buffer = b""
+        self.sock.sendall(b"AMQP\x00\x00\x09\x01")
+        self.expect(spec.Connection.Start)
+        credentials = f"\0{unquote(parts.username or 'guest')}\0{unquote(parts.password or 'guest')}"
+        self.send(spec.Connection.StartOk(client_properties={}, mechanism="PLAIN", response=credentials), 0)
+        tune = self.expect(spec.Connection.Tune)
+        self.send(spec.Connection.TuneOk(channel_max=tune.channel_max, frame_max=tune.frame_max, heartbeat=0), 0)
+        self.send(spec.Connection.Open(virtual_host=unquote(parts.path[1:]) or "/"), 0)
+        self.expect(spec.Connection.OpenOk)
+        self.send(spec.Channel.Open())
+        self.expect(spec.Channel.OpenOk)
+
+    def send(self, method, channel=1):
+        self.sock.sendall(amqp_frame.marshal(method, channel))
+
+    def expect(self, method_class):
+        while True:
+            try:
+                used, _, method = amqp_frame.unmarshal(self.buffer)
+            except Exception:      # pamqp's answer to an incomplete frame
+                self.buffer += self.sock.recv(65536)
+                continue
+            self.buffer = self.buffer[used:]
+            assert isinstance(method, method_class), method
+            return method
+
+    def call(self, method, reply_class):
+        self.send(method)
+        return self.expect(reply_class)
+
+    def receive_delivery_ending(self, tail):
+        """Waits for a delivery whose body frame ends the bytes read so far."""
+        data = b""
+        while not data.endswith(tail):
+            data += self.sock.recv(65536)
+
+
+def raw_rpc_latency(url, calls):
+    client, server = _RawChannel(url), _RawChannel(url)
+    server.call(spec.Queue.Declare(queue="bench.amqp.raw-rpc"), spec.Queue.DeclareOk)
+    server.call(spec.Queue.Purge(queue="bench.amqp.raw-rpc"), spec.Queue.PurgeOk)
+    reply_queue = client.call(spec.Queue.Declare(queue="", exclusive=True), spec.Queue.DeclareOk).queue
+    server.call(spec.Basic.Consume(queue="bench.amqp.raw-rpc", no_ack=True), spec.Basic.ConsumeOk)
+    client.call(spec.Basic.Consume(queue=reply_queue, no_ack=True), spec.Basic.ConsumeOk)
+
+    def publish_frames(routing_key, body):
+        return b"".join(amqp_frame.marshal(f, 1) for f in (
+            spec.Basic.Publish(exchange="", routing_key=routing_key),
+            amqp_header.ContentHeader(0, len(body), spec.Basic.Properties()),
+            amqp_body.ContentBody(body)))
+
+    request, reply = publish_frames("bench.amqp.raw-rpc", b"ping"), publish_frames(reply_queue, b"pong")
+    latencies = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        client.sock.sendall(request)
+        server.receive_delivery_ending(b"ping\xce")
+        server.sock.sendall(reply)
+        client.receive_delivery_ending(b"pong\xce")
+        latencies.append(time.perf_counter() - started)
+    client.sock.close()
+    server.sock.close()
+    latencies.sort()
+    return statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1]
+
+
 def measure(url, args):
     one = one_to_one(url, args.messages, args.size)
     fan = fanout(url, args.messages, args.size)
     p50, p99 = rpc_latency(url, args.rpc_calls)
-    return {"1->1 msg/s": one, "fanout deliveries/s": fan, "RPC p50 us": p50 * 1e6, "RPC p99 us": p99 * 1e6}
+    raw_p50, raw_p99 = raw_rpc_latency(url, args.rpc_calls)
+    return {"1->1 msg/s": one, "fanout deliveries/s": fan, "RPC p50 us": p50 * 1e6, "RPC p99 us": p99 * 1e6,
+            "raw RPC p50 us": raw_p50 * 1e6, "raw RPC p99 us": raw_p99 * 1e6}
 
 
 def main():
