@@ -119,7 +119,7 @@ class Queue:
         while ready and ready[0].seq < last:
             ahead.append(ready.popleft())
         ready.extendleft(reversed(list(heapq.merge(ahead, returning, key=_seq))))
-        if self._ttl_timer is None and ready[0].expires_at is not None:
+        if self._ttl_timer is None:
             self._arm_ttl_timer()
         self.dispatch()
 
@@ -202,8 +202,11 @@ class Queue:
                 ready.popleft()
 
     def _arm_ttl_timer(self):
-        delay = max(0.0, self.ready[0].expires_at - time.monotonic())
-        self._ttl_timer = gevent.spawn_later(delay, self._ttl_fired)
+        """For the head's expiry only: as in RabbitMQ, a message expires on reaching the head,
+        so one with a short per-message TTL waits behind one without."""
+        head_expires_at = self.ready[0].expires_at
+        if head_expires_at is not None:
+            self._ttl_timer = gevent.spawn_later(max(0.0, head_expires_at - time.monotonic()), self._ttl_fired)
 
     def _ttl_fired(self):
         """Drop messages expired at the head, so an unread queue does not hold them."""
@@ -211,7 +214,7 @@ class Queue:
         if self.deleted:
             return
         self._drop_expired()
-        if self.ready and self.ready[0].expires_at is not None:
+        if self.ready:
             self._arm_ttl_timer()
 
     def mark_deleted(self):

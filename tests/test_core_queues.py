@@ -343,3 +343,18 @@ def test_waiting_messages_share_one_copy_of_their_routing_key(node):
         ch.publish("", "".join(["q.", "keys"]), b"x")   # a new string object each time, as a decoder makes
     keys = [message.routing_key for message in ch.vhost.queues["q.keys"].ready]
     assert len(keys) == 3 and all(key is keys[0] for key in keys)
+
+
+def test_a_per_message_ttl_behind_a_message_without_one_expires_at_the_head(node):
+    """RabbitMQ's rule: expiry happens at the head, so "short" outlives its TTL behind "plain"."""
+    ch, sink = open_channel(node)
+    queue = ch.vhost.declare_queue("q")
+    publish(ch, "q", b"plain")
+    ch.publish("", "q", b"short", {"expiration": "0"})
+    publish(ch, "q", b"kept")
+    assert queue.message_count == 3
+    _, message, _ = ch.get("q", no_ack=True)
+    assert message.body == b"plain"
+    assert queue.message_count == 1
+    ch.consume("q", "c", no_ack=True)
+    assert sink.bodies() == [b"kept"]
