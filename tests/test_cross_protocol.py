@@ -3,11 +3,13 @@ intact, and the other way round."""
 
 import datetime
 import decimal
+import random
 
 import pika
 
 import connection
 
+WAIT = 10.0
 AMQP_HEADERS = {"str": "s", "int": 7, "big": 2**40, "bool": True, "none": None, "list": [1, "a"],
                 "table": {"x": {"y": 1}}, "bytes": b"\x00\xff",
                 "decimal": decimal.Decimal("1.23"),
@@ -50,3 +52,45 @@ def test_json_lines_publish_reaches_an_amqp_consumer_intact(against_greenmq, bro
     assert properties.headers == AMQP_HEADERS
     assert (properties.content_type, properties.timestamp, properties.type, properties.priority) == (
         "text/plain", 1700000000, "t", 9)
+
+
+def test_confirmed_messages_survive_random_acks_nacks_rejects_and_consumers_leaving(against_greenmq, broker, conn,
+                                                                                    name):
+    """Every message a JSON-lines publisher had confirmed is acked exactly once in the end by
+    AMQP consumers that ack (one or several), nack or reject with requeue, or leave with
+    deliveries unsettled, at random prefetches. Seeded, so a failure replays."""
+    count = 3000
+    publisher = conn.default_channel
+    publisher.queue_declare(name)
+    publisher.confirm_delivery()
+    for i in range(count):
+        publisher.basic_publish("", name, str(i).encode())
+    rng = random.Random(1)
+    acked = []
+    for _ in range(500):
+        if len(acked) == count:
+            break
+        channel = amqp_channel(broker)
+        prefetch = rng.randint(1, 50)
+        channel.basic_qos(prefetch_count=prefetch)
+        unsettled = {}
+        for method, _, body in channel.consume(name, inactivity_timeout=WAIT):
+            assert method is not None, f"nothing delivered with {count - len(acked)} messages unacked"
+            tag = method.delivery_tag
+            unsettled[tag] = int(body)
+            action = rng.random()
+            if action < 0.7:
+                multiple = rng.random() < 0.2
+                channel.basic_ack(tag, multiple=multiple)
+                acked += [unsettled.pop(t) for t in sorted(unsettled) if t == tag or (multiple and t < tag)]
+            elif action < 0.85:
+                channel.basic_nack(tag, requeue=True)
+                del unsettled[tag]
+            elif action < 0.9:
+                channel.basic_reject(tag, requeue=True)
+                del unsettled[tag]
+            if len(unsettled) == prefetch or rng.random() < 0.01 or len(acked) == count:
+                break           # leave: what this consumer holds goes back to the queue
+        channel.connection.close()
+    assert sorted(acked) == list(range(count))
+    assert publisher.queue_declare(name, passive=True).method.message_count == 0
