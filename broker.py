@@ -3,6 +3,7 @@
 import argparse
 import gc
 import logging
+import os
 import signal
 import sys
 
@@ -12,6 +13,7 @@ from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from amqp_protocol import AmqpConnection
+from durable_store import StoreError, open_store
 from node import VERSION, Node
 from protocol import DEFAULT_MAX_LINE_BYTES, JsonLinesProtocol
 from transport import connection_handler
@@ -27,6 +29,9 @@ FULL_COLLECTION_INTERVAL_SECONDS = 60.0
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5680          # JSON lines
 DEFAULT_AMQP_PORT = 5672     # AMQP 0-9-1, where every AMQP client looks first
+# Beside the broker's working directory, so `python3 broker.py` keeps its messages where
+# the next `python3 broker.py` from the same place finds them.
+DEFAULT_DATA_DIR = "greenmq-data"
 
 
 def parse_args(argv):
@@ -41,6 +46,12 @@ def parse_args(argv):
     parser.add_argument("--no-amqp", action="store_true", help="do not listen for AMQP clients")
     parser.add_argument("--max-line-bytes", type=int, default=DEFAULT_MAX_LINE_BYTES,
                         help=f"longest JSON line accepted (default {DEFAULT_MAX_LINE_BYTES})")
+    parser.add_argument("--data-dir", default=os.environ.get("GREENMQ_DATA_DIR") or DEFAULT_DATA_DIR,
+                        help="where durable exchanges, queues, bindings and persistent messages are kept "
+                             f"(default $GREENMQ_DATA_DIR or ./{DEFAULT_DATA_DIR}; created if missing)")
+    parser.add_argument("--in-memory", action="store_true",
+                        help="keep nothing on disk: durable entities and persistent messages last "
+                             "only as long as the process")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
@@ -69,7 +80,17 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    node = Node()
+    try:
+        store = open_store(None if args.in_memory else os.path.abspath(args.data_dir))
+        node = Node(store=store)
+        if args.in_memory:
+            log.info("keeping messages in memory only (--in-memory)")
+        else:
+            log.info("keeping durable entities and persistent messages in %s", store.path)
+        node.recover()
+    except StoreError as exc:
+        log.error("%s", exc)
+        return 1
     listeners = [("JSON-lines", args.port, lambda address: JsonLinesProtocol(node, address, args.max_line_bytes))]
     if not args.no_amqp:
         listeners.append(("AMQP", args.amqp_port, lambda address: AmqpConnection(node, address)))
@@ -83,6 +104,7 @@ def main(argv=None):
             log.error("cannot listen on %s:%s for %s clients: %s", args.host, port, name, exc.strerror or exc)
             for started in servers:
                 started.stop(timeout=0)
+            node.close()
             return 1
         servers.append(server)
         log.info("GreenMQ %s listening for %s clients on %s:%d", VERSION, name, args.host, server.server_port)

@@ -39,6 +39,13 @@ class PreconditionFailed(ChannelError):
     code, name = 406, "PRECONDITION_FAILED"
 
 
+class StoreUnavailable(ChannelError):
+    """A persistent message the durable store cannot take now (full disk, read-only or
+    vanished data directory): a publisher in confirm mode gets a nack, any other this
+    error; transient messages are not affected."""
+    code, name = 506, "RESOURCE_ERROR"
+
+
 class ConnectionForced(BrokerError):
     code, name = 320, "CONNECTION_FORCED"
 

@@ -1,7 +1,11 @@
 """The message as the core holds it: one small object per published message, shared by every
 queue it is routed to."""
 
+import base64
+import datetime
+import decimal
 import itertools
+import json
 import sys
 
 from errors import PreconditionFailed
@@ -20,16 +24,24 @@ MAX_EXPIRY_MS = 2**32 - 1
 _next_seq = itertools.count(1).__next__
 
 
+def continue_sequence_after(seq):
+    """Recovered messages keep their place: new ones must come after the last of them."""
+    global _next_seq
+    _next_seq = itertools.count(seq + 1).__next__
+
+
 class Message:
     """`properties` is None or a dict keyed by PROPERTY_NAMES; `seq` orders messages
     process-wide, so requeued messages can return to their original place in any queue.
     `redelivered` and `expires_at` belong to a message's place in one queue: queues
     copy the message (see `placed`) rather than change a shared one. `encoded_properties`
     is opaque to the core: the properties as the publisher's wire format carried them, which
-    a front end speaking the same format may send again instead of encoding them anew."""
+    a front end speaking the same format may send again instead of encoding them anew.
+    `stored` is the durable store's record of a persistent message it holds, shared by
+    every queue's copy; None for everything the store does not hold."""
 
     __slots__ = ("seq", "exchange", "routing_key", "body", "properties", "ttl",
-                 "redelivered", "expires_at", "encoded_properties")
+                 "redelivered", "expires_at", "encoded_properties", "stored")
 
     def __init__(self, exchange, routing_key, body, properties=None, encoded_properties=None):
         self.seq = _next_seq()
@@ -40,17 +52,30 @@ class Message:
         self.body = body
         self.properties = properties
         self.encoded_properties = encoded_properties
-        self.ttl = None
-        if properties is not None:
-            expiration = properties.get("expiration")
-            if expiration is not None:
-                self.ttl = parse_expiration(expiration)
+        self.ttl = None if properties is None else _ttl(properties)
         self.redelivered = False
         self.expires_at = None
+        self.stored = None
 
     @property
     def headers(self):
         return self.properties.get("headers") if self.properties else None
+
+    @classmethod
+    def restored(cls, seq, exchange, routing_key, body, properties, encoded_properties):
+        """A message as the durable store gives it back, keeping its place in publish order."""
+        message = cls.__new__(cls)
+        message.seq = seq
+        message.exchange = sys.intern(exchange)
+        message.routing_key = sys.intern(routing_key)
+        message.body = body
+        message.properties = properties
+        message.encoded_properties = encoded_properties
+        message.ttl = _ttl(properties)
+        message.redelivered = False
+        message.expires_at = None
+        message.stored = None
+        return message
 
     def placed(self, redelivered, expires_at):
         """A copy for one queue's use, sharing body and properties."""
@@ -64,7 +89,13 @@ class Message:
         copy.redelivered = redelivered
         copy.expires_at = expires_at
         copy.encoded_properties = self.encoded_properties
+        copy.stored = self.stored
         return copy
+
+
+def _ttl(properties):
+    expiration = properties.get("expiration") if properties is not None else None
+    return None if expiration is None else parse_expiration(expiration)
 
 
 def parse_expiration(expiration):
@@ -74,3 +105,40 @@ def parse_expiration(expiration):
         if ttl <= MAX_EXPIRY_MS:
             return ttl
     raise PreconditionFailed(f"invalid expiration '{expiration[:20] if isinstance(expiration, str) else expiration}'")
+
+
+# -- properties as JSON -------------------------------------------------------------------
+# Header values JSON has no type for travel as one-member objects tagged with their type,
+# so a message's properties survive JSON (the JSON-lines protocol, the durable store) as
+# AMQP holds them.
+
+def _json_value(value):
+    if isinstance(value, (bytes, bytearray)):
+        return {"$bytes": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, datetime.datetime):
+        return {"$timestamp": int(value.timestamp())}
+    if isinstance(value, decimal.Decimal):
+        return {"$decimal": str(value)}
+    raise TypeError(f"cannot encode {type(value).__name__} in JSON")
+
+
+# Keys sorted, so equal tables give equal text.
+properties_to_json = json.JSONEncoder(separators=(",", ":"), sort_keys=True, default=_json_value).encode
+
+
+def _untag(obj):
+    if len(obj) == 1:
+        (tag, tagged), = obj.items()
+        decode = TAGGED_VALUES.get(tag)
+        if decode is not None:
+            return decode(tagged)
+    return obj
+
+
+TAGGED_VALUES = {
+    "$bytes": lambda text: bytearray(base64.b64decode(text, validate=True)),   # AMQP's byte array type
+    "$timestamp": lambda seconds: datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc),
+    "$decimal": decimal.Decimal,
+}
+
+properties_from_json = json.JSONDecoder(object_hook=_untag).decode

@@ -1,28 +1,80 @@
-"""Queues: ready messages, consumers served round-robin within their prefetch, and the
-order messages return in when they are requeued.
+"""Queues: the ready messages, the consumers served round-robin within their prefetch
+windows, and each message's life from enqueue to its end.
 
-A queue knows consumers only through the small `Consumer` record below; delivery tags and
-unacked bookkeeping belong to the channel (session.py), which a consumer points back to.
+A queue is the one owner of its messages' lives. A message leaves the ready list either
+delivered (the channel then holds it, unacked, until it calls `settle`) or through
+`_forget`, the single door through which a message ends here: acked, rejected, expired,
+purged, or gone with its queue. The unacked counts and the durable store hang off these
+two places and nowhere else.
+
+Delivery tags belong to the channel (session.py), which a consumer points back to.
 Nothing here parses or encodes anything.
 """
 
 import heapq
 import time
 from collections import deque
-from operator import attrgetter
 
 import gevent
 
 from errors import AccessRefused, PreconditionFailed
 from message import MAX_EXPIRY_MS
 
-_seq = attrgetter("seq")
-
 # Queue arguments this broker honours, with the check each value must pass (RabbitMQ's).
 QUEUE_ARGUMENTS = {
     "x-message-ttl": lambda v: type(v) is int and 0 <= v <= MAX_EXPIRY_MS,
     "x-expires": lambda v: type(v) is int and 0 < v <= MAX_EXPIRY_MS,
 }
+
+
+class ReadyList:
+    """Ready messages in publish order. Published messages join at the tail; requeued ones
+    return to their original place through a heap keyed by publish order, so putting back
+    k messages costs O(k log k) however many wait behind them (the old way, popping every
+    older waiting message per requeue, held the hub for seconds at depth)."""
+
+    __slots__ = ("fresh", "returned")
+
+    def __init__(self):
+        self.fresh = deque()        # never delivered, in publish order
+        self.returned = []          # heap of (seq, message): delivered and requeued
+
+    def __len__(self):
+        return len(self.fresh) + len(self.returned)
+
+    def append(self, message):
+        self.fresh.append(message)
+
+    def put_back(self, message):
+        heapq.heappush(self.returned, (message.seq, message))
+
+    def head(self):
+        """The message `popleft` would take, or None."""
+        returned, fresh = self.returned, self.fresh
+        if returned and (not fresh or returned[0][0] < fresh[0].seq):
+            return returned[0][1]
+        return fresh[0] if fresh else None
+
+    def popleft(self):
+        returned, fresh = self.returned, self.fresh
+        if returned and (not fresh or returned[0][0] < fresh[0].seq):
+            return heapq.heappop(returned)[1]
+        return fresh.popleft()
+
+    def take_all(self):
+        """Empty the list; returns what it held, in order."""
+        messages = list(self)
+        self.fresh.clear()
+        self.returned.clear()
+        return messages
+
+    def __iter__(self):
+        returned = (message for _, message in sorted(self.returned))
+        return heapq.merge(returned, self.fresh, key=_seq) if self.returned else iter(self.fresh)
+
+
+def _seq(message):
+    return message.seq
 
 
 class Consumer:
@@ -39,26 +91,14 @@ class Consumer:
         self.no_ack = no_ack
         self.exclusive = exclusive
         self.arguments = arguments or {}
-        self.prefetch_count = prefetch_count
-        self.unacked = 0
-
-    def can_take(self):
-        """Room for one more delivery: the channel is flowing and its socket keeps up, and
-        neither this consumer's nor the channel's prefetch window is full. Prefetch does
-        not apply to no-ack consumers, as in RabbitMQ."""
-        channel = self.channel
-        if not channel.active:
-            return False
-        if self.no_ack:
-            return True
-        return ((not self.prefetch_count or self.unacked < self.prefetch_count)
-                and (not channel.prefetch_count or len(channel.unacked) < channel.prefetch_count))
+        self.prefetch_count = prefetch_count    # this consumer's own window; 0: none
+        self.unacked = 0                         # its deliveries not yet settled
 
 
 class Queue:
-    def __init__(self, vhost, name, durable=False, exclusive_owner=None, auto_delete=False,
-                 arguments=None, on_expired=None):
-        self.vhost = vhost
+    def __init__(self, vhost_name, name, durable=False, exclusive_owner=None, auto_delete=False,
+                 arguments=None, on_expired=None, store=None):
+        self.vhost_name = vhost_name
         self.name = name
         self.durable = durable
         self.exclusive_owner = exclusive_owner
@@ -66,18 +106,21 @@ class Queue:
         self.arguments = arguments or {}
         self.message_ttl = self.arguments.get("x-message-ttl")
         self.expires = self.arguments.get("x-expires")
-        self.ready = deque()
+        self.ready = ReadyList()
         self.consumers = deque()
         self.unacked_count = 0
-        self.bindings = set()  # exchanges with a binding to this queue, to unbind on delete
+        self.bound_exchanges = set()    # exchanges with a binding to this queue, to unbind on delete
         self.deleted = False
+        # The durable store, for a queue whose persistent messages outlive the process;
+        # exclusive queues end with their connection, so none is kept.
+        self.store = store if durable and exclusive_owner is None else None
         self._on_expired = on_expired
         self._expiry_timer = None
         self._ttl_timer = None
         self.touch()
 
     def __repr__(self):
-        return f"<Queue {self.name!r} in vhost {self.vhost!r}>"
+        return f"<Queue {self.name!r} in vhost {self.vhost_name!r}>"
 
     @property
     def exclusive(self):
@@ -97,31 +140,20 @@ class Queue:
         if ttl is not None:
             message = message.placed(message.redelivered, time.monotonic() + ttl / 1000.0)
         ready = self.ready
-        if not ready and self.consumers:
+        if self.consumers and not ready:
             consumer = self._next_consumer()
             if consumer is not None:
-                consumer.channel.deliver(consumer, message)
+                self._hand_out(consumer, message)
                 return
         ready.append(message)
         if ttl is not None and self._ttl_timer is None:
             self._arm_ttl_timer()
 
-    def requeue(self, messages):
-        """Put back messages that were delivered and not acknowledged, flagged redelivered,
-        each in its original place ahead of everything published after it."""
-        if self.deleted or not messages:
-            return
-        returning = sorted((m if m.redelivered else m.placed(True, m.expires_at) for m in messages),
-                           key=_seq)
-        ready = self.ready
-        last = returning[-1].seq
-        ahead = []
-        while ready and ready[0].seq < last:
-            ahead.append(ready.popleft())
-        ready.extendleft(reversed(list(heapq.merge(ahead, returning, key=_seq))))
-        if self._ttl_timer is None:
+    def restore(self, message):
+        """A message recovered from the store, in publish order, before any consumer."""
+        self.ready.append(message)
+        if message.expires_at is not None and self._ttl_timer is None:
             self._arm_ttl_timer()
-        self.dispatch()
 
     # -- messages out ------------------------------------------------------------------
 
@@ -129,33 +161,85 @@ class Queue:
         """Deliver ready messages while some consumer has room."""
         ready = self.ready
         while ready and self.consumers:
-            message = ready[0]
-            if message.expires_at is not None and message.expires_at <= time.monotonic():
-                ready.popleft()
-                continue
             consumer = self._next_consumer()
             if consumer is None:
                 return
-            ready.popleft()
-            consumer.channel.deliver(consumer, message)
+            message = self._next_live()
+            if message is None:
+                return
+            self._hand_out(consumer, message)
 
-    def get(self):
-        """The next ready message for basic.get, or None."""
+    def _next_live(self):
+        """Take the next ready message that has not expired, ending those that have."""
+        ready = self.ready
+        while ready:
+            message = ready.popleft()
+            if message.expires_at is None or message.expires_at > time.monotonic():
+                return message
+            self._forget((message,))
+        return None
+
+    def _hand_out(self, consumer, message):
+        if consumer.no_ack:
+            if self.store is not None and message.stored is not None:
+                self._forget((message,))
+        else:
+            consumer.unacked += 1
+            self.unacked_count += 1
+        consumer.channel.deliver(consumer, message)
+
+    def get(self, no_ack):
+        """The next ready message for basic.get, or None; unless `no_ack` it stays this
+        queue's, unacked, until the channel settles it."""
         self.touch()
-        self._drop_expired()
-        return self.ready.popleft() if self.ready else None
+        message = self._next_live()
+        if message is None:
+            return None
+        if no_ack:
+            if self.store is not None and message.stored is not None:
+                self._forget((message,))
+        else:
+            self.unacked_count += 1
+        return message
+
+    def settle(self, deliveries, requeue):
+        """The end of delivered messages: `deliveries` are a channel's (message, queue,
+        consumer or None for basic.get) entries for this queue. Requeued ones go back to
+        their places, flagged redelivered; the rest are done with."""
+        self.unacked_count -= len(deliveries)
+        for _, _, consumer in deliveries:
+            if consumer is not None:
+                consumer.unacked -= 1
+        messages = [entry[0] for entry in deliveries]
+        if requeue and not self.deleted:
+            ready = self.ready
+            for message in messages:
+                ready.put_back(message if message.redelivered else message.placed(True, message.expires_at))
+            if self._ttl_timer is None and ready:
+                self._arm_ttl_timer()
+            self.dispatch()
+        else:
+            self._forget(messages)
 
     def purge(self):
-        count = len(self.ready)
-        self.ready.clear()
-        return count
+        """Drop every ready message (unacked ones stay, as in RabbitMQ); returns how many."""
+        messages = self.ready.take_all()
+        self._forget(messages)
+        return len(messages)
+
+    def _forget(self, messages):
+        """The one place where messages end in this queue."""
+        if self.store is not None:
+            stored = [message for message in messages if message.stored is not None]
+            if stored:
+                self.store.remove_messages(self, stored)
 
     def _next_consumer(self):
         consumers = self.consumers
         for _ in range(len(consumers)):
             consumer = consumers[0]
             consumers.rotate(-1)
-            if consumer.can_take():
+            if consumer.channel.can_deliver(consumer):
                 return consumer
         return None
 
@@ -163,7 +247,7 @@ class Queue:
 
     def add_consumer(self, consumer):
         if consumer.exclusive and self.consumers or any(c.exclusive for c in self.consumers):
-            raise AccessRefused(f"queue '{self.name}' in vhost '{self.vhost}' in exclusive use")
+            raise AccessRefused(f"queue '{self.name}' in vhost '{self.vhost_name}' in exclusive use")
         self.consumers.append(consumer)
         self._cancel_expiry()
 
@@ -195,21 +279,27 @@ class Queue:
             self._on_expired(self)
 
     def _drop_expired(self):
+        """As in RabbitMQ, messages expire on reaching the head, so one with a short
+        per-message TTL waits behind one without."""
         ready = self.ready
-        if ready and ready[0].expires_at is not None:
-            now = time.monotonic()
-            while ready and ready[0].expires_at is not None and ready[0].expires_at <= now:
-                ready.popleft()
+        head = ready.head()
+        if head is None or head.expires_at is None:
+            return
+        now = time.monotonic()
+        expired = []
+        while head is not None and head.expires_at is not None and head.expires_at <= now:
+            expired.append(ready.popleft())
+            head = ready.head()
+        if expired:
+            self._forget(expired)
 
     def _arm_ttl_timer(self):
-        """For the head's expiry only: as in RabbitMQ, a message expires on reaching the head,
-        so one with a short per-message TTL waits behind one without."""
-        head_expires_at = self.ready[0].expires_at
-        if head_expires_at is not None:
-            self._ttl_timer = gevent.spawn_later(max(0.0, head_expires_at - time.monotonic()), self._ttl_fired)
+        """A timer for the head's expiry, so an unread queue does not hold expired messages."""
+        head = self.ready.head()
+        if head is not None and head.expires_at is not None:
+            self._ttl_timer = gevent.spawn_later(max(0.0, head.expires_at - time.monotonic()), self._ttl_fired)
 
     def _ttl_fired(self):
-        """Drop messages expired at the head, so an unread queue does not hold them."""
         self._ttl_timer = None
         if self.deleted:
             return
@@ -218,8 +308,10 @@ class Queue:
             self._arm_ttl_timer()
 
     def mark_deleted(self):
+        """The queue is gone: its ready messages end with it. Deliveries still unacked end
+        when their channel settles them (a requeue then has nowhere to go)."""
         self.deleted = True
-        self.ready.clear()
+        self._forget(self.ready.take_all())
         self._cancel_expiry()
         if self._ttl_timer is not None:
             self._ttl_timer.kill(block=False)

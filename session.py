@@ -18,8 +18,9 @@ True once drained; queues then hold messages instead of piling them into its buf
 
 import base64
 import os
+from collections import deque
 
-from errors import BrokerError, ChannelNotOpen, NotAllowed, PreconditionFailed
+from errors import BrokerError, ChannelNotOpen, NotAllowed, PreconditionFailed, StoreUnavailable
 from message import Message
 from queue_store import Consumer
 
@@ -103,13 +104,16 @@ class Channel:
         # delivery_tag -> (message, queue, consumer or None for basic.get), in tag order.
         self.unacked = {}
         self.next_delivery_tag = 1
-        self.prefetch_count = 0       # shared by the channel's consumers (global qos)
-        self.consumer_prefetch = 0    # each consumer's own window
+        self.global_prefetch_count = 0      # a window shared by the channel's consumers
+        self.consumer_prefetch_count = 0    # each new consumer's own window
         self.flow = True
         self.active = session.writable
         self.confirming = False
         self.publish_seq = 0
         self.confirm_runs = []        # [[ack, first seq, last seq], ...] not yet flushed
+        # Confirms held back while a stored message ahead of them waits for its commit, as
+        # (seq, ack, the store's batch it waits for or 0), so none overtakes an earlier one.
+        self.unconfirmed = deque()
         self.closed = False
 
     # -- publishing --------------------------------------------------------------------
@@ -117,7 +121,8 @@ class Channel:
     def publish(self, exchange, routing_key, body, properties=None, mandatory=False,
                 encoded_properties=None):
         """Route one message. In confirm mode every publish, refused or not, takes the next
-        sequence number and is acked or nacked in order."""
+        sequence number and is acked or nacked in order; a message the store keeps is
+        acked once it is on disk."""
         seq = 0
         if self.confirming:
             seq = self.publish_seq = self.publish_seq + 1
@@ -126,6 +131,11 @@ class Channel:
                 self._check_user_id(properties["user_id"])
             message = Message(exchange, routing_key, body, properties, encoded_properties)
             routed = self.vhost.publish(exchange, message)
+        except StoreUnavailable:
+            if not seq:
+                raise
+            self._confirm(seq, False)     # the nack says it all; the channel goes on
+            return
         except BrokerError:
             if seq:
                 self._confirm(seq, False)
@@ -133,9 +143,20 @@ class Channel:
         if not routed and mandatory:
             self.sink.message_returned(self.number, 312, "NO_ROUTE", message)
         if seq:
-            self._confirm(seq, True)
+            if message.stored is not None:
+                store = self.vhost.store
+                self.unconfirmed.append((seq, True, store.open_batch))
+                store.after_commit(self._committed)
+            else:
+                self._confirm(seq, True)
 
     def _confirm(self, seq, ack):
+        if self.unconfirmed:
+            self.unconfirmed.append((seq, ack, 0))
+        else:
+            self._record_confirm(seq, ack)
+
+    def _record_confirm(self, seq, ack):
         runs = self.confirm_runs
         if runs and runs[-1][0] == ack:
             runs[-1][2] = seq
@@ -143,6 +164,17 @@ class Channel:
         if not runs:
             self.session.confirming_channels.append(self)
         runs.append([ack, seq, seq])
+
+    def _committed(self, batch, ok):
+        """The store's batch `batch` is on disk (or failed to get there): release the held
+        confirms up to the first one still waiting for a later batch."""
+        unconfirmed = self.unconfirmed
+        if self.closed:
+            return
+        while unconfirmed and unconfirmed[0][2] <= batch:
+            seq, ack, waited_for = unconfirmed.popleft()
+            self._record_confirm(seq, ack and ok if waited_for == batch else ack)
+        self.session.flush_confirms()
 
     def _check_user_id(self, user_id):
         if user_id != self.session.user:
@@ -164,7 +196,7 @@ class Channel:
         elif consumer_tag in self.consumers:
             raise NotAllowed(f"attempt to reuse consumer tag '{consumer_tag}'")
         consumer = Consumer(consumer_tag, queue, self, no_ack, exclusive, arguments,
-                            self.consumer_prefetch)
+                            self.consumer_prefetch_count)
         queue.add_consumer(consumer)
         self.consumers[consumer_tag] = consumer
         if announce is not None:
@@ -181,7 +213,7 @@ class Channel:
         self._detach(consumer)
         if requeue_unacked:
             tags = [tag for tag, entry in self.unacked.items() if entry[2] is consumer]
-            self._requeue([self.unacked.pop(tag) for tag in tags])
+            self._settle([self.unacked.pop(tag) for tag in tags], requeue=True)
         return True
 
     def consumer_cancelled(self, consumer):
@@ -194,27 +226,35 @@ class Channel:
         if not queue.deleted and queue.remove_consumer(consumer):
             self.vhost.remove_queue(queue)
 
+    def can_deliver(self, consumer):
+        """Room for one more delivery to `consumer`: the channel is flowing and its socket
+        keeps up, and neither the consumer's nor the channel's prefetch window is full.
+        Prefetch does not apply to no-ack consumers, as in RabbitMQ."""
+        if not self.active:
+            return False
+        if consumer.no_ack:
+            return True
+        return ((not consumer.prefetch_count or consumer.unacked < consumer.prefetch_count)
+                and (not self.global_prefetch_count or len(self.unacked) < self.global_prefetch_count))
+
     def deliver(self, consumer, message):
         """Called by a queue for a consumer that can take `message`."""
         tag = self.next_delivery_tag
         self.next_delivery_tag = tag + 1
         if not consumer.no_ack:
             self.unacked[tag] = (message, consumer.queue, consumer)
-            consumer.unacked += 1
-            consumer.queue.unacked_count += 1
         self.sink.deliver(self.number, consumer.tag, tag, message)
 
     def get(self, queue_name, no_ack=False):
         """basic.get: (delivery_tag, message, messages left) or None when the queue is empty."""
         queue = self.vhost.queue(queue_name, self.session)
-        message = queue.get()
+        message = queue.get(no_ack)
         if message is None:
             return None
         tag = self.next_delivery_tag
         self.next_delivery_tag = tag + 1
         if not no_ack:
             self.unacked[tag] = (message, queue, None)
-            queue.unacked_count += 1
         return tag, message, len(queue.ready)
 
     def qos(self, prefetch_count, global_=False):
@@ -222,9 +262,9 @@ class Channel:
         and for consumers to come (RabbitMQ applies it to new consumers only; clients such
         as Celery raise it at run time and expect it to take effect)."""
         if global_:
-            self.prefetch_count = prefetch_count
+            self.global_prefetch_count = prefetch_count
         else:
-            self.consumer_prefetch = prefetch_count
+            self.consumer_prefetch_count = prefetch_count
             for consumer in self.consumers.values():
                 consumer.prefetch_count = prefetch_count
         self._dispatch_all()
@@ -246,36 +286,21 @@ class Channel:
     # -- settling deliveries -----------------------------------------------------------
 
     def ack(self, delivery_tag, multiple=False):
-        if not multiple:
-            entry = self.unacked.pop(delivery_tag, None)
-            if entry is None:
-                raise PreconditionFailed(f"unknown delivery tag {delivery_tag}")
-            message, queue, consumer = entry
-            queue.unacked_count -= 1
-            if consumer is not None:
-                consumer.unacked -= 1
-            if self.prefetch_count:
-                self._dispatch_all()
-            elif queue.ready:
-                queue.dispatch()
+        if multiple:
+            self._settle(self._take(delivery_tag, multiple), requeue=False)
             return
-        entries = self._take(delivery_tag, multiple)
-        for message, queue, consumer in entries:
-            queue.unacked_count -= 1
-            if consumer is not None:
-                consumer.unacked -= 1
-        self._redispatch(entries)
+        entry = self.unacked.pop(delivery_tag, None)
+        if entry is None:
+            raise PreconditionFailed(f"unknown delivery tag {delivery_tag}")
+        queue = entry[1]
+        queue.settle((entry,), False)
+        if self.global_prefetch_count:
+            self._dispatch_all()
+        elif queue.ready:
+            queue.dispatch()
 
     def nack(self, delivery_tag, multiple=False, requeue=True):
-        entries = self._take(delivery_tag, multiple)
-        if requeue:
-            self._requeue(entries)
-        else:
-            for message, queue, consumer in entries:
-                queue.unacked_count -= 1
-                if consumer is not None:
-                    consumer.unacked -= 1
-            self._redispatch(entries)
+        self._settle(self._take(delivery_tag, multiple), requeue)
 
     def reject(self, delivery_tag, requeue=True):
         self.nack(delivery_tag, False, requeue)
@@ -284,7 +309,7 @@ class Channel:
         """basic.recover: every unacked delivery goes back to its queue."""
         entries = list(self.unacked.values())
         self.unacked.clear()
-        self._requeue(entries)
+        self._settle(entries, requeue=True)
 
     def _take(self, delivery_tag, multiple):
         """Remove and return the unacked entries an ack/nack names (tag 0 + multiple: all)."""
@@ -304,21 +329,15 @@ class Channel:
             tags.append(tag)
         return [unacked.pop(tag) for tag in tags]
 
-    def _requeue(self, entries):
+    def _settle(self, entries, requeue):
+        """Hand settled deliveries back to their queues, then let windows that opened fill."""
         by_queue = {}
-        for message, queue, consumer in entries:
-            queue.unacked_count -= 1
-            if consumer is not None:
-                consumer.unacked -= 1
-            by_queue.setdefault(queue, []).append(message)
-        for queue, messages in by_queue.items():
-            queue.requeue(messages)
-        self._redispatch(entries)
-
-    def _redispatch(self, entries):
-        """Windows opened: let the queues involved deliver again."""
-        queues = {queue for _, queue, _ in entries}
-        if self.prefetch_count:
+        for entry in entries:
+            by_queue.setdefault(entry[1], []).append(entry)
+        for queue, queue_entries in by_queue.items():
+            queue.settle(queue_entries, requeue)
+        queues = set(by_queue)
+        if self.global_prefetch_count:
             queues.update(consumer.queue for consumer in self.consumers.values())
         for queue in queues:
             if queue.ready:
@@ -337,4 +356,4 @@ class Channel:
         self.consumers.clear()
         entries = list(self.unacked.values())
         self.unacked.clear()
-        self._requeue(entries)
+        self._settle(entries, requeue=True)

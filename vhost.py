@@ -7,8 +7,9 @@ refuse everyone but the connection that declared them.
 
 import base64
 import os
+import time
 
-from errors import AccessRefused, NotFound, PreconditionFailed, ResourceLocked
+from errors import AccessRefused, NotFound, PreconditionFailed, ResourceLocked, StoreUnavailable
 from exchange import DefaultExchange, exchange_class
 from queue_store import QUEUE_ARGUMENTS, Queue, validate_queue_arguments
 
@@ -22,8 +23,9 @@ PREDECLARED_EXCHANGES = (
 
 
 class VirtualHost:
-    def __init__(self, name):
+    def __init__(self, name, store):
         self.name = name
+        self.store = store          # where durable definitions and persistent messages go
         self.queues = {}
         self.exchanges = {"": DefaultExchange(self.queues)}
         for exchange_name, type_name in PREDECLARED_EXCHANGES:
@@ -53,6 +55,8 @@ class VirtualHost:
             if name.startswith("amq."):
                 raise AccessRefused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
             exchange = self.exchanges[name] = cls(name, durable, auto_delete, internal, arguments)
+            if durable:
+                self.store.put_exchange(self.name, name, type_name, auto_delete, internal, exchange.arguments)
             return exchange
         what = f"exchange '{name}' in vhost '{self.name}'"
         _equivalent(what, "type", type_name, exchange.type)
@@ -72,9 +76,14 @@ class VirtualHost:
             return  # deleting what is not there succeeds, as in RabbitMQ
         if if_unused and exchange.bindings:
             raise PreconditionFailed(f"exchange '{name}' in vhost '{self.name}' in use")
-        del self.exchanges[name]
+        self._remove_exchange(exchange)
+
+    def _remove_exchange(self, exchange):
+        del self.exchanges[exchange.name]
         for queue in exchange.destinations():
-            queue.bindings.discard(exchange)
+            queue.bound_exchanges.discard(exchange)
+        if exchange.durable:
+            self.store.delete_exchange(self.name, exchange.name)
 
     # -- queues ------------------------------------------------------------------------
 
@@ -109,9 +118,9 @@ class VirtualHost:
             if name.startswith("amq.") and not name.startswith("amq.gen-"):
                 raise AccessRefused(f"queue name '{name}' contains reserved prefix 'amq.*'")
             validate_queue_arguments(arguments, name, self.name)
-            queue = Queue(self.name, name, durable, owner if exclusive else None, auto_delete,
-                          arguments, on_expired=self.remove_queue)
-            self.queues[name] = queue
+            queue = self._add_queue(name, durable, owner if exclusive else None, auto_delete, arguments)
+            if queue.store is not None:
+                self.store.put_queue(self.name, name, auto_delete, queue.arguments)
             if exclusive and owner is not None:
                 owner.exclusive_queues.add(queue)
             return queue
@@ -124,6 +133,11 @@ class VirtualHost:
         for argument in QUEUE_ARGUMENTS:
             _equivalent(what, argument, arguments.get(argument), queue.arguments.get(argument))
         queue.touch()
+        return queue
+
+    def _add_queue(self, name, durable, exclusive_owner, auto_delete, arguments):
+        queue = self.queues[name] = Queue(self.name, name, durable, exclusive_owner, auto_delete,
+                                          arguments, on_expired=self.remove_queue, store=self.store)
         return queue
 
     def delete_queue(self, name, if_unused=False, if_empty=False, owner=None):
@@ -147,12 +161,14 @@ class VirtualHost:
         count = queue.message_count
         del self.queues[queue.name]
         queue.mark_deleted()
+        if queue.store is not None:
+            self.store.delete_queue(self.name, queue.name)
         for consumer in list(queue.consumers):
             consumer.channel.consumer_cancelled(consumer)
-        for exchange in list(queue.bindings):
+        for exchange in list(queue.bound_exchanges):
             exchange.unbind_destination(queue)
             self._auto_delete_exchange(exchange)
-        queue.bindings.clear()
+        queue.bound_exchanges.clear()
         if queue.exclusive_owner is not None:
             queue.exclusive_owner.exclusive_queues.discard(queue)
         return count
@@ -163,15 +179,18 @@ class VirtualHost:
         check_name(routing_key, "routing key")
         exchange = self._bindable(exchange_name)
         queue = self.queue(queue_name, owner)
-        exchange.bind(queue, routing_key, arguments)
-        queue.bindings.add(exchange)
+        if exchange.bind(queue, routing_key, arguments) and exchange.durable and queue.store is not None:
+            self.store.put_binding(self.name, exchange.name, queue.name, routing_key, arguments)
+        queue.bound_exchanges.add(exchange)
 
     def unbind(self, queue_name, exchange_name, routing_key="", arguments=None, owner=None):
         exchange = self._bindable(exchange_name)
         queue = self.queue(queue_name, owner)
         if exchange.unbind(queue, routing_key, arguments):
+            if exchange.durable and queue.store is not None:
+                self.store.delete_binding(self.name, exchange.name, queue.name, routing_key, arguments)
             if not any(key[0] is queue for key in exchange.bindings):
-                queue.bindings.discard(exchange)
+                queue.bound_exchanges.discard(exchange)
             self._auto_delete_exchange(exchange)
 
     def _bindable(self, exchange_name):
@@ -182,7 +201,7 @@ class VirtualHost:
 
     def _auto_delete_exchange(self, exchange):
         if exchange.auto_delete and not exchange.bindings and self.exchanges.get(exchange.name) is exchange:
-            del self.exchanges[exchange.name]
+            self._remove_exchange(exchange)
 
     # -- routing -----------------------------------------------------------------------
 
@@ -196,9 +215,52 @@ class VirtualHost:
         if exchange.internal:
             raise AccessRefused(f"cannot publish to internal exchange '{exchange_name}' in vhost '{self.name}'")
         queues = exchange.route(message.routing_key, message.headers)
+        properties = message.properties
+        if properties is not None and properties.get("delivery_mode") == 2:
+            durable = [queue for queue in queues if queue.store is not None]
+            if durable:
+                if not self.store.available:
+                    raise StoreUnavailable("the message store cannot be written: persistent message refused")
+                self.store.add_message(message, durable)
         for queue in queues:
             queue.enqueue(message)
         return len(queues)
+
+    # -- recovery ----------------------------------------------------------------------
+
+    def restore(self, recovered):
+        """Durable exchanges, queues, bindings and messages of this virtual host from the
+        store, before any client can see them."""
+        now_wall, now = time.time(), time.monotonic()
+        for vhost, name, type_name, auto_delete, internal, arguments in recovered.exchanges:
+            if vhost == self.name:
+                self.exchanges[name] = exchange_class(type_name)(name, True, auto_delete, internal, arguments)
+        expired = 0
+        for vhost, name, auto_delete, arguments, messages in recovered.queues:
+            if vhost != self.name:
+                continue
+            queue = self._add_queue(name, True, None, auto_delete, arguments)
+            gone = []
+            for message, published_at in messages:
+                ttl = queue.message_ttl
+                if message.ttl is not None and (ttl is None or message.ttl < ttl):
+                    ttl = message.ttl
+                if ttl is not None:
+                    # Expiry is wall-clock time: the clock ran on while the broker was down.
+                    message.expires_at = now + (published_at + ttl / 1000.0 - now_wall)
+                    if message.expires_at <= now:
+                        gone.append(message)
+                        continue
+                queue.restore(message)
+            if gone:
+                self.store.remove_messages(queue, gone)
+                expired += len(gone)
+        for vhost, source, destination, routing_key, arguments in recovered.bindings:
+            exchange, queue = self.exchanges.get(source), self.queues.get(destination)
+            if vhost == self.name and exchange is not None and queue is not None:
+                exchange.bind(queue, routing_key, arguments)
+                queue.bound_exchanges.add(exchange)
+        return expired
 
     # -- listings for operators ------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,18 +16,22 @@ START_TIMEOUT = 20.0
 
 class BrokerProcess:
     """`python broker.py --port 0 ...`, with its log in a file (a pipe nobody reads would
-    block the broker once full). `port` is the JSON-lines port it announced."""
+    block the broker once full). `port` is the JSON-lines port it announced. Its data
+    directory is `data_dir`, or a temporary one that goes when it is closed."""
 
-    def __init__(self, *args, python=sys.executable):
+    def __init__(self, *args, python=sys.executable, data_dir=None):
         self.args = list(args)
         self.python = python
         self.process = None
         self.ports = {}
+        self._own_data_dir = data_dir is None
+        self.data_dir = tempfile.mkdtemp(prefix="greenmq-data-") if data_dir is None else data_dir
 
     def start(self):
         self._log = tempfile.NamedTemporaryFile(prefix="greenmq-broker-", suffix=".log", delete=False)
         # Free ports only: another broker (a reference RabbitMQ, say) may hold 5672.
-        command = [self.python, os.path.join(ROOT, "broker.py"), "--port", "0", "--amqp-port", "0", *self.args]
+        command = [self.python, os.path.join(ROOT, "broker.py"), "--port", "0", "--amqp-port", "0",
+                   "--data-dir", self.data_dir, *self.args]
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -67,10 +72,13 @@ class BrokerProcess:
         return self.process.returncode
 
     def close(self):
-        """Stop the broker and remove its log; closing twice is harmless."""
+        """Stop the broker and remove its log (and its data, unless given); closing twice is
+        harmless."""
         self.stop()
         if os.path.exists(self._log.name):
             os.unlink(self._log.name)
+        if self._own_data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def __enter__(self):
         return self.start()

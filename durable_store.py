@@ -1,0 +1,536 @@
+"""What survives a restart: durable exchanges, queues and bindings, and the persistent
+messages in durable queues, behind one small interface with two implementations.
+
+`MemoryStore` keeps everything in the process (nothing outlives it); `SqliteStore` keeps
+it in an SQLite database in WAL mode. The core calls a store on the hub and never waits
+for it: writes collect in an open batch, and one committer greenlet hands each batch to a
+thread as one transaction ending in one fsync. Whatever arrives while a commit is in
+flight shares the next one (group commit), so the commit rate follows the load.
+`after_commit(callback)` runs `callback(batch, ok)` on the hub once the batch holding
+everything written so far is on disk, which is what a publisher confirm waits for.
+
+A message routed to several durable queues is stored once, with a row per queue; the
+`Stored` record on the message counts the queues still holding it.
+"""
+
+import logging
+import os
+import sqlite3
+import time
+
+import gevent
+from gevent.event import Event
+
+from message import Message, properties_from_json, properties_to_json
+
+log = logging.getLogger("greenmq.store")
+
+# Bumped whenever the schema changes meaning; a database from a newer version is refused
+# rather than misread.
+FORMAT_VERSION = 1
+DATABASE_FILE = "greenmq.sqlite3"
+
+# After a failed commit (full disk, read-only or vanished data directory) the committer
+# tries again on this schedule, doubling up to the cap: soon enough that publishers get
+# going again within seconds of the disk coming back, rarely enough not to spin.
+RETRY_FIRST_SECONDS = 0.5
+RETRY_MAX_SECONDS = 5.0
+
+
+class StoreError(Exception):
+    """The store cannot be opened; the text is one sentence naming the file."""
+
+
+class Stored:
+    """The store's record of one persistent message: how many durable queues hold it."""
+
+    __slots__ = ("refs",)
+
+    def __init__(self, refs):
+        self.refs = refs
+
+
+class Recovered:
+    """What a store held at start: definitions as plain values, messages per queue."""
+
+    def __init__(self):
+        self.exchanges = []   # (vhost, name, type, auto_delete, internal, arguments)
+        self.queues = []      # (vhost, name, auto_delete, arguments, [(message, published_at)])
+        self.bindings = []    # (vhost, source, destination, routing_key, arguments)
+        self.clean = True     # the last run ended with a clean stop
+        self.last_seq = 0
+
+
+def open_store(data_dir):
+    """The store for `data_dir`, or a MemoryStore when it is None."""
+    return MemoryStore() if data_dir is None else SqliteStore(data_dir)
+
+
+class Store:
+    """The interface the core writes through. Writes are accepted at once and become
+    durable with the next commit; `available` is False while commits fail, and then
+    persistent messages must be refused rather than accepted into thin air."""
+
+    def __init__(self):
+        self.open_batch = 1        # the batch that writes made now will be committed in
+        self.available = True
+        self._callbacks = {}       # callbacks waiting for the open batch, once each
+
+    # -- definitions ---------------------------------------------------------------------
+
+    def put_exchange(self, vhost, name, type_name, auto_delete, internal, arguments):
+        raise NotImplementedError
+
+    def delete_exchange(self, vhost, name):
+        """And every binding from it."""
+        raise NotImplementedError
+
+    def put_queue(self, vhost, name, auto_delete, arguments):
+        raise NotImplementedError
+
+    def delete_queue(self, vhost, name):
+        """And every binding to it and its place for every message."""
+        raise NotImplementedError
+
+    def put_binding(self, vhost, source, destination, routing_key, arguments):
+        raise NotImplementedError
+
+    def delete_binding(self, vhost, source, destination, routing_key, arguments):
+        raise NotImplementedError
+
+    # -- messages ------------------------------------------------------------------------
+
+    def add_message(self, message, queues):
+        """Keep `message` for `queues` (durable, all of them); marks it `stored`."""
+        raise NotImplementedError
+
+    def remove_messages(self, queue, messages):
+        """`queue` is done with `messages` (all `stored`)."""
+        raise NotImplementedError
+
+    def mark_redelivered(self, queue, messages):
+        """At a clean stop: these may have been delivered, so say so when they return."""
+        raise NotImplementedError
+
+    # -- commits -------------------------------------------------------------------------
+
+    def after_commit(self, callback):
+        self._callbacks[callback] = None
+
+    def load(self):
+        """A `Recovered` with everything stored, messages in publish order per queue."""
+        raise NotImplementedError
+
+    def close(self):
+        """Commit what is pending and mark the stop clean."""
+        raise NotImplementedError
+
+
+class MemoryStore(Store):
+    """Nothing on disk: a commit is done the moment it is asked for, and `load` of a new
+    store finds nothing. Holds what SqliteStore would write, so both keep one contract."""
+
+    def __init__(self):
+        super().__init__()
+        self.exchanges = {}
+        self.queues = {}
+        self.bindings = {}
+        self.messages = {}         # (vhost, queue) -> {seq: (message, published_at, redelivered)}
+
+    def put_exchange(self, vhost, name, type_name, auto_delete, internal, arguments):
+        self.exchanges[vhost, name] = (vhost, name, type_name, auto_delete, internal, arguments)
+
+    def delete_exchange(self, vhost, name):
+        self.exchanges.pop((vhost, name), None)
+        for key in [key for key in self.bindings if key[:2] == (vhost, name)]:
+            del self.bindings[key]
+
+    def put_queue(self, vhost, name, auto_delete, arguments):
+        self.queues[vhost, name] = (vhost, name, auto_delete, arguments)
+        self.messages[vhost, name] = {}
+
+    def delete_queue(self, vhost, name):
+        self.queues.pop((vhost, name), None)
+        self.messages.pop((vhost, name), None)
+        for key in [key for key in self.bindings if key[0] == vhost and key[2] == name]:
+            del self.bindings[key]
+
+    def put_binding(self, vhost, source, destination, routing_key, arguments):
+        self.bindings[vhost, source, destination, routing_key, _canonical(arguments)] = arguments
+
+    def delete_binding(self, vhost, source, destination, routing_key, arguments):
+        self.bindings.pop((vhost, source, destination, routing_key, _canonical(arguments)), None)
+
+    def add_message(self, message, queues):
+        message.stored = Stored(len(queues))
+        now = time.time()
+        for queue in queues:
+            self.messages[queue.vhost_name, queue.name][message.seq] = (message, now, False)
+
+    def remove_messages(self, queue, messages):
+        held = self.messages.get((queue.vhost_name, queue.name), {})
+        for message in messages:
+            message.stored.refs -= 1
+            held.pop(message.seq, None)
+
+    def mark_redelivered(self, queue, messages):
+        held = self.messages.get((queue.vhost_name, queue.name), {})
+        for message in messages:
+            stored_message, published_at, _ = held[message.seq]
+            held[message.seq] = (stored_message, published_at, True)
+
+    def after_commit(self, callback):
+        callback(self.open_batch, True)
+        self.open_batch += 1
+
+    def load(self):
+        recovered = Recovered()
+        recovered.exchanges = list(self.exchanges.values())
+        recovered.bindings = [key[:4] + (arguments,) for key, arguments in self.bindings.items()]
+        for key, (vhost, name, auto_delete, arguments) in self.queues.items():
+            messages = []
+            for seq, (message, published_at, redelivered) in sorted(self.messages[key].items()):
+                copy = Message.restored(seq, message.exchange, message.routing_key, message.body,
+                                        message.properties, message.encoded_properties)
+                copy.redelivered = redelivered
+                messages.append((copy, published_at))
+                recovered.last_seq = max(recovered.last_seq, seq)
+            recovered.queues.append((vhost, name, auto_delete, arguments, messages))
+        _share_records(recovered)
+        return recovered
+
+    def close(self):
+        pass
+
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE exchanges (vhost TEXT, name TEXT, type TEXT, auto_delete INTEGER, internal INTEGER,
+                        arguments TEXT, PRIMARY KEY (vhost, name)) WITHOUT ROWID;
+CREATE TABLE queues (id INTEGER PRIMARY KEY, vhost TEXT, name TEXT, auto_delete INTEGER,
+                     arguments TEXT, UNIQUE (vhost, name));
+CREATE TABLE bindings (vhost TEXT, source TEXT, destination TEXT, routing_key TEXT, arguments TEXT,
+                       PRIMARY KEY (vhost, source, destination, routing_key, arguments)) WITHOUT ROWID;
+CREATE TABLE messages (seq INTEGER PRIMARY KEY, exchange TEXT, routing_key TEXT, properties TEXT,
+                       amqp_properties BLOB, body BLOB, published_at REAL);
+CREATE TABLE queue_messages (queue_id INTEGER, seq INTEGER, redelivered INTEGER,
+                             PRIMARY KEY (queue_id, seq)) WITHOUT ROWID;
+"""
+
+_INSERT_MESSAGE = "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)"
+_INSERT_PLACE = "INSERT INTO queue_messages VALUES (?, ?, 0)"
+_DELETE_PLACE = "DELETE FROM queue_messages WHERE queue_id = ? AND seq = ?"
+_DELETE_MESSAGE = "DELETE FROM messages WHERE seq = ?"
+_MARK_REDELIVERED = "UPDATE queue_messages SET redelivered = 1 WHERE queue_id = ? AND seq = ?"
+
+
+class _Batch:
+    """Writes waiting for one commit, in the order they must run: messages and their
+    places first, then what ended, then definitions in the order they were made."""
+
+    __slots__ = ("number", "new_messages", "removed_places", "removed_messages", "definitions",
+                 "callbacks")
+
+    def __init__(self, number):
+        self.number = number
+        self.new_messages = {}      # seq -> [row, queue ids]; dropped again if acked in time
+        self.removed_places = []    # (queue id, seq)
+        self.removed_messages = []  # (seq,)
+        self.definitions = []       # (sql, parameters)
+        self.callbacks = {}
+
+    def __bool__(self):
+        return bool(self.new_messages or self.removed_places or self.removed_messages
+                    or self.definitions or self.callbacks)
+
+
+class SqliteStore(Store):
+    def __init__(self, data_dir):
+        super().__init__()
+        self.path = os.path.join(data_dir, DATABASE_FILE)
+        try:
+            os.makedirs(data_dir, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not tables:
+                self._db.executescript(_SCHEMA)
+                self._db.execute("INSERT INTO meta VALUES ('format_version', ?), ('clean_stop', 1)", (FORMAT_VERSION,))
+            version = dict(self._db.execute("SELECT key, value FROM meta")).get("format_version")
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open the message store {self.path}: {_reason(exc)}") from None
+        if version != FORMAT_VERSION:
+            raise StoreError(
+                f"the message store {self.path} has format version {version!r}, and this GreenMQ "
+                f"reads version {FORMAT_VERSION}; use the GreenMQ that wrote it or another --data-dir")
+        self._inode = os.stat(self.path).st_ino
+        self._queue_ids = {}         # (vhost, name) -> id of a durable queue's row
+        self._next_queue_id = 1
+        self._batch = _Batch(self.open_batch)
+        self._failed = None          # the batch that could not be committed, to try again
+        self._wakeup = Event()
+        self._woken = False
+        self._idle = Event()         # set while nothing waits to be committed
+        self._idle.set()
+        self._committer = None
+
+    # -- definitions ---------------------------------------------------------------------
+
+    def _define(self, sql, parameters):
+        self._batch.definitions.append((sql, parameters))
+        self._wake()
+
+    def put_exchange(self, vhost, name, type_name, auto_delete, internal, arguments):
+        self._define("INSERT OR REPLACE INTO exchanges VALUES (?, ?, ?, ?, ?, ?)",
+                     (vhost, name, type_name, auto_delete, internal, properties_to_json(arguments)))
+
+    def delete_exchange(self, vhost, name):
+        self._define("DELETE FROM exchanges WHERE vhost = ? AND name = ?", (vhost, name))
+        self._define("DELETE FROM bindings WHERE vhost = ? AND source = ?", (vhost, name))
+
+    def put_queue(self, vhost, name, auto_delete, arguments):
+        queue_id = self._queue_ids[vhost, name] = self._next_queue_id
+        self._next_queue_id += 1
+        self._define("INSERT INTO queues VALUES (?, ?, ?, ?, ?)",
+                     (queue_id, vhost, name, auto_delete, properties_to_json(arguments)))
+
+    def delete_queue(self, vhost, name):
+        queue_id = self._queue_ids.pop((vhost, name), None)
+        if queue_id is None:
+            return
+        self._define("DELETE FROM queues WHERE id = ?", (queue_id,))
+        self._define("DELETE FROM queue_messages WHERE queue_id = ?", (queue_id,))
+        self._define("DELETE FROM bindings WHERE vhost = ? AND destination = ?", (vhost, name))
+
+    def put_binding(self, vhost, source, destination, routing_key, arguments):
+        self._define("INSERT OR REPLACE INTO bindings VALUES (?, ?, ?, ?, ?)",
+                     (vhost, source, destination, routing_key, _canonical(arguments)))
+
+    def delete_binding(self, vhost, source, destination, routing_key, arguments):
+        self._define("DELETE FROM bindings WHERE vhost = ? AND source = ? AND destination = ? "
+                     "AND routing_key = ? AND arguments = ?",
+                     (vhost, source, destination, routing_key, _canonical(arguments)))
+
+    # -- messages ------------------------------------------------------------------------
+
+    def add_message(self, message, queues):
+        message.stored = Stored(len(queues))
+        properties = message.properties
+        self._batch.new_messages[message.seq] = [
+            (message.seq, message.exchange, message.routing_key,
+             None if properties is None else properties_to_json(properties),
+             message.encoded_properties, message.body, time.time()),
+            [self._queue_ids[queue.vhost_name, queue.name] for queue in queues]]
+        self._wake()
+
+    def remove_messages(self, queue, messages):
+        batch = self._batch
+        new_messages = batch.new_messages
+        queue_id = None if queue.deleted else self._queue_ids.get((queue.vhost_name, queue.name))
+        for message in messages:
+            stored = message.stored
+            stored.refs -= 1
+            seq = message.seq
+            pending = new_messages.get(seq)
+            if pending is not None:
+                # Not written yet: it need never be.
+                if stored.refs == 0:
+                    del new_messages[seq]
+                elif queue_id is not None:
+                    pending[1].remove(queue_id)
+                continue
+            if queue_id is not None:
+                batch.removed_places.append((queue_id, seq))
+            if stored.refs == 0:
+                batch.removed_messages.append((seq,))
+        self._wake()
+
+    def mark_redelivered(self, queue, messages):
+        queue_id = self._queue_ids.get((queue.vhost_name, queue.name))
+        if queue_id is not None:
+            for message in messages:
+                self._define(_MARK_REDELIVERED, (queue_id, message.seq))
+
+    # -- commits -------------------------------------------------------------------------
+
+    def after_commit(self, callback):
+        self._batch.callbacks[callback] = None
+        self._wake()
+
+    def _wake(self):
+        if not self._woken:
+            self._woken = True
+            if self._committer is None:
+                self._committer = gevent.spawn(self._commit_loop)
+            self._idle.clear()
+            self._wakeup.set()
+
+    def _commit_loop(self):
+        """One commit at a time; what arrives meanwhile waits for the next."""
+        pool = gevent.get_hub().threadpool
+        retry_in = RETRY_FIRST_SECONDS
+        while True:
+            if self._failed is None:
+                self._wakeup.wait()
+            else:
+                self._wakeup.wait(retry_in)
+            self._wakeup.clear()
+            self._woken = False
+            batch, self._batch = self._batch, _Batch(self.open_batch + 1)
+            self.open_batch += 1
+            if self._failed is not None:
+                batch = _merged(self._failed, batch)
+            error = pool.apply(self._write, (batch,)) if batch else None
+            if error is None:
+                if self._failed is not None:
+                    log.warning("the message store %s is writable again", self.path)
+                    self._failed = None
+                    self.available = True
+                    retry_in = RETRY_FIRST_SECONDS
+            else:
+                if self._failed is None:
+                    log.error("cannot write the message store %s: %s; persistent messages are "
+                              "refused until it is writable again", self.path, error)
+                else:
+                    retry_in = min(retry_in * 2, RETRY_MAX_SECONDS)
+                self._failed = batch
+                self.available = False
+            for callback in batch.callbacks:
+                callback(batch.number, error is None)
+            batch.callbacks = {}
+            if not self._batch:
+                self._idle.set()
+
+    def _write(self, batch):
+        """In a thread: the batch as one transaction. Returns None, or why it failed."""
+        db = self._db
+        try:
+            if os.stat(self.path).st_ino != self._inode:
+                raise OSError("the database file was replaced")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if batch.new_messages:
+                    db.executemany(_INSERT_MESSAGE, [row for row, _ in batch.new_messages.values()])
+                    db.executemany(_INSERT_PLACE, [(queue_id, seq) for seq, (_, queue_ids)
+                                                   in batch.new_messages.items() for queue_id in queue_ids])
+                if batch.removed_places:
+                    db.executemany(_DELETE_PLACE, batch.removed_places)
+                if batch.removed_messages:
+                    db.executemany(_DELETE_MESSAGE, batch.removed_messages)
+                for sql, parameters in batch.definitions:
+                    db.execute(sql, parameters)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except (sqlite3.Error, OSError) as exc:
+            return _reason(exc)
+        return None
+
+    # -- recovery and stop ---------------------------------------------------------------
+
+    def load(self):
+        db = self._db
+        recovered = Recovered()
+        try:
+            meta = dict(db.execute("SELECT key, value FROM meta"))
+            recovered.clean = meta.get("clean_stop") == 1
+            db.execute("UPDATE meta SET value = 0 WHERE key = 'clean_stop'")
+            # Messages whose every queue went while deliveries were out.
+            db.execute("DELETE FROM messages WHERE seq NOT IN (SELECT seq FROM queue_messages)")
+            for vhost, name, type_name, auto_delete, internal, arguments in db.execute(
+                    "SELECT vhost, name, type, auto_delete, internal, arguments FROM exchanges"):
+                recovered.exchanges.append((vhost, name, type_name, bool(auto_delete), bool(internal),
+                                            properties_from_json(arguments)))
+            queues = {}
+            for queue_id, vhost, name, auto_delete, arguments in db.execute(
+                    "SELECT id, vhost, name, auto_delete, arguments FROM queues ORDER BY id"):
+                self._queue_ids[vhost, name] = queue_id
+                self._next_queue_id = queue_id + 1
+                queues[queue_id] = (vhost, name, bool(auto_delete), properties_from_json(arguments), [])
+            for row in db.execute("SELECT vhost, source, destination, routing_key, arguments FROM bindings"):
+                recovered.bindings.append(row[:4] + (properties_from_json(row[4]),))
+            shared = {}
+            decoded_properties = {}
+            for queue_id, seq, redelivered, exchange, routing_key, properties, amqp_properties, body, \
+                    published_at in db.execute(
+                        "SELECT q.queue_id, q.seq, q.redelivered, m.exchange, m.routing_key, m.properties, "
+                        "m.amqp_properties, m.body, m.published_at FROM queue_messages q "
+                        "JOIN messages m ON m.seq = q.seq ORDER BY q.queue_id, q.seq"):
+                message = shared.get(seq)
+                if message is None:
+                    if properties is not None:
+                        # Messages of one publisher mostly share their properties: decode each once.
+                        decoded = decoded_properties.get(properties)
+                        if decoded is None:
+                            decoded = decoded_properties[properties] = properties_from_json(properties)
+                        properties = decoded
+                    message = shared[seq] = Message.restored(seq, exchange, routing_key, body, properties,
+                                                             amqp_properties)
+                else:
+                    message = message.placed(False, None)
+                # After a crash any message may have been delivered; after a clean stop the
+                # flags written then say which were.
+                message.redelivered = bool(redelivered) or not recovered.clean
+                queues[queue_id][4].append((message, published_at))
+                if seq > recovered.last_seq:
+                    recovered.last_seq = seq
+            recovered.queues = list(queues.values())
+        except (sqlite3.Error, ValueError, TypeError) as exc:
+            raise StoreError(f"cannot read the message store {self.path}: {_reason(exc)}") from None
+        _share_records(recovered)
+        return recovered
+
+    def flush(self):
+        """Block the calling greenlet until everything written so far has been tried once."""
+        if self._batch:
+            self._wake()
+        self._idle.wait()
+
+    def close(self):
+        self.flush()
+        if self._committer is not None:
+            self._committer.kill()
+        try:
+            if self._failed is None:
+                self._db.execute("UPDATE meta SET value = 1 WHERE key = 'clean_stop'")
+            else:
+                log.error("stopping with writes the message store %s could not take; they are lost, "
+                          "and messages may return after the next start", self.path)
+            self._db.close()
+        except sqlite3.Error as exc:
+            log.error("cannot close the message store %s cleanly: %s", self.path, _reason(exc))
+
+
+def _merged(first, second):
+    """A failed batch and the one after it, to be tried as one."""
+    first.number = second.number
+    for seq, pending in second.new_messages.items():
+        first.new_messages[seq] = pending
+    first.removed_places += second.removed_places
+    first.removed_messages += second.removed_messages
+    first.definitions += second.definitions
+    first.callbacks = second.callbacks
+    return first
+
+
+def _share_records(recovered):
+    """Copies of one message in several queues share one `Stored` record counting them."""
+    records = {}
+    for *_, messages in recovered.queues:
+        for message, _ in messages:
+            record = records.get(message.seq)
+            if record is None:
+                record = records[message.seq] = Stored(0)
+            record.refs += 1
+            message.stored = record
+
+
+def _canonical(arguments):
+    """Arguments as a key: equal tables give equal text (properties_to_json sorts keys)."""
+    return properties_to_json(arguments or {})
+
+
+def _reason(exc):
+    return str(exc) or type(exc).__name__
