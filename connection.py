@@ -16,6 +16,7 @@ inside `start_consuming`, `process_data_events` or `consume`, in the calling thr
 
 import base64
 import collections
+import itertools
 import json
 import os
 import signal
@@ -489,8 +490,10 @@ class Channel:
         self._returned = []
         self._on_return = None
         self._confirming = False
+        self._confirm_window = 1        # publishes that may await their confirm at once
         self._publish_seq = 0
-        self._unconfirmed = {}          # publish seq -> None, then True (ack) or False (nack)
+        self._unconfirmed = {}          # publish seqs awaiting a confirm, in order
+        self._nacked = []               # publish seqs the broker nacked, not yet reported
         self._consuming = False
 
     def __repr__(self):
@@ -559,24 +562,50 @@ class Channel:
             return
         self._publish_seq += 1
         seq = self._publish_seq
+        if self._confirm_window == 1:
+            self._returned.clear()
         self._unconfirmed[seq] = None
-        self._returned.clear()
         self.connection._queue_line(request)
-        while self._unconfirmed[seq] is None:
+        if self._confirm_window == 1:
+            self.wait_for_confirms()
+            return
+        while len(self._unconfirmed) >= self._confirm_window:
             self._raise_errors()
             self.connection._read(None)
-        ack = self._unconfirmed.pop(seq)
-        self._raise_errors()
-        if not ack:
-            raise NackError(f"the broker nacked message {seq}")
-        if mandatory and self._returned:
-            returned = self._returned.pop()
-            raise UnroutableError(f"message returned: {returned['reply_code']} {returned['reply_text']}")
 
-    def confirm_delivery(self):
-        """Publisher confirms from now on: basic_publish returns once the broker has the message."""
+    def confirm_delivery(self, window=1):
+        """Publisher confirms from now on. With `window` 1, basic_publish returns once the
+        broker has confirmed the message (raising NackError or UnroutableError if it did
+        not); with a larger window it returns at once while fewer than `window` messages
+        await their confirms, and `wait_for_confirms` reports them. A persistent message
+        sent to a durable queue is confirmed once it is on the broker's disk, so a window
+        lets many share one disk write."""
+        if not isinstance(window, int) or window < 1:
+            raise ValueError("window must be a positive integer")
         self._call("confirm.select")
         self._confirming = True
+        self._confirm_window = window
+
+    def wait_for_confirms(self, timeout=None):
+        """Block until every message published so far is confirmed. Raises NackError if the
+        broker nacked any since the last call, UnroutableError if a mandatory one came
+        back, and TimeoutError if `timeout` seconds pass first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._unconfirmed:
+            self._raise_errors()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"{len(self._unconfirmed)} messages still await their confirms")
+            self.connection._read(remaining)
+        self._raise_errors()
+        if self._nacked:
+            nacked, self._nacked = self._nacked, []
+            raise NackError(f"the broker nacked {len(nacked)} message(s): publish number(s) "
+                            f"{', '.join(map(str, nacked[:10]))}{', ...' if len(nacked) > 10 else ''}")
+        if self._returned:
+            returned = self._returned.pop()
+            self._returned.clear()
+            raise UnroutableError(f"message returned: {returned['reply_code']} {returned['reply_text']}")
 
     def add_on_return_callback(self, callback):
         """`callback(channel, method, properties, body)` for mandatory messages returned
@@ -683,11 +712,16 @@ class Channel:
 
     def _event(self, kind, event):
         if kind == "ack" or kind == "nack":
-            ack = kind == "ack"
             tag = event["delivery_tag"]
-            for seq in ([s for s in self._unconfirmed if s <= tag] if event.get("multiple") else [tag]):
-                if self._unconfirmed.get(seq, ack) is None:
-                    self._unconfirmed[seq] = ack
+            unconfirmed = self._unconfirmed
+            if event.get("multiple"):
+                settled = list(itertools.takewhile(tag.__ge__, unconfirmed))
+            else:
+                settled = [tag] if tag in unconfirmed else []
+            for seq in settled:
+                del unconfirmed[seq]
+            if kind == "nack":
+                self._nacked += settled
         elif kind == "return":
             if self._confirming:
                 self._returned.append(event)

@@ -1,0 +1,324 @@
+"""The durable store's contract, held by both implementations, and the core's use of it:
+confirms that wait for commits, and a requeue whose cost does not grow with depth."""
+
+import itertools
+import sqlite3
+import sys
+
+import pytest
+
+import message
+from durable_store import MemoryStore, SqliteStore
+from message import Message
+from node import Node
+from tests.test_core_queues import RecordingSink
+
+
+class FakeQueue:
+    def __init__(self, vhost_name, name):
+        self.vhost_name, self.name, self.deleted = vhost_name, name, False
+
+
+def persistent(body, **properties):
+    return Message("", "q", body, {"delivery_mode": 2, **properties})
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request, tmp_path):
+    if request.param == "memory":
+        yield MemoryStore()
+    else:
+        opened = SqliteStore(str(tmp_path))
+        yield opened
+        opened.close()
+
+
+def reopened(store):
+    """The store as the next start of the broker finds it."""
+    if isinstance(store, MemoryStore):
+        return store
+    store.close()
+    return SqliteStore(store.path.rsplit("/", 1)[0])
+
+
+def committed(store):
+    results = []
+    store.after_commit(lambda batch, ok: results.append(ok))
+    if isinstance(store, SqliteStore):
+        store.flush()
+    return results
+
+
+def test_definitions_come_back_after_a_restart(store):
+    store.put_exchange("/", "logs", "fanout", False, False, {"alternate-exchange": "ae"})
+    store.put_queue("/", "q1", False, {"x-message-ttl": 5})
+    store.put_queue("/", "q2", True, {})
+    store.put_binding("/", "logs", "q1", "", {})
+    store.put_binding("/", "logs", "q2", "k", {"x-match": "any", "b": bytearray(b"\x00")})
+    assert committed(store) == [True]
+    recovered = reopened(store).load()
+    assert recovered.exchanges == [("/", "logs", "fanout", False, False, {"alternate-exchange": "ae"})]
+    assert sorted(q[:4] for q in recovered.queues) == [("/", "q1", False, {"x-message-ttl": 5}), ("/", "q2", True, {})]
+    assert sorted(recovered.bindings) == [("/", "logs", "q1", "", {}),
+                                          ("/", "logs", "q2", "k", {"x-match": "any", "b": bytearray(b"\x00")})]
+
+
+def test_deleting_a_queue_or_exchange_takes_its_bindings_and_messages(store):
+    store.put_exchange("/", "x", "direct", False, False, {})
+    store.put_queue("/", "q", False, {})
+    store.put_queue("/", "kept", False, {})
+    store.put_binding("/", "x", "q", "a", {})
+    store.put_binding("/", "x", "kept", "a", {})
+    store.add_message(persistent(b"m"), [FakeQueue("/", "q")])
+    committed(store)
+    store.delete_queue("/", "q")
+    store.delete_exchange("/", "x")
+    committed(store)
+    recovered = reopened(store).load()
+    assert [q[1] for q in recovered.queues] == ["kept"]
+    assert recovered.exchanges == [] and recovered.bindings == []
+
+
+def test_messages_come_back_in_order_with_properties_and_one_body_for_several_queues(store):
+    q1, q2 = FakeQueue("/", "q1"), FakeQueue("/", "q2")
+    store.put_queue("/", "q1", False, {})
+    store.put_queue("/", "q2", False, {})
+    messages = [persistent(b"%d" % i, headers={"n": i, "raw": bytearray(b"\xff")}) for i in range(5)]
+    for message in messages:
+        store.add_message(message, [q1, q2])
+    assert committed(store) == [True]
+    store.remove_messages(q1, messages[:2])
+    committed(store)
+    recovered = reopened(store).load()
+    held = {name: [m for m, _ in ms] for _, name, _, _, ms in recovered.queues}
+    assert [m.body for m in held["q1"]] == [b"2", b"3", b"4"]
+    assert [m.body for m in held["q2"]] == [b"0", b"1", b"2", b"3", b"4"]
+    assert held["q2"][3].properties == {"delivery_mode": 2, "headers": {"n": 3, "raw": bytearray(b"\xff")}}
+    assert held["q1"][0].stored is held["q2"][2].stored and held["q1"][0].stored.refs == 2
+    assert held["q2"][0].stored.refs == 1
+    assert recovered.last_seq == messages[-1].seq
+    if isinstance(store, SqliteStore):
+        with sqlite3.connect(store.path) as db:
+            assert db.execute("SELECT count(*) FROM messages").fetchone() == (5,)
+
+
+def test_a_message_removed_from_every_queue_is_gone(store):
+    q1, q2 = FakeQueue("/", "q1"), FakeQueue("/", "q2")
+    store.put_queue("/", "q1", False, {})
+    store.put_queue("/", "q2", False, {})
+    message = persistent(b"m")
+    store.add_message(message, [q1, q2])
+    committed(store)
+    store.remove_messages(q1, [message])
+    store.remove_messages(q2, [message])
+    committed(store)
+    assert message.stored.refs == 0
+    assert all(not ms for *_, ms in reopened(store).load().queues)
+    if isinstance(store, SqliteStore):
+        with sqlite3.connect(store.path) as db:
+            assert db.execute("SELECT count(*) FROM messages").fetchone() == (0,)
+
+
+def test_redelivered_marks_survive_a_clean_stop(store):
+    queue = FakeQueue("/", "q")
+    store.put_queue("/", "q", False, {})
+    first, second = persistent(b"1"), persistent(b"2")
+    store.add_message(first, [queue])
+    store.add_message(second, [queue])
+    committed(store)
+    store.mark_redelivered(queue, [first])
+    recovered = reopened(store).load()
+    assert recovered.clean
+    assert [(m.body, m.redelivered) for m, _ in recovered.queues[0][4]] == [(b"1", True), (b"2", False)]
+
+
+def test_after_a_crash_every_message_comes_back_redelivered(tmp_path):
+    store = SqliteStore(str(tmp_path))
+    store.load()                        # as the broker does at start
+    store.put_queue("/", "q", False, {})
+    store.add_message(persistent(b"1"), [FakeQueue("/", "q")])
+    committed(store)
+    # No close(): as if the process was killed here.
+    recovered = SqliteStore(str(tmp_path)).load()
+    assert not recovered.clean
+    assert [(m.body, m.redelivered) for m, _ in recovered.queues[0][4]] == [(b"1", True)]
+
+
+def test_a_message_acked_before_its_commit_is_never_written(tmp_path):
+    store = SqliteStore(str(tmp_path))
+    queue = FakeQueue("/", "q")
+    store.put_queue("/", "q", False, {})
+    committed(store)
+    message = persistent(b"short-lived")
+    store.add_message(message, [queue])
+    store.remove_messages(queue, [message])
+    assert committed(store) == [True]
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("SELECT count(*) FROM messages").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM queue_messages").fetchone() == (0,)
+    store.close()
+
+
+# -- the core's use of the store -----------------------------------------------------------
+
+class HeldCommitStore(MemoryStore):
+    """Commits only when the test says so, and as it says."""
+
+    def __init__(self):
+        super().__init__()
+        self.waiting = {}           # batch -> callbacks
+
+    def after_commit(self, callback):
+        self.waiting.setdefault(self.open_batch, {})[callback] = None
+
+    def start_commit(self):
+        batch, self.open_batch = self.open_batch, self.open_batch + 1
+        return batch
+
+    def finish_commit(self, batch, ok=True):
+        for callback in self.waiting.pop(batch, {}):
+            callback(batch, ok)
+
+    def commit(self, ok=True):
+        self.finish_commit(self.start_commit(), ok)
+
+
+def confirming_channel(store):
+    node = Node(store=store)
+    sink = RecordingSink()
+    session = node.open_session("guest", "guest", "/", ("127.0.0.1", 1), "test", sink)
+    channel = session.open_channel(1)
+    channel.confirm_select()
+    channel.vhost.declare_queue("durable", durable=True)
+    channel.vhost.declare_queue("transient")
+    return channel, session, sink
+
+
+def test_a_stored_message_is_confirmed_after_its_commit_and_nothing_overtakes_it():
+    store = HeldCommitStore()
+    channel, session, sink = confirming_channel(store)
+    channel.publish("", "transient", b"1", {"delivery_mode": 2})    # not kept: confirmed at once
+    session.flush_confirms()
+    assert sink.confirms == [(1, False, True)]
+    channel.publish("", "durable", b"2", {"delivery_mode": 2})
+    channel.publish("", "transient", b"3")
+    channel.publish("", "nowhere", b"4")                            # routed nowhere: no wait of its own
+    session.flush_confirms()
+    assert sink.confirms == [(1, False, True)]
+    store.commit()
+    assert sink.confirms == [(1, False, True), (4, True, True)]
+
+
+def test_a_failed_commit_nacks_only_what_it_held():
+    store = HeldCommitStore()
+    channel, session, sink = confirming_channel(store)
+    channel.publish("", "durable", b"1", {"delivery_mode": 2})
+    channel.publish("", "transient", b"2")
+    store.commit(ok=False)
+    assert sink.confirms == [(1, False, False), (2, False, True)]
+
+
+def test_a_confirm_waits_for_its_own_batch_not_an_earlier_one():
+    store = HeldCommitStore()
+    channel, session, sink = confirming_channel(store)
+    channel.publish("", "durable", b"1", {"delivery_mode": 2})
+    first = store.start_commit()                # in flight while the next one comes
+    channel.publish("", "durable", b"2", {"delivery_mode": 2})
+    store.finish_commit(first)
+    assert sink.confirms == [(1, False, True)]
+    store.commit()
+    assert sink.confirms == [(1, False, True), (2, False, True)]
+
+
+def test_an_unavailable_store_nacks_persistent_messages_and_takes_transient_ones():
+    store = HeldCommitStore()
+    channel, session, sink = confirming_channel(store)
+    store.available = False
+    channel.publish("", "durable", b"1", {"delivery_mode": 2})
+    channel.publish("", "durable", b"2")
+    session.flush_confirms()
+    assert sink.confirms == [(1, False, False), (2, False, True)]
+    assert [m.body for m in channel.vhost.queues["durable"].ready] == [b"2"]
+
+
+def test_acks_and_expiry_remove_stored_messages_and_requeues_do_not():
+    store = MemoryStore()
+    channel, session, sink = confirming_channel(store)
+    held = store.messages["/", "durable"]
+    for body in (b"1", b"2", b"3"):
+        channel.publish("", "durable", body, {"delivery_mode": 2})
+    channel.consume("durable", "c")
+    channel.nack(1, requeue=True)               # back, and out again as tag 4
+    assert len(held) == 3
+    channel.ack(2)
+    assert len(held) == 2
+    channel.ack(0, multiple=True)
+    assert held == {}
+    channel.cancel("c")
+    channel.publish("", "durable", b"4", {"delivery_mode": 2, "expiration": "0"})
+    assert len(held) == 1
+    assert channel.vhost.queues["durable"].message_count == 0
+    assert held == {}
+
+
+# -- requeue cost ------------------------------------------------------------------------
+
+def calls_during(action):
+    """Python and builtin calls made by `action`: a count that does not depend on the
+    machine's speed."""
+    count = 0
+
+    def profile(frame, event, arg):
+        nonlocal count
+        if event in ("call", "c_call"):
+            count += 1
+
+    sys.setprofile(profile)
+    try:
+        action()
+    finally:
+        sys.setprofile(None)
+    return count
+
+
+class CountedSeq(int):
+    """A publish sequence number whose comparisons are Python calls, so `calls_during`
+    counts the ordering work too (sorts and heaps compare in C otherwise)."""
+
+    def __lt__(self, other):
+        return int(self) < int(other)
+
+    def __gt__(self, other):
+        return int(self) > int(other)
+
+
+def nack_one_by_one(unacked, waiting, monkeypatch):
+    """A consumer holding `unacked` deliveries has them nacked one at a time, newest first
+    (the order that made each requeue pop every message returned before it), while
+    `waiting` messages published later sit in the queue."""
+    monkeypatch.setattr(message, "_next_seq", map(CountedSeq, itertools.count(1)).__next__)
+    node = Node()
+    sink = RecordingSink()
+    channel = node.open_session("guest", "guest", "/", ("127.0.0.1", 1), "test", sink).open_channel(1)
+    channel.vhost.declare_queue("q")
+    channel.consume("q", "c")
+    for i in range(unacked):
+        channel.publish("", "q", b"m")
+    channel.set_flow(False)         # nothing more is delivered while requeued ones return
+    for i in range(waiting):
+        channel.publish("", "q", b"m")
+    tags = list(channel.unacked)
+    assert len(tags) == unacked
+    count = calls_during(lambda: [channel.nack(tag) for tag in reversed(tags)])
+    queue = channel.vhost.queues["q"]
+    assert len(queue.ready) == unacked + waiting
+    assert [m.seq for m in queue.ready] == sorted(m.seq for m in queue.ready)
+    return count
+
+
+def test_requeueing_costs_the_same_at_any_depth_and_grows_with_the_requeued_alone(monkeypatch):
+    shallow = nack_one_by_one(1000, 0, monkeypatch)
+    deep = nack_one_by_one(1000, 20000, monkeypatch)
+    twice = nack_one_by_one(2000, 0, monkeypatch)
+    assert deep <= shallow * 1.05
+    assert twice <= shallow * 2.5        # O(k log k); the old scan made this 4x
