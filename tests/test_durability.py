@@ -1,0 +1,417 @@
+"""Durability through the front door: brokers stopped, killed and started again on the
+same data directory, spoken to with pika and connection.py."""
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import tempfile
+import threading
+import time
+
+import pika
+import pytest
+from pika.exceptions import NackError
+
+import connection
+from durable_store import DATABASE_FILE
+from tests.broker_process import BrokerProcess
+
+PERSISTENT = pika.BasicProperties(delivery_mode=2)
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    return str(tmp_path / "data")
+
+
+def pika_channel(broker):
+    conn = pika.BlockingConnection(pika.URLParameters(f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f"))
+    return conn, conn.channel()
+
+
+def drain(channel, queue):
+    """Every message waiting in `queue`, as (body, redelivered), acked."""
+    got = []
+    while True:
+        method, properties, body = channel.basic_get(queue, auto_ack=True)
+        if method is None:
+            return got
+        got.append((body, method.redelivered))
+
+
+def restarted(data_dir, broker, sig=signal.SIGTERM):
+    assert broker.stop(sig) == (0 if sig == signal.SIGTERM else -sig)
+    broker.close()
+    return BrokerProcess(data_dir=data_dir).start()
+
+
+def test_durable_entities_and_persistent_messages_survive_a_clean_restart(data_dir):
+    broker = BrokerProcess(data_dir=data_dir).start()
+    try:
+        conn, ch = pika_channel(broker)
+        ch.exchange_declare("orders", "topic", durable=True)
+        ch.queue_declare("task_queue", durable=True)
+        ch.queue_bind("task_queue", "orders", "order.*")
+        ch.queue_declare("transient_queue")
+        ch.queue_declare("exclusive_durable", durable=True, exclusive=True)
+        ch.confirm_delivery()
+        for i in range(5):
+            ch.basic_publish("orders", "order.new", b"task %d" % i, pika.BasicProperties(
+                delivery_mode=2, headers={"n": i}, correlation_id=f"c{i}", expiration="600000"))
+        ch.basic_publish("orders", "order.new", b"transient in a durable queue")
+        ch.basic_publish("", "transient_queue", b"persistent in a transient queue", PERSISTENT)
+        conn.close()
+
+        broker = restarted(data_dir, broker)
+        assert "recovered 1 exchanges, 1 queues, 1 bindings and 5 messages" in broker.log()
+        conn, ch = pika_channel(broker)
+        for queue in ("transient_queue", "exclusive_durable"):
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+                ch.queue_declare(queue, passive=True)
+            ch = conn.channel()
+        ch.basic_publish("orders", "order.paid", b"routed by the recovered binding", PERSISTENT)
+        got = []
+        while True:
+            method, properties, body = ch.basic_get("task_queue", auto_ack=True)
+            if method is None:
+                break
+            got.append((body, method.redelivered, properties.headers, properties.correlation_id))
+        assert got == [(b"task %d" % i, False, {"n": i}, f"c{i}") for i in range(5)] + [
+            (b"routed by the recovered binding", False, None, None)]
+        conn.close()
+    finally:
+        broker.close()
+
+
+def test_a_partly_consumed_queue_comes_back_with_exactly_the_unacked_first(data_dir):
+    broker = BrokerProcess(data_dir=data_dir).start()
+    try:
+        conn, ch = pika_channel(broker)
+        ch.queue_declare("work", durable=True)
+        ch.confirm_delivery()
+        for i in range(10):
+            ch.basic_publish("", "work", b"%d" % i, PERSISTENT)
+        delivered = [ch.basic_get("work")[0].delivery_tag for _ in range(7)]
+        ch.basic_ack(delivered[3], multiple=True)     # 0-3 done, 4-6 held when the broker stops
+        ch.basic_qos(prefetch_count=7)                # a round trip: the acks were read
+        broker = restarted(data_dir, broker)
+        conn, ch = pika_channel(broker)
+        assert drain(ch, "work") == [(b"4", True), (b"5", True), (b"6", True),
+                                     (b"7", False), (b"8", False), (b"9", False)]
+        conn.close()
+    finally:
+        broker.close()
+
+
+def test_deleted_and_purged_things_stay_gone_after_a_restart(data_dir):
+    broker = BrokerProcess(data_dir=data_dir).start()
+    try:
+        conn, ch = pika_channel(broker)
+        ch.exchange_declare("gone_exchange", "fanout", durable=True)
+        ch.queue_declare("gone_queue", durable=True)
+        ch.queue_declare("purged", durable=True)
+        ch.queue_bind("purged", "gone_exchange")
+        ch.queue_bind("gone_queue", "amq.direct", "k")
+        ch.confirm_delivery()
+        for queue in ("gone_queue", "purged"):
+            ch.basic_publish("", queue, b"m", PERSISTENT)
+        ch.queue_purge("purged")
+        ch.queue_delete("gone_queue")
+        ch.exchange_delete("gone_exchange")
+        broker = restarted(data_dir, broker)
+        conn, ch = pika_channel(broker)
+        assert ch.queue_declare("purged", durable=True, passive=True).method.message_count == 0
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+            ch.exchange_declare("gone_exchange", passive=True)
+        ch = conn.channel()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+            ch.queue_declare("gone_queue", passive=True)
+        ch = conn.channel()
+        ch.queue_declare("gone_queue", durable=True)
+        ch.basic_publish("amq.direct", "k", b"no binding came back")
+        assert ch.queue_declare("gone_queue", passive=True).method.message_count == 0
+        conn.close()
+    finally:
+        broker.close()
+
+
+def test_a_message_whose_ttl_ran_out_while_the_broker_was_down_is_not_delivered(data_dir):
+    broker = BrokerProcess(data_dir=data_dir).start()
+    try:
+        conn, ch = pika_channel(broker)
+        ch.queue_declare("short", durable=True, arguments={"x-message-ttl": 2000})
+        ch.confirm_delivery()
+        ch.basic_publish("", "short", b"expires while down", PERSISTENT)
+        ch.basic_publish("", "short", b"outlives the restart", pika.BasicProperties(delivery_mode=2, expiration="1500"))
+        ch.basic_publish("", "short", b"keeps its own short ttl",
+                         pika.BasicProperties(delivery_mode=2, expiration="1000"))
+        published = time.monotonic()
+        broker.stop()
+        # Time passing while the broker is down is the point of this test.
+        time.sleep(max(0.0, published + 2.2 - time.monotonic()))
+        broker = restarted(data_dir, broker)
+        conn, ch = pika_channel(broker)
+        assert drain(ch, "short") == []
+        assert "3 expired while the broker was down" in broker.log()
+        conn.close()
+    finally:
+        broker.close()
+
+
+def test_messages_persisted_by_one_protocol_are_recovered_for_the_other(data_dir):
+    broker = BrokerProcess(data_dir=data_dir).start()
+    try:
+        json_conn = connection.Connection("127.0.0.1", broker.port)
+        json_channel = json_conn.channel()
+        json_channel.queue_declare("from_json", durable=True)
+        json_channel.queue_declare("from_amqp", durable=True)
+        json_channel.confirm_delivery()
+        json_channel.basic_publish("", "from_json", b"\x00\xffbinary", connection.BasicProperties(
+            delivery_mode=2, headers={"a": 1, "raw": {"$bytes": "AAE="}}, content_type="application/x"))
+        json_conn.close()
+        conn, ch = pika_channel(broker)
+        ch.confirm_delivery()
+        ch.basic_publish("", "from_amqp", "text ü".encode(), pika.BasicProperties(
+            delivery_mode=2, headers={"b": 2}, message_id="m-1", priority=3))
+        conn.close()
+
+        broker = restarted(data_dir, broker)
+        conn, ch = pika_channel(broker)
+        method, properties, body = ch.basic_get("from_json", auto_ack=True)
+        assert body == b"\x00\xffbinary"
+        assert properties.headers == {"a": 1, "raw": b"\x00\x01"}
+        assert (properties.content_type, properties.delivery_mode) == ("application/x", 2)
+        conn.close()
+        json_conn = connection.Connection("127.0.0.1", broker.port)
+        json_channel = json_conn.channel()
+        method, properties, body = json_channel.basic_get("from_amqp", auto_ack=True)
+        assert body == "text ü".encode()
+        assert (properties.headers, properties.message_id, properties.priority) == ({"b": 2}, "m-1", 3)
+        json_conn.close()
+    finally:
+        broker.close()
+
+
+def test_confirms_wait_for_the_disk_and_pipelined_publishers_share_commits(data_dir):
+    broker = BrokerProcess(data_dir=data_dir).start()
+    try:
+        conn = connection.Connection("127.0.0.1", broker.port)
+        channel = conn.channel()
+        channel.queue_declare("pipelined", durable=True)
+        channel.confirm_delivery(window=200)
+        for i in range(2000):
+            channel.basic_publish("", "pipelined", b"%d" % i, connection.BasicProperties(delivery_mode=2))
+        channel.wait_for_confirms(timeout=30)
+        # Every confirmed message is in the database by the time its confirm arrived.
+        with sqlite3.connect(os.path.join(data_dir, DATABASE_FILE)) as db:
+            assert db.execute("SELECT count(*) FROM queue_messages").fetchone() == (2000,)
+        conn.close()
+    finally:
+        broker.close()
+
+
+def test_a_damaged_database_stops_the_start_with_one_sentence(data_dir):
+    os.makedirs(data_dir)
+    path = os.path.join(data_dir, DATABASE_FILE)
+    with open(path, "wb") as damaged:
+        damaged.write(b"this is not a database" * 100)
+    broker = BrokerProcess(data_dir=data_dir)
+    with pytest.raises(RuntimeError) as failed:
+        broker.start()
+    log = broker.log()
+    broker.close()
+    assert f"cannot open the message store {path}" in str(failed.value)
+    assert "Traceback" not in log and "exited with 1" in str(failed.value)
+    with open(path, "rb") as kept:
+        assert kept.read().startswith(b"this is not a database")      # not started over
+
+
+def test_a_database_of_a_newer_format_is_refused(data_dir):
+    BrokerProcess(data_dir=data_dir).start().close()
+    path = os.path.join(data_dir, DATABASE_FILE)
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = 99 WHERE key = 'format_version'")
+    broker = BrokerProcess(data_dir=data_dir)
+    with pytest.raises(RuntimeError) as failed:
+        broker.start()
+    broker.close()
+    assert "has format version 99, and this GreenMQ reads version 1" in str(failed.value)
+
+
+# -- a disk that fails under the broker ----------------------------------------------------
+
+@pytest.fixture
+def small_disk():
+    """A 2 MiB tmpfs of our own, to fill up or make read-only under a running broker."""
+    mount_point = tempfile.mkdtemp(prefix="greenmq-disk-")
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", mount_point],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        os.rmdir(mount_point)
+        pytest.skip(f"cannot mount a tmpfs to simulate a failing disk: {result.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", mount_point], check=False)
+        os.rmdir(mount_point)
+
+
+def wait_until(condition, timeout=15.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def publishes_confirmed(ch, queue):
+    try:
+        ch.basic_publish("", queue, b"probe", PERSISTENT)
+        return True
+    except NackError:
+        return False
+
+
+@pytest.mark.parametrize("failure", ["full", "vanished"])
+def test_a_failing_disk_nacks_persistent_messages_transient_traffic_goes_on_and_it_recovers(small_disk, failure):
+    data_dir = os.path.join(small_disk, "data")
+    broker = BrokerProcess(data_dir=data_dir).start()
+    filler = os.path.join(small_disk, "filler")
+    try:
+        conn, ch = pika_channel(broker)
+        ch.queue_declare("q", durable=True)
+        ch.confirm_delivery()
+        ch.basic_publish("", "q", b"before", PERSISTENT)
+        if failure == "full":
+            with open(filler, "wb") as fill:
+                try:
+                    while True:
+                        fill.write(b"\0" * 65536)
+                        fill.flush()
+                except OSError:
+                    pass
+        else:
+            os.rename(data_dir, data_dir + ".away")
+        nacked = 0
+        for i in range(20):
+            try:
+                ch.basic_publish("", "q", b"%d" % i, pika.BasicProperties(delivery_mode=2, headers={"pad": "x" * 4000}))
+            except NackError:
+                nacked += 1
+        assert nacked >= 19          # the first may have been taken before the failure was seen
+        ch.basic_publish("", "q", b"transient", pika.BasicProperties(delivery_mode=1))
+        json_conn = connection.Connection("127.0.0.1", broker.port)
+        json_channel = json_conn.channel()
+        with pytest.raises(connection.BrokerError) as refused:
+            json_channel.basic_publish("", "q", b"json", connection.BasicProperties(delivery_mode=2))
+            for _ in range(2):      # the error has come back by the end of the first, raised by the second
+                json_channel.queue_declare("q", durable=True, passive=True)
+        assert refused.value.code == 506
+        assert broker.log().count("cannot write the message store") == 1
+
+        if failure == "full":
+            os.unlink(filler)
+        else:
+            os.rename(data_dir + ".away", data_dir)
+        wait_until(lambda: publishes_confirmed(ch, "q"), what="the store to take messages again")
+        assert "is writable again" in broker.log()
+        bodies = [body for body, _ in drain(ch, "q")]
+        assert bodies[0] == b"before" and b"transient" in bodies and bodies[-1] == b"probe"
+        conn.close()
+        json_conn.close()
+    finally:
+        broker.close()
+
+
+def test_a_read_only_data_directory_stops_the_start_with_one_sentence(small_disk):
+    data_dir = os.path.join(small_disk, "data")
+    BrokerProcess(data_dir=data_dir).start().close()
+    subprocess.run(["mount", "-o", "remount,ro", small_disk], check=True)
+    broker = BrokerProcess(data_dir=data_dir)
+    with pytest.raises(RuntimeError) as failed:
+        broker.start()
+    broker.close()
+    assert f"cannot open the message store {data_dir}/{DATABASE_FILE}" in str(failed.value)
+    assert "Traceback" not in str(failed.value)
+
+
+# -- crashes -------------------------------------------------------------------------------
+
+class Traffic:
+    """A confirming publisher and a consumer, each in a thread, that remember what the
+    broker confirmed and what they acked until the broker is killed under them. The
+    consumer acks one message in three and leaves the rest unacked, so most confirmed
+    messages must come back after the kill."""
+
+    def __init__(self, broker, queue, client):
+        self.confirmed, self.acked, self.delivered = set(), set(), set()
+        self.threads = [threading.Thread(target=self._publish, args=(broker, queue, client), daemon=True),
+                        threading.Thread(target=self._consume, args=(broker, queue), daemon=True)]
+        for thread in self.threads:
+            thread.start()
+
+    def _publish(self, broker, queue, client):
+        try:
+            if client == "pika":
+                conn, ch = pika_channel(broker)
+                ch.confirm_delivery()
+                publish = lambda body: ch.basic_publish("", queue, body, PERSISTENT)   # noqa: E731
+            else:
+                conn = connection.Connection("127.0.0.1", broker.port)
+                ch = conn.channel()
+                ch.confirm_delivery()
+                publish = lambda body: ch.basic_publish("", queue, body, connection.BasicProperties(delivery_mode=2))  # noqa: E731
+            for i in range(100000):
+                body = f"{client}-{os.getpid()}-{time.monotonic_ns()}-{i}".encode()
+                publish(body)
+                self.confirmed.add(body)
+        except Exception:
+            return      # the broker is gone
+
+    def _consume(self, broker, queue):
+        try:
+            conn, ch = pika_channel(broker)
+            for method, properties, body in ch.consume(queue, inactivity_timeout=0.5):
+                if method is None:
+                    continue
+                self.delivered.add(body)
+                if int(body.rsplit(b"-", 1)[1]) % 3 == 0:
+                    ch.basic_ack(method.delivery_tag)
+                    self.acked.add(body)
+        except Exception:
+            return
+
+    def join(self):
+        for thread in self.threads:
+            thread.join(timeout=30)
+            assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("client", ["pika", "connection.py"])
+def test_no_confirmed_message_is_lost_when_the_broker_is_killed(data_dir, client):
+    rng = random.Random(f"kill-{client}")
+    broker = BrokerProcess(data_dir=data_dir).start()
+    conn, ch = pika_channel(broker)
+    ch.queue_declare("crash", durable=True)
+    conn.close()
+    try:
+        for round_number in range(3):
+            traffic = Traffic(broker, "crash", client)
+            time.sleep(rng.uniform(0.2, 1.0))         # a random kill point, by design
+            broker.stop(signal.SIGKILL)
+            traffic.join()
+            broker.close()
+            broker = BrokerProcess(data_dir=data_dir).start()
+            conn, ch = pika_channel(broker)
+            left = drain(ch, "crash")
+            conn.close()
+            bodies = [body for body, _ in left]
+            assert len(bodies) == len(set(bodies)), "a message came back twice"
+            assert traffic.confirmed, "the publisher got no confirm before the kill"
+            lost = traffic.confirmed - traffic.acked - set(bodies)
+            assert not lost, f"round {round_number}: {len(lost)} confirmed messages lost"
+            assert all(redelivered for body, redelivered in left if body in traffic.delivered)
+    finally:
+        broker.close()
