@@ -36,6 +36,11 @@ DATABASE_FILE = "greenmq.sqlite3"
 RETRY_FIRST_SECONDS = 0.5
 RETRY_MAX_SECONDS = 5.0
 
+# Messages of one publisher mostly carry the same properties, so the JSON text of each
+# wire encoding seen is kept for the next message like it; bounded, as a stream of unique
+# headers (ids in them) would otherwise grow it without limit.
+PROPERTIES_TEXT_CACHE_SIZE = 1024
+
 
 class StoreError(Exception):
     """The store cannot be opened; the text is one sentence naming the file."""
@@ -266,6 +271,7 @@ class SqliteStore(Store):
                 f"reads version {FORMAT_VERSION}; use the GreenMQ that wrote it or another --data-dir")
         self._inode = os.stat(self.path).st_ino
         self._queue_ids = {}         # (vhost, name) -> id of a durable queue's row
+        self._properties_text = {}   # a message's encoded properties -> their JSON text
         self._next_queue_id = 1
         self._batch = _Batch(self.open_batch)
         self._failed = None          # the batch that could not be committed, to try again
@@ -316,13 +322,24 @@ class SqliteStore(Store):
 
     def add_message(self, message, queues):
         message.stored = Stored(len(queues))
-        properties = message.properties
         self._batch.new_messages[message.seq] = [
-            (message.seq, message.exchange, message.routing_key,
-             None if properties is None else properties_to_json(properties),
+            (message.seq, message.exchange, message.routing_key, self._properties_json(message),
              message.encoded_properties, message.body, time.time()),
             [self._queue_ids[queue.vhost_name, queue.name] for queue in queues]]
         self._wake()
+
+    def _properties_json(self, message):
+        if message.properties is None:
+            return None
+        encoded = message.encoded_properties
+        if encoded is None:
+            return properties_to_json(message.properties)
+        text = self._properties_text.get(encoded)
+        if text is None:
+            if len(self._properties_text) >= PROPERTIES_TEXT_CACHE_SIZE:
+                self._properties_text.clear()
+            text = self._properties_text[encoded] = properties_to_json(message.properties)
+        return text
 
     def remove_messages(self, queue, messages):
         batch = self._batch

@@ -148,7 +148,7 @@ def rpc_latency(url, calls):
     return statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1]
 
 
-class _RawChannel:
+class RawChannel:
     """Channel 1 of a bare AMQP connection: just enough to declare, consume and replay frames."""
 
     def __init__(self, url):
@@ -193,7 +193,7 @@ class _RawChannel:
 
 
 def raw_rpc_latency(url, calls):
-    client, server = _RawChannel(url), _RawChannel(url)
+    client, server = RawChannel(url), RawChannel(url)
     server.call(spec.Queue.Declare(queue="bench.amqp.raw-rpc"), spec.Queue.DeclareOk)
     server.call(spec.Queue.Purge(queue="bench.amqp.raw-rpc"), spec.Queue.PurgeOk)
     reply_queue = client.call(spec.Queue.Declare(queue="", exclusive=True), spec.Queue.DeclareOk).queue

@@ -1,0 +1,254 @@
+"""Persistent messages: confirmed publishing to a durable queue with an acking consumer,
+recovery time and memory per stored message.
+
+    python bench/durable.py                                          # GreenMQ alone
+    python bench/durable.py --url amqp://guest:guest@127.0.0.1:5682/%2f
+
+Workloads (100-byte persistent messages, a durable queue, one consumer that acks):
+- "confirm each": pika's BlockingConnection waiting for every confirm, as most Python
+  code publishes;
+- "pipelined AMQP": a raw AMQP publisher keeping `--window` confirms outstanding, and a
+  raw consumer acking (multiple) what each read brought;
+- "pipelined connection.py": connection.py's confirm window (GreenMQ only).
+Then, GreenMQ only: recovery of `--recovery-messages` stored messages after a clean stop
+and after kill -9, and the broker's memory per queued persistent message.
+"""
+
+import argparse
+import multiprocessing
+import os
+import re
+import signal
+import struct
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import pika  # noqa: E402
+from pamqp import body as amqp_body  # noqa: E402
+from pamqp import commands as spec  # noqa: E402
+from pamqp import frame as amqp_frame  # noqa: E402
+from pamqp import header as amqp_header  # noqa: E402
+
+import connection  # noqa: E402
+from amqp_workloads import RawChannel  # noqa: E402
+from tests.broker_process import BrokerProcess  # noqa: E402
+from throughput import rss_bytes  # noqa: E402
+
+BODY = b"x" * 100
+_FRAME_HEAD = struct.Struct(">BHI")
+_METHOD_IDS = struct.Struct(">HH")
+ACK_IDS = (60, 80)
+DELIVER_IDS = (60, 60)
+
+
+def declare(url, queue):
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    channel = conn.channel()
+    channel.queue_declare(queue, durable=True)
+    channel.queue_purge(queue)
+    conn.close()
+
+
+def method_frames(sock, buffer):
+    """(buffer left, [(class id, method id, arguments bytes)]) for the complete frames read."""
+    buffer += sock.recv(1 << 20)
+    methods, offset = [], 0
+    while len(buffer) - offset >= 7:
+        frame_type, _, size = _FRAME_HEAD.unpack_from(buffer, offset)
+        end = offset + 7 + size + 1
+        if end > len(buffer):
+            break
+        if frame_type == 1:
+            class_id, method_id = _METHOD_IDS.unpack_from(buffer, offset + 7)
+            methods.append((class_id, method_id, buffer[offset + 11:end - 1]))
+        offset = end
+    return buffer[offset:], methods
+
+
+def publish_frames(queue):
+    return b"".join(amqp_frame.marshal(frame, 1) for frame in (
+        spec.Basic.Publish(exchange="", routing_key=queue),
+        amqp_header.ContentHeader(0, len(BODY), spec.Basic.Properties(delivery_mode=2)),
+        amqp_body.ContentBody(BODY)))
+
+
+def raw_publisher(url, queue, count, window, started):
+    channel = RawChannel(url)
+    channel.call(spec.Confirm.Select(), spec.Confirm.SelectOk)
+    frames, sock, buffer = publish_frames(queue), channel.sock, channel.buffer
+    sent = confirmed = 0
+    started.put(time.monotonic())
+    while confirmed < count:
+        room = min(window - (sent - confirmed), count - sent)
+        if room > 0:
+            sock.sendall(frames * room)
+            sent += room
+        buffer, methods = method_frames(sock, buffer)
+        for class_id, method_id, arguments in methods:
+            if (class_id, method_id) == ACK_IDS:
+                confirmed = struct.unpack_from(">Q", arguments)[0]
+            elif class_id == 60 and method_id == 120:
+                raise RuntimeError("the broker nacked a message")
+    sock.close()
+
+
+def raw_consumer(url, queue, count, ready, finished):
+    channel = RawChannel(url)
+    channel.call(spec.Basic.Qos(prefetch_count=5000), spec.Basic.QosOk)
+    channel.call(spec.Basic.Consume(queue=queue), spec.Basic.ConsumeOk)
+    sock, buffer, received = channel.sock, channel.buffer, 0
+    ready.put(True)
+    while received < count:
+        buffer, methods = method_frames(sock, buffer)
+        last_tag = None
+        for class_id, method_id, arguments in methods:
+            if (class_id, method_id) == DELIVER_IDS:
+                tag_offset = 1 + arguments[0]
+                last_tag = struct.unpack_from(">Q", arguments, tag_offset)[0]
+                received += 1
+        if last_tag is not None:
+            sock.sendall(amqp_frame.marshal(spec.Basic.Ack(delivery_tag=last_tag, multiple=True), 1))
+    finished.put(time.monotonic())
+    sock.close()
+
+
+def pika_publisher(url, queue, count, started):
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    channel = conn.channel()
+    channel.confirm_delivery()
+    properties = pika.BasicProperties(delivery_mode=2)
+    started.put(time.monotonic())
+    for _ in range(count):
+        channel.basic_publish("", queue, BODY, properties)
+    conn.close()
+
+
+def pika_consumer(url, queue, count, ready, finished):
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    channel = conn.channel()
+    channel.basic_qos(prefetch_count=100)
+    received = 0
+
+    def on_message(ch, method, properties, body):
+        nonlocal received
+        ch.basic_ack(method.delivery_tag)
+        received += 1
+        if received == count:
+            finished.put(time.monotonic())
+            ch.stop_consuming()
+
+    channel.basic_consume(queue, on_message)
+    ready.put(True)
+    channel.start_consuming()
+    conn.close()
+
+
+def json_publisher(port, queue, count, window, started):
+    conn = connection.Connection("127.0.0.1", port)
+    channel = conn.channel()
+    channel.confirm_delivery(window=window)
+    properties = connection.BasicProperties(delivery_mode=2)
+    started.put(time.monotonic())
+    for _ in range(count):
+        channel.basic_publish("", queue, BODY, properties)
+    channel.wait_for_confirms()
+    conn.close()
+
+
+def timed(publisher, publisher_args, consumer, consumer_args, count):
+    """Messages per second from the first publish to the consumer's last delivery."""
+    ready, started, finished = multiprocessing.Queue(), multiprocessing.Queue(), multiprocessing.Queue()
+    consumer_process = multiprocessing.Process(target=consumer, args=(*consumer_args, count, ready, finished))
+    consumer_process.start()
+    ready.get(timeout=60)
+    publisher_process = multiprocessing.Process(target=publisher, args=(*publisher_args, started))
+    publisher_process.start()
+    start = started.get(timeout=60)
+    end = finished.get(timeout=900)
+    publisher_process.join()
+    consumer_process.join()
+    return count / (end - start)
+
+
+def throughputs(url, args, json_port=None):
+    results = {}
+    queue = "bench.durable"
+    declare(url, queue)
+    results["confirm each (pika), msg/s"] = timed(
+        pika_publisher, (url, queue, args.each_messages), pika_consumer, (url, queue), args.each_messages)
+    declare(url, queue)
+    results[f"pipelined AMQP (window {args.window}), msg/s"] = timed(
+        raw_publisher, (url, queue, args.messages, args.window), raw_consumer, (url, queue), args.messages)
+    if json_port is not None:
+        declare(url, queue)
+        results[f"pipelined connection.py (window {args.window}), msg/s"] = timed(
+            json_publisher, (json_port, queue, args.messages, args.window), raw_consumer, (url, queue),
+            args.messages)
+    return results
+
+
+def fill(url, queue, count, window):
+    declare(url, queue)
+    started = multiprocessing.Queue()
+    raw_publisher(url, queue, count, window, started)
+
+
+def recovery_seconds(broker):
+    match = re.search(r"and (\d+) messages in ([\d.]+) s", broker.log())
+    return int(match.group(1)), float(match.group(2))
+
+
+def recovery_and_memory(args):
+    """Seconds to recover `count` messages after a clean stop and after kill -9, and RSS
+    per stored message."""
+    count = args.recovery_messages
+    with BrokerProcess() as broker:
+        url = f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f"
+        before = rss_bytes(broker.pid)
+        fill(url, "bench.recovery", count, args.window)
+        per_message = (rss_bytes(broker.pid) - before) / count
+        data_dir = broker.data_dir
+        broker.stop()
+        figures = {"RSS per queued persistent message, B": per_message}
+        for how in ("clean stop", "kill -9"):
+            started = time.monotonic()
+            with BrokerProcess(data_dir=data_dir) as restarted:
+                ready = time.monotonic() - started
+                recovered, seconds = recovery_seconds(restarted)
+                assert recovered == count, (recovered, count)
+                figures[f"recovery after {how}: restore s"] = seconds
+                figures[f"recovery after {how}: start to listening s"] = ready
+                restarted.stop(signal.SIGKILL if how == "clean stop" else signal.SIGTERM)
+        return figures
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", action="append", default=[], help="also measure the broker at this AMQP URL")
+    parser.add_argument("--each-messages", type=int, default=5_000)
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--window", type=int, default=1000)
+    parser.add_argument("--recovery-messages", type=int, default=1_000_000)
+    args = parser.parse_args()
+    results = {}
+    with BrokerProcess() as broker:
+        results["GreenMQ"] = throughputs(f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f", args, broker.port)
+    for url in args.url:
+        results[url] = throughputs(url, args)
+    for key in results["GreenMQ"]:
+        row = f"{key:48}{results['GreenMQ'][key]:>12,.0f}"
+        for url in args.url:
+            if key in results[url]:
+                other = results[url][key]
+                row += f"   {url[:30]}: {other:,.0f} (GreenMQ x{results['GreenMQ'][key] / other:.2f})"
+        print(row)
+    if args.recovery_messages:
+        for key, value in recovery_and_memory(args).items():
+            print(f"{key:48}{value:>12,.2f}")
+
+
+if __name__ == "__main__":
+    main()
