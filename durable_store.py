@@ -245,8 +245,30 @@ class _Batch:
         self.callbacks = {}
 
     def __bool__(self):
-        return bool(self.new_messages or self.removed_places or self.removed_messages
-                    or self.definitions or self.callbacks)
+        return bool(self.writes() or self.callbacks)
+
+    def writes(self):
+        return bool(self.new_messages or self.removed_places or self.removed_messages or self.definitions)
+
+    def statements(self):
+        """(sql, parameters, executemany?) in the order they must run."""
+        statements = []
+        if self.new_messages:
+            statements.append((_INSERT_MESSAGE, [row for row, _ in self.new_messages.values()], True))
+            statements.append((_INSERT_PLACE, [(queue_id, seq) for seq, (_, queue_ids) in self.new_messages.items()
+                                               for queue_id in queue_ids], True))
+        if self.removed_places:
+            statements.append((_DELETE_PLACE, self.removed_places, True))
+        if self.removed_messages:
+            statements.append((_DELETE_MESSAGE, self.removed_messages, True))
+        statements += [(sql, parameters, False) for sql, parameters in self.definitions]
+        return statements
+
+    def must_sync(self):
+        """Only what ended may wait for a later fsync: an ack lost in a crash brings its
+        message back, flagged redelivered, which at-least-once allows; everything else
+        (new messages, definitions) is synced before its commit counts as done."""
+        return bool(self.new_messages or self.definitions)
 
 
 class SqliteStore(Store):
@@ -256,6 +278,8 @@ class SqliteStore(Store):
         try:
             os.makedirs(data_dir, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            # One broker per data directory: the first one holds the lock until it stops.
+            self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -263,6 +287,11 @@ class SqliteStore(Store):
                 self._db.executescript(_SCHEMA)
                 self._db.execute("INSERT INTO meta VALUES ('format_version', ?), ('clean_stop', 1)", (FORMAT_VERSION,))
             version = dict(self._db.execute("SELECT key, value FROM meta")).get("format_version")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc):
+                raise StoreError(f"the message store {self.path} is in use by another process "
+                                 "(another GreenMQ with the same --data-dir?)") from None
+            raise StoreError(f"cannot open the message store {self.path}: {_reason(exc)}") from None
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the message store {self.path}: {_reason(exc)}") from None
         if version != FORMAT_VERSION:
@@ -280,6 +309,7 @@ class SqliteStore(Store):
         self._idle = Event()         # set while nothing waits to be committed
         self._idle.set()
         self._committer = None
+        self._closed = False
 
     # -- definitions ---------------------------------------------------------------------
 
@@ -398,7 +428,8 @@ class SqliteStore(Store):
             self.open_batch += 1
             if self._failed is not None:
                 batch = _merged(self._failed, batch)
-            error = pool.apply(self._write, (batch,)) if batch else None
+            # The rows are made here, so the thread runs little Python (and waits little for the GIL).
+            error = pool.apply(self._write, (batch.statements(), batch.must_sync())) if batch.writes() else None
             if error is None:
                 if self._failed is not None:
                     log.warning("the message store %s is writable again", self.path)
@@ -419,24 +450,21 @@ class SqliteStore(Store):
             if not self._batch:
                 self._idle.set()
 
-    def _write(self, batch):
-        """In a thread: the batch as one transaction. Returns None, or why it failed."""
+    def _write(self, statements, sync):
+        """In a thread: `statements` as one transaction. Returns None, or why it failed."""
         db = self._db
         try:
             if os.stat(self.path).st_ino != self._inode:
                 raise OSError("the database file was replaced")
+            # WAL is written in order, so the next synced commit also syncs this one's frames.
+            db.execute("PRAGMA synchronous=" + ("FULL" if sync else "NORMAL"))
             db.execute("BEGIN IMMEDIATE")
             try:
-                if batch.new_messages:
-                    db.executemany(_INSERT_MESSAGE, [row for row, _ in batch.new_messages.values()])
-                    db.executemany(_INSERT_PLACE, [(queue_id, seq) for seq, (_, queue_ids)
-                                                   in batch.new_messages.items() for queue_id in queue_ids])
-                if batch.removed_places:
-                    db.executemany(_DELETE_PLACE, batch.removed_places)
-                if batch.removed_messages:
-                    db.executemany(_DELETE_MESSAGE, batch.removed_messages)
-                for sql, parameters in batch.definitions:
-                    db.execute(sql, parameters)
+                for sql, parameters, many in statements:
+                    if many:
+                        db.executemany(sql, parameters)
+                    else:
+                        db.execute(sql, parameters)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -506,6 +534,9 @@ class SqliteStore(Store):
         self._idle.wait()
 
     def close(self):
+        if self._closed:
+            return
+        self._closed = True
         self.flush()
         if self._committer is not None:
             self._committer.kill()

@@ -204,12 +204,20 @@ def test_confirms_wait_for_the_disk_and_pipelined_publishers_share_commits(data_
         for i in range(2000):
             channel.basic_publish("", "pipelined", b"%d" % i, connection.BasicProperties(delivery_mode=2))
         channel.wait_for_confirms(timeout=30)
-        # Every confirmed message is in the database by the time its confirm arrived.
-        with sqlite3.connect(os.path.join(data_dir, DATABASE_FILE)) as db:
-            assert db.execute("SELECT count(*) FROM queue_messages").fetchone() == (2000,)
-        conn.close()
+        # Killed the moment the last confirm arrived: every confirmed message was on disk.
+        broker = restarted(data_dir, broker, signal.SIGKILL)
+        assert "and 2000 messages" in broker.log()
     finally:
         broker.close()
+
+
+def test_a_second_broker_on_the_same_data_directory_is_refused(data_dir):
+    with BrokerProcess(data_dir=data_dir):
+        second = BrokerProcess(data_dir=data_dir)
+        with pytest.raises(RuntimeError) as failed:
+            second.start()
+        second.close()
+    assert "is in use by another process (another GreenMQ with the same --data-dir?)" in str(failed.value)
 
 
 def test_a_damaged_database_stops_the_start_with_one_sentence(data_dir):
@@ -231,8 +239,10 @@ def test_a_damaged_database_stops_the_start_with_one_sentence(data_dir):
 def test_a_database_of_a_newer_format_is_refused(data_dir):
     BrokerProcess(data_dir=data_dir).start().close()
     path = os.path.join(data_dir, DATABASE_FILE)
-    with sqlite3.connect(path) as db:
-        db.execute("UPDATE meta SET value = 99 WHERE key = 'format_version'")
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = 99 WHERE key = 'format_version'")
+    db.commit()
+    db.close()
     broker = BrokerProcess(data_dir=data_dir)
     with pytest.raises(RuntimeError) as failed:
         broker.start()

@@ -2,7 +2,9 @@
 confirms that wait for commits, and a requeue whose cost does not grow with depth."""
 
 import itertools
+import os
 import sqlite3
+import subprocess
 import sys
 
 import pytest
@@ -39,6 +41,17 @@ def reopened(store):
         return store
     store.close()
     return SqliteStore(store.path.rsplit("/", 1)[0])
+
+
+def rows_after_stop(store, table):
+    """How many rows `table` holds once the store has stopped (it keeps the database to
+    itself while open)."""
+    store.close()
+    db = sqlite3.connect(store.path)
+    try:
+        return db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    finally:
+        db.close()
 
 
 def committed(store):
@@ -89,7 +102,8 @@ def test_messages_come_back_in_order_with_properties_and_one_body_for_several_qu
     assert committed(store) == [True]
     store.remove_messages(q1, messages[:2])
     committed(store)
-    recovered = reopened(store).load()
+    store = reopened(store)
+    recovered = store.load()
     held = {name: [m for m, _ in ms] for _, name, _, _, ms in recovered.queues}
     assert [m.body for m in held["q1"]] == [b"2", b"3", b"4"]
     assert [m.body for m in held["q2"]] == [b"0", b"1", b"2", b"3", b"4"]
@@ -98,8 +112,7 @@ def test_messages_come_back_in_order_with_properties_and_one_body_for_several_qu
     assert held["q2"][0].stored.refs == 1
     assert recovered.last_seq == messages[-1].seq
     if isinstance(store, SqliteStore):
-        with sqlite3.connect(store.path) as db:
-            assert db.execute("SELECT count(*) FROM messages").fetchone() == (5,)
+        assert rows_after_stop(store, "messages") == 5
 
 
 def test_a_message_removed_from_every_queue_is_gone(store):
@@ -113,10 +126,10 @@ def test_a_message_removed_from_every_queue_is_gone(store):
     store.remove_messages(q2, [message])
     committed(store)
     assert message.stored.refs == 0
-    assert all(not ms for *_, ms in reopened(store).load().queues)
+    store = reopened(store)
+    assert all(not ms for *_, ms in store.load().queues)
     if isinstance(store, SqliteStore):
-        with sqlite3.connect(store.path) as db:
-            assert db.execute("SELECT count(*) FROM messages").fetchone() == (0,)
+        assert rows_after_stop(store, "messages") == 0
 
 
 def test_redelivered_marks_survive_a_clean_stop(store):
@@ -132,14 +145,28 @@ def test_redelivered_marks_survive_a_clean_stop(store):
     assert [(m.body, m.redelivered) for m, _ in recovered.queues[0][4]] == [(b"1", True), (b"2", False)]
 
 
+CRASHING_WRITER = """
+import os, sys
+sys.path.insert(0, {root!r})
+from durable_store import SqliteStore
+from message import Message
+from tests.test_durable_store import FakeQueue, committed
+store = SqliteStore({data_dir!r})
+store.load()                        # as the broker does at start
+store.put_queue("/", "q", False, {{}})
+store.add_message(Message("", "q", b"1", {{"delivery_mode": 2}}), [FakeQueue("/", "q")])
+assert committed(store) == [True]
+os._exit(0)                         # no close: as if the process was killed here
+"""
+
+
 def test_after_a_crash_every_message_comes_back_redelivered(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", CRASHING_WRITER.format(root=root, data_dir=str(tmp_path))],
+                   check=True, cwd=root)
     store = SqliteStore(str(tmp_path))
-    store.load()                        # as the broker does at start
-    store.put_queue("/", "q", False, {})
-    store.add_message(persistent(b"1"), [FakeQueue("/", "q")])
-    committed(store)
-    # No close(): as if the process was killed here.
-    recovered = SqliteStore(str(tmp_path)).load()
+    recovered = store.load()
+    store.close()
     assert not recovered.clean
     assert [(m.body, m.redelivered) for m, _ in recovered.queues[0][4]] == [(b"1", True)]
 
@@ -153,10 +180,8 @@ def test_a_message_acked_before_its_commit_is_never_written(tmp_path):
     store.add_message(message, [queue])
     store.remove_messages(queue, [message])
     assert committed(store) == [True]
-    with sqlite3.connect(store.path) as db:
-        assert db.execute("SELECT count(*) FROM messages").fetchone() == (0,)
-        assert db.execute("SELECT count(*) FROM queue_messages").fetchone() == (0,)
-    store.close()
+    assert rows_after_stop(store, "messages") == 0
+    assert rows_after_stop(store, "queue_messages") == 0
 
 
 # -- the core's use of the store -----------------------------------------------------------
