@@ -80,6 +80,7 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    collect_garbage_on_a_timer()      # before recovery, which makes millions of objects
     try:
         store = open_store(None if args.in_memory else os.path.abspath(args.data_dir))
         node = Node(store=store)
@@ -108,7 +109,6 @@ def main(argv=None):
             return 1
         servers.append(server)
         log.info("GreenMQ %s listening for %s clients on %s:%d", VERSION, name, args.host, server.server_port)
-    collect_garbage_on_a_timer()
 
     stopping = Event()
     gevent.signal_handler(signal.SIGTERM, stopping.set)

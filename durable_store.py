@@ -21,7 +21,7 @@ import time
 import gevent
 from gevent.event import Event
 
-from message import Message, properties_from_json, properties_to_json
+from message import Message, properties_from_json, properties_to_json, ttl_of
 
 log = logging.getLogger("greenmq.store")
 
@@ -196,7 +196,7 @@ class MemoryStore(Store):
             messages = []
             for seq, (message, published_at, redelivered) in sorted(self.messages[key].items()):
                 copy = Message.restored(seq, message.exchange, message.routing_key, message.body,
-                                        message.properties, message.encoded_properties)
+                                        message.properties, message.ttl, message.encoded_properties)
                 copy.redelivered = redelivered
                 messages.append((copy, published_at))
                 recovered.last_seq = max(recovered.last_seq, seq)
@@ -496,35 +496,39 @@ class SqliteStore(Store):
                 queues[queue_id] = (vhost, name, bool(auto_delete), properties_from_json(arguments), [])
             for row in db.execute("SELECT vhost, source, destination, routing_key, arguments FROM bindings"):
                 recovered.bindings.append(row[:4] + (properties_from_json(row[4]),))
-            shared = {}
-            decoded_properties = {}
+            shared = {}         # seq -> the first copy, which the others share a record with
+            decoded = {}        # properties text -> (properties, ttl): messages mostly share them
+            crashed = not recovered.clean
+            restored = Message.restored
             for queue_id, seq, redelivered, exchange, routing_key, properties, amqp_properties, body, \
                     published_at in db.execute(
                         "SELECT q.queue_id, q.seq, q.redelivered, m.exchange, m.routing_key, m.properties, "
                         "m.amqp_properties, m.body, m.published_at FROM queue_messages q "
                         "JOIN messages m ON m.seq = q.seq ORDER BY q.queue_id, q.seq"):
-                message = shared.get(seq)
-                if message is None:
-                    if properties is not None:
-                        # Messages of one publisher mostly share their properties: decode each once.
-                        decoded = decoded_properties.get(properties)
-                        if decoded is None:
-                            decoded = decoded_properties[properties] = properties_from_json(properties)
-                        properties = decoded
-                    message = shared[seq] = Message.restored(seq, exchange, routing_key, body, properties,
-                                                             amqp_properties)
+                first = shared.get(seq)
+                if first is None:
+                    if properties is None:
+                        properties, ttl = None, None
+                    else:
+                        properties_and_ttl = decoded.get(properties)
+                        if properties_and_ttl is None:
+                            value = properties_from_json(properties)
+                            properties_and_ttl = decoded[properties] = (value, ttl_of(value))
+                        properties, ttl = properties_and_ttl
+                    message = shared[seq] = restored(seq, exchange, routing_key, body, properties, ttl,
+                                                     amqp_properties)
+                    message.stored = Stored(1)
                 else:
-                    message = message.placed(False, None)
+                    message = first.placed(False, None)
+                    message.stored.refs += 1
                 # After a crash any message may have been delivered; after a clean stop the
                 # flags written then say which were.
-                message.redelivered = bool(redelivered) or not recovered.clean
+                message.redelivered = crashed or redelivered == 1
                 queues[queue_id][4].append((message, published_at))
-                if seq > recovered.last_seq:
-                    recovered.last_seq = seq
+            recovered.last_seq = max(shared, default=0)
             recovered.queues = list(queues.values())
         except (sqlite3.Error, ValueError, TypeError) as exc:
             raise StoreError(f"cannot read the message store {self.path}: {_reason(exc)}") from None
-        _share_records(recovered)
         return recovered
 
     def flush(self):

@@ -52,7 +52,7 @@ class Message:
         self.body = body
         self.properties = properties
         self.encoded_properties = encoded_properties
-        self.ttl = None if properties is None else _ttl(properties)
+        self.ttl = None if properties is None else ttl_of(properties)
         self.redelivered = False
         self.expires_at = None
         self.stored = None
@@ -62,7 +62,7 @@ class Message:
         return self.properties.get("headers") if self.properties else None
 
     @classmethod
-    def restored(cls, seq, exchange, routing_key, body, properties, encoded_properties):
+    def restored(cls, seq, exchange, routing_key, body, properties, ttl, encoded_properties):
         """A message as the durable store gives it back, keeping its place in publish order."""
         message = cls.__new__(cls)
         message.seq = seq
@@ -71,7 +71,7 @@ class Message:
         message.body = body
         message.properties = properties
         message.encoded_properties = encoded_properties
-        message.ttl = _ttl(properties)
+        message.ttl = ttl
         message.redelivered = False
         message.expires_at = None
         message.stored = None
@@ -93,8 +93,9 @@ class Message:
         return copy
 
 
-def _ttl(properties):
-    expiration = properties.get("expiration") if properties is not None else None
+def ttl_of(properties):
+    """A message's own TTL in milliseconds, from its `expiration` property, or None."""
+    expiration = properties.get("expiration")
     return None if expiration is None else parse_expiration(expiration)
 
 
