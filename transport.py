@@ -157,7 +157,7 @@ class _Output:
             self.pending = data[sent:]
             self.wakeup.set()
         else:
-            self.protocol.output_drained()
+            self.drained()
 
     def write_loop(self):
         try:
@@ -169,11 +169,22 @@ class _Output:
                 if data:
                     self.sock.sendall(data)
                 self.writing = False
-                self.protocol.output_drained()
+                self.drained()
                 if self.protocol.outbox:
                     self.wakeup.set()
         except OSError:
             self.sock.close()
+
+    def drained(self):
+        """All output is sent. A protocol closed by the core (its vhost deleted) has said
+        its last words: end reading, so the reader sees EOF and the connection ends."""
+        if self.protocol.closed:
+            try:
+                self.sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+        else:
+            self.protocol.output_drained()
 
 
 def configure_socket(sock):
