@@ -117,11 +117,11 @@ def main(argv=None):
         servers.append(server)
         log.info("GreenMQ %s listening for %s clients on %s:%d", VERSION, name, args.host, server.server_port)
     collect_garbage_on_a_timer()
-    announce_ready(args.host, *(server.server_port for server in servers))
 
     stopping = Event()
     gevent.signal_handler(signal.SIGTERM, stopping.set)
     gevent.signal_handler(signal.SIGINT, stopping.set)
+    announce_ready(args.host, *(server.server_port for server in servers))   # a SIGTERM now stops it cleanly
     stopping.wait()
     log.info("shutting down")
     for server in servers:
