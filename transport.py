@@ -97,7 +97,8 @@ def connection_handler(make_protocol):
                 # other clients run between batches.
                 gevent.sleep(0)
         except OSError as exc:
-            log.info("%s connection from %s:%s failed: %s", protocol.name, address[0], address[1], exc)
+            if not protocol.closed:   # else: drained() ended the read (gevent raises EBADF)
+                log.info("%s connection from %s:%s failed: %s", protocol.name, address[0], address[1], exc)
         except gevent.GreenletExit:
             protocol.close(ConnectionForced("broker shutdown"))
         finally:

@@ -1,0 +1,119 @@
+"""greenmq_testing outside pytest: `with broker() as b:` gives a real broker, and nothing
+of it (process or files) outlives the block, the parent, a Ctrl-C or a SIGTERM."""
+
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pika
+import pytest
+
+import greenmq_testing
+
+# How long a stopped broker (or one whose parent died) may take to be gone.
+GONE_SECONDS = 15
+
+
+def wait_gone(pid):
+    """Wait, without polling, until process `pid` (not our child) has exited."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([pidfd], [], [], GONE_SECONDS)[0])
+    finally:
+        os.close(pidfd)
+
+
+def test_the_block_has_a_broker_that_amqp_clients_use_and_leaves_nothing_behind():
+    with greenmq_testing.broker() as b:
+        client = pika.BlockingConnection(pika.URLParameters(b.amqp_url))
+        client.channel().queue_declare("q")
+        client.close()
+        with b.connect() as json_lines:
+            assert [q["name"] for q in json_lines.list_queues()] == ["q"]
+        with open(f"/proc/{b.process.child.pid}/environ", "rb") as environ:
+            assert f"GREENMQ_DATA_DIR={b.data_dir}\0".encode() in environ.read()
+        child, directory = b.process.child, b.process.directory
+        assert os.path.isdir(b.data_dir)
+    assert child.returncode == 0
+    assert not os.path.exists(directory)
+
+
+def test_an_exception_in_the_block_stops_the_broker_and_removes_its_files():
+    with pytest.raises(ZeroDivisionError):
+        with greenmq_testing.broker() as b:
+            child, directory = b.process.child, b.process.directory
+            1 / 0
+    assert child.returncode == 0 and not os.path.exists(directory)
+
+
+def test_a_vhost_of_its_own_and_a_reset():
+    with greenmq_testing.broker() as b:
+        mine = b.add_vhost()
+        assert mine.amqp_url.endswith("/" + mine.vhost) and mine.port == b.port
+        with mine.connect() as inside:
+            inside.default_channel.queue_declare("only-in-mine")
+        with b.connect() as default:
+            default.default_channel.exchange_declare("x", "topic")
+            default.default_channel.queue_declare("q")
+            held = default.default_channel.queue_declare("", exclusive=True).method.queue
+            b.reset()
+            assert [q["name"] for q in default.list_queues()] == [held]   # goes with its connection
+            assert "x" not in [x["name"] for x in default.list_exchanges()]
+        with mine.connect() as inside:
+            assert [q["name"] for q in inside.list_queues()] == ["only-in-mine"]
+        b.delete_vhost(mine.vhost)
+
+
+def test_a_fixed_amqp_port_is_used():
+    with greenmq_testing.broker() as first:
+        port = first.amqp_port
+    with greenmq_testing.broker(amqp_port=port) as b:
+        assert b.amqp_port == port and b.amqp_url.startswith(f"amqp://guest:guest@127.0.0.1:{port}/")
+
+
+def test_a_broker_that_cannot_start_says_why_and_leaves_nothing_behind():
+    with greenmq_testing.broker() as running:
+        with pytest.raises(greenmq_testing.BrokerError, match="cannot listen on 127.0.0.1:") as failed:
+            greenmq_testing.start(amqp_port=running.amqp_port)
+    assert "exited with 1" in str(failed.value)
+    assert not [p for p in greenmq_testing._running]
+
+
+def test_a_url_names_a_broker_already_running():
+    b = greenmq_testing.from_url("amqp://app:s%40cret@rabbit.example:5673/shop%2Feu")
+    assert (b.host, b.amqp_port, b.vhost, b.username, b.password) == ("rabbit.example", 5673, "shop/eu", "app", "s@cret")
+    assert b.amqp_url == "amqp://app:s%40cret@rabbit.example:5673/shop%2Feu"
+    assert greenmq_testing.from_url("amqp://localhost").vhost == "/"
+    with pytest.raises(ValueError):
+        greenmq_testing.from_url("http://localhost")
+
+
+SCRIPT = textwrap.dedent("""
+    import json, signal, greenmq_testing
+    with greenmq_testing.broker() as b:
+        print(json.dumps({"pid": b.process.child.pid, "directory": b.process.directory}), flush=True)
+        signal.pause()
+""")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_the_broker_never_outlives_a_script_that_is_interrupted_or_killed(tmp_path, sig):
+    script = subprocess.Popen([sys.executable, "-c", SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True, cwd=tmp_path)
+    started = json.loads(script.stdout.readline())
+    script.send_signal(sig)
+    script.wait(GONE_SECONDS)
+    assert wait_gone(started["pid"]), "the broker outlived its parent"
+    if sig == signal.SIGKILL:
+        shutil.rmtree(started["directory"])     # nobody was left to remove it
+    else:
+        assert not os.path.exists(started["directory"])
+        assert script.returncode == -sig       # it died of the signal, as without GreenMQ
