@@ -62,6 +62,8 @@ def test_deleting_a_vhost_closes_its_connections_with_320(broker, conn, vhost):
     assert json.loads(received) == {"event": "close", "code": 320, "error": "CONNECTION_FORCED",
                                     "text": f"CONNECTION_FORCED - vhost '{vhost}' is deleted"}
     assert not [c for c in conn.list_connections() if c["vhost"] == vhost]
+    # An end the broker chose is not logged as a failed connection.
+    assert f"connection from 127.0.0.1:{json_lines.getsockname()[1]} failed" not in broker.log()
 
 
 def test_a_deleted_vhost_is_gone_with_its_queues(broker, conn, vhost):
