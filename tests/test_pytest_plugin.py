@@ -11,8 +11,7 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The users' runs start a broker, import Celery and start a worker: seconds, not minutes.
 RUN_TIMEOUT_SECONDS = 120
 
@@ -138,13 +137,16 @@ USER_TESTS = {
 }
 
 
-def run_pytest(directory, *args):
-    """pytest as a user runs it: in their directory, GreenMQ found only as installed."""
+def run_as_user(directory, *args):
+    """`python ARGS` in the user's directory, GreenMQ found only as installed."""
     environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTEST_ADDOPTS")}
-    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", *args],
-                          cwd=directory, env=environment, capture_output=True, text=True,
-                          timeout=RUN_TIMEOUT_SECONDS)
+    done = subprocess.run([sys.executable, *args], cwd=directory, env=environment, capture_output=True,
+                          text=True, timeout=RUN_TIMEOUT_SECONDS)
     return done.returncode, done.stdout + done.stderr
+
+
+def run_pytest(directory, *args):
+    return run_as_user(directory, "-m", "pytest", "-p", "no:cacheprovider", "-rA", *args)
 
 
 def write_tests(directory, files):
@@ -208,3 +210,20 @@ def test_a_bad_port_option_is_a_usage_error(tmp_path):
     write_tests(tmp_path, {"test_any.py": "def test_any(greenmq):\n    pass\n"})
     code, output = run_pytest(tmp_path, "--greenmq-port", "http")
     assert code != 0 and "greenmq_port must be a port number, not 'http'" in output, output
+
+
+def readme_example(file_name):
+    """The README's Python example that starts with the comment `# file_name`."""
+    with open(os.path.join(ROOT, "README.md")) as readme:
+        blocks = re.findall(r"```python\n(.*?)```", readme.read(), re.S)
+    [block] = [b for b in blocks if b.startswith(f"# {file_name}\n")]
+    return block
+
+
+def test_the_readme_examples_run_as_written(tmp_path):
+    for name in ("test_orders.py", "test_orders_unittest.py"):
+        (tmp_path / name).write_text(readme_example(name))
+    code, output = run_pytest(tmp_path, "test_orders.py")
+    assert code == 0 and "1 passed" in output, output
+    code, output = run_as_user(tmp_path, "test_orders_unittest.py")
+    assert code == 0 and "Ran 1 test" in output, output
