@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import warnings
 from urllib.parse import quote, unquote, urlsplit
 
 import connection
@@ -47,8 +46,8 @@ _running = set()         # brokers started and not yet stopped, for atexit and S
 _vhost_numbers = itertools.count(1)
 
 
-class BrokerError(RuntimeError):
-    """The broker could not be started."""
+class GreenMQTestingError(RuntimeError):
+    """The broker could not be started, or cannot do what was asked (a broker found by URL)."""
 
 
 class Broker:
@@ -58,7 +57,8 @@ class Broker:
     JSON-lines protocol (`connect()`). Brokers for other virtual hosts of the same process
     come from `add_vhost()`."""
 
-    def __init__(self, process, host, port, amqp_port, vhost="/", username="guest", password="guest"):
+    def __init__(self, process, host, port, amqp_port, vhost="/", username="guest", password="guest",
+                 scheme="amqp"):
         self.process = process          # the _BrokerProcess, None for a broker found by URL
         self.host = host
         self.port = port
@@ -66,13 +66,14 @@ class Broker:
         self.vhost = vhost
         self.username = username
         self.password = password
+        self.scheme = scheme
 
     def __repr__(self):
         return f"<greenmq_testing.Broker {self.amqp_url}>"
 
     @property
     def amqp_url(self):
-        return (f"amqp://{quote(self.username, safe='')}:{quote(self.password, safe='')}@"
+        return (f"{self.scheme}://{quote(self.username, safe='')}:{quote(self.password, safe='')}@"
                 f"{self.host}:{self.amqp_port}/{quote(self.vhost, safe='')}")
 
     @property
@@ -98,11 +99,7 @@ class Broker:
         """Delete every queue and exchange declared in this virtual host (the predeclared
         amq.* exchanges stay). Exclusive queues of connections still open are left to go
         with their connection."""
-        if self.process is None:
-            warnings.warn(f"cannot reset {self.amqp_url}: listing its queues needs GreenMQ; "
-                          "give queues and exchanges names of their own per test")
-            return
-        with self.connect() as admin:
+        with self._admin("reset") as admin:
             channel = admin.default_channel
             for queue in admin.list_queues():
                 try:
@@ -115,17 +112,20 @@ class Broker:
 
     def add_vhost(self, name=None):
         """A new, empty virtual host of the same broker (named here when `name` is None)."""
-        if self.process is None:
-            raise BrokerError(f"cannot add a vhost to {self.amqp_url}: that needs GreenMQ")
         name = name or f"test-{os.getpid()}-{next(_vhost_numbers)}"
-        with self.connect() as admin:
+        with self._admin("add a vhost") as admin:
             admin.add_vhost(name)
         return Broker(self.process, self.host, self.port, self.amqp_port, name, self.username, self.password)
 
     def delete_vhost(self, name):
         """Delete a virtual host with everything in it; its clients are disconnected (320)."""
-        with self.connect() as admin:
+        with self._admin("delete a vhost") as admin:
             admin.delete_vhost(name)
+
+    def _admin(self, what):
+        if self.process is None:
+            raise GreenMQTestingError(f"cannot {what} at {self.amqp_url}: that needs a GreenMQ started here")
+        return self.connect()
 
     def stop(self):
         """Stop the broker and remove its files (unless kept); stopping twice is harmless."""
@@ -160,13 +160,13 @@ def broker(**options):
 
 def from_url(amqp_url):
     """A `Broker` for a broker that is already running (a RabbitMQ, say), to run the same
-    tests against it. It has no JSON-lines port, no log, and cannot add vhosts or reset."""
+    tests against it. It has no JSON-lines port and no log, and cannot add vhosts or reset."""
     parts = urlsplit(amqp_url)
     if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
         raise ValueError(f"not an AMQP URL: {amqp_url!r}")
     vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-    return Broker(None, parts.hostname, None, parts.port or 5672, vhost,
-                  unquote(parts.username or "guest"), unquote(parts.password or "guest"))
+    return Broker(None, parts.hostname, None, parts.port or (5671 if parts.scheme == "amqps" else 5672), vhost,
+                  unquote(parts.username or "guest"), unquote(parts.password or "guest"), parts.scheme)
 
 
 class _BrokerProcess:
@@ -198,12 +198,12 @@ class _BrokerProcess:
             line = b""
             while not line.endswith(b"\n"):
                 if not selector.select(START_TIMEOUT_SECONDS):
-                    raise BrokerError(f"the broker did not say it was ready within "
+                    raise GreenMQTestingError(f"the broker did not say it was ready within "
                                       f"{START_TIMEOUT_SECONDS:.0f} s:\n{self.log()}")
                 chunk = os.read(self.child.stdout.fileno(), 4096)
                 if not chunk:
                     self.child.wait(STOP_TIMEOUT_SECONDS)
-                    raise BrokerError(f"the broker exited with {self.child.returncode}:\n{self.log()}")
+                    raise GreenMQTestingError(f"the broker exited with {self.child.returncode}:\n{self.log()}")
                 line += chunk
         return json.loads(line)
 

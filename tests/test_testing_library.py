@@ -81,7 +81,7 @@ def test_a_fixed_amqp_port_is_used():
 
 def test_a_broker_that_cannot_start_says_why_and_leaves_nothing_behind():
     with greenmq_testing.broker() as running:
-        with pytest.raises(greenmq_testing.BrokerError, match="cannot listen on 127.0.0.1:") as failed:
+        with pytest.raises(greenmq_testing.GreenMQTestingError, match="cannot listen on 127.0.0.1:") as failed:
             greenmq_testing.start(amqp_port=running.amqp_port)
     assert "exited with 1" in str(failed.value)
     assert not [p for p in greenmq_testing._running]
@@ -92,8 +92,12 @@ def test_a_url_names_a_broker_already_running():
     assert (b.host, b.amqp_port, b.vhost, b.username, b.password) == ("rabbit.example", 5673, "shop/eu", "app", "s@cret")
     assert b.amqp_url == "amqp://app:s%40cret@rabbit.example:5673/shop%2Feu"
     assert greenmq_testing.from_url("amqp://localhost").vhost == "/"
+    assert greenmq_testing.from_url("amqps://localhost").amqp_url == "amqps://guest:guest@localhost:5671/%2F"
     with pytest.raises(ValueError):
         greenmq_testing.from_url("http://localhost")
+    for needs_greenmq in (b.reset, b.add_vhost, lambda: b.delete_vhost("v")):
+        with pytest.raises(greenmq_testing.GreenMQTestingError, match="that needs a GreenMQ started here"):
+            needs_greenmq()
 
 
 SCRIPT = textwrap.dedent("""
