@@ -71,7 +71,7 @@ def test_client_sockets_get_a_short_keepalive_so_vanished_peers_are_noticed(brok
 
 
 def test_the_broker_says_on_stdout_when_it_accepts_clients():
-    process = subprocess.Popen([sys.executable, "broker.py", "--port", "0", "--amqp-port", "0"], cwd=ROOT,
+    process = subprocess.Popen([sys.executable, "broker.py", "--port", "0", "--amqp-port", "0", "--in-memory"], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         ready = json.loads(process.stdout.readline())

@@ -121,9 +121,16 @@ def node_client():
     return _Client(Node())
 
 
-def test_deleting_a_vhost_deletes_its_queues_and_stops_their_timers():
+def test_deleting_a_vhost_deletes_its_queues_exchanges_and_what_the_store_holds_of_them():
     node = Node()
     node.add_vhost("v")
-    queue = node.vhosts["v"].declare_queue("q", arguments={"x-expires": 3_600_000, "x-message-ttl": 60_000})
+    vhost = node.vhosts["v"]
+    queue = vhost.declare_queue("q", durable=True, arguments={"x-expires": 3_600_000, "x-message-ttl": 60_000})
+    vhost.declare_exchange("x", "topic", durable=True)
+    vhost.bind("q", "x", "#")
+    node.vhosts["/"].declare_exchange("x", "topic", durable=True)
     node.delete_vhost("v")
     assert queue.deleted        # and so its expiry and TTL timers are stopped
+    recovered = node.store.load()
+    assert [e[:2] for e in recovered.exchanges] == [("/", "x")]
+    assert recovered.queues == [] and recovered.bindings == []
