@@ -17,6 +17,7 @@ pytest users get the same objects as fixtures (pytest_greenmq.py).
 """
 
 import atexit
+import base64
 import contextlib
 import ctypes
 import itertools
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import urllib.request
 from urllib.parse import quote, unquote, urlsplit
 
 import connection
@@ -38,6 +40,11 @@ import connection
 START_TIMEOUT_SECONDS = 30.0
 # The broker stops in milliseconds on SIGTERM; one that does not in this time is killed.
 STOP_TIMEOUT_SECONDS = 10.0
+
+# RabbitMQ's management API, where vhosts are added for tests run against a RabbitMQ. A
+# local one answers in milliseconds; this bounds the wait for one that is not there.
+MANAGEMENT_PORT = 15672
+MANAGEMENT_TIMEOUT_SECONDS = 5.0
 
 DATA_DIR_ENVIRONMENT_VARIABLE = "GREENMQ_DATA_DIR"
 PR_SET_PDEATHSIG = 1     # from <linux/prctl.h>
@@ -57,9 +64,10 @@ class Broker:
     JSON-lines protocol (`connect()`). Brokers for other virtual hosts of the same process
     come from `add_vhost()`."""
 
-    def __init__(self, process, host, port, amqp_port, vhost="/", username="guest", password="guest",
+    def __init__(self, process, admin, host, port, amqp_port, vhost="/", username="guest", password="guest",
                  scheme="amqp"):
         self.process = process          # the _BrokerProcess, None for a broker found by URL
+        self.admin = admin              # what adds vhosts and resets: None when nothing can
         self.host = host
         self.port = port
         self.amqp_port = amqp_port
@@ -99,7 +107,56 @@ class Broker:
         """Delete every queue and exchange declared in this virtual host (the predeclared
         amq.* exchanges stay). Exclusive queues of connections still open are left to go
         with their connection."""
-        with self._admin("reset") as admin:
+        self._admin("reset").reset(self.vhost)
+
+    def add_vhost(self, name=None):
+        """A new, empty virtual host of the same broker (named here when `name` is None)."""
+        name = name or f"test-{os.getpid()}-{next(_vhost_numbers)}"
+        self._admin("add a vhost").add_vhost(name)
+        return Broker(self.process, self.admin, self.host, self.port, self.amqp_port, name,
+                      self.username, self.password, self.scheme)
+
+    def delete_vhost(self, name):
+        """Delete a virtual host with everything in it; its clients are disconnected (320)."""
+        self._admin("delete a vhost").delete_vhost(name)
+
+    def _admin(self, what):
+        if self.admin is None:
+            raise GreenMQTestingError(f"cannot {what} at {self.amqp_url}: that needs a GreenMQ started "
+                                      "here or RabbitMQ's management API")
+        return self.admin
+
+    def stop(self):
+        """Stop the broker and remove its files (unless kept); stopping twice is harmless."""
+        if self.process is not None:
+            self.process.stop()
+
+
+def _declared(exchange_name):
+    """Not one every vhost has: the default exchange and amq.* stay."""
+    return bool(exchange_name) and not exchange_name.startswith("amq.")
+
+
+class _JsonLinesAdmin:
+    """Administers a GreenMQ over its JSON-lines port, as the guest administrator."""
+
+    def __init__(self, host, port):
+        self.host = host
+        self.port = port
+
+    def _connect(self, vhost="/"):
+        return connection.Connection(self.host, self.port, virtual_host=vhost)
+
+    def add_vhost(self, name):
+        with self._connect() as admin:
+            admin.add_vhost(name)
+
+    def delete_vhost(self, name):
+        with self._connect() as admin:
+            admin.delete_vhost(name)
+
+    def reset(self, vhost):
+        with self._connect(vhost) as admin:
             channel = admin.default_channel
             for queue in admin.list_queues():
                 try:
@@ -107,30 +164,51 @@ class Broker:
                 except connection.ResourceLocked:
                     pass
             for exchange in admin.list_exchanges():
-                if exchange["name"] and not exchange["name"].startswith("amq."):
+                if _declared(exchange["name"]):
                     channel.exchange_delete(exchange["name"])
 
-    def add_vhost(self, name=None):
-        """A new, empty virtual host of the same broker (named here when `name` is None)."""
-        name = name or f"test-{os.getpid()}-{next(_vhost_numbers)}"
-        with self._admin("add a vhost") as admin:
-            admin.add_vhost(name)
-        return Broker(self.process, self.host, self.port, self.amqp_port, name, self.username, self.password)
+
+class _ManagementApi:
+    """Administers a RabbitMQ over its HTTP management API, so the same tests get fresh
+    vhosts and resets there too."""
+
+    def __init__(self, url, username, password):
+        self.url = url.rstrip("/")
+        token = base64.b64encode(f"{username}:{password}".encode()).decode()
+        self.headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
+
+    @classmethod
+    def reachable(cls, url, username, password):
+        """The API at `url`, or None if it does not answer as RabbitMQ's management API."""
+        api = cls(url, username, password)
+        try:
+            api._call("GET", "/api/whoami")
+        except (OSError, ValueError):
+            return None
+        return api
+
+    def _call(self, method, path, body=None):
+        request = urllib.request.Request(self.url + path, method=method, headers=self.headers,
+                                         data=None if body is None else json.dumps(body).encode())
+        with urllib.request.urlopen(request, timeout=MANAGEMENT_TIMEOUT_SECONDS) as response:
+            text = response.read()
+        return json.loads(text) if text else None
+
+    def add_vhost(self, name):
+        # RabbitMQ gives the account that adds a vhost every permission on it.
+        self._call("PUT", f"/api/vhosts/{quote(name, safe='')}", {})
 
     def delete_vhost(self, name):
-        """Delete a virtual host with everything in it; its clients are disconnected (320)."""
-        with self._admin("delete a vhost") as admin:
-            admin.delete_vhost(name)
+        self._call("DELETE", f"/api/vhosts/{quote(name, safe='')}")
 
-    def _admin(self, what):
-        if self.process is None:
-            raise GreenMQTestingError(f"cannot {what} at {self.amqp_url}: that needs a GreenMQ started here")
-        return self.connect()
-
-    def stop(self):
-        """Stop the broker and remove its files (unless kept); stopping twice is harmless."""
-        if self.process is not None:
-            self.process.stop()
+    def reset(self, vhost):
+        vhost = quote(vhost, safe="")
+        for queue in self._call("GET", f"/api/queues/{vhost}?columns=name,exclusive"):
+            if not queue["exclusive"]:       # refused (400); it goes with its connection
+                self._call("DELETE", f"/api/queues/{vhost}/{quote(queue['name'], safe='')}")
+        for exchange in self._call("GET", f"/api/exchanges/{vhost}?columns=name"):
+            if _declared(exchange["name"]):
+                self._call("DELETE", f"/api/exchanges/{vhost}/{quote(exchange['name'], safe='')}")
 
 
 def start(host="127.0.0.1", port=0, amqp_port=0, keep_data=False, log_level="info", python=sys.executable):
@@ -145,7 +223,8 @@ def start(host="127.0.0.1", port=0, amqp_port=0, keep_data=False, log_level="inf
     except BaseException:
         process.stop()
         raise
-    return Broker(process, ready["host"], ready["port"], ready["amqp_port"])
+    return Broker(process, _JsonLinesAdmin(ready["host"], ready["port"]), ready["host"], ready["port"],
+                  ready["amqp_port"])
 
 
 @contextlib.contextmanager
@@ -158,15 +237,20 @@ def broker(**options):
         started.stop()
 
 
-def from_url(amqp_url):
+def from_url(amqp_url, management_url=None):
     """A `Broker` for a broker that is already running (a RabbitMQ, say), to run the same
-    tests against it. It has no JSON-lines port and no log, and cannot add vhosts or reset."""
+    tests against it. It has no JSON-lines port and no log. Vhosts and resets go through
+    RabbitMQ's management API at `management_url` (by default port 15672 of the same host,
+    with the same account) when it answers; without it they are refused."""
     parts = urlsplit(amqp_url)
     if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
         raise ValueError(f"not an AMQP URL: {amqp_url!r}")
     vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-    return Broker(None, parts.hostname, None, parts.port or (5671 if parts.scheme == "amqps" else 5672), vhost,
-                  unquote(parts.username or "guest"), unquote(parts.password or "guest"), parts.scheme)
+    username, password = unquote(parts.username or "guest"), unquote(parts.password or "guest")
+    admin = _ManagementApi.reachable(management_url or f"http://{parts.hostname}:{MANAGEMENT_PORT}",
+                                     username, password)
+    return Broker(None, admin, parts.hostname, None, parts.port or (5671 if parts.scheme == "amqps" else 5672),
+                  vhost, username, password, parts.scheme)
 
 
 class _BrokerProcess:

@@ -8,7 +8,8 @@ Fixtures:
 A failing test that used them gets the broker's log of its run in its report.
 Options (command line, or the ini file without the dashes): --greenmq-port for a fixed
 AMQP port, --greenmq-url to run the same tests against a broker already running (a
-RabbitMQ, say), --greenmq-keep-data to keep the broker's directory.
+RabbitMQ, say; --greenmq-management-url names its management API, for fresh vhosts),
+--greenmq-keep-data to keep the broker's directory.
 """
 
 import itertools
@@ -29,6 +30,8 @@ def pytest_addoption(parser):
     options = (
         ("greenmq_port", "string", "AMQP port for the test broker (default: a free one)"),
         ("greenmq_url", "string", "AMQP URL of a running broker to use instead of starting GreenMQ"),
+        ("greenmq_management_url", "string",
+         "with --greenmq-url: RabbitMQ's management API, for fresh vhosts (default http://HOST:15672)"),
         ("greenmq_keep_data", "bool", "keep the test broker's data directory and log"),
     )
     for name, kind, help_text in options:
@@ -50,7 +53,7 @@ def greenmq(pytestconfig):
     """The session's broker: GreenMQ started for this run, or the one at --greenmq-url."""
     url = _option(pytestconfig, "greenmq_url")
     if url:
-        yield greenmq_testing.from_url(url)
+        yield greenmq_testing.from_url(url, _option(pytestconfig, "greenmq_management_url") or None)
         return
     port = _option(pytestconfig, "greenmq_port") or "0"
     if not port.isdigit() or int(port) > 65535:
@@ -63,10 +66,10 @@ def greenmq(pytestconfig):
 @pytest.fixture
 def greenmq_vhost(greenmq, request):
     """A virtual host of this test's own: isolation without restarting the broker. With
-    --greenmq-url the tests share that URL's virtual host instead."""
-    if greenmq.process is None:
-        warnings.warn(f"{greenmq.amqp_url} is not a GreenMQ started by this run: tests share "
-                      "its virtual host and nothing is reset between them")
+    --greenmq-url and no management API the tests share that URL's virtual host instead."""
+    if greenmq.admin is None:
+        warnings.warn(f"{greenmq.amqp_url} is not a GreenMQ started by this run and its management API "
+                      "does not answer: tests share its virtual host and nothing is reset between them")
         yield greenmq
         return
     broker = greenmq.add_vhost(f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', request.node.name)[:100]}-{next(_vhost_numbers)}")

@@ -15,6 +15,8 @@ import pytest
 
 import greenmq_testing
 
+# A management API that is not there: nothing listens on port 1 of loopback.
+NO_MANAGEMENT_API = "http://127.0.0.1:1"
 # How long a stopped broker (or one whose parent died) may take to be gone.
 GONE_SECONDS = 15
 
@@ -88,15 +90,16 @@ def test_a_broker_that_cannot_start_says_why_and_leaves_nothing_behind():
 
 
 def test_a_url_names_a_broker_already_running():
-    b = greenmq_testing.from_url("amqp://app:s%40cret@rabbit.example:5673/shop%2Feu")
+    b = greenmq_testing.from_url("amqp://app:s%40cret@rabbit.example:5673/shop%2Feu", NO_MANAGEMENT_API)
     assert (b.host, b.amqp_port, b.vhost, b.username, b.password) == ("rabbit.example", 5673, "shop/eu", "app", "s@cret")
     assert b.amqp_url == "amqp://app:s%40cret@rabbit.example:5673/shop%2Feu"
     assert greenmq_testing.from_url("amqp://localhost").vhost == "/"
-    assert greenmq_testing.from_url("amqps://localhost").amqp_url == "amqps://guest:guest@localhost:5671/%2F"
+    assert greenmq_testing.from_url("amqps://localhost", NO_MANAGEMENT_API).amqp_url == \
+        "amqps://guest:guest@localhost:5671/%2F"
     with pytest.raises(ValueError):
         greenmq_testing.from_url("http://localhost")
     for needs_greenmq in (b.reset, b.add_vhost, lambda: b.delete_vhost("v")):
-        with pytest.raises(greenmq_testing.GreenMQTestingError, match="that needs a GreenMQ started here"):
+        with pytest.raises(greenmq_testing.GreenMQTestingError, match="needs a GreenMQ started here or RabbitMQ's"):
             needs_greenmq()
 
 
@@ -121,3 +124,23 @@ def test_the_broker_never_outlives_a_script_that_is_interrupted_or_killed(tmp_pa
     else:
         assert not os.path.exists(started["directory"])
         assert script.returncode == -sig       # it died of the signal, as without GreenMQ
+
+
+@pytest.mark.skipif(not os.environ.get("GREENMQ_TEST_MANAGEMENT_URL"),
+                    reason="needs a RabbitMQ with its management API: $GREENMQ_TEST_AMQP_URL and "
+                           "$GREENMQ_TEST_MANAGEMENT_URL (e.g. http://127.0.0.1:15672)")
+def test_against_rabbitmq_vhosts_and_resets_go_through_its_management_api():
+    b = greenmq_testing.from_url(os.environ["GREENMQ_TEST_AMQP_URL"], os.environ["GREENMQ_TEST_MANAGEMENT_URL"])
+    mine = b.add_vhost()
+    client = pika.BlockingConnection(pika.URLParameters(mine.amqp_url))
+    channel = client.channel()
+    channel.queue_declare("declared")
+    channel.exchange_declare("declared", "fanout")
+    held = channel.queue_declare("", exclusive=True).method.queue
+    mine.reset()
+    assert [q["name"] for q in b.admin._call("GET", f"/api/queues/{mine.vhost}?columns=name")] == [held]
+    assert "declared" not in [x["name"] for x in b.admin._call("GET", f"/api/exchanges/{mine.vhost}?columns=name")]
+    b.delete_vhost(mine.vhost)
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+        client.process_data_events(5)
+    assert closed.value.reply_code == 320
