@@ -1,4 +1,4 @@
-"""A throwaway GreenMQ broker for test suites: real AMQP 0-9-1, started in about a second.
+"""A throwaway GreenMQ broker for test suites: real AMQP 0-9-1, ready in a fraction of a second.
 
     import greenmq_testing
 
@@ -283,7 +283,7 @@ class _BrokerProcess:
             while not line.endswith(b"\n"):
                 if not selector.select(START_TIMEOUT_SECONDS):
                     raise GreenMQTestingError(f"the broker did not say it was ready within "
-                                      f"{START_TIMEOUT_SECONDS:.0f} s:\n{self.log()}")
+                                              f"{START_TIMEOUT_SECONDS:.0f} s:\n{self.log()}")
                 chunk = os.read(self.child.stdout.fileno(), 4096)
                 if not chunk:
                     self.child.wait(STOP_TIMEOUT_SECONDS)
