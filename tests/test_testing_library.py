@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pika
@@ -87,6 +88,22 @@ def test_a_broker_that_cannot_start_says_why_and_leaves_nothing_behind():
             greenmq_testing.start(amqp_port=running.amqp_port)
     assert "exited with 1" in str(failed.value)
     assert not [p for p in greenmq_testing._running]
+
+
+def test_a_broker_that_never_says_it_is_ready_is_stopped_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    silent = tmp_path / "silent-python"
+    silent.write_text("#!/bin/sh\necho 'stuck importing' >&2\nexec sleep 60\n")
+    silent.chmod(0o755)
+    monkeypatch.setattr(greenmq_testing, "START_TIMEOUT_SECONDS", 0.5)
+    before = broker_directories()
+    with pytest.raises(greenmq_testing.GreenMQTestingError, match="did not say it was ready") as failed:
+        greenmq_testing.start(python=str(silent))
+    assert "stuck importing" in str(failed.value)       # its log says why
+    assert not greenmq_testing._running and broker_directories() <= before
+
+
+def broker_directories():
+    return {d for d in os.listdir(tempfile.gettempdir()) if d.startswith("greenmq-test-")}
 
 
 def test_a_url_names_a_broker_already_running():
