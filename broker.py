@@ -2,6 +2,7 @@
 
 import argparse
 import gc
+import json
 import logging
 import os
 import signal
@@ -76,6 +77,13 @@ def _full_collections():
         gc.collect()
 
 
+def announce_ready(host, port, amqp_port=None):
+    """The one line the broker writes on stdout, once every listener accepts clients, so
+    that whoever started it (a test fixture) can wait for it instead of polling:
+    {"ready": true, "host": "127.0.0.1", "port": 5680, "amqp_port": 5672}"""
+    print(json.dumps({"ready": True, "host": host, "port": port, "amqp_port": amqp_port}), flush=True)
+
+
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -113,6 +121,7 @@ def main(argv=None):
     stopping = Event()
     gevent.signal_handler(signal.SIGTERM, stopping.set)
     gevent.signal_handler(signal.SIGINT, stopping.set)
+    announce_ready(args.host, *(server.server_port for server in servers))   # a SIGTERM now stops it cleanly
     stopping.wait()
     log.info("shutting down")
     for server in servers:

@@ -282,6 +282,15 @@ class Connection:
     def list_connections(self):
         return self._call(None, "list_connections")["items"]
 
+    # -- administration (an administrator's account) --
+
+    def add_vhost(self, name):
+        self._call(None, "vhost.add", vhost=name)
+
+    def delete_vhost(self, name):
+        """Delete a virtual host with everything in it; its connections are closed (320)."""
+        self._call(None, "vhost.delete", vhost=name)
+
     def close(self):
         """Say goodbye (the answer means every request before it was handled) and hang up.
         A connection already broken (the broker gone, or a Ctrl-C that cut a read or a

@@ -8,10 +8,10 @@ import time
 
 from durable_store import MemoryStore
 
-from errors import AccessRefused, NotAllowed
+from errors import AccessRefused, ConnectionForced, NotAllowed, NotFound, PreconditionFailed
 from message import continue_sequence_after
 from session import Session
-from vhost import VirtualHost
+from vhost import VirtualHost, check_name
 
 log = logging.getLogger("greenmq")
 
@@ -22,10 +22,15 @@ VERSION = "0.1.0"
 # bound to a public address is not open to anyone who knows "guest".
 LOOPBACK_USERS = frozenset({"guest"})
 
+# Who may add and delete virtual hosts, until users carry tags: RabbitMQ's guest is an
+# administrator, and may only log in over loopback.
+DEFAULT_ADMINISTRATORS = frozenset({"guest"})
+
 
 class Node:
-    def __init__(self, users=None, vhost_names=("/",), store=None):
+    def __init__(self, users=None, vhost_names=("/",), store=None, administrators=DEFAULT_ADMINISTRATORS):
         self.users = dict(users) if users is not None else {"guest": "guest"}
+        self.administrators = frozenset(administrators)
         self.store = store if store is not None else MemoryStore()
         self.vhosts = {name: VirtualHost(name, self.store) for name in vhost_names}
         self.sessions = set()
@@ -61,6 +66,30 @@ class Node:
         session = Session(self, vhost, username, peer, protocol, sink, client_properties)
         self.sessions.add(session)
         return session
+
+    def check_administrator(self, username):
+        if username not in self.administrators:
+            raise AccessRefused(f"user '{username}' is not an administrator")
+
+    def add_vhost(self, name):
+        check_name(name, "vhost name")
+        if not name:
+            raise PreconditionFailed("a vhost name must not be empty")
+        if name in self.vhosts:
+            raise PreconditionFailed(f"vhost '{name}' already exists")
+        self.vhosts[name] = VirtualHost(name, self.store)
+
+    def delete_vhost(self, name):
+        """Delete a virtual host and everything in it. As in RabbitMQ, its connections are
+        closed with 320 first, so no client is left talking to a vhost that is gone."""
+        vhost = self.vhosts.pop(name, None)
+        if vhost is None:
+            raise NotFound(f"no vhost '{name}'")
+        reason = ConnectionForced(f"vhost '{name}' is deleted")
+        for session in [s for s in self.sessions if s.vhost is vhost]:
+            session.sink.close(reason)
+            session.close()
+        vhost.remove_all()
 
     def close(self):
         """Close every session (their unacked deliveries return to their queues), note which

@@ -13,7 +13,7 @@ import json
 import logging
 
 from errors import (BadSyntax, BrokerError, CommandInvalid, FrameError,
-                    InternalError, Unsupported)
+                    InternalError, PreconditionFailed, Unsupported)
 from message import PROPERTY_NAMES
 from node import SERVER_NAME, VERSION
 from vhost import MAX_NAME_BYTES
@@ -318,6 +318,20 @@ class JsonLinesProtocol(FrontEndConnection):
         self._channel(request).confirm_select()
         return {}
 
+    def op_vhost_add(self, request):
+        self.node.check_administrator(self.session.user)
+        self.node.add_vhost(_field(request, "vhost", str))
+        return {}
+
+    def op_vhost_delete(self, request):
+        self.node.check_administrator(self.session.user)
+        name = _field(request, "vhost", str)
+        if name == self.session.vhost.name:
+            # Deleting it would close this connection before its reply could be read.
+            raise PreconditionFailed(f"cannot delete vhost '{name}' from a connection to it")
+        self.node.delete_vhost(name)
+        return {}
+
     def op_list_exchanges(self, request):
         return {"items": self.session.vhost.list_exchanges()}
 
@@ -362,6 +376,8 @@ _HANDLERS = {
     "recover": JsonLinesProtocol.op_recover,
     "qos": JsonLinesProtocol.op_qos,
     "confirm.select": JsonLinesProtocol.op_confirm_select,
+    "vhost.add": JsonLinesProtocol.op_vhost_add,
+    "vhost.delete": JsonLinesProtocol.op_vhost_delete,
     "list_exchanges": JsonLinesProtocol.op_list_exchanges,
     "list_queues": JsonLinesProtocol.op_list_queues,
     "list_bindings": JsonLinesProtocol.op_list_bindings,

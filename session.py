@@ -8,6 +8,7 @@ their methods for what the client asks, and receives what the core pushes throug
     consumer_cancelled(channel_number, consumer_tag)       # queue deleted under a consumer
     message_returned(channel_number, reply_code, reply_text, message)   # mandatory, unroutable
     publish_confirmed(channel_number, delivery_tag, multiple, ack)      # confirm mode
+    close(exc)                     # the broker ends the connection (its vhost was deleted)
 
 Confirms collect per channel as runs of acks or nacks and reach the sink when the front end
 calls `session.flush_confirms()`, once per batch of input, so one confirm covers a batch.

@@ -97,7 +97,8 @@ def connection_handler(make_protocol):
                 # other clients run between batches.
                 gevent.sleep(0)
         except OSError as exc:
-            log.info("%s connection from %s:%s failed: %s", protocol.name, address[0], address[1], exc)
+            if not protocol.closed:   # else: drained() ended the read (gevent raises EBADF)
+                log.info("%s connection from %s:%s failed: %s", protocol.name, address[0], address[1], exc)
         except gevent.GreenletExit:
             protocol.close(ConnectionForced("broker shutdown"))
         finally:
@@ -157,7 +158,7 @@ class _Output:
             self.pending = data[sent:]
             self.wakeup.set()
         else:
-            self.protocol.output_drained()
+            self.drained()
 
     def write_loop(self):
         try:
@@ -169,11 +170,22 @@ class _Output:
                 if data:
                     self.sock.sendall(data)
                 self.writing = False
-                self.protocol.output_drained()
+                self.drained()
                 if self.protocol.outbox:
                     self.wakeup.set()
         except OSError:
             self.sock.close()
+
+    def drained(self):
+        """All output is sent. A protocol closed by the core (its vhost deleted) has said
+        its last words: end reading, so the reader sees EOF and the connection ends."""
+        if self.protocol.closed:
+            try:
+                self.sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+        else:
+            self.protocol.output_drained()
 
 
 def configure_socket(sock):

@@ -173,6 +173,15 @@ class VirtualHost:
             queue.exclusive_owner.exclusive_queues.discard(queue)
         return count
 
+    def remove_all(self):
+        """Delete every queue and declared exchange, from the store too: the vhost is being
+        deleted. Queues go first, so their timers stop and their consumers are told."""
+        for queue in list(self.queues.values()):
+            self.remove_queue(queue)
+        for exchange in list(self.exchanges.values()):
+            if exchange.name and not exchange.name.startswith("amq."):
+                self._remove_exchange(exchange)
+
     # -- bindings ----------------------------------------------------------------------
 
     def bind(self, queue_name, exchange_name, routing_key="", arguments=None, owner=None):

@@ -1,5 +1,6 @@
 """The broker as a process: flags, start-up errors, and clean stops."""
 
+import json
 import re
 import shutil
 import signal
@@ -67,3 +68,18 @@ def test_client_sockets_get_a_short_keepalive_so_vanished_peers_are_noticed(brok
     timer = re.search(r"timer:\(keepalive,(?:(\d+)sec|1min)", out)   # ss shows 60 s as "1min"
     assert timer is not None, out
     assert timer.group(1) is None or int(timer.group(1)) <= 60
+
+
+def test_the_broker_says_on_stdout_when_it_accepts_clients():
+    process = subprocess.Popen([sys.executable, "broker.py", "--port", "0", "--amqp-port", "0", "--in-memory"], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        ready = json.loads(process.stdout.readline())
+        assert ready == {"ready": True, "host": "127.0.0.1", "port": ready["port"], "amqp_port": ready["amqp_port"]}
+        socket.create_connection(("127.0.0.1", ready["amqp_port"]), timeout=5).close()
+        with connection.Connection("127.0.0.1", ready["port"]) as client:
+            assert client.list_queues() == []
+    finally:
+        process.terminate()
+        process.wait(10)
+    assert process.stdout.read() == ""      # one line, nothing else
