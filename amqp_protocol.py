@@ -98,7 +98,7 @@ class AmqpConnection(FrontEndConnection):
         self.channel_max = MAX_CHANNELS
         self.heartbeat = 0
         self.client_properties = {}
-        self.username = self.password = None
+        self.user = None            # once authenticated
         self.channels = {}
         self._buffer = b""
         self._started = self._last_received = self._last_sent = time.monotonic()
@@ -229,9 +229,9 @@ class AmqpConnection(FrontEndConnection):
             username, password = table.get("LOGIN", b""), table.get("PASSWORD", b"")
         else:
             raise AccessRefused(f"unsupported authentication mechanism '{mechanism}'")
-        self.username = username.decode("utf-8", "replace") if isinstance(username, bytes) else str(username)
-        self.password = password.decode("utf-8", "replace") if isinstance(password, bytes) else str(password)
-        self.node.authenticate(self.username, self.password, self.peer, mechanism)
+        username = username.decode("utf-8", "replace") if isinstance(username, bytes) else str(username)
+        password = password.decode("utf-8", "replace") if isinstance(password, bytes) else str(password)
+        self.user = self.node.authenticate(username, password, self.peer, mechanism)
         self._send_method(0, spec.Connection.Tune(channel_max=MAX_CHANNELS, frame_max=FRAME_MAX,
                                                   heartbeat=HEARTBEAT_SECONDS))
         self.state = "tune-ok"
@@ -247,9 +247,8 @@ class AmqpConnection(FrontEndConnection):
         self.state = "open"
 
     def _open(self, method):
-        self.session = self.node.open_session(
-            self.username, self.password, method.virtual_host, self.peer, "amqp", self,
-            self.client_properties)
+        self.session = self.node.open_session(self.user, method.virtual_host, self.peer, "amqp", self,
+                                              self.client_properties)
         self._send_method(0, spec.Connection.OpenOk())
         self.state = "running"
 

@@ -91,12 +91,11 @@ def main(argv=None):
     collect_garbage_on_a_timer()      # before recovery, which makes millions of objects
     try:
         store = open_store(None if args.in_memory else os.path.abspath(args.data_dir))
-        node = Node(store=store)
         if args.in_memory:
             log.info("keeping messages in memory only (--in-memory)")
         else:
             log.info("keeping durable entities and persistent messages in %s", store.path)
-        node.recover()
+        node = Node(store=store)
     except StoreError as exc:
         log.error("%s", exc)
         return 1

@@ -59,6 +59,10 @@ class Recovered:
     """What a store held at start: definitions as plain values, messages per queue."""
 
     def __init__(self):
+        self.first_start = False    # nothing was ever stored: the node sets itself up
+        self.vhosts = []      # names
+        self.users = []       # (name, password_hash, hashing_algorithm, tags)
+        self.permissions = [] # (user, vhost, configure, write, read)
         self.exchanges = []   # (vhost, name, type, auto_delete, internal, arguments)
         self.queues = []      # (vhost, name, auto_delete, arguments, [(message, published_at)])
         self.bindings = []    # (vhost, source, destination, routing_key, arguments)
@@ -82,6 +86,26 @@ class Store:
         self._callbacks = {}       # callbacks waiting for the open batch, once each
 
     # -- definitions ---------------------------------------------------------------------
+
+    def put_vhost(self, name):
+        raise NotImplementedError
+
+    def delete_vhost(self, name):
+        """And everything in it: permissions, exchanges, queues, bindings, messages."""
+        raise NotImplementedError
+
+    def put_user(self, name, password_hash, hashing_algorithm, tags):
+        raise NotImplementedError
+
+    def delete_user(self, name):
+        """And the user's permissions."""
+        raise NotImplementedError
+
+    def put_permission(self, user, vhost, configure, write, read):
+        raise NotImplementedError
+
+    def delete_permission(self, user, vhost):
+        raise NotImplementedError
 
     def put_exchange(self, vhost, name, type_name, auto_delete, internal, arguments):
         raise NotImplementedError
@@ -137,10 +161,39 @@ class MemoryStore(Store):
 
     def __init__(self):
         super().__init__()
+        self.vhosts = {}
+        self.users = {}
+        self.permissions = {}
         self.exchanges = {}
         self.queues = {}
         self.bindings = {}
         self.messages = {}         # (vhost, queue) -> {seq: (message, published_at, redelivered)}
+        self._loaded = False
+
+    def put_vhost(self, name):
+        self.vhosts[name] = name
+
+    def delete_vhost(self, name):
+        self.vhosts.pop(name, None)
+        for table in (self.exchanges, self.queues, self.messages, self.bindings):
+            for key in [key for key in table if key[0] == name]:
+                del table[key]
+        for key in [key for key in self.permissions if key[1] == name]:
+            del self.permissions[key]
+
+    def put_user(self, name, password_hash, hashing_algorithm, tags):
+        self.users[name] = (name, password_hash, hashing_algorithm, tuple(tags))
+
+    def delete_user(self, name):
+        self.users.pop(name, None)
+        for key in [key for key in self.permissions if key[0] == name]:
+            del self.permissions[key]
+
+    def put_permission(self, user, vhost, configure, write, read):
+        self.permissions[user, vhost] = (user, vhost, configure, write, read)
+
+    def delete_permission(self, user, vhost):
+        self.permissions.pop((user, vhost), None)
 
     def put_exchange(self, vhost, name, type_name, auto_delete, internal, arguments):
         self.exchanges[vhost, name] = (vhost, name, type_name, auto_delete, internal, arguments)
@@ -190,6 +243,10 @@ class MemoryStore(Store):
 
     def load(self):
         recovered = Recovered()
+        recovered.first_start, self._loaded = not self._loaded, True
+        recovered.vhosts = list(self.vhosts)
+        recovered.users = list(self.users.values())
+        recovered.permissions = list(self.permissions.values())
         recovered.exchanges = list(self.exchanges.values())
         recovered.bindings = [key[:4] + (arguments,) for key, arguments in self.bindings.items()]
         for key, (vhost, name, auto_delete, arguments) in self.queues.items():
@@ -210,6 +267,10 @@ class MemoryStore(Store):
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE vhosts (name TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE users (name TEXT PRIMARY KEY, password_hash TEXT, hashing_algorithm TEXT, tags TEXT) WITHOUT ROWID;
+CREATE TABLE permissions (user TEXT, vhost TEXT, configure TEXT, write TEXT, read TEXT,
+                          PRIMARY KEY (user, vhost)) WITHOUT ROWID;
 CREATE TABLE exchanges (vhost TEXT, name TEXT, type TEXT, auto_delete INTEGER, internal INTEGER,
                         arguments TEXT, PRIMARY KEY (vhost, name)) WITHOUT ROWID;
 CREATE TABLE queues (id INTEGER PRIMARY KEY, vhost TEXT, name TEXT, auto_delete INTEGER,
@@ -283,6 +344,7 @@ class SqliteStore(Store):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            self._created = not tables
             if not tables:
                 self._db.executescript(_SCHEMA)
                 self._db.execute("INSERT INTO meta VALUES ('format_version', ?), ('clean_stop', 1)", (FORMAT_VERSION,))
@@ -316,6 +378,30 @@ class SqliteStore(Store):
     def _define(self, sql, parameters):
         self._batch.definitions.append((sql, parameters))
         self._wake()
+
+    def put_vhost(self, name):
+        self._define("INSERT OR REPLACE INTO vhosts VALUES (?)", (name,))
+
+    def delete_vhost(self, name):
+        for name_of_queue in [queue for vhost, queue in self._queue_ids if vhost == name]:
+            self.delete_queue(name, name_of_queue)
+        for sql in ("DELETE FROM vhosts WHERE name = ?", "DELETE FROM permissions WHERE vhost = ?",
+                    "DELETE FROM exchanges WHERE vhost = ?", "DELETE FROM bindings WHERE vhost = ?"):
+            self._define(sql, (name,))
+
+    def put_user(self, name, password_hash, hashing_algorithm, tags):
+        self._define("INSERT OR REPLACE INTO users VALUES (?, ?, ?, ?)",
+                     (name, password_hash, hashing_algorithm, properties_to_json(list(tags))))
+
+    def delete_user(self, name):
+        self._define("DELETE FROM users WHERE name = ?", (name,))
+        self._define("DELETE FROM permissions WHERE user = ?", (name,))
+
+    def put_permission(self, user, vhost, configure, write, read):
+        self._define("INSERT OR REPLACE INTO permissions VALUES (?, ?, ?, ?, ?)", (user, vhost, configure, write, read))
+
+    def delete_permission(self, user, vhost):
+        self._define("DELETE FROM permissions WHERE user = ? AND vhost = ?", (user, vhost))
 
     def put_exchange(self, vhost, name, type_name, auto_delete, internal, arguments):
         self._define("INSERT OR REPLACE INTO exchanges VALUES (?, ?, ?, ?, ?, ?)",
@@ -484,6 +570,11 @@ class SqliteStore(Store):
             db.execute("UPDATE meta SET value = 0 WHERE key = 'clean_stop'")
             # Messages whose every queue went while deliveries were out.
             db.execute("DELETE FROM messages WHERE seq NOT IN (SELECT seq FROM queue_messages)")
+            recovered.first_start = self._created
+            recovered.vhosts = [name for name, in db.execute("SELECT name FROM vhosts")]
+            recovered.users = [(name, password_hash, algorithm, tuple(properties_from_json(tags)))
+                               for name, password_hash, algorithm, tags in db.execute("SELECT * FROM users")]
+            recovered.permissions = list(db.execute("SELECT user, vhost, configure, write, read FROM permissions"))
             for vhost, name, type_name, auto_delete, internal, arguments in db.execute(
                     "SELECT vhost, name, type, auto_delete, internal, arguments FROM exchanges"):
                 recovered.exchanges.append((vhost, name, type_name, bool(auto_delete), bool(internal),

@@ -174,10 +174,10 @@ class JsonLinesProtocol(FrontEndConnection):
             self.close(CommandInvalid(f"protocol version {version} is not supported; this broker speaks {PROTOCOL_VERSION}"))
             return None
         try:
-            self.session = self.node.open_session(
-                _field(request, "user", str, "guest"), _field(request, "password", str, "guest"),
-                _field(request, "vhost", str, "/"), self.peer, "json-lines", self,
-                _field(request, "client", dict, None))
+            user = self.node.authenticate(_field(request, "user", str, "guest"),
+                                          _field(request, "password", str, "guest"), self.peer)
+            self.session = self.node.open_session(user, _field(request, "vhost", str, "/"), self.peer,
+                                                  "json-lines", self, _field(request, "client", dict, None))
         except BrokerError as exc:
             self.close(exc)
             return None
@@ -319,12 +319,15 @@ class JsonLinesProtocol(FrontEndConnection):
         return {}
 
     def op_vhost_add(self, request):
-        self.node.check_administrator(self.session.user)
-        self.node.add_vhost(_field(request, "vhost", str))
+        """As RabbitMQ's HTTP API does, the user who adds a vhost gets full rights on it."""
+        self.node.check_tag(self.session.user)
+        name = _field(request, "vhost", str)
+        self.node.add_vhost(name)
+        self.node.set_permissions(self.session.user, name, ".*", ".*", ".*")
         return {}
 
     def op_vhost_delete(self, request):
-        self.node.check_administrator(self.session.user)
+        self.node.check_tag(self.session.user)
         name = _field(request, "vhost", str)
         if name == self.session.vhost.name:
             # Deleting it would close this connection before its reply could be read.

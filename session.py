@@ -31,10 +31,11 @@ MAX_CHANNELS = 2047  # RabbitMQ's default channel_max
 class Session:
     """One client connection: who, to which virtual host, with which channels."""
 
-    def __init__(self, node, vhost, user, peer, protocol, sink, client_properties=None):
+    def __init__(self, node, vhost, user, permission, peer, protocol, sink, client_properties=None):
         self.node = node
         self.vhost = vhost
-        self.user = user
+        self.user = user                # the user's name
+        self.permission = permission    # the user's rights in this vhost (access.Permission)
         self.peer = peer
         self.protocol = protocol
         self.sink = sink
@@ -44,6 +45,11 @@ class Session:
         self.writable = True
         self.closed = False
         self.confirming_channels = []   # channels with confirms not yet flushed
+
+    def check(self, kind, resource, name):
+        """AccessRefused unless the user may `kind` (configure, write, read) the named
+        queue or exchange."""
+        self.permission.check(kind, resource, name, self.vhost.name, self.user)
 
     def open_channel(self, number):
         if number in self.channels:

@@ -4,7 +4,7 @@ setup(
     name="greenmq",
     version="0.1.0",
     description="A message broker in Python on gevent, with RabbitMQ's messaging model",
-    py_modules=["amqp_protocol", "broker", "connection", "durable_store", "errors", "exchange", "greenmq_testing",
+    py_modules=["access", "amqp_protocol", "broker", "connection", "durable_store", "errors", "exchange", "greenmq_testing",
                 "message", "node", "protocol", "pytest_greenmq", "queue_store", "session", "transport", "vhost"],
     python_requires=">=3.9",
     install_requires=["gevent>=23.9", "pamqp>=3.3"],

@@ -36,10 +36,16 @@ def node():
     return Node()
 
 
+PEER = ("127.0.0.1", 1)
+
+
+def login(node, sink, user="guest", password="guest", vhost="/"):
+    return node.open_session(node.authenticate(user, password, PEER), vhost, PEER, "test", sink)
+
+
 def open_channel(node, number=1):
     sink = RecordingSink()
-    session = node.open_session("guest", "guest", "/", ("127.0.0.1", 1), "test", sink)
-    return session.open_channel(number), sink
+    return login(node, sink).open_channel(number), sink
 
 
 def publish(channel, queue, *bodies):

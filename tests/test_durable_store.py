@@ -13,7 +13,7 @@ import message
 from durable_store import MemoryStore, SqliteStore
 from message import Message
 from node import Node
-from tests.test_core_queues import RecordingSink
+from tests.test_core_queues import RecordingSink, login
 
 
 class FakeQueue:
@@ -211,7 +211,7 @@ class HeldCommitStore(MemoryStore):
 def confirming_channel(store):
     node = Node(store=store)
     sink = RecordingSink()
-    session = node.open_session("guest", "guest", "/", ("127.0.0.1", 1), "test", sink)
+    session = login(node, sink)
     channel = session.open_channel(1)
     channel.confirm_select()
     channel.vhost.declare_queue("durable", durable=True)
@@ -324,7 +324,7 @@ def nack_one_by_one(unacked, waiting, monkeypatch):
     monkeypatch.setattr(message, "_next_seq", map(CountedSeq, itertools.count(1)).__next__)
     node = Node()
     sink = RecordingSink()
-    channel = node.open_session("guest", "guest", "/", ("127.0.0.1", 1), "test", sink).open_channel(1)
+    channel = login(node, sink).open_channel(1)
     channel.vhost.declare_queue("q")
     channel.consume("q", "c")
     for i in range(unacked):

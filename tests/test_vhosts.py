@@ -94,11 +94,13 @@ def test_bad_vhost_requests_are_refused(node_client, request_fields, code, text)
 
 
 def test_only_administrators_add_or_delete_vhosts():
-    node = Node(users={"guest": "guest", "app": "secret"})
+    node = Node()
+    node.add_user("app", "secret")
+    node.set_permissions("app", "/", ".*", ".*", ".*")
     app = _Client(node, user="app", password="secret")
     for op in ("vhost.add", "vhost.delete"):
         reply = app.request({"op": op, "vhost": "other"})
-        assert reply["code"] == 403 and reply["text"] == "ACCESS_REFUSED - user 'app' is not an administrator"
+        assert reply["code"] == 403 and reply["text"] == "ACCESS_REFUSED - user 'app' has none of the tags administrator"
     assert _Client(node).request({"op": "vhost.add", "vhost": "other"})["ok"] is True
     assert set(node.vhosts) == {"/", "other"}
 
