@@ -33,6 +33,10 @@ ADMINISTRATOR, MONITORING, MANAGEMENT = "administrator", "monitoring", "manageme
 
 FULL_ACCESS = ".*"
 
+# Names a permission has allowed, remembered so a publish does not run a regular expression
+# per message; bounded, as names with ids in them would otherwise grow it without limit.
+ALLOWED_NAMES_KEPT = 4096
+
 
 def hash_password(password, salt=None):
     salt = os.urandom(SALT_BYTES) if salt is None else salt
@@ -75,7 +79,7 @@ class User:
 class Permission:
     """A user's rights in one virtual host: three regular expressions over resource names."""
 
-    __slots__ = ("configure", "write", "read", "_patterns")
+    __slots__ = ("configure", "write", "read", "_patterns", "_allowed")
 
     def __init__(self, configure=FULL_ACCESS, write=FULL_ACCESS, read=FULL_ACCESS):
         self.configure, self.write, self.read = configure, write, read
@@ -89,12 +93,19 @@ class Permission:
             except re.error as exc:
                 raise PreconditionFailed(f"{kind} permission '{pattern}' is not a regular expression: {exc}") from None
         self._patterns = patterns
+        self._allowed = set()       # (kind, resource, name) checked before: publish is per message
 
     def check(self, kind, resource, name, vhost_name, user):
         """`kind` is configure, write or read; `resource` queue or exchange. As in RabbitMQ
         a pattern may match anywhere in the name, and the default exchange goes by the
         name amq.default."""
+        key = (kind, resource, name)
+        if key in self._allowed:
+            return
         shown = (name or "amq.default") if resource == "exchange" else name
         if self._patterns[kind].search(shown):
+            if len(self._allowed) >= ALLOWED_NAMES_KEPT:
+                self._allowed.clear()
+            self._allowed.add(key)
             return
         raise AccessRefused(f"access to {resource} '{shown}' in vhost '{vhost_name}' refused for user '{user}'")

@@ -376,11 +376,11 @@ class AmqpConnection(FrontEndConnection):
     def on_exchange_declare(self, channel, number, method):
         self.session.vhost.declare_exchange(
             method.exchange, method.exchange_type, method.passive, method.durable,
-            method.auto_delete, method.internal, method.arguments)
+            method.auto_delete, method.internal, method.arguments, self.session)
         self._reply(number, method, spec.Exchange.DeclareOk())
 
     def on_exchange_delete(self, channel, number, method):
-        self.session.vhost.delete_exchange(method.exchange, method.if_unused)
+        self.session.vhost.delete_exchange(method.exchange, method.if_unused, self.session)
         self._reply(number, method, spec.Exchange.DeleteOk())
 
     def on_queue_declare(self, channel, number, method):
@@ -401,7 +401,7 @@ class AmqpConnection(FrontEndConnection):
         self._send_method(number, spec.Queue.UnbindOk())
 
     def on_queue_purge(self, channel, number, method):
-        count = self.session.vhost.queue(method.queue, self.session).purge()
+        count = self.session.vhost.purge_queue(method.queue, self.session)
         self._reply(number, method, spec.Queue.PurgeOk(message_count=count))
 
     def on_queue_delete(self, channel, number, method):

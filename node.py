@@ -51,6 +51,7 @@ class Node:
         self.vhosts = {}
         self.sessions = set()
         self._login_failures = {}   # peer address -> (failures in a row, time of the last)
+        self.started = time.monotonic()
         self._recover()
 
     # -- start ---------------------------------------------------------------------------
@@ -215,6 +216,57 @@ class Node:
         for key in [key for key in self.permissions if key[1] == name]:
             del self.permissions[key]
         self.store.delete_vhost(name)
+
+    # -- what operators see ----------------------------------------------------------------
+
+    def status(self):
+        return {"product": SERVER_NAME, "version": VERSION, "pid": os.getpid(),
+                "uptime_seconds": round(time.monotonic() - self.started, 1),
+                "vhosts": len(self.vhosts), "users": len(self.users), "connections": len(self.sessions),
+                "queues": sum(len(vhost.queues) for vhost in self.vhosts.values()),
+                "messages": sum(queue.message_count + queue.unacked_count
+                                for vhost in self.vhosts.values() for queue in vhost.queues.values()),
+                "data_dir": getattr(self.store, "path", None)}
+
+    def list_users(self):
+        return [{"user": user.name, "tags": list(user.tags)} for user in self.users.values()]
+
+    def list_vhosts(self):
+        return [{"name": name, "queues": len(vhost.queues),
+                 "connections": sum(1 for s in self.sessions if s.vhost is vhost)}
+                for name, vhost in self.vhosts.items()]
+
+    def list_permissions(self, vhost=None, user=None):
+        """Every permission, or those in one vhost, or of one user (which must exist)."""
+        if vhost is not None:
+            self.vhost(vhost)
+        if user is not None:
+            self.user(user)
+        return [{"user": user_name, "vhost": vhost_name, "configure": p.configure, "write": p.write,
+                 "read": p.read}
+                for (user_name, vhost_name), p in self.permissions.items()
+                if vhost in (None, vhost_name) and user in (None, user_name)]
+
+    def list_connections(self):
+        return [{"name": s.name, "user": s.user, "vhost": s.vhost.name, "protocol": s.protocol,
+                 "channels": len(s.channels), "client_properties": s.client_properties}
+                for s in self.sessions]
+
+    def list_channels(self):
+        return [{"connection": s.name, "number": c.number, "user": s.user, "vhost": s.vhost.name,
+                 "consumers": len(c.consumers), "messages_unacknowledged": len(c.unacked),
+                 "prefetch_count": c.consumer_prefetch_count, "global_prefetch_count": c.global_prefetch_count,
+                 "confirm": c.confirming}
+                for s in self.sessions for c in s.channels.values()]
+
+    def close_connection(self, name, reason):
+        """As `rabbitmqctl close_connection`: the client is told 320 and why."""
+        sessions = [s for s in self.sessions if s.name == name]
+        if not sessions:
+            raise NotFound(f"no connection '{name}'")
+        for session in sessions:
+            session.sink.close(ConnectionForced(reason))
+            session.close()
 
     # -- stop ----------------------------------------------------------------------------
 

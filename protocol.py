@@ -12,6 +12,7 @@ import decimal
 import json
 import logging
 
+from access import MONITORING
 from errors import (BadSyntax, BrokerError, CommandInvalid, FrameError,
                     InternalError, PreconditionFailed, Unsupported)
 from message import PROPERTY_NAMES
@@ -202,11 +203,12 @@ class JsonLinesProtocol(FrontEndConnection):
         self.session.vhost.declare_exchange(
             _field(request, "exchange", str), _field(request, "type", str, "direct"),
             _flag(request, "passive"), _flag(request, "durable"), _flag(request, "auto_delete"),
-            _flag(request, "internal"), _field(request, "arguments", dict, None))
+            _flag(request, "internal"), _field(request, "arguments", dict, None), self.session)
         return {}
 
     def op_exchange_delete(self, request):
-        self.session.vhost.delete_exchange(_field(request, "exchange", str), _flag(request, "if_unused"))
+        self.session.vhost.delete_exchange(_field(request, "exchange", str), _flag(request, "if_unused"),
+                                           self.session)
         return {}
 
     def op_queue_declare(self, request):
@@ -230,8 +232,7 @@ class JsonLinesProtocol(FrontEndConnection):
                 _field(request, "routing_key", str, ""), _field(request, "arguments", dict, None))
 
     def op_queue_purge(self, request):
-        queue = self.session.vhost.queue(_field(request, "queue", str), self.session)
-        return {"message_count": queue.purge()}
+        return {"message_count": self.session.vhost.purge_queue(_field(request, "queue", str), self.session)}
 
     def op_queue_delete(self, request):
         count = self.session.vhost.delete_queue(
@@ -335,26 +336,96 @@ class JsonLinesProtocol(FrontEndConnection):
         self.node.delete_vhost(name)
         return {}
 
+    # -- operators' requests (greenmqctl) --------------------------------------------------
+
+    def _listed_vhost(self, request):
+        """The vhost a listing is of: this connection's, or the one `vhost` names, which
+        the user must have permissions in or be tagged monitoring to see."""
+        name = _field(request, "vhost", str, self.session.vhost.name)
+        vhost = self.node.vhost(name)
+        if (self.session.user, name) not in self.node.permissions:
+            self.node.check_tag(self.session.user, MONITORING)
+        return vhost
+
     def op_list_exchanges(self, request):
-        return {"items": self.session.vhost.list_exchanges()}
+        return {"items": self._listed_vhost(request).list_exchanges()}
 
     def op_list_queues(self, request):
-        return {"items": self.session.vhost.list_queues()}
+        return {"items": self._listed_vhost(request).list_queues()}
 
     def op_list_bindings(self, request):
-        return {"items": self.session.vhost.list_bindings()}
+        return {"items": self._listed_vhost(request).list_bindings()}
 
     def op_list_consumers(self, request):
-        vhost = self.session.vhost
-        return {"items": [{"queue": c.queue.name, "consumer_tag": c.tag, "channel": c.channel.number,
-                           "ack_required": not c.no_ack, "exclusive": c.exclusive,
-                           "prefetch_count": c.prefetch_count, "arguments": c.arguments}
-                          for q in vhost.queues.values() for c in q.consumers]}
+        return {"items": self._listed_vhost(request).list_consumers()}
 
     def op_list_connections(self, request):
-        return {"items": [{"peer": f"{s.peer[0]}:{s.peer[1]}" if s.peer else "", "user": s.user,
-                           "vhost": s.vhost.name, "protocol": s.protocol, "channels": len(s.channels)}
-                          for s in self.node.sessions]}
+        self.node.check_tag(self.session.user, MONITORING)
+        return {"items": self.node.list_connections()}
+
+    def op_list_channels(self, request):
+        self.node.check_tag(self.session.user, MONITORING)
+        return {"items": self.node.list_channels()}
+
+    def op_list_vhosts(self, request):
+        self.node.check_tag(self.session.user, MONITORING)
+        return {"items": self.node.list_vhosts()}
+
+    def op_status(self, request):
+        self.node.check_tag(self.session.user, MONITORING)
+        return self.node.status()
+
+    def op_list_users(self, request):
+        self.node.check_tag(self.session.user)
+        return {"items": self.node.list_users()}
+
+    def op_list_permissions(self, request):
+        self.node.check_tag(self.session.user)
+        return {"items": self.node.list_permissions(vhost=_field(request, "vhost", str, None),
+                                                    user=_field(request, "user", str, None))}
+
+    def op_user_add(self, request):
+        self.node.check_tag(self.session.user)
+        self.node.add_user(_field(request, "user", str), _field(request, "password", str), _tags(request))
+        return {}
+
+    def op_user_delete(self, request):
+        self.node.check_tag(self.session.user)
+        self.node.delete_user(_field(request, "user", str))
+        return {}
+
+    def op_user_change_password(self, request):
+        self.node.check_tag(self.session.user)
+        self.node.change_password(_field(request, "user", str), _field(request, "password", str))
+        return {}
+
+    def op_user_clear_password(self, request):
+        self.node.check_tag(self.session.user)
+        self.node.clear_password(_field(request, "user", str))
+        return {}
+
+    def op_user_set_tags(self, request):
+        self.node.check_tag(self.session.user)
+        self.node.set_user_tags(_field(request, "user", str), _tags(request))
+        return {}
+
+    def op_permissions_set(self, request):
+        self.node.check_tag(self.session.user)
+        self.node.set_permissions(_field(request, "user", str), _field(request, "vhost", str),
+                                  _field(request, "configure", str), _field(request, "write", str),
+                                  _field(request, "read", str))
+        return {}
+
+    def op_permissions_clear(self, request):
+        self.node.check_tag(self.session.user)
+        self.node.clear_permissions(_field(request, "user", str), _field(request, "vhost", str))
+        return {}
+
+    def op_connection_close(self, request):
+        self.node.check_tag(self.session.user)
+        self.node.close_connection(_field(request, "name", str),
+                                   _field(request, "reason", str, "closed by an operator"))
+        return {}
 
 
 _HANDLERS = {
@@ -386,13 +457,26 @@ _HANDLERS = {
     "list_bindings": JsonLinesProtocol.op_list_bindings,
     "list_consumers": JsonLinesProtocol.op_list_consumers,
     "list_connections": JsonLinesProtocol.op_list_connections,
+    "list_channels": JsonLinesProtocol.op_list_channels,
+    "list_vhosts": JsonLinesProtocol.op_list_vhosts,
+    "list_users": JsonLinesProtocol.op_list_users,
+    "list_permissions": JsonLinesProtocol.op_list_permissions,
+    "status": JsonLinesProtocol.op_status,
+    "user.add": JsonLinesProtocol.op_user_add,
+    "user.delete": JsonLinesProtocol.op_user_delete,
+    "user.change_password": JsonLinesProtocol.op_user_change_password,
+    "user.clear_password": JsonLinesProtocol.op_user_clear_password,
+    "user.set_tags": JsonLinesProtocol.op_user_set_tags,
+    "permissions.set": JsonLinesProtocol.op_permissions_set,
+    "permissions.clear": JsonLinesProtocol.op_permissions_clear,
+    "connection.close": JsonLinesProtocol.op_connection_close,
 }
 
 
 # -- fields ------------------------------------------------------------------------------
 
 _REQUIRED = object()
-_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", dict: "an object"}
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", dict: "an object", list: "a list"}
 
 
 def _field(request, name, kind, default=_REQUIRED):
@@ -404,6 +488,13 @@ def _field(request, name, kind, default=_REQUIRED):
     if type(value) is not kind:
         raise BadSyntax(f"field '{name}' must be {_TYPE_NAMES[kind]}")
     return value
+
+
+def _tags(request):
+    tags = _field(request, "tags", list, [])
+    if not all(type(tag) is str for tag in tags):
+        raise BadSyntax("field 'tags' must be a list of strings")
+    return tags
 
 
 def _flag(request, name, default=False):

@@ -37,6 +37,8 @@ class Session:
         self.user = user                # the user's name
         self.permission = permission    # the user's rights in this vhost (access.Permission)
         self.peer = peer
+        # What operators call this connection: the client's address, as RabbitMQ names one.
+        self.name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
         self.protocol = protocol
         self.sink = sink
         self.client_properties = client_properties or {}
@@ -134,6 +136,7 @@ class Channel:
         if self.confirming:
             seq = self.publish_seq = self.publish_seq + 1
         try:
+            self.session.check("write", "exchange", exchange)
             if properties is not None and "user_id" in properties:
                 self._check_user_id(properties["user_id"])
             message = Message(exchange, routing_key, body, properties, encoded_properties)
@@ -197,6 +200,7 @@ class Channel:
                 arguments=None, announce=None):
         """Subscribe to a queue. `announce(tag)` runs after the consumer exists and before
         its first delivery, so the front end can answer consume-ok first."""
+        self.session.check("read", "queue", queue_name)
         queue = self.vhost.queue(queue_name, self.session)
         if not consumer_tag:
             consumer_tag = "amq.ctag-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
@@ -254,6 +258,7 @@ class Channel:
 
     def get(self, queue_name, no_ack=False):
         """basic.get: (delivery_tag, message, messages left) or None when the queue is empty."""
+        self.session.check("read", "queue", queue_name)
         queue = self.vhost.queue(queue_name, self.session)
         message = queue.get(no_ack)
         if message is None:

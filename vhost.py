@@ -1,8 +1,10 @@
 """A virtual host: the registry of its exchanges, queues and bindings, and the one place
 where a publish is routed to queues.
 
-Operations that touch a queue take the session asking (`owner`) so exclusive queues can
-refuse everyone but the connection that declared them.
+Operations take the session asking (`owner`): its user's permissions are checked (as in
+RabbitMQ's access control table), and exclusive queues refuse everyone but the
+connection that declared them. The broker's own operations (recovery, expiry, auto-delete)
+pass no owner.
 """
 
 import base64
@@ -43,12 +45,14 @@ class VirtualHost:
         return exchange
 
     def declare_exchange(self, name, type_name="direct", passive=False, durable=False,
-                         auto_delete=False, internal=False, arguments=None):
+                         auto_delete=False, internal=False, arguments=None, owner=None):
         check_name(name, "exchange name")
         if name == "":
             raise AccessRefused("operation not permitted on the default exchange")
         if passive:
             return self.exchange(name)
+        if owner is not None:
+            owner.check("configure", "exchange", name)
         cls = exchange_class(type_name)
         exchange = self.exchanges.get(name)
         if exchange is None:
@@ -65,10 +69,12 @@ class VirtualHost:
         _equivalent(what, "internal", internal, exchange.internal)
         return exchange
 
-    def delete_exchange(self, name, if_unused=False):
+    def delete_exchange(self, name, if_unused=False, owner=None):
         check_name(name, "exchange name")
         if name == "":
             raise AccessRefused("operation not permitted on the default exchange")
+        if owner is not None:
+            owner.check("configure", "exchange", name)
         if name.startswith("amq.") and name in self.exchanges:
             raise AccessRefused(f"deletion of system exchange '{name}' in vhost '{self.name}' not allowed")
         exchange = self.exchanges.get(name)
@@ -113,6 +119,8 @@ class VirtualHost:
             return queue
         if not name:
             name = "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        if owner is not None:
+            owner.check("configure", "queue", name)
         queue = self.queues.get(name)
         if queue is None:
             if name.startswith("amq.") and not name.startswith("amq.gen-"):
@@ -144,6 +152,8 @@ class VirtualHost:
         """queue.delete: returns how many ready messages went with the queue (0 if it was
         not there: deleting is idempotent, as in RabbitMQ)."""
         check_name(name, "queue name")
+        if owner is not None:
+            owner.check("configure", "queue", name)
         if name not in self.queues:
             return 0
         queue = self.queue(name, owner)
@@ -152,6 +162,12 @@ class VirtualHost:
         if if_empty and queue.message_count:
             raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' is not empty")
         return self.remove_queue(queue)
+
+    def purge_queue(self, name, owner=None):
+        """queue.purge: returns how many ready messages went."""
+        if owner is not None:
+            owner.check("read", "queue", name)
+        return self.queue(name, owner).purge()
 
     def remove_queue(self, queue):
         """Delete a queue without asking (expired, auto-deleted, its owner gone), telling
@@ -186,21 +202,25 @@ class VirtualHost:
 
     def bind(self, queue_name, exchange_name, routing_key="", arguments=None, owner=None):
         check_name(routing_key, "routing key")
-        exchange = self._bindable(exchange_name)
-        queue = self.queue(queue_name, owner)
+        exchange, queue = self._binding_ends(queue_name, exchange_name, owner)
         if exchange.bind(queue, routing_key, arguments) and exchange.durable and queue.store is not None:
             self.store.put_binding(self.name, exchange.name, queue.name, routing_key, arguments)
         queue.bound_exchanges.add(exchange)
 
     def unbind(self, queue_name, exchange_name, routing_key="", arguments=None, owner=None):
-        exchange = self._bindable(exchange_name)
-        queue = self.queue(queue_name, owner)
+        exchange, queue = self._binding_ends(queue_name, exchange_name, owner)
         if exchange.unbind(queue, routing_key, arguments):
             if exchange.durable and queue.store is not None:
                 self.store.delete_binding(self.name, exchange.name, queue.name, routing_key, arguments)
             if not any(key[0] is queue for key in exchange.bindings):
                 queue.bound_exchanges.discard(exchange)
             self._auto_delete_exchange(exchange)
+
+    def _binding_ends(self, queue_name, exchange_name, owner):
+        if owner is not None:
+            owner.check("write", "queue", queue_name)
+            owner.check("read", "exchange", exchange_name)
+        return self._bindable(exchange_name), self.queue(queue_name, owner)
 
     def _bindable(self, exchange_name):
         check_name(exchange_name, "exchange name")
@@ -284,6 +304,12 @@ class VirtualHost:
                  "messages_ready": q.message_count, "messages_unacknowledged": q.unacked_count,
                  "messages": q.message_count + q.unacked_count, "consumers": len(q.consumers)}
                 for q in self.queues.values()]
+
+    def list_consumers(self):
+        return [{"queue": c.queue.name, "consumer_tag": c.tag, "channel": c.channel.number,
+                 "connection": c.channel.session.name, "ack_required": not c.no_ack,
+                 "exclusive": c.exclusive, "prefetch_count": c.prefetch_count, "arguments": c.arguments}
+                for q in self.queues.values() for c in q.consumers]
 
     def list_bindings(self):
         """As `rabbitmqctl list_bindings`: the default exchange's implicit bindings first."""
