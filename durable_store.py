@@ -13,6 +13,7 @@ A message routed to several durable queues is stored once, with a row per queue;
 `Stored` record on the message counts the queues still holding it.
 """
 
+import abc
 import logging
 import os
 import sqlite3
@@ -75,7 +76,7 @@ def open_store(data_dir):
     return MemoryStore() if data_dir is None else SqliteStore(data_dir)
 
 
-class Store:
+class Store(abc.ABC):
     """The interface the core writes through. Writes are accepted at once and become
     durable with the next commit; `available` is False while commits fail, and then
     persistent messages must be refused rather than accepted into thin air."""
@@ -83,76 +84,85 @@ class Store:
     def __init__(self):
         self.open_batch = 1        # the batch that writes made now will be committed in
         self.available = True
-        self._callbacks = {}       # callbacks waiting for the open batch, once each
 
     # -- definitions ---------------------------------------------------------------------
 
+    @abc.abstractmethod
     def put_vhost(self, name):
-        raise NotImplementedError
+        """Keep a virtual host."""
 
+    @abc.abstractmethod
     def delete_vhost(self, name):
         """And everything in it: permissions, exchanges, queues, bindings, messages."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def put_user(self, name, password_hash, hashing_algorithm, tags):
-        raise NotImplementedError
+        """Keep a user, or its new password or tags."""
 
+    @abc.abstractmethod
     def delete_user(self, name):
         """And the user's permissions."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def put_permission(self, user, vhost, configure, write, read):
-        raise NotImplementedError
+        """Keep what a user may do in a virtual host."""
 
+    @abc.abstractmethod
     def delete_permission(self, user, vhost):
-        raise NotImplementedError
+        """The user may do nothing in the virtual host any more."""
 
+    @abc.abstractmethod
     def put_exchange(self, vhost, name, type_name, auto_delete, internal, arguments):
-        raise NotImplementedError
+        """Keep a durable exchange."""
 
+    @abc.abstractmethod
     def delete_exchange(self, vhost, name):
         """And every binding from it."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def put_queue(self, vhost, name, auto_delete, arguments):
-        raise NotImplementedError
+        """Keep a durable queue, so persistent messages can be kept for it."""
 
+    @abc.abstractmethod
     def delete_queue(self, vhost, name):
         """And every binding to it and its place for every message."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def put_binding(self, vhost, source, destination, routing_key, arguments):
-        raise NotImplementedError
+        """Keep a binding between durable ends."""
 
+    @abc.abstractmethod
     def delete_binding(self, vhost, source, destination, routing_key, arguments):
-        raise NotImplementedError
+        """Forget a binding."""
 
     # -- messages ------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def add_message(self, message, queues):
         """Keep `message` for `queues` (durable, all of them); marks it `stored`."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def remove_messages(self, queue, messages):
         """`queue` is done with `messages` (all `stored`)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def mark_redelivered(self, queue, messages):
         """At a clean stop: these may have been delivered, so say so when they return."""
-        raise NotImplementedError
 
     # -- commits -------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def after_commit(self, callback):
-        self._callbacks[callback] = None
+        """Run `callback(batch, ok)` on the hub once everything written so far is on disk
+        (ok True) or could not be written (ok False); once per batch however often asked."""
 
+    @abc.abstractmethod
     def load(self):
         """A `Recovered` with everything stored, messages in publish order per queue."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def close(self):
         """Commit what is pending and mark the stop clean."""
-        raise NotImplementedError
 
 
 class MemoryStore(Store):

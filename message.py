@@ -113,7 +113,13 @@ def parse_expiration(expiration):
 # so a message's properties survive JSON (the JSON-lines protocol, the durable store) as
 # AMQP holds them.
 
-def _json_value(value):
+# The latest second a timestamp may name: what Python's datetime (and so every AMQP client
+# library here) can represent, the last second of the year 9999.
+MAX_TIMESTAMP = 253402300799
+
+
+def json_value(value):
+    """The tagged form of a value JSON has no type for (a `default=` for json encoders)."""
     if isinstance(value, (bytes, bytearray)):
         return {"$bytes": base64.b64encode(value).decode("ascii")}
     if isinstance(value, datetime.datetime):
@@ -124,7 +130,7 @@ def _json_value(value):
 
 
 # Keys sorted, so equal tables give equal text.
-properties_to_json = json.JSONEncoder(separators=(",", ":"), sort_keys=True, default=_json_value).encode
+properties_to_json = json.JSONEncoder(separators=(",", ":"), sort_keys=True, default=json_value).encode
 
 
 def _untag(obj):
@@ -136,10 +142,26 @@ def _untag(obj):
     return obj
 
 
+def _timestamp(seconds):
+    if type(seconds) is not int or not 0 <= seconds <= MAX_TIMESTAMP:
+        raise ValueError(seconds)
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+
+
+def _decimal(text):
+    if type(text) is not str:
+        raise TypeError(text)
+    number = decimal.Decimal(text)
+    if not number.is_finite():
+        raise ValueError(text)
+    return number
+
+
+# Each tag's decoder; they raise ValueError or TypeError for a value the tag cannot carry.
 TAGGED_VALUES = {
     "$bytes": lambda text: bytearray(base64.b64decode(text, validate=True)),   # AMQP's byte array type
-    "$timestamp": lambda seconds: datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc),
-    "$decimal": decimal.Decimal,
+    "$timestamp": _timestamp,
+    "$decimal": _decimal,
 }
 
 properties_from_json = json.JSONDecoder(object_hook=_untag).decode

@@ -7,15 +7,13 @@ socket (transport.py) takes them with `take_output()`.
 
 import base64
 import binascii
-import datetime
-import decimal
 import json
 import logging
 
 from access import MONITORING
 from errors import (BadSyntax, BrokerError, CommandInvalid, FrameError,
                     InternalError, PreconditionFailed, Unsupported)
-from message import PROPERTY_NAMES
+from message import MAX_TIMESTAMP, PROPERTY_NAMES, TAGGED_VALUES, json_value
 from node import SERVER_NAME, VERSION
 from vhost import MAX_NAME_BYTES
 from transport import FrontEndConnection
@@ -30,15 +28,12 @@ PROTOCOL_VERSION = 1
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 
 
-_encode = json.JSONEncoder(separators=(",", ":"), default=lambda value: _json_value(value)).encode
+_encode = json.JSONEncoder(separators=(",", ":"), default=json_value).encode
 _decode = json.JSONDecoder().decode
 _quote = json.encoder.encode_basestring_ascii
 
 _STRING_PROPERTIES = frozenset(PROPERTY_NAMES) - {"headers", "delivery_mode", "priority", "timestamp"}
 
-# The latest second a timestamp property may name: what Python's datetime (and so every
-# AMQP client library here) can represent, the last second of the year 9999.
-MAX_TIMESTAMP = 253402300799
 
 
 class JsonLinesProtocol(FrontEndConnection):
@@ -546,7 +541,7 @@ def _table_in(value):
     if type(value) is dict:
         if len(value) == 1:
             (tag, tagged), = value.items()
-            decode = _TAGGED_IN.get(tag)
+            decode = TAGGED_VALUES.get(tag)
             if decode is not None:
                 try:
                     return decode(tagged)
@@ -581,34 +576,3 @@ def _with_message(event, message):
     return f"{_encode(event)[:-1]},{_message_json(message)}}}\n".encode()
 
 
-def _json_value(value):
-    """Header values JSON has no type for (from AMQP): tagged objects, which _table_in reads back."""
-    if isinstance(value, (bytes, bytearray)):
-        return {"$bytes": base64.b64encode(value).decode("ascii")}
-    if isinstance(value, datetime.datetime):
-        return {"$timestamp": int(value.timestamp())}
-    if isinstance(value, decimal.Decimal):
-        return {"$decimal": str(value)}
-    raise TypeError(f"cannot encode {type(value).__name__} in JSON")
-
-
-def _timestamp_in(seconds):
-    if type(seconds) is not int or not 0 <= seconds <= MAX_TIMESTAMP:
-        raise ValueError(seconds)
-    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
-
-
-def _decimal_in(text):
-    if type(text) is not str:
-        raise TypeError(text)
-    number = decimal.Decimal(text)
-    if not number.is_finite():
-        raise ValueError(text)
-    return number
-
-
-_TAGGED_IN = {
-    "$bytes": lambda text: bytearray(base64.b64decode(text, validate=True)),   # AMQP's byte array type
-    "$timestamp": _timestamp_in,
-    "$decimal": _decimal_in,
-}
