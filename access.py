@@ -79,7 +79,7 @@ class User:
 class Permission:
     """A user's rights in one virtual host: three regular expressions over resource names."""
 
-    __slots__ = ("configure", "write", "read", "_patterns", "_allowed")
+    __slots__ = ("configure", "write", "read", "_patterns", "_allowed", "writable_exchanges")
 
     def __init__(self, configure=FULL_ACCESS, write=FULL_ACCESS, read=FULL_ACCESS):
         self.configure, self.write, self.read = configure, write, read
@@ -93,7 +93,9 @@ class Permission:
             except re.error as exc:
                 raise PreconditionFailed(f"{kind} permission '{pattern}' is not a regular expression: {exc}") from None
         self._patterns = patterns
-        self._allowed = set()       # (kind, resource, name) checked before: publish is per message
+        self._allowed = set()       # (kind, resource, name) checked before
+        # Checked on every publish: names already allowed, looked up without a call.
+        self.writable_exchanges = set()
 
     def check(self, kind, resource, name, vhost_name, user):
         """`kind` is configure, write or read; `resource` queue or exchange. As in RabbitMQ
@@ -106,6 +108,9 @@ class Permission:
         if self._patterns[kind].search(shown):
             if len(self._allowed) >= ALLOWED_NAMES_KEPT:
                 self._allowed.clear()
+                self.writable_exchanges.clear()
             self._allowed.add(key)
+            if kind == "write" and resource == "exchange":
+                self.writable_exchanges.add(name)
             return
         raise AccessRefused(f"access to {resource} '{shown}' in vhost '{vhost_name}' refused for user '{user}'")

@@ -136,7 +136,8 @@ class Channel:
         if self.confirming:
             seq = self.publish_seq = self.publish_seq + 1
         try:
-            self.session.check("write", "exchange", exchange)
+            if exchange not in self.session.permission.writable_exchanges:
+                self.session.check("write", "exchange", exchange)
             if properties is not None and "user_id" in properties:
                 self._check_user_id(properties["user_id"])
             message = Message(exchange, routing_key, body, properties, encoded_properties)
