@@ -357,6 +357,7 @@ class Traffic:
 
     def __init__(self, broker, queue, client):
         self.confirmed, self.acked, self.delivered = set(), set(), set()
+        self.first_confirm = threading.Event()
         self.threads = [threading.Thread(target=self._publish, args=(broker, queue, client), daemon=True),
                         threading.Thread(target=self._consume, args=(broker, queue), daemon=True)]
         for thread in self.threads:
@@ -377,6 +378,7 @@ class Traffic:
                 body = f"{client}-{os.getpid()}-{time.monotonic_ns()}-{i}".encode()
                 publish(body)
                 self.confirmed.add(body)
+                self.first_confirm.set()
         except Exception:
             return      # the broker is gone
 
@@ -409,7 +411,8 @@ def test_no_confirmed_message_is_lost_when_the_broker_is_killed(data_dir, client
     try:
         for round_number in range(3):
             traffic = Traffic(broker, "crash", client)
-            time.sleep(rng.uniform(0.2, 1.0))         # a random kill point, by design
+            assert traffic.first_confirm.wait(30), "the publisher got no confirm"
+            time.sleep(rng.uniform(0.05, 0.8))        # a random kill point, by design
             broker.stop(signal.SIGKILL)
             traffic.join()
             broker.close()
@@ -419,7 +422,6 @@ def test_no_confirmed_message_is_lost_when_the_broker_is_killed(data_dir, client
             conn.close()
             bodies = [body for body, _ in left]
             assert len(bodies) == len(set(bodies)), "a message came back twice"
-            assert traffic.confirmed, "the publisher got no confirm before the kill"
             lost = traffic.confirmed - traffic.acked - set(bodies)
             assert not lost, f"round {round_number}: {len(lost)} confirmed messages lost"
             assert all(redelivered for body, redelivered in left if body in traffic.delivered)
