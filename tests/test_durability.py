@@ -319,6 +319,12 @@ def test_a_failing_disk_nacks_persistent_messages_transient_traffic_goes_on_and_
             for _ in range(2):      # the error has come back by the end of the first, raised by the second
                 json_channel.queue_declare("q", durable=True, passive=True)
         assert refused.value.code == 506
+        pipelined = json_conn.channel()
+        pipelined.confirm_delivery(window=10)
+        for i in range(5):
+            pipelined.basic_publish("", "q", b"pipelined", connection.BasicProperties(delivery_mode=2))
+        with pytest.raises(connection.NackError, match="nacked 5 message"):
+            pipelined.wait_for_confirms(timeout=10)
         assert broker.log().count("cannot write the message store") == 1
 
         if failure == "full":
