@@ -54,6 +54,9 @@ class Exchange:
         self._routes.clear()
         return True
 
+    def has_binding(self, destination, routing_key, arguments=None):
+        return (destination, routing_key, arguments_key(arguments)) in self.bindings
+
     def unbind(self, destination, routing_key, arguments=None):
         """Remove a binding; False if there was none."""
         key = (destination, routing_key, arguments_key(arguments))

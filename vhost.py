@@ -208,25 +208,36 @@ class VirtualHost:
         queue.bound_exchanges.add(exchange)
 
     def unbind(self, queue_name, exchange_name, routing_key="", arguments=None, owner=None):
-        exchange, queue = self._binding_ends(queue_name, exchange_name, owner)
-        if exchange.unbind(queue, routing_key, arguments):
-            if exchange.durable and queue.store is not None:
-                self.store.delete_binding(self.name, exchange.name, queue.name, routing_key, arguments)
-            if not any(key[0] is queue for key in exchange.bindings):
-                queue.bound_exchanges.discard(exchange)
-            self._auto_delete_exchange(exchange)
+        """Removing a binding that is not there succeeds, even from a queue or exchange that
+        is not there or a queue exclusive to another connection, as in RabbitMQ: clients
+        unbind on cleanup after an auto-delete queue or exchange already went."""
+        self._check_binding_access(queue_name, exchange_name, owner)
+        exchange = self._bindable(exchange_name, missing_ok=True)
+        queue = self.queues.get(queue_name)
+        if exchange is None or not exchange.has_binding(queue, routing_key, arguments):
+            return
+        self.queue(queue_name, owner)
+        exchange.unbind(queue, routing_key, arguments)
+        if exchange.durable and queue.store is not None:
+            self.store.delete_binding(self.name, exchange.name, queue.name, routing_key, arguments)
+        if not any(key[0] is queue for key in exchange.bindings):
+            queue.bound_exchanges.discard(exchange)
+        self._auto_delete_exchange(exchange)
 
     def _binding_ends(self, queue_name, exchange_name, owner):
+        self._check_binding_access(queue_name, exchange_name, owner)
+        return self._bindable(exchange_name), self.queue(queue_name, owner)
+
+    def _check_binding_access(self, queue_name, exchange_name, owner):
         if owner is not None:
             owner.check("write", "queue", queue_name)
             owner.check("read", "exchange", exchange_name)
-        return self._bindable(exchange_name), self.queue(queue_name, owner)
 
-    def _bindable(self, exchange_name):
+    def _bindable(self, exchange_name, missing_ok=False):
         check_name(exchange_name, "exchange name")
         if exchange_name == "":
             raise AccessRefused("operation not permitted on the default exchange")
-        return self.exchange(exchange_name)
+        return self.exchanges.get(exchange_name) if missing_ok else self.exchange(exchange_name)
 
     def _auto_delete_exchange(self, exchange):
         if exchange.auto_delete and not exchange.bindings and self.exchanges.get(exchange.name) is exchange:

@@ -1,0 +1,72 @@
+"""AMQP methods answered as RabbitMQ 3.10 answers them, one test per difference the
+differential test (tests/differential) found. Runs against GreenMQ, or $GREENMQ_TEST_AMQP_URL."""
+
+import pika
+import pytest
+from pamqp import body as amqp_body
+from pamqp import commands as spec
+from pamqp import frame as amqp_frame
+from pamqp import header as amqp_header
+from pika.exceptions import ChannelClosedByBroker
+
+from tests.test_amqp_wire import RawClient
+
+
+@pytest.fixture
+def connect(amqp_url):
+    opened = []
+
+    def connect():
+        connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        opened.append(connection)
+        return connection
+
+    yield connect
+    for connection in opened:
+        if connection.is_open:
+            connection.close()
+
+
+def refused(call):
+    """The reply code of the channel.close `call` ends in."""
+    with pytest.raises(ChannelClosedByBroker) as closed:
+        call()
+    return closed.value.reply_code
+
+
+def test_unbinding_from_a_missing_queue_or_exchange_succeeds(connect, name):
+    channel = connect().channel()
+    channel.exchange_declare(name, "direct", auto_delete=True)
+    channel.queue_declare(name, auto_delete=True)
+    channel.queue_unbind(name + "-missing", name, "k")
+    channel.queue_unbind(name, name + "-missing", "k")
+    channel.queue_unbind(name, name, "never-bound")
+    assert refused(lambda: channel.queue_unbind(name, "", "k")) == 403
+
+
+def test_aio_pika_rpc_close_unbinds_after_its_auto_delete_queue_went(connect, name):
+    """What aio-pika's RPC.close() does: cancel the consumer of an auto-delete queue bound
+    to an auto-delete exchange, which takes both away, then unbind them."""
+    channel = connect().channel()
+    channel.exchange_declare(name, "direct", auto_delete=True)
+    queue = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+    channel.queue_bind(queue, name, queue)
+    tag = channel.basic_consume(queue, lambda *args: None)
+    channel.basic_cancel(tag)
+    channel.queue_unbind(queue, name, queue)
+    assert channel.is_open
+
+
+def test_unbinding_from_anothers_exclusive_queue_is_locked_only_if_the_binding_exists(connect, name):
+    owner = connect().channel()
+    owner.queue_declare(name, exclusive=True)
+    owner.queue_bind(name, "amq.direct", "bound")
+    other = connect()
+    channel = other.channel()
+    channel.queue_unbind(name, "amq.direct", "not-bound")
+    assert refused(lambda: channel.queue_unbind(name, "amq.direct", "bound")) == 405
+
+
+def _content(channel, body):
+    return [amqp_frame.marshal(amqp_header.ContentHeader(0, len(body), spec.Basic.Properties()), channel),
+            amqp_frame.marshal(amqp_body.ContentBody(body), channel)]
