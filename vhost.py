@@ -132,9 +132,8 @@ class VirtualHost:
             if exclusive and owner is not None:
                 owner.exclusive_queues.add(queue)
             return queue
-        self.queue(name, owner)
-        if exclusive and queue.exclusive_owner is None:
-            raise self._locked(name)
+        if queue.exclusive_owner is not (owner if exclusive else None):
+            raise self._locked(name)    # another's, or declared with the other `exclusive`
         what = f"queue '{name}' in vhost '{self.name}'"
         _equivalent(what, "durable", durable, queue.durable)
         _equivalent(what, "auto_delete", auto_delete, queue.auto_delete)

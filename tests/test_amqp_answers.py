@@ -67,6 +67,16 @@ def test_unbinding_from_anothers_exclusive_queue_is_locked_only_if_the_binding_e
     assert refused(lambda: channel.queue_unbind(name, "amq.direct", "bound")) == 405
 
 
+def test_redeclaring_an_exclusive_queue_without_exclusive_is_locked(connect, name):
+    connection = connect()
+    channel = connection.channel()
+    channel.queue_declare(name, exclusive=True)
+    assert refused(lambda: channel.queue_declare(name, exclusive=False)) == 405
+    channel = connection.channel()
+    # Locked comes before inequivalent arguments.
+    assert refused(lambda: channel.queue_declare(name, durable=True)) == 405
+
+
 def _content(channel, body):
     return [amqp_frame.marshal(amqp_header.ContentHeader(0, len(body), spec.Basic.Properties()), channel),
             amqp_frame.marshal(amqp_body.ContentBody(body), channel)]
