@@ -566,6 +566,9 @@ class AmqpConnection(FrontEndConnection):
             routing_key=message.routing_key), channel_number), message)
 
     def publish_confirmed(self, channel_number, delivery_tag, multiple, ack):
+        channel = self.channels.get(channel_number)
+        if channel is None or channel.closing:
+            return      # the publish closed its channel: RabbitMQ confirms nothing more on it
         if ack:
             self._send_method(channel_number, spec.Basic.Ack(delivery_tag=delivery_tag, multiple=multiple))
         else:

@@ -77,6 +77,27 @@ def test_redeclaring_an_exclusive_queue_without_exclusive_is_locked(connect, nam
     assert refused(lambda: channel.queue_declare(name, durable=True)) == 405
 
 
+def test_a_refused_publish_in_confirm_mode_closes_the_channel_without_a_nack(amqp_url, name):
+    client = RawClient(amqp_url).open()
+    try:
+        client.open_channel(1)
+        client.send_method(1, spec.Confirm.Select())
+        client.expect(spec.Confirm.SelectOk, 1)
+        client.send_method(1, spec.Basic.Publish(exchange=name + "-missing", routing_key="k"))
+        client.send(b"".join(_content(1, b"m")))
+        close = client.expect(spec.Channel.Close, 1)
+        assert close.reply_code == 404
+        client.send_method(1, spec.Channel.CloseOk())
+        client.send_method(2, spec.Channel.Open())
+        frames = []     # until channel 2 is open, whatever the broker still had for channel 1 is in
+        while not frames or frames[-1] != (2, "Channel.OpenOk"):
+            channel, frame = client.receive()
+            frames.append((channel, frame.name))
+        assert frames == [(2, "Channel.OpenOk")]
+    finally:
+        client.close()
+
+
 def _content(channel, body):
     return [amqp_frame.marshal(amqp_header.ContentHeader(0, len(body), spec.Basic.Properties()), channel),
             amqp_frame.marshal(amqp_body.ContentBody(body), channel)]
