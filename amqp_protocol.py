@@ -77,12 +77,13 @@ class _Content:
 class _Channel:
     """What AMQP adds to a core channel: content assembly, transactions, closing state."""
 
-    __slots__ = ("core", "content", "tx", "closing")
+    __slots__ = ("core", "content", "tx", "tx_settled", "closing")
 
     def __init__(self, core):
         self.core = core
         self.content = None
         self.tx = None          # a list of deferred operations once tx.select was seen
+        self.tx_settled = set()   # delivery tags acked, nacked or rejected in the open transaction
         self.closing = False    # we sent channel.close and wait for close-ok
 
 
@@ -460,11 +461,12 @@ class AmqpConnection(FrontEndConnection):
         method = content.method
         arguments = (method.exchange, method.routing_key, bytes(body), content.properties, method.mandatory,
                      content.encoded_properties)
-        if channel.tx is not None:
-            channel.tx.append((channel.core.publish, arguments))
-            return
         try:
-            channel.core.publish(*arguments)
+            if channel.tx is not None:
+                channel.core.check_publish(method.exchange, content.properties)
+                channel.tx.append((channel.core.publish, arguments))
+            else:
+                channel.core.publish(*arguments)
         except BrokerError as exc:
             self._fail(number, exc, method)   # reported against basic.publish, not the body frame
 
@@ -499,19 +501,23 @@ class AmqpConnection(FrontEndConnection):
             routing_key=message.routing_key, message_count=message_count), number), message)
 
     def on_basic_ack(self, channel, number, method):
-        self._settle(channel, channel.core.ack, (method.delivery_tag, method.multiple))
+        self._settle(channel, channel.core.ack, (method.delivery_tag, method.multiple), method.multiple)
 
     def on_basic_nack(self, channel, number, method):
-        self._settle(channel, channel.core.nack, (method.delivery_tag, method.multiple, method.requeue))
+        self._settle(channel, channel.core.nack, (method.delivery_tag, method.multiple, method.requeue),
+                     method.multiple)
 
     def on_basic_reject(self, channel, number, method):
-        self._settle(channel, channel.core.reject, (method.delivery_tag, method.requeue))
+        self._settle(channel, channel.core.reject, (method.delivery_tag, method.requeue), False)
 
-    def _settle(self, channel, operation, arguments):
-        if channel.tx is not None:
-            channel.tx.append((operation, arguments))
-        else:
+    def _settle(self, channel, operation, arguments, multiple):
+        if channel.tx is None:
             operation(*arguments)
+            return
+        # As in RabbitMQ, an unknown (or already settled) tag is refused when it arrives,
+        # not at commit.
+        channel.tx_settled.update(channel.core.tags_settled_by(arguments[0], multiple, channel.tx_settled))
+        channel.tx.append((operation, arguments))
 
     def on_basic_recover(self, channel, number, method):
         if not method.requeue:
@@ -539,6 +545,7 @@ class AmqpConnection(FrontEndConnection):
         if channel.tx is None:
             raise PreconditionFailed("channel is not transactional")
         operations, channel.tx = channel.tx, []
+        channel.tx_settled.clear()
         for operation, arguments in operations:
             operation(*arguments)
         self._send_method(number, spec.Tx.CommitOk())
@@ -547,6 +554,7 @@ class AmqpConnection(FrontEndConnection):
         if channel.tx is None:
             raise PreconditionFailed("channel is not transactional")
         channel.tx = []
+        channel.tx_settled.clear()
         self._send_method(number, spec.Tx.RollbackOk())
 
     # -- the core's sink -----------------------------------------------------------------

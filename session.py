@@ -161,6 +161,14 @@ class Channel:
             else:
                 self._confirm(seq, True)
 
+    def check_publish(self, exchange, properties=None):
+        """Refuse now what `publish` would refuse: a transaction's publishes are refused when
+        sent, as in RabbitMQ, though routed only at commit."""
+        self.session.check("write", "exchange", exchange)
+        self.vhost.publishable(exchange)
+        if properties is not None and "user_id" in properties:
+            self._check_user_id(properties["user_id"])
+
     def _confirm(self, seq, ack):
         if self.unconfirmed:
             self.unconfirmed.append((seq, ack, 0))
@@ -323,6 +331,17 @@ class Channel:
         entries = list(self.unacked.values())
         self.unacked.clear()
         self._settle(entries, requeue=True)
+
+    def tags_settled_by(self, delivery_tag, multiple, pending=()):
+        """The tags an ack or nack of `delivery_tag` would settle, leaving out `pending` ones
+        (settled in an open transaction), refusing an unknown tag as `ack` does."""
+        if multiple and delivery_tag == 0:
+            return [tag for tag in self.unacked if tag not in pending]
+        if delivery_tag not in self.unacked or delivery_tag in pending:
+            raise PreconditionFailed(f"unknown delivery tag {delivery_tag}")
+        if not multiple:
+            return [delivery_tag]
+        return [tag for tag in self.unacked if tag <= delivery_tag and tag not in pending]
 
     def _take(self, delivery_tag, multiple):
         """Remove and return the unacked entries an ack/nack names (tag 0 + multiple: all)."""

@@ -246,13 +246,9 @@ class VirtualHost:
 
     def publish(self, exchange_name, message):
         """Route `message` through the named exchange into its queues; returns how many."""
-        exchange = self.exchanges.get(exchange_name)
-        if exchange is None:
-            raise NotFound(f"no exchange '{exchange_name}' in vhost '{self.name}'")
+        exchange = self.publishable(exchange_name)
         if len(message.routing_key) > MAX_NAME_BYTES // 4:    # short keys cannot be too long
             check_name(message.routing_key, "routing key")
-        if exchange.internal:
-            raise AccessRefused(f"cannot publish to internal exchange '{exchange_name}' in vhost '{self.name}'")
         queues = exchange.route(message.routing_key, message.headers)
         properties = message.properties
         if properties is not None and properties.get("delivery_mode") == 2:
@@ -264,6 +260,15 @@ class VirtualHost:
         for queue in queues:
             queue.enqueue(message)
         return len(queues)
+
+    def publishable(self, exchange_name):
+        """The exchange a publish names, if it may be published to."""
+        exchange = self.exchanges.get(exchange_name)
+        if exchange is None:
+            raise NotFound(f"no exchange '{exchange_name}' in vhost '{self.name}'")
+        if exchange.internal:
+            raise AccessRefused(f"cannot publish to internal exchange '{exchange_name}' in vhost '{self.name}'")
+        return exchange
 
     # -- recovery ----------------------------------------------------------------------
 

@@ -98,6 +98,53 @@ def test_a_refused_publish_in_confirm_mode_closes_the_channel_without_a_nack(amq
         client.close()
 
 
+def test_a_transaction_refuses_an_unknown_delivery_tag_at_once(connect, name):
+    channel = connect().channel()
+    channel.queue_declare(name, auto_delete=True)
+    channel.tx_select()
+    channel.basic_ack(99)
+    assert refused(lambda: channel.queue_declare(name, passive=True)) == 406
+
+
+def test_a_transaction_refuses_a_tag_it_already_settled(connect, name):
+    channel = connect().channel()
+    channel.queue_declare(name)
+    channel.basic_publish("", name, b"m")
+    method, _, _ = channel.basic_get(name)
+    channel.tx_select()
+    channel.basic_ack(method.delivery_tag)
+    channel.basic_reject(method.delivery_tag)
+    assert refused(lambda: channel.queue_declare(name, passive=True)) == 406
+    channel = connect().channel()
+    assert channel.queue_declare(name, passive=True).method.message_count == 1   # never committed
+    channel.queue_delete(name)
+
+
+def test_a_transaction_acks_what_it_settled_at_commit_and_not_after_rollback(connect, name):
+    channel = connect().channel()
+    channel.queue_declare(name, auto_delete=True)
+    for body in (b"1", b"2", b"3"):
+        channel.basic_publish("", name, body)
+    tags = [channel.basic_get(name)[0].delivery_tag for _ in range(3)]
+    channel.tx_select()
+    channel.basic_ack(tags[1], multiple=True)
+    channel.tx_rollback()
+    channel.basic_ack(tags[0])          # settled again: the rollback forgot it
+    channel.basic_ack(tags[2], multiple=True)
+    channel.tx_commit()
+    assert channel.queue_declare(name, passive=True).method.message_count == 0
+    channel.basic_recover(requeue=True)
+    assert channel.queue_declare(name, passive=True).method.message_count == 0
+
+
+def test_a_transaction_refuses_a_publish_to_a_missing_exchange_at_once(connect, name):
+    channel = connect().channel()
+    channel.queue_declare(name, auto_delete=True)
+    channel.tx_select()
+    channel.basic_publish(name + "-missing", "k", b"m")
+    assert refused(lambda: channel.queue_declare(name, passive=True)) == 404
+
+
 def _content(channel, body):
     return [amqp_frame.marshal(amqp_header.ContentHeader(0, len(body), spec.Basic.Properties()), channel),
             amqp_frame.marshal(amqp_body.ContentBody(body), channel)]
