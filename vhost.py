@@ -117,6 +117,9 @@ class VirtualHost:
             queue = self.queue(name, owner)
             queue.touch()
             return queue
+        # An exclusive queue ends with its connection, so RabbitMQ makes it transient whatever
+        # `durable` says, and redeclaring it with the other `durable` is no difference.
+        durable = durable and not exclusive
         if not name:
             name = "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
         if owner is not None:

@@ -77,6 +77,13 @@ def test_redeclaring_an_exclusive_queue_without_exclusive_is_locked(connect, nam
     assert refused(lambda: channel.queue_declare(name, durable=True)) == 405
 
 
+def test_an_exclusive_queue_is_transient_whatever_durable_says(connect, name):
+    channel = connect().channel()
+    channel.queue_declare(name, exclusive=True, durable=True)
+    channel.queue_declare(name, exclusive=True, durable=False)
+    channel.queue_declare(name, exclusive=True, durable=True)
+
+
 def test_a_refused_publish_in_confirm_mode_closes_the_channel_without_a_nack(amqp_url, name):
     client = RawClient(amqp_url).open()
     try:
