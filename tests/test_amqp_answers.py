@@ -84,6 +84,16 @@ def test_an_exclusive_queue_is_transient_whatever_durable_says(connect, name):
     channel.queue_declare(name, exclusive=True, durable=True)
 
 
+def test_deleting_a_queue_that_is_not_empty_says_so_in_rabbitmqs_words(connect, name):
+    channel = connect().channel()
+    channel.queue_declare(name, auto_delete=True)
+    channel.basic_publish("", name, b"m")
+    with pytest.raises(ChannelClosedByBroker) as closed:
+        channel.queue_delete(name, if_empty=True)
+    assert (closed.value.reply_code, closed.value.reply_text) == (
+        406, f"PRECONDITION_FAILED - queue '{name}' in vhost '/' not empty")
+
+
 def test_a_refused_publish_in_confirm_mode_closes_the_channel_without_a_nack(amqp_url, name):
     client = RawClient(amqp_url).open()
     try:
