@@ -209,12 +209,12 @@ class Channel:
                 arguments=None, announce=None):
         """Subscribe to a queue. `announce(tag)` runs after the consumer exists and before
         its first delivery, so the front end can answer consume-ok first."""
+        if consumer_tag in self.consumers:      # before the queue is looked up, as in RabbitMQ
+            raise NotAllowed(f"attempt to reuse consumer tag '{consumer_tag}'")
         self.session.check("read", "queue", queue_name)
         queue = self.vhost.queue(queue_name, self.session)
         if not consumer_tag:
             consumer_tag = "amq.ctag-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
-        elif consumer_tag in self.consumers:
-            raise NotAllowed(f"attempt to reuse consumer tag '{consumer_tag}'")
         consumer = Consumer(consumer_tag, queue, self, no_ack, exclusive, arguments,
                             self.consumer_prefetch_count)
         queue.add_consumer(consumer)

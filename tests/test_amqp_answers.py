@@ -94,6 +94,21 @@ def test_deleting_a_queue_that_is_not_empty_says_so_in_rabbitmqs_words(connect, 
         406, f"PRECONDITION_FAILED - queue '{name}' in vhost '/' not empty")
 
 
+def test_a_reused_consumer_tag_is_refused_before_the_queue_is_looked_up(amqp_url, name):
+    client = RawClient(amqp_url).open()
+    try:
+        client.open_channel(1)
+        client.send_method(1, spec.Queue.Declare(queue=name, auto_delete=True))
+        client.expect(spec.Queue.DeclareOk, 1)
+        client.send_method(1, spec.Basic.Consume(queue=name, consumer_tag="tag"))
+        client.expect(spec.Basic.ConsumeOk, 1)
+        client.send_method(1, spec.Basic.Consume(queue=name + "-missing", consumer_tag="tag"))
+        close = client.expect_connection_close()
+        assert (close.reply_code, close.class_id, close.method_id) == (530, 60, 20)
+    finally:
+        client.close()
+
+
 def test_a_refused_publish_in_confirm_mode_closes_the_channel_without_a_nack(amqp_url, name):
     client = RawClient(amqp_url).open()
     try:
