@@ -93,6 +93,8 @@ class Session:
         if self.closed:
             return
         self.closed = True
+        for channel in self.channels.values():
+            channel.active = False      # what one channel requeues is not for its siblings
         for number in list(self.channels):
             self.close_channel(number)
         for queue in list(self.exclusive_queues):

@@ -109,6 +109,32 @@ def test_a_reused_consumer_tag_is_refused_before_the_queue_is_looked_up(amqp_url
         client.close()
 
 
+def test_a_closing_connection_gets_no_deliveries_of_what_it_returns(amqp_url, connect, name):
+    """Messages a closing connection's channel requeues are not delivered to a consumer on
+    another of its channels, which is closing too."""
+    client = RawClient(amqp_url).open()
+    try:
+        client.open_channel(1)
+        client.open_channel(2)
+        client.send_method(1, spec.Queue.Declare(queue=name))
+        client.expect(spec.Queue.DeclareOk, 1)
+        client.send_method(1, spec.Basic.Publish(exchange="", routing_key=name))
+        client.send(b"".join(_content(1, b"m")))
+        client.send_method(1, spec.Basic.Get(queue=name))
+        client.expect(spec.Basic.GetOk, 1)
+        client.send_method(2, spec.Basic.Consume(queue=name, consumer_tag="later"))
+        client.expect(spec.Basic.ConsumeOk, 2)
+        client.send_method(0, spec.Connection.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0))
+        frames = []
+        while not frames or frames[-1] != "Connection.CloseOk":
+            frames.append(client.receive()[1].name)
+        assert "Basic.Deliver" not in frames
+    finally:
+        client.close()
+    channel = connect().channel()
+    assert channel.queue_delete(name).method.message_count == 1
+
+
 def test_a_refused_publish_in_confirm_mode_closes_the_channel_without_a_nack(amqp_url, name):
     client = RawClient(amqp_url).open()
     try:
