@@ -418,7 +418,8 @@ class Runner:
         self.queues_seen = set()      # real names of queues this sequence may have made
         self.exclusive = {"a": set(), "b": set()}   # exclusive queues each connection declared
         self.delivery_tags = {}       # (conn, channel) -> tags seen, in order
-        self.consumer_tags = {}       # (conn, channel) -> server-named consumer tags
+        self.consumers = {}           # (conn, channel) -> tags of its consumers
+        self.closed_in_step = set()   # connections the current step saw closed
         self.last_probe = None
         self.body_counter = 0
 
@@ -460,10 +461,11 @@ class Runner:
             if step["ch"] not in conn.channels:
                 self._open_channel(conn, step["ch"])
                 self.delivery_tags[(step["conn"], step["ch"])] = []
-                self.consumer_tags[(step["conn"], step["ch"])] = []
+                self.consumers[(step["conn"], step["ch"])] = set()
+            self.closed_in_step = set()
             reply = getattr(self, "_" + step["op"].replace(".", "_"))(conn, step)
             if reply is not None:
-                answer.append(self._item(reply))
+                answer.append(reply if isinstance(reply, list) else self._item(reply))
             if conn.closed_by_broker is not None or step["op"] == "connection.close":
                 self._connection_gone(step["conn"])
             self._barrier(answer)
@@ -482,6 +484,7 @@ class Runner:
     def _connection_gone(self, name):
         """Its exclusive queues go with it; the reference broker deletes them a moment after
         the close, so the barrier waits for that."""
+        self.closed_in_step.add(name)
         gone = self.exclusive[name]
         self.exclusive[name] = set()
         self._wait_deleted(gone)
@@ -533,7 +536,11 @@ class Runner:
             groups = {}
             for number, item in events:
                 if isinstance(item, spec.Basic.Deliver):
+                    if name in self.closed_in_step:
+                        continue        # RabbitMQ may or may not deliver to a closing connection (README)
                     self.delivery_tags[(name, number)].append(item.delivery_tag)
+                elif isinstance(item, spec.Basic.Cancel):
+                    self.consumers[(name, number)].discard(item.consumer_tag)
                 groups.setdefault((number, _kind(item)), []).append(self._item(item))
             for key in sorted(groups):
                 answer.append([f"{name}{key[0]}", key[1], groups[key]])
@@ -683,16 +690,14 @@ class Runner:
         reply = conn.call(step["ch"], spec.Basic.Consume(
             queue=self._real_queue(step["queue"]), consumer_tag=step["tag"], no_ack=step["no_ack"],
             exclusive=step["exclusive"]), (spec.Basic.ConsumeOk,))
-        if reply.name == "Basic.ConsumeOk" and not step["tag"]:
-            self.consumer_tags[(step["conn"], step["ch"])].append(reply.consumer_tag)
+        if reply.name == "Basic.ConsumeOk":
+            self.consumers[(step["conn"], step["ch"])].add(reply.consumer_tag)
         return reply
 
     def _basic_cancel(self, conn, step):
-        tag = step["tag"]
-        if tag == "server":
-            tags = self.consumer_tags[(step["conn"], step["ch"])]
-            tag = tags[-1] if tags else "amq.ctag-none"
-        return conn.call(step["ch"], spec.Basic.Cancel(consumer_tag=tag), (spec.Basic.CancelOk,))
+        reply = conn.call(step["ch"], spec.Basic.Cancel(consumer_tag=step["tag"]), (spec.Basic.CancelOk,))
+        self.consumers[(step["conn"], step["ch"])].discard(step["tag"])
+        return reply
 
     def _tag(self, step):
         tag = step["tag"]
@@ -718,6 +723,9 @@ class Runner:
         return conn.call(step["ch"], spec.Basic.Recover(requeue=True), (spec.Basic.RecoverOk,))
 
     def _basic_qos(self, conn, step):
+        if not step["global"] and self.consumers[(step["conn"], step["ch"])]:
+            # GreenMQ applies it to the consumers there at once, RabbitMQ to later ones (README)
+            return ["not sent: per-consumer qos on a channel with a consumer"]
         return conn.call(step["ch"], spec.Basic.Qos(prefetch_count=step["prefetch_count"], global_=step["global"]),
                          (spec.Basic.QosOk,))
 
@@ -734,7 +742,8 @@ class Runner:
         return conn.call(step["ch"], spec.Tx.Rollback(), (spec.Tx.RollbackOk,))
 
     def _channel_close(self, conn, step):
-        reply = conn.call(step["ch"], spec.Channel.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0), (spec.Channel.CloseOk,))
+        reply = conn.call(step["ch"], spec.Channel.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0),
+                          (spec.Channel.CloseOk,))
         conn.channels.discard(step["ch"])
         return reply
 
