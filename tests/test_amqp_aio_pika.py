@@ -2,6 +2,7 @@
 Runs against GreenMQ, or $GREENMQ_TEST_AMQP_URL."""
 
 import asyncio
+import contextlib
 import os
 from urllib.parse import urlparse
 
@@ -69,6 +70,13 @@ async def _pipe(reader, writer):
         pass
     finally:
         writer.transport.abort()
+
+
+@contextlib.asynccontextmanager
+async def open_channel(amqp_url, **options):
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        yield await connection.channel(**options)
 
 
 async def until(condition):
@@ -191,9 +199,7 @@ def test_master_hands_tasks_to_workers_and_a_nack_requeues(amqp_url, name):
 
 def test_queue_iterator_processes_messages_in_order(amqp_url, name):
     async def test():
-        connection = await aio_pika.connect(amqp_url)
-        async with connection:
-            channel = await connection.channel()
+        async with open_channel(amqp_url) as channel:
             queue = await channel.declare_queue(name, auto_delete=True)
             for n in range(5):
                 await channel.default_exchange.publish(aio_pika.Message(b"%d" % n), routing_key=name)
@@ -210,9 +216,7 @@ def test_queue_iterator_processes_messages_in_order(amqp_url, name):
 
 def test_publisher_confirms_ack_and_return_unroutable_mandatory_messages(amqp_url, name):
     async def test():
-        connection = await aio_pika.connect(amqp_url)
-        async with connection:
-            channel = await connection.channel(publisher_confirms=True)
+        async with open_channel(amqp_url, publisher_confirms=True) as channel:
             returned = []
             channel.return_callbacks.add(lambda channel, message: returned.append(message.body))
             await channel.declare_queue(name, auto_delete=True)
@@ -228,9 +232,7 @@ def test_publisher_confirms_ack_and_return_unroutable_mandatory_messages(amqp_ur
 @needs_dead_lettering
 def test_publisher_confirms_raise_delivery_error_on_reject_publish(amqp_url, name):
     async def test():
-        connection = await aio_pika.connect(amqp_url)
-        async with connection:
-            channel = await connection.channel(publisher_confirms=True)
+        async with open_channel(amqp_url, publisher_confirms=True) as channel:
             await channel.declare_queue(name, auto_delete=True,
                                         arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
             await channel.default_exchange.publish(aio_pika.Message(b"fits"), routing_key=name)
@@ -242,9 +244,7 @@ def test_publisher_confirms_raise_delivery_error_on_reject_publish(amqp_url, nam
 
 def test_expired_messages_are_not_delivered(amqp_url, name):
     async def test():
-        connection = await aio_pika.connect(amqp_url)
-        async with connection:
-            channel = await connection.channel()
+        async with open_channel(amqp_url) as channel:
             queue = await channel.declare_queue(name, auto_delete=True)
             await channel.default_exchange.publish(aio_pika.Message(b"short", expiration=0.05), routing_key=name)
             await channel.default_exchange.publish(aio_pika.Message(b"long", expiration=60), routing_key=name)
@@ -263,9 +263,7 @@ def test_expired_messages_are_not_delivered(amqp_url, name):
 
 def test_a_consumer_that_cancels_itself(amqp_url, name):
     async def test():
-        connection = await aio_pika.connect(amqp_url)
-        async with connection:
-            channel = await connection.channel()
+        async with open_channel(amqp_url) as channel:
             await channel.set_qos(prefetch_count=1)
             queue = await channel.declare_queue(name)
             got = []

@@ -9,22 +9,8 @@ from pamqp import frame as amqp_frame
 from pamqp import header as amqp_header
 from pika.exceptions import ChannelClosedByBroker
 
+from tests.test_amqp_pika import connections, params  # noqa: F401 (fixtures)
 from tests.test_amqp_wire import RawClient
-
-
-@pytest.fixture
-def connect(amqp_url):
-    opened = []
-
-    def connect():
-        connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-        opened.append(connection)
-        return connection
-
-    yield connect
-    for connection in opened:
-        if connection.is_open:
-            connection.close()
 
 
 def refused(call):
@@ -34,8 +20,8 @@ def refused(call):
     return closed.value.reply_code
 
 
-def test_unbinding_from_a_missing_queue_or_exchange_succeeds(connect, name):
-    channel = connect().channel()
+def test_unbinding_from_a_missing_queue_or_exchange_succeeds(connections, name):
+    channel = connections().channel()
     channel.exchange_declare(name, "direct", auto_delete=True)
     channel.queue_declare(name, auto_delete=True)
     channel.queue_unbind(name + "-missing", name, "k")
@@ -44,10 +30,10 @@ def test_unbinding_from_a_missing_queue_or_exchange_succeeds(connect, name):
     assert refused(lambda: channel.queue_unbind(name, "", "k")) == 403
 
 
-def test_aio_pika_rpc_close_unbinds_after_its_auto_delete_queue_went(connect, name):
+def test_aio_pika_rpc_close_unbinds_after_its_auto_delete_queue_went(connections, name):
     """What aio-pika's RPC.close() does: cancel the consumer of an auto-delete queue bound
     to an auto-delete exchange, which takes both away, then unbind them."""
-    channel = connect().channel()
+    channel = connections().channel()
     channel.exchange_declare(name, "direct", auto_delete=True)
     queue = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
     channel.queue_bind(queue, name, queue)
@@ -57,18 +43,18 @@ def test_aio_pika_rpc_close_unbinds_after_its_auto_delete_queue_went(connect, na
     assert channel.is_open
 
 
-def test_unbinding_from_anothers_exclusive_queue_is_locked_only_if_the_binding_exists(connect, name):
-    owner = connect().channel()
+def test_unbinding_from_anothers_exclusive_queue_is_locked_only_if_the_binding_exists(connections, name):
+    owner = connections().channel()
     owner.queue_declare(name, exclusive=True)
     owner.queue_bind(name, "amq.direct", "bound")
-    other = connect()
+    other = connections()
     channel = other.channel()
     channel.queue_unbind(name, "amq.direct", "not-bound")
     assert refused(lambda: channel.queue_unbind(name, "amq.direct", "bound")) == 405
 
 
-def test_redeclaring_an_exclusive_queue_without_exclusive_is_locked(connect, name):
-    connection = connect()
+def test_redeclaring_an_exclusive_queue_without_exclusive_is_locked(connections, name):
+    connection = connections()
     channel = connection.channel()
     channel.queue_declare(name, exclusive=True)
     assert refused(lambda: channel.queue_declare(name, exclusive=False)) == 405
@@ -77,15 +63,15 @@ def test_redeclaring_an_exclusive_queue_without_exclusive_is_locked(connect, nam
     assert refused(lambda: channel.queue_declare(name, durable=True)) == 405
 
 
-def test_an_exclusive_queue_is_transient_whatever_durable_says(connect, name):
-    channel = connect().channel()
+def test_an_exclusive_queue_is_transient_whatever_durable_says(connections, name):
+    channel = connections().channel()
     channel.queue_declare(name, exclusive=True, durable=True)
     channel.queue_declare(name, exclusive=True, durable=False)
     channel.queue_declare(name, exclusive=True, durable=True)
 
 
-def test_deleting_a_queue_that_is_not_empty_says_so_in_rabbitmqs_words(connect, name):
-    channel = connect().channel()
+def test_deleting_a_queue_that_is_not_empty_says_so_in_rabbitmqs_words(connections, name):
+    channel = connections().channel()
     channel.queue_declare(name, auto_delete=True)
     channel.basic_publish("", name, b"m")
     with pytest.raises(ChannelClosedByBroker) as closed:
@@ -109,7 +95,7 @@ def test_a_reused_consumer_tag_is_refused_before_the_queue_is_looked_up(amqp_url
         client.close()
 
 
-def test_a_closing_connection_gets_no_deliveries_of_what_it_returns(amqp_url, connect, name):
+def test_a_closing_connection_gets_no_deliveries_of_what_it_returns(amqp_url, connections, name):
     """Messages a closing connection's channel requeues are not delivered to a consumer on
     another of its channels, which is closing too."""
     client = RawClient(amqp_url).open()
@@ -131,7 +117,7 @@ def test_a_closing_connection_gets_no_deliveries_of_what_it_returns(amqp_url, co
         assert "Basic.Deliver" not in frames
     finally:
         client.close()
-    channel = connect().channel()
+    channel = connections().channel()
     assert channel.queue_delete(name).method.message_count == 1
 
 
@@ -156,16 +142,16 @@ def test_a_refused_publish_in_confirm_mode_closes_the_channel_without_a_nack(amq
         client.close()
 
 
-def test_a_transaction_refuses_an_unknown_delivery_tag_at_once(connect, name):
-    channel = connect().channel()
+def test_a_transaction_refuses_an_unknown_delivery_tag_at_once(connections, name):
+    channel = connections().channel()
     channel.queue_declare(name, auto_delete=True)
     channel.tx_select()
     channel.basic_ack(99)
     assert refused(lambda: channel.queue_declare(name, passive=True)) == 406
 
 
-def test_a_transaction_refuses_a_tag_it_already_settled(connect, name):
-    channel = connect().channel()
+def test_a_transaction_refuses_a_tag_it_already_settled(connections, name):
+    channel = connections().channel()
     channel.queue_declare(name)
     channel.basic_publish("", name, b"m")
     method, _, _ = channel.basic_get(name)
@@ -173,13 +159,13 @@ def test_a_transaction_refuses_a_tag_it_already_settled(connect, name):
     channel.basic_ack(method.delivery_tag)
     channel.basic_reject(method.delivery_tag)
     assert refused(lambda: channel.queue_declare(name, passive=True)) == 406
-    channel = connect().channel()
+    channel = connections().channel()
     assert channel.queue_declare(name, passive=True).method.message_count == 1   # never committed
     channel.queue_delete(name)
 
 
-def test_a_transaction_acks_what_it_settled_at_commit_and_not_after_rollback(connect, name):
-    channel = connect().channel()
+def test_a_transaction_acks_what_it_settled_at_commit_and_not_after_rollback(connections, name):
+    channel = connections().channel()
     channel.queue_declare(name, auto_delete=True)
     for body in (b"1", b"2", b"3"):
         channel.basic_publish("", name, body)
@@ -195,8 +181,8 @@ def test_a_transaction_acks_what_it_settled_at_commit_and_not_after_rollback(con
     assert channel.queue_declare(name, passive=True).method.message_count == 0
 
 
-def test_a_transaction_refuses_a_publish_to_a_missing_exchange_at_once(connect, name):
-    channel = connect().channel()
+def test_a_transaction_refuses_a_publish_to_a_missing_exchange_at_once(connections, name):
+    channel = connections().channel()
     channel.queue_declare(name, auto_delete=True)
     channel.tx_select()
     channel.basic_publish(name + "-missing", "k", b"m")
