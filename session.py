@@ -278,7 +278,7 @@ class Channel:
         self.next_delivery_tag = tag + 1
         if not no_ack:
             self.unacked[tag] = (message, queue, None)
-        return tag, message, len(queue.ready)
+        return tag, message, queue.message_count
 
     def qos(self, prefetch_count, global_=False):
         """Global qos limits the channel's unacked total; otherwise each consumer's own, now

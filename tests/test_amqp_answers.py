@@ -9,7 +9,6 @@ from pamqp import frame as amqp_frame
 from pamqp import header as amqp_header
 from pika.exceptions import ChannelClosedByBroker
 
-from tests.test_amqp_pika import connections, params  # noqa: F401 (fixtures)
 from tests.test_amqp_wire import RawClient
 
 
@@ -119,6 +118,16 @@ def test_a_closing_connection_gets_no_deliveries_of_what_it_returns(amqp_url, co
         client.close()
     channel = connections().channel()
     assert channel.queue_delete(name).method.message_count == 1
+
+
+def test_get_counts_what_is_left_without_expired_messages_at_the_head(connections, name):
+    channel = connections().channel()
+    channel.queue_declare(name, auto_delete=True)
+    channel.basic_publish("", name, b"first")
+    channel.basic_publish("", name, b"expired", pika.BasicProperties(expiration="0"))
+    channel.basic_publish("", name, b"last")
+    method, _, body = channel.basic_get(name, auto_ack=True)
+    assert (body, method.message_count) == (b"first", 1)
 
 
 def test_a_refused_publish_in_confirm_mode_closes_the_channel_without_a_nack(amqp_url, name):
