@@ -2,6 +2,7 @@ import itertools
 import os
 import re
 
+import pika
 import pytest
 
 import connection
@@ -59,3 +60,27 @@ def against_greenmq():
     """For tests that look inside GreenMQ (its log, its JSON-lines side)."""
     if os.environ.get("GREENMQ_TEST_AMQP_URL"):
         pytest.skip("checks GreenMQ itself, not the broker at $GREENMQ_TEST_AMQP_URL")
+
+
+@pytest.fixture
+def params(amqp_url):
+    return pika.URLParameters(amqp_url)
+
+
+@pytest.fixture
+def connections(params):
+    """pika connections to the AMQP broker under test, closed after the test."""
+    opened = []
+
+    def connect(**overrides):
+        p = params
+        for key, value in overrides.items():
+            setattr(p, key, value)
+        connection = pika.BlockingConnection(p)
+        opened.append(connection)
+        return connection
+
+    yield connect
+    for pika_connection in opened:
+        if pika_connection.is_open:
+            pika_connection.close()

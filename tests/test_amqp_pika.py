@@ -11,29 +11,6 @@ from pika.exceptions import ChannelClosedByBroker, ConnectionClosedByBroker, Unr
 WAIT = 10.0
 
 
-@pytest.fixture
-def params(amqp_url):
-    return pika.URLParameters(amqp_url)
-
-
-@pytest.fixture
-def connections(params):
-    opened = []
-
-    def connect(**overrides):
-        p = params
-        for key, value in overrides.items():
-            setattr(p, key, value)
-        connection = pika.BlockingConnection(p)
-        opened.append(connection)
-        return connection
-
-    yield connect
-    for connection in opened:
-        if connection.is_open:
-            connection.close()
-
-
 def until(condition, *connections):
     """Serve `connections` until `condition()` holds; fail after WAIT seconds."""
     deadline = time.monotonic() + WAIT

@@ -601,7 +601,7 @@ class Runner:
         if isinstance(frame, (spec.Basic.Deliver, spec.Basic.GetOk)):
             body, properties = frame.content
             item = [name, frame.delivery_tag, frame.redelivered, self._name(frame.exchange),
-                    self._name(frame.routing_key), body.decode(), _properties(properties)]
+                    self._name(frame.routing_key), body.decode(), _received_properties(properties)]
             if isinstance(frame, spec.Basic.Deliver):
                 item.insert(1, self._name(frame.consumer_tag))
             else:
@@ -761,7 +761,7 @@ def _kind(item):
     return "other"
 
 
-def _properties(properties):
+def _received_properties(properties):
     values = {}
     for name in ("content_type", "content_encoding", "headers", "delivery_mode", "priority", "correlation_id",
                  "reply_to", "expiration", "message_id", "timestamp", "message_type", "user_id", "app_id"):
