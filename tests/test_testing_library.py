@@ -94,7 +94,9 @@ def test_a_broker_that_never_says_it_is_ready_is_stopped_and_leaves_nothing_behi
     silent = tmp_path / "silent-python"
     silent.write_text("#!/bin/sh\necho 'stuck importing' >&2\nexec sleep 60\n")
     silent.chmod(0o755)
-    monkeypatch.setattr(greenmq_testing, "START_TIMEOUT_SECONDS", 0.5)
+    monkeypatch.setattr(greenmq_testing, "START_TIMEOUT_SECONDS", 2.0)
+    # A temporary directory of this test's own: other test runs on the machine make theirs.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     before = broker_directories()
     with pytest.raises(greenmq_testing.GreenMQTestingError, match="did not say it was ready") as failed:
         greenmq_testing.start(python=str(silent))
