@@ -199,14 +199,21 @@ def _properties_of(event):
 # -- the connection ------------------------------------------------------------------------
 
 class Connection:
-    """A connection to a GreenMQ broker. `port` defaults to $GREENMQ_PORT, else 5680."""
+    """A connection to a GreenMQ broker. `port` defaults to $GREENMQ_PORT, else 5680.
+    With `ssl` (an ssl.SSLContext) it speaks TLS to the broker's --tls-port."""
 
     def __init__(self, host="localhost", port=None, username="guest", password="guest",
-                 virtual_host="/", connect_timeout=10.0, client_properties=None):
+                 virtual_host="/", connect_timeout=10.0, client_properties=None, ssl=None):
         if port is None:
             port = int(os.environ.get(PORT_ENVIRONMENT_VARIABLE, DEFAULT_PORT))
         self.host, self.port = host, port
         self._sock = socket.create_connection((host, port), timeout=connect_timeout)
+        if ssl is not None:
+            try:
+                self._sock = ssl.wrap_socket(self._sock, server_hostname=host)
+            except BaseException:
+                self._sock.close()
+                raise
         self._sock.settimeout(None)
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -283,6 +290,11 @@ class Connection:
         return self._call(None, "list_connections")["items"]
 
     # -- administration (an administrator's account) --
+
+    def call(self, op, **fields):
+        """Send any request of PROTOCOL.md on the connection and return the broker's answer
+        (a dict); a refusal raises BrokerError with its code. greenmqctl speaks through this."""
+        return self._call(None, op, **fields)
 
     def add_vhost(self, name):
         self._call(None, "vhost.add", vhost=name)

@@ -12,6 +12,7 @@ import time
 
 import gevent
 
+import definitions
 from access import ADMINISTRATOR, FULL_ACCESS, HASHING_ALGORITHM, Permission, User, hash_password
 from durable_store import MemoryStore
 from errors import AccessRefused, ConnectionForced, NotAllowed, NotFound, PreconditionFailed
@@ -134,11 +135,12 @@ class Node:
             raise PreconditionFailed("a user name must not be empty")
         if name in self.users:
             raise PreconditionFailed(f"user '{name}' already exists")
-        self._put_user(User(name, password if hashed else _hashed(password), hashing_algorithm, tags))
+        self.put_user(name, password if hashed else _hashed(password), hashing_algorithm, tags)
 
-    def _put_user(self, user):
-        self.users[user.name] = user
-        self.store.put_user(user.name, user.password_hash, user.hashing_algorithm, user.tags)
+    def put_user(self, name, password_hash, hashing_algorithm=HASHING_ALGORITHM, tags=()):
+        """Add or replace a user by its password hash (as definitions carry it)."""
+        self.users[name] = User(name, password_hash, hashing_algorithm, tags)
+        self.store.put_user(name, password_hash, hashing_algorithm, tags)
 
     def user(self, name):
         user = self.users.get(name)
@@ -155,16 +157,16 @@ class Node:
 
     def change_password(self, name, password):
         user = self.user(name)
-        self._put_user(User(name, _hashed(password), HASHING_ALGORITHM, user.tags))
+        self.put_user(name, _hashed(password), HASHING_ALGORITHM, user.tags)
 
     def clear_password(self, name):
         """The user can no longer log in with a password, as `rabbitmqctl clear_password`."""
         user = self.user(name)
-        self._put_user(User(name, "", HASHING_ALGORITHM, user.tags))
+        self.put_user(name, "", HASHING_ALGORITHM, user.tags)
 
     def set_user_tags(self, name, tags):
         user = self.user(name)
-        self._put_user(User(name, user.password_hash, user.hashing_algorithm, tags))
+        self.put_user(name, user.password_hash, user.hashing_algorithm, tags)
 
     def set_permissions(self, user_name, vhost_name, configure, write, read):
         self.user(user_name)
@@ -258,6 +260,14 @@ class Node:
                  "prefetch_count": c.consumer_prefetch_count, "global_prefetch_count": c.global_prefetch_count,
                  "confirm": c.confirming}
                 for s in self.sessions for c in s.channels.values()]
+
+    def export_definitions(self, rabbitmq_hashes_only=False):
+        """Users, vhosts, permissions and topology in RabbitMQ's definitions format."""
+        return definitions.export_definitions(self, SERVER_NAME, VERSION, rabbitmq_hashes_only)
+
+    def import_definitions(self, document):
+        """Apply a definitions document, all of it or (on any bad entry) none of it."""
+        return definitions.import_definitions(self, document)
 
     def close_connection(self, name, reason):
         """As `rabbitmqctl close_connection`: the client is told 320 and why."""

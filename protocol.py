@@ -10,6 +10,7 @@ import binascii
 import json
 import logging
 
+import logs
 from access import MONITORING
 from errors import (BadSyntax, BrokerError, CommandInvalid, FrameError,
                     InternalError, PreconditionFailed, Unsupported)
@@ -422,6 +423,20 @@ class JsonLinesProtocol(FrontEndConnection):
                                    _field(request, "reason", str, "closed by an operator"))
         return {}
 
+    def op_definitions_export(self, request):
+        self.node.check_tag(self.session.user)
+        document = self.node.export_definitions(_flag(request, "rabbitmq_hashes_only"))
+        left_out = sorted(set(self.node.users) - {user["name"] for user in document["users"]})
+        return {"definitions": document, "users_left_out": left_out}
+
+    def op_definitions_import(self, request):
+        self.node.check_tag(self.session.user)
+        return {"imported": self.node.import_definitions(_field(request, "definitions", dict))}
+
+    def op_logs_reopen(self, request):
+        self.node.check_tag(self.session.user)
+        return {"files": logs.reopen_log_files()}
+
 
 _HANDLERS = {
     "hello": JsonLinesProtocol.op_hello,
@@ -465,6 +480,9 @@ _HANDLERS = {
     "permissions.set": JsonLinesProtocol.op_permissions_set,
     "permissions.clear": JsonLinesProtocol.op_permissions_clear,
     "connection.close": JsonLinesProtocol.op_connection_close,
+    "definitions.export": JsonLinesProtocol.op_definitions_export,
+    "definitions.import": JsonLinesProtocol.op_definitions_import,
+    "logs.reopen": JsonLinesProtocol.op_logs_reopen,
 }
 
 

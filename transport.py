@@ -34,6 +34,10 @@ OUTBOX_HIGH_WATER = 1024 * 1024
 # How long the last words of a closing connection may take to send.
 FINAL_SEND_SECONDS = 5
 
+# A TLS client has this long to finish its handshake: one that connects and says nothing
+# must not hold a connection slot for ever. Ten seconds covers slow links and CPUs.
+TLS_HANDSHAKE_SECONDS = 10
+
 
 class FrontEndConnection:
     """What both front ends share: output waiting for the socket, the backpressure it puts
@@ -73,14 +77,19 @@ class FrontEndConnection:
             self.session = None
 
 
-def connection_handler(make_protocol):
-    """A StreamServer handler serving each client with `make_protocol(address)`. Killing
-    its greenlet (the server stopping) closes the connection with 320 CONNECTION_FORCED."""
+def connection_handler(make_protocol, tls=None):
+    """A StreamServer handler serving each client with `make_protocol(address)`, over TLS
+    with `tls` (a gevent.ssl.SSLContext). Killing its greenlet (the server stopping) closes
+    the connection with 320 CONNECTION_FORCED."""
 
     def handle(sock, address):
         configure_socket(sock)
+        if tls is not None:
+            sock = _tls_handshake(sock, address, tls)
+            if sock is None:
+                return
         protocol = make_protocol(address)
-        output = _Output(sock, protocol)
+        output = _Output(sock, protocol, direct=tls is None)
         protocol.on_output = output.ready
         helpers = [gevent.spawn(output.write_loop)]
         if hasattr(protocol, "tick"):
@@ -100,7 +109,7 @@ def connection_handler(make_protocol):
             if not protocol.closed:   # else: drained() ended the read (gevent raises EBADF)
                 log.info("%s connection from %s:%s failed: %s", protocol.name, address[0], address[1], exc)
         except gevent.GreenletExit:
-            protocol.close(ConnectionForced("broker shutdown"))
+            protocol.close(ConnectionForced(SHUTDOWN_REASON))
         finally:
             protocol.connection_lost()
             gevent.killall(helpers)
@@ -108,6 +117,21 @@ def connection_handler(make_protocol):
             log.info("closed %s connection from %s:%s", protocol.name, *address[:2])
 
     return handle
+
+
+# What RabbitMQ tells its clients when it stops.
+SHUTDOWN_REASON = "broker forced connection closure with reason 'shutdown'"
+
+
+def _tls_handshake(sock, address, tls):
+    """The TLS socket, or None (logged, closed) when the client fails the handshake."""
+    try:
+        with gevent.Timeout(TLS_HANDSHAKE_SECONDS, OSError("handshake timed out")):
+            return tls.wrap_socket(sock, server_side=True)
+    except OSError as exc:          # ssl.SSLError is one
+        log.info("TLS handshake with %s:%s failed: %s", address[0], address[1], exc)
+        sock.close()
+        return None
 
 
 # Connections with output produced since the last send: after each batch of input the
@@ -125,10 +149,13 @@ class _Output:
     """The sending side of one connection: direct non-blocking sends while the socket keeps
     up, and a writer greenlet for whatever has to wait for it."""
 
-    __slots__ = ("sock", "protocol", "pending", "writing", "wakeup")
+    __slots__ = ("sock", "protocol", "pending", "writing", "wakeup", "direct")
 
-    def __init__(self, sock, protocol):
+    def __init__(self, sock, protocol, direct=True):
         self.sock = sock
+        # A TLS socket cannot be asked not to wait (its send waits on a full socket
+        # whatever the timeout): its writer greenlet sends everything.
+        self.direct = direct
         self.protocol = protocol
         self.pending = b""        # taken from the protocol, not yet accepted by the socket
         self.writing = False      # the writer greenlet owns the socket
@@ -148,7 +175,7 @@ class _Output:
         if not data:
             return
         try:
-            sent = self.sock.send(data, 0, 0.0)      # timeout 0: never wait here
+            sent = self.sock.send(data, 0, 0.0) if self.direct else 0    # timeout 0: never wait here
         except BlockingIOError:
             sent = 0
         except OSError:

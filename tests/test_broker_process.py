@@ -22,7 +22,7 @@ def test_signal_stops_the_broker_and_tells_clients_why(fresh_broker, sig):
     with pytest.raises(connection.ConnectionClosed) as closed:
         client.process_data_events(5)
     assert closed.value.code == 320
-    assert "CONNECTION_FORCED - broker shutdown" in closed.value.text
+    assert "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'" in closed.value.text
     log = fresh_broker.log()
     assert "shutting down" in log and "stopped" in log and "Traceback" not in log
 
