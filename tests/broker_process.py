@@ -1,5 +1,6 @@
 """A real broker in a subprocess on a free port, for tests and benchmarks."""
 
+import json
 import os
 import re
 import shutil
@@ -10,17 +11,19 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_LISTENING = re.compile(r"listening for (\S+) clients on (\S+):(\d+)")
+_READY = re.compile(r'^\{"ready": true.*$', re.MULTILINE)   # the broker's ready line (stdout)
 START_TIMEOUT = 20.0
 
 
 class BrokerProcess:
     """`python broker.py --port 0 ...`, with its log in a file (a pipe nobody reads would
-    block the broker once full). `port` is the JSON-lines port it announced. Its data
-    directory is `data_dir`, or a temporary one that goes when it is closed."""
+    block the broker once full). `ports` is its ready line: `port` (JSON lines), `amqp_port`,
+    and `tls_port` and `amqps_port` when it listens with TLS. Its data directory is
+    `data_dir`, or a temporary one that goes when it is closed."""
 
-    def __init__(self, *args, python=sys.executable, data_dir=None):
+    def __init__(self, *args, python=sys.executable, data_dir=None, env=None):
         self.args = list(args)
+        self.env = env          # the broker's environment (default: this process's)
         self.python = python
         self.process = None
         self.ports = {}
@@ -32,11 +35,13 @@ class BrokerProcess:
         # Free ports only: another broker (a reference RabbitMQ, say) may hold 5672.
         command = [self.python, os.path.join(ROOT, "broker.py"), "--port", "0", "--amqp-port", "0",
                    "--data-dir", self.data_dir, *self.args]
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                        env=self.env)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            self.ports = {m.group(1): int(m.group(3)) for m in _LISTENING.finditer(self.log())}
-            if "JSON-lines" in self.ports and ("AMQP" in self.ports or "--no-amqp" in self.args):
+            ready = _READY.search(self.log())
+            if ready:
+                self.ports = json.loads(ready.group(0))
                 return self
             if self.process.poll() is not None:
                 raise RuntimeError(f"broker exited with {self.process.returncode}:\n{self.log()}")
@@ -46,11 +51,19 @@ class BrokerProcess:
 
     @property
     def port(self):
-        return self.ports["JSON-lines"]
+        return self.ports["port"]
 
     @property
     def amqp_port(self):
-        return self.ports["AMQP"]
+        return self.ports["amqp_port"]
+
+    @property
+    def tls_port(self):
+        return self.ports["tls_port"]
+
+    @property
+    def amqps_port(self):
+        return self.ports["amqps_port"]
 
     @property
     def pid(self):
