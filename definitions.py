@@ -90,7 +90,8 @@ class _Entries:
     checked; errors name the section and the entry's position."""
 
     def __init__(self, definitions, section):
-        entries = definitions.get(section) or []
+        entries = definitions.get(section)
+        entries = [] if entries is None else entries
         if type(entries) is not list:
             raise BadSyntax(f"definitions: '{section}' must be a list")
         self.section = section
@@ -120,7 +121,7 @@ class _Entry:
 
     def refuse(self, error):
         """The core's error for this entry, with the entry named."""
-        return type(error)(f"definitions: {self.where}: {error.text}")
+        return type(error)(f"definitions: {self.where}: {error.text[len(error.name) + 3:]}")   # less "NAME - "
 
 
 def _plan(node, definitions):
@@ -171,23 +172,25 @@ def _plan(node, definitions):
     for entry in _Entries(definitions, "exchanges"):
         vhost, name = entry.get("vhost", str), entry.get("name", str)
         _known(entry, vhost, vhosts, "vhost")
-        declared = (entry.get("type", str), entry.get("durable", bool, True), entry.get("auto_delete", bool, False),
-                    entry.get("internal", bool, False), entry.get("arguments", dict, {}))
+        declared = {"type_name": entry.get("type", str), "durable": entry.get("durable", bool, True),
+                    "auto_delete": entry.get("auto_delete", bool, False),
+                    "internal": entry.get("internal", bool, False), "arguments": entry.get("arguments", dict, {})}
         try:
-            exchange_class(declared[0])
+            exchange_class(declared["type_name"])
         except BrokerError as exc:
             raise entry.refuse(exc) from None
         _check_name(entry, name, "exchange name")
         current = node.vhosts[vhost].exchanges.get(name) if vhost in node.vhosts else None
         if current is not None:
-            _same(entry, f"exchange '{name}' in vhost '{vhost}'", declared[:4],
+            _same(entry, f"exchange '{name}' in vhost '{vhost}'",
+                  (declared["type_name"], declared["durable"], declared["auto_delete"], declared["internal"]),
                   (current.type, current.durable, current.auto_delete, current.internal))
         elif _predeclared(name):
             raise PreconditionFailed(f"definitions: {entry.where}: exchange name '{name}' "
                                      "contains reserved prefix 'amq.*'")
         else:
             changes.append(lambda vhost=vhost, name=name, declared=declared:
-                           node.vhosts[vhost].declare_exchange(name, *declared))
+                           node.vhosts[vhost].declare_exchange(name, **declared))
         exchanges[vhost, name] = declared
     queues = set()
     for entry in _Entries(definitions, "queues"):
@@ -217,7 +220,8 @@ def _plan(node, definitions):
         else:
             changes.append(lambda vhost=vhost, name=name, durable=durable, auto_delete=auto_delete,
                            arguments=arguments:
-                           node.vhosts[vhost].declare_queue(name, False, durable, False, auto_delete, arguments))
+                           node.vhosts[vhost].declare_queue(name, durable=durable, auto_delete=auto_delete,
+                                                            arguments=arguments))
         queues.add((vhost, name))
     for entry in _Entries(definitions, "bindings"):
         vhost, source = entry.get("vhost", str), entry.get("source", str)
