@@ -116,7 +116,7 @@ def main(argv=None):
         log.error("%s", exc)
         return 1
     servers = []
-    ports = {}
+    ports = {"port": None, "amqp_port": None}
     for name, port, make_protocol, context, key in listeners(settings, node, context):
         # Handlers in a pool, so that stopping the server kills them and each client is told why.
         server = StreamServer((settings.host, port), connection_handler(make_protocol, context), spawn=Pool())

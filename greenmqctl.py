@@ -205,7 +205,8 @@ def _simple(announce, op, **field_names):
         fields = {field: (getter(args) if callable(getter) else getattr(args, getter))
                   for field, getter in field_names.items()}
         if not args.quiet and not args.json:
-            out(announce.format(**vars(args)) + " ...")
+            shown = {key: _cell(value) if isinstance(value, list) else value for key, value in vars(args).items()}
+            out(announce.format(**shown) + " ...")
         reply = conn.call(op, **fields)
         if args.json:
             out(json.dumps({key: value for key, value in reply.items() if key not in ("ok", "id")}))
@@ -338,14 +339,15 @@ def _tls_context(args):
 def main(argv=None, out=print):
     args = make_parser().parse_args(sys.argv[1:] if argv is None else argv)
     _, _, run, in_vhost = COMMANDS[args.command]
-    where = f"{args.host}:{args.port or os.environ.get(connection.PORT_ENVIRONMENT_VARIABLE, connection.DEFAULT_PORT)}"
     try:
+        port = _port(args)
+        where = f"{args.host}:{port}"
         try:
             tls = _tls_context(args)
         except (OSError, ssl.SSLError) as exc:
             raise CommandFailed(f"Error: cannot load the TLS certificates: {exc}", EXIT_USAGE) from None
         try:
-            conn = connection.Connection(args.host, args.port, args.login_user, args.login_password,
+            conn = connection.Connection(args.host, port, args.login_user, args.login_password,
                                          args.vhost if in_vhost else args.login_vhost, ssl=tls,
                                          client_properties={"product": "greenmqctl"})
         except connection.BrokerError as exc:
@@ -366,6 +368,17 @@ def main(argv=None, out=print):
         print(f"Error: lost the connection to {where}: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     return 0
+
+
+def _port(args):
+    if args.port is not None:
+        return args.port
+    text = os.environ.get(connection.PORT_ENVIRONMENT_VARIABLE, str(connection.DEFAULT_PORT))
+    try:
+        return int(text)
+    except ValueError:
+        raise CommandFailed(f"Error: ${connection.PORT_ENVIRONMENT_VARIABLE} must be a port number, not {text!r}",
+                            EXIT_USAGE) from None
 
 
 def _refused(exc):
