@@ -247,9 +247,10 @@ COMMANDS = {
                                   "permissions.clear", user="username", vhost="vhost"), False),
     "list_permissions": ("the users' permissions in a vhost (-p)", [], run_permissions, False),
     "list_user_permissions": ("a user's permissions in every vhost", [("user", {})], run_permissions, False),
-    "purge_queue": ("remove a queue's ready messages (-p vhost)", [("queue", {})],
+    "purge_queue": ("remove a queue's ready messages (-p vhost; logs in to it, so the user needs "
+                    "read permission there)", [("queue", {})],
                     _simple('Purging queue "{queue}" in vhost "{vhost}"', "queue.purge", queue="queue"), True),
-    "delete_queue": ("delete a queue (-p vhost)",
+    "delete_queue": ("delete a queue (-p vhost; logs in to it, so the user needs configure permission there)",
                      [("queue", {}), ("--if-empty", {"action": "store_true", "help": "only if it has no messages"}),
                       ("--if-unused", {"action": "store_true", "help": "only if it has no consumers"})],
                      _simple('Deleting queue "{queue}" in vhost "{vhost}"', "queue.delete", queue="queue",
