@@ -19,6 +19,9 @@ from errors import AccessRefused, PreconditionFailed
 PBKDF2_ITERATIONS = 210_000
 SALT_BYTES = 16
 HASHING_ALGORITHM = "greenmq_pbkdf2_sha256"
+# An imported hash may name its own round count; beyond ten times ours, each login of that
+# user would hold a hashing thread for seconds.
+MAX_PBKDF2_ITERATIONS = 10 * PBKDF2_ITERATIONS
 
 # RabbitMQ's own algorithms, accepted in imported definitions so users move over with
 # their passwords: base64 of a 4-byte salt followed by hash(salt + password).
@@ -42,6 +45,25 @@ def hash_password(password, salt=None):
     salt = os.urandom(SALT_BYTES) if salt is None else salt
     digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, PBKDF2_ITERATIONS)
     return f"{PBKDF2_ITERATIONS}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def check_password_hash(password_hash, hashing_algorithm):
+    """PreconditionFailed unless `check_password` can read the hash (as imported from
+    definitions); the empty hash is a user without a password."""
+    if not password_hash:
+        return
+    try:
+        if hashing_algorithm == HASHING_ALGORITHM:
+            iterations, salt, digest = password_hash.split("$")
+            well_formed = (1 <= int(iterations) <= MAX_PBKDF2_ITERATIONS and base64.b64decode(salt, validate=True)
+                           and len(base64.b64decode(digest, validate=True)) == hashlib.sha256().digest_size)
+        else:
+            salted = base64.b64decode(password_hash, validate=True)
+            well_formed = len(salted) == 4 + RABBITMQ_HASHES[hashing_algorithm]().digest_size
+    except (ValueError, KeyError):
+        well_formed = False
+    if not well_formed:
+        raise PreconditionFailed(f"password_hash is not a {hashing_algorithm} hash")
 
 
 class User:

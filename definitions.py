@@ -7,7 +7,7 @@ with that entry named, and the broker is left as it was. Importing the same file
 changes nothing the second time.
 """
 
-from access import HASHING_ALGORITHM, RABBITMQ_HASHES, Permission
+from access import HASHING_ALGORITHM, RABBITMQ_HASHES, Permission, check_password_hash
 from errors import BadSyntax, BrokerError, NotFound, PreconditionFailed
 from exchange import exchange_class
 from queue_store import QUEUE_ARGUMENTS, validate_queue_arguments
@@ -147,6 +147,10 @@ def _plan(node, definitions):
             raise BadSyntax(f"definitions: {entry.where}: 'tags' must be strings")
         if algorithm != HASHING_ALGORITHM and algorithm not in RABBITMQ_HASHES:
             raise PreconditionFailed(f"definitions: {entry.where}: unknown hashing_algorithm '{algorithm}'")
+        try:
+            check_password_hash(password_hash, algorithm)
+        except PreconditionFailed as exc:
+            raise entry.refuse(exc) from None
         _check_name(entry, name, "user name")
         users.add(name)
         changes.append(lambda name=name, password_hash=password_hash, algorithm=algorithm, tags=tags:
