@@ -184,19 +184,21 @@ def _plan(node, definitions):
         except BrokerError as exc:
             raise entry.refuse(exc) from None
         _check_name(entry, name, "exchange name")
+        what = f"exchange '{name}' in vhost '{vhost}'"
+        properties = (declared["type_name"], declared["durable"], declared["auto_delete"], declared["internal"])
         current = node.vhosts[vhost].exchanges.get(name) if vhost in node.vhosts else None
-        if current is not None:
-            _same(entry, f"exchange '{name}' in vhost '{vhost}'",
-                  (declared["type_name"], declared["durable"], declared["auto_delete"], declared["internal"]),
-                  (current.type, current.durable, current.auto_delete, current.internal))
+        if (vhost, name) in exchanges:          # twice in the file
+            _same(entry, what, properties, exchanges[vhost, name])
+        elif current is not None:
+            _same(entry, what, properties, (current.type, current.durable, current.auto_delete, current.internal))
         elif _predeclared(name):
             raise PreconditionFailed(f"definitions: {entry.where}: exchange name '{name}' "
                                      "contains reserved prefix 'amq.*'")
         else:
             changes.append(lambda vhost=vhost, name=name, declared=declared:
                            node.vhosts[vhost].declare_exchange(name, **declared))
-        exchanges[vhost, name] = declared
-    queues = set()
+        exchanges[vhost, name] = properties
+    queues = {}
     for entry in _Entries(definitions, "queues"):
         vhost, name = entry.get("vhost", str), entry.get("name", str)
         _known(entry, vhost, vhosts, "vhost")
@@ -213,20 +215,22 @@ def _plan(node, definitions):
             validate_queue_arguments(arguments, name, vhost)
         except PreconditionFailed as exc:
             raise entry.refuse(exc) from None
+        what = f"queue '{name}' in vhost '{vhost}'"
+        properties = (durable, auto_delete) + tuple(arguments.get(a) for a in QUEUE_ARGUMENTS)
         current = node.vhosts[vhost].queues.get(name) if vhost in node.vhosts else None
-        if current is not None:
+        if (vhost, name) in queues:             # twice in the file
+            _same(entry, what, properties, queues[vhost, name])
+        elif current is not None:
             if current.exclusive_owner is not None:
-                raise PreconditionFailed(f"definitions: {entry.where}: queue '{name}' in vhost '{vhost}' "
-                                         "is an exclusive queue of a connection")
-            _same(entry, f"queue '{name}' in vhost '{vhost}'",
-                  (durable, auto_delete) + tuple(arguments.get(a) for a in QUEUE_ARGUMENTS),
+                raise PreconditionFailed(f"definitions: {entry.where}: {what} is an exclusive queue of a connection")
+            _same(entry, what, properties,
                   (current.durable, current.auto_delete) + tuple(current.arguments.get(a) for a in QUEUE_ARGUMENTS))
         else:
             changes.append(lambda vhost=vhost, name=name, durable=durable, auto_delete=auto_delete,
                            arguments=arguments:
                            node.vhosts[vhost].declare_queue(name, durable=durable, auto_delete=auto_delete,
                                                             arguments=arguments))
-        queues.add((vhost, name))
+        queues[vhost, name] = properties
     for entry in _Entries(definitions, "bindings"):
         vhost, source = entry.get("vhost", str), entry.get("source", str)
         destination, routing_key = entry.get("destination", str), entry.get("routing_key", str, "")

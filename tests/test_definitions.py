@@ -125,6 +125,10 @@ def test_importing_twice_changes_nothing_the_second_time(tmp_path):
         result = import_file(broker.port, tmp_path, document)
         assert result.returncode == 0 and "Imported definitions" in result.stdout
         assert exported(broker.port) == once
+        for section in ("exchanges", "queues", "bindings", "permissions"):
+            document[section] = document[section] * 2     # the same entries twice in one file
+        assert import_file(broker.port, tmp_path, document).returncode == 0
+        assert exported(broker.port) == once
 
 
 def test_definitions_survive_a_restart(tmp_path):
@@ -174,6 +178,11 @@ def broken(change):
      "SYNTAX_ERROR - definitions: queues[0]: 'durable' must be true or false"),
     (broken(lambda d: d.update(policies=[{"name": "ha"}])),
      "PRECONDITION_FAILED - definitions: 'policies' are not supported by GreenMQ"),
+    (broken(lambda d: d["queues"].append(dict(d["queues"][0], durable=False))),
+     "PRECONDITION_FAILED - definitions: queues[2]: queue 'orders.eu' in vhost 'broken' exists with other properties"),
+    (broken(lambda d: d["exchanges"].append(dict(d["exchanges"][0], type="fanout"))),
+     "PRECONDITION_FAILED - definitions: exchanges[2]: exchange 'orders' in vhost 'broken' exists with other "
+     "properties"),
     (broken(lambda d: d.update(colours=[])), "SYNTAX_ERROR - definitions: unknown section 'colours'"),
     (broken(lambda d: d.update(queues={})), "SYNTAX_ERROR - definitions: 'queues' must be a list"),
     (broken(lambda d: d["exchanges"].append(
