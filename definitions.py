@@ -242,8 +242,16 @@ def _plan(node, definitions):
         if not source:
             continue            # the default exchange's bindings come with the queue
         existing = node.vhosts.get(vhost)
-        if (vhost, source) not in exchanges and (existing is None or source not in existing.exchanges):
+        if (vhost, source) in exchanges:
+            exchange = exchange_class(exchanges[vhost, source][0])(source)     # a stand-in, to check with
+        elif existing is not None and source in existing.exchanges:
+            exchange = existing.exchanges[source]
+        else:
             raise NotFound(f"definitions: {entry.where}: no exchange '{source}' in vhost '{vhost}'")
+        try:
+            exchange._validate_binding(arguments)   # what bind() checks first (a headers exchange's x-match)
+        except BrokerError as exc:
+            raise entry.refuse(exc) from None
         if (vhost, destination) not in queues and (existing is None or destination not in existing.queues):
             raise NotFound(f"definitions: {entry.where}: no queue '{destination}' in vhost '{vhost}'")
         if existing is not None and _exclusive(existing, destination):

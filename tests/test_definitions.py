@@ -172,6 +172,8 @@ def broken(change):
      "NOT_FOUND - definitions: bindings[1]: no queue 'missing' in vhost 'broken'"),
     (broken(lambda d: d["bindings"][0].update(source="missing")),
      "NOT_FOUND - definitions: bindings[0]: no exchange 'missing' in vhost 'broken'"),
+    (broken(lambda d: d["bindings"][1]["arguments"].update({"x-match": "some"})),
+     "PRECONDITION_FAILED - definitions: bindings[1]: invalid x-match field value 'some'"),
     (broken(lambda d: d["bindings"][0].update(destination_type="exchange")),
      "PRECONDITION_FAILED - definitions: bindings[0]: bindings to exchanges are not supported"),
     (broken(lambda d: d["queues"][0].update(durable="yes")),
