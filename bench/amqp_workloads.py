@@ -181,8 +181,8 @@ class RawChannel:
             assert isinstance(method, method_class), method
             return method
 
-    def call(self, method, reply_class):
-        self.send(method)
+    def call(self, method, reply_class, channel=1):
+        self.send(method, channel)
         return self.expect(reply_class)
 
     def receive_delivery_ending(self, tail):
@@ -244,10 +244,15 @@ def main():
         results["GreenMQ"] = measure(f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f", args)
     for url in args.url:
         results[url] = measure(url, args)
+    print_comparison(results)
+
+
+def print_comparison(results):
+    """One row per measure, one column per broker, each with its ratio to GreenMQ's."""
     names = list(results)
-    print(f"{'':22}" + "".join(f"{name[:40]:>42}" for name in names))
+    print(f"{'':26}" + "".join(f"{name[:40]:>42}" for name in names))
     for key in results["GreenMQ"]:
-        row = f"{key:22}"
+        row = f"{key:26}"
         for name in names:
             value = results[name][key]
             ratio = "" if name == "GreenMQ" else f" (GreenMQ x{_better(key, results['GreenMQ'][key], value):.2f})"
