@@ -48,6 +48,9 @@ _FRAME_END_BYTE = bytes([FRAME_END])
 _HEADER_PREFIX = struct.Struct(">HHQ")      # a content header's class id, weight, body size
 _HEADER_PREFIX_BYTES = _HEADER_PREFIX.size
 _METHOD_INDEX = struct.Struct(">I")
+# A content header without properties: class id, weight and body size, then zero flags.
+_NO_PROPERTY_FLAGS = b"\x00\x00"
+_BARE_HEADER_END = 7 + _HEADER_PREFIX_BYTES + len(_NO_PROPERTY_FLAGS)     # from the frame's start
 _SHORT_LENGTH = struct.Struct(">B")
 
 # Only what this broker really does: pika refuses confirm_delivery without the first two.
@@ -155,7 +158,7 @@ class AmqpConnection(FrontEndConnection):
                 else:
                     self._channel_method(channel, method)
             elif frame_type == FRAME_HEADER:
-                self._content_header(channel, buffer[start:frame_end + 1])
+                self._content_header(channel, buffer, start, frame_end)
             elif frame_type == FRAME_BODY:
                 self._content_body(channel, buffer[start + 7:frame_end])
             elif frame_type != FRAME_HEARTBEAT:
@@ -175,6 +178,10 @@ class AmqpConnection(FrontEndConnection):
         index = _METHOD_INDEX.unpack_from(buffer, start + 7)[0]
         if index not in spec.INDEX_MAPPING:
             raise Unsupported(f"unknown method class {index >> 16} method {index & 0xFFFF}")
+        if index == _BASIC_PUBLISH:
+            method = decode_publish(buffer, start, frame_end)
+            if method is not None:
+                return method
         try:
             return amqp_frame.unmarshal(buffer[start:frame_end + 1])[2]
         except UnmarshalingException as exc:
@@ -416,22 +423,28 @@ class AmqpConnection(FrontEndConnection):
             raise Unsupported("immediate=true")
         channel.content = _Content(method)
 
-    def _content_header(self, number, frame_bytes):
+    def _content_header(self, number, buffer, start, frame_end):
         channel = self.channels.get(number)
         if channel is None or channel.closing:
             return self._ignore_content(number, "content header")
         content = channel.content
         if content is None or content.size is not None:
             raise UnexpectedFrame("content header frame without a basic.publish before it")
-        try:
-            content_header = amqp_frame.unmarshal(frame_bytes)[2]
-        except UnmarshalingException as exc:
-            raise FrameError(f"could not decode the content header: {exc}") from None
-        content.size = content_header.body_size
-        content.properties = _properties_from_amqp(content_header.properties)
-        # class id, weight and body size, then the property flags and values, which an AMQP
-        # delivery of this message can send again as they are.
-        content.encoded_properties = frame_bytes[7 + _HEADER_PREFIX_BYTES:-1]
+        if frame_end - start == _BARE_HEADER_END and buffer[frame_end - 2:frame_end] == _NO_PROPERTY_FLAGS:
+            # No properties, as most publishers send: nothing for pamqp to decode.
+            content.size = _HEADER_PREFIX.unpack_from(buffer, start + 7)[2]
+            content.properties = None
+            content.encoded_properties = _NO_PROPERTY_FLAGS
+        else:
+            try:
+                content_header = amqp_frame.unmarshal(buffer[start:frame_end + 1])[2]
+            except UnmarshalingException as exc:
+                raise FrameError(f"could not decode the content header: {exc}") from None
+            content.size = content_header.body_size
+            content.properties = _properties_from_amqp(content_header.properties)
+            # The property flags and values, which an AMQP delivery of this message can send
+            # again as they are.
+            content.encoded_properties = buffer[start + 7 + _HEADER_PREFIX_BYTES:frame_end]
         if content.size == 0:
             self._publish(channel, number, content)
 
@@ -674,6 +687,40 @@ def deliver_frame(channel_number, consumer_tag, delivery_tag, redelivered, excha
                             len(tag)), tag,
         _DELIVER_MIDDLE.pack(delivery_tag, redelivered, len(exchange)), exchange,
         _SHORT_LENGTH.pack(len(routing_key)), routing_key, _FRAME_END_BYTE))
+
+
+_BASIC_PUBLISH = spec.Basic.Publish.index
+_PUBLISH_TICKET = struct.Struct(">H")
+_new_publish = object.__new__
+
+
+def decode_publish(buffer, start, frame_end):
+    """The basic.publish method frame in buffer[start:frame_end + 1] decoded as pamqp
+    decodes it (a test holds the two equal), or None unless it is well formed, and pamqp is
+    left to decode it and word the error. It is one of the two frames every published
+    message brings, and pamqp's general unmarshalling took a third of a publish's cost."""
+    exchange_at = start + 14          # frame head 7, method index 4, ticket 2, length 1
+    if frame_end - exchange_at < 2:
+        return None
+    exchange_end = exchange_at + buffer[exchange_at - 1]
+    if exchange_end >= frame_end:
+        return None
+    key_end = exchange_end + 1 + buffer[exchange_end]
+    if key_end + 1 != frame_end:
+        return None
+    try:
+        exchange = str(buffer[exchange_at:exchange_end], "utf-8")
+        routing_key = str(buffer[exchange_end + 1:key_end], "utf-8")
+    except UnicodeDecodeError:
+        return None
+    bits = buffer[key_end]
+    method = _new_publish(spec.Basic.Publish)
+    method.ticket = _PUBLISH_TICKET.unpack_from(buffer, start + 11)[0]
+    method.exchange = exchange
+    method.routing_key = routing_key
+    method.mandatory = bool(bits & 1)
+    method.immediate = bool(bits & 2)
+    return method
 
 
 def _ids(method):

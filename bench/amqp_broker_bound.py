@@ -160,7 +160,7 @@ def raw_rpc(url, args):
 # Each workload runs on every broker before the next starts, so that the machine's other
 # load of the moment weighs on both sides of a ratio alike.
 WORKLOADS = {
-    "1->1": lambda url, args: {"1->1 no-ack msg/s": one_to_one(url, args.messages, args.size)},
+    "no-ack": lambda url, args: {"1->1 no-ack msg/s": one_to_one(url, args.messages, args.size)},
     "acked": lambda url, args: {"1->1 acked msg/s": one_to_one(url, args.messages, args.size, acked=True)},
     "fanout": lambda url, args: {f"fanout 1->{FANOUT_WIDTH} deliveries/s": fanout(url, args.messages, args.size)},
     "rpc": raw_rpc,

@@ -358,6 +358,29 @@ def test_undecodable_method_arguments_are_a_frame_error_naming_the_method(raw, b
     assert (close.reply_code, close.class_id, close.method_id) == (501, 50, 10)
 
 
+def test_an_undecodable_basic_publish_is_a_frame_error_naming_it(raw, bystander):
+    """basic.publish is decoded apart from other methods; its errors are worded alike."""
+    client = raw().open()
+    client.open_channel()
+    # The routing key's length promises more bytes than the frame holds.
+    client.send(frame(1, 1, struct.pack(">HHH", 60, 40, 0) + b"\x00\x10abc"))
+    close = client.expect_connection_close()
+    assert (close.reply_code, close.class_id, close.method_id) == (501, 60, 40)
+
+
+def test_a_content_header_missing_the_properties_its_flags_announce_is_a_frame_error(raw, bystander,
+                                                                                    against_greenmq):
+    """GreenMQ decodes properties on arrival; RabbitMQ only when it needs them, and says
+    nothing here."""
+    client = raw().open()
+    client.open_channel()
+    client.send_method(1, spec.Basic.Publish(exchange="", routing_key="q"))
+    # content_type's flag set, with no short string after the flags.
+    client.send(frame(2, 1, struct.pack(">HHQH", 60, 0, 5, 0x8000)))
+    close = client.expect_connection_close()
+    assert close.reply_code == 501
+
+
 def test_a_stopping_broker_tells_amqp_clients_why(against_greenmq):
     with BrokerProcess() as broker:
         connection = pika.BlockingConnection(
