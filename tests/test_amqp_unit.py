@@ -2,13 +2,16 @@
 
 import struct
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from pamqp import commands as spec
+from pamqp import body as amqp_body
 from pamqp import frame as amqp_frame
+from pamqp import header as amqp_header
 from pamqp.exceptions import UnmarshalingException
 
-from amqp_protocol import decode_publish, deliver_frame
+from amqp_protocol import FRAME_MIN, AmqpConnection, decode_publish, deliver_frame
+from message import Message
 
 # Short strings: at most 255 bytes once encoded, which 63 characters of any kind stay under.
 short_strings = st.text(max_size=63)
@@ -84,3 +87,26 @@ def test_basic_publish_is_decoded_from_within_a_larger_buffer():
     buffer = b"\x08\x00\x00\x00\x00\x00\x00\xce" + frame + b"\x01\x02"
     method = decode_publish(buffer, 8, 8 + len(frame) - 1)
     assert _publish_slots(method) == (0, "amq.topic", "a.b", True, False)
+
+
+bodies = st.integers(0, 3 * FRAME_MIN).map(lambda size: bytes(i % 251 for i in range(size))) | st.binary(max_size=64)
+
+
+@example(body=b"x" * (FRAME_MIN - 7), frame_max=FRAME_MIN, channel=1, properties=None)
+@given(bodies, st.integers(FRAME_MIN, 2 * FRAME_MIN), st.integers(1, 65535),
+       st.none() | st.builds(spec.Basic.Properties, content_type=st.none() | short_strings,
+                             delivery_mode=st.none() | st.sampled_from([1, 2]),
+                             headers=st.none() | st.dictionaries(short_strings, short_strings, max_size=3)))
+def test_deliveries_are_the_frames_pamqp_would_send(body, frame_max, channel, properties):
+    """The content header, sent as the publisher encoded the properties, and the body split
+    at frame_max."""
+    encoded_properties = None if properties is None else properties.marshal()
+    message = Message("amq.direct", "key", body, None, encoded_properties)
+    connection = AmqpConnection(None, ("127.0.0.1", 1))
+    connection.frame_max = frame_max
+    connection.deliver(channel, "ctag", 7, message)
+    expected = [spec.Basic.Deliver(consumer_tag="ctag", delivery_tag=7, exchange="amq.direct", routing_key="key"),
+                amqp_header.ContentHeader(0, len(body), properties)]
+    expected += [amqp_body.ContentBody(body[start:start + frame_max - 8])
+                 for start in range(0, len(body), frame_max - 8)]
+    assert connection.take_output() == b"".join(amqp_frame.marshal(frame, channel) for frame in expected)
