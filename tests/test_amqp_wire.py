@@ -374,9 +374,63 @@ def test_a_content_header_missing_the_properties_its_flags_announce_is_a_frame_e
     nothing here."""
     client = raw().open()
     client.open_channel()
-    client.send_method(1, spec.Basic.Publish(exchange="", routing_key="q"))
-    # content_type's flag set, with no short string after the flags.
-    client.send(frame(2, 1, struct.pack(">HHQH", 60, 0, 5, 0x8000)))
+    # content_type's flag set, with no short string after the flags; then the body.
+    client.send(amqp_frame.marshal(spec.Basic.Publish(exchange="", routing_key="q"), 1)
+                + frame(2, 1, struct.pack(">HHQH", 60, 0, 5, 0x8000)) + amqp_frame.marshal(amqp_body.ContentBody(b"body!"), 1))
+    close = client.expect_connection_close()
+    assert close.reply_code == 501
+
+
+def _publish_frames(channel, routing_key, body, body_frames=1):
+    """basic.publish, its content header and its body in `body_frames` frames."""
+    cut = len(body) // body_frames
+    pieces = [body[i * cut:(i + 1) * cut if i + 1 < body_frames else len(body)] for i in range(body_frames)]
+    frames = [spec.Basic.Publish(exchange="", routing_key=routing_key), amqp_header.ContentHeader(0, len(body))]
+    frames += [amqp_body.ContentBody(piece) for piece in pieces if piece]
+    return [amqp_frame.marshal(f, channel) for f in frames]
+
+
+def test_contents_of_two_channels_may_interleave(raw, bystander, name):
+    """Frames of different channels may interleave (AMQP 0-9-1, 4.2.6); each content is
+    assembled on its own channel, whatever arrives in between."""
+    reader, name = bystander, f"{name}.interleaved"       # the bystander's queue keeps its message
+    reader.queue_declare(name, auto_delete=True)
+    client = raw().open()
+    client.open_channel(1)
+    client.open_channel(2)
+    one, two = _publish_frames(1, name, b"one"), _publish_frames(2, name, b"two" * 10, body_frames=2)
+    client.send(one[0] + two[0] + one[1] + two[1] + two[2] + one[2] + two[3])
+    three, four = _publish_frames(1, name, b"three"), _publish_frames(2, name, b"four!")
+    client.send(three[0] + three[1] + four[0] + four[1] + three[2] + four[2])
+    client.send(b"".join(_publish_frames(1, name, b"")))
+    client.send(b"".join(_publish_frames(1, name, b"five", body_frames=2)))
+    client.send_method(1, spec.Basic.Qos(prefetch_count=1))
+    client.expect(spec.Basic.QosOk, 1)       # so the publishes before it were all taken
+    client.send_method(2, spec.Basic.Qos(prefetch_count=1))
+    client.expect(spec.Basic.QosOk, 2)
+    bodies = [reader.basic_get(name, auto_ack=True)[2] for _ in range(6)]
+    # Channels are not ordered among themselves.
+    assert sorted(bodies) == [b"", b"five", b"four!", b"one", b"three", b"two" * 10]
+
+
+def test_a_body_frame_before_its_own_channels_content_header_is_an_unexpected_frame(raw, bystander, name):
+    """Even when another channel's content header came in between."""
+    client = raw().open()
+    client.open_channel(1)
+    client.open_channel(2)
+    one, two = _publish_frames(1, name, b"one"), _publish_frames(2, name, b"two")
+    client.send(one[0] + two[0] + one[1] + two[2])
+    close = client.expect_connection_close()
+    assert close.reply_code == 505
+
+
+def test_a_body_frame_larger_than_its_content_header_announced_is_a_frame_error(raw, bystander, name,
+                                                                                 against_greenmq):
+    """RabbitMQ 3.10 says nothing here; GreenMQ refuses content it cannot frame."""
+    client = raw().open()
+    client.open_channel()
+    publish, header, _ = _publish_frames(1, name, b"four")
+    client.send(publish + header + amqp_frame.marshal(amqp_body.ContentBody(b"five!"), 1))
     close = client.expect_connection_close()
     assert close.reply_code == 501
 
