@@ -106,6 +106,7 @@ class AmqpConnection(FrontEndConnection):
         self.user = None            # once authenticated
         self.channels = {}
         self._buffer = b""
+        self._last_publish_arguments, self._last_publish = None, None
         self._started = self._last_received = self._last_sent = time.monotonic()
         self._close_deadline = None
 
@@ -185,8 +186,15 @@ class AmqpConnection(FrontEndConnection):
             raise FrameError("method frame too short")
         index = _METHOD_INDEX.unpack_from(buffer, start + 7)[0]
         if index == _BASIC_PUBLISH:
+            # A publisher mostly repeats its last basic.publish; the method objects are
+            # only read, so the last one decoded serves again.
+            arguments = self._last_publish_arguments
+            if (arguments is not None and frame_end - start - 11 == len(arguments)
+                    and buffer.startswith(arguments, start + 11)):
+                return self._last_publish
             method = decode_publish(buffer, start, frame_end)
             if method is not None:
+                self._last_publish_arguments, self._last_publish = buffer[start + 11:frame_end], method
                 return method
         elif index not in spec.INDEX_MAPPING:
             raise Unsupported(f"unknown method class {index >> 16} method {index & 0xFFFF}")
@@ -650,21 +658,20 @@ class AmqpConnection(FrontEndConnection):
         (a test holds them equal), assembled here as they are sent for every delivery."""
         body = message.body
         try:
-            if message.encoded_properties is not None:
-                encoded = message.encoded_properties
-                content_header = b"".join((_CONTENT_HEADER_START.pack(
+            encoded = message.encoded_properties
+            if encoded is not None:
+                frames = [method_frame, _CONTENT_HEADER_START.pack(
                     FRAME_HEADER, number, _HEADER_PREFIX_BYTES + len(encoded), spec.Basic.frame_id, 0, len(body)),
-                    encoded, _FRAME_END_BYTE))
+                    encoded, _FRAME_END_BYTE]
             else:
-                content_header = amqp_frame.marshal(amqp_header.ContentHeader(
-                    0, len(body), _properties_to_amqp(message.properties)), number)
+                frames = [method_frame, amqp_frame.marshal(amqp_header.ContentHeader(
+                    0, len(body), _properties_to_amqp(message.properties)), number)]
         except (TypeError, ValueError, OverflowError, struct.error) as exc:
             # Both front ends refuse what AMQP cannot carry, so this is a bug; better a message
             # without properties than a consumer's connection, or the core mid-delivery, broken.
             log.error("cannot encode the properties of a message from exchange '%s' for AMQP (%s); "
                       "sending it without them", message.exchange, exc)
-            content_header = amqp_frame.marshal(amqp_header.ContentHeader(0, len(body)), number)
-        frames = [method_frame, content_header]
+            frames = [method_frame, amqp_frame.marshal(amqp_header.ContentHeader(0, len(body)), number)]
         chunk = self.frame_max - 8
         for start in range(0, len(body), chunk):
             piece = body[start:start + chunk]
@@ -714,24 +721,39 @@ class _MethodIds:
         self.index = index
 
 
-# basic.deliver's frame head through its first argument's length, then the delivery tag,
-# the redelivered bit and the exchange name's length.
-_DELIVER_START = struct.Struct(">BHIHHB")
-_DELIVER_MIDDLE = struct.Struct(">q?B")
-_DELIVER_FIXED_BYTES = 4 + 1 + 9 + 1 + 1      # ids, three string lengths, tag and bit
+# basic.deliver's frame head and method ids, then (after the consumer tag) the delivery
+# tag and the redelivered bit.
+_DELIVER_START = struct.Struct(">BHIHH")
+_DELIVER_MIDDLE = struct.Struct(">q?")
+_DELIVER_FIXED_BYTES = 4 + 9      # ids, tag and bit
+# Consumer tags, exchange names and routing keys recur in every delivery; their encodings
+# are kept, up to this many (then it starts afresh), so that unique routing keys (RPC
+# replies, say) cannot grow it without bound.
+SHORT_STRING_CACHE_SIZE = 1024
+_short_strings = {}
+
+
+def _short_string(text):
+    """`text` as an AMQP short string: its length in one byte, then its UTF-8 bytes."""
+    encoded = _short_strings.get(text)
+    if encoded is None:
+        if len(_short_strings) >= SHORT_STRING_CACHE_SIZE:
+            _short_strings.clear()
+        value = text.encode()
+        encoded = _short_strings[text] = _SHORT_LENGTH.pack(len(value)) + value
+    return encoded
 
 
 def deliver_frame(channel_number, consumer_tag, delivery_tag, redelivered, exchange, routing_key):
     """basic.deliver exactly as pamqp marshals it (a test holds the two equal), assembled
     here because it is the one frame sent per message and consumer: pamqp's general
     marshalling took a sixth of a delivery's cost, and fanout is bound by it."""
-    tag, exchange, routing_key = consumer_tag.encode(), exchange.encode(), routing_key.encode()
-    size = _DELIVER_FIXED_BYTES + len(tag) + len(exchange) + len(routing_key)
+    tag, exchange, routing_key = _short_string(consumer_tag), _short_string(exchange), _short_string(routing_key)
     return b"".join((
-        _DELIVER_START.pack(FRAME_METHOD, channel_number, size, spec.Basic.frame_id, spec.Basic.Deliver.frame_id,
-                            len(tag)), tag,
-        _DELIVER_MIDDLE.pack(delivery_tag, redelivered, len(exchange)), exchange,
-        _SHORT_LENGTH.pack(len(routing_key)), routing_key, _FRAME_END_BYTE))
+        _DELIVER_START.pack(FRAME_METHOD, channel_number,
+                            _DELIVER_FIXED_BYTES + len(tag) + len(exchange) + len(routing_key),
+                            spec.Basic.frame_id, spec.Basic.Deliver.frame_id),
+        tag, _DELIVER_MIDDLE.pack(delivery_tag, redelivered), exchange, routing_key, _FRAME_END_BYTE))
 
 
 _BASIC_PUBLISH = spec.Basic.Publish.index

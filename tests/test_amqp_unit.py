@@ -10,7 +10,8 @@ from pamqp import frame as amqp_frame
 from pamqp import header as amqp_header
 from pamqp.exceptions import UnmarshalingException
 
-from amqp_protocol import FRAME_MIN, AmqpConnection, decode_publish, deliver_frame
+import amqp_protocol
+from amqp_protocol import FRAME_MIN, SHORT_STRING_CACHE_SIZE, AmqpConnection, decode_publish, deliver_frame
 from message import Message
 
 # Short strings: at most 255 bytes once encoded, which 63 characters of any kind stay under.
@@ -110,3 +111,11 @@ def test_deliveries_are_the_frames_pamqp_would_send(body, frame_max, channel, pr
     expected += [amqp_body.ContentBody(body[start:start + frame_max - 8])
                  for start in range(0, len(body), frame_max - 8)]
     assert connection.take_output() == b"".join(amqp_frame.marshal(frame, channel) for frame in expected)
+
+
+def test_encoded_names_kept_for_deliveries_stay_bounded():
+    """RPC replies each bring a routing key of their own."""
+    for n in range(3 * SHORT_STRING_CACHE_SIZE):
+        used, _, method = amqp_frame.unmarshal(deliver_frame(1, "ctag", n + 1, False, "", f"amq.gen-{n}"))
+        assert method.routing_key == f"amq.gen-{n}"
+    assert len(amqp_protocol._short_strings) <= SHORT_STRING_CACHE_SIZE

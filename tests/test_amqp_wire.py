@@ -413,6 +413,30 @@ def test_contents_of_two_channels_may_interleave(raw, bystander, name):
     assert sorted(bodies) == [b"", b"five", b"four!", b"one", b"three", b"two" * 10]
 
 
+def test_each_publish_goes_where_it_says_in_a_run_of_similar_ones(raw, bystander, name):
+    """Publishes that differ only in a character of the routing key or in a flag, sent
+    back to back, are each routed by their own arguments."""
+    queues = [f"{name}.a", f"{name}.b"]
+    for queue in queues:
+        bystander.queue_declare(queue, auto_delete=True)
+    client = raw().open()
+    client.open_channel(1)
+    frames = []
+    for n, (queue, mandatory) in enumerate([(0, False), (1, False), (0, False), (0, True), (1, True)]):
+        frames += [spec.Basic.Publish(exchange="", routing_key=queues[queue], mandatory=mandatory),
+                   amqp_header.ContentHeader(0, 1), amqp_body.ContentBody(str(n).encode())]
+    frames += [spec.Basic.Publish(exchange="", routing_key=f"{name}.c", mandatory=True),
+               amqp_header.ContentHeader(0, 1), amqp_body.ContentBody(b"5")]
+    client.send(b"".join(amqp_frame.marshal(f, 1) for f in frames))
+    returned = client.expect(spec.Basic.Return, 1)
+    assert (returned.reply_code, returned.routing_key) == (312, f"{name}.c")
+    got = {queue: [] for queue in queues}
+    for queue in queues:
+        while (body := bystander.basic_get(queue, auto_ack=True)[2]) is not None:
+            got[queue].append(body)
+    assert got == {queues[0]: [b"0", b"2", b"3"], queues[1]: [b"1", b"4"]}
+
+
 def test_a_body_frame_before_its_own_channels_content_header_is_an_unexpected_frame(raw, bystander, name):
     """Even when another channel's content header came in between."""
     client = raw().open()
