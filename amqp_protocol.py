@@ -14,7 +14,6 @@ import time
 from pamqp import commands as spec
 from pamqp import decode
 from pamqp import frame as amqp_frame
-from pamqp import header as amqp_header
 from pamqp import heartbeat as amqp_heartbeat
 from pamqp.exceptions import UnmarshalingException
 
@@ -46,7 +45,9 @@ _FRAME_HEAD = struct.Struct(">BHI")
 _FRAME_END_BYTE = bytes([FRAME_END])
 _HEADER_PREFIX = struct.Struct(">HHQ")      # a content header's class id, weight, body size
 _HEADER_PREFIX_BYTES = _HEADER_PREFIX.size
-_CONTENT_HEADER_START = struct.Struct(">BHIHHQ")     # the frame head, then that prefix
+# The end byte of the frame before, then a content header's frame head and that prefix.
+_END_AND_HEADER_START = struct.Struct(">BBHIHHQ")
+_END_AND_BODY_HEAD = struct.Struct(">BBHI")      # the same, then a body frame's head
 _METHOD_INDEX = struct.Struct(">I")
 # A content header without properties: class id, weight and body size, then zero flags.
 _NO_PROPERTY_FLAGS = b"\x00\x00"
@@ -557,7 +558,7 @@ class AmqpConnection(FrontEndConnection):
             self._send_method(number, spec.Basic.GetEmpty())
             return
         delivery_tag, message, message_count = got
-        self._send_content(number, amqp_frame.marshal(spec.Basic.GetOk(
+        self._send_content(number, _method_parts(spec.Basic.GetOk(
             delivery_tag=delivery_tag, redelivered=message.redelivered, exchange=message.exchange,
             routing_key=message.routing_key, message_count=message_count), number), message)
 
@@ -621,7 +622,7 @@ class AmqpConnection(FrontEndConnection):
     # -- the core's sink -----------------------------------------------------------------
 
     def deliver(self, channel_number, consumer_tag, delivery_tag, message):
-        self._send_content(channel_number, deliver_frame(
+        self._send_content(channel_number, deliver_method(
             channel_number, consumer_tag, delivery_tag, message.redelivered, message.exchange,
             message.routing_key), message)
 
@@ -630,7 +631,7 @@ class AmqpConnection(FrontEndConnection):
             self._send_method(channel_number, spec.Basic.Cancel(consumer_tag=consumer_tag, nowait=True))
 
     def message_returned(self, channel_number, reply_code, reply_text, message):
-        self._send_content(channel_number, amqp_frame.marshal(spec.Basic.Return(
+        self._send_content(channel_number, _method_parts(spec.Basic.Return(
             reply_code=reply_code, reply_text=reply_text, exchange=message.exchange,
             routing_key=message.routing_key), channel_number), message)
 
@@ -654,29 +655,27 @@ class AmqpConnection(FrontEndConnection):
         self._write(amqp_frame.marshal(method, number))
 
     def _send_content(self, number, method_frame, message):
-        """The method frame, then the content header and body frames as pamqp marshals them
-        (a test holds them equal), assembled here as they are sent for every delivery."""
+        """`method_frame` (a list of byte strings, the method frame without its end byte),
+        then the content header and body frames as pamqp marshals them (a test holds them
+        equal), joined once: this runs for every delivery."""
         body = message.body
-        try:
-            encoded = message.encoded_properties
-            if encoded is not None:
-                frames = [method_frame, _CONTENT_HEADER_START.pack(
-                    FRAME_HEADER, number, _HEADER_PREFIX_BYTES + len(encoded), spec.Basic.frame_id, 0, len(body)),
-                    encoded, _FRAME_END_BYTE]
-            else:
-                frames = [method_frame, amqp_frame.marshal(amqp_header.ContentHeader(
-                    0, len(body), _properties_to_amqp(message.properties)), number)]
-        except (TypeError, ValueError, OverflowError, struct.error) as exc:
-            # Both front ends refuse what AMQP cannot carry, so this is a bug; better a message
-            # without properties than a consumer's connection, or the core mid-delivery, broken.
-            log.error("cannot encode the properties of a message from exchange '%s' for AMQP (%s); "
-                      "sending it without them", message.exchange, exc)
-            frames = [method_frame, amqp_frame.marshal(amqp_header.ContentHeader(0, len(body)), number)]
+        size = len(body)
+        encoded = message.encoded_properties
+        if encoded is None:
+            encoded = _encode_properties(message)
+        method_frame += (_END_AND_HEADER_START.pack(
+            FRAME_END, FRAME_HEADER, number, _HEADER_PREFIX_BYTES + len(encoded), spec.Basic.frame_id, 0, size),
+            encoded)
         chunk = self.frame_max - 8
-        for start in range(0, len(body), chunk):
-            piece = body[start:start + chunk]
-            frames += (_FRAME_HEAD.pack(FRAME_BODY, number, len(piece)), piece, _FRAME_END_BYTE)
-        self._write(b"".join(frames))
+        if size <= chunk:       # one body frame or, for an empty body, none
+            if size:
+                method_frame += (_END_AND_BODY_HEAD.pack(FRAME_END, FRAME_BODY, number, size), body)
+        else:
+            for start in range(0, size, chunk):
+                piece = body[start:start + chunk]
+                method_frame += (_END_AND_BODY_HEAD.pack(FRAME_END, FRAME_BODY, number, len(piece)), piece)
+        method_frame.append(_FRAME_END_BYTE)
+        self._write(b"".join(method_frame))
 
     def take_output(self):
         data = super().take_output()
@@ -733,27 +732,33 @@ SHORT_STRING_CACHE_SIZE = 1024
 _short_strings = {}
 
 
-def _short_string(text):
-    """`text` as an AMQP short string: its length in one byte, then its UTF-8 bytes."""
-    encoded = _short_strings.get(text)
-    if encoded is None:
-        if len(_short_strings) >= SHORT_STRING_CACHE_SIZE:
-            _short_strings.clear()
-        value = text.encode()
-        encoded = _short_strings[text] = _SHORT_LENGTH.pack(len(value)) + value
+def _encoded_short_string(text):
+    """`text` as an AMQP short string (its length in one byte, then its UTF-8 bytes), kept."""
+    if len(_short_strings) >= SHORT_STRING_CACHE_SIZE:
+        _short_strings.clear()
+    value = text.encode()
+    encoded = _short_strings[text] = _SHORT_LENGTH.pack(len(value)) + value
     return encoded
 
 
-def deliver_frame(channel_number, consumer_tag, delivery_tag, redelivered, exchange, routing_key):
-    """basic.deliver exactly as pamqp marshals it (a test holds the two equal), assembled
-    here because it is the one frame sent per message and consumer: pamqp's general
-    marshalling took a sixth of a delivery's cost, and fanout is bound by it."""
-    tag, exchange, routing_key = _short_string(consumer_tag), _short_string(exchange), _short_string(routing_key)
-    return b"".join((
-        _DELIVER_START.pack(FRAME_METHOD, channel_number,
-                            _DELIVER_FIXED_BYTES + len(tag) + len(exchange) + len(routing_key),
-                            spec.Basic.frame_id, spec.Basic.Deliver.frame_id),
-        tag, _DELIVER_MIDDLE.pack(delivery_tag, redelivered), exchange, routing_key, _FRAME_END_BYTE))
+def deliver_method(channel_number, consumer_tag, delivery_tag, redelivered, exchange, routing_key):
+    """basic.deliver's frame, but for its end byte, in parts, exactly as pamqp marshals it
+    (a test holds the two equal), assembled here because it is the one frame sent per
+    message and consumer: pamqp's general marshalling took a sixth of a delivery's cost,
+    and fanout is bound by it."""
+    known = _short_strings.get
+    tag = known(consumer_tag) or _encoded_short_string(consumer_tag)
+    exchange = known(exchange) or _encoded_short_string(exchange)
+    routing_key = known(routing_key) or _encoded_short_string(routing_key)
+    return [_DELIVER_START.pack(FRAME_METHOD, channel_number,
+                                _DELIVER_FIXED_BYTES + len(tag) + len(exchange) + len(routing_key),
+                                spec.Basic.frame_id, spec.Basic.Deliver.frame_id),
+            tag, _DELIVER_MIDDLE.pack(delivery_tag, redelivered), exchange, routing_key]
+
+
+def _method_parts(method, channel_number):
+    """Any other method frame as deliver_method gives basic.deliver's."""
+    return [amqp_frame.marshal(method, channel_number)[:-1]]
 
 
 _BASIC_PUBLISH = spec.Basic.Publish.index
@@ -807,6 +812,19 @@ def _properties_from_amqp(properties):
     if isinstance(timestamp, datetime.datetime):
         values["timestamp"] = int(timestamp.timestamp())
     return values or None
+
+
+def _encode_properties(message):
+    """The property flags and values of a content header for a message that came without
+    them in AMQP's encoding (from JSON lines, say)."""
+    try:
+        return _properties_to_amqp(message.properties).marshal()
+    except (TypeError, ValueError, OverflowError, struct.error) as exc:
+        # Both front ends refuse what AMQP cannot carry, so this is a bug; better a message
+        # without properties than a consumer's connection, or the core mid-delivery, broken.
+        log.error("cannot encode the properties of a message from exchange '%s' for AMQP (%s); "
+                  "sending it without them", message.exchange, exc)
+        return _NO_PROPERTY_FLAGS
 
 
 def _properties_to_amqp(values):

@@ -11,7 +11,7 @@ from pamqp import header as amqp_header
 from pamqp.exceptions import UnmarshalingException
 
 import amqp_protocol
-from amqp_protocol import FRAME_MIN, SHORT_STRING_CACHE_SIZE, AmqpConnection, decode_publish, deliver_frame
+from amqp_protocol import FRAME_MIN, _properties_from_amqp, SHORT_STRING_CACHE_SIZE, AmqpConnection, decode_publish, deliver_method
 from message import Message
 
 # Short strings: at most 255 bytes once encoded, which 63 characters of any kind stay under.
@@ -27,13 +27,13 @@ def test_basic_deliver_frames_are_what_pamqp_would_send(channel, consumer_tag, d
     method = spec.Basic.Deliver(consumer_tag=consumer_tag, delivery_tag=delivery_tag, redelivered=redelivered,
                                 exchange=exchange, routing_key=routing_key)
     expected = amqp_frame.marshal(method, channel)
-    assert deliver_frame(channel, consumer_tag, delivery_tag, redelivered, exchange, routing_key) == expected
+    assert b"".join(deliver_method(channel, consumer_tag, delivery_tag, redelivered, exchange, routing_key)) + b"\xce" == expected
 
 
 @given(short_strings, short_strings)
 def test_basic_deliver_frames_decode_to_their_arguments(exchange, routing_key):
     """Any exchange name a client may use, spec alphabet or not, reaches the consumer intact."""
-    used, channel, method = amqp_frame.unmarshal(deliver_frame(7, "ctag", 42, True, exchange, routing_key))
+    used, channel, method = amqp_frame.unmarshal(b"".join(deliver_method(7, "ctag", 42, True, exchange, routing_key)) + b"\xce")
     assert (channel, method.consumer_tag, method.delivery_tag, method.redelivered, method.exchange,
             method.routing_key) == (7, "ctag", 42, True, exchange, routing_key)
 
@@ -93,16 +93,19 @@ def test_basic_publish_is_decoded_from_within_a_larger_buffer():
 bodies = st.integers(0, 3 * FRAME_MIN).map(lambda size: bytes(i % 251 for i in range(size))) | st.binary(max_size=64)
 
 
-@example(body=b"x" * (FRAME_MIN - 7), frame_max=FRAME_MIN, channel=1, properties=None)
+@example(body=b"x" * (FRAME_MIN - 7), frame_max=FRAME_MIN, channel=1, properties=None, from_amqp=True)
 @given(bodies, st.integers(FRAME_MIN, 2 * FRAME_MIN), st.integers(1, 65535),
        st.none() | st.builds(spec.Basic.Properties, content_type=st.none() | short_strings,
                              delivery_mode=st.none() | st.sampled_from([1, 2]),
-                             headers=st.none() | st.dictionaries(short_strings, short_strings, max_size=3)))
-def test_deliveries_are_the_frames_pamqp_would_send(body, frame_max, channel, properties):
-    """The content header, sent as the publisher encoded the properties, and the body split
-    at frame_max."""
-    encoded_properties = None if properties is None else properties.marshal()
-    message = Message("amq.direct", "key", body, None, encoded_properties)
+                             headers=st.none() | st.dictionaries(short_strings, short_strings, max_size=3)),
+       st.booleans())
+def test_deliveries_are_the_frames_pamqp_would_send(body, frame_max, channel, properties, from_amqp):
+    """The content header, with the properties as an AMQP publisher encoded them or encoded
+    anew from the core's dict, and the body split at frame_max."""
+    if from_amqp:
+        message = Message("amq.direct", "key", body, None, None if properties is None else properties.marshal())
+    else:
+        message = Message("amq.direct", "key", body, _properties_from_amqp(properties or spec.Basic.Properties()))
     connection = AmqpConnection(None, ("127.0.0.1", 1))
     connection.frame_max = frame_max
     connection.deliver(channel, "ctag", 7, message)
@@ -116,6 +119,6 @@ def test_deliveries_are_the_frames_pamqp_would_send(body, frame_max, channel, pr
 def test_encoded_names_kept_for_deliveries_stay_bounded():
     """RPC replies each bring a routing key of their own."""
     for n in range(3 * SHORT_STRING_CACHE_SIZE):
-        used, _, method = amqp_frame.unmarshal(deliver_frame(1, "ctag", n + 1, False, "", f"amq.gen-{n}"))
+        used, _, method = amqp_frame.unmarshal(b"".join(deliver_method(1, "ctag", n + 1, False, "", f"amq.gen-{n}")) + b"\xce")
         assert method.routing_key == f"amq.gen-{n}"
     assert len(amqp_protocol._short_strings) <= SHORT_STRING_CACHE_SIZE
