@@ -51,8 +51,10 @@ _END_AND_BODY_HEAD = struct.Struct(">BBHI")      # the same, then a body frame's
 _METHOD_INDEX = struct.Struct(">I")
 # A content header without properties: class id, weight and body size, then zero flags.
 _NO_PROPERTY_FLAGS = b"\x00\x00"
-_BARE_HEADER_END = 7 + _HEADER_PREFIX_BYTES + len(_NO_PROPERTY_FLAGS)     # from the frame's start
-_BARE_HEADER = struct.Struct(">BHIHHQH")     # the frame head, that prefix and the flags
+_BARE_HEADER_SIZE = _HEADER_PREFIX_BYTES + len(_NO_PROPERTY_FLAGS)
+_BARE_HEADER_END = 7 + _BARE_HEADER_SIZE     # from the frame's start
+# Such a content header frame, then the head of a body frame.
+_BARE_HEADER_AND_BODY_HEAD = struct.Struct(">BHIHHQHBBHI")
 _SHORT_LENGTH = struct.Struct(">B")
 
 # Only what this broker really does: pika refuses confirm_delivery without the first two.
@@ -494,24 +496,18 @@ class AmqpConnection(FrontEndConnection):
                 or method.immediate):
             return 0
         header_start = method_end + 1
-        body_start = header_start + _BARE_HEADER_END + 1
+        body_start = header_start + _BARE_HEADER_AND_BODY_HEAD.size
         if body_start > end:
             return 0
-        frame_type, header_channel, size, _, _, body_size, flags = _BARE_HEADER.unpack_from(buffer, header_start)
-        if (frame_type != FRAME_HEADER or header_channel != number or size != _BARE_HEADER_END - 7 or flags
-                or buffer[body_start - 1] != FRAME_END):
+        (header_type, header_channel, header_size, _, _, size, flags, header_end,
+         body_type, body_channel, body_size) = _BARE_HEADER_AND_BODY_HEAD.unpack_from(buffer, header_start)
+        body_end = body_start + size
+        if (header_type != FRAME_HEADER or header_channel != number or header_size != _BARE_HEADER_SIZE or flags
+                or header_end != FRAME_END or body_type != FRAME_BODY or body_channel != number
+                or body_size != size or not size or body_end >= end or buffer[body_end] != FRAME_END
+                or size + 8 > self.frame_max):
             return 0
-        if body_size == 0:
-            self._publish(channel, number, method, b"", None, _NO_PROPERTY_FLAGS)
-            return body_start
-        if end - body_start < 7:
-            return 0
-        frame_type, body_channel, size = _FRAME_HEAD.unpack_from(buffer, body_start)
-        body_end = body_start + 7 + size
-        if (frame_type != FRAME_BODY or body_channel != number or size != body_size or body_end >= end
-                or size + 8 > self.frame_max or buffer[body_end] != FRAME_END):
-            return 0
-        self._publish(channel, number, method, buffer[body_start + 7:body_end], None, _NO_PROPERTY_FLAGS)
+        self._publish(channel, number, method, buffer[body_start:body_end], None, _NO_PROPERTY_FLAGS)
         return body_end + 1
 
     def _content_complete(self, channel, number):
@@ -521,14 +517,14 @@ class AmqpConnection(FrontEndConnection):
         self._publish(channel, number, content.method, body, content.properties, content.encoded_properties)
 
     def _publish(self, channel, number, method, body, properties, encoded_properties):
-        arguments = (method.exchange, method.routing_key, bytes(body), properties, method.mandatory,
-                     encoded_properties)
         try:
             if channel.tx is not None:
                 channel.core.check_publish(method.exchange, properties)
-                channel.tx.append((channel.core.publish, arguments))
+                channel.tx.append((channel.core.publish, (method.exchange, method.routing_key, body, properties,
+                                                          method.mandatory, encoded_properties)))
             else:
-                channel.core.publish(*arguments)
+                channel.core.publish(method.exchange, method.routing_key, body, properties, method.mandatory,
+                                     encoded_properties)
         except BrokerError as exc:
             self._fail(number, exc, method)   # reported against basic.publish, not the body frame
 

@@ -448,6 +448,16 @@ def test_a_body_frame_before_its_own_channels_content_header_is_an_unexpected_fr
     assert close.reply_code == 505
 
 
+def test_an_empty_body_frame_after_an_empty_content_is_an_unexpected_frame(raw, bystander, name):
+    """A content header announcing no body completes the message; a body frame after it
+    belongs to no message."""
+    client = raw().open()
+    client.open_channel()
+    client.send(b"".join(_publish_frames(1, name, b"")) + amqp_frame.marshal(amqp_body.ContentBody(b""), 1))
+    close = client.expect_connection_close()
+    assert close.reply_code == 505
+
+
 def test_a_body_frame_larger_than_its_content_header_announced_is_a_frame_error(raw, bystander, name,
                                                                                  against_greenmq):
     """RabbitMQ 3.10 says nothing here; GreenMQ refuses content it cannot frame."""
