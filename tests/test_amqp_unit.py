@@ -1,5 +1,6 @@
 """The AMQP front end's own frame assembly, held to pamqp's encoding of the same method."""
 
+import datetime
 import struct
 
 from hypothesis import example, given
@@ -11,7 +12,8 @@ from pamqp import header as amqp_header
 from pamqp.exceptions import UnmarshalingException
 
 import amqp_protocol
-from amqp_protocol import FRAME_MIN, _properties_from_amqp, SHORT_STRING_CACHE_SIZE, AmqpConnection, decode_publish, deliver_method
+from amqp_protocol import (FRAME_MIN, SHORT_STRING_CACHE_SIZE, AmqpConnection, _properties_from_amqp,
+                           decode_content_header, decode_publish, deliver_method)
 from message import Message
 
 # Short strings: at most 255 bytes once encoded, which 63 characters of any kind stay under.
@@ -122,3 +124,50 @@ def test_encoded_names_kept_for_deliveries_stay_bounded():
         used, _, method = amqp_frame.unmarshal(b"".join(deliver_method(1, "ctag", n + 1, False, "", f"amq.gen-{n}")) + b"\xce")
         assert method.routing_key == f"amq.gen-{n}"
     assert len(amqp_protocol._short_strings) <= SHORT_STRING_CACHE_SIZE
+
+
+header_values = st.none() | st.booleans() | st.integers(-2**31, 2**31 - 1) | short_strings
+properties = st.builds(
+    spec.Basic.Properties,
+    content_type=st.none() | short_strings, content_encoding=st.none() | short_strings,
+    headers=st.none() | st.dictionaries(short_strings, header_values | st.lists(header_values, max_size=3), max_size=4),
+    delivery_mode=st.none() | st.sampled_from([1, 2]), priority=st.none() | st.integers(0, 255),
+    correlation_id=st.none() | short_strings, reply_to=st.none() | short_strings,
+    expiration=st.none() | short_strings, message_id=st.none() | short_strings,
+    timestamp=st.none() | st.integers(0, 2**32 - 1).map(
+        lambda seconds: datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)),
+    message_type=st.none() | short_strings, user_id=st.none() | short_strings, app_id=st.none() | short_strings)
+
+
+def _pamqp_content_header(frame):
+    header = amqp_frame.unmarshal(frame)[2]
+    return header.body_size, _properties_from_amqp(header.properties), frame[19:-1]
+
+
+@given(properties, st.integers(0, 2**63 - 1), st.integers(1, 65535))
+def test_content_headers_decode_as_pamqp_decodes_them(properties, body_size, channel):
+    frame = amqp_frame.marshal(amqp_header.ContentHeader(0, body_size, properties), channel)
+    assert decode_content_header(frame, 0, len(frame) - 1) == _pamqp_content_header(frame)
+
+
+def _altered(encoded, at, value, cut):
+    """`encoded` with one byte changed and `cut` bytes dropped from the end (or added)."""
+    at %= len(encoded)
+    altered = encoded[:at] + bytes([value]) + encoded[at + 1:]
+    return altered[:len(altered) - cut] if cut > 0 else altered + b"\x00" * -cut
+
+
+@example(flags_and_values=b"\x00\x04\x00", body_size=1)            # cluster_id, empty
+@example(flags_and_values=b"\x80\x01\x01\x00", body_size=1)        # a second flag word
+@given(st.binary(min_size=2, max_size=60)
+       | st.builds(_altered, properties.map(lambda p: p.marshal()), st.integers(0, 200), st.integers(0, 255),
+                   st.integers(-2, 3)),
+       st.integers(0, 2**16))
+def test_content_headers_decoded_directly_are_decoded_so_by_pamqp_too(flags_and_values, body_size):
+    """Whatever the front end decodes itself pamqp decodes alike (trailing bytes, bad UTF-8
+    and truncated values are left to pamqp)."""
+    payload = struct.pack(">HHQ", 60, 0, body_size) + flags_and_values
+    frame = struct.pack(">BHI", 2, 1, len(payload)) + payload + b"\xce"
+    decoded = decode_content_header(frame, 0, len(frame) - 1)
+    if decoded is not None:
+        assert decoded == _pamqp_content_header(frame)
