@@ -198,6 +198,10 @@ class AmqpConnection(FrontEndConnection):
             if method is not None:
                 self._last_publish_arguments, self._last_publish = buffer[start + 11:frame_end], method
                 return method
+        elif index == _BASIC_ACK:
+            method = decode_ack(buffer, start, frame_end)
+            if method is not None:
+                return method
         elif index not in spec.INDEX_MAPPING:
             raise Unsupported(f"unknown method class {index >> 16} method {index & 0xFFFF}")
         try:
@@ -845,7 +849,7 @@ def _decode_properties(buffer, at, end):
 
 _BASIC_PUBLISH = spec.Basic.Publish.index
 _PUBLISH_TICKET = struct.Struct(">H")
-_new_publish = object.__new__
+_new_method = object.__new__
 
 
 def decode_publish(buffer, start, frame_end):
@@ -868,12 +872,28 @@ def decode_publish(buffer, start, frame_end):
     except UnicodeDecodeError:
         return None
     bits = buffer[key_end]
-    method = _new_publish(spec.Basic.Publish)
+    method = _new_method(spec.Basic.Publish)
     method.ticket = _PUBLISH_TICKET.unpack_from(buffer, start + 11)[0]
     method.exchange = exchange
     method.routing_key = routing_key
     method.mandatory = bool(bits & 1)
     method.immediate = bool(bits & 2)
+    return method
+
+
+_BASIC_ACK = spec.Basic.Ack.index
+_DELIVERY_TAG = struct.Struct(">q")     # pamqp reads it signed
+_ACK_FRAME_END = 11 + _DELIVERY_TAG.size + 1     # from the frame's start: the tag, then the bit
+
+
+def decode_ack(buffer, start, frame_end):
+    """basic.ack as pamqp decodes it (a test holds the two equal), or None unless well
+    formed: clients that ack every message send one per delivery, and pamqp took 5 us."""
+    if frame_end - start != _ACK_FRAME_END:
+        return None
+    method = _new_method(spec.Basic.Ack)
+    method.delivery_tag = _DELIVERY_TAG.unpack_from(buffer, start + 11)[0]
+    method.multiple = bool(buffer[start + 19] & 1)
     return method
 
 

@@ -3,6 +3,8 @@
 import datetime
 import struct
 
+import pytest
+
 from hypothesis import example, given
 from hypothesis import strategies as st
 from pamqp import commands as spec
@@ -13,7 +15,7 @@ from pamqp.exceptions import UnmarshalingException
 
 import amqp_protocol
 from amqp_protocol import (FRAME_MIN, SHORT_STRING_CACHE_SIZE, AmqpConnection, _properties_from_amqp,
-                           decode_content_header, decode_publish, deliver_method)
+                           decode_ack, decode_content_header, decode_publish, deliver_method)
 from message import Message
 
 # Short strings: at most 255 bytes once encoded, which 63 characters of any kind stay under.
@@ -40,18 +42,18 @@ def test_basic_deliver_frames_decode_to_their_arguments(exchange, routing_key):
             method.routing_key) == (7, "ctag", 42, True, exchange, routing_key)
 
 
-def _publish_frame(channel, payload):
-    """A method frame carrying basic.publish's index and `payload` as its arguments."""
-    arguments = struct.pack(">I", spec.Basic.Publish.index) + payload
-    return struct.pack(">BHI", 1, channel, len(arguments)) + arguments + b"\xce"
+def _method_frame(method_class, arguments, channel=1):
+    """A method frame carrying `method_class`'s index and `arguments`, well formed or not."""
+    payload = struct.pack(">I", method_class.index) + arguments
+    return struct.pack(">BHI", 1, channel, len(payload)) + payload + b"\xce"
 
 
 def _short_string(value):
     return bytes([len(value)]) + value
 
 
-def _publish_slots(method):
-    return (method.ticket, method.exchange, method.routing_key, method.mandatory, method.immediate)
+def _slots(method):
+    return {slot: getattr(method, slot) for slot in method.__slots__}
 
 
 utf8_short_strings = short_strings.map(lambda text: text.encode())
@@ -61,23 +63,28 @@ utf8_short_strings = short_strings.map(lambda text: text.encode())
        st.integers(0, 255))
 def test_basic_publish_frames_decode_as_pamqp_decodes_them(channel, ticket, exchange, routing_key, bits):
     """Any exchange name and routing key a client may send, spec alphabet or not."""
-    frame = _publish_frame(channel, struct.pack(">H", ticket) + _short_string(exchange)
-                           + _short_string(routing_key) + bytes([bits]))
+    frame = _method_frame(spec.Basic.Publish, struct.pack(">H", ticket) + _short_string(exchange)
+                          + _short_string(routing_key) + bytes([bits]), channel)
     method = decode_publish(frame, 0, len(frame) - 1)
     assert isinstance(method, spec.Basic.Publish)
-    assert _publish_slots(method) == _publish_slots(amqp_frame.unmarshal(frame)[2])
+    assert _slots(method) == _slots(amqp_frame.unmarshal(frame)[2])
 
 
-@given(st.binary(max_size=80) | st.builds(
+publish_arguments = st.binary(max_size=80) | st.builds(
     lambda ticket, exchange, routing_key, rest: ticket + _short_string(exchange) + _short_string(routing_key) + rest,
-    st.binary(min_size=2, max_size=2), st.binary(max_size=40), st.binary(max_size=40), st.binary(max_size=3)))
-def test_basic_publish_frames_decoded_directly_are_decoded_so_by_pamqp_too(payload):
+    st.binary(min_size=2, max_size=2), st.binary(max_size=40), st.binary(max_size=40), st.binary(max_size=3))
+
+
+@pytest.mark.parametrize("method_class, decode, arguments", [(spec.Basic.Publish, decode_publish, publish_arguments),
+                                                             (spec.Basic.Ack, decode_ack, st.binary(max_size=12))])
+@given(data=st.data())
+def test_methods_decoded_directly_are_decoded_so_by_pamqp_too(method_class, decode, arguments, data):
     """Whatever the front end decodes itself pamqp decodes alike; the rest is left to pamqp,
     whose error (or lax reading) the broker keeps."""
-    frame = _publish_frame(1, payload)
-    method = decode_publish(frame, 0, len(frame) - 1)
+    frame = _method_frame(method_class, data.draw(arguments))
+    method = decode(frame, 0, len(frame) - 1)
     if method is not None:
-        assert _publish_slots(method) == _publish_slots(amqp_frame.unmarshal(frame)[2])
+        assert _slots(method) == _slots(amqp_frame.unmarshal(frame)[2])
     else:
         try:
             amqp_frame.unmarshal(frame)
@@ -89,7 +96,8 @@ def test_basic_publish_is_decoded_from_within_a_larger_buffer():
     frame = amqp_frame.marshal(spec.Basic.Publish(exchange="amq.topic", routing_key="a.b", mandatory=True), 3)
     buffer = b"\x08\x00\x00\x00\x00\x00\x00\xce" + frame + b"\x01\x02"
     method = decode_publish(buffer, 8, 8 + len(frame) - 1)
-    assert _publish_slots(method) == (0, "amq.topic", "a.b", True, False)
+    assert _slots(method) == {"ticket": 0, "exchange": "amq.topic", "routing_key": "a.b", "mandatory": True,
+                              "immediate": False}
 
 
 bodies = st.integers(0, 3 * FRAME_MIN).map(lambda size: bytes(i % 251 for i in range(size))) | st.binary(max_size=64)
@@ -171,3 +179,12 @@ def test_content_headers_decoded_directly_are_decoded_so_by_pamqp_too(flags_and_
     decoded = decode_content_header(frame, 0, len(frame) - 1)
     if decoded is not None:
         assert decoded == _pamqp_content_header(frame)
+
+
+@given(st.integers(0, 2**63 - 1), st.booleans())
+def test_basic_ack_frames_decode_as_pamqp_decodes_them(delivery_tag, multiple):
+    frame = amqp_frame.marshal(spec.Basic.Ack(delivery_tag=delivery_tag, multiple=multiple), 1)
+    method = decode_ack(frame, 0, len(frame) - 1)
+    assert isinstance(method, spec.Basic.Ack)
+    assert _slots(method) == _slots(amqp_frame.unmarshal(frame)[2])
+
