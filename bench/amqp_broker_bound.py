@@ -12,7 +12,6 @@ consumers (deliveries per second); and the raw RPC round trip of amqp_workloads.
 """
 
 import argparse
-import multiprocessing
 import os
 import struct
 import sys
@@ -26,7 +25,7 @@ from pamqp import commands as spec  # noqa: E402
 from pamqp import frame as amqp_frame  # noqa: E402
 from pamqp import header as amqp_header  # noqa: E402
 
-from amqp_workloads import RawChannel, print_comparison, raw_rpc_latency  # noqa: E402
+from amqp_workloads import RawChannel, print_comparison, raw_rpc_latency, run_workload  # noqa: E402
 from tests.broker_process import BrokerProcess  # noqa: E402
 
 # What the issue that asked for this benchmark measured: enough messages for a few seconds
@@ -66,7 +65,7 @@ def _produce(url, exchange, routing_key, count, size, started):
     channel.sock.close()
 
 
-def _consume(url, queue, count, acked, ready, finished):
+def _consume(url, queue, count, ready, finished, acked):
     """Count basic.deliver frames until `count`; with `acked`, one multiple ack per read."""
     channel = RawChannel(url)
     if acked:
@@ -99,25 +98,6 @@ def _consume(url, queue, count, acked, ready, finished):
     sock.close()
 
 
-def _run(url, exchange, routing_key, queues, count, size, acked=False):
-    """One consumer process per queue, then a producer; deliveries per second."""
-    ready, started, finished = multiprocessing.Queue(), multiprocessing.Queue(), multiprocessing.Queue()
-    consumers = [multiprocessing.Process(target=_consume, args=(url, queue, count, acked, ready, finished))
-                 for queue in queues]
-    for consumer in consumers:
-        consumer.start()
-    for _ in consumers:
-        ready.get(timeout=60)
-    producer = multiprocessing.Process(target=_produce, args=(url, exchange, routing_key, count, size, started))
-    producer.start()
-    start = started.get(timeout=60)
-    end = max(finished.get(timeout=600) for _ in consumers)
-    producer.join()
-    for consumer in consumers:
-        consumer.join()
-    return count * len(queues) / (end - start)
-
-
 def _fresh_queues(url, names, exchange=None):
     control = RawChannel(url)
     if exchange:
@@ -139,7 +119,7 @@ def _remove_queues(control, names):
 def one_to_one(url, count, size, acked=False):
     names = ["bench.bound.acked" if acked else "bench.bound.one"]
     control = _fresh_queues(url, names)
-    rate = _run(url, "", names[0], names, count, size, acked)
+    rate = run_workload(_consume, _produce, url, "", names[0], names, count, size, acked)
     _remove_queues(control, names)
     return rate
 
@@ -147,7 +127,7 @@ def one_to_one(url, count, size, acked=False):
 def fanout(url, count, size):
     names = [f"bench.bound.fanout.{i}" for i in range(FANOUT_WIDTH)]
     control = _fresh_queues(url, names, "bench.bound.fanout")
-    rate = _run(url, "bench.bound.fanout", "", names, count, size)
+    rate = run_workload(_consume, _produce, url, "bench.bound.fanout", "", names, count, size, False)
     _remove_queues(control, names)
     return rate
 

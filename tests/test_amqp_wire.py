@@ -348,24 +348,18 @@ def test_a_deleted_queue_cancels_silently_for_clients_without_consumer_cancel_no
     client.expect(spec.Basic.QosOk, 1)         # and no basic.cancel before it
 
 
-def test_undecodable_method_arguments_are_a_frame_error_naming_the_method(raw, bystander):
+@pytest.mark.parametrize("class_id, method_id, arguments", [
+    (50, 10, b"\x10abc"),          # queue.declare, its queue name cut short
+    (60, 40, b"\x00\x10abc"),      # basic.publish (decoded apart from the rest), its routing key cut short
+])
+def test_undecodable_method_arguments_are_a_frame_error_naming_the_method(raw, bystander, class_id, method_id,
+                                                                          arguments):
     """As RabbitMQ answers it: 501 with the method's ids (not 502, which it does not use here)."""
     client = raw().open()
     client.open_channel()
-    # queue.declare (class 50, method 10) whose arguments end in the middle of the queue name.
-    client.send(frame(1, 1, struct.pack(">HHH", 50, 10, 0) + b"\x10abc"))
+    client.send(frame(1, 1, struct.pack(">HHH", class_id, method_id, 0) + arguments))
     close = client.expect_connection_close()
-    assert (close.reply_code, close.class_id, close.method_id) == (501, 50, 10)
-
-
-def test_an_undecodable_basic_publish_is_a_frame_error_naming_it(raw, bystander):
-    """basic.publish is decoded apart from other methods; its errors are worded alike."""
-    client = raw().open()
-    client.open_channel()
-    # The routing key's length promises more bytes than the frame holds.
-    client.send(frame(1, 1, struct.pack(">HHH", 60, 40, 0) + b"\x00\x10abc"))
-    close = client.expect_connection_close()
-    assert (close.reply_code, close.class_id, close.method_id) == (501, 60, 40)
+    assert (close.reply_code, close.class_id, close.method_id) == (501, class_id, method_id)
 
 
 def test_a_content_header_missing_the_properties_its_flags_announce_is_a_frame_error(raw, bystander,
