@@ -2,6 +2,7 @@
 
 import datetime
 import struct
+from random import Random
 
 import pytest
 
@@ -14,7 +15,7 @@ from pamqp import header as amqp_header
 from pamqp.exceptions import UnmarshalingException
 
 import amqp_protocol
-from amqp_protocol import (FRAME_MIN, SHORT_STRING_CACHE_SIZE, AmqpConnection, _properties_from_amqp,
+from amqp_protocol import (FRAME_MIN, _Channel, SHORT_STRING_CACHE_SIZE, AmqpConnection, _properties_from_amqp,
                            decode_ack, decode_content_header, decode_publish, deliver_method)
 from message import Message
 
@@ -188,3 +189,59 @@ def test_basic_ack_frames_decode_as_pamqp_decodes_them(delivery_tag, multiple):
     assert isinstance(method, spec.Basic.Ack)
     assert _slots(method) == _slots(amqp_frame.unmarshal(frame)[2])
 
+
+
+class _RecordingChannel:
+    """A core channel that records what it is asked to publish."""
+
+    def __init__(self, number, published):
+        self.number, self.published = number, published
+
+    def publish(self, *arguments):
+        self.published.append((self.number, *arguments))
+
+
+def _published(stream, cuts, whole_publishes):
+    """What a running connection publishes from `stream` read in pieces cut at `cuts`."""
+    published = []
+    connection = AmqpConnection(None, ("127.0.0.1", 1))
+    connection.state = "running"
+    connection.channels = {n: _Channel(_RecordingChannel(n, published)) for n in (1, 2)}
+    if not whole_publishes:
+        connection._whole_publish = lambda *arguments: 0
+    start = 0
+    for cut in sorted(set(cuts)) + [len(stream)]:
+        connection.data_received(stream[start:cut])
+        start = cut
+    assert not connection.outbox and not connection.closed
+    return published
+
+
+messages = st.tuples(
+    st.sampled_from([1, 2]), st.sampled_from(["", "amq.direct"]), st.sampled_from(["a", "b", "key.one"]),
+    st.booleans(), st.none() | properties, st.binary(max_size=300), st.integers(1, 3))
+
+
+# A body in two frames where the first frame's announced end falls on a 0xce of the second.
+@example(messages=[(1, "", "a", False, None, bytes(12) + b"\xce" + bytes(7), 2)], cuts=[], random=Random(0))
+@given(st.lists(messages, max_size=12), st.lists(st.integers(0, 5000), max_size=8), st.randoms())
+def test_publishes_taken_in_one_step_are_those_taken_frame_by_frame(messages, cuts, random):
+    """Publishes of two channels, interleaved frame by frame, with or without properties,
+    bodies in one frame or several, heartbeats between, read in any pieces."""
+    pending = {1: [], 2: []}
+    for channel, exchange, routing_key, mandatory, props, body, body_frames in messages:
+        cut = -(-len(body) // body_frames) or 1
+        frames = [spec.Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=mandatory),
+                  amqp_header.ContentHeader(0, len(body), props)]
+        frames += [amqp_body.ContentBody(body[i:i + cut]) for i in range(0, len(body), cut)]
+        pending[channel] += [amqp_frame.marshal(frame, channel) for frame in frames]
+    stream = b""
+    while pending[1] or pending[2]:
+        channel = random.choice([n for n in (1, 2) if pending[n]])
+        stream += pending[channel].pop(0)
+        if random.random() < 0.1:
+            stream += b"\x08\x00\x00\x00\x00\x00\x00\xce"       # a heartbeat
+    cuts = [cut % (len(stream) + 1) for cut in cuts]
+    expected = _published(stream, cuts, whole_publishes=False)
+    assert len(expected) == len(messages)
+    assert _published(stream, cuts, whole_publishes=True) == expected
