@@ -30,6 +30,7 @@ test: $(VENV)/.test-installed
 bench: $(VENV)/.test-installed
 	$(PY) bench/throughput.py
 	$(PY) bench/amqp_workloads.py $(if $(BENCH_URL),--url "$(BENCH_URL)")
+	$(PY) bench/amqp_broker_bound.py $(if $(BENCH_URL),--url "$(BENCH_URL)")
 	$(PY) bench/start_time.py
 
 clean:

@@ -62,21 +62,24 @@ def _produce(url, exchange, routing_key, count, size, started):
     connection.close()
 
 
-def _run(url, exchange, routing_key, queues, count, size):
-    """Start one consumer per queue, then a producer; returns deliveries per second."""
+def run_workload(consume, produce, url, exchange, routing_key, queues, count, size, *consume_options):
+    """One `consume(url, queue, count, ready, finished, *consume_options)` process per queue,
+    then a `produce(url, exchange, routing_key, count, size, started)` process; returns
+    deliveries per second, from the producer's start to the last consumer's end."""
     ready, started, finished = multiprocessing.Queue(), multiprocessing.Queue(), multiprocessing.Queue()
-    consumers = [multiprocessing.Process(target=_consume, args=(url, q, count, ready, finished)) for q in queues]
-    for c in consumers:
-        c.start()
+    consumers = [multiprocessing.Process(target=consume, args=(url, queue, count, ready, finished, *consume_options))
+                 for queue in queues]
+    for consumer in consumers:
+        consumer.start()
     for _ in consumers:
         ready.get(timeout=60)
-    producer = multiprocessing.Process(target=_produce, args=(url, exchange, routing_key, count, size, started))
+    producer = multiprocessing.Process(target=produce, args=(url, exchange, routing_key, count, size, started))
     producer.start()
     start = started.get(timeout=60)
     end = max(finished.get(timeout=600) for _ in consumers)
     producer.join()
-    for c in consumers:
-        c.join()
+    for consumer in consumers:
+        consumer.join()
     return count * len(queues) / (end - start)
 
 
@@ -85,7 +88,7 @@ def one_to_one(url, count, size):
     queue = channel.queue_declare("bench.amqp.one", auto_delete=False).method.queue
     channel.queue_purge(queue)
     connection.close()
-    return _run(url, "", queue, [queue], count, size)
+    return run_workload(_consume, _produce, url, "", queue, [queue], count, size)
 
 
 def fanout(url, count, size, width=4):
@@ -98,7 +101,7 @@ def fanout(url, count, size, width=4):
         channel.queue_bind(queue, "bench.amqp.fanout")
         queues.append(queue)
     connection.close()
-    return _run(url, "bench.amqp.fanout", "", queues, count, size)
+    return run_workload(_consume, _produce, url, "bench.amqp.fanout", "", queues, count, size)
 
 
 def _rpc_server(url, ready):
@@ -181,8 +184,8 @@ class RawChannel:
             assert isinstance(method, method_class), method
             return method
 
-    def call(self, method, reply_class):
-        self.send(method)
+    def call(self, method, reply_class, channel=1):
+        self.send(method, channel)
         return self.expect(reply_class)
 
     def receive_delivery_ending(self, tail):
@@ -244,10 +247,15 @@ def main():
         results["GreenMQ"] = measure(f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f", args)
     for url in args.url:
         results[url] = measure(url, args)
+    print_comparison(results)
+
+
+def print_comparison(results):
+    """One row per measure, one column per broker, each with its ratio to GreenMQ's."""
     names = list(results)
-    print(f"{'':22}" + "".join(f"{name[:40]:>42}" for name in names))
+    print(f"{'':26}" + "".join(f"{name[:40]:>42}" for name in names))
     for key in results["GreenMQ"]:
-        row = f"{key:22}"
+        row = f"{key:26}"
         for name in names:
             value = results[name][key]
             ratio = "" if name == "GreenMQ" else f" (GreenMQ x{_better(key, results['GreenMQ'][key], value):.2f})"

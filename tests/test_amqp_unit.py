@@ -1,11 +1,23 @@
 """The AMQP front end's own frame assembly, held to pamqp's encoding of the same method."""
 
-from hypothesis import given
+import datetime
+import struct
+from random import Random
+
+import pytest
+
+from hypothesis import example, given
 from hypothesis import strategies as st
 from pamqp import commands as spec
+from pamqp import body as amqp_body
 from pamqp import frame as amqp_frame
+from pamqp import header as amqp_header
+from pamqp.exceptions import UnmarshalingException
 
-from amqp_protocol import deliver_frame
+import amqp_protocol
+from amqp_protocol import (FRAME_MIN, _Channel, SHORT_STRING_CACHE_SIZE, AmqpConnection, _properties_from_amqp,
+                           decode_ack, decode_content_header, decode_publish, deliver_method)
+from message import Message
 
 # Short strings: at most 255 bytes once encoded, which 63 characters of any kind stay under.
 short_strings = st.text(max_size=63)
@@ -20,12 +32,216 @@ def test_basic_deliver_frames_are_what_pamqp_would_send(channel, consumer_tag, d
     method = spec.Basic.Deliver(consumer_tag=consumer_tag, delivery_tag=delivery_tag, redelivered=redelivered,
                                 exchange=exchange, routing_key=routing_key)
     expected = amqp_frame.marshal(method, channel)
-    assert deliver_frame(channel, consumer_tag, delivery_tag, redelivered, exchange, routing_key) == expected
+    assert b"".join(deliver_method(channel, consumer_tag, delivery_tag, redelivered, exchange, routing_key)) + b"\xce" == expected
 
 
 @given(short_strings, short_strings)
 def test_basic_deliver_frames_decode_to_their_arguments(exchange, routing_key):
     """Any exchange name a client may use, spec alphabet or not, reaches the consumer intact."""
-    used, channel, method = amqp_frame.unmarshal(deliver_frame(7, "ctag", 42, True, exchange, routing_key))
+    used, channel, method = amqp_frame.unmarshal(b"".join(deliver_method(7, "ctag", 42, True, exchange, routing_key)) + b"\xce")
     assert (channel, method.consumer_tag, method.delivery_tag, method.redelivered, method.exchange,
             method.routing_key) == (7, "ctag", 42, True, exchange, routing_key)
+
+
+def _method_frame(method_class, arguments, channel=1):
+    """A method frame carrying `method_class`'s index and `arguments`, well formed or not."""
+    payload = struct.pack(">I", method_class.index) + arguments
+    return struct.pack(">BHI", 1, channel, len(payload)) + payload + b"\xce"
+
+
+def _short_string(value):
+    return bytes([len(value)]) + value
+
+
+def _slots(method):
+    return {slot: getattr(method, slot) for slot in method.__slots__}
+
+
+utf8_short_strings = short_strings.map(lambda text: text.encode())
+
+
+@given(st.integers(1, 65535), st.integers(0, 65535), utf8_short_strings, utf8_short_strings,
+       st.integers(0, 255))
+def test_basic_publish_frames_decode_as_pamqp_decodes_them(channel, ticket, exchange, routing_key, bits):
+    """Any exchange name and routing key a client may send, spec alphabet or not."""
+    frame = _method_frame(spec.Basic.Publish, struct.pack(">H", ticket) + _short_string(exchange)
+                          + _short_string(routing_key) + bytes([bits]), channel)
+    method = decode_publish(frame, 0, len(frame) - 1)
+    assert isinstance(method, spec.Basic.Publish)
+    assert _slots(method) == _slots(amqp_frame.unmarshal(frame)[2])
+
+
+publish_arguments = st.binary(max_size=80) | st.builds(
+    lambda ticket, exchange, routing_key, rest: ticket + _short_string(exchange) + _short_string(routing_key) + rest,
+    st.binary(min_size=2, max_size=2), st.binary(max_size=40), st.binary(max_size=40), st.binary(max_size=3))
+
+
+@pytest.mark.parametrize("method_class, decode, arguments", [(spec.Basic.Publish, decode_publish, publish_arguments),
+                                                             (spec.Basic.Ack, decode_ack, st.binary(max_size=12))])
+@given(data=st.data())
+def test_methods_decoded_directly_are_decoded_so_by_pamqp_too(method_class, decode, arguments, data):
+    """Whatever the front end decodes itself pamqp decodes alike; the rest is left to pamqp,
+    whose error (or lax reading) the broker keeps."""
+    frame = _method_frame(method_class, data.draw(arguments))
+    method = decode(frame, 0, len(frame) - 1)
+    if method is not None:
+        assert _slots(method) == _slots(amqp_frame.unmarshal(frame)[2])
+    else:
+        try:
+            amqp_frame.unmarshal(frame)
+        except UnmarshalingException:
+            pass
+
+
+def test_basic_publish_is_decoded_from_within_a_larger_buffer():
+    frame = amqp_frame.marshal(spec.Basic.Publish(exchange="amq.topic", routing_key="a.b", mandatory=True), 3)
+    buffer = b"\x08\x00\x00\x00\x00\x00\x00\xce" + frame + b"\x01\x02"
+    method = decode_publish(buffer, 8, 8 + len(frame) - 1)
+    assert _slots(method) == {"ticket": 0, "exchange": "amq.topic", "routing_key": "a.b", "mandatory": True,
+                              "immediate": False}
+
+
+bodies = st.integers(0, 3 * FRAME_MIN).map(lambda size: bytes(i % 251 for i in range(size))) | st.binary(max_size=64)
+
+
+@example(body=b"x" * (FRAME_MIN - 7), frame_max=FRAME_MIN, channel=1, properties=None, from_amqp=True)
+@given(bodies, st.integers(FRAME_MIN, 2 * FRAME_MIN), st.integers(1, 65535),
+       st.none() | st.builds(spec.Basic.Properties, content_type=st.none() | short_strings,
+                             delivery_mode=st.none() | st.sampled_from([1, 2]),
+                             headers=st.none() | st.dictionaries(short_strings, short_strings, max_size=3)),
+       st.booleans())
+def test_deliveries_are_the_frames_pamqp_would_send(body, frame_max, channel, properties, from_amqp):
+    """The content header, with the properties as an AMQP publisher encoded them or encoded
+    anew from the core's dict, and the body split at frame_max."""
+    if from_amqp:
+        message = Message("amq.direct", "key", body, None, None if properties is None else properties.marshal())
+    else:
+        message = Message("amq.direct", "key", body, _properties_from_amqp(properties or spec.Basic.Properties()))
+    connection = AmqpConnection(None, ("127.0.0.1", 1))
+    connection.frame_max = frame_max
+    connection.deliver(channel, "ctag", 7, message)
+    expected = [spec.Basic.Deliver(consumer_tag="ctag", delivery_tag=7, exchange="amq.direct", routing_key="key"),
+                amqp_header.ContentHeader(0, len(body), properties)]
+    expected += [amqp_body.ContentBody(body[start:start + frame_max - 8])
+                 for start in range(0, len(body), frame_max - 8)]
+    assert connection.take_output() == b"".join(amqp_frame.marshal(frame, channel) for frame in expected)
+
+
+def test_encoded_names_kept_for_deliveries_stay_bounded():
+    """RPC replies each bring a routing key of their own."""
+    for n in range(3 * SHORT_STRING_CACHE_SIZE):
+        used, _, method = amqp_frame.unmarshal(b"".join(deliver_method(1, "ctag", n + 1, False, "", f"amq.gen-{n}")) + b"\xce")
+        assert method.routing_key == f"amq.gen-{n}"
+    assert len(amqp_protocol._short_strings) <= SHORT_STRING_CACHE_SIZE
+
+
+header_values = st.none() | st.booleans() | st.integers(-2**31, 2**31 - 1) | short_strings
+properties = st.builds(
+    spec.Basic.Properties,
+    content_type=st.none() | short_strings, content_encoding=st.none() | short_strings,
+    headers=st.none() | st.dictionaries(short_strings, header_values | st.lists(header_values, max_size=3), max_size=4),
+    delivery_mode=st.none() | st.sampled_from([1, 2]), priority=st.none() | st.integers(0, 255),
+    correlation_id=st.none() | short_strings, reply_to=st.none() | short_strings,
+    expiration=st.none() | short_strings, message_id=st.none() | short_strings,
+    timestamp=st.none() | st.integers(0, 2**32 - 1).map(
+        lambda seconds: datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)),
+    message_type=st.none() | short_strings, user_id=st.none() | short_strings, app_id=st.none() | short_strings)
+
+
+def _pamqp_content_header(frame):
+    header = amqp_frame.unmarshal(frame)[2]
+    return header.body_size, _properties_from_amqp(header.properties), frame[19:-1]
+
+
+@given(properties, st.integers(0, 2**63 - 1), st.integers(1, 65535))
+def test_content_headers_decode_as_pamqp_decodes_them(properties, body_size, channel):
+    frame = amqp_frame.marshal(amqp_header.ContentHeader(0, body_size, properties), channel)
+    assert decode_content_header(frame, 0, len(frame) - 1) == _pamqp_content_header(frame)
+
+
+def _altered(encoded, at, value, cut):
+    """`encoded` with one byte changed and `cut` bytes dropped from the end (or added)."""
+    at %= len(encoded)
+    altered = encoded[:at] + bytes([value]) + encoded[at + 1:]
+    return altered[:len(altered) - cut] if cut > 0 else altered + b"\x00" * -cut
+
+
+@example(flags_and_values=b"\x00\x04\x00", body_size=1)            # cluster_id, empty
+@example(flags_and_values=b"\x80\x01\x01\x00", body_size=1)        # a second flag word
+@given(st.binary(min_size=2, max_size=60)
+       | st.builds(_altered, properties.map(lambda p: p.marshal()), st.integers(0, 200), st.integers(0, 255),
+                   st.integers(-2, 3)),
+       st.integers(0, 2**16))
+def test_content_headers_decoded_directly_are_decoded_so_by_pamqp_too(flags_and_values, body_size):
+    """Whatever the front end decodes itself pamqp decodes alike (trailing bytes, bad UTF-8
+    and truncated values are left to pamqp)."""
+    payload = struct.pack(">HHQ", 60, 0, body_size) + flags_and_values
+    frame = struct.pack(">BHI", 2, 1, len(payload)) + payload + b"\xce"
+    decoded = decode_content_header(frame, 0, len(frame) - 1)
+    if decoded is not None:
+        assert decoded == _pamqp_content_header(frame)
+
+
+@given(st.integers(0, 2**63 - 1), st.booleans())
+def test_basic_ack_frames_decode_as_pamqp_decodes_them(delivery_tag, multiple):
+    frame = amqp_frame.marshal(spec.Basic.Ack(delivery_tag=delivery_tag, multiple=multiple), 1)
+    method = decode_ack(frame, 0, len(frame) - 1)
+    assert isinstance(method, spec.Basic.Ack)
+    assert _slots(method) == _slots(amqp_frame.unmarshal(frame)[2])
+
+
+
+class _RecordingChannel:
+    """A core channel that records what it is asked to publish."""
+
+    def __init__(self, number, published):
+        self.number, self.published = number, published
+
+    def publish(self, *arguments):
+        self.published.append((self.number, *arguments))
+
+
+def _published(stream, cuts, whole_publishes):
+    """What a running connection publishes from `stream` read in pieces cut at `cuts`."""
+    published = []
+    connection = AmqpConnection(None, ("127.0.0.1", 1))
+    connection.state = "running"
+    connection.channels = {n: _Channel(_RecordingChannel(n, published)) for n in (1, 2)}
+    if not whole_publishes:
+        connection._whole_publish = lambda *arguments: 0
+    start = 0
+    for cut in sorted(set(cuts)) + [len(stream)]:
+        connection.data_received(stream[start:cut])
+        start = cut
+    assert not connection.outbox and not connection.closed
+    return published
+
+
+messages = st.tuples(
+    st.sampled_from([1, 2]), st.sampled_from(["", "amq.direct"]), st.sampled_from(["a", "b", "key.one"]),
+    st.booleans(), st.none() | properties, st.binary(max_size=300), st.integers(1, 3))
+
+
+# A body in two frames where the first frame's announced end falls on a 0xce of the second.
+@example(messages=[(1, "", "a", False, None, bytes(12) + b"\xce" + bytes(7), 2)], cuts=[], random=Random(0))
+@given(st.lists(messages, max_size=12), st.lists(st.integers(0, 5000), max_size=8), st.randoms())
+def test_publishes_taken_in_one_step_are_those_taken_frame_by_frame(messages, cuts, random):
+    """Publishes of two channels, interleaved frame by frame, with or without properties,
+    bodies in one frame or several, heartbeats between, read in any pieces."""
+    pending = {1: [], 2: []}
+    for channel, exchange, routing_key, mandatory, props, body, body_frames in messages:
+        cut = -(-len(body) // body_frames) or 1
+        frames = [spec.Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=mandatory),
+                  amqp_header.ContentHeader(0, len(body), props)]
+        frames += [amqp_body.ContentBody(body[i:i + cut]) for i in range(0, len(body), cut)]
+        pending[channel] += [amqp_frame.marshal(frame, channel) for frame in frames]
+    stream = b""
+    while pending[1] or pending[2]:
+        channel = random.choice([n for n in (1, 2) if pending[n]])
+        stream += pending[channel].pop(0)
+        if random.random() < 0.1:
+            stream += b"\x08\x00\x00\x00\x00\x00\x00\xce"       # a heartbeat
+    cuts = [cut % (len(stream) + 1) for cut in cuts]
+    expected = _published(stream, cuts, whole_publishes=False)
+    assert len(expected) == len(messages)
+    assert _published(stream, cuts, whole_publishes=True) == expected

@@ -348,14 +348,119 @@ def test_a_deleted_queue_cancels_silently_for_clients_without_consumer_cancel_no
     client.expect(spec.Basic.QosOk, 1)         # and no basic.cancel before it
 
 
-def test_undecodable_method_arguments_are_a_frame_error_naming_the_method(raw, bystander):
+@pytest.mark.parametrize("class_id, method_id, arguments", [
+    (50, 10, b"\x10abc"),          # queue.declare, its queue name cut short
+    (60, 40, b"\x00\x10abc"),      # basic.publish (decoded apart from the rest), its routing key cut short
+])
+def test_undecodable_method_arguments_are_a_frame_error_naming_the_method(raw, bystander, class_id, method_id,
+                                                                          arguments):
     """As RabbitMQ answers it: 501 with the method's ids (not 502, which it does not use here)."""
     client = raw().open()
     client.open_channel()
-    # queue.declare (class 50, method 10) whose arguments end in the middle of the queue name.
-    client.send(frame(1, 1, struct.pack(">HHH", 50, 10, 0) + b"\x10abc"))
+    client.send(frame(1, 1, struct.pack(">HHH", class_id, method_id, 0) + arguments))
     close = client.expect_connection_close()
-    assert (close.reply_code, close.class_id, close.method_id) == (501, 50, 10)
+    assert (close.reply_code, close.class_id, close.method_id) == (501, class_id, method_id)
+
+
+def test_a_content_header_missing_the_properties_its_flags_announce_is_a_frame_error(raw, bystander,
+                                                                                    against_greenmq):
+    """GreenMQ decodes properties on arrival; RabbitMQ only when it needs them, and says
+    nothing here."""
+    client = raw().open()
+    client.open_channel()
+    # content_type's flag set, with no short string after the flags; then the body.
+    client.send(amqp_frame.marshal(spec.Basic.Publish(exchange="", routing_key="q"), 1)
+                + frame(2, 1, struct.pack(">HHQH", 60, 0, 5, 0x8000)) + amqp_frame.marshal(amqp_body.ContentBody(b"body!"), 1))
+    close = client.expect_connection_close()
+    assert close.reply_code == 501
+
+
+def _publish_frames(channel, routing_key, body, body_frames=1):
+    """basic.publish, its content header and its body in `body_frames` frames."""
+    cut = len(body) // body_frames
+    pieces = [body[i * cut:(i + 1) * cut if i + 1 < body_frames else len(body)] for i in range(body_frames)]
+    frames = [spec.Basic.Publish(exchange="", routing_key=routing_key), amqp_header.ContentHeader(0, len(body))]
+    frames += [amqp_body.ContentBody(piece) for piece in pieces if piece]
+    return [amqp_frame.marshal(f, channel) for f in frames]
+
+
+def test_contents_of_two_channels_may_interleave(raw, bystander, name):
+    """Frames of different channels may interleave (AMQP 0-9-1, 4.2.6); each content is
+    assembled on its own channel, whatever arrives in between."""
+    reader, name = bystander, f"{name}.interleaved"       # the bystander's queue keeps its message
+    reader.queue_declare(name, auto_delete=True)
+    client = raw().open()
+    client.open_channel(1)
+    client.open_channel(2)
+    one, two = _publish_frames(1, name, b"one"), _publish_frames(2, name, b"two" * 10, body_frames=2)
+    client.send(one[0] + two[0] + one[1] + two[1] + two[2] + one[2] + two[3])
+    three, four = _publish_frames(1, name, b"three"), _publish_frames(2, name, b"four!")
+    client.send(three[0] + three[1] + four[0] + four[1] + three[2] + four[2])
+    client.send(b"".join(_publish_frames(1, name, b"")))
+    client.send(b"".join(_publish_frames(1, name, b"five", body_frames=2)))
+    client.send_method(1, spec.Basic.Qos(prefetch_count=1))
+    client.expect(spec.Basic.QosOk, 1)       # so the publishes before it were all taken
+    client.send_method(2, spec.Basic.Qos(prefetch_count=1))
+    client.expect(spec.Basic.QosOk, 2)
+    bodies = [reader.basic_get(name, auto_ack=True)[2] for _ in range(6)]
+    # Channels are not ordered among themselves.
+    assert sorted(bodies) == [b"", b"five", b"four!", b"one", b"three", b"two" * 10]
+
+
+def test_each_publish_goes_where_it_says_in_a_run_of_similar_ones(raw, bystander, name):
+    """Publishes that differ only in a character of the routing key or in a flag, sent
+    back to back, are each routed by their own arguments."""
+    queues = [f"{name}.a", f"{name}.b"]
+    for queue in queues:
+        bystander.queue_declare(queue, auto_delete=True)
+    client = raw().open()
+    client.open_channel(1)
+    frames = []
+    for n, (queue, mandatory) in enumerate([(0, False), (1, False), (0, False), (0, True), (1, True)]):
+        frames += [spec.Basic.Publish(exchange="", routing_key=queues[queue], mandatory=mandatory),
+                   amqp_header.ContentHeader(0, 1), amqp_body.ContentBody(str(n).encode())]
+    frames += [spec.Basic.Publish(exchange="", routing_key=f"{name}.c", mandatory=True),
+               amqp_header.ContentHeader(0, 1), amqp_body.ContentBody(b"5")]
+    client.send(b"".join(amqp_frame.marshal(f, 1) for f in frames))
+    returned = client.expect(spec.Basic.Return, 1)
+    assert (returned.reply_code, returned.routing_key) == (312, f"{name}.c")
+    got = {queue: [] for queue in queues}
+    for queue in queues:
+        while (body := bystander.basic_get(queue, auto_ack=True)[2]) is not None:
+            got[queue].append(body)
+    assert got == {queues[0]: [b"0", b"2", b"3"], queues[1]: [b"1", b"4"]}
+
+
+def test_a_body_frame_before_its_own_channels_content_header_is_an_unexpected_frame(raw, bystander, name):
+    """Even when another channel's content header came in between."""
+    client = raw().open()
+    client.open_channel(1)
+    client.open_channel(2)
+    one, two = _publish_frames(1, name, b"one"), _publish_frames(2, name, b"two")
+    client.send(one[0] + two[0] + one[1] + two[2])
+    close = client.expect_connection_close()
+    assert close.reply_code == 505
+
+
+def test_an_empty_body_frame_after_an_empty_content_is_an_unexpected_frame(raw, bystander, name):
+    """A content header announcing no body completes the message; a body frame after it
+    belongs to no message."""
+    client = raw().open()
+    client.open_channel()
+    client.send(b"".join(_publish_frames(1, name, b"")) + amqp_frame.marshal(amqp_body.ContentBody(b""), 1))
+    close = client.expect_connection_close()
+    assert close.reply_code == 505
+
+
+def test_a_body_frame_larger_than_its_content_header_announced_is_a_frame_error(raw, bystander, name,
+                                                                                 against_greenmq):
+    """RabbitMQ 3.10 says nothing here; GreenMQ refuses content it cannot frame."""
+    client = raw().open()
+    client.open_channel()
+    publish, header, _ = _publish_frames(1, name, b"four")
+    client.send(publish + header + amqp_frame.marshal(amqp_body.ContentBody(b"five!"), 1))
+    close = client.expect_connection_close()
+    assert close.reply_code == 501
 
 
 def test_a_stopping_broker_tells_amqp_clients_why(against_greenmq):

@@ -1,0 +1,182 @@
+"""AMQP 0-9-1 throughput with the broker, not the client, as the bottleneck: no client
+library, a producer that writes pre-encoded basic.publish + content header + body frames in
+batches, and consumers in their own processes that only count basic.deliver frames.
+
+    python bench/amqp_broker_bound.py                     # starts GreenMQ itself
+    python bench/amqp_broker_bound.py --url amqp://guest:guest@127.0.0.1:5682/%2f
+
+Every URL given is measured in the same run, workload by workload in turn, and compared
+with GreenMQ. Workloads: one producer to one consumer, no-ack; the same with manual acks
+(prefetch 1000, one multiple basic.ack per read); fanout to four queues with four no-ack
+consumers (deliveries per second); and the raw RPC round trip of amqp_workloads.py.
+"""
+
+import argparse
+import os
+import struct
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from pamqp import body as amqp_body  # noqa: E402
+from pamqp import commands as spec  # noqa: E402
+from pamqp import frame as amqp_frame  # noqa: E402
+from pamqp import header as amqp_header  # noqa: E402
+
+from amqp_workloads import RawChannel, print_comparison, raw_rpc_latency, run_workload  # noqa: E402
+from tests.broker_process import BrokerProcess  # noqa: E402
+
+# What the issue that asked for this benchmark measured: enough messages for a few seconds
+# of work per workload, published in batches large enough to leave the producer idle.
+MESSAGES = 200_000
+BATCH = 500
+PREFETCH = 1000
+FANOUT_WIDTH = 4
+READ_BYTES = 256 * 1024
+
+_FRAME_HEAD = struct.Struct(">BHI")
+_METHOD_INDEX = struct.Struct(">I")
+_DELIVERY_TAG = struct.Struct(">Q")
+_BASIC_DELIVER = (spec.Basic.frame_id << 16) | spec.Basic.Deliver.frame_id
+
+
+def _publish_batch(exchange, routing_key, size, count):
+    one = b"".join(amqp_frame.marshal(frame, 1) for frame in (
+        spec.Basic.Publish(exchange=exchange, routing_key=routing_key),
+        amqp_header.ContentHeader(0, size, spec.Basic.Properties()),
+        amqp_body.ContentBody(b"x" * size)))
+    return one * count
+
+
+def _produce(url, exchange, routing_key, count, size, started):
+    channel = RawChannel(url)
+    batch = _publish_batch(exchange, routing_key, size, BATCH)
+    rest = _publish_batch(exchange, routing_key, size, count % BATCH)
+    started.put(time.monotonic())
+    for _ in range(count // BATCH):
+        channel.sock.sendall(batch)
+    if rest:
+        channel.sock.sendall(rest)
+    # A clean close: the broker answers it after all the publishes before it, and no
+    # unread input can make our side reset the connection under them.
+    channel.call(spec.Connection.Close(reply_code=200, reply_text="done", class_id=0, method_id=0), spec.Connection.CloseOk, 0)
+    channel.sock.close()
+
+
+def _consume(url, queue, count, ready, finished, acked):
+    """Count basic.deliver frames until `count`; with `acked`, one multiple ack per read."""
+    channel = RawChannel(url)
+    if acked:
+        channel.call(spec.Basic.Qos(prefetch_count=PREFETCH), spec.Basic.QosOk)
+    channel.call(spec.Basic.Consume(queue=queue, no_ack=not acked), spec.Basic.ConsumeOk)
+    ready.put(True)
+    sock, data = channel.sock, channel.buffer
+    received = last_tag = offset = 0
+    unpack_head, unpack_index, unpack_tag = _FRAME_HEAD.unpack_from, _METHOD_INDEX.unpack_from, _DELIVERY_TAG.unpack_from
+    while received < count:
+        chunk = sock.recv(READ_BYTES)
+        if not chunk:
+            raise RuntimeError(f"broker closed the connection after {received} deliveries")
+        data = data[offset:] + chunk
+        offset, end, before = 0, len(data), received
+        while end - offset >= 7:
+            frame_type, _, size = unpack_head(data, offset)
+            frame_end = offset + 8 + size
+            if frame_end > end:
+                break
+            if frame_type == 1 and unpack_index(data, offset + 7)[0] == _BASIC_DELIVER:
+                received += 1
+                if acked:
+                    tag_at = offset + 12 + data[offset + 11]      # after the consumer tag
+                    last_tag = unpack_tag(data, tag_at)[0]
+            offset = frame_end
+        if acked and received > before:
+            channel.send(spec.Basic.Ack(delivery_tag=last_tag, multiple=True))
+    finished.put(time.monotonic())
+    sock.close()
+
+
+def _fresh_queues(url, names, exchange=None):
+    control = RawChannel(url)
+    if exchange:
+        control.call(spec.Exchange.Declare(exchange=exchange, exchange_type="fanout"), spec.Exchange.DeclareOk)
+    for name in names:
+        control.call(spec.Queue.Declare(queue=name), spec.Queue.DeclareOk)
+        control.call(spec.Queue.Purge(queue=name), spec.Queue.PurgeOk)
+        if exchange:
+            control.call(spec.Queue.Bind(queue=name, exchange=exchange), spec.Queue.BindOk)
+    return control
+
+
+def _remove_queues(control, names):
+    for name in names:
+        control.call(spec.Queue.Delete(queue=name), spec.Queue.DeleteOk)
+    control.sock.close()
+
+
+def one_to_one(url, count, size, acked=False):
+    names = ["bench.bound.acked" if acked else "bench.bound.one"]
+    control = _fresh_queues(url, names)
+    rate = run_workload(_consume, _produce, url, "", names[0], names, count, size, acked)
+    _remove_queues(control, names)
+    return rate
+
+
+def fanout(url, count, size):
+    names = [f"bench.bound.fanout.{i}" for i in range(FANOUT_WIDTH)]
+    control = _fresh_queues(url, names, "bench.bound.fanout")
+    rate = run_workload(_consume, _produce, url, "bench.bound.fanout", "", names, count, size, False)
+    _remove_queues(control, names)
+    return rate
+
+
+def raw_rpc(url, args):
+    p50, p99 = raw_rpc_latency(url, args.rpc_calls)
+    return {"raw RPC p50 us": p50 * 1e6, "raw RPC p99 us": p99 * 1e6}
+
+
+# Each workload runs on every broker before the next starts, so that the machine's other
+# load of the moment weighs on both sides of a ratio alike. The round trip goes first:
+# after a throughput workload a broker may still be busy (freeing, collecting) while the
+# next broker's latency is taken.
+WORKLOADS = {
+    "rpc": raw_rpc,
+    "no-ack": lambda url, args: {"1->1 no-ack msg/s": one_to_one(url, args.messages, args.size)},
+    "acked": lambda url, args: {"1->1 acked msg/s": one_to_one(url, args.messages, args.size, acked=True)},
+    "fanout": lambda url, args: {f"fanout 1->{FANOUT_WIDTH} deliveries/s": fanout(url, args.messages, args.size)},
+}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", action="append", default=[],
+                        help="also measure the broker at this AMQP URL (repeatable), e.g. a reference RabbitMQ")
+    parser.add_argument("--greenmq-url", help="measure this running GreenMQ (to profile it) instead of starting one")
+    parser.add_argument("--messages", type=int, default=MESSAGES)
+    parser.add_argument("--size", type=int, default=100)
+    parser.add_argument("--rpc-calls", type=int, default=3_000)
+    parser.add_argument("--only", choices=list(WORKLOADS), action="append", help="run only this workload (repeatable)")
+    args = parser.parse_args()
+    print(f"{args.messages:,} x {args.size} B transient messages per workload; {args.rpc_calls:,} raw RPC calls")
+    broker = None
+    if args.greenmq_url:
+        greenmq = args.greenmq_url
+    else:
+        broker = BrokerProcess().start()
+        greenmq = f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f"
+    urls = {"GreenMQ": greenmq, **{url: url for url in args.url}}
+    results = {name: {} for name in urls}
+    try:
+        for workload in args.only or WORKLOADS:
+            for name, url in urls.items():
+                results[name].update(WORKLOADS[workload](url, args))
+    finally:
+        if broker is not None:
+            broker.close()
+    print_comparison(results)
+
+
+if __name__ == "__main__":
+    main()
