@@ -916,17 +916,41 @@ def _properties_from_amqp(properties):
     return values or None
 
 
+# Messages from one JSON-lines publisher mostly carry the same few properties (a
+# delivery_mode, a content_type): their AMQP encoding is kept for the next such message.
+# Bounded, as a stream of unique values (ids) would otherwise grow it without limit.
+ENCODED_PROPERTIES_CACHE_SIZE = 1024
+_encoded_properties = {}
+
+
 def _encode_properties(message):
     """The property flags and values of a content header for a message that came without
-    them in AMQP's encoding (from JSON lines, say)."""
+    them in AMQP's encoding (from JSON lines, say), kept on the message for its next
+    delivery (fanout, redelivery)."""
+    properties = message.properties
+    if not properties:
+        return _NO_PROPERTY_FLAGS
+    key = None
+    if "headers" not in properties:         # the one property whose value is not hashable
+        key = tuple(properties.items())
+        encoded = _encoded_properties.get(key)
+        if encoded is not None:
+            message.encoded_properties = encoded
+            return encoded
     try:
-        return _properties_to_amqp(message.properties).marshal()
+        encoded = _properties_to_amqp(properties).marshal()
     except (TypeError, ValueError, OverflowError, struct.error) as exc:
         # Both front ends refuse what AMQP cannot carry, so this is a bug; better a message
         # without properties than a consumer's connection, or the core mid-delivery, broken.
         log.error("cannot encode the properties of a message from exchange '%s' for AMQP (%s); "
                   "sending it without them", message.exchange, exc)
         return _NO_PROPERTY_FLAGS
+    if key is not None:
+        if len(_encoded_properties) >= ENCODED_PROPERTIES_CACHE_SIZE:
+            _encoded_properties.clear()
+        _encoded_properties[key] = encoded
+    message.encoded_properties = encoded
+    return encoded
 
 
 def _properties_to_amqp(values):
