@@ -36,8 +36,8 @@ LINE_ENVELOPE_BYTES = 1024 * 1024
 # recurse until RecursionError on a line of 100,000 '['; the limit is checked first.
 MAX_NESTING_DEPTH = 64
 
-# How long a client may take to send `hello` (AMQP's handshake_timeout in RabbitMQ): an
-# idle socket that never says who it is holds a file descriptor and memory.
+# How long a client may take to send `hello` (RabbitMQ's handshake_timeout for AMQP): a
+# socket that never says who it is holds a file descriptor and memory. --hello-timeout.
 HELLO_TIMEOUT_SECONDS = 10.0
 
 # A heartbeat is an empty line. Either side sends one when it has sent nothing for half
@@ -70,8 +70,10 @@ class JsonLinesProtocol(FrontEndConnection):
 
     name = "JSON-lines"
 
-    def __init__(self, node, peer, max_line_bytes=None, max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES):
+    def __init__(self, node, peer, max_line_bytes=None, max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES,
+                 hello_timeout=HELLO_TIMEOUT_SECONDS):
         super().__init__(node, peer)
+        self.hello_timeout = hello_timeout
         self.max_message_bytes = max_message_bytes
         self.max_line_bytes = max_line_bytes or max_line_bytes_for(max_message_bytes)
         self.heartbeat = 0
@@ -174,12 +176,12 @@ class JsonLinesProtocol(FrontEndConnection):
         if self.closed:
             return None
         if self.session is None:
-            if now - self._started >= HELLO_TIMEOUT_SECONDS:
-                log.info("JSON-lines client %s sent no 'hello' in %ss", self.peer, HELLO_TIMEOUT_SECONDS)
-                self.close(ConnectionForced(f"no 'hello' within {HELLO_TIMEOUT_SECONDS:g} seconds"))
+            if now - self._started >= self.hello_timeout:
+                log.info("JSON-lines client %s sent no 'hello' in %gs", self.peer, self.hello_timeout)
+                self.close(ConnectionForced(f"no 'hello' within {self.hello_timeout:g} seconds"))
                 return None
             # In short steps, so heartbeats that `hello` turns on start on time.
-            return min(1.0, self._started + HELLO_TIMEOUT_SECONDS - now)
+            return min(1.0, self._started + self.hello_timeout - now)
         if not self.heartbeat:
             return MAX_HEARTBEAT_SECONDS       # nothing more to watch on this connection
         if now - self._last_received > 2 * self.heartbeat:
