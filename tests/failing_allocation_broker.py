@@ -3,8 +3,9 @@
 of the broker raises MemoryError when the bytes it handles carry TRIGGER:
 
 - reading: a connection's input (JSON lines or AMQP) is refused by the protocol;
-- writing: a connection's output (a delivery of a message carrying TRIGGER) cannot be joined
-  for its socket.
+- publishing: the core cannot make the message object for a body carrying the trigger;
+- writing: a connection's output (a delivery of a message carrying the trigger) cannot be
+  joined for its socket.
 """
 
 import os
@@ -14,10 +15,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import amqp_protocol  # noqa: E402
 import broker  # noqa: E402
+import message  # noqa: E402
 import protocol  # noqa: E402
 import transport  # noqa: E402
 
 READ_TRIGGER = b"memory-error-on-read"
+PUBLISH_TRIGGER = b"memory-error-on-publish"
 WRITE_TRIGGER = b"memory-error-on-write"
 
 
@@ -26,6 +29,14 @@ def _failing_on_read(data_received):
         if READ_TRIGGER in data:
             raise MemoryError
         return data_received(self, data)
+    return patched
+
+
+def _failing_on_publish(make_message):
+    def patched(self, exchange, routing_key, body, *args):
+        if PUBLISH_TRIGGER in body:
+            raise MemoryError
+        return make_message(self, exchange, routing_key, body, *args)
     return patched
 
 
@@ -39,6 +50,7 @@ def _failing_on_write(take_output):
 
 for front_end in (protocol.JsonLinesProtocol, amqp_protocol.AmqpConnection):
     front_end.data_received = _failing_on_read(front_end.data_received)
+message.Message.__init__ = _failing_on_publish(message.Message.__init__)
 transport.FrontEndConnection.take_output = _failing_on_write(transport.FrontEndConnection.take_output)
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import message
 from message import Message
 from protocol import MAX_NESTING_DEPTH, JsonLinesProtocol, _nesting_depth
 from tests.broker_process import BrokerProcess
-from tests.failing_allocation_broker import READ_TRIGGER, WRITE_TRIGGER
+from tests.failing_allocation_broker import PUBLISH_TRIGGER, READ_TRIGGER, WRITE_TRIGGER
 from tests.test_bad_input import TIMEOUT, RawClient, assert_error, raw  # noqa: F401  (raw: a fixture)
 from tests.test_protocol_unit import lines, node, output  # noqa: F401  (node: a fixture)
 
@@ -81,8 +81,10 @@ def test_heartbeats_are_negotiated_in_hello_and_a_silent_client_is_dropped(broke
     reply = client.call({"op": "hello", "heartbeat": 1, "id": 1})
     assert reply["ok"] is True and reply["heartbeat"] == 1
     received = client.buffer
+    deadline = time.monotonic() + TIMEOUT
     while data := client.sock.recv(65536):     # this client never says a word
         received += data
+        assert time.monotonic() < deadline, "still open after two heartbeat intervals"
     *heartbeats, closing, after = received.split(b"\n")
     assert heartbeats and set(heartbeats) == {b""}, received      # empty lines, the broker's own
     closing = json.loads(closing)
@@ -156,10 +158,9 @@ def test_connection_py_refuses_a_body_over_the_maximum_before_sending_it(small_b
         assert conn.max_message_bytes == 1024
         channel = conn.default_channel
         channel.queue_declare("refused")
-        channel.confirm_delivery()
         with pytest.raises(connection.PreconditionFailed, match=MAX_SIZE_ERROR.format(1025, 1024)):
             channel.basic_publish("", "refused", b"\xff" * 1025)
-        channel.basic_publish("", "refused", b"\xff" * 1024)       # confirmed: the connection went on
+        channel.basic_publish("", "refused", b"\xff" * 1024)       # the connection went on
         assert channel.basic_get("refused", auto_ack=True)[2] == b"\xff" * 1024
 
 
@@ -318,10 +319,11 @@ def failing_broker():
         yield process
 
 
-def test_a_memory_error_reading_json_lines_closes_only_that_connection(failing_broker):
+@pytest.mark.parametrize("trigger", [READ_TRIGGER, PUBLISH_TRIGGER], ids=["reading", "publishing"])
+def test_a_memory_error_serving_json_lines_closes_only_that_connection(failing_broker, trigger):
     bystander = connection.Connection("127.0.0.1", failing_broker.port)
     offender = RawClient(failing_broker.port)
-    offender.send({"op": "publish", "routing_key": "x", "body": READ_TRIGGER.decode()})
+    offender.send({"op": "publish", "routing_key": "x", "body": trigger.decode()})
     closing = offender.read()
     assert closing == {"event": "close", "code": 541, "error": "INTERNAL_ERROR",
                        "text": "INTERNAL_ERROR - out of memory"}
@@ -331,6 +333,22 @@ def test_a_memory_error_reading_json_lines_closes_only_that_connection(failing_b
     bystander.close()
     log = failing_broker.log()
     assert "out of memory serving JSON-lines connection" in log and "Traceback" not in log
+
+
+def test_a_memory_error_publishing_over_amqp_closes_only_that_connection(failing_broker):
+    import pika
+    url = f"amqp://guest:guest@127.0.0.1:{failing_broker.amqp_port}/%2f"
+    offender = pika.BlockingConnection(pika.URLParameters(url))
+    offender.channel().basic_publish("", "nowhere", PUBLISH_TRIGGER)
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+        offender.process_data_events(TIMEOUT)
+        offender.process_data_events(TIMEOUT)
+    assert closed.value.reply_code == 541 and "out of memory" in closed.value.reply_text
+    newcomer = pika.BlockingConnection(pika.URLParameters(url))
+    newcomer.channel().queue_declare("", exclusive=True)
+    newcomer.close()
+    log = failing_broker.log()
+    assert "out of memory serving AMQP connection" in log and "Traceback" not in log
 
 
 def test_a_memory_error_writing_closes_only_that_connection_and_new_ones_are_accepted(failing_broker):
