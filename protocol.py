@@ -58,8 +58,8 @@ _decode = json.JSONDecoder().decode
 _quote = json.encoder.encode_basestring_ascii
 
 # The strings of a JSON text, so brackets inside them are not counted as nesting.
-_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
-_BRACKETS = re.compile(rb"[\[\]{}]")
+_STRINGS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
 
 _STRING_PROPERTIES = frozenset(PROPERTY_NAMES) - {"headers", "delivery_mode", "priority", "timestamp"}
 
@@ -112,14 +112,18 @@ class JsonLinesProtocol(FrontEndConnection):
         self.close(FrameError(f"line longer than {self.max_line_bytes} bytes"))
 
     def _handle_line(self, line):
-        if line.count(b"[") + line.count(b"{") > MAX_NESTING_DEPTH and _nesting_depth(line) > MAX_NESTING_DEPTH:
-            self._send_error({}, BadSyntax(f"JSON nested deeper than {MAX_NESTING_DEPTH} levels"))
-            return
         try:
-            request = _decode(line.decode("utf-8"))
+            text = line.decode("utf-8")
         except UnicodeDecodeError as exc:
             self._send_error({}, BadSyntax(f"line is not valid UTF-8: {exc.reason} at byte {exc.start}"))
             return
+        # Cheapest first: a plain publish has one '{', at its start, and no '['.
+        if (("[" in text or "{" in text[1:]) and text.count("[") + text.count("{") > MAX_NESTING_DEPTH
+                and _nesting_depth(text) > MAX_NESTING_DEPTH):
+            self._send_error({}, BadSyntax(f"JSON nested deeper than {MAX_NESTING_DEPTH} levels"))
+            return
+        try:
+            request = _decode(text)
         except ValueError as exc:
             if line.strip():
                 self._send_error({}, BadSyntax(f"invalid JSON: {exc}"))
@@ -603,12 +607,12 @@ def _tag(request):
     return tag
 
 
-def _nesting_depth(line):
-    """How deep the JSON text in `line` nests, counting no bracket inside a string; stops
-    where the decoder would (at the end of the first value, or past the limit)."""
+def _nesting_depth(text):
+    """How deep JSON `text` nests, counting no bracket inside a string; stops where the
+    decoder would (at the end of the first value, or past the limit)."""
     depth = deepest = 0
-    for bracket in _BRACKETS.findall(_STRINGS.sub(b"", line)):
-        if bracket in b"[{":
+    for bracket in _BRACKETS.findall(_STRINGS.sub("", text)):
+        if bracket in "[{":
             depth += 1
             if depth > deepest:
                 deepest = depth

@@ -52,8 +52,8 @@ def test_headers_nested_past_the_limit_are_refused_and_at_the_limit_accepted(raw
 
 
 @pytest.mark.parametrize("text, depth", [
-    (b'[]', 1), (b'{"a": [[{}]]}', 4), (b'["[[[[", "\\"[[["]', 1), (b'"[[["', 0),
-    (b'[[]] [[[[[[', 2), (b'{"a": "\\\\"}', 1),
+    ('[]', 1), ('{"a": [[{}]]}', 4), ('["[[[[", "\\"[[["]', 1), ('"[[["', 0),
+    ('[[]] [[[[[[', 2), ('{"a": "\\\\"}', 1),
 ])
 def test_nesting_depth_counts_brackets_outside_strings_up_to_the_end_of_the_value(text, depth):
     assert _nesting_depth(text) == depth
