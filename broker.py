@@ -31,6 +31,12 @@ log = logging.getLogger("greenmq")
 # reference cycles; young collections stay automatic and full ones run on this timer.
 FULL_COLLECTION_INTERVAL_SECONDS = 60.0
 
+# Connections the kernel completes before the broker accepts them. gevent's default, 128
+# (RabbitMQ's too), overflows when hundreds of clients connect at once (all of them again
+# after a restart), and each overflowing client waits a second or more for its SYN to be
+# retried. Linux caps it at net.core.somaxconn (4096 by default since 5.4).
+LISTEN_BACKLOG = 1024
+
 # Each client holds a file descriptor, and many systems start processes with a soft limit
 # of 1,024. The broker raises its own soft limit at start towards this many (never past
 # the hard limit, which only the administrator can raise): room for 10,000 clients and more.
@@ -142,7 +148,8 @@ def main(argv=None):
     ports = {"port": None, "amqp_port": None}
     for name, port, make_protocol, context, key in listeners(settings, node, context):
         # Handlers in a pool, so that stopping the server kills them and each client is told why.
-        server = StreamServer((settings.host, port), connection_handler(make_protocol, context), spawn=Pool())
+        server = StreamServer((settings.host, port), connection_handler(make_protocol, context), spawn=Pool(),
+                              backlog=LISTEN_BACKLOG)
         try:
             server.start()
         except OSError as exc:

@@ -23,6 +23,7 @@ from pamqp import commands as spec  # noqa: E402
 from pamqp import frame as amqp_frame  # noqa: E402
 
 from tests.broker_process import BrokerProcess  # noqa: E402
+from throughput import rss_bytes  # noqa: E402     (bench/, this program's folder)
 
 BATCH = 200
 JSON_HELLO = b'{"op":"hello","id":1}\n'
@@ -32,14 +33,6 @@ AMQP_HANDSHAKE = (b"AMQP\x00\x00\x09\x01"
                   + amqp_frame.marshal(spec.Connection.TuneOk(channel_max=2047, frame_max=131072, heartbeat=0), 0)
                   + amqp_frame.marshal(spec.Connection.Open(virtual_host="/"), 0))
 AMQP_OPEN_OK = b"\x00\x0a\x00\x29"      # connection.open-ok's class and method ids
-
-
-def resident_bytes(pid):
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
 
 
 def open_connections(port, count, handshake, answered):
@@ -64,12 +57,12 @@ def measure(kind, count, handshake, answered):
         port = broker.port if kind == "JSON-lines" else broker.amqp_port
         open_connections(port, 10, handshake, answered)          # warm up the code paths
         time.sleep(1)
-        before = resident_bytes(broker.pid)
+        before = rss_bytes(broker.pid)
         started = time.monotonic()
         clients = open_connections(port, count, handshake, answered)
         elapsed = time.monotonic() - started
         time.sleep(1)
-        grown = resident_bytes(broker.pid) - before
+        grown = rss_bytes(broker.pid) - before
         print(f"{kind:>10}: {count:,} idle connections opened in {elapsed:.1f} s "
               f"({count / elapsed:,.0f}/s); broker memory {grown / count / 1024:.1f} KiB per connection "
               f"({grown / 2**20:.0f} MiB in all)", flush=True)

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 
+import pika
 import pytest
 
 import connection
@@ -319,6 +320,22 @@ def failing_broker():
         yield process
 
 
+def _amqp_connection(broker):
+    return pika.BlockingConnection(pika.URLParameters(f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f"))
+
+
+def _assert_closed_out_of_memory(amqp_connection):
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+        amqp_connection.process_data_events(TIMEOUT)
+        amqp_connection.process_data_events(TIMEOUT)
+    assert closed.value.reply_code == 541 and "out of memory" in closed.value.reply_text
+
+
+def _assert_logged_without_traceback(broker, kind):
+    log = broker.log()
+    assert f"out of memory serving {kind} connection" in log and "Traceback" not in log
+
+
 @pytest.mark.parametrize("trigger", [READ_TRIGGER, PUBLISH_TRIGGER], ids=["reading", "publishing"])
 def test_a_memory_error_serving_json_lines_closes_only_that_connection(failing_broker, trigger):
     bystander = connection.Connection("127.0.0.1", failing_broker.port)
@@ -331,42 +348,29 @@ def test_a_memory_error_serving_json_lines_closes_only_that_connection(failing_b
     assert RawClient(failing_broker.port).still_works()
     bystander.default_channel.queue_declare("after")
     bystander.close()
-    log = failing_broker.log()
-    assert "out of memory serving JSON-lines connection" in log and "Traceback" not in log
+    _assert_logged_without_traceback(failing_broker, "JSON-lines")
 
 
 def test_a_memory_error_publishing_over_amqp_closes_only_that_connection(failing_broker):
-    import pika
-    url = f"amqp://guest:guest@127.0.0.1:{failing_broker.amqp_port}/%2f"
-    offender = pika.BlockingConnection(pika.URLParameters(url))
+    offender = _amqp_connection(failing_broker)
     offender.channel().basic_publish("", "nowhere", PUBLISH_TRIGGER)
-    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
-        offender.process_data_events(TIMEOUT)
-        offender.process_data_events(TIMEOUT)
-    assert closed.value.reply_code == 541 and "out of memory" in closed.value.reply_text
-    newcomer = pika.BlockingConnection(pika.URLParameters(url))
+    _assert_closed_out_of_memory(offender)
+    newcomer = _amqp_connection(failing_broker)
     newcomer.channel().queue_declare("", exclusive=True)
     newcomer.close()
-    log = failing_broker.log()
-    assert "out of memory serving AMQP connection" in log and "Traceback" not in log
+    _assert_logged_without_traceback(failing_broker, "AMQP")
 
 
 def test_a_memory_error_writing_closes_only_that_connection_and_new_ones_are_accepted(failing_broker):
-    import pika
-    url = f"amqp://guest:guest@127.0.0.1:{failing_broker.amqp_port}/%2f"
-    publisher = pika.BlockingConnection(pika.URLParameters(url))
+    publisher = _amqp_connection(failing_broker)
     publisher_channel = publisher.channel()
     publisher_channel.queue_declare("doomed")
-    consumer = pika.BlockingConnection(pika.URLParameters(url))
-    consumer_channel = consumer.channel()
-    consumer_channel.basic_consume("doomed", lambda *args: None, auto_ack=True)
+    consumer = _amqp_connection(failing_broker)
+    consumer.channel().basic_consume("doomed", lambda *args: None, auto_ack=True)
     publisher_channel.basic_publish("", "doomed", WRITE_TRIGGER)
-    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
-        consumer.process_data_events(TIMEOUT)
-        consumer.process_data_events(TIMEOUT)
-    assert closed.value.reply_code == 541 and "out of memory" in closed.value.reply_text
+    _assert_closed_out_of_memory(consumer)
     for _ in range(3):                # new AMQP connections are served, the publisher goes on
-        newcomer = pika.BlockingConnection(pika.URLParameters(url))
+        newcomer = _amqp_connection(failing_broker)
         newcomer.channel().queue_declare("doomed", passive=True)
         newcomer.close()
     publisher_channel.basic_publish("", "doomed", b"fine")
@@ -374,5 +378,4 @@ def test_a_memory_error_writing_closes_only_that_connection_and_new_ones_are_acc
     publisher.close()
     with connection.Connection("127.0.0.1", failing_broker.port) as conn:
         assert conn.default_channel.queue_declare("doomed", passive=True).message_count == 0
-    log = failing_broker.log()
-    assert "out of memory serving AMQP connection" in log and "Traceback" not in log
+    _assert_logged_without_traceback(failing_broker, "AMQP")
