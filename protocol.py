@@ -77,6 +77,7 @@ class JsonLinesProtocol(FrontEndConnection):
         self.max_message_bytes = max_message_bytes
         self.max_line_bytes = max_line_bytes or max_line_bytes_for(max_message_bytes)
         self.heartbeat = 0
+        self._hello_received = False
         self._partial = b""        # the start of a line whose newline has not arrived
         self._started = self._last_received = self._last_sent = time.monotonic()
 
@@ -180,6 +181,8 @@ class JsonLinesProtocol(FrontEndConnection):
         if self.closed:
             return None
         if self.session is None:
+            if self._hello_received:
+                return 1.0      # its password is being checked (off the hub): no deadline now
             if now - self._started >= self.hello_timeout:
                 log.info("JSON-lines client %s sent no 'hello' in %gs", self.peer, self.hello_timeout)
                 self.close(ConnectionForced(f"no 'hello' within {self.hello_timeout:g} seconds"))
@@ -252,9 +255,12 @@ class JsonLinesProtocol(FrontEndConnection):
         if version != PROTOCOL_VERSION:
             self.close(CommandInvalid(f"protocol version {version} is not supported; this broker speaks {PROTOCOL_VERSION}"))
             return None
+        self._hello_received = True
         try:
             user = self.node.authenticate(_field(request, "user", str, "guest"),
                                           _field(request, "password", str, "guest"), self.peer)
+            if self.closed:
+                return None     # closed (the broker stopping) while the password was checked
             self.session = self.node.open_session(user, _field(request, "vhost", str, "/"), self.peer,
                                                   "json-lines", self, _field(request, "client", dict, None))
         except BrokerError as exc:
