@@ -19,6 +19,7 @@ import collections
 import itertools
 import json
 import os
+import selectors
 import signal
 import socket
 import threading
@@ -227,6 +228,8 @@ class Connection:
                 raise
         self._sock.settimeout(None)
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._readable = selectors.DefaultSelector()
+        self._readable.register(self._sock, selectors.EVENT_READ)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self._queued = collections.deque()
         self._send_lock = threading.Lock()
@@ -461,20 +464,26 @@ class Connection:
         while True:
             wait = SIGNAL_CHECK_SECONDS if deadline is None else min(
                 SIGNAL_CHECK_SECONDS, max(0.0, deadline - time.monotonic()))
+            # Waiting is done here, not by a socket timeout: that would also bound the
+            # writer thread's sendall, and a large message (or a broker busy for a moment)
+            # would then cost the whole connection.
             try:
-                self._sock.settimeout(wait)
-                data = self._sock.recv(RECV_BYTES)
-                break
-            except socket.timeout:
-                now = time.monotonic()
-                if self._heartbeat and now - self._last_received > 2 * self._heartbeat:
-                    self._lost(f"missed heartbeats from the broker, timeout: {self._heartbeat}s")
-                if deadline is not None and now >= deadline:
-                    return
-            except OSError as exc:
+                if self._readable.select(wait):
+                    data = self._sock.recv(RECV_BYTES)
+                    break
+            except (OSError, ValueError) as exc:      # ValueError: closed by the writer thread
                 self._lost(exc)
+            now = time.monotonic()
+            if self._heartbeat and now - self._last_received > 2 * self._heartbeat:
+                self._lost(f"missed heartbeats from the broker, timeout: {self._heartbeat}s")
+            if deadline is not None and now >= deadline:
+                return
         if not data:
             self._lost(None)
+        self._data_received(data)
+
+    def _data_received(self, data):
+        """File the events and replies of every whole line in `data`."""
         self._last_received = time.monotonic()
         lines = data.split(b"\n")
         if self._received:
@@ -533,6 +542,7 @@ class Connection:
             self._closed = ConnectionClosed(None, "connection closed")
         self._wakeup.set()
         try:
+            self._readable.close()
             self._sock.close()
         except OSError:
             pass

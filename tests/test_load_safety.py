@@ -109,25 +109,58 @@ def test_connection_py_keeps_a_heartbeat_connection_alive_while_idle(broker, nam
         assert conn.default_channel.queue_declare(name, passive=True).message_count == 1
 
 
+class _ScriptedBroker:
+    """A listening socket whose one client gets `hello` answered with `reply`, then whatever
+    `then(sock, reader)` does, in a thread."""
+
+    def __init__(self, reply, then):
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.accepted = []
+        self.result = []
+        threading.Thread(target=self._serve, args=(reply, then), daemon=True).start()
+
+    def _serve(self, reply, then):
+        sock, _ = self.server.accept()
+        self.accepted.append(sock)
+        reader = sock.makefile("rb")
+        request = json.loads(reader.readline())
+        sock.sendall(json.dumps(dict(reply, ok=True, id=request["id"])).encode() + b"\n")
+        self.result.append(then(sock, reader))
+
+    def close(self):
+        for sock in self.accepted:
+            sock.close()
+        self.server.close()
+
+
 def test_connection_py_gives_up_a_broker_that_stops_sending_heartbeats():
-    server = socket.create_server(("127.0.0.1", 0))
-    accepted = []
-
-    def silent_broker():         # answers hello, then never says another word
-        sock, _ = server.accept()
-        accepted.append(sock)
-        request = json.loads(sock.makefile("rb").readline())
-        sock.sendall(json.dumps({"ok": True, "id": request["id"], "heartbeat": 1}).encode() + b"\n")
-
-    threading.Thread(target=silent_broker, daemon=True).start()
+    silent = _ScriptedBroker({"heartbeat": 1}, lambda sock, reader: None)    # never another word
     try:
-        conn = connection.Connection("127.0.0.1", server.getsockname()[1], heartbeat=1)
+        conn = connection.Connection("127.0.0.1", silent.port, heartbeat=1)
         with pytest.raises(connection.ConnectionClosed, match="missed heartbeats"):
             conn.process_data_events(TIMEOUT)
     finally:
-        for sock in accepted:
-            sock.close()
-        server.close()
+        silent.close()
+
+
+def test_connection_py_sends_a_large_message_whole_to_a_broker_slow_to_read():
+    def read_late(sock, reader):
+        time.sleep(2.0)                 # busy: the client's socket buffers fill and it waits
+        return len(reader.readline())
+
+    slow = _ScriptedBroker({}, read_late)
+    try:
+        conn = connection.Connection("127.0.0.1", slow.port)
+        conn.default_channel.basic_publish("", "q", b"x" * (32 * 1024 * 1024))
+        conn.process_data_events(0)     # writes the queued publish in this thread
+        deadline = time.monotonic() + TIMEOUT
+        while not slow.result:
+            assert time.monotonic() < deadline, "the broker did not get the line"
+            time.sleep(0.05)
+        assert slow.result[0] > 32 * 1024 * 1024 and conn.is_open
+    finally:
+        slow.close()
 
 
 # -- the maximum message size ------------------------------------------------------------------
@@ -208,42 +241,17 @@ def test_the_broker_reads_a_long_line_in_pieces_in_linear_time(node):  # noqa: F
     assert len(output(protocol)[0]["body"]) == LONG_LINE_BYTES
 
 
-class _PieceSocket:
-    """Stands in for connection.py's socket: hands out `data` a piece at a time."""
-
-    def __init__(self, data):
-        self.data = data
-        self.offset = 0
-
-    def settimeout(self, timeout):
-        pass
-
-    def recv(self, size):
-        piece = self.data[self.offset:self.offset + PIECE_BYTES]
-        self.offset += len(piece)
-        return piece
-
-    def sendall(self, data):
-        pass
-
-    def close(self):
-        pass
-
-
 def test_connection_py_reads_a_long_line_in_pieces_in_linear_time(broker):
     conn = connection.Connection("127.0.0.1", broker.port)
-    real_socket = conn._sock
-    reply = {"ok": True, "id": 10**9, "text": ""}
-    head = json.dumps(reply)[:-2].encode()
-    conn._sock = _PieceSocket(head + b"x" * LONG_LINE_BYTES + b'"}\n')
+    head = json.dumps({"ok": True, "id": 10**9, "text": ""})[:-2].encode()
+    line = head + b"x" * LONG_LINE_BYTES + b'"}\n'
     try:
         deadline = time.monotonic() + LONG_LINE_DEADLINE_SECONDS
-        while 10**9 not in conn._replies:
-            conn._read(None)
-            assert time.monotonic() < deadline, f"{conn._sock.offset} bytes read by the deadline"
+        for start in range(0, len(line), PIECE_BYTES):
+            conn._data_received(line[start:start + PIECE_BYTES])
+            assert time.monotonic() < deadline, f"{start} bytes read by the deadline"
         assert len(conn._replies[10**9]["text"]) == LONG_LINE_BYTES
     finally:
-        conn._sock = real_socket
         conn.close()
 
 
