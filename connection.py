@@ -230,6 +230,8 @@ class Connection:
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._readable = selectors.DefaultSelector()
         self._readable.register(self._sock, selectors.EVENT_READ)
+        # TLS: bytes already decrypted wait in the SSL object, where select() cannot see them.
+        self._decrypted_waiting = getattr(self._sock, "pending", lambda: 0)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self._queued = collections.deque()
         self._send_lock = threading.Lock()
@@ -468,7 +470,7 @@ class Connection:
             # writer thread's sendall, and a large message (or a broker busy for a moment)
             # would then cost the whole connection.
             try:
-                if self._readable.select(wait):
+                if self._decrypted_waiting() or self._readable.select(wait):
                     data = self._sock.recv(RECV_BYTES)
                     break
             except (OSError, ValueError) as exc:      # ValueError: closed by the writer thread

@@ -13,6 +13,10 @@ import time
 
 import pika
 import pytest
+from pamqp import body as amqp_body
+from pamqp import commands as spec
+from pamqp import frame as amqp_frame
+from pamqp import header as amqp_header
 
 import connection
 import message
@@ -20,6 +24,7 @@ from message import Message
 from protocol import MAX_NESTING_DEPTH, JsonLinesProtocol, _nesting_depth
 from tests.broker_process import BrokerProcess
 from tests.failing_allocation_broker import PUBLISH_TRIGGER, READ_TRIGGER, WRITE_TRIGGER
+from tests.test_amqp_wire import RawClient as AmqpRawClient
 from tests.test_bad_input import TIMEOUT, RawClient, assert_error, raw  # noqa: F401  (raw: a fixture)
 from tests.test_protocol_unit import lines, node, output  # noqa: F401  (node: a fixture)
 
@@ -185,6 +190,18 @@ def test_a_json_publish_over_the_maximum_is_refused_and_the_connection_goes_on(s
     assert_error(client.read(), 406, MAX_SIZE_ERROR.format(1025, 1024))
     assert_error(client.read(), 406, MAX_SIZE_ERROR.format(1026, 1024))
     assert client.call({"op": "queue.declare", "queue": "sized", "passive": True, "id": 4})["message_count"] == 1
+
+
+def test_an_amqp_publish_over_the_maximum_in_one_read_is_refused_too(small_broker):
+    # A property-less publish whose frames arrive together takes the front end's fast path.
+    client = AmqpRawClient(f"amqp://guest:guest@127.0.0.1:{small_broker.amqp_port}/%2f").open()
+    client.open_channel(1)
+    client.send(amqp_frame.marshal(spec.Basic.Publish(exchange="", routing_key="nowhere"), 1)
+                + amqp_frame.marshal(amqp_header.ContentHeader(0, 1025, spec.Basic.Properties()), 1)
+                + amqp_frame.marshal(amqp_body.ContentBody(b"x" * 1025), 1))
+    close = client.expect(spec.Channel.Close, 1)
+    assert (close.reply_code, close.reply_text) == (406, MAX_SIZE_ERROR.format(1025, 1024))
+    client.close()
 
 
 def test_connection_py_refuses_a_body_over_the_maximum_before_sending_it(small_broker):
