@@ -32,6 +32,7 @@ bench: $(VENV)/.test-installed
 	$(PY) bench/amqp_workloads.py $(if $(BENCH_URL),--url "$(BENCH_URL)")
 	$(PY) bench/amqp_broker_bound.py $(if $(BENCH_URL),--url "$(BENCH_URL)")
 	$(PY) bench/start_time.py
+	$(PY) bench/connections.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

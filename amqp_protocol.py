@@ -20,7 +20,7 @@ from pamqp.exceptions import UnmarshalingException
 from errors import (AccessRefused, BrokerError, ChannelNotOpen, CommandInvalid,
                     FrameError, InternalError, NotAllowed, PreconditionFailed, UnexpectedFrame,
                     Unsupported)
-from message import PROPERTY_NAMES
+from message import DEFAULT_MAX_MESSAGE_BYTES, PROPERTY_NAMES, message_too_large
 from node import SERVER_NAME, VERSION
 from session import MAX_CHANNELS
 from transport import FrontEndConnection
@@ -98,8 +98,9 @@ class AmqpConnection(FrontEndConnection):
 
     name = "AMQP"
 
-    def __init__(self, node, peer):
+    def __init__(self, node, peer, max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES):
         super().__init__(node, peer)
+        self.max_message_bytes = max_message_bytes
         self.state = "header"
         self.frame_max = FRAME_MAX
         self.channel_max = MAX_CHANNELS
@@ -178,6 +179,8 @@ class AmqpConnection(FrontEndConnection):
                 # Undecodable or unknown: still name its class and method ids, as RabbitMQ does.
                 method = _MethodIds(_METHOD_INDEX.unpack_from(buffer, start + 7)[0])
             self._fail(channel, exc, method)
+        except MemoryError:
+            raise       # the transport closes the connection with 541
         except Exception:
             log.exception("error handling %s from %s", method.name if method else f"frame {frame_type}", self.peer)
             self._connection_error(InternalError("internal error"), method)
@@ -461,6 +464,9 @@ class AmqpConnection(FrontEndConnection):
             decoded = (content_header.body_size, _properties_from_amqp(content_header.properties),
                        buffer[start + _PROPERTIES_AT:frame_end])
         content.size, content.properties, content.encoded_properties = decoded
+        if content.size > self.max_message_bytes:
+            # Refused before any of the body is held (RabbitMQ 3.10 refuses it once received).
+            return self._fail(number, message_too_large(content.size, self.max_message_bytes), content.method)
         if content.size == 0:
             self._content_complete(channel, number)
 
@@ -511,7 +517,7 @@ class AmqpConnection(FrontEndConnection):
         body_type, body_channel, body_size = _FRAME_HEAD.unpack_from(buffer, header_end + 1)
         body_end = body_start + size
         if (body_type != FRAME_BODY or body_channel != number or body_size != size or not size or body_end >= end
-                or size + 8 > self.frame_max or buffer[body_end] != FRAME_END):
+                or size + 8 > self.frame_max or size > self.max_message_bytes or buffer[body_end] != FRAME_END):
             return 0
         self._publish(channel, number, method, buffer[body_start:body_end], properties, encoded_properties)
         return body_end + 1

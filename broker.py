@@ -4,6 +4,7 @@ import gc
 import json
 import logging
 import os
+import resource
 import signal
 import ssl
 import sys
@@ -29,6 +30,32 @@ log = logging.getLogger("greenmq")
 # hundred thousand publishes, so publishing got slower as queues grew. Messages form no
 # reference cycles; young collections stay automatic and full ones run on this timer.
 FULL_COLLECTION_INTERVAL_SECONDS = 60.0
+
+# Connections the kernel completes before the broker accepts them. gevent's default, 128
+# (RabbitMQ's too), overflows when hundreds of clients connect at once (all of them again
+# after a restart), and each overflowing client waits a second or more for its SYN to be
+# retried. Linux caps it at net.core.somaxconn (4096 by default since 5.4).
+LISTEN_BACKLOG = 1024
+
+# Each client holds a file descriptor, and many systems start processes with a soft limit
+# of 1,024. The broker raises its own soft limit at start towards this many (never past
+# the hard limit, which only the administrator can raise): room for 10,000 clients and more.
+WANTED_OPEN_FILES = 65536
+
+
+def raise_open_files_limit():
+    """Raise the soft limit on open files towards WANTED_OPEN_FILES, and say so."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = WANTED_OPEN_FILES if hard == resource.RLIM_INFINITY else min(WANTED_OPEN_FILES, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("open-file limit %d (at most about that many clients); cannot raise it: %s", soft, exc)
+            return
+        log.info("raised the open-file limit from %d to %d (hard limit %s)", soft, wanted,
+                 "unlimited" if hard == resource.RLIM_INFINITY else hard)
+
 
 def collect_garbage_on_a_timer():
     gc.freeze()                       # what start-up created lives as long as the process
@@ -78,8 +105,9 @@ def tls_context(settings):
 
 def listeners(settings, node, context):
     """(name, port, protocol factory, TLS context or None, key in the ready line) per listener."""
-    json_lines = lambda address: JsonLinesProtocol(node, address, settings.max_line_bytes)
-    amqp = lambda address: AmqpConnection(node, address)
+    json_lines = lambda address: JsonLinesProtocol(node, address, settings.max_line_bytes, settings.max_message_bytes,
+                                                   settings.hello_timeout)
+    amqp = lambda address: AmqpConnection(node, address, settings.max_message_bytes)
     wanted = []
     if settings.plain:
         wanted.append(("JSON-lines", settings.port, json_lines, None, "port"))
@@ -99,6 +127,7 @@ def main(argv=None):
     except (ConfigError, OSError) as exc:
         print(f"broker.py: error: {exc}", file=sys.stderr)
         return 2
+    raise_open_files_limit()
     collect_garbage_on_a_timer()      # before recovery, which makes millions of objects
     try:
         context = tls_context(settings) if settings.tls_cert else None
@@ -119,7 +148,8 @@ def main(argv=None):
     ports = {"port": None, "amqp_port": None}
     for name, port, make_protocol, context, key in listeners(settings, node, context):
         # Handlers in a pool, so that stopping the server kills them and each client is told why.
-        server = StreamServer((settings.host, port), connection_handler(make_protocol, context), spawn=Pool())
+        server = StreamServer((settings.host, port), connection_handler(make_protocol, context), spawn=Pool(),
+                              backlog=LISTEN_BACKLOG)
         try:
             server.start()
         except OSError as exc:

@@ -14,7 +14,8 @@ try:
 except ImportError:             # Python < 3.11: the same parser, from PyPI
     import tomli as tomllib
 
-from protocol import DEFAULT_MAX_LINE_BYTES
+from message import DEFAULT_MAX_MESSAGE_BYTES
+from protocol import HELLO_TIMEOUT_SECONDS, max_line_bytes_for
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5680          # JSON lines
@@ -41,6 +42,18 @@ def _port(value):
 def _line_bytes(value):
     if type(value) is not int or value < 1024:
         raise ValueError("must be an integer of at least 1024")
+    return value
+
+
+def _message_bytes(value):
+    if type(value) is not int or value < 1:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _seconds(value):
+    if type(value) not in (int, float) or not value > 0:
+        raise ValueError("must be a number of seconds above 0")
     return value
 
 
@@ -75,8 +88,13 @@ SETTINGS = {
     "tls_ca": (_text, None, "CA certificates (PEM): clients must present a certificate they signed"),
     "tls_port": (_port, DEFAULT_TLS_PORT, f"JSON-lines over TLS port (default {DEFAULT_TLS_PORT})"),
     "amqps_port": (_port, DEFAULT_AMQPS_PORT, f"AMQP over TLS port (default {DEFAULT_AMQPS_PORT})"),
-    "max_line_bytes": (_line_bytes, DEFAULT_MAX_LINE_BYTES,
-                       f"longest JSON line accepted (default {DEFAULT_MAX_LINE_BYTES})"),
+    "max_message_bytes": (_message_bytes, DEFAULT_MAX_MESSAGE_BYTES,
+                          f"largest message body accepted, both protocols (default {DEFAULT_MAX_MESSAGE_BYTES})"),
+    "max_line_bytes": (_line_bytes, None, "longest JSON line accepted (default: room for a base64 body of "
+                                          f"max_message_bytes, {max_line_bytes_for(DEFAULT_MAX_MESSAGE_BYTES)} "
+                                          "by default; only more may be given)"),
+    "hello_timeout": (_seconds, HELLO_TIMEOUT_SECONDS, "seconds a JSON-lines client may take to send 'hello' "
+                                                       f"(default {HELLO_TIMEOUT_SECONDS:g})"),
     "data_dir": (_text, DEFAULT_DATA_DIR, "where durable exchanges, queues, bindings, persistent messages, "
                                           f"users and vhosts are kept (default ./{DEFAULT_DATA_DIR})"),
     "in_memory": (_bool, False, "keep nothing on disk: everything lasts only as long as the process"),
@@ -101,8 +119,10 @@ def make_parser():
                                 help=help_text)
         elif check is _bool:
             parser.add_argument(flag, dest=name, action="store_const", const=True, help=help_text)
-        elif check in (_port, _line_bytes):
+        elif check in (_port, _line_bytes, _message_bytes):
             parser.add_argument(flag, dest=name, type=int, help=help_text)
+        elif check is _seconds:
+            parser.add_argument(flag, dest=name, type=float, help=help_text)
         else:
             parser.add_argument(flag, dest=name, help=help_text)
     return parser
@@ -130,6 +150,10 @@ def load_settings(argv, environ=None):
             setattr(settings, name, check(value))
         except ValueError as exc:
             raise ConfigError(f"{source} {exc}, not {value!r}") from None
+    needed = max_line_bytes_for(settings.max_message_bytes)
+    if settings.max_line_bytes is not None and settings.max_line_bytes < needed:
+        raise ConfigError(f"max_line_bytes must be at least {needed}, to carry a base64 body of "
+                          f"max_message_bytes ({settings.max_message_bytes})")
     if not settings.plain and not settings.tls_cert:
         raise ConfigError("plain = false (--no-plain) needs tls_cert: there would be no listener at all")
     for name in ("tls_key", "tls_ca"):
@@ -162,9 +186,14 @@ def _from_environment(check, text):
         if lowered in ("0", "false", "no", "off"):
             return False
         return text
-    if check in (_port, _line_bytes):
+    if check in (_port, _line_bytes, _message_bytes):
         try:
             return int(text)
+        except ValueError:
+            return text
+    if check is _seconds:
+        try:
+            return float(text)
         except ValueError:
             return text
     return text

@@ -19,6 +19,7 @@ import collections
 import itertools
 import json
 import os
+import selectors
 import signal
 import socket
 import threading
@@ -41,12 +42,21 @@ SIGNAL_CHECK_SECONDS = 0.5
 MAX_QUEUED_LINES = 4096
 RECV_BYTES = 256 * 1024
 
+# What a broker that does not say otherwise in its `hello` reply accepts: RabbitMQ's default
+# max_message_size, and the line that carries such a body in base64.
+DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024 * 1024
+DEFAULT_MAX_LINE_BYTES = 4 * -(-DEFAULT_MAX_MESSAGE_BYTES // 3) + 1024 * 1024
+
+# A heartbeat is an empty line; either side gives the other up after two intervals of silence.
+HEARTBEAT_LINE = "\n"
+
 _ASYNCHRONOUS_SIGNALS = {getattr(signal, name) for name in (
     "SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGALRM", "SIGUSR1", "SIGUSR2", "SIGCHLD", "SIGWINCH")
     if hasattr(signal, name)}
 
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 _decode = json.JSONDecoder().decode
+_quote = json.encoder.encode_basestring_ascii
 
 PROPERTY_NAMES = (
     "content_type", "content_encoding", "headers", "delivery_mode", "priority",
@@ -200,10 +210,12 @@ def _properties_of(event):
 
 class Connection:
     """A connection to a GreenMQ broker. `port` defaults to $GREENMQ_PORT, else 5680.
-    With `ssl` (an ssl.SSLContext) it speaks TLS to the broker's --tls-port."""
+    With `heartbeat` (seconds), each side sends an empty line when it has been silent for
+    half of it, and the broker is given up (ConnectionClosed) after two of silence. With
+    `ssl` (an ssl.SSLContext) it speaks TLS to the broker's --tls-port."""
 
     def __init__(self, host="localhost", port=None, username="guest", password="guest",
-                 virtual_host="/", connect_timeout=10.0, client_properties=None, ssl=None):
+                 virtual_host="/", connect_timeout=10.0, client_properties=None, ssl=None, heartbeat=0):
         if port is None:
             port = int(os.environ.get(PORT_ENVIRONMENT_VARIABLE, DEFAULT_PORT))
         self.host, self.port = host, port
@@ -216,11 +228,17 @@ class Connection:
                 raise
         self._sock.settimeout(None)
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._readable = selectors.DefaultSelector()
+        self._readable.register(self._sock, selectors.EVENT_READ)
+        # TLS: bytes already decrypted wait in the SSL object, where select() cannot see them.
+        self._decrypted_waiting = getattr(self._sock, "pending", lambda: 0)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self._queued = collections.deque()
         self._send_lock = threading.Lock()
         self._wakeup = threading.Event()
-        self._received = b""
+        self._received = b""           # the start of a line whose newline has not arrived
+        self._last_received = self._last_sent = time.monotonic()
+        self._heartbeat = 0
         self._replies = {}
         self._next_id = 1
         self._next_channel = 2
@@ -228,15 +246,22 @@ class Connection:
         self._closed = None            # the ConnectionClosed to raise, once closed
         self._default_queue_declared = False
         self._writer = threading.Thread(target=self._write_loop, name="greenmq-writer", daemon=True)
-        self._writer.start()
         try:
             self.server_properties = self._call(None, "hello", protocol=PROTOCOL_VERSION,
                                                 user=username, password=password,
-                                                vhost=virtual_host,
+                                                vhost=virtual_host, heartbeat=heartbeat,
                                                 client=client_properties or {"product": "greenmq-connection"})
         except BaseException:
             self._shutdown()
             raise
+        self._heartbeat = self.server_properties.get("heartbeat", 0)
+        self.max_message_bytes = self.server_properties.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES)
+        max_line_bytes = self.server_properties.get("max_line_bytes", DEFAULT_MAX_LINE_BYTES)
+        # Bodies up to this long surely fit a line (escaped JSON text takes at most 12
+        # bytes a character) and the maximum message size (4 bytes a character); longer
+        # ones are measured before they are sent.
+        self._measure_bodies_over = min(self.max_message_bytes // 4, max_line_bytes // 16)
+        self._writer.start()
         self._channels[1] = Channel(self, 1)
 
     # -- the pika-like API --
@@ -413,18 +438,26 @@ class Connection:
                 self._sock.sendall(data)
             except OSError as exc:
                 self._lost(exc)
+            self._last_sent = time.monotonic()
 
     def _write_loop(self):
         # The kernel may deliver a process signal to any thread that does not block it;
         # taken here, a Ctrl-C would never interrupt the main thread's blocking recv.
         if hasattr(signal, "pthread_sigmask"):
             signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNCHRONOUS_SIGNALS)
+        heartbeat = self._heartbeat
         while True:
-            self._wakeup.wait()
+            woken = self._wakeup.wait(heartbeat / 2 if heartbeat else None)
             if self._closed is not None:
                 return
-            self._wakeup.clear()
-            self._flush()
+            if woken:
+                self._wakeup.clear()
+            elif time.monotonic() - self._last_sent >= heartbeat / 2:
+                self._queued.append(HEARTBEAT_LINE)
+            try:
+                self._flush()
+            except ConnectionClosed:
+                return
 
     def _read(self, timeout):
         """Wait up to `timeout` (None: no limit) for data and file what arrives."""
@@ -433,23 +466,40 @@ class Connection:
         while True:
             wait = SIGNAL_CHECK_SECONDS if deadline is None else min(
                 SIGNAL_CHECK_SECONDS, max(0.0, deadline - time.monotonic()))
+            # Waiting is done here, not by a socket timeout: that would also bound the
+            # writer thread's sendall, and a large message (or a broker busy for a moment)
+            # would then cost the whole connection.
             try:
-                self._sock.settimeout(wait)
-                data = self._sock.recv(RECV_BYTES)
-                break
-            except socket.timeout:
-                if deadline is not None and time.monotonic() >= deadline:
-                    return
-            except OSError as exc:
+                if self._decrypted_waiting() or self._readable.select(wait):
+                    data = self._sock.recv(RECV_BYTES)
+                    break
+            except (OSError, ValueError) as exc:      # ValueError: closed by the writer thread
                 self._lost(exc)
+            now = time.monotonic()
+            if self._heartbeat and now - self._last_received > 2 * self._heartbeat:
+                self._lost(f"missed heartbeats from the broker, timeout: {self._heartbeat}s")
+            if deadline is not None and now >= deadline:
+                return
         if not data:
             self._lost(None)
-        if self._received:
-            data = self._received + data
+        self._data_received(data)
+
+    def _data_received(self, data):
+        """File the events and replies of every whole line in `data`."""
+        self._last_received = time.monotonic()
         lines = data.split(b"\n")
+        if self._received:
+            # Only the new bytes were searched; the line grows in place (linear time).
+            head = self._received
+            if type(head) is bytes:
+                head = bytearray(head)
+            head += lines[0]
+            lines[0] = head
         self._received = lines.pop()
         channels = self._channels
         for line in lines:
+            if not line:
+                continue            # a heartbeat
             event = _decode(line.decode())
             kind = event.get("event")
             if kind is None:
@@ -494,6 +544,7 @@ class Connection:
             self._closed = ConnectionClosed(None, "connection closed")
         self._wakeup.set()
         try:
+            self._readable.close()
             self._sock.close()
         except OSError:
             pass
@@ -570,6 +621,8 @@ class Channel:
             except UnicodeDecodeError:
                 request["body"] = base64.b64encode(body).decode("ascii")
                 request["body_encoding"] = "base64"
+        if len(body) > self.connection._measure_bodies_over:
+            self._fit_large_body(request, body)
         if properties is not None:
             values = properties._values if isinstance(properties, BasicProperties) else properties
             if values:
@@ -593,6 +646,19 @@ class Channel:
         while len(self._unconfirmed) >= self._confirm_window:
             self._raise_errors()
             self.connection._read(None)
+
+    def _fit_large_body(self, request, body):
+        """Refuse a body over the broker's maximum before sending it (the connection goes
+        on), and send text as base64 where its JSON escapes would make it longer."""
+        data = body.encode() if isinstance(body, str) else body
+        limit = self.connection.max_message_bytes
+        if len(data) > limit:
+            raise PreconditionFailed(
+                406, f"PRECONDITION_FAILED - message size {len(data)} is larger than configured max size {limit}",
+                "publish")
+        if "body_encoding" not in request and len(_quote(request["body"])) > 4 * -(-len(data) // 3) + 2:
+            request["body"] = base64.b64encode(data).decode("ascii")
+            request["body_encoding"] = "base64"
 
     def confirm_delivery(self, window=1):
         """Publisher confirms from now on. With `window` 1, basic_publish returns once the

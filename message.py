@@ -6,7 +6,6 @@ import datetime
 import decimal
 import itertools
 import json
-import sys
 
 from errors import PreconditionFailed
 
@@ -21,6 +20,19 @@ PROPERTY_NAMES = (
 # are refused rather than overflowing the timers they set.
 MAX_EXPIRY_MS = 2**32 - 1
 
+# RabbitMQ's default max_message_size: the largest body either protocol accepts. A front
+# end refuses a larger one before holding it whole (406, as RabbitMQ does); operators may
+# lower or raise it with --max-message-bytes (RabbitMQ allows up to 512 MiB).
+DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024 * 1024
+
+# Messages share one copy of each exchange name and routing key seen recently (a fifth of a
+# small message's memory when a million wait). Not sys.intern: since CPython 3.12 interned
+# strings live as long as the process, so unique routing keys (an RPC reply queue per
+# request) would pile up forever. 10,000 names of at most 255 bytes bound what this table
+# holds to a few MiB; when full it starts afresh, and the strings die with their messages.
+MAX_SHARED_NAMES = 10_000
+_shared_names = {}
+
 _next_seq = itertools.count(1).__next__
 
 
@@ -28,6 +40,19 @@ def continue_sequence_after(seq):
     """Recovered messages keep their place: new ones must come after the last of them."""
     global _next_seq
     _next_seq = itertools.count(seq + 1).__next__
+
+
+def shared_name(name):
+    """The one copy of `name` that messages share (see MAX_SHARED_NAMES)."""
+    shared = _shared_names
+    if len(shared) >= MAX_SHARED_NAMES:
+        shared.clear()
+    return shared.setdefault(name, name)
+
+
+def message_too_large(size, max_message_bytes):
+    """The refusal of a body larger than the broker's maximum, in RabbitMQ's words."""
+    return PreconditionFailed(f"message size {size} is larger than configured max size {max_message_bytes}")
 
 
 class Message:
@@ -45,10 +70,11 @@ class Message:
 
     def __init__(self, exchange, routing_key, body, properties=None, encoded_properties=None):
         self.seq = _next_seq()
-        # Interned, so a million messages with the same key hold one string, not a million
-        # (a fifth of a small message's memory); interned strings still die with their last user.
-        self.exchange = sys.intern(exchange)
-        self.routing_key = sys.intern(routing_key)
+        shared = _shared_names          # shared_name(), inlined: every publish comes here
+        if len(shared) >= MAX_SHARED_NAMES:
+            shared.clear()
+        self.exchange = shared.setdefault(exchange, exchange)
+        self.routing_key = shared.setdefault(routing_key, routing_key)
         self.body = body
         self.properties = properties
         self.encoded_properties = encoded_properties
@@ -66,8 +92,8 @@ class Message:
         """A message as the durable store gives it back, keeping its place in publish order."""
         message = cls.__new__(cls)
         message.seq = seq
-        message.exchange = sys.intern(exchange)
-        message.routing_key = sys.intern(routing_key)
+        message.exchange = shared_name(exchange)
+        message.routing_key = shared_name(routing_key)
         message.body = body
         message.properties = properties
         message.encoded_properties = encoded_properties

@@ -9,12 +9,15 @@ import base64
 import binascii
 import json
 import logging
+import re
+import time
 
 import logs
 from access import MONITORING
-from errors import (BadSyntax, BrokerError, CommandInvalid, FrameError,
+from errors import (BadSyntax, BrokerError, CommandInvalid, ConnectionForced, FrameError,
                     InternalError, PreconditionFailed, Unsupported)
-from message import MAX_TIMESTAMP, PROPERTY_NAMES, TAGGED_VALUES, json_value
+from message import (DEFAULT_MAX_MESSAGE_BYTES, MAX_TIMESTAMP, PROPERTY_NAMES, TAGGED_VALUES, json_value,
+                     message_too_large)
 from node import SERVER_NAME, VERSION
 from vhost import MAX_NAME_BYTES
 from transport import FrontEndConnection
@@ -23,15 +26,40 @@ log = logging.getLogger("greenmq.protocol")
 
 PROTOCOL_VERSION = 1
 
-# A line holds one whole message, base64 bodies a third larger than the bytes they carry.
-# 16 MiB keeps what one client can make the broker buffer for a single line bounded while
-# leaving room for large messages; operators can raise it with --max-line-bytes.
-DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
+# Room on a publish line around its body: names, properties and headers. AMQP carries a
+# message's properties in one frame of at most 128 KiB; JSON's escapes can make them a few
+# times longer.
+LINE_ENVELOPE_BYTES = 1024 * 1024
+
+# JSON nests no deeper than this (a request is 1, its properties 2, their headers 3):
+# .NET's System.Text.Json allows 64 by default and serde_json 128. Python's decoder would
+# recurse until RecursionError on a line of 100,000 '['; the limit is checked first.
+MAX_NESTING_DEPTH = 64
+
+# How long a client may take to send `hello` (RabbitMQ's handshake_timeout for AMQP): a
+# socket that never says who it is holds a file descriptor and memory. --hello-timeout.
+HELLO_TIMEOUT_SECONDS = 10.0
+
+# A heartbeat is an empty line. Either side sends one when it has sent nothing for half
+# the negotiated interval and gives the other up after two intervals of silence, as AMQP
+# peers do. The interval is the client's choice, in AMQP's range of a short.
+HEARTBEAT_LINE = b"\n"
+MAX_HEARTBEAT_SECONDS = 65535
+
+
+def max_line_bytes_for(max_message_bytes):
+    """The longest line the broker must read: a body of the largest message in base64
+    (4 bytes for every 3), with room for the rest of the publish."""
+    return 4 * -(-max_message_bytes // 3) + LINE_ENVELOPE_BYTES
 
 
 _encode = json.JSONEncoder(separators=(",", ":"), default=json_value).encode
 _decode = json.JSONDecoder().decode
 _quote = json.encoder.encode_basestring_ascii
+
+# The strings of a JSON text, so brackets inside them are not counted as nesting.
+_STRINGS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
 
 _STRING_PROPERTIES = frozenset(PROPERTY_NAMES) - {"headers", "delivery_mode", "priority", "timestamp"}
 
@@ -42,38 +70,61 @@ class JsonLinesProtocol(FrontEndConnection):
 
     name = "JSON-lines"
 
-    def __init__(self, node, peer, max_line_bytes=DEFAULT_MAX_LINE_BYTES):
+    def __init__(self, node, peer, max_line_bytes=None, max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES,
+                 hello_timeout=HELLO_TIMEOUT_SECONDS):
         super().__init__(node, peer)
-        self.max_line_bytes = max_line_bytes
-        self._partial = b""
+        self.hello_timeout = hello_timeout
+        self.max_message_bytes = max_message_bytes
+        self.max_line_bytes = max_line_bytes or max_line_bytes_for(max_message_bytes)
+        self.heartbeat = 0
+        self._hello_received = False
+        self._partial = b""        # the start of a line whose newline has not arrived
+        self._started = self._last_received = self._last_sent = time.monotonic()
 
     # -- bytes in ----------------------------------------------------------------------
 
     def data_received(self, data):
-        if self._partial:
-            data = self._partial + data
+        if self.closed:
+            return
+        self._last_received = time.monotonic()
         lines = data.split(b"\n")
-        self._partial = lines.pop()
+        if self._partial:
+            # Only the new bytes were searched; the line grows in place (linear time).
+            head = self._partial
+            if type(head) is bytes:
+                head = bytearray(head)
+            head += lines[0]
+            lines[0] = head
+        rest = self._partial = lines.pop()
         limit = self.max_line_bytes
         for line in lines:
             if self.closed:
                 return
             if len(line) > limit:
-                break
-            self._handle_line(line)
-        else:
-            if len(self._partial) <= limit:
-                if self.session is not None:
-                    self.session.flush_confirms()
-                return
-        self.close(FrameError(f"line longer than {limit} bytes"))
+                return self._line_too_long()
+            if line:
+                self._handle_line(line)
+        if len(rest) > limit:
+            return self._line_too_long()
+        if self.session is not None:
+            self.session.flush_confirms()
+
+    def _line_too_long(self):
+        self.close(FrameError(f"line longer than {self.max_line_bytes} bytes"))
 
     def _handle_line(self, line):
         try:
-            request = _decode(line.decode("utf-8"))
+            text = line.decode("utf-8")
         except UnicodeDecodeError as exc:
             self._send_error({}, BadSyntax(f"line is not valid UTF-8: {exc.reason} at byte {exc.start}"))
             return
+        # Cheapest first: a plain publish has one '{', at its start, and no '['.
+        if (("[" in text or "{" in text[1:]) and text.count("[") + text.count("{") > MAX_NESTING_DEPTH
+                and _nesting_depth(text) > MAX_NESTING_DEPTH):
+            self._send_error({}, BadSyntax(f"JSON nested deeper than {MAX_NESTING_DEPTH} levels"))
+            return
+        try:
+            request = _decode(text)
         except ValueError as exc:
             if line.strip():
                 self._send_error({}, BadSyntax(f"invalid JSON: {exc}"))
@@ -102,6 +153,8 @@ class JsonLinesProtocol(FrontEndConnection):
             self._send_error(request, exc)
         except ValueError as exc:
             self._send_error(request, BadSyntax(str(exc)))
+        except MemoryError:
+            raise       # the transport closes this connection, whose state is now in doubt
         except Exception:
             log.exception("error handling %r from %s", op, self.peer)
             self._send_error(request, InternalError(f"internal error handling '{op}'"))
@@ -116,6 +169,35 @@ class JsonLinesProtocol(FrontEndConnection):
 
     def _send(self, event):
         self._write((_encode(event) + "\n").encode())
+
+    def take_output(self):
+        data = super().take_output()
+        if data:
+            self._last_sent = time.monotonic()
+        return data
+
+    def tick(self, now):
+        """The deadline for `hello`, then heartbeats both ways; None drops the peer."""
+        if self.closed:
+            return None
+        if self.session is None:
+            if self._hello_received:
+                return 1.0      # its password is being checked (off the hub): no deadline now
+            if now - self._started >= self.hello_timeout:
+                log.info("JSON-lines client %s sent no 'hello' in %gs", self.peer, self.hello_timeout)
+                self.close(ConnectionForced(f"no 'hello' within {self.hello_timeout:g} seconds"))
+                return None
+            # In short steps, so heartbeats that `hello` turns on start on time.
+            return min(1.0, self._started + self.hello_timeout - now)
+        if not self.heartbeat:
+            return MAX_HEARTBEAT_SECONDS       # nothing more to watch on this connection
+        if now - self._last_received > 2 * self.heartbeat:
+            log.info("missed heartbeats from JSON-lines client %s, timeout: %ss", self.peer, self.heartbeat)
+            self.close(ConnectionForced(f"missed heartbeats, timeout: {self.heartbeat}s"))
+            return None
+        if now - self._last_sent >= self.heartbeat / 2:
+            self._write(HEARTBEAT_LINE)
+        return self.heartbeat / 2
 
     def _send_error(self, request, exc):
         error = {"ok": False, "code": exc.code, "error": exc.name, "text": exc.text}
@@ -167,20 +249,28 @@ class JsonLinesProtocol(FrontEndConnection):
         if self.session is not None:
             raise CommandInvalid("'hello' was already received on this connection")
         version = _field(request, "protocol", int, PROTOCOL_VERSION)
+        heartbeat = _field(request, "heartbeat", int, 0)
+        if not 0 <= heartbeat <= MAX_HEARTBEAT_SECONDS:
+            raise BadSyntax(f"field 'heartbeat' must be between 0 and {MAX_HEARTBEAT_SECONDS}")
         if version != PROTOCOL_VERSION:
             self.close(CommandInvalid(f"protocol version {version} is not supported; this broker speaks {PROTOCOL_VERSION}"))
             return None
+        self._hello_received = True
         try:
             user = self.node.authenticate(_field(request, "user", str, "guest"),
                                           _field(request, "password", str, "guest"), self.peer)
+            if self.closed:
+                return None     # closed (the broker stopping) while the password was checked
             self.session = self.node.open_session(user, _field(request, "vhost", str, "/"), self.peer,
                                                   "json-lines", self, _field(request, "client", dict, None))
         except BrokerError as exc:
             self.close(exc)
             return None
         self.session.open_channel(1)
+        self.heartbeat = heartbeat
         return {"server": SERVER_NAME, "version": VERSION, "protocol": PROTOCOL_VERSION,
-                "max_line_bytes": self.max_line_bytes}
+                "max_line_bytes": self.max_line_bytes, "max_message_bytes": self.max_message_bytes,
+                "heartbeat": heartbeat}
 
     def op_close(self, request):
         """The client is done: answer, so it knows everything before was handled, and end."""
@@ -248,6 +338,8 @@ class JsonLinesProtocol(FrontEndConnection):
             body = _base64_bytes(body, "body")
         else:
             raise BadSyntax(f"unknown body_encoding {encoding!r}; use \"base64\" or leave it out")
+        if len(body) > self.max_message_bytes:
+            raise message_too_large(len(body), self.max_message_bytes)
         properties = request.get("properties")
         if properties is not None:
             properties = _properties_in(properties)
@@ -519,6 +611,24 @@ def _tag(request):
     if tag < 0:
         raise BadSyntax("field 'delivery_tag' must not be negative")
     return tag
+
+
+def _nesting_depth(text):
+    """How deep JSON `text` nests, counting no bracket inside a string; stops where the
+    decoder would (at the end of the first value, or past the limit)."""
+    depth = deepest = 0
+    for bracket in _BRACKETS.findall(_STRINGS.sub("", text)):
+        if bracket in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_NESTING_DEPTH:
+                    break
+        else:
+            depth -= 1
+            if depth <= 0:
+                break
+    return deepest
 
 
 def _base64_bytes(text, name):

@@ -3,7 +3,11 @@ object and a writer greenlet sending what it produces, in batches.
 
 A protocol is a `FrontEndConnection` with `data_received(bytes)`, `close(exc)` and a
 `name`. It may have `tick(now) -> seconds`: called again after that many seconds
-(heartbeats, timeouts), or None when the peer is to be dropped without further ado.
+(heartbeats, timeouts), or None when the connection is to end once its last output is sent.
+
+An allocation failing (MemoryError) while one connection is served ends that connection
+alone, with 541 INTERNAL_ERROR: its buffers are given up, and every other connection and
+the listeners go on.
 """
 
 import logging
@@ -13,7 +17,7 @@ import time
 import gevent
 from gevent.event import Event
 
-from errors import ConnectionForced
+from errors import ConnectionForced, InternalError
 
 log = logging.getLogger("greenmq.transport")
 
@@ -67,6 +71,14 @@ class FrontEndConnection:
         self.outbox_bytes = 0
         return data
 
+    def out_of_memory(self):
+        """An allocation failed serving this connection: drop its output (perhaps what
+        could not be allocated) and close it with 541, the last output it gets."""
+        log.error("out of memory serving %s connection from %s; closing it", self.name, self.peer)
+        self.outbox = []
+        self.outbox_bytes = 0
+        self.close(InternalError("out of memory"))
+
     def output_drained(self):
         if self.session is not None and not self.outbox:
             self.session.set_writable(True)
@@ -110,10 +122,16 @@ def connection_handler(make_protocol, tls=None):
                 log.info("%s connection from %s:%s failed: %s", protocol.name, address[0], address[1], exc)
         except gevent.GreenletExit:
             protocol.close(ConnectionForced(SHUTDOWN_REASON))
+        except MemoryError:
+            protocol.out_of_memory()
         finally:
             protocol.connection_lost()
             gevent.killall(helpers)
-            _send_rest(sock, output.pending + protocol.take_output())
+            try:
+                rest = output.pending + protocol.take_output()
+            except MemoryError:
+                rest = b""
+            _send_rest(sock, rest)
             log.info("closed %s connection from %s:%s", protocol.name, *address[:2])
 
     return handle
@@ -171,7 +189,11 @@ class _Output:
     def send_now(self):
         if self.writing or self.pending:
             return                # the writer is on it and will take the new output too
-        data = self.protocol.take_output()
+        try:
+            data = self.protocol.take_output()
+        except MemoryError:
+            self.out_of_memory()
+            return
         if not data:
             return
         try:
@@ -193,7 +215,10 @@ class _Output:
                 self.wakeup.wait()
                 self.wakeup.clear()
                 self.writing = True
-                data, self.pending = self.pending + self.protocol.take_output(), b""
+                try:
+                    data, self.pending = self.pending + self.protocol.take_output(), b""
+                except MemoryError:
+                    return self.out_of_memory()
                 if data:
                     self.sock.sendall(data)
                 self.writing = False
@@ -207,12 +232,23 @@ class _Output:
         """All output is sent. A protocol closed by the core (its vhost deleted) has said
         its last words: end reading, so the reader sees EOF and the connection ends."""
         if self.protocol.closed:
-            try:
-                self.sock.shutdown(socket.SHUT_RD)
-            except OSError:
-                pass
+            end_reading(self.sock)
         else:
             self.protocol.output_drained()
+
+    def out_of_memory(self):
+        self.pending = b""
+        self.protocol.out_of_memory()
+        end_reading(self.sock)
+
+
+def end_reading(sock):
+    """Make the connection's reader see the end of input, so that it finishes the
+    connection: sends the last output, then closes the socket."""
+    try:
+        sock.shutdown(socket.SHUT_RD)
+    except OSError:
+        sock.close()      # already broken: the reader's recv fails
 
 
 def configure_socket(sock):
@@ -229,7 +265,7 @@ def _tick_loop(sock, protocol):
     while True:
         delay = protocol.tick(time.monotonic())
         if delay is None:
-            sock.close()      # the reader's recv fails and the connection ends
+            end_reading(sock)
             return
         gevent.sleep(delay)
 

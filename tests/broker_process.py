@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -19,12 +20,17 @@ class BrokerProcess:
     """`python broker.py --port 0 ...`, with its log in a file (a pipe nobody reads would
     block the broker once full). `ports` is its ready line: `port` (JSON lines), `amqp_port`,
     and `tls_port` and `amqps_port` when it listens with TLS. Its data directory is
-    `data_dir`, or a temporary one that goes when it is closed."""
+    `data_dir`, or a temporary one that goes when it is closed. `script` runs another
+    program in broker.py's place (a wrapper for fault injection); `open_files` starts it
+    with that soft limit on open files."""
 
-    def __init__(self, *args, python=sys.executable, data_dir=None, env=None):
+    def __init__(self, *args, python=sys.executable, data_dir=None, env=None, script="broker.py",
+                 open_files=None):
         self.args = list(args)
         self.env = env          # the broker's environment (default: this process's)
         self.python = python
+        self.script = script
+        self.open_files = open_files
         self.process = None
         self.ports = {}
         self._own_data_dir = data_dir is None
@@ -33,10 +39,11 @@ class BrokerProcess:
     def start(self):
         self._log = tempfile.NamedTemporaryFile(prefix="greenmq-broker-", suffix=".log", delete=False)
         # Free ports only: another broker (a reference RabbitMQ, say) may hold 5672.
-        command = [self.python, os.path.join(ROOT, "broker.py"), "--port", "0", "--amqp-port", "0",
+        command = [self.python, os.path.join(ROOT, self.script), "--port", "0", "--amqp-port", "0",
                    "--data-dir", self.data_dir, *self.args]
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                        env=self.env)
+                                        env=self.env,
+                                        preexec_fn=self._limit_open_files if self.open_files else None)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             ready = _READY.search(self.log())
@@ -48,6 +55,11 @@ class BrokerProcess:
             time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"broker did not announce its port:\n{self.log()}")
+
+    def _limit_open_files(self):
+        """Start with this soft limit on open files, as many systems do (1,024)."""
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, hard))
 
     @property
     def port(self):

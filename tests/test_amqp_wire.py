@@ -564,3 +564,24 @@ def test_random_method_sequences_never_crash_the_broker(fresh_broker, against_gr
     after.send_method(1, spec.Queue.Declare(queue="", exclusive=True))
     assert after.expect(spec.Queue.DeclareOk, 1).queue.startswith("amq.gen-")
     after.close()
+
+
+def test_a_message_over_the_maximum_size_closes_the_channel_with_406_and_the_connection_goes_on(raw, bystander, name):
+    client = raw().open()
+    client.open_channel(1)
+    size = 128 * 1024 * 1024 + 1                  # RabbitMQ's default max_message_size, and a byte
+    client.send_method(1, spec.Basic.Publish(exchange="", routing_key=name))
+    client.send(amqp_frame.marshal(amqp_header.ContentHeader(0, size, spec.Basic.Properties()), 1))
+    chunk = 131072 - 8
+    body_frame = frame(3, 1, b"x" * chunk)
+    for _ in range(size // chunk):
+        client.send(body_frame)
+    client.send(frame(3, 1, b"x" * (size % chunk)))
+    close = client.expect(spec.Channel.Close, 1)
+    assert (close.reply_code, close.class_id, close.method_id) == (406, 60, 40)
+    assert close.reply_text == ("PRECONDITION_FAILED - message size 134217729 is larger than "
+                                "configured max size 134217728")
+    client.send_method(1, spec.Channel.CloseOk())
+    client.open_channel(2)
+    client.send_method(2, spec.Queue.Declare(queue=name, auto_delete=True))
+    assert client.expect(spec.Queue.DeclareOk, 2).message_count == 1     # the bystander's message only

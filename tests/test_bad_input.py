@@ -10,6 +10,7 @@ import time
 import pytest
 
 import connection
+from protocol import max_line_bytes_for
 from tests.broker_process import BrokerProcess
 
 TIMEOUT = 10.0
@@ -193,18 +194,19 @@ def test_a_refused_hello_closes_the_connection_with_a_reason(broker, hello, code
 
 
 def test_a_line_over_the_limit_closes_only_that_connection():
-    with BrokerProcess("--max-line-bytes", "2048") as broker:
+    limit = max_line_bytes_for(1024)
+    with BrokerProcess("--max-message-bytes", "1024") as broker:
         bystander = connection.Connection("127.0.0.1", broker.port)
         bystander.default_channel.queue_declare("kept")
         bystander.default_channel.basic_publish("", "kept", "safe")
         offender = RawClient(broker.port)
-        offender.send({"op": "publish", "routing_key": "kept", "body": "x" * 4096})
+        offender.send({"op": "publish", "routing_key": "kept", "body": "x" * (limit + 1)})
         closing = offender.read()
         assert closing["event"] == "close" and closing["code"] == 501
-        assert "longer than 2048 bytes" in closing["text"]
+        assert f"longer than {limit} bytes" in closing["text"]
         assert offender.read() is None
         partial = RawClient(broker.port)   # over the limit before any newline arrives
-        partial.send_raw(b"{" + b" " * 3000)
+        partial.send_raw(b"{" + b" " * (limit + 1))
         assert partial.read()["code"] == 501
         assert bystander.default_channel.queue_declare("kept", passive=True).message_count == 1
         bystander.close()

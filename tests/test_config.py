@@ -22,10 +22,10 @@ def environment(**variables):
     return env
 
 
-def max_line_bytes(broker):
+def max_message_bytes(broker):
     """A setting every client sees: hello's answer carries it."""
     with connection.Connection("127.0.0.1", broker.port) as client:
-        return client.server_properties["max_line_bytes"]
+        return client.server_properties["max_message_bytes"]
 
 
 @pytest.mark.parametrize("in_environment, on_the_command_line, expected", [
@@ -37,19 +37,19 @@ def max_line_bytes(broker):
 def test_flags_win_over_the_environment_and_the_environment_over_the_file(
         tmp_path, in_environment, on_the_command_line, expected):
     settings = tmp_path / "greenmq.toml"
-    settings.write_text('max_line_bytes = 5000\nin_memory = true\nlog_level = "warning"\n')
-    env = environment(GREENMQ_MAX_LINE_BYTES="6000") if in_environment else environment()
-    flags = ("--max-line-bytes", "7000") if on_the_command_line else ()
+    settings.write_text('max_message_bytes = 5000\nin_memory = true\nlog_level = "warning"\n')
+    env = environment(GREENMQ_MAX_MESSAGE_BYTES="6000") if in_environment else environment()
+    flags = ("--max-message-bytes", "7000") if on_the_command_line else ()
     with BrokerProcess("--config", str(settings), *flags, env=env) as broker:
-        assert max_line_bytes(broker) == expected
+        assert max_message_bytes(broker) == expected
         assert "listening for" not in broker.log()   # the file's other settings apply too
 
 
 def test_the_config_file_can_be_named_by_the_environment(tmp_path):
     settings = tmp_path / "greenmq.toml"
-    settings.write_text("max_line_bytes = 4096\nin_memory = true\n")
+    settings.write_text("max_message_bytes = 4096\nin_memory = true\n")
     with BrokerProcess(env=environment(GREENMQ_CONFIG=str(settings))) as broker:
-        assert max_line_bytes(broker) == 4096
+        assert max_message_bytes(broker) == 4096
 
 
 def start_refused(*args, env=None):
@@ -71,6 +71,9 @@ def start_refused(*args, env=None):
     ("port = 'five'\n", "'port' in .* must be between 0 and 65535"),
     ("port = 70000\n", "'port' in .* must be between 0 and 65535"),
     ("max_line_bytes = 10\n", "'max_line_bytes' in .* must be an integer of at least 1024"),
+    ("max_line_bytes = 4096\n", "max_line_bytes must be at least 180005548, to carry a base64 body"),
+    ("max_message_bytes = 0\n", "'max_message_bytes' in .* must be a positive integer"),
+    ("hello_timeout = 0\n", "'hello_timeout' in .* must be a number of seconds above 0"),
     ("in_memory = 'yes'\n", "'in_memory' in .* must be true or false"),
     ("log_level = 'loud'\n", "'log_level' in .* must be one of debug, info, warning, error"),
     ("host = ''\n", "'host' in .* must be a non-empty string"),
