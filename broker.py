@@ -19,7 +19,7 @@ from amqp_protocol import AmqpConnection
 from config import ConfigError, load_settings
 from durable_store import StoreError, open_store
 from node import VERSION, Node
-from logs import ReopenableFileHandler, reopen_log_files
+from logs import JsonFormatter, ReopenableFileHandler, reopen_log_files
 from protocol import JsonLinesProtocol
 from transport import connection_handler
 
@@ -83,6 +83,8 @@ def set_up_logging(settings):
         handler = ReopenableFileHandler(settings.log_file)
     else:
         handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

@@ -26,6 +26,7 @@ DEFAULT_AMQPS_PORT = 5671    # AMQP over TLS, RabbitMQ's (and IANA's) amqps port
 # the next `python3 broker.py` from the same place finds them.
 DEFAULT_DATA_DIR = "greenmq-data"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 ENVIRONMENT_PREFIX = "GREENMQ_"
 
 
@@ -69,6 +70,12 @@ def _bool(value):
     return value
 
 
+def _log_format(value):
+    if value not in LOG_FORMATS:
+        raise ValueError(f"must be one of {', '.join(LOG_FORMATS)}")
+    return value
+
+
 def _level(value):
     if value not in LOG_LEVELS:
         raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
@@ -101,6 +108,8 @@ SETTINGS = {
     "log_level": (_level, "info", "debug, info, warning or error (default info)"),
     "log_file": (_text, None, "write the log here instead of standard error; reopened on SIGHUP "
                               "or `greenmqctl rotate_logs`"),
+    "log_format": (_log_format, "text", "text (default) for people, or json: one object per line with "
+                                        "time, level, logger and message, for log collectors"),
 }
 
 

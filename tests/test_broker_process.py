@@ -83,3 +83,17 @@ def test_the_broker_says_on_stdout_when_it_accepts_clients():
         process.terminate()
         process.wait(10)
     assert process.stdout.read() == ""      # one line, nothing else
+
+
+def test_json_logs_are_one_object_a_line_for_log_collectors():
+    with BrokerProcess("--log-format", "json") as broker:
+        with pytest.raises(connection.ConnectionClosed, match="ACCESS_REFUSED"):
+            connection.Connection("127.0.0.1", broker.port, password="wrong")
+        broker.stop()
+        lines = [json.loads(line) for line in broker.log().splitlines()]   # every line is JSON
+    entries = [line for line in lines if "ready" not in line]                # the ready line is on stdout
+    assert {entry["level"] for entry in entries} >= {"info", "warning"}
+    assert all(set(entry) >= {"time", "level", "logger", "message"} and entry["time"].endswith("Z")
+               for entry in entries)
+    refusal = next(entry for entry in entries if entry["level"] == "warning")
+    assert refusal["logger"] == "greenmq" and "login refused for user 'guest'" in refusal["message"]
