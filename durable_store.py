@@ -23,6 +23,7 @@ import gevent
 from gevent.event import Event
 
 from message import Message, properties_from_json, properties_to_json, ttl_of
+from stats import LatencyHistogram
 
 log = logging.getLogger("greenmq.store")
 
@@ -41,6 +42,10 @@ RETRY_MAX_SECONDS = 5.0
 # wire encoding seen is kept for the next message like it; bounded, as a stream of unique
 # headers (ids in them) would otherwise grow it without limit.
 PROPERTIES_TEXT_CACHE_SIZE = 1024
+
+# Upper bounds (seconds) of the commit latency histogram in /metrics: from a cached write
+# (about 1 ms) through a typical fsync (5-50 ms) to a disk in trouble.
+COMMIT_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class StoreError(Exception):
@@ -84,6 +89,7 @@ class Store(abc.ABC):
     def __init__(self):
         self.open_batch = 1        # the batch that writes made now will be committed in
         self.available = True
+        self.commit_seconds = LatencyHistogram(COMMIT_SECONDS_BUCKETS)
 
     # -- definitions ---------------------------------------------------------------------
 
@@ -525,7 +531,11 @@ class SqliteStore(Store):
             if self._failed is not None:
                 batch = _merged(self._failed, batch)
             # The rows are made here, so the thread runs little Python (and waits little for the GIL).
-            error = pool.apply(self._write, (batch.statements(), batch.must_sync())) if batch.writes() else None
+            error = None
+            if batch.writes():
+                started = time.monotonic()
+                error = pool.apply(self._write, (batch.statements(), batch.must_sync()))
+                self.commit_seconds.observe(time.monotonic() - started)
             if error is None:
                 if self._failed is not None:
                     log.warning("the message store %s is writable again", self.path)

@@ -27,6 +27,10 @@ QUEUE_ARGUMENTS = {
 }
 
 
+# The per-queue message counters (plain integers on Queue), in the order samplers read them.
+MESSAGE_COUNTERS = ("published", "delivered", "acked", "redelivered", "dead_lettered")
+
+
 class ReadyList:
     """Ready messages in publish order. Published messages join at the tail; requeued ones
     return to their original place through a heap keyed by publish order, so putting back
@@ -109,6 +113,8 @@ class Queue:
         self.ready = ReadyList()
         self.consumers = deque()
         self.unacked_count = 0
+        # Plain counters for the management API and /metrics (sampled into rates there).
+        self.published = self.delivered = self.acked = self.redelivered = self.dead_lettered = 0
         self.bound_exchanges = set()    # exchanges with a binding to this queue, to unbind on delete
         self.deleted = False
         # The durable store, for a queue whose persistent messages outlive the process;
@@ -134,6 +140,7 @@ class Queue:
     # -- messages in -------------------------------------------------------------------
 
     def enqueue(self, message):
+        self.published += 1
         ttl = self.message_ttl
         if message.ttl is not None and (ttl is None or message.ttl < ttl):
             ttl = message.ttl
@@ -184,6 +191,9 @@ class Queue:
         return None
 
     def _hand_out(self, consumer, message):
+        self.delivered += 1
+        if message.redelivered:
+            self.redelivered += 1
         if consumer.no_ack:
             if self.store is not None and message.stored is not None:
                 self._forget((message,))
@@ -199,6 +209,9 @@ class Queue:
         message = self._next_live()
         if message is None:
             return None
+        self.delivered += 1
+        if message.redelivered:
+            self.redelivered += 1
         if no_ack:
             if self.store is not None and message.stored is not None:
                 self._forget((message,))
@@ -223,6 +236,7 @@ class Queue:
                 self._arm_ttl_timer()
             self.dispatch()
         else:
+            self.acked += len(messages)
             self._forget(messages)
 
     def purge(self):

@@ -13,7 +13,7 @@ import time
 
 from errors import AccessRefused, NotFound, PreconditionFailed, ResourceLocked, StoreUnavailable
 from exchange import DefaultExchange, exchange_class
-from queue_store import QUEUE_ARGUMENTS, Queue, validate_queue_arguments
+from queue_store import MESSAGE_COUNTERS, QUEUE_ARGUMENTS, Queue, validate_queue_arguments
 
 # AMQP names are short strings: at most 255 bytes of UTF-8.
 MAX_NAME_BYTES = 255
@@ -30,6 +30,9 @@ class VirtualHost:
         self.store = store          # where durable definitions and persistent messages go
         self.queues = {}
         self.exchanges = {"": DefaultExchange(self.queues)}
+        self.published = 0          # messages accepted for routing, for the management API
+        # What deleted queues had counted, so node-wide totals never go backwards.
+        self.deleted_queue_counts = dict.fromkeys(MESSAGE_COUNTERS, 0)
         for exchange_name, type_name in PREDECLARED_EXCHANGES:
             self.exchanges[exchange_name] = exchange_class(type_name)(exchange_name, durable=True)
 
@@ -179,6 +182,8 @@ class VirtualHost:
         count = queue.message_count
         del self.queues[queue.name]
         queue.mark_deleted()
+        for counter in MESSAGE_COUNTERS:
+            self.deleted_queue_counts[counter] += getattr(queue, counter)
         if queue.store is not None:
             self.store.delete_queue(self.name, queue.name)
         for consumer in list(queue.consumers):
@@ -253,6 +258,7 @@ class VirtualHost:
         if len(message.routing_key) > MAX_NAME_BYTES // 4:    # short keys cannot be too long
             check_name(message.routing_key, "routing key")
         queues = exchange.route(message.routing_key, message.headers)
+        self.published += 1
         properties = message.properties
         if properties is not None and properties.get("delivery_mode") == 2:
             durable = [queue for queue in queues if queue.store is not None]
