@@ -20,7 +20,9 @@ from config import ConfigError, load_settings
 from durable_store import StoreError, open_store
 from node import VERSION, Node
 from logs import JsonFormatter, ReopenableFileHandler, reopen_log_files
+from management import management_server
 from protocol import JsonLinesProtocol
+from stats import RateSampler
 from transport import connection_handler
 
 log = logging.getLogger("greenmq")
@@ -73,8 +75,8 @@ def _full_collections():
 def announce_ready(host, ports):
     """The one line the broker writes on stdout, once every listener accepts clients, so
     that whoever started it (a test fixture) can wait for it instead of polling:
-    {"ready": true, "host": "127.0.0.1", "port": 5680, "amqp_port": 5672}, with
-    "tls_port" and "amqps_port" when those listen."""
+    {"ready": true, "host": "127.0.0.1", "port": 5680, "amqp_port": 5672, "http_port": 15672},
+    with "tls_port" and "amqps_port" when those listen."""
     print(json.dumps({"ready": True, "host": host, **ports}), flush=True)
 
 
@@ -147,22 +149,33 @@ def main(argv=None):
         log.error("%s", exc)
         return 1
     servers = []
-    ports = {"port": None, "amqp_port": None}
-    for name, port, make_protocol, context, key in listeners(settings, node, context):
-        # Handlers in a pool, so that stopping the server kills them and each client is told why.
-        server = StreamServer((settings.host, port), connection_handler(make_protocol, context), spawn=Pool(),
-                              backlog=LISTEN_BACKLOG)
+    ports = {"port": None, "amqp_port": None, "http_port": None}
+    # (name, address, port, server, key in the ready line) per listener.
+    wanted = [(name, settings.host, port,
+               # Handlers in a pool, so that stopping the server kills them and each client is told why.
+               StreamServer((settings.host, port), connection_handler(make_protocol, tls), spawn=Pool(),
+                            backlog=LISTEN_BACKLOG), key)
+              for name, port, make_protocol, tls, key in listeners(settings, node, context)]
+    sampler = None
+    if settings.http:
+        sampler = RateSampler(node, settings.stats_interval).start()
+        # HTTPS with the listeners' TLS when the broker has no plain listeners at all.
+        wanted.append(("HTTP", settings.http_host, settings.http_port,
+                       management_server(node, sampler, settings.http_host, settings.http_port,
+                                         settings.per_queue_metrics, None if settings.plain else context),
+                       "http_port"))
+    for name, host, port, server, key in wanted:
         try:
             server.start()
         except OSError as exc:
-            log.error("cannot listen on %s:%s for %s clients: %s", settings.host, port, name, exc.strerror or exc)
+            log.error("cannot listen on %s:%s for %s clients: %s", host, port, name, exc.strerror or exc)
             for started in servers:
                 started.stop(timeout=0)
             node.close()
             return 1
         servers.append(server)
         ports[key] = server.server_port
-        log.info("GreenMQ %s listening for %s clients on %s:%d", VERSION, name, settings.host, server.server_port)
+        log.info("GreenMQ %s listening for %s clients on %s:%d", VERSION, name, host, server.server_port)
 
     stopping = Event()
     gevent.signal_handler(signal.SIGTERM, stopping.set)
@@ -175,6 +188,8 @@ def main(argv=None):
         server.close()                      # no new clients while the others are told
     for server in servers:
         server.stop(timeout=0)              # each connection is closed with 320 and the reason
+    if sampler is not None:
+        sampler.stop()
     node.close()                            # the store's pending commits are finished
     log.info("stopped")
     return 0

@@ -16,12 +16,14 @@ except ImportError:             # Python < 3.11: the same parser, from PyPI
 
 from message import DEFAULT_MAX_MESSAGE_BYTES
 from protocol import HELLO_TIMEOUT_SECONDS, max_line_bytes_for
+from stats import DEFAULT_SAMPLE_INTERVAL_SECONDS
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5680          # JSON lines
 DEFAULT_AMQP_PORT = 5672     # AMQP 0-9-1, where every AMQP client looks first
 DEFAULT_TLS_PORT = 5681      # JSON lines over TLS: next to the plain port
 DEFAULT_AMQPS_PORT = 5671    # AMQP over TLS, RabbitMQ's (and IANA's) amqps port
+DEFAULT_HTTP_PORT = 15672    # the management API, RabbitMQ's management port, where its tools look first
 # Beside the broker's working directory, so `python3 broker.py` keeps its messages where
 # the next `python3 broker.py` from the same place finds them.
 DEFAULT_DATA_DIR = "greenmq-data"
@@ -95,6 +97,14 @@ SETTINGS = {
     "tls_ca": (_text, None, "CA certificates (PEM): clients must present a certificate they signed"),
     "tls_port": (_port, DEFAULT_TLS_PORT, f"JSON-lines over TLS port (default {DEFAULT_TLS_PORT})"),
     "amqps_port": (_port, DEFAULT_AMQPS_PORT, f"AMQP over TLS port (default {DEFAULT_AMQPS_PORT})"),
+    "http": (_bool, True, "no management API, dashboard or /metrics"),
+    "http_host": (_text, DEFAULT_HOST, f"address of the management API, dashboard and /metrics (default {DEFAULT_HOST})"),
+    "http_port": (_port, DEFAULT_HTTP_PORT, f"management HTTP port (default {DEFAULT_HTTP_PORT}; HTTPS with "
+                                            "the TLS settings when there are no plain listeners)"),
+    "stats_interval": (_seconds, DEFAULT_SAMPLE_INTERVAL_SECONDS,
+                       "seconds between samples of the message counters behind the API's rates "
+                       f"(default {DEFAULT_SAMPLE_INTERVAL_SECONDS:g})"),
+    "per_queue_metrics": (_bool, True, "leave per-queue series out of /metrics (for brokers with very many queues)"),
     "max_message_bytes": (_message_bytes, DEFAULT_MAX_MESSAGE_BYTES,
                           f"largest message body accepted, both protocols (default {DEFAULT_MAX_MESSAGE_BYTES})"),
     "max_line_bytes": (_line_bytes, None, "longest JSON line accepted (default: room for a base64 body of "

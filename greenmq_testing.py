@@ -218,8 +218,9 @@ def start(host="127.0.0.1", port=0, amqp_port=0, keep_data=False, log_level="inf
     process = _BrokerProcess(python, keep_data)
     _running.add(process)
     try:
+        # The management API on a free port too, so test brokers never contend for 15672.
         ready = process.start(["--host", host, "--port", str(port), "--amqp-port", str(amqp_port),
-                               "--log-level", log_level])
+                               "--http-port", "0", "--log-level", log_level])
     except BaseException:
         process.stop()
         raise

@@ -40,7 +40,7 @@ class BrokerProcess:
         self._log = tempfile.NamedTemporaryFile(prefix="greenmq-broker-", suffix=".log", delete=False)
         # Free ports only: another broker (a reference RabbitMQ, say) may hold 5672.
         command = [self.python, os.path.join(ROOT, self.script), "--port", "0", "--amqp-port", "0",
-                   "--data-dir", self.data_dir, *self.args]
+                   "--http-port", "0", "--data-dir", self.data_dir, *self.args]
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
                                         env=self.env,
                                         preexec_fn=self._limit_open_files if self.open_files else None)
@@ -76,6 +76,10 @@ class BrokerProcess:
     @property
     def amqps_port(self):
         return self.ports["amqps_port"]
+
+    @property
+    def http_port(self):
+        return self.ports["http_port"]
 
     @property
     def pid(self):

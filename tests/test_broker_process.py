@@ -71,12 +71,14 @@ def test_client_sockets_get_a_short_keepalive_so_vanished_peers_are_noticed(brok
 
 
 def test_the_broker_says_on_stdout_when_it_accepts_clients():
-    process = subprocess.Popen([sys.executable, "broker.py", "--port", "0", "--amqp-port", "0", "--in-memory"], cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen([sys.executable, "broker.py", "--port", "0", "--amqp-port", "0", "--http-port", "0",
+                                "--in-memory"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         ready = json.loads(process.stdout.readline())
-        assert ready == {"ready": True, "host": "127.0.0.1", "port": ready["port"], "amqp_port": ready["amqp_port"]}
+        assert ready == {"ready": True, "host": "127.0.0.1", "port": ready["port"], "amqp_port": ready["amqp_port"],
+                         "http_port": ready["http_port"]}
         socket.create_connection(("127.0.0.1", ready["amqp_port"]), timeout=5).close()
+        socket.create_connection(("127.0.0.1", ready["http_port"]), timeout=5).close()
         with connection.Connection("127.0.0.1", ready["port"]) as client:
             assert client.list_queues() == []
     finally:
