@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: run test bench clean
+.PHONY: run test bench clean browser screenshot
 
 # Debian's python3 ships venv without ensurepip until python3-venv is installed.
 $(PY):
@@ -23,8 +23,19 @@ $(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt
 run: $(VENV)/.installed
 	$(PY) broker.py $(ARGS)
 
-test: $(VENV)/.test-installed
+# The dashboard's tests drive Debian's chromium; it is installed when missing. Where it cannot
+# be (no root, no Debian archive) those tests are skipped and say why.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } || \
+	  echo "could not install chromium: the dashboard tests will be skipped"
+
+test: $(VENV)/.test-installed browser
 	$(PY) -m pytest -q tests
+
+# The README's picture of the dashboard.
+screenshot: $(VENV)/.test-installed browser
+	$(PY) -m tests.dashboard_screenshot docs/dashboard.png
 
 # BENCH_URL=amqp://guest:guest@127.0.0.1:5682/%2f measures a reference broker in the same run.
 bench: $(VENV)/.test-installed
