@@ -42,6 +42,7 @@ def ready_in_api(broker, queue):
 
 def test_the_page_loads_without_console_errors_and_shows_a_queue_with_its_count(dashboard_broker, browser, name):
     call(dashboard_broker.http_port, "PUT", path("queues", "/", name), {"durable": False})
+    call(dashboard_broker.http_port, "PUT", path("queues", "/", "a-queue-the-filter-hides"), {"durable": False})
     publish(dashboard_broker, name, 7)
     open_dashboard(browser, dashboard_broker.http_port)
     browser.find_element(By.ID, "tab-queues").click()
@@ -49,10 +50,30 @@ def test_the_page_loads_without_console_errors_and_shows_a_queue_with_its_count(
     assert cells[2].text == "7"                          # Ready
     publish(dashboard_broker, name, 2)                   # the table refreshes by itself
     wait_until(lambda: queue_row(browser, name).find_elements(By.TAG_NAME, "td")[2].text == "9")
-    browser.find_element(By.ID, "queues-table-filter").send_keys(name)
+    wait_until(lambda: queue_row(browser, "a-queue-the-filter-hides"))
+    browser.find_element(By.ID, "queues-table-filter").send_keys(name[:12])
     assert [row.get_attribute("data-name") for row in
             browser.find_elements(By.CSS_SELECTOR, "#queues-table tr[data-name]")] == [name]
     assert console_errors(browser) == []
+
+
+def test_tables_sort_by_the_column_clicked(dashboard_broker, browser, name):
+    depths = {f"{name}-{letter}": depth for letter, depth in zip("abc", (12, 3, 7))}  # 12 sorts first as text
+    for queue, depth in depths.items():
+        call(dashboard_broker.http_port, "PUT", path("queues", "/", queue), {"durable": False})
+        publish(dashboard_broker, queue, depth)
+    open_dashboard(browser, dashboard_broker.http_port)
+    browser.find_element(By.ID, "tab-queues").click()
+    wait_until(lambda: browser.find_element(By.ID, "queues-table-filter")).send_keys(name + "-")
+
+    def order():
+        return [row.get_attribute("data-name") for row in
+                browser.find_elements(By.CSS_SELECTOR, "#queues-table tr[data-name]")]
+    wait_until(lambda: order() == sorted(depths))                   # by name at first
+    browser.find_element(By.CSS_SELECTOR, '#queues-table th[data-key="messages_ready"]').click()
+    assert order() == sorted(depths, key=depths.get)
+    browser.find_element(By.CSS_SELECTOR, '#queues-table th[data-key="messages_ready"]').click()
+    assert order() == sorted(depths, key=depths.get, reverse=True)
 
 
 def test_the_chart_moves_as_messages_flow(dashboard_broker, browser, name):
