@@ -44,6 +44,7 @@ bench: $(VENV)/.test-installed
 	$(PY) bench/amqp_broker_bound.py $(if $(BENCH_URL),--url "$(BENCH_URL)")
 	$(PY) bench/start_time.py
 	$(PY) bench/connections.py
+	$(PY) bench/watching.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
