@@ -669,21 +669,17 @@ def delete_user(api, request, name):
     return 204, None
 
 
-def user_permissions(api, request, name):
-    api.require_administrator(request)
-    return api.node.list_permissions(user=name)
+def _vhost_json(vhost):
+    return {"name": vhost.name, "queues": len(vhost.queues), "tracing": False,
+            "messages": sum(q.message_count + q.unacked_count for q in vhost.queues.values())}
 
 
 def vhosts(api, request):
-    return [{"name": v.name, "messages": sum(q.message_count + q.unacked_count for q in v.queues.values()),
-             "queues": len(v.queues), "tracing": False}
-            for v in api.visible_vhosts(request)]
+    return [_vhost_json(v) for v in api.visible_vhosts(request)]
 
 
 def vhost_detail(api, request, name):
-    v = api.vhost(request, name)
-    return {"name": v.name, "queues": len(v.queues), "tracing": False,
-            "messages": sum(q.message_count + q.unacked_count for q in v.queues.values())}
+    return _vhost_json(api.vhost(request, name))
 
 
 def put_vhost(api, request, name):
@@ -701,14 +697,10 @@ def delete_vhost(api, request, name):
     return 204, None
 
 
-def vhost_permissions(api, request, name):
+def permissions(api, request, vhost=None, user=None):
+    """All of them, a vhost's or a user's."""
     api.require_administrator(request)
-    return api.node.list_permissions(vhost=name)
-
-
-def permissions(api, request):
-    api.require_administrator(request)
-    return api.node.list_permissions()
+    return api.node.list_permissions(vhost=vhost, user=user)
 
 
 def permission_detail(api, request, vhost, user):
@@ -781,12 +773,12 @@ _ROUTES = [
     ("GET", "/api/users/{name}", user_detail),
     ("PUT", "/api/users/{name}", put_user),
     ("DELETE", "/api/users/{name}", delete_user),
-    ("GET", "/api/users/{name}/permissions", user_permissions),
+    ("GET", "/api/users/{user}/permissions", permissions),
     ("GET", "/api/vhosts", vhosts),
     ("GET", "/api/vhosts/{name}", vhost_detail),
     ("PUT", "/api/vhosts/{name}", put_vhost),
     ("DELETE", "/api/vhosts/{name}", delete_vhost),
-    ("GET", "/api/vhosts/{name}/permissions", vhost_permissions),
+    ("GET", "/api/vhosts/{vhost}/permissions", permissions),
     ("GET", "/api/permissions", permissions),
     ("GET", "/api/permissions/{vhost}/{user}", permission_detail),
     ("PUT", "/api/permissions/{vhost}/{user}", put_permission),
