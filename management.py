@@ -34,7 +34,7 @@ from message import Message, json_value
 from node import SERVER_NAME, VERSION
 from protocol import _properties_in
 from queue_store import MESSAGE_COUNTERS
-from stats import node_totals
+from stats import totals
 
 log = logging.getLogger("greenmq.management")
 
@@ -318,7 +318,7 @@ def overview(api, request):
                               "consumers": sum(len(queue.consumers) for queue in queues)},
             "queue_totals": {"messages": ready + unacked, "messages_ready": ready,
                              "messages_unacknowledged": unacked},
-            "message_stats": _rate_details(node_totals(api.node), api.sampler.node_rates)}
+            "message_stats": _rate_details(totals(vhosts), api.sampler.rates(vhosts))}
 
 
 def whoami(api, request):
@@ -833,9 +833,9 @@ def prometheus_text(node, per_queue=True):
     metric("greenmq_messages_ready", "gauge", "Messages ready for delivery.", [("", sum(r for _, _, r in ready))])
     metric("greenmq_messages_unacked", "gauge", "Messages delivered and not yet acknowledged.",
            [("", sum(q.unacked_count for _, q in queues))])
-    totals = node_totals(node)
+    counts = totals(node.vhosts.values())
     for counter in MESSAGE_COUNTERS:
-        metric(f"greenmq_messages_{counter}_total", "counter", _COUNTER_HELP[counter], [("", totals[counter])])
+        metric(f"greenmq_messages_{counter}_total", "counter", _COUNTER_HELP[counter], [("", counts[counter])])
     if per_queue:
         labels = [(queue, f'{{vhost="{_label(vhost.name)}",queue="{_label(queue.name)}"}}') for vhost, queue in queues]
         metric("greenmq_queue_messages_ready", "gauge", "Messages ready for delivery, per queue.",

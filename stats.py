@@ -18,31 +18,32 @@ from queue_store import MESSAGE_COUNTERS
 DEFAULT_SAMPLE_INTERVAL_SECONDS = 5.0
 
 
-def node_totals(node):
-    """Node-wide counters: publishes as routed by vhosts (one per message, however many
-    queues it reached), the rest summed over queues, living and deleted."""
-    totals = dict.fromkeys(MESSAGE_COUNTERS, 0)
+def totals(vhosts):
+    """The vhosts' counters: publishes as routed (one per message, however many queues it
+    reached), the rest summed over their queues, living and deleted."""
+    counts = dict.fromkeys(MESSAGE_COUNTERS, 0)
     published = 0
-    for vhost in node.vhosts.values():
+    for vhost in vhosts:
         published += vhost.published
         for counter, value in vhost.deleted_queue_counts.items():
-            totals[counter] += value
+            counts[counter] += value
         for queue in vhost.queues.values():
             for counter in MESSAGE_COUNTERS:
-                totals[counter] += getattr(queue, counter)
-    totals["published"] = published
-    return totals
+                counts[counter] += getattr(queue, counter)
+    counts["published"] = published
+    return counts
 
 
 class RateSampler:
-    """Per second rates of the node's and each queue's counters over the last interval."""
+    """Per second rates of the node's, each vhost's and each queue's counters over the last
+    interval."""
 
     def __init__(self, node, interval=DEFAULT_SAMPLE_INTERVAL_SECONDS):
         self.node = node
         self.interval = interval
-        self.node_rates = dict.fromkeys(MESSAGE_COUNTERS, 0.0)
+        self._vhost_rates = {}      # vhost -> rates dict
+        self._vhost_counts = {vhost: totals((vhost,)) for vhost in node.vhosts.values()}
         self._queue_rates = {}      # queue -> rates tuple in MESSAGE_COUNTERS order
-        self._node_counts = node_totals(node)
         self._queue_counts = {}
         self._sampled_at = time.monotonic()
         self._greenlet = None
@@ -63,9 +64,13 @@ class RateSampler:
     def sample(self):
         now = time.monotonic()
         elapsed = max(now - self._sampled_at, 1e-6)
-        counts = node_totals(self.node)
-        self.node_rates = {counter: max(counts[counter] - self._node_counts[counter], 0) / elapsed
-                           for counter in MESSAGE_COUNTERS}
+        vhost_counts, vhost_rates = {}, {}
+        for vhost in self.node.vhosts.values():
+            counts = vhost_counts[vhost] = totals((vhost,))
+            previous = self._vhost_counts.get(vhost)
+            if previous is not None:
+                vhost_rates[vhost] = {counter: (counts[counter] - previous[counter]) / elapsed
+                                      for counter in MESSAGE_COUNTERS}
         queue_counts, queue_rates = {}, {}
         previous_counts = self._queue_counts
         for vhost in self.node.vhosts.values():
@@ -75,8 +80,17 @@ class RateSampler:
                 previous = previous_counts.get(queue)
                 if previous is not None:
                     queue_rates[queue] = tuple((c - p) / elapsed for c, p in zip(current, previous))
-        self._node_counts, self._queue_counts, self._queue_rates = counts, queue_counts, queue_rates
+        self._vhost_counts, self._vhost_rates = vhost_counts, vhost_rates
+        self._queue_counts, self._queue_rates = queue_counts, queue_rates
         self._sampled_at = now
+
+    def rates(self, vhosts):
+        """The vhosts' rates together."""
+        summed = dict.fromkeys(MESSAGE_COUNTERS, 0.0)
+        for vhost in vhosts:
+            for counter, rate in self._vhost_rates.get(vhost, {}).items():
+                summed[counter] += rate
+        return summed
 
     def queue_rates(self, queue):
         rates = self._queue_rates.get(queue)

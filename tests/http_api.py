@@ -8,9 +8,13 @@ from urllib.parse import quote
 GUEST = ("guest", "guest")
 
 
-def call(port, method, path, body=None, auth=GUEST, raw=None, headers=None):
-    """(status, decoded JSON or None). `raw` bytes are sent as they are instead of `body`."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+def call(port, method, path, body=None, auth=GUEST, raw=None, headers=None, tls=None):
+    """(status, decoded JSON or None). `raw` bytes are sent as they are instead of `body`;
+    with an ssl context `tls`, over HTTPS."""
+    if tls is None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    else:
+        connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=tls)
     try:
         sent = dict(headers or {})
         if auth is not None:

@@ -1,5 +1,7 @@
 """The management HTTP API and /metrics, through real HTTP requests to a broker process."""
 
+import http.client
+import ssl
 import time
 
 import pika
@@ -9,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import connection
 from tests.broker_process import BrokerProcess
 from tests.http_api import call, path
+from tests.tls_certificates import write_certificates
 
 # Short, so a test sees rates within a second or two rather than the default five.
 STATS_INTERVAL = "0.3"
@@ -80,6 +83,21 @@ def test_users_without_a_management_tag_or_permission_are_refused_with_403(mgmt,
         assert api(mgmt, "GET", *admin_only, auth=reader)[0] == 403
     assert api(mgmt, "PUT", "vhosts", name, body={}, auth=reader)[0] == 403
     assert api(mgmt, "GET", "queues", "/", name)[0] == 200
+
+
+def test_a_management_users_overview_counts_only_its_vhosts(mgmt, name):
+    vhost = name + "-vhost"
+    api(mgmt, "PUT", "vhosts", vhost, body={})
+    user = add_user(mgmt, name, "management")
+    api(mgmt, "PUT", "permissions", vhost, name, body={"configure": ".*", "write": ".*", "read": ".*"})
+    api(mgmt, "PUT", "queues", "/", name, body={"durable": False})
+    for _ in range(3):
+        api(mgmt, "POST", "exchanges", "/", "amq.default", "publish", body={"routing_key": name, "payload": "x"})
+    mine, everything = api(mgmt, "GET", "overview", auth=user)[1], api(mgmt, "GET", "overview")[1]
+    assert mine["message_stats"]["publish"] == 0 and everything["message_stats"]["publish"] >= 3
+    assert mine["queue_totals"]["messages"] == 0 and everything["queue_totals"]["messages"] >= 3
+    assert mine["object_totals"]["queues"] == 0 and [v["name"] for v in api(mgmt, "GET", "vhosts", auth=user)[1]] == [vhost]
+    api(mgmt, "DELETE", "vhosts", vhost)
 
 
 def test_unknown_vhosts_queues_exchanges_and_paths_are_404(mgmt, name):
@@ -379,6 +397,18 @@ def test_no_http_means_no_management_listener():
     with BrokerProcess("--no-http") as broker:
         assert "HTTP" not in broker.ports
         assert "HTTP clients" not in broker.log()
+
+
+def test_without_plain_listeners_the_api_is_served_over_https_only(tmp_path):
+    certificates = write_certificates(tmp_path)
+    with BrokerProcess("--in-memory", "--tls-cert", certificates["server_cert"], "--tls-key",
+                       certificates["server_key"], "--no-plain", "--tls-port", "0", "--amqps-port", "0") as broker:
+        tls = ssl.create_default_context(cafile=certificates["ca"])
+        status, overview = call(broker.http_port, "GET", "/api/overview", tls=tls)
+        assert status == 200 and overview["product_name"] == "GreenMQ"
+        with pytest.raises((http.client.HTTPException, ConnectionError)):
+            call(broker.http_port, "GET", "/api/overview")          # plain HTTP is not answered
+        assert "Traceback" not in broker.log()
 
 
 def test_a_taken_http_port_stops_the_start_with_one_clear_sentence(mgmt):
