@@ -53,8 +53,7 @@ QUEUE_OVERHEAD_BYTES = 2_000
 NODE_NAME = f"greenmq@{socket.gethostname()}"
 DASHBOARD_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboard.html")
 
-# HTTP statuses for the core's reply codes; any other code is the client's fault (400)
-# unless it is the broker's (5xx below).
+# HTTP statuses for the core's reply codes; any other code is a refused request (400).
 _HTTP_STATUS = {403: 403, 404: 404, 405: 409, 506: 503, 541: 500}
 _REASONS = {200: "200 OK", 201: "201 Created", 204: "204 No Content", 400: "400 Bad Request",
             401: "401 Unauthorized", 403: "403 Forbidden", 404: "404 Not Found",
@@ -136,8 +135,8 @@ class ManagementApi:
         except HttpError as exc:
             status, payload, content_type = exc.status, _error(exc.status, exc.reason), "application/json"
         except BrokerError as exc:
-            status = _HTTP_STATUS.get(exc.code, 500 if exc.code >= 500 and exc.code not in (502, 503) else 400)
-            status, payload, content_type = status, _error(status, exc.text), "application/json"
+            status = _HTTP_STATUS.get(exc.code, 400)
+            payload, content_type = _error(status, exc.text), "application/json"
         headers = [("Content-Type", content_type), ("Cache-Control", "no-cache")]
         if status == 401 and environ.get("HTTP_X_REQUESTED_WITH") != "XMLHttpRequest":
             # The dashboard asks for credentials itself; a browser's own prompt only for the rest.
@@ -370,9 +369,9 @@ def connection_detail(api, request, name):
 
 
 def close_connection(api, request, name):
-    connection_detail(api, request, name)
-    if not request.sees_everything:
-        api.require_administrator(request)  # management users may see their own, not close them
+    """As in RabbitMQ: a user may close its own connections, an administrator any."""
+    if connection_detail(api, request, name)["user"] != request.user.name:
+        api.require_administrator(request)
     api.node.close_connection(name, request.environ.get("HTTP_X_REASON") or "Closed via management API")
     return 204, None
 

@@ -8,7 +8,9 @@ every second, and the time /api/queues and /metrics take with many queues.
 Flow: bench/throughput.py's transient run (one producer, one consumer, 100-byte bodies),
 alternately without and with a watcher, in one broker; the watcher is a separate process
 making the requests the dashboard's queues tab makes each second (overview, queues,
-exchanges, bindings, connections, consumers), or with --browser the dashboard itself.
+exchanges, bindings, connections, consumers), or with --browser the dashboard itself. On
+two shared cores the watcher's own CPU weighs on the clients too, so the broker's CPU time
+per refresh is measured as well: what a refresh takes from the broker, whatever the machine.
 """
 
 import argparse
@@ -72,6 +74,29 @@ def flow(args, broker):
     print(f"  ratio watched/alone: {statistics.median(watched) / statistics.median(alone):.3f}")
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def refresh_cost(args, broker):
+    """The broker's CPU time per dashboard refresh, with `--refresh-queues` queues."""
+    with connection.Connection("127.0.0.1", broker.port) as conn:
+        channel = conn.channel()
+        for i in range(args.refresh_queues):
+            channel.queue_declare(f"bench.refresh.{i:04d}")
+    refreshes = 200
+    before = cpu_seconds(broker.pid)
+    for _ in range(refreshes):
+        for path in DASHBOARD_REQUESTS:
+            call(broker.http_port, "GET", path)
+    per_refresh = (cpu_seconds(broker.pid) - before) / refreshes
+    print(f"broker CPU per dashboard refresh ({len(DASHBOARD_REQUESTS)} requests, {args.refresh_queues} queues): "
+          f"{per_refresh * 1000:.1f} ms, {per_refresh * 100:.2f}% of the broker's time at one refresh a second")
+
+
 def many_queues(args, broker):
     with connection.Connection("127.0.0.1", broker.port) as conn:
         channel = conn.channel()
@@ -96,8 +121,11 @@ def main():
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--queues", type=int, default=10_000)
+    parser.add_argument("--refresh-queues", type=int, default=100)
     parser.add_argument("--browser", action="store_true", help="watch with the real dashboard in headless Chromium")
     args = parser.parse_args()
+    with BrokerProcess("--in-memory") as broker:
+        refresh_cost(args, broker)
     with BrokerProcess("--in-memory") as broker:
         flow(args, broker)
     with BrokerProcess("--in-memory") as broker:

@@ -307,11 +307,14 @@ def test_users_vhosts_and_permissions_through_the_api(mgmt, name):
     assert api(mgmt, "GET", "whoami", auth=(name, "changed"))[0] == 401
 
 
-def test_a_connection_is_closed_through_the_api(mgmt):
+def test_a_connection_is_closed_through_the_api_by_its_user_or_an_administrator(mgmt, name):
+    watcher = add_user(mgmt, name, "monitoring")
     with pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", mgmt.amqp_port)) as amqp:
         local_port = amqp._impl._transport._sock.getsockname()[1]
         [row] = [c for c in api(mgmt, "GET", "connections")[1] if c["peer_port"] == local_port]
         assert api(mgmt, "GET", "connections", row["name"])[1]["protocol"] == row["protocol"]
+        assert api(mgmt, "GET", "connections", row["name"], auth=watcher)[0] == 200       # sees it
+        assert api(mgmt, "DELETE", "connections", row["name"], auth=watcher)[0] == 403    # may not close it
         assert api(mgmt, "DELETE", "connections", row["name"])[0] == 204
         with pytest.raises(pika.exceptions.ConnectionClosed):
             amqp.process_data_events(2)
