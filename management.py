@@ -23,6 +23,7 @@ import os
 import re
 import resource
 import socket
+import sys
 from urllib.parse import parse_qs, unquote
 
 from gevent.pool import Pool
@@ -51,7 +52,10 @@ MESSAGE_OVERHEAD_BYTES = 400
 QUEUE_OVERHEAD_BYTES = 2_000
 
 NODE_NAME = f"greenmq@{socket.gethostname()}"
-DASHBOARD_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboard.html")
+# Beside this module in a checkout or an editable install; under the prefix's share/greenmq
+# in a wheel install (setup.py's data_files).
+DASHBOARD_FILES = (os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboard.html"),
+                   os.path.join(sys.prefix, "share", "greenmq", "dashboard.html"))
 
 # HTTP statuses for the core's reply codes; any other code is a refused request (400).
 _HTTP_STATUS = {403: 403, 404: 404, 405: 409, 506: 503, 541: 500}
@@ -237,11 +241,13 @@ def _error(status, reason):
 
 
 def _dashboard():
-    try:
-        with open(DASHBOARD_FILE, "rb") as page:
-            return page.read()
-    except OSError:
-        raise HttpError(404, f"the dashboard page is not installed beside {__file__}") from None
+    for path in DASHBOARD_FILES:
+        try:
+            with open(path, "rb") as page:
+                return page.read()
+        except OSError:
+            continue
+    raise HttpError(404, f"the dashboard page is not installed ({' nor '.join(DASHBOARD_FILES)})")
 
 
 # -- shapes ----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ setup(
     py_modules=["access", "amqp_protocol", "broker", "config", "connection", "definitions", "durable_store", "errors",
                 "exchange", "greenmq_testing", "greenmqctl", "logs", "management", "message", "node", "protocol",
                 "pytest_greenmq", "queue_store", "session", "stats", "transport", "vhost"],
+    data_files=[("share/greenmq", ["dashboard.html"])],      # the management page, served by management.py
     python_requires=">=3.9",
     # tomllib is in the standard library from 3.11; tomli is the same parser for older ones.
     install_requires=["gevent>=23.9", "pamqp>=3.3", 'tomli>=1.1; python_version < "3.11"'],

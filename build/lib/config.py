@@ -1,0 +1,218 @@
+"""The broker's settings: each one a flag, an environment variable GREENMQ_<NAME> and a key
+of the TOML file given with --config (greenmq.example.toml documents them all). A flag wins
+over the environment, the environment over the file, the file over the default.
+
+A wrong setting stops the start with one line naming it (exit status 2): a broker that
+starts with a setting silently ignored is worse than one that does not start.
+"""
+
+import argparse
+import os
+
+try:
+    import tomllib
+except ImportError:             # Python < 3.11: the same parser, from PyPI
+    import tomli as tomllib
+
+from message import DEFAULT_MAX_MESSAGE_BYTES
+from protocol import HELLO_TIMEOUT_SECONDS, max_line_bytes_for
+from stats import DEFAULT_SAMPLE_INTERVAL_SECONDS
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 5680          # JSON lines
+DEFAULT_AMQP_PORT = 5672     # AMQP 0-9-1, where every AMQP client looks first
+DEFAULT_TLS_PORT = 5681      # JSON lines over TLS: next to the plain port
+DEFAULT_AMQPS_PORT = 5671    # AMQP over TLS, RabbitMQ's (and IANA's) amqps port
+DEFAULT_HTTP_PORT = 15672    # the management API, RabbitMQ's management port, where its tools look first
+# Beside the broker's working directory, so `python3 broker.py` keeps its messages where
+# the next `python3 broker.py` from the same place finds them.
+DEFAULT_DATA_DIR = "greenmq-data"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+ENVIRONMENT_PREFIX = "GREENMQ_"
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used; the message names it."""
+
+
+def _port(value):
+    if type(value) is not int or not 0 <= value <= 65535:
+        raise ValueError("must be between 0 and 65535 (0 picks a free one)")
+    return value
+
+
+def _line_bytes(value):
+    if type(value) is not int or value < 1024:
+        raise ValueError("must be an integer of at least 1024")
+    return value
+
+
+def _message_bytes(value):
+    if type(value) is not int or value < 1:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _seconds(value):
+    if type(value) not in (int, float) or not value > 0:
+        raise ValueError("must be a number of seconds above 0")
+    return value
+
+
+def _text(value):
+    if type(value) is not str or not value:
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+def _bool(value):
+    if type(value) is not bool:
+        raise ValueError("must be true or false")
+    return value
+
+
+def _log_format(value):
+    if value not in LOG_FORMATS:
+        raise ValueError(f"must be one of {', '.join(LOG_FORMATS)}")
+    return value
+
+
+def _level(value):
+    if value not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return value
+
+
+# name: (check, default, flag help). The flag is --name-with-dashes; a bool that is true by
+# default is turned off with --no-name.
+SETTINGS = {
+    "host": (_text, DEFAULT_HOST, f"address to listen on (default {DEFAULT_HOST}; 0.0.0.0 for all)"),
+    "port": (_port, DEFAULT_PORT, f"JSON-lines port (default {DEFAULT_PORT})"),
+    "amqp_port": (_port, DEFAULT_AMQP_PORT, f"AMQP 0-9-1 port (default {DEFAULT_AMQP_PORT})"),
+    "amqp": (_bool, True, "do not listen for AMQP clients (neither plain nor TLS)"),
+    "plain": (_bool, True, "no plain (unencrypted) listeners: TLS ones only"),
+    "tls_cert": (_text, None, "certificate chain (PEM) for the TLS listeners; turns them on"),
+    "tls_key": (_text, None, "the certificate's private key (PEM; default: in --tls-cert's file)"),
+    "tls_ca": (_text, None, "CA certificates (PEM): clients must present a certificate they signed"),
+    "tls_port": (_port, DEFAULT_TLS_PORT, f"JSON-lines over TLS port (default {DEFAULT_TLS_PORT})"),
+    "amqps_port": (_port, DEFAULT_AMQPS_PORT, f"AMQP over TLS port (default {DEFAULT_AMQPS_PORT})"),
+    "http": (_bool, True, "no management API, dashboard or /metrics"),
+    "http_host": (_text, DEFAULT_HOST, f"address of the management API, dashboard and /metrics (default {DEFAULT_HOST})"),
+    "http_port": (_port, DEFAULT_HTTP_PORT, f"management HTTP port (default {DEFAULT_HTTP_PORT}; HTTPS with "
+                                            "the TLS settings when there are no plain listeners)"),
+    "stats_interval": (_seconds, DEFAULT_SAMPLE_INTERVAL_SECONDS,
+                       "seconds between samples of the message counters behind the API's rates "
+                       f"(default {DEFAULT_SAMPLE_INTERVAL_SECONDS:g})"),
+    "per_queue_metrics": (_bool, True, "leave per-queue series out of /metrics (for brokers with very many queues)"),
+    "max_message_bytes": (_message_bytes, DEFAULT_MAX_MESSAGE_BYTES,
+                          f"largest message body accepted, both protocols (default {DEFAULT_MAX_MESSAGE_BYTES})"),
+    "max_line_bytes": (_line_bytes, None, "longest JSON line accepted (default: room for a base64 body of "
+                                          f"max_message_bytes, {max_line_bytes_for(DEFAULT_MAX_MESSAGE_BYTES)} "
+                                          "by default; only more may be given)"),
+    "hello_timeout": (_seconds, HELLO_TIMEOUT_SECONDS, "seconds a JSON-lines client may take to send 'hello' "
+                                                       f"(default {HELLO_TIMEOUT_SECONDS:g})"),
+    "data_dir": (_text, DEFAULT_DATA_DIR, "where durable exchanges, queues, bindings, persistent messages, "
+                                          f"users and vhosts are kept (default ./{DEFAULT_DATA_DIR})"),
+    "in_memory": (_bool, False, "keep nothing on disk: everything lasts only as long as the process"),
+    "log_level": (_level, "info", "debug, info, warning or error (default info)"),
+    "log_file": (_text, None, "write the log here instead of standard error; reopened on SIGHUP "
+                              "or `greenmqctl rotate_logs`"),
+    "log_format": (_log_format, "text", "text (default) for people, or json: one object per line with "
+                                        "time, level, logger and message, for log collectors"),
+}
+
+
+def make_parser():
+    parser = argparse.ArgumentParser(
+        prog="broker.py", description="GreenMQ: a message broker with RabbitMQ's model, on gevent.",
+        epilog=f"Every setting can also be given as ${ENVIRONMENT_PREFIX}<NAME> (GREENMQ_AMQP_PORT=5673) or as "
+               "a key of the --config file (amqp_port = 5673); flags win over the environment, the "
+               "environment over the file.")
+    parser.add_argument("--config", help=f"TOML settings file (default ${ENVIRONMENT_PREFIX}CONFIG; "
+                                          "see greenmq.example.toml)")
+    for name, (check, default, help_text) in SETTINGS.items():
+        flag = "--" + name.replace("_", "-")
+        if check is _bool and default:
+            parser.add_argument("--no-" + name.replace("_", "-"), dest=name, action="store_const", const=False,
+                                help=help_text)
+        elif check is _bool:
+            parser.add_argument(flag, dest=name, action="store_const", const=True, help=help_text)
+        elif check in (_port, _line_bytes, _message_bytes):
+            parser.add_argument(flag, dest=name, type=int, help=help_text)
+        elif check is _seconds:
+            parser.add_argument(flag, dest=name, type=float, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, help=help_text)
+    return parser
+
+
+def load_settings(argv, environ=None):
+    """The settings as an argparse Namespace; ConfigError naming the first bad one."""
+    environ = os.environ if environ is None else environ
+    given = make_parser().parse_args(argv)
+    path = given.config or environ.get(ENVIRONMENT_PREFIX + "CONFIG")
+    from_file = _read_file(path) if path else {}
+    settings = argparse.Namespace(config=path)
+    for name, (check, default, _) in SETTINGS.items():
+        variable = ENVIRONMENT_PREFIX + name.upper()
+        if getattr(given, name) is not None:
+            source, value = f"--{name.replace('_', '-')}", getattr(given, name)
+        elif variable in environ:
+            source, value = f"${variable}", _from_environment(check, environ[variable])
+        elif name in from_file:
+            source, value = f"'{name}' in {path}", from_file[name]
+        else:
+            setattr(settings, name, default)
+            continue
+        try:
+            setattr(settings, name, check(value))
+        except ValueError as exc:
+            raise ConfigError(f"{source} {exc}, not {value!r}") from None
+    needed = max_line_bytes_for(settings.max_message_bytes)
+    if settings.max_line_bytes is not None and settings.max_line_bytes < needed:
+        raise ConfigError(f"max_line_bytes must be at least {needed}, to carry a base64 body of "
+                          f"max_message_bytes ({settings.max_message_bytes})")
+    if not settings.plain and not settings.tls_cert:
+        raise ConfigError("plain = false (--no-plain) needs tls_cert: there would be no listener at all")
+    for name in ("tls_key", "tls_ca"):
+        if getattr(settings, name) and not settings.tls_cert:
+            raise ConfigError(f"{name} is set but tls_cert is not: TLS needs a certificate")
+    return settings
+
+
+def _read_file(path):
+    try:
+        with open(path, "rb") as file:
+            document = tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    for key in document:
+        if key not in SETTINGS:
+            raise ConfigError(f"unknown key '{key}' in {path}"
+                              + (" (the file names settings, not flags: use underscores)" if "-" in key else ""))
+    return document
+
+
+def _from_environment(check, text):
+    """Environment values are text: read them as the setting's type."""
+    if check is _bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        return text
+    if check in (_port, _line_bytes, _message_bytes):
+        try:
+            return int(text)
+        except ValueError:
+            return text
+    if check is _seconds:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+    return text

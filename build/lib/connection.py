@@ -1,0 +1,847 @@
+"""GreenMQ's blocking client, over the JSON-lines protocol (PROTOCOL.md).
+
+Plain sockets and one helper thread, no gevent and no monkey-patching: use it from scripts
+and ordinary threads (one connection per thread, like pika's BlockingConnection).
+
+    conn = connection.Connection('localhost')
+    channel = conn.channel()
+    channel.queue_declare('hello')
+    channel.basic_publish('', 'hello', b'Hello World!')
+
+Publishes, acks and other requests that need no answer are queued and written in batches
+by a helper thread (or before the client waits for anything), so publishing never waits
+for the broker; calls that need an answer wait for it. Callbacks of consumers run only
+inside `start_consuming`, `process_data_events` or `consume`, in the calling thread.
+"""
+
+import base64
+import collections
+import itertools
+import json
+import os
+import selectors
+import signal
+import socket
+import threading
+import time
+
+DEFAULT_PORT = 5680
+PORT_ENVIRONMENT_VARIABLE = "GREENMQ_PORT"
+PROTOCOL_VERSION = 1
+
+# The queue of the original API's `publish(msg)` and `subscribe(callback)` with no names.
+DEFAULT_QUEUE = "default"
+
+# A signal (Ctrl-C) that lands after CPython's last check for pending signals but before
+# a blocking recv() starts is only acted on when recv returns: waiting in slices of this
+# length bounds that delay for an idle consumer.
+SIGNAL_CHECK_SECONDS = 0.5
+
+# Queued lines past this count are written by the publishing thread itself, so a producer
+# faster than the network waits for the socket instead of growing memory.
+MAX_QUEUED_LINES = 4096
+RECV_BYTES = 256 * 1024
+
+# What a broker that does not say otherwise in its `hello` reply accepts: RabbitMQ's default
+# max_message_size, and the line that carries such a body in base64.
+DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024 * 1024
+DEFAULT_MAX_LINE_BYTES = 4 * -(-DEFAULT_MAX_MESSAGE_BYTES // 3) + 1024 * 1024
+
+# A heartbeat is an empty line; either side gives the other up after two intervals of silence.
+HEARTBEAT_LINE = "\n"
+
+_ASYNCHRONOUS_SIGNALS = {getattr(signal, name) for name in (
+    "SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGALRM", "SIGUSR1", "SIGUSR2", "SIGCHLD", "SIGWINCH")
+    if hasattr(signal, name)}
+
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+_decode = json.JSONDecoder().decode
+_quote = json.encoder.encode_basestring_ascii
+
+PROPERTY_NAMES = (
+    "content_type", "content_encoding", "headers", "delivery_mode", "priority",
+    "correlation_id", "reply_to", "expiration", "message_id", "timestamp", "type",
+    "user_id", "app_id", "cluster_id",
+)
+
+
+# -- errors --------------------------------------------------------------------------------
+
+class GreenMQError(Exception):
+    """Base of everything this client raises."""
+
+
+class BrokerError(GreenMQError):
+    """The broker refused a request: `code` is its AMQP reply code, `text` its reason."""
+
+    def __init__(self, code, text, op=None):
+        super().__init__(text)
+        self.code = code
+        self.text = text
+        self.op = op
+
+
+class AccessRefused(BrokerError):
+    pass
+
+
+class NotFound(BrokerError):
+    pass
+
+
+class ResourceLocked(BrokerError):
+    pass
+
+
+class PreconditionFailed(BrokerError):
+    pass
+
+
+class ConnectionClosed(BrokerError):
+    """The connection is gone: closed by the broker (with its code and reason) or lost."""
+
+
+class NackError(GreenMQError):
+    """Confirm mode: the broker did not take responsibility for the message."""
+
+
+class UnroutableError(GreenMQError):
+    """Confirm mode: a mandatory message was returned because no queue was bound for it."""
+
+
+_ERRORS_BY_CODE = {403: AccessRefused, 404: NotFound, 405: ResourceLocked, 406: PreconditionFailed}
+
+
+def _broker_error(reply):
+    return _ERRORS_BY_CODE.get(reply.get("code"), BrokerError)(
+        reply.get("code"), reply.get("text", ""), reply.get("op"))
+
+
+# -- what consumers receive ----------------------------------------------------------------
+
+class BasicProperties:
+    """Message properties, named as in AMQP and pika; unset ones read as None."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, **properties):
+        unknown = set(properties) - set(PROPERTY_NAMES)
+        if unknown:
+            raise TypeError(f"unknown properties: {', '.join(sorted(unknown))}")
+        self._values = {name: value for name, value in properties.items() if value is not None}
+
+    @classmethod
+    def _from_wire(cls, values):
+        properties = cls.__new__(cls)
+        properties._values = values
+        return properties
+
+    def __getattr__(self, name):
+        if name in PROPERTY_NAMES:
+            return self._values.get(name)
+        raise AttributeError(name)
+
+    def __setattr__(self, name, value):
+        if name == "_values":
+            object.__setattr__(self, name, value)
+        elif name in PROPERTY_NAMES:
+            if value is None:
+                self._values.pop(name, None)
+            else:
+                self._values[name] = value
+        else:
+            raise AttributeError(name)
+
+    def __eq__(self, other):
+        return isinstance(other, BasicProperties) and self._values == other._values
+
+    def __repr__(self):
+        return f"BasicProperties({', '.join(f'{k}={v!r}' for k, v in self._values.items())})"
+
+
+class Delivery:
+    """The method part of a delivered message (pika's `method` argument)."""
+
+    __slots__ = ("consumer_tag", "delivery_tag", "redelivered", "exchange", "routing_key",
+                 "message_count")
+
+    def __init__(self, event):
+        self.consumer_tag = event.get("consumer_tag")
+        self.delivery_tag = event.get("delivery_tag")
+        self.redelivered = event.get("redelivered", False)
+        self.exchange = event.get("exchange", "")
+        self.routing_key = event.get("routing_key", "")
+        self.message_count = event.get("message_count")
+
+    def __repr__(self):
+        return (f"<Delivery tag={self.delivery_tag} exchange={self.exchange!r} "
+                f"routing_key={self.routing_key!r} redelivered={self.redelivered}>")
+
+
+class QueueDeclareOk:
+    """queue_declare's answer. `.method` returns itself, so pika's
+    `result.method.queue` works unchanged."""
+
+    __slots__ = ("queue", "message_count", "consumer_count")
+
+    def __init__(self, reply):
+        self.queue = reply["queue"]
+        self.message_count = reply["message_count"]
+        self.consumer_count = reply["consumer_count"]
+
+    @property
+    def method(self):
+        return self
+
+
+def _body_of(event):
+    body = event.get("body", "")
+    if event.get("body_encoding") == "base64":
+        return base64.b64decode(body)
+    return body.encode()
+
+
+def _properties_of(event):
+    values = event.get("properties")
+    return BasicProperties._from_wire(values if values is not None else {})
+
+
+# -- the connection ------------------------------------------------------------------------
+
+class Connection:
+    """A connection to a GreenMQ broker. `port` defaults to $GREENMQ_PORT, else 5680.
+    With `heartbeat` (seconds), each side sends an empty line when it has been silent for
+    half of it, and the broker is given up (ConnectionClosed) after two of silence. With
+    `ssl` (an ssl.SSLContext) it speaks TLS to the broker's --tls-port."""
+
+    def __init__(self, host="localhost", port=None, username="guest", password="guest",
+                 virtual_host="/", connect_timeout=10.0, client_properties=None, ssl=None, heartbeat=0):
+        if port is None:
+            port = int(os.environ.get(PORT_ENVIRONMENT_VARIABLE, DEFAULT_PORT))
+        self.host, self.port = host, port
+        self._sock = socket.create_connection((host, port), timeout=connect_timeout)
+        if ssl is not None:
+            try:
+                self._sock = ssl.wrap_socket(self._sock, server_hostname=host)
+            except BaseException:
+                self._sock.close()
+                raise
+        self._sock.settimeout(None)
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._readable = selectors.DefaultSelector()
+        self._readable.register(self._sock, selectors.EVENT_READ)
+        # TLS: bytes already decrypted wait in the SSL object, where select() cannot see them.
+        self._decrypted_waiting = getattr(self._sock, "pending", lambda: 0)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        self._queued = collections.deque()
+        self._send_lock = threading.Lock()
+        self._wakeup = threading.Event()
+        self._received = b""           # the start of a line whose newline has not arrived
+        self._last_received = self._last_sent = time.monotonic()
+        self._heartbeat = 0
+        self._replies = {}
+        self._next_id = 1
+        self._next_channel = 2
+        self._channels = {}
+        self._closed = None            # the ConnectionClosed to raise, once closed
+        self._default_queue_declared = False
+        self._writer = threading.Thread(target=self._write_loop, name="greenmq-writer", daemon=True)
+        try:
+            self.server_properties = self._call(None, "hello", protocol=PROTOCOL_VERSION,
+                                                user=username, password=password,
+                                                vhost=virtual_host, heartbeat=heartbeat,
+                                                client=client_properties or {"product": "greenmq-connection"})
+        except BaseException:
+            self._shutdown()
+            raise
+        self._heartbeat = self.server_properties.get("heartbeat", 0)
+        self.max_message_bytes = self.server_properties.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES)
+        max_line_bytes = self.server_properties.get("max_line_bytes", DEFAULT_MAX_LINE_BYTES)
+        # Bodies up to this long surely fit a line (escaped JSON text takes at most 12
+        # bytes a character) and the maximum message size (4 bytes a character); longer
+        # ones are measured before they are sent.
+        self._measure_bodies_over = min(self.max_message_bytes // 4, max_line_bytes // 16)
+        self._writer.start()
+        self._channels[1] = Channel(self, 1)
+
+    # -- the pika-like API --
+
+    def channel(self, channel_number=None):
+        """A new channel (its own delivery tags, prefetch and confirm mode)."""
+        number = channel_number or self._next_channel
+        self._next_channel = max(self._next_channel, number + 1)
+        self._call(number, "channel.open")
+        channel = self._channels[number] = Channel(self, number)
+        return channel
+
+    @property
+    def default_channel(self):
+        """Channel 1, open from the start; the original API's calls use it."""
+        return self._channels[1]
+
+    @property
+    def is_open(self):
+        return self._closed is None
+
+    def process_data_events(self, time_limit=0):
+        """Read what has arrived (waiting up to `time_limit` seconds, None for as long as
+        it takes for something to arrive) and run the consumers' callbacks."""
+        self._check_open()
+        if not self._dispatch_pending():
+            self._read(time_limit)
+            self._dispatch_pending()
+
+    def sleep(self, duration):
+        """Wait `duration` seconds while still serving consumers."""
+        deadline = time.monotonic() + duration
+        while (left := deadline - time.monotonic()) > 0:
+            self.process_data_events(left)
+
+    # -- listings, as `rabbitmqctl list_*` shows them (lists of dicts) --
+
+    def list_exchanges(self):
+        return self._call(None, "list_exchanges")["items"]
+
+    def list_queues(self):
+        return self._call(None, "list_queues")["items"]
+
+    def list_bindings(self):
+        return self._call(None, "list_bindings")["items"]
+
+    def list_consumers(self):
+        return self._call(None, "list_consumers")["items"]
+
+    def list_connections(self):
+        return self._call(None, "list_connections")["items"]
+
+    # -- administration (an administrator's account) --
+
+    def call(self, op, **fields):
+        """Send any request of PROTOCOL.md on the connection and return the broker's answer
+        (a dict); a refusal raises BrokerError with its code. greenmqctl speaks through this."""
+        return self._call(None, op, **fields)
+
+    def add_vhost(self, name):
+        self._call(None, "vhost.add", vhost=name)
+
+    def delete_vhost(self, name):
+        """Delete a virtual host with everything in it; its connections are closed (320)."""
+        self._call(None, "vhost.delete", vhost=name)
+
+    def close(self):
+        """Say goodbye (the answer means every request before it was handled) and hang up.
+        A connection already broken (the broker gone, or a Ctrl-C that cut a read or a
+        write short) is just hung up."""
+        if self._closed is not None:
+            return
+        try:
+            self._call(None, "close")
+        except (GreenMQError, ValueError, OSError):
+            pass
+        self._shutdown()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    # -- the original API (seed 000) --
+
+    def create_exchange(self, name, type="direct", durable=False, auto_delete=False):
+        """Declare an exchange; `type` is direct, fanout, topic or headers, in any case."""
+        self.default_channel.exchange_declare(name, type.lower(), durable=durable, auto_delete=auto_delete)
+
+    def create_queue(self, name="", exchange_name=None, routing_key=None, durable=False,
+                     exclusive=False, auto_delete=False, exchane_name=None):
+        """Declare a queue and, given an exchange, bind it with `routing_key` (default: the
+        queue's name). Returns the queue's name. `exchane_name` is the original API's
+        spelling of `exchange_name`."""
+        exchange_name = exchange_name if exchange_name is not None else exchane_name
+        queue = self.default_channel.queue_declare(name, durable=durable, exclusive=exclusive,
+                                                   auto_delete=auto_delete).queue
+        if exchange_name:
+            self.default_channel.queue_bind(queue, exchange_name, routing_key if routing_key is not None else queue)
+        return queue
+
+    def publish(self, msg, name=None, exchange="", routing_key=None, properties=None):
+        """Send `msg` (str or bytes) through `exchange` to the queue bound as `name`;
+        with neither, to the default queue."""
+        if routing_key is None:
+            routing_key = name if name is not None else DEFAULT_QUEUE
+        if not exchange and routing_key == DEFAULT_QUEUE:
+            self._declare_default_queue()
+        self.default_channel.basic_publish(exchange, routing_key, msg, properties)
+
+    def subscribe(self, callback, name=None, auto_ack=True):
+        """Call `callback(message)` for every message of queue `name` (default: the default
+        queue), forever. Text arrives as str, other bodies as bytes."""
+        if name is None:
+            name = DEFAULT_QUEUE
+            self._declare_default_queue()
+
+        def on_message(channel, method, properties, body):
+            try:
+                message = body.decode()
+            except UnicodeDecodeError:
+                message = body
+            callback(message)
+            if not auto_ack:
+                channel.basic_ack(method.delivery_tag)
+
+        self.default_channel.basic_consume(name, on_message, auto_ack=auto_ack)
+        self.default_channel.start_consuming()
+
+    def _declare_default_queue(self):
+        if not self._default_queue_declared:
+            self.default_channel.queue_declare(DEFAULT_QUEUE)
+            self._default_queue_declared = True
+
+    # -- the wire --
+
+    def _queue_line(self, request):
+        """Send a request that gets no answer: batched by the writer thread."""
+        self._check_open()
+        self._queued.append(_encode(request) + "\n")
+        if len(self._queued) > MAX_QUEUED_LINES:
+            self._flush()
+        elif not self._wakeup.is_set():
+            self._wakeup.set()
+
+    def _call(self, channel, op, **fields):
+        """Send a request (on `channel`, None for the connection) and wait for its answer;
+        raises the broker's refusal."""
+        self._check_open()
+        request_id = self._next_id
+        self._next_id += 1
+        fields["op"] = op
+        fields["id"] = request_id
+        if channel is not None and channel != 1:
+            fields["channel"] = channel
+        self._queued.append(_encode(fields) + "\n")
+        self._flush()
+        while request_id not in self._replies:
+            self._read(None)
+        reply = self._replies.pop(request_id)
+        if not reply.get("ok"):
+            raise _broker_error(reply)
+        return reply
+
+    def _flush(self):
+        with self._send_lock:
+            queued = self._queued
+            count = len(queued)
+            if not count:
+                return
+            data = "".join([queued.popleft() for _ in range(count)]).encode()
+            try:
+                self._sock.sendall(data)
+            except OSError as exc:
+                self._lost(exc)
+            self._last_sent = time.monotonic()
+
+    def _write_loop(self):
+        # The kernel may deliver a process signal to any thread that does not block it;
+        # taken here, a Ctrl-C would never interrupt the main thread's blocking recv.
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNCHRONOUS_SIGNALS)
+        heartbeat = self._heartbeat
+        while True:
+            woken = self._wakeup.wait(heartbeat / 2 if heartbeat else None)
+            if self._closed is not None:
+                return
+            if woken:
+                self._wakeup.clear()
+            elif time.monotonic() - self._last_sent >= heartbeat / 2:
+                self._queued.append(HEARTBEAT_LINE)
+            try:
+                self._flush()
+            except ConnectionClosed:
+                return
+
+    def _read(self, timeout):
+        """Wait up to `timeout` (None: no limit) for data and file what arrives."""
+        self._flush()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = SIGNAL_CHECK_SECONDS if deadline is None else min(
+                SIGNAL_CHECK_SECONDS, max(0.0, deadline - time.monotonic()))
+            # Waiting is done here, not by a socket timeout: that would also bound the
+            # writer thread's sendall, and a large message (or a broker busy for a moment)
+            # would then cost the whole connection.
+            try:
+                if self._decrypted_waiting() or self._readable.select(wait):
+                    data = self._sock.recv(RECV_BYTES)
+                    break
+            except (OSError, ValueError) as exc:      # ValueError: closed by the writer thread
+                self._lost(exc)
+            now = time.monotonic()
+            if self._heartbeat and now - self._last_received > 2 * self._heartbeat:
+                self._lost(f"missed heartbeats from the broker, timeout: {self._heartbeat}s")
+            if deadline is not None and now >= deadline:
+                return
+        if not data:
+            self._lost(None)
+        self._data_received(data)
+
+    def _data_received(self, data):
+        """File the events and replies of every whole line in `data`."""
+        self._last_received = time.monotonic()
+        lines = data.split(b"\n")
+        if self._received:
+            # Only the new bytes were searched; the line grows in place (linear time).
+            head = self._received
+            if type(head) is bytes:
+                head = bytearray(head)
+            head += lines[0]
+            lines[0] = head
+        self._received = lines.pop()
+        channels = self._channels
+        for line in lines:
+            if not line:
+                continue            # a heartbeat
+            event = _decode(line.decode())
+            kind = event.get("event")
+            if kind is None:
+                if "id" in event:
+                    self._replies[event["id"]] = event
+                else:
+                    channel = channels.get(event.get("channel", 1))
+                    if channel is not None:
+                        channel._errors.append(_broker_error(event))
+            elif kind == "deliver":
+                channel = channels.get(event["channel"])
+                if channel is not None:
+                    channel._deliveries.append(event)
+            elif kind == "close":
+                self._closed = ConnectionClosed(event.get("code"), event.get("text", ""))
+            else:
+                channel = channels.get(event.get("channel"))
+                if channel is not None:
+                    channel._event(kind, event)
+        if self._closed is not None:
+            self._shutdown()
+            raise self._closed
+
+    def _dispatch_pending(self):
+        dispatched = False
+        for channel in list(self._channels.values()):
+            dispatched = channel._dispatch() or dispatched
+        return dispatched
+
+    def _check_open(self):
+        if self._closed is not None:
+            raise self._closed
+
+    def _lost(self, exc):
+        if self._closed is None:
+            self._closed = ConnectionClosed(None, f"connection lost: {exc or 'closed by the broker'}")
+        self._shutdown()
+        raise self._closed
+
+    def _shutdown(self):
+        if self._closed is None:
+            self._closed = ConnectionClosed(None, "connection closed")
+        self._wakeup.set()
+        try:
+            self._readable.close()
+            self._sock.close()
+        except OSError:
+            pass
+
+
+class Channel:
+    """A channel, with pika BlockingChannel's method names and arguments."""
+
+    def __init__(self, connection, number):
+        self.connection = connection
+        self.channel_number = number
+        self._deliveries = collections.deque()
+        self._errors = []
+        self._consumers = {}            # consumer_tag -> callback
+        self._returned = []
+        self._on_return = None
+        self._confirming = False
+        self._confirm_window = 1        # publishes that may await their confirm at once
+        self._publish_seq = 0
+        self._unconfirmed = {}          # publish seqs awaiting a confirm, in order
+        self._nacked = []               # publish seqs the broker nacked, not yet reported
+        self._consuming = False
+
+    def __repr__(self):
+        return f"<Channel {self.channel_number} of {self.connection.host}:{self.connection.port}>"
+
+    @property
+    def is_open(self):
+        return self.connection.is_open and self.channel_number in self.connection._channels
+
+    # -- declarations --
+
+    def exchange_declare(self, exchange, exchange_type="direct", passive=False, durable=False,
+                         auto_delete=False, internal=False, arguments=None):
+        self._call("exchange.declare", exchange=exchange, type=exchange_type, passive=passive,
+                   durable=durable, auto_delete=auto_delete, internal=internal, arguments=arguments)
+
+    def exchange_delete(self, exchange, if_unused=False):
+        self._call("exchange.delete", exchange=exchange, if_unused=if_unused)
+
+    def queue_declare(self, queue="", passive=False, durable=False, exclusive=False,
+                      auto_delete=False, arguments=None):
+        return QueueDeclareOk(self._call(
+            "queue.declare", queue=queue, passive=passive, durable=durable, exclusive=exclusive,
+            auto_delete=auto_delete, arguments=arguments))
+
+    def queue_bind(self, queue, exchange, routing_key=None, arguments=None):
+        self._call("queue.bind", queue=queue, exchange=exchange,
+                   routing_key=queue if routing_key is None else routing_key, arguments=arguments)
+
+    def queue_unbind(self, queue, exchange, routing_key=None, arguments=None):
+        self._call("queue.unbind", queue=queue, exchange=exchange,
+                   routing_key=queue if routing_key is None else routing_key, arguments=arguments)
+
+    def queue_purge(self, queue):
+        return self._call("queue.purge", queue=queue)["message_count"]
+
+    def queue_delete(self, queue, if_unused=False, if_empty=False):
+        return self._call("queue.delete", queue=queue, if_unused=if_unused, if_empty=if_empty)["message_count"]
+
+    # -- publishing --
+
+    def basic_publish(self, exchange, routing_key, body, properties=None, mandatory=False):
+        """Publish without waiting, except in confirm mode, where this returns once the
+        broker has confirmed the message (NackError or UnroutableError if it did not)."""
+        self._raise_errors()
+        request = {"op": "publish", "exchange": exchange, "routing_key": routing_key}
+        if isinstance(body, str):
+            request["body"] = body
+        else:
+            body = bytes(body)
+            try:
+                request["body"] = body.decode()
+            except UnicodeDecodeError:
+                request["body"] = base64.b64encode(body).decode("ascii")
+                request["body_encoding"] = "base64"
+        if len(body) > self.connection._measure_bodies_over:
+            self._fit_large_body(request, body)
+        if properties is not None:
+            values = properties._values if isinstance(properties, BasicProperties) else properties
+            if values:
+                request["properties"] = values
+        if mandatory:
+            request["mandatory"] = True
+        if self.channel_number != 1:
+            request["channel"] = self.channel_number
+        if not self._confirming:
+            self.connection._queue_line(request)
+            return
+        self._publish_seq += 1
+        seq = self._publish_seq
+        if self._confirm_window == 1:
+            self._returned.clear()
+        self._unconfirmed[seq] = None
+        self.connection._queue_line(request)
+        if self._confirm_window == 1:
+            self.wait_for_confirms()
+            return
+        while len(self._unconfirmed) >= self._confirm_window:
+            self._raise_errors()
+            self.connection._read(None)
+
+    def _fit_large_body(self, request, body):
+        """Refuse a body over the broker's maximum before sending it (the connection goes
+        on), and send text as base64 where its JSON escapes would make it longer."""
+        data = body.encode() if isinstance(body, str) else body
+        limit = self.connection.max_message_bytes
+        if len(data) > limit:
+            raise PreconditionFailed(
+                406, f"PRECONDITION_FAILED - message size {len(data)} is larger than configured max size {limit}",
+                "publish")
+        if "body_encoding" not in request and len(_quote(request["body"])) > 4 * -(-len(data) // 3) + 2:
+            request["body"] = base64.b64encode(data).decode("ascii")
+            request["body_encoding"] = "base64"
+
+    def confirm_delivery(self, window=1):
+        """Publisher confirms from now on. With `window` 1, basic_publish returns once the
+        broker has confirmed the message (raising NackError or UnroutableError if it did
+        not); with a larger window it returns at once while fewer than `window` messages
+        await their confirms, and `wait_for_confirms` reports them. A persistent message
+        sent to a durable queue is confirmed once it is on the broker's disk, so a window
+        lets many share one disk write."""
+        if not isinstance(window, int) or window < 1:
+            raise ValueError("window must be a positive integer")
+        self._call("confirm.select")
+        self._confirming = True
+        self._confirm_window = window
+
+    def wait_for_confirms(self, timeout=None):
+        """Block until every message published so far is confirmed. Raises NackError if the
+        broker nacked any since the last call, UnroutableError if a mandatory one came
+        back, and TimeoutError if `timeout` seconds pass first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._unconfirmed:
+            self._raise_errors()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"{len(self._unconfirmed)} messages still await their confirms")
+            self.connection._read(remaining)
+        self._raise_errors()
+        if self._nacked:
+            nacked, self._nacked = self._nacked, []
+            raise NackError(f"the broker nacked {len(nacked)} message(s): publish number(s) "
+                            f"{', '.join(map(str, nacked[:10]))}{', ...' if len(nacked) > 10 else ''}")
+        if self._returned:
+            returned = self._returned.pop()
+            self._returned.clear()
+            raise UnroutableError(f"message returned: {returned['reply_code']} {returned['reply_text']}")
+
+    def add_on_return_callback(self, callback):
+        """`callback(channel, method, properties, body)` for mandatory messages returned
+        outside confirm mode; method has reply_code, reply_text, exchange, routing_key."""
+        self._on_return = callback
+
+    # -- consuming --
+
+    def basic_qos(self, prefetch_size=0, prefetch_count=0, global_qos=False):
+        self._call("qos", prefetch_count=prefetch_count, **{"global": global_qos})
+
+    def basic_consume(self, queue, on_message_callback, auto_ack=False, exclusive=False,
+                      consumer_tag=None, arguments=None):
+        """Subscribe: `on_message_callback(channel, method, properties, body)` runs for each
+        message inside start_consuming / process_data_events. Returns the consumer tag."""
+        reply = self._call("consume", queue=queue, no_ack=auto_ack, exclusive=exclusive,
+                           consumer_tag=consumer_tag or "", arguments=arguments)
+        self._consumers[reply["consumer_tag"]] = on_message_callback
+        return reply["consumer_tag"]
+
+    def basic_cancel(self, consumer_tag, requeue=True):
+        """Stop a consumer; its unacknowledged messages go back to the queue unless
+        `requeue` is False (then they stay ackable on this channel, as in AMQP)."""
+        self._consumers.pop(consumer_tag, None)
+        self._call("cancel", consumer_tag=consumer_tag, requeue=requeue)
+        self._deliveries = collections.deque(
+            d for d in self._deliveries if d.get("consumer_tag") != consumer_tag)
+
+    def start_consuming(self):
+        """Run consumer callbacks until stop_consuming() or no consumers are left."""
+        self._consuming = True
+        while self._consuming and self._consumers:
+            self.connection.process_data_events(None)
+
+    def stop_consuming(self):
+        self._consuming = False
+
+    def consume(self, queue, auto_ack=False, exclusive=False, arguments=None, inactivity_timeout=None):
+        """A generator of (method, properties, body); yields (None, None, None) after
+        `inactivity_timeout` seconds without a message. Cancels the consumer when closed."""
+        inbox = collections.deque()
+        tag = self.basic_consume(queue, lambda ch, method, props, body: inbox.append((method, props, body)),
+                                 auto_ack=auto_ack, exclusive=exclusive, arguments=arguments)
+        try:
+            while tag in self._consumers:
+                if not inbox:
+                    self.connection.process_data_events(inactivity_timeout)
+                if inbox:
+                    yield inbox.popleft()
+                elif inactivity_timeout is not None:
+                    yield None, None, None
+        finally:
+            if self.is_open and tag in self._consumers:
+                self.basic_cancel(tag)
+
+    def basic_get(self, queue, auto_ack=False):
+        """One message, or (None, None, None) if the queue is empty."""
+        reply = self._call("get", queue=queue, no_ack=auto_ack)
+        if reply["empty"]:
+            return None, None, None
+        return Delivery(reply), _properties_of(reply), _body_of(reply)
+
+    def basic_ack(self, delivery_tag=0, multiple=False):
+        self._settle({"op": "ack", "delivery_tag": delivery_tag, "multiple": multiple})
+
+    def basic_nack(self, delivery_tag=0, multiple=False, requeue=True):
+        self._settle({"op": "nack", "delivery_tag": delivery_tag, "multiple": multiple, "requeue": requeue})
+
+    def basic_reject(self, delivery_tag, requeue=True):
+        self._settle({"op": "reject", "delivery_tag": delivery_tag, "requeue": requeue})
+
+    def basic_recover(self, requeue=True):
+        self._call("recover")
+
+    def close(self):
+        if self.channel_number == 1:
+            raise GreenMQError("channel 1 stays open for the connection's life; close the connection")
+        if self.is_open:
+            self.connection._call(self.channel_number, "channel.close")
+            del self.connection._channels[self.channel_number]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.channel_number != 1:
+            self.close()
+
+    # -- the wire --
+
+    def _call(self, op, **fields):
+        self._raise_errors()
+        return self.connection._call(self.channel_number, op, **fields)
+
+    def _settle(self, request):
+        self._raise_errors()
+        if self.channel_number != 1:
+            request["channel"] = self.channel_number
+        self.connection._queue_line(request)
+
+    def _raise_errors(self):
+        if self._errors:
+            raise self._errors.pop(0)
+
+    def _event(self, kind, event):
+        if kind == "ack" or kind == "nack":
+            tag = event["delivery_tag"]
+            unconfirmed = self._unconfirmed
+            if event.get("multiple"):
+                settled = list(itertools.takewhile(tag.__ge__, unconfirmed))
+            else:
+                settled = [tag] if tag in unconfirmed else []
+            for seq in settled:
+                del unconfirmed[seq]
+            if kind == "nack":
+                self._nacked += settled
+        elif kind == "return":
+            if self._confirming:
+                self._returned.append(event)
+            else:
+                self._deliveries.append(event)
+        elif kind == "cancel":
+            self._consumers.pop(event.get("consumer_tag"), None)
+
+    def _dispatch(self):
+        """Run callbacks for deliveries received so far; True if there were any."""
+        deliveries = self._deliveries
+        if not deliveries:
+            self._raise_errors()
+            return False
+        consumers = self._consumers
+        while deliveries:
+            event = deliveries.popleft()
+            if event.get("event") == "return":
+                if self._on_return is not None:
+                    self._on_return(self, _Returned(event), _properties_of(event), _body_of(event))
+                continue
+            callback = consumers.get(event["consumer_tag"])
+            if callback is not None:
+                callback(self, Delivery(event), _properties_of(event), _body_of(event))
+        self._raise_errors()
+        return True
+
+
+class _Returned:
+    __slots__ = ("reply_code", "reply_text", "exchange", "routing_key")
+
+    def __init__(self, event):
+        self.reply_code = event.get("reply_code")
+        self.reply_text = event.get("reply_text")
+        self.exchange = event.get("exchange")
+        self.routing_key = event.get("routing_key")

@@ -1,0 +1,699 @@
+"""What survives a restart: durable exchanges, queues and bindings, and the persistent
+messages in durable queues, behind one small interface with two implementations.
+
+`MemoryStore` keeps everything in the process (nothing outlives it); `SqliteStore` keeps
+it in an SQLite database in WAL mode. The core calls a store on the hub and never waits
+for it: writes collect in an open batch, and one committer greenlet hands each batch to a
+thread as one transaction ending in one fsync. Whatever arrives while a commit is in
+flight shares the next one (group commit), so the commit rate follows the load.
+`after_commit(callback)` runs `callback(batch, ok)` on the hub once the batch holding
+everything written so far is on disk, which is what a publisher confirm waits for.
+
+A message routed to several durable queues is stored once, with a row per queue; the
+`Stored` record on the message counts the queues still holding it.
+"""
+
+import abc
+import logging
+import os
+import sqlite3
+import time
+
+import gevent
+from gevent.event import Event
+
+from message import Message, properties_from_json, properties_to_json, ttl_of
+from stats import LatencyHistogram
+
+log = logging.getLogger("greenmq.store")
+
+# Bumped whenever the schema changes meaning; a database from a newer version is refused
+# rather than misread.
+FORMAT_VERSION = 1
+DATABASE_FILE = "greenmq.sqlite3"
+
+# After a failed commit (full disk, read-only or vanished data directory) the committer
+# tries again on this schedule, doubling up to the cap: soon enough that publishers get
+# going again within seconds of the disk coming back, rarely enough not to spin.
+RETRY_FIRST_SECONDS = 0.5
+RETRY_MAX_SECONDS = 5.0
+
+# Messages of one publisher mostly carry the same properties, so the JSON text of each
+# wire encoding seen is kept for the next message like it; bounded, as a stream of unique
+# headers (ids in them) would otherwise grow it without limit.
+PROPERTIES_TEXT_CACHE_SIZE = 1024
+
+# Upper bounds (seconds) of the commit latency histogram in /metrics: from a cached write
+# (about 1 ms) through a typical fsync (5-50 ms) to a disk in trouble.
+COMMIT_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class StoreError(Exception):
+    """The store cannot be opened; the text is one sentence naming the file."""
+
+
+class Stored:
+    """The store's record of one persistent message: how many durable queues hold it."""
+
+    __slots__ = ("refs",)
+
+    def __init__(self, refs):
+        self.refs = refs
+
+
+class Recovered:
+    """What a store held at start: definitions as plain values, messages per queue."""
+
+    def __init__(self):
+        self.first_start = False    # nothing was ever stored: the node sets itself up
+        self.vhosts = []      # names
+        self.users = []       # (name, password_hash, hashing_algorithm, tags)
+        self.permissions = [] # (user, vhost, configure, write, read)
+        self.exchanges = []   # (vhost, name, type, auto_delete, internal, arguments)
+        self.queues = []      # (vhost, name, auto_delete, arguments, [(message, published_at)])
+        self.bindings = []    # (vhost, source, destination, routing_key, arguments)
+        self.clean = True     # the last run ended with a clean stop
+        self.last_seq = 0
+
+
+def open_store(data_dir):
+    """The store for `data_dir`, or a MemoryStore when it is None."""
+    return MemoryStore() if data_dir is None else SqliteStore(data_dir)
+
+
+class Store(abc.ABC):
+    """The interface the core writes through. Writes are accepted at once and become
+    durable with the next commit; `available` is False while commits fail, and then
+    persistent messages must be refused rather than accepted into thin air."""
+
+    def __init__(self):
+        self.open_batch = 1        # the batch that writes made now will be committed in
+        self.available = True
+        self.commit_seconds = LatencyHistogram(COMMIT_SECONDS_BUCKETS)
+
+    # -- definitions ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def put_vhost(self, name):
+        """Keep a virtual host."""
+
+    @abc.abstractmethod
+    def delete_vhost(self, name):
+        """And everything in it: permissions, exchanges, queues, bindings, messages."""
+
+    @abc.abstractmethod
+    def put_user(self, name, password_hash, hashing_algorithm, tags):
+        """Keep a user, or its new password or tags."""
+
+    @abc.abstractmethod
+    def delete_user(self, name):
+        """And the user's permissions."""
+
+    @abc.abstractmethod
+    def put_permission(self, user, vhost, configure, write, read):
+        """Keep what a user may do in a virtual host."""
+
+    @abc.abstractmethod
+    def delete_permission(self, user, vhost):
+        """The user may do nothing in the virtual host any more."""
+
+    @abc.abstractmethod
+    def put_exchange(self, vhost, name, type_name, auto_delete, internal, arguments):
+        """Keep a durable exchange."""
+
+    @abc.abstractmethod
+    def delete_exchange(self, vhost, name):
+        """And every binding from it."""
+
+    @abc.abstractmethod
+    def put_queue(self, vhost, name, auto_delete, arguments):
+        """Keep a durable queue, so persistent messages can be kept for it."""
+
+    @abc.abstractmethod
+    def delete_queue(self, vhost, name):
+        """And every binding to it and its place for every message."""
+
+    @abc.abstractmethod
+    def put_binding(self, vhost, source, destination, routing_key, arguments):
+        """Keep a binding between durable ends."""
+
+    @abc.abstractmethod
+    def delete_binding(self, vhost, source, destination, routing_key, arguments):
+        """Forget a binding."""
+
+    # -- messages ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def add_message(self, message, queues):
+        """Keep `message` for `queues` (durable, all of them); marks it `stored`."""
+
+    @abc.abstractmethod
+    def remove_messages(self, queue, messages):
+        """`queue` is done with `messages` (all `stored`)."""
+
+    @abc.abstractmethod
+    def mark_redelivered(self, queue, messages):
+        """At a clean stop: these may have been delivered, so say so when they return."""
+
+    # -- commits -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def after_commit(self, callback):
+        """Run `callback(batch, ok)` on the hub once everything written so far is on disk
+        (ok True) or could not be written (ok False); once per batch however often asked."""
+
+    @abc.abstractmethod
+    def load(self):
+        """A `Recovered` with everything stored, messages in publish order per queue."""
+
+    @abc.abstractmethod
+    def close(self):
+        """Commit what is pending and mark the stop clean."""
+
+
+class MemoryStore(Store):
+    """Nothing on disk: a commit is done the moment it is asked for, and `load` of a new
+    store finds nothing. Holds what SqliteStore would write, so both keep one contract."""
+
+    def __init__(self):
+        super().__init__()
+        self.vhosts = {}
+        self.users = {}
+        self.permissions = {}
+        self.exchanges = {}
+        self.queues = {}
+        self.bindings = {}
+        self.messages = {}         # (vhost, queue) -> {seq: (message, published_at, redelivered)}
+        self._loaded = False
+
+    def put_vhost(self, name):
+        self.vhosts[name] = name
+
+    def delete_vhost(self, name):
+        self.vhosts.pop(name, None)
+        for table in (self.exchanges, self.queues, self.messages, self.bindings):
+            for key in [key for key in table if key[0] == name]:
+                del table[key]
+        for key in [key for key in self.permissions if key[1] == name]:
+            del self.permissions[key]
+
+    def put_user(self, name, password_hash, hashing_algorithm, tags):
+        self.users[name] = (name, password_hash, hashing_algorithm, tuple(tags))
+
+    def delete_user(self, name):
+        self.users.pop(name, None)
+        for key in [key for key in self.permissions if key[0] == name]:
+            del self.permissions[key]
+
+    def put_permission(self, user, vhost, configure, write, read):
+        self.permissions[user, vhost] = (user, vhost, configure, write, read)
+
+    def delete_permission(self, user, vhost):
+        self.permissions.pop((user, vhost), None)
+
+    def put_exchange(self, vhost, name, type_name, auto_delete, internal, arguments):
+        self.exchanges[vhost, name] = (vhost, name, type_name, auto_delete, internal, arguments)
+
+    def delete_exchange(self, vhost, name):
+        self.exchanges.pop((vhost, name), None)
+        for key in [key for key in self.bindings if key[:2] == (vhost, name)]:
+            del self.bindings[key]
+
+    def put_queue(self, vhost, name, auto_delete, arguments):
+        self.queues[vhost, name] = (vhost, name, auto_delete, arguments)
+        self.messages[vhost, name] = {}
+
+    def delete_queue(self, vhost, name):
+        self.queues.pop((vhost, name), None)
+        self.messages.pop((vhost, name), None)
+        for key in [key for key in self.bindings if key[0] == vhost and key[2] == name]:
+            del self.bindings[key]
+
+    def put_binding(self, vhost, source, destination, routing_key, arguments):
+        self.bindings[vhost, source, destination, routing_key, _canonical(arguments)] = arguments
+
+    def delete_binding(self, vhost, source, destination, routing_key, arguments):
+        self.bindings.pop((vhost, source, destination, routing_key, _canonical(arguments)), None)
+
+    def add_message(self, message, queues):
+        message.stored = Stored(len(queues))
+        now = time.time()
+        for queue in queues:
+            self.messages[queue.vhost_name, queue.name][message.seq] = (message, now, False)
+
+    def remove_messages(self, queue, messages):
+        held = self.messages.get((queue.vhost_name, queue.name), {})
+        for message in messages:
+            message.stored.refs -= 1
+            held.pop(message.seq, None)
+
+    def mark_redelivered(self, queue, messages):
+        held = self.messages.get((queue.vhost_name, queue.name), {})
+        for message in messages:
+            stored_message, published_at, _ = held[message.seq]
+            held[message.seq] = (stored_message, published_at, True)
+
+    def after_commit(self, callback):
+        callback(self.open_batch, True)
+        self.open_batch += 1
+
+    def load(self):
+        recovered = Recovered()
+        recovered.first_start, self._loaded = not self._loaded, True
+        recovered.vhosts = list(self.vhosts)
+        recovered.users = list(self.users.values())
+        recovered.permissions = list(self.permissions.values())
+        recovered.exchanges = list(self.exchanges.values())
+        recovered.bindings = [key[:4] + (arguments,) for key, arguments in self.bindings.items()]
+        for key, (vhost, name, auto_delete, arguments) in self.queues.items():
+            messages = []
+            for seq, (message, published_at, redelivered) in sorted(self.messages[key].items()):
+                copy = Message.restored(seq, message.exchange, message.routing_key, message.body,
+                                        message.properties, message.ttl, message.encoded_properties)
+                copy.redelivered = redelivered
+                messages.append((copy, published_at))
+                recovered.last_seq = max(recovered.last_seq, seq)
+            recovered.queues.append((vhost, name, auto_delete, arguments, messages))
+        _share_records(recovered)
+        return recovered
+
+    def close(self):
+        pass
+
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE vhosts (name TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE users (name TEXT PRIMARY KEY, password_hash TEXT, hashing_algorithm TEXT, tags TEXT) WITHOUT ROWID;
+CREATE TABLE permissions (user TEXT, vhost TEXT, configure TEXT, write TEXT, read TEXT,
+                          PRIMARY KEY (user, vhost)) WITHOUT ROWID;
+CREATE TABLE exchanges (vhost TEXT, name TEXT, type TEXT, auto_delete INTEGER, internal INTEGER,
+                        arguments TEXT, PRIMARY KEY (vhost, name)) WITHOUT ROWID;
+CREATE TABLE queues (id INTEGER PRIMARY KEY, vhost TEXT, name TEXT, auto_delete INTEGER,
+                     arguments TEXT, UNIQUE (vhost, name));
+CREATE TABLE bindings (vhost TEXT, source TEXT, destination TEXT, routing_key TEXT, arguments TEXT,
+                       PRIMARY KEY (vhost, source, destination, routing_key, arguments)) WITHOUT ROWID;
+CREATE TABLE messages (seq INTEGER PRIMARY KEY, exchange TEXT, routing_key TEXT, properties TEXT,
+                       amqp_properties BLOB, body BLOB, published_at REAL);
+CREATE TABLE queue_messages (queue_id INTEGER, seq INTEGER, redelivered INTEGER,
+                             PRIMARY KEY (queue_id, seq)) WITHOUT ROWID;
+"""
+
+_INSERT_MESSAGE = "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)"
+_INSERT_PLACE = "INSERT INTO queue_messages VALUES (?, ?, 0)"
+_DELETE_PLACE = "DELETE FROM queue_messages WHERE queue_id = ? AND seq = ?"
+_DELETE_MESSAGE = "DELETE FROM messages WHERE seq = ?"
+_MARK_REDELIVERED = "UPDATE queue_messages SET redelivered = 1 WHERE queue_id = ? AND seq = ?"
+
+
+class _Batch:
+    """Writes waiting for one commit, in the order they must run: messages and their
+    places first, then what ended, then definitions in the order they were made."""
+
+    __slots__ = ("number", "new_messages", "removed_places", "removed_messages", "definitions",
+                 "callbacks")
+
+    def __init__(self, number):
+        self.number = number
+        self.new_messages = {}      # seq -> [row, queue ids]; dropped again if acked in time
+        self.removed_places = []    # (queue id, seq)
+        self.removed_messages = []  # (seq,)
+        self.definitions = []       # (sql, parameters)
+        self.callbacks = {}
+
+    def __bool__(self):
+        return bool(self.writes() or self.callbacks)
+
+    def writes(self):
+        return bool(self.new_messages or self.removed_places or self.removed_messages or self.definitions)
+
+    def statements(self):
+        """(sql, parameters, executemany?) in the order they must run."""
+        statements = []
+        if self.new_messages:
+            statements.append((_INSERT_MESSAGE, [row for row, _ in self.new_messages.values()], True))
+            statements.append((_INSERT_PLACE, [(queue_id, seq) for seq, (_, queue_ids) in self.new_messages.items()
+                                               for queue_id in queue_ids], True))
+        if self.removed_places:
+            statements.append((_DELETE_PLACE, self.removed_places, True))
+        if self.removed_messages:
+            statements.append((_DELETE_MESSAGE, self.removed_messages, True))
+        statements += [(sql, parameters, False) for sql, parameters in self.definitions]
+        return statements
+
+    def must_sync(self):
+        """Only what ended may wait for a later fsync: an ack lost in a crash brings its
+        message back, flagged redelivered, which at-least-once allows; everything else
+        (new messages, definitions) is synced before its commit counts as done."""
+        return bool(self.new_messages or self.definitions)
+
+
+class SqliteStore(Store):
+    def __init__(self, data_dir):
+        super().__init__()
+        self.path = os.path.join(data_dir, DATABASE_FILE)
+        try:
+            os.makedirs(data_dir, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            # One broker per data directory: the first one holds the lock until it stops.
+            self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            self._created = not tables
+            if not tables:
+                self._db.executescript(_SCHEMA)
+                self._db.execute("INSERT INTO meta VALUES ('format_version', ?), ('clean_stop', 1)", (FORMAT_VERSION,))
+            version = dict(self._db.execute("SELECT key, value FROM meta")).get("format_version")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc):
+                raise StoreError(f"the message store {self.path} is in use by another process "
+                                 "(another GreenMQ with the same --data-dir?)") from None
+            raise StoreError(f"cannot open the message store {self.path}: {_reason(exc)}") from None
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open the message store {self.path}: {_reason(exc)}") from None
+        if version != FORMAT_VERSION:
+            raise StoreError(
+                f"the message store {self.path} has format version {version!r}, and this GreenMQ "
+                f"reads version {FORMAT_VERSION}; use the GreenMQ that wrote it or another --data-dir")
+        self._inode = os.stat(self.path).st_ino
+        self._queue_ids = {}         # (vhost, name) -> id of a durable queue's row
+        self._properties_text = {}   # a message's encoded properties -> their JSON text
+        self._next_queue_id = 1
+        self._batch = _Batch(self.open_batch)
+        self._failed = None          # the batch that could not be committed, to try again
+        self._wakeup = Event()
+        self._woken = False
+        self._idle = Event()         # set while nothing waits to be committed
+        self._idle.set()
+        self._committer = None
+        self._closed = False
+
+    # -- definitions ---------------------------------------------------------------------
+
+    def _define(self, sql, parameters):
+        self._batch.definitions.append((sql, parameters))
+        self._wake()
+
+    def put_vhost(self, name):
+        self._define("INSERT OR REPLACE INTO vhosts VALUES (?)", (name,))
+
+    def delete_vhost(self, name):
+        for name_of_queue in [queue for vhost, queue in self._queue_ids if vhost == name]:
+            self.delete_queue(name, name_of_queue)
+        for sql in ("DELETE FROM vhosts WHERE name = ?", "DELETE FROM permissions WHERE vhost = ?",
+                    "DELETE FROM exchanges WHERE vhost = ?", "DELETE FROM bindings WHERE vhost = ?"):
+            self._define(sql, (name,))
+
+    def put_user(self, name, password_hash, hashing_algorithm, tags):
+        self._define("INSERT OR REPLACE INTO users VALUES (?, ?, ?, ?)",
+                     (name, password_hash, hashing_algorithm, properties_to_json(list(tags))))
+
+    def delete_user(self, name):
+        self._define("DELETE FROM users WHERE name = ?", (name,))
+        self._define("DELETE FROM permissions WHERE user = ?", (name,))
+
+    def put_permission(self, user, vhost, configure, write, read):
+        self._define("INSERT OR REPLACE INTO permissions VALUES (?, ?, ?, ?, ?)", (user, vhost, configure, write, read))
+
+    def delete_permission(self, user, vhost):
+        self._define("DELETE FROM permissions WHERE user = ? AND vhost = ?", (user, vhost))
+
+    def put_exchange(self, vhost, name, type_name, auto_delete, internal, arguments):
+        self._define("INSERT OR REPLACE INTO exchanges VALUES (?, ?, ?, ?, ?, ?)",
+                     (vhost, name, type_name, auto_delete, internal, properties_to_json(arguments)))
+
+    def delete_exchange(self, vhost, name):
+        self._define("DELETE FROM exchanges WHERE vhost = ? AND name = ?", (vhost, name))
+        self._define("DELETE FROM bindings WHERE vhost = ? AND source = ?", (vhost, name))
+
+    def put_queue(self, vhost, name, auto_delete, arguments):
+        queue_id = self._queue_ids[vhost, name] = self._next_queue_id
+        self._next_queue_id += 1
+        self._define("INSERT INTO queues VALUES (?, ?, ?, ?, ?)",
+                     (queue_id, vhost, name, auto_delete, properties_to_json(arguments)))
+
+    def delete_queue(self, vhost, name):
+        queue_id = self._queue_ids.pop((vhost, name), None)
+        if queue_id is None:
+            return
+        self._define("DELETE FROM queues WHERE id = ?", (queue_id,))
+        self._define("DELETE FROM queue_messages WHERE queue_id = ?", (queue_id,))
+        self._define("DELETE FROM bindings WHERE vhost = ? AND destination = ?", (vhost, name))
+
+    def put_binding(self, vhost, source, destination, routing_key, arguments):
+        self._define("INSERT OR REPLACE INTO bindings VALUES (?, ?, ?, ?, ?)",
+                     (vhost, source, destination, routing_key, _canonical(arguments)))
+
+    def delete_binding(self, vhost, source, destination, routing_key, arguments):
+        self._define("DELETE FROM bindings WHERE vhost = ? AND source = ? AND destination = ? "
+                     "AND routing_key = ? AND arguments = ?",
+                     (vhost, source, destination, routing_key, _canonical(arguments)))
+
+    # -- messages ------------------------------------------------------------------------
+
+    def add_message(self, message, queues):
+        message.stored = Stored(len(queues))
+        self._batch.new_messages[message.seq] = [
+            (message.seq, message.exchange, message.routing_key, self._properties_json(message),
+             message.encoded_properties, message.body, time.time()),
+            [self._queue_ids[queue.vhost_name, queue.name] for queue in queues]]
+        self._wake()
+
+    def _properties_json(self, message):
+        if message.properties is None:
+            return None
+        encoded = message.encoded_properties
+        if encoded is None:
+            return properties_to_json(message.properties)
+        text = self._properties_text.get(encoded)
+        if text is None:
+            if len(self._properties_text) >= PROPERTIES_TEXT_CACHE_SIZE:
+                self._properties_text.clear()
+            text = self._properties_text[encoded] = properties_to_json(message.properties)
+        return text
+
+    def remove_messages(self, queue, messages):
+        batch = self._batch
+        new_messages = batch.new_messages
+        queue_id = None if queue.deleted else self._queue_ids.get((queue.vhost_name, queue.name))
+        for message in messages:
+            stored = message.stored
+            stored.refs -= 1
+            seq = message.seq
+            pending = new_messages.get(seq)
+            if pending is not None:
+                # Not written yet: it need never be.
+                if stored.refs == 0:
+                    del new_messages[seq]
+                elif queue_id is not None:
+                    pending[1].remove(queue_id)
+                continue
+            if queue_id is not None:
+                batch.removed_places.append((queue_id, seq))
+            if stored.refs == 0:
+                batch.removed_messages.append((seq,))
+        self._wake()
+
+    def mark_redelivered(self, queue, messages):
+        queue_id = self._queue_ids.get((queue.vhost_name, queue.name))
+        if queue_id is not None:
+            for message in messages:
+                self._define(_MARK_REDELIVERED, (queue_id, message.seq))
+
+    # -- commits -------------------------------------------------------------------------
+
+    def after_commit(self, callback):
+        self._batch.callbacks[callback] = None
+        self._wake()
+
+    def _wake(self):
+        if not self._woken:
+            self._woken = True
+            if self._committer is None:
+                self._committer = gevent.spawn(self._commit_loop)
+            self._idle.clear()
+            self._wakeup.set()
+
+    def _commit_loop(self):
+        """One commit at a time; what arrives meanwhile waits for the next."""
+        pool = gevent.get_hub().threadpool
+        retry_in = RETRY_FIRST_SECONDS
+        while True:
+            if self._failed is None:
+                self._wakeup.wait()
+            else:
+                self._wakeup.wait(retry_in)
+            self._wakeup.clear()
+            self._woken = False
+            batch, self._batch = self._batch, _Batch(self.open_batch + 1)
+            self.open_batch += 1
+            if self._failed is not None:
+                batch = _merged(self._failed, batch)
+            # The rows are made here, so the thread runs little Python (and waits little for the GIL).
+            error = None
+            if batch.writes():
+                started = time.monotonic()
+                error = pool.apply(self._write, (batch.statements(), batch.must_sync()))
+                self.commit_seconds.observe(time.monotonic() - started)
+            if error is None:
+                if self._failed is not None:
+                    log.warning("the message store %s is writable again", self.path)
+                    self._failed = None
+                    self.available = True
+                    retry_in = RETRY_FIRST_SECONDS
+            else:
+                if self._failed is None:
+                    log.error("cannot write the message store %s: %s; persistent messages are "
+                              "refused until it is writable again", self.path, error)
+                else:
+                    retry_in = min(retry_in * 2, RETRY_MAX_SECONDS)
+                self._failed = batch
+                self.available = False
+            for callback in batch.callbacks:
+                callback(batch.number, error is None)
+            batch.callbacks = {}
+            if not self._batch:
+                self._idle.set()
+
+    def _write(self, statements, sync):
+        """In a thread: `statements` as one transaction. Returns None, or why it failed."""
+        db = self._db
+        try:
+            if os.stat(self.path).st_ino != self._inode:
+                raise OSError("the database file was replaced")
+            # WAL is written in order, so the next synced commit also syncs this one's frames.
+            db.execute("PRAGMA synchronous=" + ("FULL" if sync else "NORMAL"))
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, parameters, many in statements:
+                    if many:
+                        db.executemany(sql, parameters)
+                    else:
+                        db.execute(sql, parameters)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except (sqlite3.Error, OSError) as exc:
+            return _reason(exc)
+        return None
+
+    # -- recovery and stop ---------------------------------------------------------------
+
+    def load(self):
+        db = self._db
+        recovered = Recovered()
+        try:
+            meta = dict(db.execute("SELECT key, value FROM meta"))
+            recovered.clean = meta.get("clean_stop") == 1
+            db.execute("UPDATE meta SET value = 0 WHERE key = 'clean_stop'")
+            # Messages whose every queue went while deliveries were out.
+            db.execute("DELETE FROM messages WHERE seq NOT IN (SELECT seq FROM queue_messages)")
+            recovered.first_start = self._created
+            recovered.vhosts = [name for name, in db.execute("SELECT name FROM vhosts")]
+            recovered.users = [(name, password_hash, algorithm, tuple(properties_from_json(tags)))
+                               for name, password_hash, algorithm, tags in db.execute("SELECT * FROM users")]
+            recovered.permissions = list(db.execute("SELECT user, vhost, configure, write, read FROM permissions"))
+            for vhost, name, type_name, auto_delete, internal, arguments in db.execute(
+                    "SELECT vhost, name, type, auto_delete, internal, arguments FROM exchanges"):
+                recovered.exchanges.append((vhost, name, type_name, bool(auto_delete), bool(internal),
+                                            properties_from_json(arguments)))
+            queues = {}
+            for queue_id, vhost, name, auto_delete, arguments in db.execute(
+                    "SELECT id, vhost, name, auto_delete, arguments FROM queues ORDER BY id"):
+                self._queue_ids[vhost, name] = queue_id
+                self._next_queue_id = queue_id + 1
+                queues[queue_id] = (vhost, name, bool(auto_delete), properties_from_json(arguments), [])
+            for row in db.execute("SELECT vhost, source, destination, routing_key, arguments FROM bindings"):
+                recovered.bindings.append(row[:4] + (properties_from_json(row[4]),))
+            shared = {}         # seq -> the first copy, which the others share a record with
+            decoded = {}        # properties text -> (properties, ttl): messages mostly share them
+            crashed = not recovered.clean
+            restored = Message.restored
+            for queue_id, seq, redelivered, exchange, routing_key, properties, amqp_properties, body, \
+                    published_at in db.execute(
+                        "SELECT q.queue_id, q.seq, q.redelivered, m.exchange, m.routing_key, m.properties, "
+                        "m.amqp_properties, m.body, m.published_at FROM queue_messages q "
+                        "JOIN messages m ON m.seq = q.seq ORDER BY q.queue_id, q.seq"):
+                first = shared.get(seq)
+                if first is None:
+                    if properties is None:
+                        properties, ttl = None, None
+                    else:
+                        properties_and_ttl = decoded.get(properties)
+                        if properties_and_ttl is None:
+                            value = properties_from_json(properties)
+                            properties_and_ttl = decoded[properties] = (value, ttl_of(value))
+                        properties, ttl = properties_and_ttl
+                    message = shared[seq] = restored(seq, exchange, routing_key, body, properties, ttl,
+                                                     amqp_properties)
+                    message.stored = Stored(1)
+                else:
+                    message = first.placed(False, None)
+                    message.stored.refs += 1
+                # After a crash any message may have been delivered; after a clean stop the
+                # flags written then say which were.
+                message.redelivered = crashed or redelivered == 1
+                queues[queue_id][4].append((message, published_at))
+            recovered.last_seq = max(shared, default=0)
+            recovered.queues = list(queues.values())
+        except (sqlite3.Error, ValueError, TypeError) as exc:
+            raise StoreError(f"cannot read the message store {self.path}: {_reason(exc)}") from None
+        return recovered
+
+    def flush(self):
+        """Block the calling greenlet until everything written so far has been tried once."""
+        if self._batch:
+            self._wake()
+        self._idle.wait()
+
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        self.flush()
+        if self._committer is not None:
+            self._committer.kill()
+        try:
+            if self._failed is None:
+                self._db.execute("UPDATE meta SET value = 1 WHERE key = 'clean_stop'")
+            else:
+                log.error("stopping with writes the message store %s could not take; they are lost, "
+                          "and messages may return after the next start", self.path)
+            self._db.close()
+        except sqlite3.Error as exc:
+            log.error("cannot close the message store %s cleanly: %s", self.path, _reason(exc))
+
+
+def _merged(first, second):
+    """A failed batch and the one after it, to be tried as one."""
+    first.number = second.number
+    for seq, pending in second.new_messages.items():
+        first.new_messages[seq] = pending
+    first.removed_places += second.removed_places
+    first.removed_messages += second.removed_messages
+    first.definitions += second.definitions
+    first.callbacks = second.callbacks
+    return first
+
+
+def _share_records(recovered):
+    """Copies of one message in several queues share one `Stored` record counting them."""
+    records = {}
+    for *_, messages in recovered.queues:
+        for message, _ in messages:
+            record = records.get(message.seq)
+            if record is None:
+                record = records[message.seq] = Stored(0)
+            record.refs += 1
+            message.stored = record
+
+
+def _canonical(arguments):
+    """Arguments as a key: equal tables give equal text (properties_to_json sorts keys)."""
+    return properties_to_json(arguments or {})
+
+
+def _reason(exc):
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,885 @@
+"""The management HTTP API, the dashboard and /metrics: an HTTP front end over the core.
+
+JSON shaped like RabbitMQ's management API where the two overlap, so scripts and client
+libraries written for RabbitMQ's /api read GreenMQ too. Served by gevent's own WSGI server
+(gevent.pywsgi): it runs on the broker's one hub beside the AMQP and JSON-lines
+listeners and adds no dependency; a framework would buy routing and JSON helpers, about
+forty lines here, at the price of a dependency and a second way to run greenlets.
+
+Logins are HTTP basic auth with the broker's users. As in RabbitMQ, a user needs the
+management, monitoring or administrator tag to use the API at all; management users see
+only the vhosts they hold permissions in (and only their own connections), monitoring and
+administrator users see everything, only administrators change users, vhosts, permissions
+and definitions, and operations on queues and exchanges need the same configure / write /
+read permissions as over AMQP. Errors from the core keep their sentence and get the HTTP
+status that says the same thing.
+"""
+
+import base64
+import binascii
+import json
+import logging
+import os
+import re
+import resource
+import socket
+import sys
+from urllib.parse import parse_qs, unquote
+
+from gevent.pool import Pool
+from gevent.pywsgi import WSGIHandler, WSGIServer
+
+from access import ADMINISTRATOR, MANAGEMENT, MONITORING, check_password_hash
+from errors import AccessRefused, BrokerError, NotFound
+from message import Message, json_value
+from node import SERVER_NAME, VERSION
+from protocol import _properties_in
+from queue_store import MESSAGE_COUNTERS
+from stats import totals
+
+log = logging.getLogger("greenmq.management")
+
+# Request bodies are read whole; definitions of a large broker are a few megabytes, so this
+# refuses only what cannot be a real request.
+MAX_BODY_BYTES = 32 * 1024 * 1024
+
+# POST .../get hands out at most this many messages at once (a debugging aid, not a consumer).
+MAX_GET_COUNT = 10_000
+
+# A queue's `memory` is an estimate (the core keeps no byte counts, which would cost a
+# little on every message): the depth times this overhead plus the head message's body.
+MESSAGE_OVERHEAD_BYTES = 400
+QUEUE_OVERHEAD_BYTES = 2_000
+
+NODE_NAME = f"greenmq@{socket.gethostname()}"
+# Beside this module in a checkout or an editable install; under the prefix's share/greenmq
+# in a wheel install (setup.py's data_files).
+DASHBOARD_FILES = (os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboard.html"),
+                   os.path.join(sys.prefix, "share", "greenmq", "dashboard.html"))
+
+# HTTP statuses for the core's reply codes; any other code is a refused request (400).
+_HTTP_STATUS = {403: 403, 404: 404, 405: 409, 506: 503, 541: 500}
+_REASONS = {200: "200 OK", 201: "201 Created", 204: "204 No Content", 400: "400 Bad Request",
+            401: "401 Unauthorized", 403: "403 Forbidden", 404: "404 Not Found",
+            405: "405 Method Not Allowed", 409: "409 Conflict", 413: "413 Payload Too Large",
+            500: "500 Internal Server Error", 503: "503 Service Unavailable"}
+_ERROR_NAMES = {400: "bad_request", 401: "not_authorised", 403: "not_authorised", 404: "not_found",
+                405: "method_not_allowed", 409: "resource_locked", 413: "payload_too_large",
+                500: "internal_error", 503: "service_unavailable"}
+
+_json = json.JSONEncoder(separators=(",", ":"), default=json_value).encode
+
+
+class HttpError(Exception):
+    def __init__(self, status, reason):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+class Request:
+    """One HTTP request as the handlers see it: who asks, the path's segments, the query."""
+
+    def __init__(self, environ, user):
+        self.environ = environ
+        self.user = user
+        self.method = environ["REQUEST_METHOD"]
+        self.query = {key: values[-1] for key, values in parse_qs(environ.get("QUERY_STRING", "")).items()}
+
+    @property
+    def sees_everything(self):
+        return self.user.has_tag(ADMINISTRATOR, MONITORING)
+
+    def body(self):
+        """The JSON object the request carries; 400 unless it is one."""
+        try:
+            length = int(self.environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            raise HttpError(400, "Content-Length is not a number") from None
+        if length > MAX_BODY_BYTES:
+            raise HttpError(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+        raw = self.environ["wsgi.input"].read(length) if length else b""
+        if not raw.strip():
+            return {}
+        try:
+            value = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise HttpError(400, f"malformed JSON body: {exc}") from None
+        if type(value) is not dict:
+            raise HttpError(400, "the JSON body must be an object")
+        return value
+
+
+def field(body, name, kind, default=None, required=False):
+    """A member of a request body, of the given JSON type; 400 when missing or mistyped."""
+    if name not in body:
+        if required:
+            raise HttpError(400, f"field '{name}' is required")
+        return default
+    value = body[name]
+    if kind is int and type(value) is not int or kind is not int and not isinstance(value, kind):
+        names = {str: "a string", bool: "true or false", int: "an integer", dict: "an object", list: "a list"}
+        raise HttpError(400, f"field '{name}' must be {names.get(kind, kind.__name__)}")
+    return value
+
+
+class ManagementApi:
+    """The WSGI application: routes, authentication and the translation of errors."""
+
+    def __init__(self, node, sampler, per_queue_metrics=True):
+        self.node = node
+        self.sampler = sampler
+        self.per_queue_metrics = per_queue_metrics
+        self.routes = []        # (method, pattern segments, handler)
+        for method, pattern, handler in _ROUTES:
+            self.routes.append((method, tuple(pattern.strip("/").split("/")), handler))
+
+    def __call__(self, environ, start_response):
+        try:
+            status, payload, content_type = self._respond(environ)
+        except HttpError as exc:
+            status, payload, content_type = exc.status, _error(exc.status, exc.reason), "application/json"
+        except BrokerError as exc:
+            status = _HTTP_STATUS.get(exc.code, 400)
+            payload, content_type = _error(status, exc.text), "application/json"
+        headers = [("Content-Type", content_type), ("Cache-Control", "no-cache")]
+        if status == 401 and environ.get("HTTP_X_REQUESTED_WITH") != "XMLHttpRequest":
+            # The dashboard asks for credentials itself; a browser's own prompt only for the rest.
+            headers.append(("WWW-Authenticate", 'Basic realm="GreenMQ Management"'))
+        if status == 204:
+            payload = b""
+        start_response(_REASONS.get(status, f"{status} Error"), headers)
+        return [payload]
+
+    def _respond(self, environ):
+        raw_path = environ["RAW_URI"]
+        segments = tuple(unquote(segment) for segment in raw_path.split("?", 1)[0].strip("/").split("/"))
+        method = environ["REQUEST_METHOD"]
+        if segments in (("",), ("dashboard",)) and method == "GET":
+            return 200, _dashboard(), "text/html; charset=utf-8"
+        if segments == ("metrics",) and method == "GET":
+            return 200, prometheus_text(self.node, self.per_queue_metrics).encode(), \
+                "text/plain; version=0.0.4; charset=utf-8"
+        handler, params, path_known = None, None, False
+        for route_method, pattern, route_handler in self.routes:
+            params = _match(pattern, segments)
+            if params is not None:
+                path_known = True
+                if route_method == method:
+                    handler = route_handler
+                    break
+        if handler is None:
+            if path_known:
+                raise HttpError(405, f"method {method} not allowed here")
+            raise HttpError(404, "Object Not Found")
+        request = Request(environ, self._authenticate(environ))
+        result = handler(self, request, **params)
+        status, payload = result if type(result) is tuple else (200, result)
+        return status, _json(payload).encode() if status != 204 else b"", "application/json"
+
+    def _authenticate(self, environ):
+        header = environ.get("HTTP_AUTHORIZATION", "")
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            raise HttpError(401, "Not_Authorized: send HTTP basic credentials")
+        try:
+            username, separator, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            raise HttpError(401, "Not_Authorized: malformed basic credentials") from None
+        peer = (environ.get("REMOTE_ADDR"), int(environ.get("REMOTE_PORT") or 0))
+        try:
+            user = self.node.authenticate(username, password, peer, mechanism="HTTP basic")
+        except AccessRefused as exc:
+            raise HttpError(401, exc.text) from None
+        if not user.has_tag(ADMINISTRATOR, MONITORING, MANAGEMENT):
+            raise HttpError(403, f"Not_Authorized: user '{username}' has no management, monitoring "
+                                 "or administrator tag")
+        return user
+
+    # -- access ------------------------------------------------------------------------
+
+    def visible_vhosts(self, request):
+        if request.sees_everything:
+            return list(self.node.vhosts.values())
+        return [vhost for name, vhost in self.node.vhosts.items()
+                if (request.user.name, name) in self.node.permissions]
+
+    def vhost(self, request, name):
+        """The named vhost, if it exists (404) and the user may see it (403)."""
+        vhost = self.node.vhost(name)
+        if not request.sees_everything and (request.user.name, name) not in self.node.permissions:
+            raise AccessRefused(f"access to vhost '{name}' refused for user '{request.user.name}'")
+        return vhost
+
+    def check(self, request, vhost, kind, resource, name):
+        """The user's `kind` (configure, write, read) permission on a queue or exchange."""
+        permission = self.node.permissions.get((request.user.name, vhost.name))
+        if permission is None:
+            raise AccessRefused(f"access to vhost '{vhost.name}' refused for user '{request.user.name}'")
+        permission.check(kind, resource, name, vhost.name, request.user.name)
+
+    def require_administrator(self, request):
+        self.node.check_tag(request.user.name)
+
+    def require_monitoring(self, request):
+        self.node.check_tag(request.user.name, MONITORING)
+
+
+def _match(pattern, segments):
+    if len(pattern) != len(segments):
+        return None
+    params = {}
+    for expected, actual in zip(pattern, segments):
+        if expected.startswith("{"):
+            params[expected[1:-1]] = actual
+        elif expected != actual:
+            return None
+    return params
+
+
+def _error(status, reason):
+    return _json({"error": _ERROR_NAMES.get(status, "error"), "reason": reason}).encode()
+
+
+def _dashboard():
+    for path in DASHBOARD_FILES:
+        try:
+            with open(path, "rb") as page:
+                return page.read()
+        except OSError:
+            continue
+    raise HttpError(404, f"the dashboard page is not installed ({' nor '.join(DASHBOARD_FILES)})")
+
+
+# -- shapes ----------------------------------------------------------------------------------
+
+def _rate_details(counts, rates):
+    """RabbitMQ's message_stats: each count with its `_details` rate per second."""
+    stats = {}
+    for name, counter in (("publish", "published"), ("deliver_get", "delivered"), ("ack", "acked"),
+                          ("redeliver", "redelivered"), ("dead_lettered", "dead_lettered")):
+        stats[name] = counts[counter]
+        stats[name + "_details"] = {"rate": round(rates[counter], 2)}
+    # GreenMQ counts basic.get with consumer deliveries; `deliver` is what clients read.
+    stats["deliver"], stats["deliver_details"] = stats["deliver_get"], stats["deliver_get_details"]
+    return stats
+
+
+def queue_json(api, vhost, queue):
+    ready, unacked = queue.message_count, queue.unacked_count
+    head = queue.ready.head()
+    counts = {counter: getattr(queue, counter) for counter in MESSAGE_COUNTERS}
+    return {"name": queue.name, "vhost": vhost.name, "durable": queue.durable, "auto_delete": queue.auto_delete,
+            "exclusive": queue.exclusive, "arguments": queue.arguments, "node": NODE_NAME,
+            "type": "classic", "state": "running",
+            "messages": ready + unacked, "messages_ready": ready, "messages_unacknowledged": unacked,
+            "consumers": len(queue.consumers),
+            "memory": QUEUE_OVERHEAD_BYTES + ready * (MESSAGE_OVERHEAD_BYTES + (len(head.body) if head else 0)),
+            "message_stats": _rate_details(counts, api.sampler.queue_rates(queue))}
+
+
+def exchange_json(vhost, exchange):
+    return {"name": exchange.name, "vhost": vhost.name, "type": exchange.type, "durable": exchange.durable,
+            "auto_delete": exchange.auto_delete, "internal": exchange.internal, "arguments": exchange.arguments,
+            "user_who_performed_action": "rmq-internal" if exchange.name.startswith("amq.") or not exchange.name
+            else ""}
+
+
+def binding_json(vhost, row):
+    return {"source": row["source"], "vhost": vhost.name, "destination": row["destination"],
+            "destination_type": row["destination_kind"], "routing_key": row["routing_key"],
+            "arguments": row["arguments"], "properties_key": properties_key(row["routing_key"], row["arguments"])}
+
+
+def properties_key(routing_key, arguments):
+    """Names one binding in a URL, as RabbitMQ's `properties_key`: the routing key ("~"
+    when empty), then a digest of the arguments when there are any."""
+    key = routing_key.replace("%", "%25").replace("~", "%7E") if routing_key else "~"
+    if arguments:
+        digest = base64.urlsafe_b64encode(
+            json.dumps(arguments, sort_keys=True, default=json_value).encode()).decode()[:16]
+        key += "~" + digest
+    return key
+
+
+def _exchange_name(name):
+    return "" if name == "amq.default" else name
+
+
+# -- handlers ---------------------------------------------------------------------------------
+
+def overview(api, request):
+    vhosts = api.visible_vhosts(request)
+    queues = [queue for vhost in vhosts for queue in vhost.queues.values()]
+    sessions = _visible_sessions(api, request)
+    ready = sum(queue.message_count for queue in queues)
+    unacked = sum(queue.unacked_count for queue in queues)
+    return {"management_version": VERSION, "product_name": SERVER_NAME, "product_version": VERSION,
+            "node": NODE_NAME, "cluster_name": NODE_NAME,
+            "statistics_db_event_queue": 0, "sample_interval_seconds": api.sampler.interval,
+            "object_totals": {"connections": len(sessions),
+                              "channels": sum(len(s.channels) for s in sessions),
+                              "exchanges": sum(len(vhost.exchanges) for vhost in vhosts),
+                              "queues": len(queues),
+                              "consumers": sum(len(queue.consumers) for queue in queues)},
+            "queue_totals": {"messages": ready + unacked, "messages_ready": ready,
+                             "messages_unacknowledged": unacked},
+            "message_stats": _rate_details(totals(vhosts), api.sampler.rates(vhosts))}
+
+
+def whoami(api, request):
+    return {"name": request.user.name, "tags": list(request.user.tags)}
+
+
+def nodes(api, request):
+    api.require_monitoring(request)
+    return [node_json(api)]
+
+
+def node_detail(api, request, name):
+    api.require_monitoring(request)
+    if name != NODE_NAME:
+        raise NotFound(f"no node '{name}'")
+    return node_json(api)
+
+
+def node_json(api):
+    status = api.node.status()
+    return {"name": NODE_NAME, "type": "disc", "running": True, "uptime": int(status["uptime_seconds"] * 1000),
+            "mem_used": resident_bytes(), "os_pid": str(status["pid"]), "product": SERVER_NAME,
+            "version": VERSION, "partitions": []}
+
+
+def _visible_sessions(api, request):
+    sessions = [s for s in api.node.sessions if not s.closed]
+    if request.sees_everything:
+        return sessions
+    return [s for s in sessions if s.user == request.user.name]
+
+
+def _connection_json(row, session):
+    peer = session.peer if isinstance(session.peer, tuple) else (None, None)
+    return {**row, "node": NODE_NAME, "state": "running", "peer_host": peer[0], "peer_port": peer[1]}
+
+
+def connections(api, request):
+    sessions = {s.name: s for s in _visible_sessions(api, request)}
+    return [_connection_json(row, sessions[row["name"]]) for row in api.node.list_connections()
+            if row["name"] in sessions]
+
+
+def connection_detail(api, request, name):
+    for row in connections(api, request):
+        if row["name"] == name:
+            return row
+    raise NotFound(f"no connection '{name}'")
+
+
+def close_connection(api, request, name):
+    """As in RabbitMQ: a user may close its own connections, an administrator any."""
+    if connection_detail(api, request, name)["user"] != request.user.name:
+        api.require_administrator(request)
+    api.node.close_connection(name, request.environ.get("HTTP_X_REASON") or "Closed via management API")
+    return 204, None
+
+
+def channels(api, request):
+    names = {s.name for s in _visible_sessions(api, request)}
+    return [{**row, "name": f"{row['connection']} ({row['number']})", "node": NODE_NAME,
+             "connection_details": {"name": row["connection"]}}
+            for row in api.node.list_channels() if row["connection"] in names]
+
+
+def consumers(api, request, vhost=None):
+    vhosts = [api.vhost(request, vhost)] if vhost is not None else api.visible_vhosts(request)
+    return [{**row, "queue": {"name": row["queue"], "vhost": v.name},
+             "channel_details": {"name": f"{row['connection']} ({row['channel']})", "number": row["channel"],
+                                 "connection_name": row["connection"]}}
+            for v in vhosts for row in v.list_consumers()]
+
+
+# exchanges
+
+def exchanges(api, request, vhost=None):
+    vhosts = [api.vhost(request, vhost)] if vhost is not None else api.visible_vhosts(request)
+    return [exchange_json(v, exchange) for v in vhosts for exchange in v.exchanges.values()]
+
+
+def exchange_detail(api, request, vhost, name):
+    v = api.vhost(request, vhost)
+    return exchange_json(v, v.exchange(_exchange_name(name)))
+
+
+def put_exchange(api, request, vhost, name):
+    v = api.vhost(request, vhost)
+    body = request.body()
+    type_name = field(body, "type", str, "direct")
+    existed = name in v.exchanges
+    api.check(request, v, "configure", "exchange", name)
+    v.declare_exchange(name, type_name, durable=field(body, "durable", bool, True),
+                       auto_delete=field(body, "auto_delete", bool, False),
+                       internal=field(body, "internal", bool, False), arguments=field(body, "arguments", dict, {}))
+    return (204 if existed else 201), None
+
+
+def delete_exchange(api, request, vhost, name):
+    v = api.vhost(request, vhost)
+    v.exchange(_exchange_name(name))
+    api.check(request, v, "configure", "exchange", name)
+    v.delete_exchange(name, if_unused=request.query.get("if-unused") == "true")
+    return 204, None
+
+
+def publish(api, request, vhost, name):
+    v = api.vhost(request, vhost)
+    name = _exchange_name(name)
+    body = request.body()
+    routing_key = field(body, "routing_key", str, required=True)
+    payload = field(body, "payload", str, required=True)
+    encoding = field(body, "payload_encoding", str, "string")
+    if encoding == "string":
+        data = payload.encode()
+    elif encoding == "base64":
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except binascii.Error:
+            raise HttpError(400, "field 'payload' is not valid base64") from None
+    else:
+        raise HttpError(400, "field 'payload_encoding' must be 'string' or 'base64'")
+    properties = _properties_in(field(body, "properties", dict, {}))
+    v.exchange(name)
+    api.check(request, v, "write", "exchange", name)
+    return {"routed": v.publish(name, Message(name, routing_key, data, properties)) > 0}
+
+
+def exchange_bindings_source(api, request, vhost, name):
+    v = api.vhost(request, vhost)
+    name = _exchange_name(name)
+    v.exchange(name)
+    return [binding_json(v, row) for row in v.list_bindings() if row["source"] == name]
+
+
+def exchange_bindings_destination(api, request, vhost, name):
+    api.vhost(request, vhost).exchange(_exchange_name(name))
+    return []       # exchange-to-exchange bindings do not exist in GreenMQ
+
+
+# queues
+
+def queues(api, request, vhost=None):
+    vhosts = [api.vhost(request, vhost)] if vhost is not None else api.visible_vhosts(request)
+    rows = [queue_json(api, v, queue) for v in vhosts for queue in v.queues.values()]
+    name_filter = request.query.get("name")
+    if name_filter:
+        try:
+            pattern = re.compile(name_filter if request.query.get("use_regex") == "true" else re.escape(name_filter))
+        except re.error as exc:
+            raise HttpError(400, f"'name' is not a regular expression: {exc}") from None
+        rows = [row for row in rows if pattern.search(row["name"])]
+    return rows
+
+
+def _queue(api, request, vhost, name):
+    v = api.vhost(request, vhost)
+    queue = v.queues.get(name)
+    if queue is None:
+        raise NotFound(f"no queue '{name}' in vhost '{v.name}'")
+    return v, queue
+
+
+def queue_detail(api, request, vhost, name):
+    v, queue = _queue(api, request, vhost, name)
+    return queue_json(api, v, queue)
+
+
+def put_queue(api, request, vhost, name):
+    v = api.vhost(request, vhost)
+    body = request.body()
+    if not name:
+        raise HttpError(400, "a queue declared through the API needs a name")
+    existed = name in v.queues
+    api.check(request, v, "configure", "queue", name)
+    v.declare_queue(name, durable=field(body, "durable", bool, True), auto_delete=field(body, "auto_delete", bool, False),
+                    arguments=field(body, "arguments", dict, {}))
+    return (204 if existed else 201), None
+
+
+def delete_queue(api, request, vhost, name):
+    v, _ = _queue(api, request, vhost, name)
+    api.check(request, v, "configure", "queue", name)
+    v.delete_queue(name, if_unused=request.query.get("if-unused") == "true",
+                   if_empty=request.query.get("if-empty") == "true")
+    return 204, None
+
+
+def purge(api, request, vhost, name):
+    v, _ = _queue(api, request, vhost, name)
+    api.check(request, v, "read", "queue", name)
+    v.purge_queue(name)
+    return 204, None
+
+
+_ACK_MODES = {"ack_requeue_true": True, "reject_requeue_true": True,
+              "ack_requeue_false": False, "reject_requeue_false": False}
+
+
+def get_messages(api, request, vhost, name):
+    """As RabbitMQ's "Get messages": take up to `count` and settle them as `ackmode` says."""
+    v, _ = _queue(api, request, vhost, name)
+    body = request.body()
+    count = field(body, "count", int, 1)
+    ackmode = field(body, "ackmode", str, "ack_requeue_true")
+    encoding = field(body, "encoding", str, "auto")
+    truncate = field(body, "truncate", int, None)
+    if not 1 <= count <= MAX_GET_COUNT:
+        raise HttpError(400, f"field 'count' must be between 1 and {MAX_GET_COUNT}")
+    if ackmode not in _ACK_MODES:
+        raise HttpError(400, f"field 'ackmode' must be one of {', '.join(_ACK_MODES)}")
+    if encoding not in ("auto", "base64"):
+        raise HttpError(400, "field 'encoding' must be 'auto' or 'base64'")
+    api.check(request, v, "read", "queue", name)
+    queue = v.queue(name)
+    taken = []
+    while len(taken) < count:
+        message = queue.get(no_ack=False)
+        if message is None:
+            break
+        taken.append(message)
+    remaining = queue.message_count
+    if taken:
+        queue.settle([(message, queue, None) for message in taken], _ACK_MODES[ackmode])
+    return [_got_json(message, remaining + len(taken) - i - 1, encoding, truncate)
+            for i, message in enumerate(taken)]
+
+
+def _got_json(message, message_count, encoding, truncate):
+    body = message.body if truncate is None else message.body[:max(truncate, 0)]
+    payload, payload_encoding = None, "base64"
+    if encoding == "auto":
+        try:
+            payload, payload_encoding = body.decode("utf-8"), "string"
+        except UnicodeDecodeError:
+            pass
+    if payload is None:
+        payload = base64.b64encode(body).decode("ascii")
+    return {"payload_bytes": len(message.body), "redelivered": message.redelivered, "exchange": message.exchange,
+            "routing_key": message.routing_key, "message_count": message_count,
+            "properties": message.properties or {}, "payload": payload, "payload_encoding": payload_encoding}
+
+
+def queue_bindings(api, request, vhost, name):
+    v, _ = _queue(api, request, vhost, name)
+    return [binding_json(v, row) for row in v.list_bindings() if row["destination"] == name]
+
+
+# bindings
+
+def bindings(api, request, vhost=None):
+    vhosts = [api.vhost(request, vhost)] if vhost is not None else api.visible_vhosts(request)
+    return [binding_json(v, row) for v in vhosts for row in v.list_bindings()]
+
+
+def _binding_rows(api, request, vhost, exchange, queue):
+    v = api.vhost(request, vhost)
+    exchange = _exchange_name(exchange)
+    v.exchange(exchange)
+    if queue not in v.queues:
+        raise NotFound(f"no queue '{queue}' in vhost '{v.name}'")
+    return v, exchange, [binding_json(v, row) for row in v.list_bindings()
+                         if row["source"] == exchange and row["destination"] == queue]
+
+
+def bindings_between(api, request, vhost, exchange, queue):
+    return _binding_rows(api, request, vhost, exchange, queue)[2]
+
+
+def add_binding(api, request, vhost, exchange, queue):
+    v = api.vhost(request, vhost)
+    body = request.body()
+    routing_key = field(body, "routing_key", str, "")
+    arguments = field(body, "arguments", dict, {})
+    api.check(request, v, "write", "queue", queue)
+    api.check(request, v, "read", "exchange", exchange)
+    v.bind(queue, exchange, routing_key, arguments)
+    return 201, None
+
+
+def _binding(api, request, vhost, exchange, queue, props):
+    v, exchange, rows = _binding_rows(api, request, vhost, exchange, queue)
+    for row in rows:
+        if row["properties_key"] == props:
+            return v, row
+    raise NotFound(f"no binding '{props}' from exchange '{exchange}' to queue '{queue}' in vhost '{v.name}'")
+
+
+def binding_detail(api, request, vhost, exchange, queue, props):
+    return _binding(api, request, vhost, exchange, queue, props)[1]
+
+
+def delete_binding(api, request, vhost, exchange, queue, props):
+    v, row = _binding(api, request, vhost, exchange, queue, props)
+    api.check(request, v, "write", "queue", queue)
+    api.check(request, v, "read", "exchange", exchange)
+    v.unbind(queue, row["source"], row["routing_key"], row["arguments"])
+    return 204, None
+
+
+# users, vhosts, permissions
+
+def _user_json(user):
+    return {"name": user.name, "tags": list(user.tags), "password_hash": user.password_hash,
+            "hashing_algorithm": user.hashing_algorithm}
+
+
+def users(api, request):
+    api.require_administrator(request)
+    return [_user_json(user) for user in api.node.users.values()]
+
+
+def user_detail(api, request, name):
+    api.require_administrator(request)
+    return _user_json(api.node.user(name))
+
+
+def put_user(api, request, name):
+    api.require_administrator(request)
+    body = request.body()
+    tags = field(body, "tags", (str, list), "")
+    if isinstance(tags, str):
+        tags = [tag.strip() for tag in tags.split(",") if tag.strip()]
+    elif not all(type(tag) is str for tag in tags):
+        raise HttpError(400, "field 'tags' must be a comma-separated string or a list of strings")
+    password = field(body, "password", str)
+    password_hash = field(body, "password_hash", str)
+    algorithm = field(body, "hashing_algorithm", str, "rabbit_password_hashing_sha256")
+    node = api.node
+    existed = name in node.users
+    if password_hash is not None:
+        check_password_hash(password_hash, algorithm)
+        node.put_user(name, password_hash, algorithm, tags)
+    elif password is not None and existed:
+        node.set_user_tags(name, tags)
+        node.change_password(name, password)
+    elif password is not None:
+        node.add_user(name, password, tags)
+    elif existed:
+        node.set_user_tags(name, tags)
+    else:
+        raise HttpError(400, "a new user needs 'password' or 'password_hash'")
+    return (204 if existed else 201), None
+
+
+def delete_user(api, request, name):
+    api.require_administrator(request)
+    api.node.delete_user(name)
+    return 204, None
+
+
+def _vhost_json(vhost):
+    return {"name": vhost.name, "queues": len(vhost.queues), "tracing": False,
+            "messages": sum(q.message_count + q.unacked_count for q in vhost.queues.values())}
+
+
+def vhosts(api, request):
+    return [_vhost_json(v) for v in api.visible_vhosts(request)]
+
+
+def vhost_detail(api, request, name):
+    return _vhost_json(api.vhost(request, name))
+
+
+def put_vhost(api, request, name):
+    api.require_administrator(request)
+    request.body()
+    if name in api.node.vhosts:
+        return 204, None
+    api.node.add_vhost(name)
+    return 201, None
+
+
+def delete_vhost(api, request, name):
+    api.require_administrator(request)
+    api.node.delete_vhost(name)
+    return 204, None
+
+
+def permissions(api, request, vhost=None, user=None):
+    """All of them, a vhost's or a user's."""
+    api.require_administrator(request)
+    return api.node.list_permissions(vhost=vhost, user=user)
+
+
+def permission_detail(api, request, vhost, user):
+    api.require_administrator(request)
+    for row in api.node.list_permissions(vhost=vhost, user=user):
+        return row
+    raise NotFound(f"user '{user}' has no permissions in vhost '{vhost}'")
+
+
+def put_permission(api, request, vhost, user):
+    api.require_administrator(request)
+    body = request.body()
+    api.node.set_permissions(user, vhost, *(field(body, kind, str, required=True)
+                                            for kind in ("configure", "write", "read")))
+    return 201, None
+
+
+def delete_permission(api, request, vhost, user):
+    api.require_administrator(request)
+    permission_detail(api, request, vhost, user)
+    api.node.clear_permissions(user, vhost)
+    return 204, None
+
+
+def get_definitions(api, request):
+    api.require_administrator(request)
+    return api.node.export_definitions()
+
+
+def post_definitions(api, request):
+    api.require_administrator(request)
+    api.node.import_definitions(request.body())
+    return 204, None
+
+
+_ROUTES = [
+    ("GET", "/api/overview", overview),
+    ("GET", "/api/whoami", whoami),
+    ("GET", "/api/nodes", nodes),
+    ("GET", "/api/nodes/{name}", node_detail),
+    ("GET", "/api/connections", connections),
+    ("GET", "/api/connections/{name}", connection_detail),
+    ("DELETE", "/api/connections/{name}", close_connection),
+    ("GET", "/api/channels", channels),
+    ("GET", "/api/consumers", consumers),
+    ("GET", "/api/consumers/{vhost}", consumers),
+    ("GET", "/api/exchanges", exchanges),
+    ("GET", "/api/exchanges/{vhost}", exchanges),
+    ("GET", "/api/exchanges/{vhost}/{name}", exchange_detail),
+    ("PUT", "/api/exchanges/{vhost}/{name}", put_exchange),
+    ("DELETE", "/api/exchanges/{vhost}/{name}", delete_exchange),
+    ("POST", "/api/exchanges/{vhost}/{name}/publish", publish),
+    ("GET", "/api/exchanges/{vhost}/{name}/bindings/source", exchange_bindings_source),
+    ("GET", "/api/exchanges/{vhost}/{name}/bindings/destination", exchange_bindings_destination),
+    ("GET", "/api/queues", queues),
+    ("GET", "/api/queues/{vhost}", queues),
+    ("GET", "/api/queues/{vhost}/{name}", queue_detail),
+    ("PUT", "/api/queues/{vhost}/{name}", put_queue),
+    ("DELETE", "/api/queues/{vhost}/{name}", delete_queue),
+    ("DELETE", "/api/queues/{vhost}/{name}/contents", purge),
+    ("POST", "/api/queues/{vhost}/{name}/get", get_messages),
+    ("GET", "/api/queues/{vhost}/{name}/bindings", queue_bindings),
+    ("GET", "/api/bindings", bindings),
+    ("GET", "/api/bindings/{vhost}", bindings),
+    ("GET", "/api/bindings/{vhost}/e/{exchange}/q/{queue}", bindings_between),
+    ("POST", "/api/bindings/{vhost}/e/{exchange}/q/{queue}", add_binding),
+    ("GET", "/api/bindings/{vhost}/e/{exchange}/q/{queue}/{props}", binding_detail),
+    ("DELETE", "/api/bindings/{vhost}/e/{exchange}/q/{queue}/{props}", delete_binding),
+    ("GET", "/api/users", users),
+    ("GET", "/api/users/{name}", user_detail),
+    ("PUT", "/api/users/{name}", put_user),
+    ("DELETE", "/api/users/{name}", delete_user),
+    ("GET", "/api/users/{user}/permissions", permissions),
+    ("GET", "/api/vhosts", vhosts),
+    ("GET", "/api/vhosts/{name}", vhost_detail),
+    ("PUT", "/api/vhosts/{name}", put_vhost),
+    ("DELETE", "/api/vhosts/{name}", delete_vhost),
+    ("GET", "/api/vhosts/{vhost}/permissions", permissions),
+    ("GET", "/api/permissions", permissions),
+    ("GET", "/api/permissions/{vhost}/{user}", permission_detail),
+    ("PUT", "/api/permissions/{vhost}/{user}", put_permission),
+    ("DELETE", "/api/permissions/{vhost}/{user}", delete_permission),
+    ("GET", "/api/definitions", get_definitions),
+    ("POST", "/api/definitions", post_definitions),
+]
+
+
+# -- Prometheus ---------------------------------------------------------------------------------
+
+def resident_bytes():
+    """The process's resident memory: /proc on Linux, the peak elsewhere."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _label(value):
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+_COUNTER_HELP = {
+    "published": "Messages published (node-wide: accepted for routing; per queue: enqueued).",
+    "delivered": "Messages delivered to consumers or fetched with basic.get.",
+    "acked": "Deliveries settled without requeue (acknowledged, or rejected without requeue).",
+    "redelivered": "Deliveries of messages delivered before.",
+    "dead_lettered": "Messages dead-lettered.",
+}
+
+
+def prometheus_text(node, per_queue=True):
+    """Prometheus text exposition format 0.0.4: names with the greenmq_ prefix, counters
+    ending in _total, seconds and bytes as base units."""
+    lines = []
+
+    def metric(name, kind, help_text, samples):
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            lines.append(f"{name}{labels} {value}")
+
+    queues = [(vhost, queue) for vhost in node.vhosts.values() for queue in vhost.queues.values()]
+    sessions = [s for s in node.sessions if not s.closed]
+    metric("greenmq_connections", "gauge", "Open client connections.", [("", len(sessions))])
+    metric("greenmq_channels", "gauge", "Open channels.", [("", sum(len(s.channels) for s in sessions))])
+    metric("greenmq_queues", "gauge", "Queues.", [("", len(queues))])
+    metric("greenmq_consumers", "gauge", "Consumers.", [("", sum(len(q.consumers) for _, q in queues))])
+    ready = [(vhost, queue, queue.message_count) for vhost, queue in queues]
+    metric("greenmq_messages_ready", "gauge", "Messages ready for delivery.", [("", sum(r for _, _, r in ready))])
+    metric("greenmq_messages_unacked", "gauge", "Messages delivered and not yet acknowledged.",
+           [("", sum(q.unacked_count for _, q in queues))])
+    counts = totals(node.vhosts.values())
+    for counter in MESSAGE_COUNTERS:
+        metric(f"greenmq_messages_{counter}_total", "counter", _COUNTER_HELP[counter], [("", counts[counter])])
+    if per_queue:
+        labels = [(queue, f'{{vhost="{_label(vhost.name)}",queue="{_label(queue.name)}"}}') for vhost, queue in queues]
+        metric("greenmq_queue_messages_ready", "gauge", "Messages ready for delivery, per queue.",
+               [(label, count) for (_, label), (_, _, count) in zip(labels, ready)])
+        metric("greenmq_queue_messages_unacked", "gauge", "Messages delivered and not yet acknowledged, per queue.",
+               [(label, queue.unacked_count) for queue, label in labels])
+        metric("greenmq_queue_consumers", "gauge", "Consumers, per queue.",
+               [(label, len(queue.consumers)) for queue, label in labels])
+        for counter in MESSAGE_COUNTERS:
+            metric(f"greenmq_queue_messages_{counter}_total", "counter", _COUNTER_HELP[counter] + " Per queue.",
+                   [(label, getattr(queue, counter)) for queue, label in labels])
+    histogram = node.store.commit_seconds
+    name = "greenmq_store_commit_duration_seconds"
+    lines.append(f"# HELP {name} Time to commit one batch of the durable store (one transaction and its fsync).")
+    lines.append(f"# TYPE {name} histogram")
+    for bound, count in histogram.cumulative():
+        lines.append(f'{name}_bucket{{le="{"+Inf" if bound == float("inf") else repr(bound)}"}} {count}')
+    lines.append(f"{name}_sum {histogram.sum}")
+    lines.append(f"{name}_count {histogram.count}")
+    metric("greenmq_process_resident_memory_bytes", "gauge", "Resident memory of the broker process.",
+           [("", resident_bytes())])
+    return "\n".join(lines) + "\n"
+
+
+# -- the server ---------------------------------------------------------------------------------
+
+class _RawPathHandler(WSGIHandler):
+    """Keeps the path as sent in RAW_URI: vhost names hold slashes ('/' is %2F), which
+    PATH_INFO has already decoded into path separators."""
+
+    def get_environ(self):
+        environ = super().get_environ()
+        environ["RAW_URI"] = self.path
+        return environ
+
+
+def management_server(node, sampler, host, port, per_queue_metrics=True, tls=None):
+    """A not yet started WSGIServer for the API (HTTPS with an ssl context `tls`); handlers
+    in a pool, so stopping kills them."""
+    extra = {"ssl_context": tls} if tls is not None else {}
+    return WSGIServer((host, port), ManagementApi(node, sampler, per_queue_metrics), spawn=Pool(),
+                      handler_class=_RawPathHandler, log=None, error_log=log, **extra)

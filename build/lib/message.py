@@ -1,0 +1,193 @@
+"""The message as the core holds it: one small object per published message, shared by every
+queue it is routed to."""
+
+import base64
+import datetime
+import decimal
+import itertools
+import json
+
+from errors import PreconditionFailed
+
+# AMQP 0-9-1 basic properties, in the order of the spec's property flags.
+PROPERTY_NAMES = (
+    "content_type", "content_encoding", "headers", "delivery_mode", "priority",
+    "correlation_id", "reply_to", "expiration", "message_id", "timestamp", "type",
+    "user_id", "app_id", "cluster_id",
+)
+
+# RabbitMQ's bound on TTLs and queue expiry, in milliseconds (about 49 days): larger values
+# are refused rather than overflowing the timers they set.
+MAX_EXPIRY_MS = 2**32 - 1
+
+# RabbitMQ's default max_message_size: the largest body either protocol accepts. A front
+# end refuses a larger one before holding it whole (406, as RabbitMQ does); operators may
+# lower or raise it with --max-message-bytes (RabbitMQ allows up to 512 MiB).
+DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024 * 1024
+
+# Messages share one copy of each exchange name and routing key seen recently (a fifth of a
+# small message's memory when a million wait). Not sys.intern: since CPython 3.12 interned
+# strings live as long as the process, so unique routing keys (an RPC reply queue per
+# request) would pile up forever. 10,000 names of at most 255 bytes bound what this table
+# holds to a few MiB; when full it starts afresh, and the strings die with their messages.
+MAX_SHARED_NAMES = 10_000
+_shared_names = {}
+
+_next_seq = itertools.count(1).__next__
+
+
+def continue_sequence_after(seq):
+    """Recovered messages keep their place: new ones must come after the last of them."""
+    global _next_seq
+    _next_seq = itertools.count(seq + 1).__next__
+
+
+def shared_name(name):
+    """The one copy of `name` that messages share (see MAX_SHARED_NAMES)."""
+    shared = _shared_names
+    if len(shared) >= MAX_SHARED_NAMES:
+        shared.clear()
+    return shared.setdefault(name, name)
+
+
+def message_too_large(size, max_message_bytes):
+    """The refusal of a body larger than the broker's maximum, in RabbitMQ's words."""
+    return PreconditionFailed(f"message size {size} is larger than configured max size {max_message_bytes}")
+
+
+class Message:
+    """`properties` is None or a dict keyed by PROPERTY_NAMES; `seq` orders messages
+    process-wide, so requeued messages can return to their original place in any queue.
+    `redelivered` and `expires_at` belong to a message's place in one queue: queues
+    copy the message (see `placed`) rather than change a shared one. `encoded_properties`
+    is opaque to the core: the properties as the publisher's wire format carried them, which
+    a front end speaking the same format may send again instead of encoding them anew.
+    `stored` is the durable store's record of a persistent message it holds, shared by
+    every queue's copy; None for everything the store does not hold."""
+
+    __slots__ = ("seq", "exchange", "routing_key", "body", "properties", "ttl",
+                 "redelivered", "expires_at", "encoded_properties", "stored")
+
+    def __init__(self, exchange, routing_key, body, properties=None, encoded_properties=None):
+        self.seq = _next_seq()
+        shared = _shared_names          # shared_name(), inlined: every publish comes here
+        if len(shared) >= MAX_SHARED_NAMES:
+            shared.clear()
+        self.exchange = shared.setdefault(exchange, exchange)
+        self.routing_key = shared.setdefault(routing_key, routing_key)
+        self.body = body
+        self.properties = properties
+        self.encoded_properties = encoded_properties
+        self.ttl = None if properties is None else ttl_of(properties)
+        self.redelivered = False
+        self.expires_at = None
+        self.stored = None
+
+    @property
+    def headers(self):
+        return self.properties.get("headers") if self.properties else None
+
+    @classmethod
+    def restored(cls, seq, exchange, routing_key, body, properties, ttl, encoded_properties):
+        """A message as the durable store gives it back, keeping its place in publish order."""
+        message = cls.__new__(cls)
+        message.seq = seq
+        message.exchange = shared_name(exchange)
+        message.routing_key = shared_name(routing_key)
+        message.body = body
+        message.properties = properties
+        message.encoded_properties = encoded_properties
+        message.ttl = ttl
+        message.redelivered = False
+        message.expires_at = None
+        message.stored = None
+        return message
+
+    def placed(self, redelivered, expires_at):
+        """A copy for one queue's use, sharing body and properties."""
+        copy = Message.__new__(Message)
+        copy.seq = self.seq
+        copy.exchange = self.exchange
+        copy.routing_key = self.routing_key
+        copy.body = self.body
+        copy.properties = self.properties
+        copy.ttl = self.ttl
+        copy.redelivered = redelivered
+        copy.expires_at = expires_at
+        copy.encoded_properties = self.encoded_properties
+        copy.stored = self.stored
+        return copy
+
+
+def ttl_of(properties):
+    """A message's own TTL in milliseconds, from its `expiration` property, or None."""
+    expiration = properties.get("expiration")
+    return None if expiration is None else parse_expiration(expiration)
+
+
+def parse_expiration(expiration):
+    """Per-message TTL in milliseconds: AMQP carries it as a decimal string."""
+    if isinstance(expiration, str) and expiration.isdigit() and expiration.isascii() and len(expiration) <= 10:
+        ttl = int(expiration)
+        if ttl <= MAX_EXPIRY_MS:
+            return ttl
+    raise PreconditionFailed(f"invalid expiration '{expiration[:20] if isinstance(expiration, str) else expiration}'")
+
+
+# -- properties as JSON -------------------------------------------------------------------
+# Header values JSON has no type for travel as one-member objects tagged with their type,
+# so a message's properties survive JSON (the JSON-lines protocol, the durable store) as
+# AMQP holds them.
+
+# The latest second a timestamp may name: what Python's datetime (and so every AMQP client
+# library here) can represent, the last second of the year 9999.
+MAX_TIMESTAMP = 253402300799
+
+
+def json_value(value):
+    """The tagged form of a value JSON has no type for (a `default=` for json encoders)."""
+    if isinstance(value, (bytes, bytearray)):
+        return {"$bytes": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, datetime.datetime):
+        return {"$timestamp": int(value.timestamp())}
+    if isinstance(value, decimal.Decimal):
+        return {"$decimal": str(value)}
+    raise TypeError(f"cannot encode {type(value).__name__} in JSON")
+
+
+# Keys sorted, so equal tables give equal text.
+properties_to_json = json.JSONEncoder(separators=(",", ":"), sort_keys=True, default=json_value).encode
+
+
+def _untag(obj):
+    if len(obj) == 1:
+        (tag, tagged), = obj.items()
+        decode = TAGGED_VALUES.get(tag)
+        if decode is not None:
+            return decode(tagged)
+    return obj
+
+
+def _timestamp(seconds):
+    if type(seconds) is not int or not 0 <= seconds <= MAX_TIMESTAMP:
+        raise ValueError(seconds)
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+
+
+def _decimal(text):
+    if type(text) is not str:
+        raise TypeError(text)
+    number = decimal.Decimal(text)
+    if not number.is_finite():
+        raise ValueError(text)
+    return number
+
+
+# Each tag's decoder; they raise ValueError or TypeError for a value the tag cannot carry.
+TAGGED_VALUES = {
+    "$bytes": lambda text: bytearray(base64.b64decode(text, validate=True)),   # AMQP's byte array type
+    "$timestamp": _timestamp,
+    "$decimal": _decimal,
+}
+
+properties_from_json = json.JSONDecoder(object_hook=_untag).decode

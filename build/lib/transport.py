@@ -1,0 +1,281 @@
+"""The socket side of both front ends: a reader greenlet feeding a sans-I/O protocol
+object and a writer greenlet sending what it produces, in batches.
+
+A protocol is a `FrontEndConnection` with `data_received(bytes)`, `close(exc)` and a
+`name`. It may have `tick(now) -> seconds`: called again after that many seconds
+(heartbeats, timeouts), or None when the connection is to end once its last output is sent.
+
+An allocation failing (MemoryError) while one connection is served ends that connection
+alone, with 541 INTERNAL_ERROR: its buffers are given up, and every other connection and
+the listeners go on.
+"""
+
+import logging
+import socket
+import time
+
+import gevent
+from gevent.event import Event
+
+from errors import ConnectionForced, InternalError
+
+log = logging.getLogger("greenmq.transport")
+
+RECV_BYTES = 256 * 1024
+
+# A client that vanishes without closing (power loss, a cut network) holds its unacked
+# messages until the broker notices. Linux's default keepalive notices after two hours;
+# these settings after about two minutes, with no traffic while the peer is healthy.
+KEEPALIVE_IDLE_SECONDS = 60
+KEEPALIVE_INTERVAL_SECONDS = 10
+KEEPALIVE_PROBES = 6
+
+# Once this much output waits for a client's socket, its consumers stop taking messages
+# (they stay in their queues) until the socket drains: a slow reader cannot make the
+# broker copy a whole queue into memory.
+OUTBOX_HIGH_WATER = 1024 * 1024
+
+# How long the last words of a closing connection may take to send.
+FINAL_SEND_SECONDS = 5
+
+# A TLS client has this long to finish its handshake: one that connects and says nothing
+# must not hold a connection slot for ever. Ten seconds covers slow links and CPUs.
+TLS_HANDSHAKE_SECONDS = 10
+
+
+class FrontEndConnection:
+    """What both front ends share: output waiting for the socket, the backpressure it puts
+    on the session's consumers, and the session's end with the connection's."""
+
+    def __init__(self, node, peer):
+        self.node = node
+        self.peer = peer
+        self.on_output = None        # set by the transport: output appeared where none waited
+        self.session = None
+        self.closed = False          # no more input is read once set
+        self.outbox = []
+        self.outbox_bytes = 0
+
+    def _write(self, data):
+        if not self.outbox and self.on_output is not None:
+            self.on_output()
+        self.outbox.append(data)
+        self.outbox_bytes += len(data)
+        if self.outbox_bytes > OUTBOX_HIGH_WATER and self.session is not None:
+            self.session.set_writable(False)
+
+    def take_output(self):
+        """Everything written since the last call, as bytes for the socket."""
+        data = b"".join(self.outbox)
+        self.outbox = []
+        self.outbox_bytes = 0
+        return data
+
+    def out_of_memory(self):
+        """An allocation failed serving this connection: drop its output (perhaps what
+        could not be allocated) and close it with 541, the last output it gets."""
+        log.error("out of memory serving %s connection from %s; closing it", self.name, self.peer)
+        self.outbox = []
+        self.outbox_bytes = 0
+        self.close(InternalError("out of memory"))
+
+    def output_drained(self):
+        if self.session is not None and not self.outbox:
+            self.session.set_writable(True)
+
+    def connection_lost(self):
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
+
+def connection_handler(make_protocol, tls=None):
+    """A StreamServer handler serving each client with `make_protocol(address)`, over TLS
+    with `tls` (a gevent.ssl.SSLContext). Killing its greenlet (the server stopping) closes
+    the connection with 320 CONNECTION_FORCED."""
+
+    def handle(sock, address):
+        configure_socket(sock)
+        if tls is not None:
+            sock = _tls_handshake(sock, address, tls)
+            if sock is None:
+                return
+        protocol = make_protocol(address)
+        output = _Output(sock, protocol, direct=tls is None)
+        protocol.on_output = output.ready
+        helpers = [gevent.spawn(output.write_loop)]
+        if hasattr(protocol, "tick"):
+            helpers.append(gevent.spawn(_tick_loop, sock, protocol))
+        log.info("accepted %s connection from %s:%s", protocol.name, *address[:2])
+        try:
+            while not protocol.closed:
+                data = sock.recv(RECV_BYTES)
+                if not data:
+                    break
+                protocol.data_received(data)
+                _send_ready()
+                # recv returns at once while data is waiting: yield so that writers and
+                # other clients run between batches.
+                gevent.sleep(0)
+        except OSError as exc:
+            if not protocol.closed:   # else: drained() ended the read (gevent raises EBADF)
+                log.info("%s connection from %s:%s failed: %s", protocol.name, address[0], address[1], exc)
+        except gevent.GreenletExit:
+            protocol.close(ConnectionForced(SHUTDOWN_REASON))
+        except MemoryError:
+            protocol.out_of_memory()
+        finally:
+            protocol.connection_lost()
+            gevent.killall(helpers)
+            try:
+                rest = output.pending + protocol.take_output()
+            except MemoryError:
+                rest = b""
+            _send_rest(sock, rest)
+            log.info("closed %s connection from %s:%s", protocol.name, *address[:2])
+
+    return handle
+
+
+# What RabbitMQ tells its clients when it stops.
+SHUTDOWN_REASON = "broker forced connection closure with reason 'shutdown'"
+
+
+def _tls_handshake(sock, address, tls):
+    """The TLS socket, or None (logged, closed) when the client fails the handshake."""
+    try:
+        with gevent.Timeout(TLS_HANDSHAKE_SECONDS, OSError("handshake timed out")):
+            return tls.wrap_socket(sock, server_side=True)
+    except OSError as exc:          # ssl.SSLError is one
+        log.info("TLS handshake with %s:%s failed: %s", address[0], address[1], exc)
+        sock.close()
+        return None
+
+
+# Connections with output produced since the last send: after each batch of input the
+# reader sends it straight away, one write per connection, without waiting for each
+# connection's writer greenlet to be scheduled (a hub round trip per hop of a request).
+_ready = []
+
+
+def _send_ready():
+    while _ready:
+        _ready.pop().send_now()
+
+
+class _Output:
+    """The sending side of one connection: direct non-blocking sends while the socket keeps
+    up, and a writer greenlet for whatever has to wait for it."""
+
+    __slots__ = ("sock", "protocol", "pending", "writing", "wakeup", "direct")
+
+    def __init__(self, sock, protocol, direct=True):
+        self.sock = sock
+        # A TLS socket cannot be asked not to wait (its send waits on a full socket
+        # whatever the timeout): its writer greenlet sends everything.
+        self.direct = direct
+        self.protocol = protocol
+        self.pending = b""        # taken from the protocol, not yet accepted by the socket
+        self.writing = False      # the writer greenlet owns the socket
+        self.wakeup = Event()
+
+    def ready(self):
+        """The protocol has output where it had none. Output made outside a reader's batch
+        (timers, heartbeats) is sent from the hub's next round of callbacks."""
+        if not _ready:
+            gevent.get_hub().loop.run_callback(_send_ready)
+        _ready.append(self)
+
+    def send_now(self):
+        if self.writing or self.pending:
+            return                # the writer is on it and will take the new output too
+        try:
+            data = self.protocol.take_output()
+        except MemoryError:
+            self.out_of_memory()
+            return
+        if not data:
+            return
+        try:
+            sent = self.sock.send(data, 0, 0.0) if self.direct else 0    # timeout 0: never wait here
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.sock.close()     # the reader's recv fails and the connection ends
+            return
+        if sent < len(data):
+            self.pending = data[sent:]
+            self.wakeup.set()
+        else:
+            self.drained()
+
+    def write_loop(self):
+        try:
+            while True:
+                self.wakeup.wait()
+                self.wakeup.clear()
+                self.writing = True
+                try:
+                    data, self.pending = self.pending + self.protocol.take_output(), b""
+                except MemoryError:
+                    return self.out_of_memory()
+                if data:
+                    self.sock.sendall(data)
+                self.writing = False
+                self.drained()
+                if self.protocol.outbox:
+                    self.wakeup.set()
+        except OSError:
+            self.sock.close()
+
+    def drained(self):
+        """All output is sent. A protocol closed by the core (its vhost deleted) has said
+        its last words: end reading, so the reader sees EOF and the connection ends."""
+        if self.protocol.closed:
+            end_reading(self.sock)
+        else:
+            self.protocol.output_drained()
+
+    def out_of_memory(self):
+        self.pending = b""
+        self.protocol.out_of_memory()
+        end_reading(self.sock)
+
+
+def end_reading(sock):
+    """Make the connection's reader see the end of input, so that it finishes the
+    connection: sends the last output, then closes the socket."""
+    try:
+        sock.shutdown(socket.SHUT_RD)
+    except OSError:
+        sock.close()      # already broken: the reader's recv fails
+
+
+def configure_socket(sock):
+    # Replies and deliveries are small and wanted now: no Nagle delay (RabbitMQ's default).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if hasattr(socket, "TCP_KEEPIDLE"):   # Linux; elsewhere the system's timers apply
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_SECONDS)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_SECONDS)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+
+
+def _tick_loop(sock, protocol):
+    while True:
+        delay = protocol.tick(time.monotonic())
+        if delay is None:
+            end_reading(sock)
+            return
+        gevent.sleep(delay)
+
+
+def _send_rest(sock, data):
+    try:
+        if data:
+            with gevent.Timeout(FINAL_SEND_SECONDS):
+                sock.sendall(data)
+    except (OSError, gevent.Timeout):
+        pass
+    finally:
+        sock.close()

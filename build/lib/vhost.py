@@ -1,0 +1,369 @@
+"""A virtual host: the registry of its exchanges, queues and bindings, and the one place
+where a publish is routed to queues.
+
+Operations take the session asking (`owner`): its user's permissions are checked (as in
+RabbitMQ's access control table), and exclusive queues refuse everyone but the
+connection that declared them. The broker's own operations (recovery, expiry, auto-delete)
+pass no owner.
+"""
+
+import base64
+import os
+import time
+
+from errors import AccessRefused, NotFound, PreconditionFailed, ResourceLocked, StoreUnavailable
+from exchange import DefaultExchange, exchange_class
+from queue_store import MESSAGE_COUNTERS, QUEUE_ARGUMENTS, Queue, validate_queue_arguments
+
+# AMQP names are short strings: at most 255 bytes of UTF-8.
+MAX_NAME_BYTES = 255
+
+PREDECLARED_EXCHANGES = (
+    ("amq.direct", "direct"), ("amq.fanout", "fanout"), ("amq.topic", "topic"),
+    ("amq.headers", "headers"), ("amq.match", "headers"),
+)
+
+
+class VirtualHost:
+    def __init__(self, name, store):
+        self.name = name
+        self.store = store          # where durable definitions and persistent messages go
+        self.queues = {}
+        self.exchanges = {"": DefaultExchange(self.queues)}
+        self.published = 0          # messages accepted for routing, for the management API
+        # What deleted queues had counted, so node-wide totals never go backwards.
+        self.deleted_queue_counts = dict.fromkeys(MESSAGE_COUNTERS, 0)
+        for exchange_name, type_name in PREDECLARED_EXCHANGES:
+            self.exchanges[exchange_name] = exchange_class(type_name)(exchange_name, durable=True)
+
+    def __repr__(self):
+        return self.name
+
+    # -- exchanges ---------------------------------------------------------------------
+
+    def exchange(self, name):
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            raise NotFound(f"no exchange '{name}' in vhost '{self.name}'")
+        return exchange
+
+    def declare_exchange(self, name, type_name="direct", passive=False, durable=False,
+                         auto_delete=False, internal=False, arguments=None, owner=None):
+        check_name(name, "exchange name")
+        if name == "":
+            raise AccessRefused("operation not permitted on the default exchange")
+        if passive:
+            return self.exchange(name)
+        if owner is not None:
+            owner.check("configure", "exchange", name)
+        cls = exchange_class(type_name)
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            if name.startswith("amq."):
+                raise AccessRefused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
+            exchange = self.exchanges[name] = cls(name, durable, auto_delete, internal, arguments)
+            if durable:
+                self.store.put_exchange(self.name, name, type_name, auto_delete, internal, exchange.arguments)
+            return exchange
+        what = f"exchange '{name}' in vhost '{self.name}'"
+        _equivalent(what, "type", type_name, exchange.type)
+        _equivalent(what, "durable", durable, exchange.durable)
+        _equivalent(what, "auto_delete", auto_delete, exchange.auto_delete)
+        _equivalent(what, "internal", internal, exchange.internal)
+        return exchange
+
+    def delete_exchange(self, name, if_unused=False, owner=None):
+        check_name(name, "exchange name")
+        if name == "":
+            raise AccessRefused("operation not permitted on the default exchange")
+        if owner is not None:
+            owner.check("configure", "exchange", name)
+        if name.startswith("amq.") and name in self.exchanges:
+            raise AccessRefused(f"deletion of system exchange '{name}' in vhost '{self.name}' not allowed")
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            return  # deleting what is not there succeeds, as in RabbitMQ
+        if if_unused and exchange.bindings:
+            raise PreconditionFailed(f"exchange '{name}' in vhost '{self.name}' in use")
+        self._remove_exchange(exchange)
+
+    def _remove_exchange(self, exchange):
+        del self.exchanges[exchange.name]
+        for queue in exchange.destinations():
+            queue.bound_exchanges.discard(exchange)
+        if exchange.durable:
+            self.store.delete_exchange(self.name, exchange.name)
+
+    # -- queues ------------------------------------------------------------------------
+
+    def queue(self, name, owner=None):
+        """The queue `owner` may use, by name."""
+        queue = self.queues.get(name)
+        if queue is None:
+            raise NotFound(f"no queue '{name}' in vhost '{self.name}'")
+        if queue.exclusive_owner is not None and queue.exclusive_owner is not owner:
+            raise self._locked(name)
+        return queue
+
+    def _locked(self, name):
+        return ResourceLocked(
+            f"cannot obtain exclusive access to locked queue '{name}' in vhost '{self.name}'. "
+            "It could be originally declared on another connection or the exclusive "
+            "property value does not match that of the original declaration.")
+
+    def declare_queue(self, name="", passive=False, durable=False, exclusive=False,
+                      auto_delete=False, arguments=None, owner=None):
+        """Returns the queue; a server-named one when `name` is empty."""
+        check_name(name, "queue name")
+        arguments = arguments or {}
+        if passive:
+            queue = self.queue(name, owner)
+            queue.touch()
+            return queue
+        # An exclusive queue ends with its connection, so RabbitMQ makes it transient whatever
+        # `durable` says, and redeclaring it with the other `durable` is no difference.
+        durable = durable and not exclusive
+        if not name:
+            name = "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        if owner is not None:
+            owner.check("configure", "queue", name)
+        queue = self.queues.get(name)
+        if queue is None:
+            if name.startswith("amq.") and not name.startswith("amq.gen-"):
+                raise AccessRefused(f"queue name '{name}' contains reserved prefix 'amq.*'")
+            validate_queue_arguments(arguments, name, self.name)
+            queue = self._add_queue(name, durable, owner if exclusive else None, auto_delete, arguments)
+            if queue.store is not None:
+                self.store.put_queue(self.name, name, auto_delete, queue.arguments)
+            if exclusive and owner is not None:
+                owner.exclusive_queues.add(queue)
+            return queue
+        if queue.exclusive_owner is not (owner if exclusive else None):
+            raise self._locked(name)    # another's, or declared with the other `exclusive`
+        what = f"queue '{name}' in vhost '{self.name}'"
+        _equivalent(what, "durable", durable, queue.durable)
+        _equivalent(what, "auto_delete", auto_delete, queue.auto_delete)
+        for argument in QUEUE_ARGUMENTS:
+            _equivalent(what, argument, arguments.get(argument), queue.arguments.get(argument))
+        queue.touch()
+        return queue
+
+    def _add_queue(self, name, durable, exclusive_owner, auto_delete, arguments):
+        queue = self.queues[name] = Queue(self.name, name, durable, exclusive_owner, auto_delete,
+                                          arguments, on_expired=self.remove_queue, store=self.store)
+        return queue
+
+    def delete_queue(self, name, if_unused=False, if_empty=False, owner=None):
+        """queue.delete: returns how many ready messages went with the queue (0 if it was
+        not there: deleting is idempotent, as in RabbitMQ)."""
+        check_name(name, "queue name")
+        if owner is not None:
+            owner.check("configure", "queue", name)
+        if name not in self.queues:
+            return 0
+        queue = self.queue(name, owner)
+        if if_unused and queue.consumers:
+            raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' in use")
+        if if_empty and queue.message_count:
+            raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' not empty")
+        return self.remove_queue(queue)
+
+    def purge_queue(self, name, owner=None):
+        """queue.purge: returns how many ready messages went."""
+        if owner is not None:
+            owner.check("read", "queue", name)
+        return self.queue(name, owner).purge()
+
+    def remove_queue(self, queue):
+        """Delete a queue without asking (expired, auto-deleted, its owner gone), telling
+        its consumers; returns how many ready messages went with it."""
+        if queue.deleted:
+            return 0
+        count = queue.message_count
+        del self.queues[queue.name]
+        queue.mark_deleted()
+        for counter in MESSAGE_COUNTERS:
+            self.deleted_queue_counts[counter] += getattr(queue, counter)
+        if queue.store is not None:
+            self.store.delete_queue(self.name, queue.name)
+        for consumer in list(queue.consumers):
+            consumer.channel.consumer_cancelled(consumer)
+        for exchange in list(queue.bound_exchanges):
+            exchange.unbind_destination(queue)
+            self._auto_delete_exchange(exchange)
+        queue.bound_exchanges.clear()
+        if queue.exclusive_owner is not None:
+            queue.exclusive_owner.exclusive_queues.discard(queue)
+        return count
+
+    def remove_all(self):
+        """Delete every queue and declared exchange, from the store too: the vhost is being
+        deleted. Queues go first, so their timers stop and their consumers are told."""
+        for queue in list(self.queues.values()):
+            self.remove_queue(queue)
+        for exchange in list(self.exchanges.values()):
+            if exchange.name and not exchange.name.startswith("amq."):
+                self._remove_exchange(exchange)
+
+    # -- bindings ----------------------------------------------------------------------
+
+    def bind(self, queue_name, exchange_name, routing_key="", arguments=None, owner=None):
+        check_name(routing_key, "routing key")
+        exchange, queue = self._binding_ends(queue_name, exchange_name, owner)
+        if exchange.bind(queue, routing_key, arguments) and exchange.durable and queue.store is not None:
+            self.store.put_binding(self.name, exchange.name, queue.name, routing_key, arguments)
+        queue.bound_exchanges.add(exchange)
+
+    def unbind(self, queue_name, exchange_name, routing_key="", arguments=None, owner=None):
+        """Removing a binding that is not there succeeds, even from a queue or exchange that
+        is not there or a queue exclusive to another connection, as in RabbitMQ: clients
+        unbind on cleanup after an auto-delete queue or exchange already went."""
+        self._check_binding_access(queue_name, exchange_name, owner)
+        exchange = self._bindable(exchange_name, missing_ok=True)
+        queue = self.queues.get(queue_name)
+        if exchange is None or not exchange.has_binding(queue, routing_key, arguments):
+            return
+        self.queue(queue_name, owner)
+        exchange.unbind(queue, routing_key, arguments)
+        if exchange.durable and queue.store is not None:
+            self.store.delete_binding(self.name, exchange.name, queue.name, routing_key, arguments)
+        if not any(key[0] is queue for key in exchange.bindings):
+            queue.bound_exchanges.discard(exchange)
+        self._auto_delete_exchange(exchange)
+
+    def _binding_ends(self, queue_name, exchange_name, owner):
+        self._check_binding_access(queue_name, exchange_name, owner)
+        return self._bindable(exchange_name), self.queue(queue_name, owner)
+
+    def _check_binding_access(self, queue_name, exchange_name, owner):
+        if owner is not None:
+            owner.check("write", "queue", queue_name)
+            owner.check("read", "exchange", exchange_name)
+
+    def _bindable(self, exchange_name, missing_ok=False):
+        check_name(exchange_name, "exchange name")
+        if exchange_name == "":
+            raise AccessRefused("operation not permitted on the default exchange")
+        return self.exchanges.get(exchange_name) if missing_ok else self.exchange(exchange_name)
+
+    def _auto_delete_exchange(self, exchange):
+        if exchange.auto_delete and not exchange.bindings and self.exchanges.get(exchange.name) is exchange:
+            self._remove_exchange(exchange)
+
+    # -- routing -----------------------------------------------------------------------
+
+    def publish(self, exchange_name, message):
+        """Route `message` through the named exchange into its queues; returns how many."""
+        exchange = self.publishable(exchange_name)
+        if len(message.routing_key) > MAX_NAME_BYTES // 4:    # short keys cannot be too long
+            check_name(message.routing_key, "routing key")
+        queues = exchange.route(message.routing_key, message.headers)
+        self.published += 1
+        properties = message.properties
+        if properties is not None and properties.get("delivery_mode") == 2:
+            durable = [queue for queue in queues if queue.store is not None]
+            if durable:
+                if not self.store.available:
+                    raise StoreUnavailable("the message store cannot be written: persistent message refused")
+                self.store.add_message(message, durable)
+        for queue in queues:
+            queue.enqueue(message)
+        return len(queues)
+
+    def publishable(self, exchange_name):
+        """The exchange a publish names, if it may be published to."""
+        exchange = self.exchanges.get(exchange_name)
+        if exchange is None:
+            raise NotFound(f"no exchange '{exchange_name}' in vhost '{self.name}'")
+        if exchange.internal:
+            raise AccessRefused(f"cannot publish to internal exchange '{exchange_name}' in vhost '{self.name}'")
+        return exchange
+
+    # -- recovery ----------------------------------------------------------------------
+
+    def restore(self, recovered):
+        """Durable exchanges, queues, bindings and messages of this virtual host from the
+        store, before any client can see them."""
+        now_wall, now = time.time(), time.monotonic()
+        for vhost, name, type_name, auto_delete, internal, arguments in recovered.exchanges:
+            if vhost == self.name:
+                self.exchanges[name] = exchange_class(type_name)(name, True, auto_delete, internal, arguments)
+        expired = 0
+        for vhost, name, auto_delete, arguments, messages in recovered.queues:
+            if vhost != self.name:
+                continue
+            queue = self._add_queue(name, True, None, auto_delete, arguments)
+            gone = []
+            for message, published_at in messages:
+                ttl = queue.message_ttl
+                if message.ttl is not None and (ttl is None or message.ttl < ttl):
+                    ttl = message.ttl
+                if ttl is not None:
+                    # Expiry is wall-clock time: the clock ran on while the broker was down.
+                    message.expires_at = now + (published_at + ttl / 1000.0 - now_wall)
+                    if message.expires_at <= now:
+                        gone.append(message)
+                        continue
+                queue.restore(message)
+            if gone:
+                self.store.remove_messages(queue, gone)
+                expired += len(gone)
+        for vhost, source, destination, routing_key, arguments in recovered.bindings:
+            exchange, queue = self.exchanges.get(source), self.queues.get(destination)
+            if vhost == self.name and exchange is not None and queue is not None:
+                exchange.bind(queue, routing_key, arguments)
+                queue.bound_exchanges.add(exchange)
+        return expired
+
+    # -- listings for operators ------------------------------------------------------------
+
+    def list_exchanges(self):
+        return [{"name": x.name, "type": x.type, "durable": x.durable, "auto_delete": x.auto_delete,
+                 "internal": x.internal, "arguments": x.arguments}
+                for x in self.exchanges.values()]
+
+    def list_queues(self):
+        return [{"name": q.name, "durable": q.durable, "exclusive": q.exclusive,
+                 "auto_delete": q.auto_delete, "arguments": q.arguments,
+                 "messages_ready": q.message_count, "messages_unacknowledged": q.unacked_count,
+                 "messages": q.message_count + q.unacked_count, "consumers": len(q.consumers)}
+                for q in self.queues.values()]
+
+    def list_consumers(self):
+        return [{"queue": c.queue.name, "consumer_tag": c.tag, "channel": c.channel.number,
+                 "connection": c.channel.session.name, "ack_required": not c.no_ack,
+                 "exclusive": c.exclusive, "prefetch_count": c.prefetch_count, "arguments": c.arguments}
+                for q in self.queues.values() for c in q.consumers]
+
+    def list_bindings(self):
+        """As `rabbitmqctl list_bindings`: the default exchange's implicit bindings first."""
+        rows = [{"source": "", "destination": q.name, "destination_kind": "queue",
+                 "routing_key": q.name, "arguments": {}} for q in self.queues.values()]
+        for exchange in self.exchanges.values():
+            if exchange.name == "":
+                continue
+            for (queue, routing_key, _), arguments in exchange.bindings.items():
+                rows.append({"source": exchange.name, "destination": queue.name,
+                             "destination_kind": "queue", "routing_key": routing_key,
+                             "arguments": arguments})
+        return rows
+
+
+def check_name(name, kind):
+    """Names and routing keys are AMQP short strings: at most 255 bytes of UTF-8."""
+    if len(name) > MAX_NAME_BYTES // 4 and len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise PreconditionFailed(f"{kind} is longer than {MAX_NAME_BYTES} bytes")
+
+
+def _equivalent(what, argument, received, current):
+    if received != current or type(received) is not type(current):
+        raise PreconditionFailed(
+            f"inequivalent arg '{argument}' for {what}: received {_show(received)} but current is {_show(current)}")
+
+
+def _show(value):
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return f"'{str(value).lower()}'"
+    return f"'{value}'"
