@@ -31,9 +31,8 @@ from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from access import ADMINISTRATOR, MANAGEMENT, MONITORING, check_password_hash
 from errors import AccessRefused, BrokerError, NotFound
-from message import Message, json_value
+from message import Message, json_value, properties_from_request
 from node import SERVER_NAME, VERSION
-from protocol import _properties_in
 from queue_store import MESSAGE_COUNTERS
 from stats import totals
 
@@ -445,7 +444,7 @@ def publish(api, request, vhost, name):
             raise HttpError(400, "field 'payload' is not valid base64") from None
     else:
         raise HttpError(400, "field 'payload_encoding' must be 'string' or 'base64'")
-    properties = _properties_in(field(body, "properties", dict, {}))
+    properties = properties_from_request(field(body, "properties", dict, {}))
     v.exchange(name)
     api.check(request, v, "write", "exchange", name)
     return {"routed": v.publish(name, Message(name, routing_key, data, properties)) > 0}

@@ -7,7 +7,10 @@ import decimal
 import itertools
 import json
 
-from errors import PreconditionFailed
+from errors import BadSyntax, PreconditionFailed
+
+# AMQP's short strings (names, routing keys, most properties) hold at most 255 bytes of UTF-8.
+MAX_NAME_BYTES = 255
 
 # AMQP 0-9-1 basic properties, in the order of the spec's property flags.
 PROPERTY_NAMES = (
@@ -191,3 +194,51 @@ TAGGED_VALUES = {
 }
 
 properties_from_json = json.JSONDecoder(object_hook=_untag).decode
+
+
+STRING_PROPERTIES = frozenset(PROPERTY_NAMES) - {"headers", "delivery_mode", "priority", "timestamp"}
+
+
+def properties_from_request(properties):
+    """Check the properties of a message published over JSON (lines or HTTP) against what
+    AMQP can carry, so any consumer can be sent it; returns them, or None when empty."""
+    if type(properties) is not dict:
+        raise BadSyntax("field 'properties' must be an object")
+    for name, value in properties.items():
+        if name in STRING_PROPERTIES:
+            ok = type(value) is str and (len(value) <= 63 or len(value.encode()) <= MAX_NAME_BYTES)
+        elif name == "headers":
+            ok = type(value) is dict
+            if ok:
+                properties["headers"] = _header_value(value)
+        elif name == "delivery_mode":
+            ok = value in (1, 2) and type(value) is int
+        elif name == "priority":
+            ok = type(value) is int and 0 <= value <= 255
+        elif name == "timestamp":
+            ok = type(value) is int and 0 <= value <= MAX_TIMESTAMP
+        else:
+            raise BadSyntax(f"unknown property '{name}'")
+        if not ok:
+            raise BadSyntax(f"invalid value for property '{name}': {str(value)[:40]!r}")
+    return properties or None
+
+
+def _header_value(value):
+    """A headers value from JSON as AMQP holds it: tagged objects back to bytes, timestamps
+    and decimals; integers within AMQP's widest (64-bit signed)."""
+    if type(value) is dict:
+        if len(value) == 1:
+            (tag, tagged), = value.items()
+            decode = TAGGED_VALUES.get(tag)
+            if decode is not None:
+                try:
+                    return decode(tagged)
+                except (TypeError, ValueError, ArithmeticError, OverflowError):
+                    raise BadSyntax(f"invalid {tag} header value {str(tagged)[:40]!r}") from None
+        return {key: _header_value(item) for key, item in value.items()}
+    if type(value) is list:
+        return [_header_value(item) for item in value]
+    if type(value) is int and not -2**63 <= value < 2**63:
+        raise BadSyntax(f"header integer {str(value)[:40]} is outside AMQP's 64-bit range")
+    return value

@@ -16,10 +16,8 @@ import logs
 from access import MONITORING
 from errors import (BadSyntax, BrokerError, CommandInvalid, ConnectionForced, FrameError,
                     InternalError, PreconditionFailed, Unsupported)
-from message import (DEFAULT_MAX_MESSAGE_BYTES, MAX_TIMESTAMP, PROPERTY_NAMES, TAGGED_VALUES, json_value,
-                     message_too_large)
+from message import DEFAULT_MAX_MESSAGE_BYTES, json_value, message_too_large, properties_from_request
 from node import SERVER_NAME, VERSION
-from vhost import MAX_NAME_BYTES
 from transport import FrontEndConnection
 
 log = logging.getLogger("greenmq.protocol")
@@ -61,7 +59,6 @@ _quote = json.encoder.encode_basestring_ascii
 _STRINGS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
 _BRACKETS = re.compile(r"[\[\]{}]")
 
-_STRING_PROPERTIES = frozenset(PROPERTY_NAMES) - {"headers", "delivery_mode", "priority", "timestamp"}
 
 
 
@@ -342,7 +339,7 @@ class JsonLinesProtocol(FrontEndConnection):
             raise message_too_large(len(body), self.max_message_bytes)
         properties = request.get("properties")
         if properties is not None:
-            properties = _properties_in(properties)
+            properties = properties_from_request(properties)
         exchange = request.get("exchange", "")
         routing_key = request.get("routing_key", "")
         mandatory = request.get("mandatory", False)
@@ -636,51 +633,6 @@ def _base64_bytes(text, name):
         return base64.b64decode(text, validate=True)
     except binascii.Error:
         raise BadSyntax(f"field '{name}' is not valid base64") from None
-
-
-def _properties_in(properties):
-    """Check a publish's properties object against what AMQP can carry (so any consumer can
-    be sent the message); returns it, or None when empty."""
-    if type(properties) is not dict:
-        raise BadSyntax("field 'properties' must be an object")
-    for name, value in properties.items():
-        if name in _STRING_PROPERTIES:
-            ok = type(value) is str and (len(value) <= 63 or len(value.encode()) <= MAX_NAME_BYTES)
-        elif name == "headers":
-            ok = type(value) is dict
-            if ok:
-                properties["headers"] = _table_in(value)
-        elif name == "delivery_mode":
-            ok = value in (1, 2) and type(value) is int
-        elif name == "priority":
-            ok = type(value) is int and 0 <= value <= 255
-        elif name == "timestamp":
-            ok = type(value) is int and 0 <= value <= MAX_TIMESTAMP
-        else:
-            raise BadSyntax(f"unknown property '{name}'")
-        if not ok:
-            raise BadSyntax(f"invalid value for property '{name}': {str(value)[:40]!r}")
-    return properties or None
-
-
-def _table_in(value):
-    """A headers value from JSON as AMQP holds it: tagged objects back to bytes, timestamps
-    and decimals; integers within AMQP's widest (64-bit signed)."""
-    if type(value) is dict:
-        if len(value) == 1:
-            (tag, tagged), = value.items()
-            decode = TAGGED_VALUES.get(tag)
-            if decode is not None:
-                try:
-                    return decode(tagged)
-                except (TypeError, ValueError, ArithmeticError, OverflowError):
-                    raise BadSyntax(f"invalid {tag} header value {str(tagged)[:40]!r}") from None
-        return {key: _table_in(item) for key, item in value.items()}
-    if type(value) is list:
-        return [_table_in(item) for item in value]
-    if type(value) is int and not -2**63 <= value < 2**63:
-        raise BadSyntax(f"header integer {str(value)[:40]} is outside AMQP's 64-bit range")
-    return value
 
 
 def _message_json(message):

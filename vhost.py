@@ -13,10 +13,9 @@ import time
 
 from errors import AccessRefused, NotFound, PreconditionFailed, ResourceLocked, StoreUnavailable
 from exchange import DefaultExchange, exchange_class
+from message import MAX_NAME_BYTES
 from queue_store import MESSAGE_COUNTERS, QUEUE_ARGUMENTS, Queue, validate_queue_arguments
 
-# AMQP names are short strings: at most 255 bytes of UTF-8.
-MAX_NAME_BYTES = 255
 
 PREDECLARED_EXCHANGES = (
     ("amq.direct", "direct"), ("amq.fanout", "fanout"), ("amq.topic", "topic"),
