@@ -23,6 +23,7 @@ import os
 import re
 import resource
 import socket
+import ssl
 import sys
 from urllib.parse import parse_qs, unquote
 
@@ -876,9 +877,19 @@ class _RawPathHandler(WSGIHandler):
         return environ
 
 
+class _Server(WSGIServer):
+    def wrap_socket_and_handle(self, client_socket, address):
+        """A client that fails the TLS handshake (plain HTTP on the HTTPS port, an untrusted
+        certificate) is logged in a line and dropped, not reported with a traceback."""
+        try:
+            return super().wrap_socket_and_handle(client_socket, address)
+        except (ssl.SSLError, OSError) as exc:
+            log.info("HTTPS connection from %s:%s failed: %s", address[0], address[1], exc)
+
+
 def management_server(node, sampler, host, port, per_queue_metrics=True, tls=None):
     """A not yet started WSGIServer for the API (HTTPS with an ssl context `tls`); handlers
     in a pool, so stopping kills them."""
     extra = {"ssl_context": tls} if tls is not None else {}
-    return WSGIServer((host, port), ManagementApi(node, sampler, per_queue_metrics), spawn=Pool(),
-                      handler_class=_RawPathHandler, log=None, error_log=log, **extra)
+    return _Server((host, port), ManagementApi(node, sampler, per_queue_metrics), spawn=Pool(),
+                   handler_class=_RawPathHandler, log=None, error_log=log, **extra)

@@ -411,6 +411,10 @@ def test_without_plain_listeners_the_api_is_served_over_https_only(tmp_path):
         assert status == 200 and overview["product_name"] == "GreenMQ"
         with pytest.raises((http.client.HTTPException, ConnectionError)):
             call(broker.http_port, "GET", "/api/overview")          # plain HTTP is not answered
+        deadline = time.monotonic() + 10
+        while "HTTPS connection from" not in broker.log():       # the broker's word on it, in one line
+            assert time.monotonic() < deadline, broker.log()
+            time.sleep(0.02)
         assert "Traceback" not in broker.log()
 
 
