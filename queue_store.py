@@ -254,7 +254,7 @@ class ReadyLevels:
         """What each priority's head has expired (RabbitMQ's priority queue drops the
         expired heads of every priority)."""
         expired = []
-        for level in self.levels:
+        for level in reversed(self.levels):
             if level:
                 expired += level.take_expired(now)
         self.count -= len(expired)
