@@ -27,7 +27,11 @@ def connection(amqp_url):
 
 @pytest.fixture
 def channel(connection):
-    return connection.channel()
+    """In confirm mode, so a publish has reached its queues when basic_publish returns
+    (RabbitMQ hands publishes to its queues asynchronously)."""
+    channel = connection.channel()
+    channel.confirm_delivery()
+    return channel
 
 
 def declare(channel, queue, **arguments):
@@ -63,10 +67,12 @@ def count(channel, queue):
 def quiet_count(channel, queue):
     """Messages in `queue` once nothing has arrived for QUIET seconds."""
     last = -1
+    deadline = time.monotonic() + WAIT
     while True:
         now = count(channel, queue)
         if now == last:
             return now
+        assert time.monotonic() < deadline, f"messages keep arriving in {queue}"
         last = now
         channel.connection.sleep(QUIET)
 
@@ -141,6 +147,18 @@ def test_expired_messages_are_dead_lettered_with_their_original_expiration(chann
     assert body == b"short" and properties.expiration is None
     [death] = properties.headers["x-death"]
     assert (death["reason"], death["original-expiration"], death["queue"]) == ("expired", "20", work)
+
+
+def test_a_message_expired_behind_one_without_ttl_is_dead_lettered_when_it_reaches_the_head(channel, name):
+    dead = declare(channel, name + ".dead")
+    work = declare(channel, name, **{"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead})
+    channel.basic_publish("", work, b"lasting")
+    channel.basic_publish("", work, b"brief", pika.BasicProperties(expiration="1"))
+    channel.connection.sleep(0.02)                   # past its TTL, but not at the head
+    assert get(channel, work)[2] == b"lasting"
+    assert channel.basic_get(work, auto_ack=True)[0] is None
+    _, properties, body = get(channel, dead)
+    assert (body, properties.headers["x-death"][0]["reason"]) == (b"brief", "expired")
 
 
 def test_queue_ttl_dead_letters_through_the_exchanges_routing_with_the_original_key(channel, name):
@@ -228,15 +246,14 @@ def test_max_length_bytes_bounds_the_bodies(channel, name):
 
 def test_reject_publish_nacks_in_confirm_mode_and_drops_silently_otherwise(channel, connection, name):
     work = declare(channel, name, **{"x-max-length": 2, "x-overflow": "reject-publish"})
+    plain = connection.channel()
     for body in (b"1", b"2", b"3"):
-        channel.basic_publish("", work, body)
-    assert count(channel, work) == 2
-    confirming = connection.channel()
-    confirming.confirm_delivery()
+        plain.basic_publish("", work, body)
+    assert quiet_count(channel, work) == 2 and plain.is_open
     with pytest.raises(NackError):
-        confirming.basic_publish("", work, b"4")
+        channel.basic_publish("", work, b"4")
     channel.basic_get(work, auto_ack=True)
-    confirming.basic_publish("", work, b"5")            # room again: acked
+    channel.basic_publish("", work, b"5")            # room again: acked
     assert bodies(channel, work) == [b"2", b"5"]
 
 
@@ -244,7 +261,6 @@ def test_reject_publish_dlx_nacks_and_dead_letters_the_refused_message(channel, 
     dead = declare(channel, name + ".dead")
     work = declare(channel, name, **{"x-max-length": 1, "x-overflow": "reject-publish-dlx",
                                      "x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead})
-    channel.confirm_delivery()
     channel.basic_publish("", work, b"kept")
     with pytest.raises(NackError):
         channel.basic_publish("", work, b"refused")
@@ -336,7 +352,6 @@ def test_unroutable_messages_go_to_the_alternate_exchange_and_mandatory_returns_
     channel.exchange_declare(name, "direct", auto_delete=True, arguments={"alternate-exchange": name + ".ae"})
     caught = declare(channel, name + ".caught")
     channel.queue_bind(caught, name + ".ae", "lost")
-    channel.confirm_delivery()
     channel.basic_publish(name, "lost", b"to the alternate", mandatory=True)
     method, _, body = get(channel, caught)
     assert (body, method.exchange, method.routing_key) == (b"to the alternate", name, "lost")
