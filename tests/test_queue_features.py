@@ -7,6 +7,7 @@ import pytest
 
 import connection
 from connection import BasicProperties
+from tests.test_amqp_queue_features import bodies   # the same for pika's channel and ours
 
 WAIT = 5.0
 
@@ -16,15 +17,6 @@ def get(channel, queue):
     method, properties, body = channel.basic_get(queue, auto_ack=True)
     assert method is not None, f"nothing in {queue}"
     return method, properties, body
-
-
-def bodies(channel, queue):
-    got = []
-    while True:
-        method, _, body = channel.basic_get(queue, auto_ack=True)
-        if method is None:
-            return got
-        got.append(body)
 
 
 def declare(channel, queue, **arguments):
