@@ -422,11 +422,13 @@ class AmqpConnection(FrontEndConnection):
         self._reply(number, method, spec.Exchange.DeleteOk())
 
     def on_exchange_bind(self, channel, number, method):
-        self.session.vhost.bind_exchange(method.destination, method.source, method.routing_key, method.arguments)
+        self.session.vhost.bind_exchange(method.destination, method.source, method.routing_key, method.arguments,
+                                         self.session)
         self._reply(number, method, spec.Exchange.BindOk())
 
     def on_exchange_unbind(self, channel, number, method):
-        self.session.vhost.unbind_exchange(method.destination, method.source, method.routing_key, method.arguments)
+        self.session.vhost.unbind_exchange(method.destination, method.source, method.routing_key, method.arguments,
+                                           self.session)
         self._reply(number, method, spec.Exchange.UnbindOk())
 
     def on_queue_declare(self, channel, number, method):

@@ -318,11 +318,11 @@ class JsonLinesProtocol(FrontEndConnection):
                 _field(request, "routing_key", str, ""), _field(request, "arguments", dict, None))
 
     def op_exchange_bind(self, request):
-        self.session.vhost.bind_exchange(*self._exchange_binding(request))
+        self.session.vhost.bind_exchange(*self._exchange_binding(request), owner=self.session)
         return {}
 
     def op_exchange_unbind(self, request):
-        self.session.vhost.unbind_exchange(*self._exchange_binding(request))
+        self.session.vhost.unbind_exchange(*self._exchange_binding(request), owner=self.session)
         return {}
 
     def _exchange_binding(self, request):
