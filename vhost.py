@@ -302,33 +302,33 @@ class VirtualHost:
         if len(message.routing_key) > MAX_NAME_BYTES // 4:    # short keys cannot be too long
             check_name(message.routing_key, "routing key")
         self.published += 1
-        queues = self._route(exchange, message)
-        properties = message.properties
-        if (properties is not None and properties.get("delivery_mode") == 2 and not self.store.available
-                and any(queue.store is not None for queue in queues)):
-            raise StoreUnavailable("the message store cannot be written: persistent message refused")
-        if not self._enqueue(message, queues):
-            raise PublishRefused()
-        return len(queues)
+        return self._deliver(exchange, message)
 
-    def _enqueue(self, message, queues):
-        """Store a persistent message for the durable ones among `queues`, then give it to
-        each; False if one refused it."""
+    def _deliver(self, exchange, message, died_for=None):
+        """Route `message` from `exchange`, keep it in the store for the durable queues
+        among them if it is persistent, and give it to each; returns how many. A published
+        message is refused when the store cannot take it; a dead-lettered one (`died_for`
+        a reason) is not, and skips the queues it would go round a cycle through."""
+        if exchange.forwards or exchange.alternate is not None:
+            queues = self._route_on(exchange, message)
+        else:
+            queues = exchange.route(message.routing_key, message.headers)
+        if died_for is not None and died_for != REJECTED:
+            queues = [queue for queue in queues if not is_cycle(queue.name, message)]
         properties = message.properties
         if properties is not None and properties.get("delivery_mode") == 2:
             durable = [queue for queue in queues if queue.store is not None]
             if durable:
+                if died_for is None and not self.store.available:
+                    raise StoreUnavailable("the message store cannot be written: persistent message refused")
                 self.store.add_message(message, durable)
-        accepted = True
+        refused = False
         for queue in queues:
             if not queue.enqueue(message):
-                accepted = False
-        return accepted
-
-    def _route(self, exchange, message):
-        if exchange.forwards or exchange.alternate is not None:
-            return self._route_on(exchange, message)
-        return exchange.route(message.routing_key, message.headers)
+                refused = True
+        if refused and died_for is None:
+            raise PublishRefused()
+        return len(queues)
 
     def _route_on(self, first, message):
         """The queues `message` reaches from `first` through exchange-to-exchange bindings
@@ -364,11 +364,8 @@ class VirtualHost:
         if exchange is None:
             return
         for message in messages:
-            dead = dead_lettered(message, reason, queue.name, exchange.name, queue.dead_letter_routing_key)
-            queues = self._route(exchange, dead)
-            if reason != REJECTED:
-                queues = [target for target in queues if not is_cycle(target.name, dead)]
-            self._enqueue(dead, queues)
+            self._deliver(exchange, dead_lettered(message, reason, queue.name, exchange.name,
+                                                  queue.dead_letter_routing_key), reason)
 
     def publishable(self, exchange_name):
         """The exchange a publish names, if it may be published to."""
