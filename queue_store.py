@@ -541,6 +541,8 @@ class Queue:
         """Returns True when this was the last consumer of an auto-delete queue."""
         self.consumers.remove(consumer)
         self.ordered_consumers = self.single_active_consumer or any(c.priority for c in self.consumers)
+        if self.single_active_consumer and self.consumers:
+            self.dispatch()     # the next consumer is the active one now
         if not self.consumers:
             self.touch()
             return self.auto_delete

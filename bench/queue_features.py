@@ -6,7 +6,9 @@ earlier version: the plain figures must not move), and optionally a reference br
     python bench/queue_features.py --baseline /tmp/greenmq-main \\
         --url amqp://guest:guest@127.0.0.1:5682/%2f
 
-First the JSON-lines end-to-end throughput of bench/throughput.py (one producer process to
+First the core alone, in one process without sockets: CPU per message for publish and
+delivery to a no-ack consumer on a plain queue (best of 7 rounds of 200,000), the figure
+least disturbed by a busy machine. Then the JSON-lines end-to-end throughput of bench/throughput.py (one producer process to
 one consumer process, 10 x N messages) on each GreenMQ: the cost of the features when
 unused. Then each AMQP workload publishes N transient 100-byte messages from one connection, waits until
 the broker holds them, then consumes what is left with auto-ack. Rates are messages per
@@ -56,6 +58,36 @@ class GreenMQ:
     def stop(self):
         self.process.terminate()
         self.process.wait()
+
+
+# Run in a fresh interpreter per checkout, so each measures its own modules.
+CORE_WORKLOAD = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from node import Node
+
+class Sink:
+    def deliver(self, *args):
+        pass
+
+node = Node()
+channel = node.open_session(node.users["guest"], "/", None, "amqp", Sink()).open_channel(1)
+channel.vhost.declare_queue("q")
+channel.consume("q", "c", no_ack=True)
+body, count, best = b"x" * 100, 200_000, float("inf")
+for _ in range(7):
+    started = time.process_time()
+    for _ in range(count):
+        channel.publish("", "q", body)
+    best = min(best, (time.process_time() - started) / count)
+print(best)
+"""
+
+
+def core_cost(root):
+    """Seconds of CPU per message published and delivered, in the core of `root`."""
+    return float(subprocess.run([sys.executable, "-c", CORE_WORKLOAD, root], capture_output=True, text=True,
+                                check=True, cwd=root).stdout)
 
 
 def wait_for_count(channel, queue, expected):
@@ -116,6 +148,10 @@ def main():
     brokers += [(url, None) for url in args.url]
     try:
         greenmqs = [(label, broker) for label, broker in brokers if broker]
+        for round_number in range(args.rounds):
+            for label, broker in greenmqs:
+                print(f"core          round {round_number + 1}  {label:22} publish + deliver "
+                      f"{core_cost(broker.root) * 1e9:6.0f} ns/msg of CPU", flush=True)
         for round_number in range(args.rounds):
             for label, broker in greenmqs:
                 cpu = broker.cpu_seconds()

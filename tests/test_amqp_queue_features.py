@@ -410,6 +410,30 @@ def test_a_single_active_consumer_gets_everything_until_it_goes(connection, chan
     assert got == [("first", b"0"), ("first", b"1"), ("first", b"2"), ("second", b"3")]
 
 
+def test_the_next_single_active_consumer_takes_over_what_waits(connection, channel, name):
+    """RabbitMQ 3.10 leaves the waiting messages waiting after the active consumer's
+    cancel (until later publishes, and then not all of them); GreenMQ hands them to the
+    consumer that became active."""
+    greenmq_only()
+    queue = declare(channel, name, **{"x-single-active-consumer": True})
+    for n in range(3):
+        channel.basic_publish("", queue, str(n).encode())
+    first, second = connection.channel(), connection.channel()
+    first.basic_qos(prefetch_count=1)
+    got = []
+    tag = first.basic_consume(queue, lambda ch, m, p, b: got.append(("first", b)))      # never acks
+    second.basic_consume(queue, lambda ch, m, p, b: got.append(("second", b)), auto_ack=True)
+    deadline = time.monotonic() + WAIT
+    while len(got) < 1:
+        assert time.monotonic() < deadline
+        connection.process_data_events(0.02)
+    first.basic_cancel(tag)
+    while len(got) < 3:
+        assert time.monotonic() < deadline
+        connection.process_data_events(0.02)
+    assert got == [("first", b"0"), ("second", b"1"), ("second", b"2")]
+
+
 # -- protocol -------------------------------------------------------------------------------
 
 def test_update_secret_is_answered_and_the_connection_goes_on(connection, channel, name):
