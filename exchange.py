@@ -263,5 +263,5 @@ EXCHANGE_TYPES = {cls.type: cls for cls in (DirectExchange, FanoutExchange, Topi
 def exchange_class(type_name):
     cls = EXCHANGE_TYPES.get(type_name)
     if cls is None:
-        raise InvalidExchangeType(f"invalid exchange type '{type_name}'")
+        raise InvalidExchangeType(f"unknown exchange type '{type_name}'")
     return cls
