@@ -252,6 +252,8 @@ def test_reject_publish_nacks_in_confirm_mode_and_drops_silently_otherwise(chann
     assert quiet_count(channel, work) == 2 and plain.is_open
     with pytest.raises(NackError):
         channel.basic_publish("", work, b"4")
+    with pytest.raises(NackError):
+        channel.basic_publish("", work, b"persistent", pika.BasicProperties(delivery_mode=2))
     channel.basic_get(work, auto_ack=True)
     channel.basic_publish("", work, b"5")            # room again: acked
     assert bodies(channel, work) == [b"2", b"5"]
