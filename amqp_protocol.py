@@ -60,6 +60,7 @@ _SHORT_LENGTH = struct.Struct(">B")
 CAPABILITIES = {
     "publisher_confirms": True, "basic.nack": True, "consumer_cancel_notify": True,
     "authentication_failure_close": True, "per_consumer_qos": True,
+    "exchange_exchange_bindings": True, "consumer_priorities": True,
 }
 
 # Property names as pamqp spells them (AMQP's `type` is `message_type` there).
@@ -226,6 +227,10 @@ class AmqpConnection(FrontEndConnection):
             self.connection_lost()
             self._send_method(0, spec.Connection.CloseOk())
             self.closed = True
+            return
+        if isinstance(method, spec.Connection.UpdateSecret) and self.state == "running":
+            # For its own users RabbitMQ takes a new secret without checking it, and so do we.
+            self._send_method(0, spec.Connection.UpdateSecretOk())
             return
         expected = {"start-ok": spec.Connection.StartOk, "tune-ok": spec.Connection.TuneOk,
                     "open": spec.Connection.Open}.get(self.state)
@@ -415,6 +420,16 @@ class AmqpConnection(FrontEndConnection):
     def on_exchange_delete(self, channel, number, method):
         self.session.vhost.delete_exchange(method.exchange, method.if_unused, self.session)
         self._reply(number, method, spec.Exchange.DeleteOk())
+
+    def on_exchange_bind(self, channel, number, method):
+        self.session.vhost.bind_exchange(method.destination, method.source, method.routing_key, method.arguments,
+                                         self.session)
+        self._reply(number, method, spec.Exchange.BindOk())
+
+    def on_exchange_unbind(self, channel, number, method):
+        self.session.vhost.unbind_exchange(method.destination, method.source, method.routing_key, method.arguments,
+                                           self.session)
+        self._reply(number, method, spec.Exchange.UnbindOk())
 
     def on_queue_declare(self, channel, number, method):
         queue = self.session.vhost.declare_queue(
@@ -697,6 +712,8 @@ _CHANNEL_METHODS = {
     spec.Channel.Flow: AmqpConnection.on_channel_flow,
     spec.Exchange.Declare: AmqpConnection.on_exchange_declare,
     spec.Exchange.Delete: AmqpConnection.on_exchange_delete,
+    spec.Exchange.Bind: AmqpConnection.on_exchange_bind,
+    spec.Exchange.Unbind: AmqpConnection.on_exchange_unbind,
     spec.Queue.Declare: AmqpConnection.on_queue_declare,
     spec.Queue.Bind: AmqpConnection.on_queue_bind,
     spec.Queue.Unbind: AmqpConnection.on_queue_unbind,

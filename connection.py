@@ -585,6 +585,14 @@ class Channel:
     def exchange_delete(self, exchange, if_unused=False):
         self._call("exchange.delete", exchange=exchange, if_unused=if_unused)
 
+    def exchange_bind(self, destination, source, routing_key="", arguments=None):
+        self._call("exchange.bind", destination=destination, source=source, routing_key=routing_key,
+                   arguments=arguments)
+
+    def exchange_unbind(self, destination, source, routing_key="", arguments=None):
+        self._call("exchange.unbind", destination=destination, source=source, routing_key=routing_key,
+                   arguments=arguments)
+
     def queue_declare(self, queue="", passive=False, durable=False, exclusive=False,
                       auto_delete=False, arguments=None):
         return QueueDeclareOk(self._call(

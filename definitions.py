@@ -236,8 +236,9 @@ def _plan(node, definitions):
         destination, routing_key = entry.get("destination", str), entry.get("routing_key", str, "")
         arguments = entry.get("arguments", dict, {})
         _known(entry, vhost, vhosts, "vhost")
-        if entry.get("destination_type", str, "queue") != "queue":
-            raise PreconditionFailed(f"definitions: {entry.where}: bindings to exchanges are not supported by GreenMQ")
+        destination_type = entry.get("destination_type", str, "queue")
+        if destination_type not in ("queue", "exchange"):
+            raise PreconditionFailed(f"definitions: {entry.where}: unknown destination_type '{destination_type}'")
         _check_name(entry, routing_key, "routing key")
         if not source:
             continue            # the default exchange's bindings come with the queue
@@ -252,6 +253,13 @@ def _plan(node, definitions):
             exchange._validate_binding(arguments)   # what bind() checks first (a headers exchange's x-match)
         except BrokerError as exc:
             raise entry.refuse(exc) from None
+        if destination_type == "exchange":
+            if (vhost, destination) not in exchanges and (existing is None or destination not in existing.exchanges):
+                raise NotFound(f"definitions: {entry.where}: no exchange '{destination}' in vhost '{vhost}'")
+            changes.append(lambda vhost=vhost, source=source, destination=destination, routing_key=routing_key,
+                           arguments=arguments:
+                           node.vhosts[vhost].bind_exchange(destination, source, routing_key, arguments or None))
+            continue
         if (vhost, destination) not in queues and (existing is None or destination not in existing.queues):
             raise NotFound(f"definitions: {entry.where}: no queue '{destination}' in vhost '{vhost}'")
         if existing is not None and _exclusive(existing, destination):

@@ -71,7 +71,7 @@ class Recovered:
         self.permissions = [] # (user, vhost, configure, write, read)
         self.exchanges = []   # (vhost, name, type, auto_delete, internal, arguments)
         self.queues = []      # (vhost, name, auto_delete, arguments, [(message, published_at)])
-        self.bindings = []    # (vhost, source, destination, routing_key, arguments)
+        self.bindings = []    # (vhost, source, destination, routing_key, arguments, destination_kind)
         self.clean = True     # the last run ended with a clean stop
         self.last_seq = 0
 
@@ -123,7 +123,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def delete_exchange(self, vhost, name):
-        """And every binding from it."""
+        """And every binding from it or to it."""
 
     @abc.abstractmethod
     def put_queue(self, vhost, name, auto_delete, arguments):
@@ -134,11 +134,12 @@ class Store(abc.ABC):
         """And every binding to it and its place for every message."""
 
     @abc.abstractmethod
-    def put_binding(self, vhost, source, destination, routing_key, arguments):
-        """Keep a binding between durable ends."""
+    def put_binding(self, vhost, source, destination, routing_key, arguments, destination_kind):
+        """Keep a binding between durable ends; `destination_kind` is "queue", or "exchange"
+        for an exchange-to-exchange binding."""
 
     @abc.abstractmethod
-    def delete_binding(self, vhost, source, destination, routing_key, arguments):
+    def delete_binding(self, vhost, source, destination, routing_key, arguments, destination_kind):
         """Forget a binding."""
 
     # -- messages ------------------------------------------------------------------------
@@ -216,7 +217,8 @@ class MemoryStore(Store):
 
     def delete_exchange(self, vhost, name):
         self.exchanges.pop((vhost, name), None)
-        for key in [key for key in self.bindings if key[:2] == (vhost, name)]:
+        for key in [key for key in self.bindings
+                    if key[:2] == (vhost, name) or (key[0], key[2], key[5]) == (vhost, name, "exchange")]:
             del self.bindings[key]
 
     def put_queue(self, vhost, name, auto_delete, arguments):
@@ -226,14 +228,14 @@ class MemoryStore(Store):
     def delete_queue(self, vhost, name):
         self.queues.pop((vhost, name), None)
         self.messages.pop((vhost, name), None)
-        for key in [key for key in self.bindings if key[0] == vhost and key[2] == name]:
+        for key in [key for key in self.bindings if (key[0], key[2], key[5]) == (vhost, name, "queue")]:
             del self.bindings[key]
 
-    def put_binding(self, vhost, source, destination, routing_key, arguments):
-        self.bindings[vhost, source, destination, routing_key, _canonical(arguments)] = arguments
+    def put_binding(self, vhost, source, destination, routing_key, arguments, destination_kind):
+        self.bindings[vhost, source, destination, routing_key, _canonical(arguments), destination_kind] = arguments
 
-    def delete_binding(self, vhost, source, destination, routing_key, arguments):
-        self.bindings.pop((vhost, source, destination, routing_key, _canonical(arguments)), None)
+    def delete_binding(self, vhost, source, destination, routing_key, arguments, destination_kind):
+        self.bindings.pop((vhost, source, destination, routing_key, _canonical(arguments), destination_kind), None)
 
     def add_message(self, message, queues):
         message.stored = Stored(len(queues))
@@ -264,7 +266,7 @@ class MemoryStore(Store):
         recovered.users = list(self.users.values())
         recovered.permissions = list(self.permissions.values())
         recovered.exchanges = list(self.exchanges.values())
-        recovered.bindings = [key[:4] + (arguments,) for key, arguments in self.bindings.items()]
+        recovered.bindings = [key[:4] + (arguments, key[5]) for key, arguments in self.bindings.items()]
         for key, (vhost, name, auto_delete, arguments) in self.queues.items():
             messages = []
             for seq, (message, published_at, redelivered) in sorted(self.messages[key].items()):
@@ -292,7 +294,9 @@ CREATE TABLE exchanges (vhost TEXT, name TEXT, type TEXT, auto_delete INTEGER, i
 CREATE TABLE queues (id INTEGER PRIMARY KEY, vhost TEXT, name TEXT, auto_delete INTEGER,
                      arguments TEXT, UNIQUE (vhost, name));
 CREATE TABLE bindings (vhost TEXT, source TEXT, destination TEXT, routing_key TEXT, arguments TEXT,
-                       PRIMARY KEY (vhost, source, destination, routing_key, arguments)) WITHOUT ROWID;
+                       destination_kind TEXT,
+                       PRIMARY KEY (vhost, source, destination, routing_key, arguments, destination_kind))
+                       WITHOUT ROWID;
 CREATE TABLE messages (seq INTEGER PRIMARY KEY, exchange TEXT, routing_key TEXT, properties TEXT,
                        amqp_properties BLOB, body BLOB, published_at REAL);
 CREATE TABLE queue_messages (queue_id INTEGER, seq INTEGER, redelivered INTEGER,
@@ -425,7 +429,8 @@ class SqliteStore(Store):
 
     def delete_exchange(self, vhost, name):
         self._define("DELETE FROM exchanges WHERE vhost = ? AND name = ?", (vhost, name))
-        self._define("DELETE FROM bindings WHERE vhost = ? AND source = ?", (vhost, name))
+        self._define("DELETE FROM bindings WHERE vhost = ? AND (source = ? OR "
+                     "(destination = ? AND destination_kind = 'exchange'))", (vhost, name, name))
 
     def put_queue(self, vhost, name, auto_delete, arguments):
         queue_id = self._queue_ids[vhost, name] = self._next_queue_id
@@ -439,16 +444,17 @@ class SqliteStore(Store):
             return
         self._define("DELETE FROM queues WHERE id = ?", (queue_id,))
         self._define("DELETE FROM queue_messages WHERE queue_id = ?", (queue_id,))
-        self._define("DELETE FROM bindings WHERE vhost = ? AND destination = ?", (vhost, name))
+        self._define("DELETE FROM bindings WHERE vhost = ? AND destination = ? AND destination_kind = 'queue'",
+                     (vhost, name))
 
-    def put_binding(self, vhost, source, destination, routing_key, arguments):
-        self._define("INSERT OR REPLACE INTO bindings VALUES (?, ?, ?, ?, ?)",
-                     (vhost, source, destination, routing_key, _canonical(arguments)))
+    def put_binding(self, vhost, source, destination, routing_key, arguments, destination_kind):
+        self._define("INSERT OR REPLACE INTO bindings VALUES (?, ?, ?, ?, ?, ?)",
+                     (vhost, source, destination, routing_key, _canonical(arguments), destination_kind))
 
-    def delete_binding(self, vhost, source, destination, routing_key, arguments):
+    def delete_binding(self, vhost, source, destination, routing_key, arguments, destination_kind):
         self._define("DELETE FROM bindings WHERE vhost = ? AND source = ? AND destination = ? "
-                     "AND routing_key = ? AND arguments = ?",
-                     (vhost, source, destination, routing_key, _canonical(arguments)))
+                     "AND routing_key = ? AND arguments = ? AND destination_kind = ?",
+                     (vhost, source, destination, routing_key, _canonical(arguments), destination_kind))
 
     # -- messages ------------------------------------------------------------------------
 
@@ -605,8 +611,9 @@ class SqliteStore(Store):
                 self._queue_ids[vhost, name] = queue_id
                 self._next_queue_id = queue_id + 1
                 queues[queue_id] = (vhost, name, bool(auto_delete), properties_from_json(arguments), [])
-            for row in db.execute("SELECT vhost, source, destination, routing_key, arguments FROM bindings"):
-                recovered.bindings.append(row[:4] + (properties_from_json(row[4]),))
+            for row in db.execute("SELECT vhost, source, destination, routing_key, arguments, destination_kind "
+                                  "FROM bindings"):
+                recovered.bindings.append(row[:4] + (properties_from_json(row[4]), row[5]))
             shared = {}         # seq -> the first copy, which the others share a record with
             decoded = {}        # properties text -> (properties, ttl): messages mostly share them
             crashed = not recovered.clean

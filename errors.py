@@ -46,6 +46,18 @@ class StoreUnavailable(ChannelError):
     code, name = 506, "RESOURCE_ERROR"
 
 
+class PublishRefused(Exception):
+    """A queue at its length limit with x-overflow reject-publish (or reject-publish-dlx)
+    refused a message: a publisher in confirm mode gets a nack, any other nothing (the
+    message is dropped), as in RabbitMQ. Not a BrokerError: no client sees it as one."""
+
+
+class InvalidExchangeType(ChannelError):
+    """RabbitMQ's 503 for an unknown exchange type, closing the channel only, as current
+    RabbitMQ versions and pika's own tests expect (RabbitMQ 3.10 closes the connection)."""
+    code, name = 503, "COMMAND_INVALID"
+
+
 class ConnectionForced(BrokerError):
     code, name = 320, "CONNECTION_FORCED"
 

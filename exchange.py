@@ -1,11 +1,13 @@
-"""Exchange types and routing: a routing key and headers in, the queues a message goes to out.
+"""Exchange types and routing: a routing key and headers in, the destinations a message
+goes to out.
 
 Exchanges know their bindings and nothing else: no consumers, no sockets, no protocol.
-Destinations are opaque hashable objects (queues); results are tuples in binding order
-with no duplicates, cached per routing key until the bindings change.
+Destinations are queues, or exchanges (exchange-to-exchange bindings), which the virtual
+host routes on; results are tuples in binding order with no duplicates, cached per
+routing key until the bindings change.
 """
 
-from errors import PreconditionFailed, CommandInvalid
+from errors import InvalidExchangeType, PreconditionFailed
 
 # Route results are cached per routing key. Keys are usually few (queue names, topic
 # patterns' instances); the bound keeps a stream of unique keys (ids in keys) from
@@ -32,6 +34,7 @@ class Exchange:
     """Base for the exchange types: binding bookkeeping and the per-key route cache."""
 
     type = None
+    kind = "exchange"       # as a binding's destination, beside queues
 
     def __init__(self, name, durable=False, auto_delete=False, internal=False, arguments=None):
         self.name = name
@@ -39,8 +42,12 @@ class Exchange:
         self.auto_delete = auto_delete
         self.internal = internal
         self.arguments = arguments or {}
+        # Where a message goes that this exchange's bindings route nowhere (its name).
+        self.alternate = self.arguments.get("alternate-exchange")
         # (destination, routing_key, arguments_key) -> arguments, in binding order.
         self.bindings = {}
+        self.forwards = 0               # bindings whose destination is an exchange
+        self.bound_exchanges = set()    # exchanges with a binding to this one, to unbind on delete
         self._routes = {}
 
     def bind(self, destination, routing_key, arguments=None):
@@ -50,6 +57,8 @@ class Exchange:
             return False
         self._validate_binding(arguments)
         self.bindings[key] = arguments or {}
+        if isinstance(destination, Exchange):
+            self.forwards += 1
         self._binding_added(destination, routing_key, arguments or {})
         self._routes.clear()
         return True
@@ -63,6 +72,8 @@ class Exchange:
         arguments = self.bindings.pop(key, None)
         if arguments is None:
             return False
+        if isinstance(destination, Exchange):
+            self.forwards -= 1
         self._binding_removed(destination, routing_key, arguments)
         self._routes.clear()
         return True
@@ -252,5 +263,5 @@ EXCHANGE_TYPES = {cls.type: cls for cls in (DirectExchange, FanoutExchange, Topi
 def exchange_class(type_name):
     cls = EXCHANGE_TYPES.get(type_name)
     if cls is None:
-        raise CommandInvalid(f"unknown exchange type '{type_name}'")
+        raise InvalidExchangeType(f"unknown exchange type '{type_name}'")
     return cls

@@ -314,6 +314,18 @@ class JsonLinesProtocol(FrontEndConnection):
         return (_field(request, "queue", str), _field(request, "exchange", str),
                 _field(request, "routing_key", str, ""), _field(request, "arguments", dict, None))
 
+    def op_exchange_bind(self, request):
+        self.session.vhost.bind_exchange(*self._exchange_binding(request), owner=self.session)
+        return {}
+
+    def op_exchange_unbind(self, request):
+        self.session.vhost.unbind_exchange(*self._exchange_binding(request), owner=self.session)
+        return {}
+
+    def _exchange_binding(self, request):
+        return (_field(request, "destination", str), _field(request, "source", str),
+                _field(request, "routing_key", str, ""), _field(request, "arguments", dict, None))
+
     def op_queue_purge(self, request):
         return {"message_count": self.session.vhost.purge_queue(_field(request, "queue", str), self.session)}
 
@@ -534,6 +546,8 @@ _HANDLERS = {
     "channel.close": JsonLinesProtocol.op_channel_close,
     "exchange.declare": JsonLinesProtocol.op_exchange_declare,
     "exchange.delete": JsonLinesProtocol.op_exchange_delete,
+    "exchange.bind": JsonLinesProtocol.op_exchange_bind,
+    "exchange.unbind": JsonLinesProtocol.op_exchange_unbind,
     "queue.declare": JsonLinesProtocol.op_queue_declare,
     "queue.bind": JsonLinesProtocol.op_queue_bind,
     "queue.unbind": JsonLinesProtocol.op_queue_unbind,

@@ -12,6 +12,7 @@ Nothing here parses or encodes anything.
 """
 
 import heapq
+import itertools
 import time
 from collections import deque
 
@@ -20,11 +21,95 @@ import gevent
 from errors import AccessRefused, PreconditionFailed
 from message import MAX_EXPIRY_MS
 
-# Queue arguments this broker honours, with the check each value must pass (RabbitMQ's).
+# RabbitMQ's cap on x-max-priority: each priority is a list of its own, so more would cost
+# memory and dispatch time for no use (RabbitMQ itself recommends at most 10).
+MAX_PRIORITY = 255
+
+OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
+
+
+def amqp_type(value):
+    """The AMQP field type RabbitMQ names in its refusals for a value of this type."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "signedint" if -2**31 <= value < 2**31 else "long"
+    return {str: "longstr", float: "double", dict: "table", list: "array",
+            type(None): "void"}.get(type(value), type(value).__name__)
+
+
+def _integer(minimum=0, maximum=None, zero=True):
+    """RabbitMQ's check of an integer argument, as a function giving its refusal or None."""
+    def check(value, arguments):
+        if type(value) is not int:
+            return f'"expected integer, got {amqp_type(value)}"'
+        if value < minimum:
+            return f"{{value_negative,{value}}}"
+        if value == 0 and not zero:
+            return f"{{value_zero,{value}}}"
+        if maximum is not None and value > maximum:
+            return f"{{max_value_exceeded,{value}}}"
+        return None
+    return check
+
+
+def _string(choices=None, unsupported=None):
+    def check(value, arguments):
+        if type(value) is not str:
+            return f"{{unacceptable_type,{amqp_type(value)}}}"
+        if choices is not None and value not in choices:
+            return unsupported.format(value)
+        return None
+    return check
+
+
+def _boolean(value, arguments):
+    return None if type(value) is bool else f"{{unacceptable_type,{amqp_type(value)}}}"
+
+
+def _dead_letter_routing_key(value, arguments):
+    if "x-dead-letter-exchange" not in arguments:
+        return "routing_key_but_no_dlx_defined"
+    return _string()(value, arguments)
+
+
+def _queue_type(value, arguments):
+    if value in ("quorum", "stream"):
+        return (f"{value} queues are not supported; GreenMQ has classic queues only "
+                "(leave out x-queue-type, or set it to 'classic')")
+    return _string(("classic",), "\"unsupported queue type '{}'\"")(value, arguments)
+
+
+def _accepted(value, arguments):
+    return None
+
+
+# The queue arguments this broker knows, each with RabbitMQ's check of its value (a
+# function giving the refusal's reason, or None). A redeclare must repeat them all alike.
+# The last group only tunes RabbitMQ's internals, so it is accepted and has no effect here.
 QUEUE_ARGUMENTS = {
-    "x-message-ttl": lambda v: type(v) is int and 0 <= v <= MAX_EXPIRY_MS,
-    "x-expires": lambda v: type(v) is int and 0 < v <= MAX_EXPIRY_MS,
+    "x-message-ttl": _integer(maximum=MAX_EXPIRY_MS),
+    "x-expires": _integer(maximum=MAX_EXPIRY_MS, zero=False),
+    "x-dead-letter-exchange": _string(),
+    "x-dead-letter-routing-key": _dead_letter_routing_key,
+    "x-max-length": _integer(),
+    "x-max-length-bytes": _integer(),
+    "x-overflow": _string(OVERFLOW_MODES, "invalid_overflow"),
+    "x-max-priority": _integer(maximum=MAX_PRIORITY),
+    "x-single-active-consumer": _boolean,
+    "x-queue-type": _queue_type,
+    "x-queue-mode": _string(("default", "lazy"), "\"unsupported queue mode '{}'\""),
+    "x-queue-version": _integer(minimum=1, maximum=2),
+    "x-queue-master-locator": _accepted,
 }
+
+# Arguments of other queue types (quorum, stream): they change what a queue does, and a
+# classic queue cannot do it, so they are refused as RabbitMQ refuses them for classic queues.
+OTHER_QUEUE_TYPES_ARGUMENTS = (
+    "x-delivery-limit", "x-dead-letter-strategy", "x-max-in-memory-length", "x-max-in-memory-bytes",
+    "x-quorum-initial-group-size", "x-initial-cluster-size", "x-queue-leader-locator",
+    "x-max-age", "x-stream-max-segment-size-bytes",
+)
 
 
 # The per-queue message counters (plain integers on Queue), in the order samplers read them.
@@ -72,6 +157,23 @@ class ReadyList:
         self.returned.clear()
         return messages
 
+    def take_expired(self, now):
+        """Take the messages expired by `now` at the head: as in RabbitMQ, a message expires
+        on reaching the head, so one with a short TTL waits behind one without."""
+        head = self.head()
+        if head is None or head.expires_at is None or head.expires_at > now:
+            return ()
+        expired = []
+        while head is not None and head.expires_at is not None and head.expires_at <= now:
+            expired.append(self.popleft())
+            head = self.head()
+        return expired
+
+    def next_expiry(self):
+        """When the head expires, or None."""
+        head = self.head()
+        return None if head is None else head.expires_at
+
     def __iter__(self):
         returned = (message for _, message in sorted(self.returned))
         return heapq.merge(returned, self.fresh, key=_seq) if self.returned else iter(self.fresh)
@@ -81,11 +183,98 @@ def _seq(message):
     return message.seq
 
 
+class ReadyLevels:
+    """Ready messages of a priority queue (x-max-priority), or of a queue limited in bytes:
+    a ReadyList per priority, taken highest first, FIFO within one priority, requeued
+    messages back in their place within theirs. A message's priority is its `priority`
+    property capped at the queue's maximum (none: 0), as in RabbitMQ. Also counts the ready
+    bodies' bytes, which x-max-length-bytes bounds. A plain queue has a ReadyList alone,
+    so neither costs it anything."""
+
+    __slots__ = ("levels", "top", "count", "bytes", "fresh", "returned")
+
+    def __init__(self, max_priority=0):
+        self.levels = [ReadyList() for _ in range(max_priority + 1)]
+        self.top = 0            # no level above this one holds a message
+        self.count = 0
+        self.bytes = 0
+        # The queue's per-message loops read a ReadyList's two parts directly; here the
+        # whole is `fresh` (taken with popleft) and nothing is `returned`.
+        self.fresh = self
+        self.returned = ()
+
+    def __len__(self):
+        return self.count
+
+    def _level(self, message):
+        properties = message.properties
+        priority = properties.get("priority") if properties else None
+        if not priority:
+            return self.levels[0]
+        level = min(priority, len(self.levels) - 1)
+        if level > self.top:
+            self.top = level
+        return self.levels[level]
+
+    def _highest(self):
+        """The highest level holding a message (level 0 when none does)."""
+        levels, top = self.levels, self.top
+        while top and not levels[top]:
+            top -= 1
+        self.top = top
+        return levels[top]
+
+    def append(self, message):
+        self._level(message).append(message)
+        self.count += 1
+        self.bytes += len(message.body)
+
+    def put_back(self, message):
+        self._level(message).put_back(message)
+        self.count += 1
+        self.bytes += len(message.body)
+
+    def head(self):
+        return self._highest().head()
+
+    def popleft(self):
+        message = self._highest().popleft()
+        self.count -= 1
+        self.bytes -= len(message.body)
+        return message
+
+    def take_all(self):
+        messages = list(self)
+        for level in self.levels:
+            level.take_all()
+        self.count = self.bytes = 0
+        return messages
+
+    def take_expired(self, now):
+        """What each priority's head has expired (RabbitMQ's priority queue drops the
+        expired heads of every priority)."""
+        expired = []
+        for level in reversed(self.levels):
+            if level:
+                expired += level.take_expired(now)
+        self.count -= len(expired)
+        self.bytes -= sum(len(message.body) for message in expired)
+        return expired
+
+    def next_expiry(self):
+        times = [level.next_expiry() for level in self.levels if level]
+        times = [at for at in times if at is not None]
+        return min(times, default=None)
+
+    def __iter__(self):
+        return itertools.chain.from_iterable(reversed(self.levels))
+
+
 class Consumer:
     """A subscription of one channel to one queue."""
 
     __slots__ = ("tag", "queue", "channel", "no_ack", "exclusive", "arguments",
-                 "prefetch_count", "unacked")
+                 "prefetch_count", "unacked", "priority")
 
     def __init__(self, tag, queue, channel, no_ack=False, exclusive=False, arguments=None,
                  prefetch_count=0):
@@ -97,11 +286,14 @@ class Consumer:
         self.arguments = arguments or {}
         self.prefetch_count = prefetch_count    # this consumer's own window; 0: none
         self.unacked = 0                         # its deliveries not yet settled
+        self.priority = self.arguments.get("x-priority", 0)    # x-priority, checked by the queue
 
 
 class Queue:
+    kind = "queue"      # as a binding's destination, beside exchanges
+
     def __init__(self, vhost_name, name, durable=False, exclusive_owner=None, auto_delete=False,
-                 arguments=None, on_expired=None, store=None):
+                 arguments=None, on_expired=None, store=None, dead_letter=None):
         self.vhost_name = vhost_name
         self.name = name
         self.durable = durable
@@ -110,8 +302,21 @@ class Queue:
         self.arguments = arguments or {}
         self.message_ttl = self.arguments.get("x-message-ttl")
         self.expires = self.arguments.get("x-expires")
-        self.ready = ReadyList()
+        self.dead_letter_exchange = self.arguments.get("x-dead-letter-exchange")
+        self.dead_letter_routing_key = self.arguments.get("x-dead-letter-routing-key")
+        self.max_length = self.arguments.get("x-max-length")
+        self.max_length_bytes = self.arguments.get("x-max-length-bytes")
+        self.limited = self.max_length is not None or self.max_length_bytes is not None
+        self.overflow = self.arguments.get("x-overflow", "drop-head")
+        max_priority = self.arguments.get("x-max-priority")
+        if max_priority or self.max_length_bytes is not None:
+            self.ready = ReadyLevels(max_priority or 0)
+        else:
+            self.ready = ReadyList()
         self.consumers = deque()
+        self.single_active_consumer = self.arguments.get("x-single-active-consumer") is True
+        # Consumers are not simply served in turn: one is active alone, or some have priority.
+        self.ordered_consumers = self.single_active_consumer
         self.unacked_count = 0
         # Plain counters for the management API and /metrics (sampled into rates there).
         self.published = self.delivered = self.acked = self.redelivered = self.dead_lettered = 0
@@ -121,6 +326,7 @@ class Queue:
         # exclusive queues end with their connection, so none is kept.
         self.store = store if durable and exclusive_owner is None else None
         self._on_expired = on_expired
+        self._dead_letter = dead_letter     # dead_letter(queue, messages, reason), the vhost's
         self._expiry_timer = None
         self._ttl_timer = None
         self.touch()
@@ -140,6 +346,8 @@ class Queue:
     # -- messages in -------------------------------------------------------------------
 
     def enqueue(self, message):
+        """Take a routed message; False when a length limit with x-overflow reject-publish
+        (or reject-publish-dlx) refuses it."""
         self.published += 1
         ttl = self.message_ttl
         if message.ttl is not None and (ttl is None or message.ttl < ttl):
@@ -147,14 +355,20 @@ class Queue:
         if ttl is not None:
             message = message.placed(message.redelivered, time.monotonic() + ttl / 1000.0)
         ready = self.ready
+        if self.limited and self.overflow != "drop-head" and self._full_for(message):
+            self._forget((message,), "maxlen" if self.overflow == "reject-publish-dlx" else None)
+            return False
         if self.consumers and not ready.fresh and not ready.returned:
             consumer = self._next_consumer()
             if consumer is not None:
                 self._hand_out(consumer, message)
-                return
+                return True
         ready.append(message)
+        if self.limited:
+            self._drop_head_over_limit()
         if ttl is not None and self._ttl_timer is None:
             self._arm_ttl_timer()
+        return True
 
     def restore(self, message):
         """A message recovered from the store, in publish order, before any consumer."""
@@ -187,7 +401,7 @@ class Queue:
             message = ready.popleft() if returned else fresh.popleft()
             if message.expires_at is None or message.expires_at > time.monotonic():
                 return message
-            self._forget((message,))
+            self._forget((message,), "expired")
         return None
 
     def _hand_out(self, consumer, message):
@@ -219,10 +433,11 @@ class Queue:
             self.unacked_count += 1
         return message
 
-    def settle(self, deliveries, requeue):
+    def settle(self, deliveries, requeue, rejected=False):
         """The end of delivered messages: `deliveries` are a channel's (message, queue,
         consumer or None for basic.get) entries for this queue. Requeued ones go back to
-        their places, flagged redelivered; the rest are done with."""
+        their places, flagged redelivered; the rest are done with: acked, or `rejected`
+        (nack or reject without requeue), which dead-letters them."""
         self.unacked_count -= len(deliveries)
         for _, _, consumer in deliveries:
             if consumer is not None:
@@ -232,21 +447,51 @@ class Queue:
             ready = self.ready
             for message in messages:
                 ready.put_back(message if message.redelivered else message.placed(True, message.expires_at))
+            if self.limited and self.overflow == "drop-head":
+                self._drop_head_over_limit()
             if self._ttl_timer is None and ready:
                 self._arm_ttl_timer()
             self.dispatch()
         else:
             self.acked += len(messages)
-            self._forget(messages)
+            self._forget(messages, "rejected" if rejected and not self.deleted else None)
 
     def purge(self):
-        """Drop every ready message (unacked ones stay, as in RabbitMQ); returns how many."""
+        """Drop every ready message (unacked ones stay, as in RabbitMQ, and nothing is
+        dead-lettered); returns how many."""
         messages = self.ready.take_all()
         self._forget(messages)
         return len(messages)
 
-    def _forget(self, messages):
-        """The one place where messages end in this queue."""
+    # -- length limits (x-max-length, x-max-length-bytes, x-overflow) -------------------
+
+    def _full_for(self, message):
+        """Whether taking `message` would put the ready messages over a limit (RabbitMQ
+        counts ready messages only, and asks before trying consumers)."""
+        ready = self.ready
+        return ((self.max_length is not None and len(ready) + 1 > self.max_length)
+                or (self.max_length_bytes is not None and ready.bytes + len(message.body) > self.max_length_bytes))
+
+    def _drop_head_over_limit(self):
+        """x-overflow drop-head: the oldest ready messages go (dead-lettered as maxlen)
+        until the queue is within its limits again."""
+        if self.overflow != "drop-head":
+            return
+        ready, max_length, max_bytes = self.ready, self.max_length, self.max_length_bytes
+        dropped = []
+        while ready and ((max_length is not None and len(ready) > max_length)
+                         or (max_bytes is not None and ready.bytes > max_bytes)):
+            dropped.append(ready.popleft())
+        if dropped:
+            self._forget(dropped, "maxlen")
+
+    def _forget(self, messages, reason=None):
+        """The one place where messages end in this queue. With a `reason` (rejected,
+        expired, maxlen) they are dead-lettered when the queue has a dead-letter exchange:
+        before their removal from the store, in the same open batch, so a persistent
+        message is kept in its new queues by the transaction that lets it go here."""
+        if reason is not None and self.dead_letter_exchange is not None and messages:
+            self._dead_letter(self, messages, reason)
         if self.store is not None:
             stored = [message for message in messages if message.stored is not None]
             if stored:
@@ -254,6 +499,8 @@ class Queue:
 
     def _next_consumer(self):
         consumers = self.consumers
+        if self.ordered_consumers:
+            return self._next_ordered_consumer()
         for _ in range(len(consumers)):
             consumer = consumers[0]
             consumers.rotate(-1)
@@ -261,17 +508,41 @@ class Queue:
                 return consumer
         return None
 
+    def _next_ordered_consumer(self):
+        """With x-single-active-consumer, the first consumer still there is the only one
+        served. With consumer priorities (x-priority), the highest-priority consumer that
+        has room, in turn among equals (a consumer served goes behind the others)."""
+        consumers = self.consumers
+        if self.single_active_consumer:
+            consumer = consumers[0]
+            return consumer if consumer.channel.can_deliver(consumer) else None
+        chosen = None
+        for consumer in consumers:
+            if (chosen is None or consumer.priority > chosen.priority) and consumer.channel.can_deliver(consumer):
+                chosen = consumer
+        if chosen is not None:
+            consumers.remove(chosen)
+            consumers.append(chosen)
+        return chosen
+
     # -- consumers ---------------------------------------------------------------------
 
     def add_consumer(self, consumer):
         if consumer.exclusive and self.consumers or any(c.exclusive for c in self.consumers):
             raise AccessRefused(f"queue '{self.name}' in vhost '{self.vhost_name}' in exclusive use")
+        if type(consumer.priority) is not int:
+            raise PreconditionFailed(f"invalid arg 'x-priority' for queue '{self.name}' in vhost "
+                                     f"'{self.vhost_name}': \"expected integer, got {amqp_type(consumer.priority)}\"")
         self.consumers.append(consumer)
+        self.ordered_consumers = self.single_active_consumer or any(c.priority for c in self.consumers)
         self._cancel_expiry()
 
     def remove_consumer(self, consumer):
         """Returns True when this was the last consumer of an auto-delete queue."""
         self.consumers.remove(consumer)
+        self.ordered_consumers = self.single_active_consumer or any(c.priority for c in self.consumers)
+        if self.single_active_consumer and self.consumers:
+            self.dispatch()     # the next consumer is the active one now
         if not self.consumers:
             self.touch()
             return self.auto_delete
@@ -297,25 +568,15 @@ class Queue:
             self._on_expired(self)
 
     def _drop_expired(self):
-        """As in RabbitMQ, messages expire on reaching the head, so one with a short
-        per-message TTL waits behind one without."""
-        ready = self.ready
-        head = ready.head()
-        if head is None or head.expires_at is None:
-            return
-        now = time.monotonic()
-        expired = []
-        while head is not None and head.expires_at is not None and head.expires_at <= now:
-            expired.append(ready.popleft())
-            head = ready.head()
+        expired = self.ready.take_expired(time.monotonic())
         if expired:
-            self._forget(expired)
+            self._forget(expired, "expired")
 
     def _arm_ttl_timer(self):
         """A timer for the head's expiry, so an unread queue does not hold expired messages."""
-        head = self.ready.head()
-        if head is not None and head.expires_at is not None:
-            self._ttl_timer = gevent.spawn_later(max(0.0, head.expires_at - time.monotonic()), self._ttl_fired)
+        expires_at = self.ready.next_expiry()
+        if expires_at is not None:
+            self._ttl_timer = gevent.spawn_later(max(0.0, expires_at - time.monotonic()), self._ttl_fired)
 
     def _ttl_fired(self):
         self._ttl_timer = None
@@ -337,8 +598,18 @@ class Queue:
 
 
 def validate_queue_arguments(arguments, queue_name, vhost_name):
+    """Refuse, with RabbitMQ's sentence, a queue argument this broker would not honour."""
+    what = f"queue '{queue_name}' in vhost '{vhost_name}'"
+    if "x-dead-letter-exchange" in arguments and type(arguments["x-dead-letter-exchange"]) is not str:
+        raise PreconditionFailed(f"invalid type '{amqp_type(arguments['x-dead-letter-exchange'])}' "
+                                 f"for arg 'x-dead-letter-exchange' in {what}")
     for name, check in QUEUE_ARGUMENTS.items():
-        if name in arguments and not check(arguments[name]):
+        if name in arguments:
+            reason = check(arguments[name], arguments)
+            if reason is not None:
+                raise PreconditionFailed(f"invalid arg '{name}' for {what}: {reason}")
+    for name in OTHER_QUEUE_TYPES_ARGUMENTS:
+        if name in arguments:
             raise PreconditionFailed(
-                f"invalid arg '{name}' for queue '{queue_name}' in vhost '{vhost_name}': "
-                f"{str(arguments[name])[:20]!r} is not an integer in range")
+                f"invalid arg '{name}' for {what} of queue type rabbit_classic_queue; GreenMQ has "
+                "classic queues only, which cannot honour it: leave it out")

@@ -21,7 +21,7 @@ import base64
 import os
 from collections import deque
 
-from errors import BrokerError, ChannelNotOpen, NotAllowed, PreconditionFailed, StoreUnavailable
+from errors import BrokerError, ChannelNotOpen, NotAllowed, PreconditionFailed, PublishRefused, StoreUnavailable
 from message import Message
 from queue_store import Consumer
 
@@ -148,6 +148,10 @@ class Channel:
             if not seq:
                 raise
             self._confirm(seq, False)     # the nack says it all; the channel goes on
+            return
+        except PublishRefused:
+            if seq:
+                self._confirm(seq, False)     # without confirms the message is just dropped
             return
         except BrokerError:
             if seq:
@@ -323,7 +327,7 @@ class Channel:
             queue.dispatch()
 
     def nack(self, delivery_tag, multiple=False, requeue=True):
-        self._settle(self._take(delivery_tag, multiple), requeue)
+        self._settle(self._take(delivery_tag, multiple), requeue, rejected=True)
 
     def reject(self, delivery_tag, requeue=True):
         self.nack(delivery_tag, False, requeue)
@@ -363,13 +367,13 @@ class Channel:
             tags.append(tag)
         return [unacked.pop(tag) for tag in tags]
 
-    def _settle(self, entries, requeue):
+    def _settle(self, entries, requeue, rejected=False):
         """Hand settled deliveries back to their queues, then let windows that opened fill."""
         by_queue = {}
         for entry in entries:
             by_queue.setdefault(entry[1], []).append(entry)
         for queue, queue_entries in by_queue.items():
-            queue.settle(queue_entries, requeue)
+            queue.settle(queue_entries, requeue, rejected)
         queues = set(by_queue)
         if self.global_prefetch_count:
             queues.update(consumer.queue for consumer in self.consumers.values())

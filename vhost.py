@@ -11,10 +11,11 @@ import base64
 import os
 import time
 
-from errors import AccessRefused, NotFound, PreconditionFailed, ResourceLocked, StoreUnavailable
+from dead_letter import REJECTED, dead_lettered, is_cycle
+from errors import AccessRefused, NotFound, PreconditionFailed, PublishRefused, ResourceLocked, StoreUnavailable
 from exchange import DefaultExchange, exchange_class
 from message import MAX_NAME_BYTES
-from queue_store import MESSAGE_COUNTERS, QUEUE_ARGUMENTS, Queue, validate_queue_arguments
+from queue_store import MESSAGE_COUNTERS, QUEUE_ARGUMENTS, Queue, amqp_type, validate_queue_arguments
 
 
 PREDECLARED_EXCHANGES = (
@@ -57,6 +58,10 @@ class VirtualHost:
             owner.check("configure", "exchange", name)
         cls = exchange_class(type_name)
         exchange = self.exchanges.get(name)
+        what = f"exchange '{name}' in vhost '{self.name}'"
+        alternate = (arguments or {}).get("alternate-exchange")
+        if alternate is not None and type(alternate) is not str:
+            raise PreconditionFailed(f"invalid type '{amqp_type(alternate)}' for arg 'alternate-exchange' in {what}")
         if exchange is None:
             if name.startswith("amq."):
                 raise AccessRefused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
@@ -64,11 +69,11 @@ class VirtualHost:
             if durable:
                 self.store.put_exchange(self.name, name, type_name, auto_delete, internal, exchange.arguments)
             return exchange
-        what = f"exchange '{name}' in vhost '{self.name}'"
         _equivalent(what, "type", type_name, exchange.type)
         _equivalent(what, "durable", durable, exchange.durable)
         _equivalent(what, "auto_delete", auto_delete, exchange.auto_delete)
         _equivalent(what, "internal", internal, exchange.internal)
+        _equivalent(what, "alternate-exchange", alternate, exchange.alternate)
         return exchange
 
     def delete_exchange(self, name, if_unused=False, owner=None):
@@ -88,8 +93,9 @@ class VirtualHost:
 
     def _remove_exchange(self, exchange):
         del self.exchanges[exchange.name]
-        for queue in exchange.destinations():
-            queue.bound_exchanges.discard(exchange)
+        for destination in exchange.destinations():
+            destination.bound_exchanges.discard(exchange)
+        self._unbind_from_all(exchange)
         if exchange.durable:
             self.store.delete_exchange(self.name, exchange.name)
 
@@ -149,7 +155,8 @@ class VirtualHost:
 
     def _add_queue(self, name, durable, exclusive_owner, auto_delete, arguments):
         queue = self.queues[name] = Queue(self.name, name, durable, exclusive_owner, auto_delete,
-                                          arguments, on_expired=self.remove_queue, store=self.store)
+                                          arguments, on_expired=self.remove_queue, store=self.store,
+                                          dead_letter=self.dead_letter)
         return queue
 
     def delete_queue(self, name, if_unused=False, if_empty=False, owner=None):
@@ -187,10 +194,7 @@ class VirtualHost:
             self.store.delete_queue(self.name, queue.name)
         for consumer in list(queue.consumers):
             consumer.channel.consumer_cancelled(consumer)
-        for exchange in list(queue.bound_exchanges):
-            exchange.unbind_destination(queue)
-            self._auto_delete_exchange(exchange)
-        queue.bound_exchanges.clear()
+        self._unbind_from_all(queue)
         if queue.exclusive_owner is not None:
             queue.exclusive_owner.exclusive_queues.discard(queue)
         return count
@@ -209,9 +213,22 @@ class VirtualHost:
     def bind(self, queue_name, exchange_name, routing_key="", arguments=None, owner=None):
         check_name(routing_key, "routing key")
         exchange, queue = self._binding_ends(queue_name, exchange_name, owner)
-        if exchange.bind(queue, routing_key, arguments) and exchange.durable and queue.store is not None:
-            self.store.put_binding(self.name, exchange.name, queue.name, routing_key, arguments)
-        queue.bound_exchanges.add(exchange)
+        self._bind(exchange, queue, routing_key, arguments, queue.store is not None)
+
+    def bind_exchange(self, destination_name, source_name, routing_key="", arguments=None, owner=None):
+        """exchange.bind: messages `source` routes to this binding go on through `destination`."""
+        check_name(routing_key, "routing key")
+        self._check_exchange_binding_access(destination_name, source_name, owner)
+        source = self._bindable(source_name)
+        destination = self._bindable(destination_name)
+        self._bind(source, destination, routing_key, arguments, destination.durable)
+
+    def _bind(self, source, destination, routing_key, arguments, destination_kept):
+        """Kept in the store when both ends are (durable exchanges, queues the store keeps)."""
+        if source.bind(destination, routing_key, arguments) and source.durable and destination_kept:
+            self.store.put_binding(self.name, source.name, destination.name, routing_key, arguments,
+                                   destination.kind)
+        destination.bound_exchanges.add(source)
 
     def unbind(self, queue_name, exchange_name, routing_key="", arguments=None, owner=None):
         """Removing a binding that is not there succeeds, even from a queue or exchange that
@@ -223,12 +240,32 @@ class VirtualHost:
         if exchange is None or not exchange.has_binding(queue, routing_key, arguments):
             return
         self.queue(queue_name, owner)
-        exchange.unbind(queue, routing_key, arguments)
-        if exchange.durable and queue.store is not None:
-            self.store.delete_binding(self.name, exchange.name, queue.name, routing_key, arguments)
-        if not any(key[0] is queue for key in exchange.bindings):
-            queue.bound_exchanges.discard(exchange)
-        self._auto_delete_exchange(exchange)
+        self._unbind(exchange, queue, routing_key, arguments, queue.store is not None)
+
+    def unbind_exchange(self, destination_name, source_name, routing_key="", arguments=None, owner=None):
+        """As `unbind`: removing a binding that is not there succeeds."""
+        self._check_exchange_binding_access(destination_name, source_name, owner)
+        source = self._bindable(source_name, missing_ok=True)
+        destination = self._bindable(destination_name, missing_ok=True)
+        if source is None or not source.has_binding(destination, routing_key, arguments):
+            return
+        self._unbind(source, destination, routing_key, arguments, destination.durable)
+
+    def _unbind(self, source, destination, routing_key, arguments, destination_kept):
+        source.unbind(destination, routing_key, arguments)
+        if source.durable and destination_kept:
+            self.store.delete_binding(self.name, source.name, destination.name, routing_key, arguments,
+                                      destination.kind)
+        if not any(key[0] is destination for key in source.bindings):
+            destination.bound_exchanges.discard(source)
+        self._auto_delete_exchange(source)
+
+    def _unbind_from_all(self, destination):
+        """`destination` (a queue or an exchange) is being deleted: no exchange routes to it."""
+        for exchange in list(destination.bound_exchanges):
+            exchange.unbind_destination(destination)
+            self._auto_delete_exchange(exchange)
+        destination.bound_exchanges.clear()
 
     def _binding_ends(self, queue_name, exchange_name, owner):
         self._check_binding_access(queue_name, exchange_name, owner)
@@ -238,6 +275,11 @@ class VirtualHost:
         if owner is not None:
             owner.check("write", "queue", queue_name)
             owner.check("read", "exchange", exchange_name)
+
+    def _check_exchange_binding_access(self, destination_name, source_name, owner):
+        if owner is not None:
+            owner.check("write", "exchange", destination_name)
+            owner.check("read", "exchange", source_name)
 
     def _bindable(self, exchange_name, missing_ok=False):
         check_name(exchange_name, "exchange name")
@@ -252,22 +294,90 @@ class VirtualHost:
     # -- routing -----------------------------------------------------------------------
 
     def publish(self, exchange_name, message):
-        """Route `message` through the named exchange into its queues; returns how many."""
+        """Route `message` through the named exchange into its queues; returns how many.
+        Raises PublishRefused, once every queue has had it, when one refused it (x-overflow
+        reject-publish)."""
         exchange = self.publishable(exchange_name)
         if len(message.routing_key) > MAX_NAME_BYTES // 4:    # short keys cannot be too long
             check_name(message.routing_key, "routing key")
-        queues = exchange.route(message.routing_key, message.headers)
         self.published += 1
+        properties = message.properties
+        if (exchange.forwards or exchange.alternate is not None
+                or (properties is not None and properties.get("delivery_mode") == 2)):
+            return self._deliver(exchange, message)
+        # The common case inline, as it runs per message: a transient message through an
+        # exchange with neither exchange-to-exchange bindings nor an alternate exchange.
+        queues = exchange.route(message.routing_key, message.headers)
+        refused = False
+        for queue in queues:
+            if not queue.enqueue(message):
+                refused = True
+        if refused:
+            raise PublishRefused()
+        return len(queues)
+
+    def _deliver(self, exchange, message, died_for=None):
+        """Route `message` from `exchange`, keep it in the store for the durable queues
+        among them if it is persistent, and give it to each; returns how many. A published
+        message is refused when the store cannot take it; a dead-lettered one (`died_for`
+        a reason) is not, and skips the queues it would go round a cycle through."""
+        if exchange.forwards or exchange.alternate is not None:
+            queues = self._route_on(exchange, message)
+        else:
+            queues = exchange.route(message.routing_key, message.headers)
+        if died_for is not None and died_for != REJECTED:
+            queues = [queue for queue in queues if not is_cycle(queue.name, message)]
         properties = message.properties
         if properties is not None and properties.get("delivery_mode") == 2:
             durable = [queue for queue in queues if queue.store is not None]
             if durable:
-                if not self.store.available:
+                if died_for is None and not self.store.available:
                     raise StoreUnavailable("the message store cannot be written: persistent message refused")
                 self.store.add_message(message, durable)
+        refused = False
         for queue in queues:
-            queue.enqueue(message)
+            if not queue.enqueue(message):
+                refused = True
+        if refused and died_for is None:
+            raise PublishRefused()
         return len(queues)
+
+    def _route_on(self, first, message):
+        """The queues `message` reaches from `first` through exchange-to-exchange bindings
+        and alternate exchanges, as RabbitMQ routes: an exchange whose own bindings route
+        the message nowhere hands it to its alternate exchange; each exchange routes it at
+        most once (so cycles end), and each queue gets it once however many paths lead there."""
+        routing_key, headers = message.routing_key, message.headers
+        queues = {}
+        seen = {first}
+        pending = [first]
+        while pending:
+            exchange = pending.pop()
+            destinations = exchange.route(routing_key, headers)
+            if not destinations and exchange.alternate is not None:
+                alternate = self.exchanges.get(exchange.alternate)
+                destinations = () if alternate is None else (alternate,)
+            for destination in destinations:
+                if destination.kind == "queue":
+                    queues[destination] = None
+                elif destination not in seen:
+                    seen.add(destination)
+                    pending.append(destination)
+        return tuple(queues)
+
+    # -- dead-lettering ----------------------------------------------------------------
+
+    def dead_letter(self, queue, messages, reason):
+        """Republish what died in `queue` to its dead-letter exchange, through that
+        exchange's normal routing (dead_letter.py says what the new messages carry). With
+        no such exchange they are dropped, as in RabbitMQ; copies that would go round an
+        automatic cycle are dropped too."""
+        exchange = self.exchanges.get(queue.dead_letter_exchange)
+        if exchange is None:
+            return
+        for message in messages:
+            self._deliver(exchange, dead_lettered(message, reason, queue.name, exchange.name,
+                                                  queue.dead_letter_routing_key), reason)
 
     def publishable(self, exchange_name):
         """The exchange a publish names, if it may be published to."""
@@ -307,11 +417,14 @@ class VirtualHost:
             if gone:
                 self.store.remove_messages(queue, gone)
                 expired += len(gone)
-        for vhost, source, destination, routing_key, arguments in recovered.bindings:
-            exchange, queue = self.exchanges.get(source), self.queues.get(destination)
-            if vhost == self.name and exchange is not None and queue is not None:
-                exchange.bind(queue, routing_key, arguments)
-                queue.bound_exchanges.add(exchange)
+        for vhost, source, destination, routing_key, arguments, destination_kind in recovered.bindings:
+            if vhost != self.name:
+                continue
+            exchange = self.exchanges.get(source)
+            target = (self.exchanges if destination_kind == "exchange" else self.queues).get(destination)
+            if exchange is not None and target is not None:
+                exchange.bind(target, routing_key, arguments)
+                target.bound_exchanges.add(exchange)
         return expired
 
     # -- listings for operators ------------------------------------------------------------
@@ -341,9 +454,9 @@ class VirtualHost:
         for exchange in self.exchanges.values():
             if exchange.name == "":
                 continue
-            for (queue, routing_key, _), arguments in exchange.bindings.items():
-                rows.append({"source": exchange.name, "destination": queue.name,
-                             "destination_kind": "queue", "routing_key": routing_key,
+            for (destination, routing_key, _), arguments in exchange.bindings.items():
+                rows.append({"source": exchange.name, "destination": destination.name,
+                             "destination_kind": destination.kind, "routing_key": routing_key,
                              "arguments": arguments})
         return rows
 

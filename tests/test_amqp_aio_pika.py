@@ -3,7 +3,6 @@ Runs against GreenMQ, or $GREENMQ_TEST_AMQP_URL."""
 
 import asyncio
 import contextlib
-import os
 from urllib.parse import urlparse
 
 import aio_pika
@@ -14,12 +13,9 @@ from aio_pika.patterns import RPC, Master, NackMessage
 
 # Every test runs under this deadline: a lost message fails it instead of hanging the run.
 TEST_SECONDS = 20.0
-# How long a pattern waits for a broker feature GreenMQ does not have yet, before failing.
+# How long a pattern waits for a dead-lettered reply or refusal before failing.
 FEATURE_WAIT_SECONDS = 3.0
 
-needs_dead_lettering = pytest.mark.xfail(
-    not os.environ.get("GREENMQ_TEST_AMQP_URL"), strict=True,
-    reason="dead-lettering/x-overflow not implemented yet (issue 10)")
 
 
 def run(test):
@@ -147,7 +143,6 @@ def test_rpc_errors_come_back_as_exceptions(amqp_url, name):
     run(test)
 
 
-@needs_dead_lettering
 def test_rpc_call_times_out_through_dead_lettering(amqp_url, name):
     """A call that expires in the queue is dead-lettered back to its caller as a timeout."""
     async def test():
@@ -229,7 +224,6 @@ def test_publisher_confirms_ack_and_return_unroutable_mandatory_messages(amqp_ur
     run(test)
 
 
-@needs_dead_lettering
 def test_publisher_confirms_raise_delivery_error_on_reject_publish(amqp_url, name):
     async def test():
         async with open_channel(amqp_url, publisher_confirms=True) as channel:

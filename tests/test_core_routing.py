@@ -4,7 +4,7 @@ from hypothesis import given, strategies as st
 
 import pytest
 
-from errors import CommandInvalid, PreconditionFailed
+from errors import InvalidExchangeType, PreconditionFailed
 from exchange import (DefaultExchange, DirectExchange, FanoutExchange, HeadersExchange,
                       TopicExchange, exchange_class)
 
@@ -148,7 +148,7 @@ def test_default_exchange_routes_to_the_queue_named_by_the_key():
     assert exchange.route("other") == ()
 
 
-def test_unknown_exchange_type_is_command_invalid():
-    with pytest.raises(CommandInvalid) as error:
+def test_unknown_exchange_type_is_command_invalid_closing_the_channel():
+    with pytest.raises(InvalidExchangeType) as error:
         exchange_class("x-custom")
     assert error.value.code == 503

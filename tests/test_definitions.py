@@ -56,6 +56,8 @@ def topology(vhost, user):
              "routing_key": "eu.#", "arguments": {}},
             {"source": "orders.headers", "vhost": vhost, "destination": "orders.audit", "destination_type": "queue",
              "routing_key": "", "arguments": {"x-match": "any", "region": "eu"}},
+            {"source": "orders", "vhost": vhost, "destination": "orders.headers", "destination_type": "exchange",
+             "routing_key": "audit.#", "arguments": {}},
         ],
     }
 
@@ -175,7 +177,9 @@ def broken(change):
     (broken(lambda d: d["bindings"][1]["arguments"].update({"x-match": "some"})),
      "PRECONDITION_FAILED - definitions: bindings[1]: invalid x-match field value 'some'"),
     (broken(lambda d: d["bindings"][0].update(destination_type="exchange")),
-     "PRECONDITION_FAILED - definitions: bindings[0]: bindings to exchanges are not supported"),
+     "NOT_FOUND - definitions: bindings[0]: no exchange 'orders.eu' in vhost 'broken'"),
+    (broken(lambda d: d["bindings"][0].update(destination_type="stream")),
+     "PRECONDITION_FAILED - definitions: bindings[0]: unknown destination_type 'stream'"),
     (broken(lambda d: d["queues"][0].update(durable="yes")),
      "SYNTAX_ERROR - definitions: queues[0]: 'durable' must be true or false"),
     (broken(lambda d: d.update(policies=[{"name": "ha"}])),

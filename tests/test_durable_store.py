@@ -66,22 +66,27 @@ def test_definitions_come_back_after_a_restart(store):
     store.put_exchange("/", "logs", "fanout", False, False, {"alternate-exchange": "ae"})
     store.put_queue("/", "q1", False, {"x-message-ttl": 5})
     store.put_queue("/", "q2", True, {})
-    store.put_binding("/", "logs", "q1", "", {})
-    store.put_binding("/", "logs", "q2", "k", {"x-match": "any", "b": bytearray(b"\x00")})
+    store.put_binding("/", "logs", "q1", "", {}, "queue")
+    store.put_binding("/", "logs", "q2", "k", {"x-match": "any", "b": bytearray(b"\x00")}, "queue")
+    store.put_binding("/", "logs", "q1", "k", {}, "exchange")
     assert committed(store) == [True]
     recovered = reopened(store).load()
     assert recovered.exchanges == [("/", "logs", "fanout", False, False, {"alternate-exchange": "ae"})]
     assert sorted(q[:4] for q in recovered.queues) == [("/", "q1", False, {"x-message-ttl": 5}), ("/", "q2", True, {})]
-    assert sorted(recovered.bindings) == [("/", "logs", "q1", "", {}),
-                                          ("/", "logs", "q2", "k", {"x-match": "any", "b": bytearray(b"\x00")})]
+    assert sorted(recovered.bindings, key=repr) == sorted([
+        ("/", "logs", "q1", "", {}, "queue"), ("/", "logs", "q1", "k", {}, "exchange"),
+        ("/", "logs", "q2", "k", {"x-match": "any", "b": bytearray(b"\x00")}, "queue")], key=repr)
 
 
 def test_deleting_a_queue_or_exchange_takes_its_bindings_and_messages(store):
     store.put_exchange("/", "x", "direct", False, False, {})
     store.put_queue("/", "q", False, {})
     store.put_queue("/", "kept", False, {})
-    store.put_binding("/", "x", "q", "a", {})
-    store.put_binding("/", "x", "kept", "a", {})
+    store.put_binding("/", "x", "q", "a", {}, "queue")
+    store.put_binding("/", "x", "kept", "a", {}, "queue")
+    store.put_exchange("/", "upstream", "direct", False, False, {})
+    store.put_binding("/", "upstream", "x", "a", {}, "exchange")
+    store.put_binding("/", "upstream", "q", "a", {}, "exchange")
     store.add_message(persistent(b"m"), [FakeQueue("/", "q")])
     committed(store)
     store.delete_queue("/", "q")
@@ -89,7 +94,9 @@ def test_deleting_a_queue_or_exchange_takes_its_bindings_and_messages(store):
     committed(store)
     recovered = reopened(store).load()
     assert [q[1] for q in recovered.queues] == ["kept"]
-    assert recovered.exchanges == [] and recovered.bindings == []
+    assert [x[1] for x in recovered.exchanges] == ["upstream"]
+    # The binding to the exchange named "q" stays: only the queue "q" went.
+    assert recovered.bindings == [("/", "upstream", "q", "a", {}, "exchange")]
 
 
 def test_messages_come_back_in_order_with_properties_and_one_body_for_several_queues(store):

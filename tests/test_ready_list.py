@@ -1,0 +1,102 @@
+"""Property tests of the ready-message containers against a reference model of RabbitMQ's
+order: highest priority first (a message's `priority` capped at the queue's maximum, none
+counting as 0), publish order within one priority, a requeued message back in its place
+within its priority, and expiry at the head of each priority."""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from message import Message
+from queue_store import ReadyLevels, ReadyList
+
+
+class Model:
+    """RabbitMQ's order stated plainly: sort what is ready by (-priority, publish order)."""
+
+    def __init__(self, max_priority):
+        self.max_priority = max_priority
+        self.ready = []
+
+    def level(self, message):
+        priority = (message.properties or {}).get("priority") or 0
+        return min(priority, self.max_priority)
+
+    def add(self, message):
+        self.ready.append(message)
+
+    def order(self):
+        return sorted(self.ready, key=lambda m: (-self.level(m), m.seq))
+
+    def take(self):
+        message = self.order()[0]
+        self.ready.remove(message)
+        return message
+
+    def expire(self, now):
+        """Per priority, the leading messages whose time has come."""
+        expired = []
+        for level in sorted({self.level(m) for m in self.ready}, reverse=True):
+            for message in [m for m in self.order() if self.level(m) == level]:
+                if message.expires_at is None or message.expires_at > now:
+                    break
+                expired.append(message)
+                self.ready.remove(message)
+        return expired
+
+
+def new_message(priority, expires_at, size):
+    message = Message("", "q", b"x" * size, None if priority is None else {"priority": priority})
+    message.expires_at = expires_at
+    return message
+
+
+operations = st.lists(st.one_of(
+    st.tuples(st.just("publish"), st.one_of(st.none(), st.integers(0, 12)),
+              st.one_of(st.none(), st.integers(0, 5)), st.integers(0, 4)),
+    st.tuples(st.just("get")),
+    st.tuples(st.just("requeue"), st.integers(0, 10)),
+    st.tuples(st.just("expire"), st.integers(0, 6)),
+), max_size=60)
+
+
+def run(ready, model, steps):
+    taken = []
+    for step in steps:
+        if step[0] == "publish":
+            message = new_message(step[1], step[2], step[3])
+            ready.append(message)
+            model.add(message)
+        elif step[0] == "get":
+            if model.ready:
+                assert ready.head() is model.order()[0]
+                message = ready.popleft()
+                assert message is model.take()
+                taken.append(message)
+            else:
+                assert not ready and ready.head() is None
+        elif step[0] == "requeue":
+            if taken:
+                message = taken.pop(step[1] % len(taken))
+                ready.put_back(message)
+                model.add(message)
+        else:
+            assert list(ready.take_expired(step[1])) == model.expire(step[1])
+            heads = {model.level(m): m for m in reversed(model.order())}.values()
+            assert ready.next_expiry() == min((m.expires_at for m in heads if m.expires_at is not None), default=None)
+        assert list(ready) == model.order()
+        assert len(ready) == len(model.ready)
+        if isinstance(ready, ReadyLevels):
+            assert ready.bytes == sum(len(m.body) for m in model.ready)
+    assert ready.take_all() == model.order() and len(ready) == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 10), operations)
+def test_priority_levels_keep_rabbitmqs_order(max_priority, steps):
+    run(ReadyLevels(max_priority), Model(max_priority), steps)
+
+
+@settings(max_examples=300, deadline=None)
+@given(operations)
+def test_a_plain_ready_list_keeps_publish_order_whatever_the_priorities(steps):
+    run(ReadyList(), Model(0), steps)
