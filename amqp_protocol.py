@@ -860,8 +860,12 @@ def _decode_properties(buffer, at, end):
             if table_end > end:
                 return _UNDECODED
             try:
-                value = decode.field_table(buffer[at:table_end])[1]
+                # Unsliced, as pamqp reads it: a value that runs past the table's stated end
+                # shows as more bytes used than stated, and is left to pamqp to judge.
+                used, value = decode.field_table(buffer[at:end])
             except ValueError:
+                return _UNDECODED
+            if used != table_end - at:
                 return _UNDECODED
             at = table_end
         values[name] = value

@@ -168,6 +168,10 @@ def _altered(encoded, at, value, cut):
 
 @example(flags_and_values=b"\x00\x04\x00", body_size=1)            # cluster_id, empty
 @example(flags_and_values=b"\x80\x01\x01\x00", body_size=1)        # a second flag word
+# A headers table whose last value runs past the table's stated length.
+@example(flags_and_values=b" \x04\x00\x00\x00)\x00\x00\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x12\x00\xc2\x80"
+                          b"\x00\x00\x00\x00\x00\xf0\x90\x80\x80\x00\x00\xf0\x90\x80\x80\x00\x00\x00\x01\x00S\x00\x00"
+                          b"\x00\x01\x00", body_size=0)
 @given(st.binary(min_size=2, max_size=60)
        | st.builds(_altered, properties.map(lambda p: p.marshal()), st.integers(0, 200), st.integers(0, 255),
                    st.integers(-2, 3)),
