@@ -71,9 +71,11 @@ CONSUMER_TAGS = tuple(f"c-{queue}" for queue in CONSUMER_CHANNELS)
 SHARED_EXCHANGES = ("amq.direct",)
 SERVER_NAMED = "gen"     # a step's queue "gen" means the last server-named queue
 # Queue arguments whose outcome does not depend on timing: a TTL of 0 drops what no
-# consumer takes at once, a long one never fires during a run. Dead-lettering, length
-# limits and priorities are left out until GreenMQ has them (README).
-QUEUE_ARGUMENTS = ({}, {}, {}, {"x-message-ttl": 0}, {"x-message-ttl": 600000})
+# consumer takes at once, a long one never fires during a run; length limits with both
+# overflow behaviours, and priorities (publishes carry priorities now and then).
+# Dead-letter exchanges are left out: their names would have to be this run's own.
+QUEUE_ARGUMENTS = ({}, {}, {}, {"x-message-ttl": 0}, {"x-message-ttl": 600000}, {"x-max-length": 2},
+                   {"x-max-length": 1, "x-overflow": "reject-publish"}, {"x-max-priority": 5})
 
 _FRAME_HEAD = struct.Struct(">BHI")
 FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT = 1, 2, 3, 8
@@ -420,6 +422,7 @@ class Runner:
         self.exclusive = {"a": set(), "b": set()}   # exclusive queues each connection declared
         self.delivery_tags = {}       # (conn, channel) -> tags seen, in order
         self.consumers = {}           # (conn, channel) -> tags of its consumers
+        self.confirmed = {}           # (conn, channel) -> the highest publish it had confirmed
         self.closed_in_step = set()   # connections the current step saw closed
         self.last_probe = None
         self.body_counter = 0
@@ -463,6 +466,7 @@ class Runner:
                 self._open_channel(conn, step["ch"])
                 self.delivery_tags[(step["conn"], step["ch"])] = []
                 self.consumers[(step["conn"], step["ch"])] = set()
+                self.confirmed[(step["conn"], step["ch"])] = 0
             self.closed_in_step = set()
             reply = getattr(self, "_" + step["op"].replace(".", "_"))(conn, step)
             if reply is not None:
@@ -542,7 +546,14 @@ class Runner:
                     self.delivery_tags[(name, number)].append(item.delivery_tag)
                 elif isinstance(item, spec.Basic.Cancel):
                     self.consumers[(name, number)].discard(item.consumer_tag)
-                groups.setdefault((number, _kind(item)), []).append(self._item(item))
+                described = self._item(item)
+                if isinstance(item, (spec.Basic.Ack, spec.Basic.Nack)):
+                    # A multiple confirm of the one publish it covers says no more than a
+                    # single one: RabbitMQ sends either, so they compare alike.
+                    confirmed = self.confirmed.get((name, number), 0)
+                    described[2] = item.multiple and item.delivery_tag > confirmed + 1
+                    self.confirmed[(name, number)] = max(confirmed, item.delivery_tag)
+                groups.setdefault((number, _kind(item)), []).append(described)
             for key in sorted(groups):
                 answer.append([f"{name}{key[0]}", key[1], groups[key]])
         if probe != self.last_probe:
