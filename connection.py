@@ -1,9 +1,19 @@
-"""GreenMQ's blocking client, over the JSON-lines protocol (PROTOCOL.md).
+"""GreenMQ's blocking client, over the JSON-lines protocol (PROTOCOL.md) or AMQP 0-9-1.
 
 Plain sockets and one helper thread, no gevent and no monkey-patching: use it from scripts
 and ordinary threads (one connection per thread, like pika's BlockingConnection).
 
     conn = connection.Connection('localhost')
+    conn = connection.Connection('amqp://guest:guest@localhost:5672/%2f')   # or RabbitMQ
+
+A host name speaks GreenMQ's JSON lines; an `amqp://` or `amqps://` URL (or, for a host
+name given without a port, the URL in $GREENMQ_URL) speaks AMQP 0-9-1 to GreenMQ's AMQP
+port or to any AMQP broker, so programs move to a RabbitMQ cluster by changing a URL. Both
+APIs, the errors and their reply codes are the same over either wire: the Channel code is
+shared and speaks JSON-lines requests; `_AmqpWire` translates them into AMQP methods and
+AMQP frames back into the same events. It is written on pamqp (GreenMQ's AMQP codec
+already) rather than around pika: pika would bring a second connection, thread and
+callback model under this one, and its own exceptions to translate back.
     channel = conn.channel()
     channel.queue_declare('hello')
     channel.basic_publish('', 'hello', b'Hello World!')
@@ -16,17 +26,31 @@ inside `start_consuming`, `process_data_events` or `consume`, in the calling thr
 
 import base64
 import collections
+import datetime
 import itertools
 import json
 import os
 import selectors
 import signal
 import socket
+import ssl as ssl_module
+import struct
 import threading
 import time
+import urllib.parse
+
+from pamqp import body as amqp_body
+from pamqp import commands as amqp
+from pamqp import frame as amqp_frame
+from pamqp import header as amqp_header
+from pamqp import heartbeat as amqp_heartbeat
 
 DEFAULT_PORT = 5680
 PORT_ENVIRONMENT_VARIABLE = "GREENMQ_PORT"
+# An amqp:// or amqps:// URL that a host name given without a port gives way to, so the
+# examples' `Connection('localhost')` runs unchanged against any AMQP broker.
+URL_ENVIRONMENT_VARIABLE = "GREENMQ_URL"
+AMQP_PORTS = {"amqp": 5672, "amqps": 5671}
 PROTOCOL_VERSION = 1
 
 # The queue of the original API's `publish(msg)` and `subscribe(callback)` with no names.
@@ -47,8 +71,6 @@ RECV_BYTES = 256 * 1024
 DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 DEFAULT_MAX_LINE_BYTES = 4 * -(-DEFAULT_MAX_MESSAGE_BYTES // 3) + 1024 * 1024
 
-# A heartbeat is an empty line; either side gives the other up after two intervals of silence.
-HEARTBEAT_LINE = "\n"
 
 _ASYNCHRONOUS_SIGNALS = {getattr(signal, name) for name in (
     "SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGALRM", "SIGUSR1", "SIGUSR2", "SIGCHLD", "SIGWINCH")
@@ -196,6 +218,8 @@ class QueueDeclareOk:
 
 def _body_of(event):
     body = event.get("body", "")
+    if type(body) is bytes:             # as the AMQP wire receives it
+        return body
     if event.get("body_encoding") == "base64":
         return base64.b64decode(body)
     return body.encode()
@@ -209,15 +233,26 @@ def _properties_of(event):
 # -- the connection ------------------------------------------------------------------------
 
 class Connection:
-    """A connection to a GreenMQ broker. `port` defaults to $GREENMQ_PORT, else 5680.
-    With `heartbeat` (seconds), each side sends an empty line when it has been silent for
-    half of it, and the broker is given up (ConnectionClosed) after two of silence. With
-    `ssl` (an ssl.SSLContext) it speaks TLS to the broker's --tls-port."""
+    """A connection to a GreenMQ broker, or to any AMQP 0-9-1 broker given an `amqp://`
+    or `amqps://` URL (user, password, host, port and virtual host from the URL, `ssl` a
+    default context for amqps). A host name without a port connects to $GREENMQ_URL if
+    set, else to the JSON-lines port: $GREENMQ_PORT, else 5680. With `heartbeat`
+    (seconds), each side sends a heartbeat when it has been silent for half of it, and the
+    broker is given up (ConnectionClosed) after two of silence. With `ssl` (an
+    ssl.SSLContext) it speaks TLS to the broker's --tls-port (or amqps port)."""
 
     def __init__(self, host="localhost", port=None, username="guest", password="guest",
                  virtual_host="/", connect_timeout=10.0, client_properties=None, ssl=None, heartbeat=0):
-        if port is None:
-            port = int(os.environ.get(PORT_ENVIRONMENT_VARIABLE, DEFAULT_PORT))
+        if port is None and "://" not in host and os.environ.get(URL_ENVIRONMENT_VARIABLE):
+            host = os.environ[URL_ENVIRONMENT_VARIABLE]
+        if "://" in host:
+            host, port, username, password, virtual_host, ssl = _parse_url(
+                host, port, username, password, virtual_host, ssl)
+            self._wire = _AmqpWire(self)
+        else:
+            if port is None:
+                port = int(os.environ.get(PORT_ENVIRONMENT_VARIABLE, DEFAULT_PORT))
+            self._wire = _JsonLinesWire(self)
         self.host, self.port = host, port
         self._sock = socket.create_connection((host, port), timeout=connect_timeout)
         if ssl is not None:
@@ -236,7 +271,6 @@ class Connection:
         self._queued = collections.deque()
         self._send_lock = threading.Lock()
         self._wakeup = threading.Event()
-        self._received = b""           # the start of a line whose newline has not arrived
         self._last_received = self._last_sent = time.monotonic()
         self._heartbeat = 0
         self._replies = {}
@@ -251,18 +285,15 @@ class Connection:
                                                 user=username, password=password,
                                                 vhost=virtual_host, heartbeat=heartbeat,
                                                 client=client_properties or {"product": "greenmq-connection"})
+            self._heartbeat = self.server_properties.get("heartbeat", 0)
+            self.max_message_bytes = self.server_properties.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES)
+            self._wire.opened(self.server_properties)
+            self._writer.start()
+            self._channels[1] = Channel(self, 1)
+            self._wire.open_first_channel()
         except BaseException:
             self._shutdown()
             raise
-        self._heartbeat = self.server_properties.get("heartbeat", 0)
-        self.max_message_bytes = self.server_properties.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES)
-        max_line_bytes = self.server_properties.get("max_line_bytes", DEFAULT_MAX_LINE_BYTES)
-        # Bodies up to this long surely fit a line (escaped JSON text takes at most 12
-        # bytes a character) and the maximum message size (4 bytes a character); longer
-        # ones are measured before they are sent.
-        self._measure_bodies_over = min(self.max_message_bytes // 4, max_line_bytes // 16)
-        self._writer.start()
-        self._channels[1] = Channel(self, 1)
 
     # -- the pika-like API --
 
@@ -402,11 +433,18 @@ class Connection:
     def _queue_line(self, request):
         """Send a request that gets no answer: batched by the writer thread."""
         self._check_open()
-        self._queued.append(_encode(request) + "\n")
+        self._queue(self._wire.request(request))
+
+    def _queue(self, data):
+        self._queued.append(data)
         if len(self._queued) > MAX_QUEUED_LINES:
             self._flush()
         elif not self._wakeup.is_set():
             self._wakeup.set()
+
+    def _publish(self, channel, exchange, routing_key, body, properties, mandatory):
+        self._check_open()
+        self._queue(self._wire.publish(channel, exchange, routing_key, body, properties, mandatory))
 
     def _call(self, channel, op, **fields):
         """Send a request (on `channel`, None for the connection) and wait for its answer;
@@ -418,7 +456,7 @@ class Connection:
         fields["id"] = request_id
         if channel is not None and channel != 1:
             fields["channel"] = channel
-        self._queued.append(_encode(fields) + "\n")
+        self._queued.append(self._wire.request(fields))
         self._flush()
         while request_id not in self._replies:
             self._read(None)
@@ -433,7 +471,7 @@ class Connection:
             count = len(queued)
             if not count:
                 return
-            data = "".join([queued.popleft() for _ in range(count)]).encode()
+            data = self._wire.join([queued.popleft() for _ in range(count)])
             try:
                 self._sock.sendall(data)
             except OSError as exc:
@@ -453,7 +491,7 @@ class Connection:
             if woken:
                 self._wakeup.clear()
             elif time.monotonic() - self._last_sent >= heartbeat / 2:
-                self._queued.append(HEARTBEAT_LINE)
+                self._queued.append(self._wire.HEARTBEAT)
             try:
                 self._flush()
             except ConnectionClosed:
@@ -485,22 +523,10 @@ class Connection:
         self._data_received(data)
 
     def _data_received(self, data):
-        """File the events and replies of every whole line in `data`."""
+        """File the replies and events that `data` completes."""
         self._last_received = time.monotonic()
-        lines = data.split(b"\n")
-        if self._received:
-            # Only the new bytes were searched; the line grows in place (linear time).
-            head = self._received
-            if type(head) is bytes:
-                head = bytearray(head)
-            head += lines[0]
-            lines[0] = head
-        self._received = lines.pop()
         channels = self._channels
-        for line in lines:
-            if not line:
-                continue            # a heartbeat
-            event = _decode(line.decode())
+        for event in self._wire.received(data):
             kind = event.get("event")
             if kind is None:
                 if "id" in event:
@@ -619,54 +645,23 @@ class Channel:
         """Publish without waiting, except in confirm mode, where this returns once the
         broker has confirmed the message (NackError or UnroutableError if it did not)."""
         self._raise_errors()
-        request = {"op": "publish", "exchange": exchange, "routing_key": routing_key}
-        if isinstance(body, str):
-            request["body"] = body
-        else:
-            body = bytes(body)
-            try:
-                request["body"] = body.decode()
-            except UnicodeDecodeError:
-                request["body"] = base64.b64encode(body).decode("ascii")
-                request["body_encoding"] = "base64"
-        if len(body) > self.connection._measure_bodies_over:
-            self._fit_large_body(request, body)
-        if properties is not None:
-            values = properties._values if isinstance(properties, BasicProperties) else properties
-            if values:
-                request["properties"] = values
-        if mandatory:
-            request["mandatory"] = True
-        if self.channel_number != 1:
-            request["channel"] = self.channel_number
+        if properties is not None and isinstance(properties, BasicProperties):
+            properties = properties._values
+        connection = self.connection
         if not self._confirming:
-            self.connection._queue_line(request)
+            connection._publish(self.channel_number, exchange, routing_key, body, properties, mandatory)
             return
-        self._publish_seq += 1
-        seq = self._publish_seq
         if self._confirm_window == 1:
             self._returned.clear()
-        self._unconfirmed[seq] = None
-        self.connection._queue_line(request)
+        connection._publish(self.channel_number, exchange, routing_key, body, properties, mandatory)
+        self._publish_seq += 1          # only once sent: a refused body takes no number
+        self._unconfirmed[self._publish_seq] = None
         if self._confirm_window == 1:
             self.wait_for_confirms()
             return
         while len(self._unconfirmed) >= self._confirm_window:
             self._raise_errors()
-            self.connection._read(None)
-
-    def _fit_large_body(self, request, body):
-        """Refuse a body over the broker's maximum before sending it (the connection goes
-        on), and send text as base64 where its JSON escapes would make it longer."""
-        data = body.encode() if isinstance(body, str) else body
-        limit = self.connection.max_message_bytes
-        if len(data) > limit:
-            raise PreconditionFailed(
-                406, f"PRECONDITION_FAILED - message size {len(data)} is larger than configured max size {limit}",
-                "publish")
-        if "body_encoding" not in request and len(_quote(request["body"])) > 4 * -(-len(data) // 3) + 2:
-            request["body"] = base64.b64encode(data).decode("ascii")
-            request["body_encoding"] = "base64"
+            connection._read(None)
 
     def confirm_delivery(self, window=1):
         """Publisher confirms from now on. With `window` 1, basic_publish returns once the
@@ -853,3 +848,418 @@ class _Returned:
         self.reply_text = event.get("reply_text")
         self.exchange = event.get("exchange")
         self.routing_key = event.get("routing_key")
+
+
+# -- the wires: JSON lines and AMQP 0-9-1 behind the same requests and events -------------
+
+def _refuse_large_body(size, limit):
+    """Refuse a body over the broker's maximum before sending it; the connection goes on."""
+    if size > limit:
+        raise PreconditionFailed(
+            406, f"PRECONDITION_FAILED - message size {size} is larger than configured max size {limit}",
+            "publish")
+
+
+class _JsonLinesWire:
+    """GreenMQ's own protocol (PROTOCOL.md): one request, reply or event a line of JSON."""
+
+    # An empty line; either side gives the other up after two intervals of silence.
+    HEARTBEAT = "\n"
+
+    def __init__(self, connection):
+        self._connection = connection
+        self._received = b""           # the start of a line whose newline has not arrived
+        self._measure_bodies_over = 0
+
+    @staticmethod
+    def join(lines):
+        return "".join(lines).encode()
+
+    @staticmethod
+    def request(fields):
+        return _encode(fields) + "\n"
+
+    def opened(self, server_properties):
+        max_line_bytes = server_properties.get("max_line_bytes", DEFAULT_MAX_LINE_BYTES)
+        # Bodies up to this long surely fit a line (escaped JSON text takes at most 12
+        # bytes a character) and the maximum message size (4 bytes a character); longer
+        # ones are measured before they are sent.
+        self._measure_bodies_over = min(self._connection.max_message_bytes // 4, max_line_bytes // 16)
+
+    def open_first_channel(self):
+        """Channel 1 is open from `hello` on."""
+
+    def publish(self, channel, exchange, routing_key, body, properties, mandatory):
+        request = {"op": "publish", "exchange": exchange, "routing_key": routing_key}
+        if isinstance(body, str):
+            request["body"] = body
+        else:
+            body = bytes(body)
+            try:
+                request["body"] = body.decode()
+            except UnicodeDecodeError:
+                request["body"] = base64.b64encode(body).decode("ascii")
+                request["body_encoding"] = "base64"
+        if len(body) > self._measure_bodies_over:
+            self._fit_large_body(request, body)
+        if properties:
+            request["properties"] = properties
+        if mandatory:
+            request["mandatory"] = True
+        if channel != 1:
+            request["channel"] = channel
+        return _encode(request) + "\n"
+
+    def _fit_large_body(self, request, body):
+        """Refuse a body over the maximum, and send text as base64 where its JSON escapes
+        would make it longer."""
+        data = body.encode() if isinstance(body, str) else body
+        _refuse_large_body(len(data), self._connection.max_message_bytes)
+        if "body_encoding" not in request and len(_quote(request["body"])) > 4 * -(-len(data) // 3) + 2:
+            request["body"] = base64.b64encode(data).decode("ascii")
+            request["body_encoding"] = "base64"
+
+    def received(self, data):
+        """The replies and events of every whole line in `data`."""
+        lines = data.split(b"\n")
+        if self._received:
+            # Only the new bytes were searched; the line grows in place (linear time).
+            head = self._received
+            if type(head) is bytes:
+                head = bytearray(head)
+            head += lines[0]
+            lines[0] = head
+        self._received = lines.pop()
+        for line in lines:
+            if line:                    # an empty line is a heartbeat
+                yield _decode(line.decode())
+
+
+# What this client offers when the broker tunes the connection: RabbitMQ's default frame
+# size (a message body goes in frames of at most this), and its default channel_max.
+AMQP_FRAME_MAX = 131072
+AMQP_CHANNEL_MAX = 2047
+_AMQP_FRAME_HEADER = struct.Struct(">BHI")      # type, channel, size; then the payload and 0xCE
+_AMQP_FRAME_OVERHEAD = 8
+
+# What the broker may tell this client (RabbitMQ's capability names).
+_AMQP_CAPABILITIES = {"authentication_failure_close": True, "publisher_confirms": True,
+                      "consumer_cancel_notify": True, "basic.nack": True}
+
+# Each request of PROTOCOL.md that AMQP has, as its AMQP method.
+_AMQP_REQUESTS = {
+    "channel.open": lambda f: amqp.Channel.Open(),
+    "channel.close": lambda f: amqp.Channel.Close(200, "Normal shutdown", 0, 0),
+    "exchange.declare": lambda f: amqp.Exchange.Declare(
+        exchange=f["exchange"], exchange_type=f["type"], passive=f["passive"], durable=f["durable"],
+        auto_delete=f["auto_delete"], internal=f["internal"], arguments=f["arguments"]),
+    "exchange.delete": lambda f: amqp.Exchange.Delete(exchange=f["exchange"], if_unused=f["if_unused"]),
+    "queue.declare": lambda f: amqp.Queue.Declare(
+        queue=f["queue"], passive=f["passive"], durable=f["durable"], exclusive=f["exclusive"],
+        auto_delete=f["auto_delete"], arguments=f["arguments"]),
+    "queue.bind": lambda f: amqp.Queue.Bind(
+        queue=f["queue"], exchange=f["exchange"], routing_key=f["routing_key"], arguments=f["arguments"]),
+    "queue.unbind": lambda f: amqp.Queue.Unbind(
+        queue=f["queue"], exchange=f["exchange"], routing_key=f["routing_key"], arguments=f["arguments"]),
+    "queue.purge": lambda f: amqp.Queue.Purge(queue=f["queue"]),
+    "queue.delete": lambda f: amqp.Queue.Delete(queue=f["queue"], if_unused=f["if_unused"], if_empty=f["if_empty"]),
+    "qos": lambda f: amqp.Basic.Qos(prefetch_count=f["prefetch_count"], global_=f["global"]),
+    "consume": lambda f: amqp.Basic.Consume(
+        queue=f["queue"], consumer_tag=f["consumer_tag"], no_ack=f["no_ack"], exclusive=f["exclusive"],
+        arguments=f["arguments"]),
+    "cancel": lambda f: amqp.Basic.Cancel(consumer_tag=f["consumer_tag"]),
+    "get": lambda f: amqp.Basic.Get(queue=f["queue"], no_ack=f["no_ack"]),
+    "recover": lambda f: amqp.Basic.Recover(requeue=True),
+    "confirm.select": lambda f: amqp.Confirm.Select(),
+    "ack": lambda f: amqp.Basic.Ack(delivery_tag=f["delivery_tag"], multiple=f["multiple"]),
+    "nack": lambda f: amqp.Basic.Nack(delivery_tag=f["delivery_tag"], multiple=f["multiple"], requeue=f["requeue"]),
+    "reject": lambda f: amqp.Basic.Reject(delivery_tag=f["delivery_tag"], requeue=f["requeue"]),
+}
+
+# Requests the broker's closing of a channel undoes, repeated when it is reopened.
+_AMQP_CHANNEL_SETTINGS = ("confirm.select", "qos")
+
+
+def _amqp_reply(method):
+    """The fields of a JSON-lines reply that an AMQP answer carries."""
+    name = method.name
+    if name == "Queue.DeclareOk":
+        return {"queue": method.queue, "message_count": method.message_count,
+                "consumer_count": method.consumer_count}
+    if name in ("Queue.PurgeOk", "Queue.DeleteOk"):
+        return {"message_count": method.message_count}
+    if name == "Basic.ConsumeOk":
+        return {"consumer_tag": method.consumer_tag}
+    if name == "Basic.GetEmpty":
+        return {"empty": True}
+    return {}
+
+
+def _amqp_properties(values):
+    if not values:
+        return amqp.Basic.Properties()
+    values = dict(values)
+    if "type" in values:
+        values["message_type"] = values.pop("type")
+    if isinstance(values.get("timestamp"), int):
+        values["timestamp"] = datetime.datetime.fromtimestamp(values["timestamp"], datetime.timezone.utc)
+    cluster_id = values.pop("cluster_id", None)
+    properties = amqp.Basic.Properties(**values)
+    if cluster_id is not None:          # deprecated in 0-9-1 and refused by pamqp's constructor
+        properties.cluster_id = cluster_id
+    return properties
+
+
+def _properties_from_amqp(properties):
+    values = {}
+    for name in PROPERTY_NAMES:
+        value = getattr(properties, "message_type" if name == "type" else name)
+        if value is None or (name == "cluster_id" and value == ""):   # pamqp's stand-in for none
+            continue
+        values[name] = int(value.timestamp()) if name == "timestamp" else value
+    return values
+
+
+class _AmqpWire:
+    """AMQP 0-9-1 in PROTOCOL.md's terms: each request becomes its AMQP method, and the
+    frames that arrive become the replies and events its lines would have carried. A
+    channel the broker closes on an error is reopened at once (with its confirm mode and
+    prefetch), so the Channel goes on as over JSON lines; as AMQP says, its consumers and
+    unacknowledged deliveries end with it, and messages awaiting a confirm are reported
+    as nacked."""
+
+    HEARTBEAT = amqp_frame.marshal(amqp_heartbeat.Heartbeat(), 0)
+    join = b"".join
+
+    def __init__(self, connection):
+        self._connection = connection
+        self._buffer = bytearray()
+        self._awaiting = collections.defaultdict(collections.deque)   # channel -> (request id, op)
+        self._content = {}             # channel -> [event, properties, body size, body parts]
+        self._login = None
+        self._server_properties = {}
+        self._frame_max = AMQP_FRAME_MAX
+        self._settings = collections.defaultdict(dict)   # channel -> op -> request, to repeat
+        self._published = collections.Counter()          # channel -> publishes in confirm mode
+        self._tag_offset = collections.Counter()         # channel -> publishes of its earlier lives
+        self._events = []
+
+    def request(self, fields):
+        op = fields["op"]
+        channel = fields.get("channel", 1)
+        if op == "hello":
+            self._login = fields
+            self._awaiting[0].append((fields["id"], op))
+            return amqp_header.ProtocolHeader().marshal()
+        if op == "close":
+            self._awaiting[0].append((fields["id"], op))
+            return amqp_frame.marshal(amqp.Connection.Close(200, "Normal shutdown", 0, 0), 0)
+        translate = _AMQP_REQUESTS.get(op)
+        if translate is None:
+            raise GreenMQError(f"'{op}' is a GreenMQ request without an AMQP method: "
+                               f"use the JSON-lines port (or the management API) for it")
+        method = translate(fields)
+        if op in _AMQP_CHANNEL_SETTINGS:
+            self._settings[channel][op] = fields
+        if "id" in fields:
+            self._awaiting[channel].append((fields["id"], op))
+        return amqp_frame.marshal(method, channel)
+
+    def opened(self, server_properties):
+        """The handshake is over by now."""
+
+    def open_first_channel(self):
+        self._connection._call(1, "channel.open")
+
+    def publish(self, channel, exchange, routing_key, body, properties, mandatory):
+        body = body.encode() if isinstance(body, str) else bytes(body)
+        _refuse_large_body(len(body), self._connection.max_message_bytes)
+        frames = [amqp_frame.marshal(amqp.Basic.Publish(exchange=exchange, routing_key=routing_key,
+                                                        mandatory=mandatory), channel),
+                  amqp_frame.marshal(amqp_header.ContentHeader(0, len(body), _amqp_properties(properties)),
+                                     channel)]
+        step = self._frame_max - _AMQP_FRAME_OVERHEAD
+        for start in range(0, len(body), step):
+            frames.append(amqp_frame.marshal(amqp_body.ContentBody(body[start:start + step]), channel))
+        if "confirm.select" in self._settings.get(channel, ()):
+            self._published[channel] += 1
+        return b"".join(frames)
+
+    def received(self, data):
+        """The replies and events that the frames completed by `data` carry."""
+        buffer = self._buffer
+        buffer += data
+        self._events = []
+        start, end = 0, len(buffer)
+        while end - start >= _AMQP_FRAME_OVERHEAD:
+            _, channel, size = _AMQP_FRAME_HEADER.unpack_from(buffer, start)
+            frame_end = start + size + _AMQP_FRAME_OVERHEAD
+            if frame_end > end:
+                break
+            _, _, frame = amqp_frame.unmarshal(bytes(buffer[start:frame_end]))
+            start = frame_end
+            self._frame(channel, frame)
+        del buffer[:start]
+        return self._events
+
+    def _send(self, method, channel):
+        self._connection._queue(amqp_frame.marshal(method, channel))
+
+    def _frame(self, channel, frame):
+        if isinstance(frame, amqp_body.ContentBody):
+            content = self._content[channel]
+            content[3].append(frame.value)
+            content[2] -= len(frame.value)
+            if content[2] <= 0:
+                self._content_received(channel)
+        elif isinstance(frame, amqp_header.ContentHeader):
+            content = self._content[channel]
+            content[1], content[2] = frame.properties, frame.body_size
+            if not frame.body_size:
+                self._content_received(channel)
+        elif isinstance(frame, amqp_heartbeat.Heartbeat):
+            pass
+        else:
+            handler = self._METHODS.get(frame.name)
+            if handler is not None:
+                handler(self, channel, frame)
+            elif frame.name.endswith("Ok") or frame.name == "Basic.GetEmpty":
+                self._answer(channel, {"ok": True, **_amqp_reply(frame)})
+
+    def _answer(self, channel, reply):
+        request_id, op = self._awaiting[channel].popleft()
+        if request_id is not None:       # None: a request of this wire's own
+            reply["id"] = request_id
+            reply["op"] = op
+            self._events.append(reply)
+
+    def _content_received(self, channel):
+        event, properties, _, parts = self._content.pop(channel)
+        event["properties"] = _properties_from_amqp(properties)
+        event["body"] = b"".join(parts)
+        if "event" in event:
+            self._events.append(event)
+        else:                           # basic.get's answer
+            self._answer(channel, event)
+
+    # -- methods from the broker --
+
+    def _on_start(self, channel, start):
+        login = self._login
+        self._server_properties = start.server_properties
+        client = dict(login["client"])
+        client["capabilities"] = _AMQP_CAPABILITIES
+        self._send(amqp.Connection.StartOk(
+            client_properties=client, mechanism="PLAIN", locale="en_US",
+            response=f"\0{login['user']}\0{login['password']}"), 0)
+
+    def _on_tune(self, channel, tune):
+        if tune.frame_max:
+            self._frame_max = min(self._frame_max, tune.frame_max)
+        self._send(amqp.Connection.TuneOk(channel_max=min(AMQP_CHANNEL_MAX, tune.channel_max or AMQP_CHANNEL_MAX),
+                                          frame_max=self._frame_max, heartbeat=self._login["heartbeat"]), 0)
+        self._send(amqp.Connection.Open(virtual_host=self._login["vhost"]), 0)
+
+    def _on_open_ok(self, channel, open_ok):
+        server = self._server_properties
+        self._answer(0, {"ok": True, "server": server.get("product"), "version": server.get("version"),
+                         "heartbeat": self._login["heartbeat"], "properties": server})
+
+    def _on_connection_close(self, channel, close):
+        self._send(amqp.Connection.CloseOk(), 0)
+        if self._awaiting[0] and self._awaiting[0][0][1] == "hello":
+            self._answer(0, {"ok": False, "code": close.reply_code, "text": close.reply_text})
+        else:
+            self._events.append({"event": "close", "code": close.reply_code, "text": close.reply_text})
+
+    def _on_channel_close(self, channel, close):
+        """A refusal: reported to the request it answers (or the channel), and the channel
+        reopened as it was."""
+        self._send(amqp.Channel.CloseOk(), channel)
+        refusal = {"ok": False, "code": close.reply_code, "text": close.reply_text, "channel": channel}
+        awaiting = self._awaiting[channel]
+        if awaiting:
+            self._answer(channel, refusal)
+            awaiting.clear()
+        else:
+            del refusal["ok"]
+            self._events.append(refusal)
+        if channel not in self._connection._channels:
+            return
+        unconfirmed = self._published[channel]
+        if unconfirmed > self._tag_offset[channel]:
+            self._events.append({"event": "nack", "channel": channel, "delivery_tag": unconfirmed,
+                                 "multiple": True})
+        self._tag_offset[channel] = unconfirmed
+        self._send(amqp.Channel.Open(), channel)
+        awaiting.append((None, "channel.open"))
+        for op, fields in self._settings[channel].items():
+            self._send(_AMQP_REQUESTS[op](fields), channel)
+            awaiting.append((None, op))
+
+    def _on_get_ok(self, channel, get_ok):
+        self._content[channel] = [
+            {"ok": True, "empty": False, "delivery_tag": get_ok.delivery_tag, "redelivered": get_ok.redelivered,
+             "exchange": get_ok.exchange, "routing_key": get_ok.routing_key,
+             "message_count": get_ok.message_count}, None, 0, []]
+
+    def _on_deliver(self, channel, deliver):
+        self._content[channel] = [
+            {"event": "deliver", "channel": channel, "consumer_tag": deliver.consumer_tag,
+             "delivery_tag": deliver.delivery_tag, "redelivered": deliver.redelivered,
+             "exchange": deliver.exchange, "routing_key": deliver.routing_key}, None, 0, []]
+
+    def _on_return(self, channel, returned):
+        self._content[channel] = [
+            {"event": "return", "channel": channel, "reply_code": returned.reply_code,
+             "reply_text": returned.reply_text, "exchange": returned.exchange,
+             "routing_key": returned.routing_key}, None, 0, []]
+
+    def _on_confirm(self, channel, confirm):
+        self._events.append({"event": "ack" if confirm.name == "Basic.Ack" else "nack", "channel": channel,
+                             "delivery_tag": confirm.delivery_tag + self._tag_offset[channel],
+                             "multiple": confirm.multiple})
+
+    def _on_cancel(self, channel, cancel):
+        self._events.append({"event": "cancel", "channel": channel, "consumer_tag": cancel.consumer_tag})
+        if not cancel.nowait:
+            self._send(amqp.Basic.CancelOk(consumer_tag=cancel.consumer_tag), channel)
+
+    def _on_flow(self, channel, flow):
+        self._send(amqp.Channel.FlowOk(active=flow.active), channel)
+
+    _METHODS = {
+        "Connection.Start": _on_start,
+        "Connection.Tune": _on_tune,
+        "Connection.OpenOk": _on_open_ok,
+        "Connection.Close": _on_connection_close,
+        "Channel.Close": _on_channel_close,
+        "Channel.Flow": _on_flow,
+        "Basic.GetOk": _on_get_ok,
+        "Basic.Deliver": _on_deliver,
+        "Basic.Return": _on_return,
+        "Basic.Ack": _on_confirm,
+        "Basic.Nack": _on_confirm,
+        "Basic.Cancel": _on_cancel,
+        "Connection.Blocked": lambda self, channel, frame: None,
+        "Connection.Unblocked": lambda self, channel, frame: None,
+    }
+
+
+def _parse_url(url, port, username, password, virtual_host, ssl):
+    """host, port, username, password, virtual host and TLS context from an amqp:// or
+    amqps:// URL (percent-escaped, as pika and RabbitMQ read them: %2f is the vhost '/');
+    what the URL leaves out keeps the value given."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in AMQP_PORTS:
+        raise ValueError(f"unsupported URL scheme {parts.scheme!r} in {url!r}: use amqp:// or amqps://")
+    if parts.scheme == "amqps" and ssl is None:
+        ssl = ssl_module.create_default_context()
+    if parts.username is not None:
+        username = urllib.parse.unquote(parts.username)
+    if parts.password is not None:
+        password = urllib.parse.unquote(parts.password)
+    if parts.path not in ("", "/"):
+        virtual_host = urllib.parse.unquote(parts.path[1:])
+    return (parts.hostname or "localhost", port or parts.port or AMQP_PORTS[parts.scheme],
+            username, password, virtual_host, ssl)

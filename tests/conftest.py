@@ -29,6 +29,57 @@ def fresh_broker():
         yield process
 
 
+# The wires connection.py speaks: GreenMQ's JSON lines, GreenMQ's AMQP port, and the AMQP
+# broker named by $GREENMQ_TEST_AMQP_URL (a reference RabbitMQ, say).
+CLIENT_WIRES = ["json-lines", "amqp", "amqp-reference"]
+
+
+def client_url(wire, broker):
+    """What connection.Connection is given to speak `wire` (a host name for JSON lines,
+    whose port goes apart), or a pytest skip when no reference broker is named."""
+    if wire == "json-lines":
+        return "127.0.0.1"
+    if wire == "amqp":
+        return f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f"
+    url = os.environ.get("GREENMQ_TEST_AMQP_URL")
+    if not url:
+        pytest.skip("no reference AMQP broker: set GREENMQ_TEST_AMQP_URL "
+                    "(e.g. amqp://guest:guest@127.0.0.1:5682/%2f for a RabbitMQ there)")
+    return url
+
+
+@pytest.fixture(params=CLIENT_WIRES)
+def client_wire(request):
+    return request.param
+
+
+@pytest.fixture
+def connect(broker, client_wire):
+    """Opens connection.py connections over this test's wire (closed after the test), so
+    one test body proves the same behaviour over JSON lines and over AMQP."""
+    url = client_url(client_wire, broker)
+    opened = []
+
+    def connect(**options):
+        if client_wire == "json-lines":
+            options.setdefault("port", broker.port)
+        c = connection.Connection(url, **options)
+        opened.append(c)
+        return c
+
+    yield connect
+    for c in opened:
+        c.close()
+
+
+@pytest.fixture
+def json_lines_only(client_wire):
+    """For what only GreenMQ's own protocol has (listings, operator requests)."""
+    if client_wire != "json-lines":
+        pytest.skip("listings and operator requests are GreenMQ's JSON-lines requests; "
+                    "over AMQP they are the management API's")
+
+
 @pytest.fixture
 def conn(broker):
     c = connection.Connection("127.0.0.1", broker.port)

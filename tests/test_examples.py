@@ -1,4 +1,5 @@
-"""Every example program, run as a process against a live broker."""
+"""Every example program, run unchanged as a process against a live broker: GreenMQ's
+JSON-lines port (GREENMQ_PORT), its AMQP port and a reference AMQP broker (GREENMQ_URL)."""
 
 import os
 import queue
@@ -12,6 +13,7 @@ import pytest
 
 import connection
 from tests.broker_process import ROOT
+from tests.conftest import client_url
 
 EXAMPLES = os.path.join(ROOT, "examples")
 SEED = os.path.join(os.path.dirname(ROOT), "shared", "seeds", "000_6a8685d0f885b244.txt")
@@ -21,8 +23,8 @@ WAIT = 15.0   # seconds any expected line may take on a loaded machine
 class Program:
     """An example running in the background, its output read line by line."""
 
-    def __init__(self, port, name, *args):
-        env = {**os.environ, "GREENMQ_PORT": str(port), "PYTHONUNBUFFERED": "1",
+    def __init__(self, where, name, *args):
+        env = {**os.environ, **where, "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
         self.process = subprocess.Popen([sys.executable, os.path.join(EXAMPLES, name), *args],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -73,17 +75,29 @@ class Program:
         self.process.wait()
 
 
-def run_to_end(port, name, *args):
+def broker_environment(wire, broker):
+    """The environment that points the examples at `broker` over `wire`."""
+    if wire == "json-lines":
+        return {"GREENMQ_PORT": str(broker.port)}
+    return {"GREENMQ_URL": client_url(wire, broker)}
+
+
+@pytest.fixture
+def where(client_wire, broker):
+    return broker_environment(client_wire, broker)
+
+
+def run_to_end(where, name, *args):
     """Run an example to completion; returns the CompletedProcess."""
-    env = {**os.environ, "GREENMQ_PORT": str(port),
+    env = {**os.environ, **where,
            "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run([sys.executable, os.path.join(EXAMPLES, name), *args], capture_output=True,
                           text=True, env=env, cwd=ROOT, timeout=60)
 
 
-def run(port, name, *args):
+def run(where, name, *args):
     """Run an example that must succeed; returns its output."""
-    result = run_to_end(port, name, *args)
+    result = run_to_end(where, name, *args)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -97,9 +111,9 @@ def programs():
 
 
 @pytest.fixture
-def start(broker, programs):
+def start(where, programs):
     def start(name, *args):
-        program = Program(broker.port, name, *args)
+        program = Program(where, name, *args)
         programs.append(program)
         return program
     return start
@@ -121,8 +135,8 @@ def test_original_examples_are_the_seed_verbatim_but_for_the_host():
         start = lines.index("import connection", start + 1) if name == "publisher.py" else None
 
 
-def test_original_publisher_sends_typed_lines_to_queue_topic1(broker, start):
-    with connection.Connection("127.0.0.1", broker.port) as conn:
+def test_original_publisher_sends_typed_lines_to_queue_topic1(connect, start):
+    with connect() as conn:
         conn.default_channel.queue_declare("topic1")
         conn.default_channel.queue_purge("topic1")
         publisher = start("publisher.py")
@@ -140,31 +154,31 @@ def test_original_publisher_sends_typed_lines_to_queue_topic1(broker, start):
         publisher.expect("Closing...")
 
 
-def test_original_subscriber_prints_messages_of_the_default_queue(broker, start):
+def test_original_subscriber_prints_messages_of_the_default_queue(connect, start):
     subscriber = start("subscriber.py")
-    with connection.Connection("127.0.0.1", broker.port) as conn:
+    with connect() as conn:
         conn.publish("hello, default queue")     # no name: the default queue
     subscriber.expect("hello, default queue")
 
 
-def test_hello_world_send_and_receive(broker, start):
+def test_hello_world_send_and_receive(where, start):
     receiver = start("receive.py")
     receiver.expect("Waiting for messages")
-    assert "Sent 'Hello there'" in run(broker.port, "send.py", "Hello", "there")
+    assert "Sent 'Hello there'" in run(where, "send.py", "Hello", "there")
     receiver.expect("Received 'Hello there'")
     assert receiver.interrupt() == 0
 
 
-def test_work_queue_gives_tasks_to_the_idle_worker_and_requeues_unacked_ones(broker, start):
+def test_work_queue_gives_tasks_to_the_idle_worker_and_requeues_unacked_ones(where, connect, start):
     busy = start("worker.py", "0.05")
     busy.expect("Waiting for messages")
     try:
-        run(broker.port, "new_task.py", "long" + "." * 400)    # 20 s: busy for the whole test
+        run(where, "new_task.py", "long" + "." * 400)    # 20 s: busy for the whole test
         busy.expect("Received 'long")
         idle = start("worker.py", "0.05")
         idle.expect("Waiting for messages")
         for task in ("a.", "b.", "c."):
-            run(broker.port, "new_task.py", task)
+            run(where, "new_task.py", task)
         # prefetch 1: the busy worker, holding an unacked task, is given none of these
         before = idle.expect("Done 'c.'")
         assert [line for line in before if "Done" in line] == [" [x] Done 'a.'", " [x] Done 'b.'"]
@@ -173,72 +187,73 @@ def test_work_queue_gives_tasks_to_the_idle_worker_and_requeues_unacked_ones(bro
         idle.expect("Received 'long")         # ...which goes to the other worker
         assert idle.interrupt() == 0
     finally:
-        with connection.Connection("127.0.0.1", broker.port) as conn:
+        with connect() as conn:
             conn.default_channel.queue_purge("task_queue")
 
 
-def test_emit_log_reaches_every_receiver(broker, start):
+def test_emit_log_reaches_every_receiver(where, start):
     receivers = [start("receive_logs.py") for _ in range(2)]
     for r in receivers:
         r.expect("Waiting for logs")
-    run(broker.port, "emit_log.py", "disk", "full")
+    run(where, "emit_log.py", "disk", "full")
     for r in receivers:
         r.expect("'disk full'")
 
 
-def test_topic_receivers_get_only_matching_keys(broker, start):
+def test_topic_receivers_get_only_matching_keys(where, start):
     kern = start("receive_logs_topic.py", "kern.*")
     critical = start("receive_logs_topic.py", "*.critical")
     for r in (kern, critical):
         r.expect("Waiting for logs")
     for key in ("kern.critical", "kern.info", "app.critical", "app.info", "kern.end", "end.critical"):
-        run(broker.port, "emit_log_topic.py", key, "m")
+        run(where, "emit_log_topic.py", key, "m")
     assert kern.expect("kern.end") == [" [x] kern.critical:'m'", " [x] kern.info:'m'"]
     assert critical.expect("end.critical") == [" [x] kern.critical:'m'", " [x] app.critical:'m'"]
 
 
-def test_headers_receivers_match_all_or_any(broker, start):
+def test_headers_receivers_match_all_or_any(where, start):
     every = start("receive_headers.py", "all", "format=pdf", "type=report")
     either = start("receive_headers.py", "any", "format=pdf", "format=zip")
     for r in (every, either):
         r.expect("Waiting for reports")
     for headers in (["format=pdf", "type=report"], ["format=pdf"], ["format=zip"], ["format=doc"]):
-        run(broker.port, "emit_headers.py", *headers, "+".join(h.split("=")[1] for h in headers))
-    run(broker.port, "emit_headers.py", "format=pdf", "type=report", "end")
+        run(where, "emit_headers.py", *headers, "+".join(h.split("=")[1] for h in headers))
+    run(where, "emit_headers.py", "format=pdf", "type=report", "end")
     assert [re.sub(r".*:", "", line) for line in every.expect(":'end'")] == ["'pdf+report'"]
     assert [re.sub(r".*:", "", line) for line in either.expect(":'end'")] == ["'pdf+report'", "'pdf'", "'zip'"]
 
 
-def test_broadcast_reaches_current_listeners(broker, start):
+def test_broadcast_reaches_current_listeners(where, start):
     listeners = [start("broadcast.py", "listen") for _ in range(2)]
     for listener in listeners:
         listener.expect("Listening")
-    run(broker.port, "broadcast.py", "send", "AL 24: FL 7")
+    run(where, "broadcast.py", "send", "AL 24: FL 7")
     for listener in listeners:
         listener.expect("AL 24: FL 7")
 
 
-def test_notify_gives_every_system_every_event_even_when_not_running(broker, start):
+def test_notify_gives_every_system_every_event_even_when_not_running(where, start):
     scheduling = start("notify.py", "consume", "scheduling")
     scheduling.expect("waiting for patients")   # its queue now exists...
     assert scheduling.interrupt() == 0          # ...and outlives it
     reporting = start("notify.py", "consume", "reporting")
     reporting.expect("waiting for patients")
-    run(broker.port, "notify.py", "produce", "given:John surname:Smith")
+    run(where, "notify.py", "produce", "given:John surname:Smith")
     reporting.expect("[reporting] given:John surname:Smith")
     scheduling = start("notify.py", "consume", "scheduling")
     assert scheduling.expect("[scheduling] given:John surname:Smith") == [" [*] scheduling waiting for patients"]
 
 
-def test_rpc_client_gets_the_servers_answer(broker, start):
+def test_rpc_client_gets_the_servers_answer(where, start):
     server = start("rpc_server.py")
     server.expect("Awaiting requests")
-    assert "Got 'added Jane Doe'" in run(broker.port, "rpc_client.py", "Jane", "Doe")
+    assert "Got 'added Jane Doe'" in run(where, "rpc_client.py", "Jane", "Doe")
     server.expect("added Jane Doe")
 
 
-def test_rpc_client_without_a_server_says_so(fresh_broker):
-    result = run_to_end(fresh_broker.port, "rpc_client.py", "Jane", "Doe")
+@pytest.mark.parametrize("wire", ["json-lines", "amqp"])
+def test_rpc_client_without_a_server_says_so(fresh_broker, wire):
+    result = run_to_end(broker_environment(wire, fresh_broker), "rpc_client.py", "Jane", "Doe")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "is examples/rpc_server.py running?" in result.stderr
     assert "Traceback" not in result.stderr, result.stderr
@@ -258,7 +273,7 @@ RECEIVERS = [
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("command, ready", RECEIVERS, ids=[c[0] for c, _ in RECEIVERS])
-def test_receivers_exit_cleanly_on_a_signal(broker, start, command, ready, sig):
+def test_receivers_exit_cleanly_on_a_signal(start, command, ready, sig):
     receiver = start(*command)
     receiver.expect(ready)
     assert receiver.interrupt(sig) == 0

@@ -1,4 +1,5 @@
-"""The messaging model over JSON lines, through connection.py against a live broker."""
+"""The messaging model through connection.py against a live broker, each test over JSON
+lines and over AMQP (GreenMQ's AMQP port, and a reference broker where one is named)."""
 
 import os
 import signal
@@ -8,6 +9,11 @@ import pytest
 
 import connection
 from connection import BasicProperties
+
+
+@pytest.fixture
+def conn(connect):
+    return connect()
 
 
 def drain(channel, queue, count, auto_ack=True):
@@ -43,6 +49,7 @@ def test_direct_exchange_routes_only_matching_keys(channel, name):
     channel.exchange_declare(name, "direct")
     errors = channel.queue_declare("", exclusive=True).queue
     channel.queue_bind(errors, name, "error")
+    channel.confirm_delivery()      # confirmed: in the queue (RabbitMQ counts it only then)
     channel.basic_publish(name, "info", b"skip")
     channel.basic_publish(name, "error", b"keep")
     assert channel.queue_declare(errors, passive=True).message_count == 1
@@ -100,13 +107,13 @@ def test_headers_exchange_routes_by_all_or_any(channel, name):
     assert [b for _, _, b in drain(channel, either, 2)] == [b"pdf report", b"pdf only"]
 
 
-def test_predeclared_amq_exchanges_are_listed(conn):
+def test_predeclared_amq_exchanges_are_listed(json_lines_only, conn):
     exchanges = {(x["name"], x["type"]) for x in conn.list_exchanges()}
     assert {("", "direct"), ("amq.direct", "direct"), ("amq.fanout", "fanout"),
             ("amq.topic", "topic"), ("amq.headers", "headers")} <= exchanges
 
 
-def test_listings_show_queues_bindings_and_consumers(conn, channel, name):
+def test_listings_show_queues_bindings_and_consumers(json_lines_only, conn, channel, name):
     channel.exchange_declare(name, "fanout")
     channel.queue_declare(name)
     channel.queue_bind(name, name)
@@ -123,9 +130,9 @@ def test_listings_show_queues_bindings_and_consumers(conn, channel, name):
     assert any(x["name"] == name and x["type"] == "fanout" for x in conn.list_exchanges())
 
 
-def test_work_queue_is_shared_round_robin_between_connections(broker, name):
-    workers = [connection.Connection("127.0.0.1", broker.port) for _ in range(2)]
-    producer = connection.Connection("127.0.0.1", broker.port)
+def test_work_queue_is_shared_round_robin_between_connections(connect, name):
+    workers = [connect() for _ in range(2)]
+    producer = connect()
     try:
         for w in workers:
             w.default_channel.queue_declare(name)
@@ -144,8 +151,8 @@ def test_work_queue_is_shared_round_robin_between_connections(broker, name):
             c.close()
 
 
-def test_unacked_messages_return_redelivered_when_the_consumer_connection_drops(broker, name):
-    consumer = connection.Connection("127.0.0.1", broker.port)
+def test_unacked_messages_return_redelivered_when_the_consumer_connection_drops(connect, name):
+    consumer = connect()
     consumer.default_channel.queue_declare(name)
     for n in range(3):
         consumer.default_channel.basic_publish("", name, str(n))
@@ -154,7 +161,7 @@ def test_unacked_messages_return_redelivered_when_the_consumer_connection_drops(
     while len(seen) < 3:
         consumer.process_data_events(5)
     consumer._sock.close()          # vanish without acking or closing
-    other = connection.Connection("127.0.0.1", broker.port)
+    other = connect()
     try:
         got = []
         while len(got) < 3:
@@ -181,9 +188,9 @@ def test_nack_and_reject_requeue_or_drop(channel, name):
     assert channel.basic_get(name) == (None, None, None)
 
 
-def test_rpc_round_trip_with_reply_to_and_correlation_id(broker, name):
-    server = connection.Connection("127.0.0.1", broker.port)
-    client = connection.Connection("127.0.0.1", broker.port)
+def test_rpc_round_trip_with_reply_to_and_correlation_id(connect, name):
+    server = connect()
+    client = connect()
     try:
         server_channel = server.default_channel
         server_channel.exchange_declare(name, "direct")
@@ -221,6 +228,54 @@ def test_publisher_confirms_every_message_in_order(channel, name):
         channel.basic_publish("no-such-exchange-" + name, "", "x")
 
 
+def test_pipelined_confirms_are_awaited_together_and_report_returns(channel, name):
+    channel.queue_declare(name)
+    channel.confirm_delivery(window=20)
+    for n in range(200):
+        channel.basic_publish("", name, str(n))
+    channel.wait_for_confirms(timeout=10)
+    assert not channel._unconfirmed
+    assert channel.queue_declare(name, passive=True).message_count == 200
+    channel.basic_publish("", "no-such-queue-" + name, "x", mandatory=True)
+    with pytest.raises(connection.UnroutableError):
+        channel.wait_for_confirms(timeout=10)
+
+
+def test_a_channel_goes_on_after_a_refusal_with_its_confirm_mode(channel, name):
+    channel.queue_declare(name)
+    channel.confirm_delivery()
+    with pytest.raises(connection.NotFound):
+        channel.queue_declare("missing-" + name, passive=True)
+    channel.basic_publish("", name, "after the refusal")       # still confirmed
+    assert channel.basic_get(name, auto_ack=True)[2] == b"after the refusal"
+
+
+def test_a_large_binary_body_arrives_whole(channel, name):
+    body = os.urandom(1024 * 1024 + 7)          # many AMQP frames, base64 over JSON lines
+    channel.queue_declare(name)
+    channel.basic_publish("", name, body)
+    assert channel.basic_get(name, auto_ack=True)[2] == body
+
+
+def test_deleting_its_queue_cancels_the_consumer(conn, channel, name):
+    channel.queue_declare(name)
+    channel.basic_consume(name, lambda *a: None)
+    conn.channel().queue_delete(name)
+    deadline = time.monotonic() + 5
+    while channel._consumers and time.monotonic() < deadline:
+        conn.process_data_events(0.1)
+    assert not channel._consumers
+
+
+def test_a_heartbeat_connection_stays_open_while_idle(connect, name):
+    conn = connect(heartbeat=1)
+    conn.default_channel.queue_declare(name)
+    conn.sleep(3.5)                             # past two intervals: only heartbeats flowed
+    conn.default_channel.confirm_delivery()
+    conn.default_channel.basic_publish("", name, "still open")
+    assert conn.default_channel.queue_declare(name, passive=True).message_count == 1
+
+
 def test_mandatory_return_reaches_the_return_callback(conn, channel, name):
     returned = []
     channel.add_on_return_callback(lambda ch, method, props, body: returned.append((method.reply_code, body)))
@@ -230,9 +285,9 @@ def test_mandatory_return_reaches_the_return_callback(conn, channel, name):
     assert returned == [(312, b"lost?")]
 
 
-def test_exclusive_queue_is_locked_to_its_connection_and_deleted_with_it(broker, name):
-    owner = connection.Connection("127.0.0.1", broker.port)
-    other = connection.Connection("127.0.0.1", broker.port)
+def test_exclusive_queue_is_locked_to_its_connection_and_deleted_with_it(connect, name):
+    owner = connect()
+    other = connect()
     try:
         owner.default_channel.queue_declare(name, exclusive=True)
         with pytest.raises(connection.ResourceLocked) as error:
@@ -281,10 +336,10 @@ def test_channels_have_their_own_delivery_tags(conn, name):
     assert second.basic_get(name)[0].delivery_tag == 1
 
 
-def test_a_lone_publish_is_sent_without_any_later_call(broker, conn, name):
+def test_a_lone_publish_is_sent_without_any_later_call(connect, conn, name):
     conn.default_channel.queue_declare(name)
     conn.default_channel.basic_publish("", name, "alone")   # nothing else happens on conn
-    reader = connection.Connection("127.0.0.1", broker.port)
+    reader = connect()
     try:
         got = drain(reader.default_channel, name, 1)
         assert got[0][2] == b"alone"
@@ -296,6 +351,24 @@ def test_connection_to_localhost_uses_the_port_from_the_environment(broker, monk
     monkeypatch.setenv("GREENMQ_PORT", str(broker.port))
     with connection.Connection("localhost") as conn:
         assert conn.server_properties["server"] == "GreenMQ"
+
+
+def test_a_host_name_without_a_port_gives_way_to_the_url_in_the_environment(broker, monkeypatch):
+    monkeypatch.setenv("GREENMQ_URL", f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f")
+    monkeypatch.setenv("GREENMQ_PORT", "1")       # not used: the URL wins
+    with connection.Connection("localhost") as conn:
+        assert (conn.port, conn.server_properties["properties"]["product"]) == (broker.amqp_port, "GreenMQ")
+    with connection.Connection("127.0.0.1", broker.port) as conn:    # a port given: JSON lines
+        assert conn.server_properties["server"] == "GreenMQ"
+
+
+def test_amqp_url_gives_credentials_and_virtual_host(broker):
+    with pytest.raises(connection.AccessRefused) as error:
+        connection.Connection(f"amqp://guest:wrong@127.0.0.1:{broker.amqp_port}/%2f")
+    assert error.value.code == 403
+    with pytest.raises(connection.BrokerError) as error:
+        connection.Connection(f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/no-such-vhost")
+    assert error.value.code == 530
 
 
 def test_unbind_stops_routing(channel, name):
@@ -313,14 +386,14 @@ def test_passive_declare_of_a_missing_exchange_is_not_found(channel, name):
     assert f"no exchange '{name}' in vhost '/'" in error.value.text
 
 
-def test_plain_threads_each_with_a_connection_work_at_once(broker, name):
+def test_plain_threads_each_with_a_connection_work_at_once(connect, name):
     import threading
 
     count, results, failures = 2000, {}, []
 
     def produce():
         try:
-            with connection.Connection("127.0.0.1", broker.port) as conn:
+            with connect() as conn:
                 for n in range(count):
                     conn.default_channel.basic_publish("", name, str(n))
         except Exception as exc:  # reported through `failures`, asserted below
@@ -328,13 +401,13 @@ def test_plain_threads_each_with_a_connection_work_at_once(broker, name):
 
     def consume():
         try:
-            with connection.Connection("127.0.0.1", broker.port) as conn:
+            with connect() as conn:
                 got = [body for _, _, body in drain(conn.default_channel, name, count)]
                 results["bodies"] = got
         except Exception as exc:
             failures.append(exc)
 
-    with connection.Connection("127.0.0.1", broker.port) as setup:
+    with connect() as setup:
         setup.default_channel.queue_declare(name)
     threads = [threading.Thread(target=consume), threading.Thread(target=produce)]
     for t in threads:
@@ -355,12 +428,12 @@ def test_ctrl_c_is_left_to_the_main_thread(conn):
         assert blocked & (1 << (sig - 1)), sig
 
 
-def test_connection_sleep_keeps_serving_consumers(broker, conn, name):
+def test_connection_sleep_keeps_serving_consumers(connect, conn, name):
     channel = conn.default_channel
     channel.queue_declare(name)
     got = []
     channel.basic_consume(name, lambda ch, m, p, b: got.append(b), auto_ack=True)
-    with connection.Connection("127.0.0.1", broker.port) as producer:
+    with connect() as producer:
         producer.default_channel.basic_publish("", name, "during sleep")
     started = time.monotonic()
     conn.sleep(0.3)
