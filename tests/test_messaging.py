@@ -243,11 +243,15 @@ def test_pipelined_confirms_are_awaited_together_and_report_returns(channel, nam
 
 def test_a_channel_goes_on_after_a_refusal_with_its_confirm_mode(channel, name):
     channel.queue_declare(name)
-    channel.confirm_delivery()
+    channel.confirm_delivery(window=5)
+    channel.basic_publish("", name, "before the refusal")
+    channel.wait_for_confirms(timeout=5)
     with pytest.raises(connection.NotFound):
         channel.queue_declare("missing-" + name, passive=True)
-    channel.basic_publish("", name, "after the refusal")       # still confirmed
-    assert channel.basic_get(name, auto_ack=True)[2] == b"after the refusal"
+    channel.basic_publish("", name, "after the refusal")
+    channel.wait_for_confirms(timeout=5)                        # still confirmed, in order
+    assert [channel.basic_get(name, auto_ack=True)[2] for _ in range(2)] == [
+        b"before the refusal", b"after the refusal"]
 
 
 def test_a_large_binary_body_arrives_whole(channel, name):
@@ -359,7 +363,7 @@ def test_a_host_name_without_a_port_gives_way_to_the_url_in_the_environment(brok
     with connection.Connection("localhost") as conn:
         assert (conn.port, conn.server_properties["properties"]["product"]) == (broker.amqp_port, "GreenMQ")
     with connection.Connection("127.0.0.1", broker.port) as conn:    # a port given: JSON lines
-        assert conn.server_properties["server"] == "GreenMQ"
+        assert (conn.port, conn.server_properties["server"]) == (broker.port, "GreenMQ")
 
 
 def test_amqp_url_gives_credentials_and_virtual_host(broker):
