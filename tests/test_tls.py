@@ -47,6 +47,20 @@ def test_pika_publishes_and_consumes_over_amqps(tls_broker, certificates):
         assert channel.basic_get("tls-pika", auto_ack=True)[2] == b"over TLS"
 
 
+def test_connection_py_speaks_amqp_over_tls_given_an_amqps_url(tls_broker, certificates):
+    url = f"amqps://guest:guest@localhost:{tls_broker.amqps_port}/%2f"
+    with pytest.raises(ssl.SSLCertVerificationError):       # verified by default: our CA is unknown
+        connection.Connection(url)
+    with connection.Connection(url, ssl=client_context(certificates)) as client:
+        channel = client.channel()
+        channel.queue_declare("tls-amqp")
+        channel.confirm_delivery()
+        for number in range(200):       # enough to need more than one TLS record each way
+            channel.basic_publish("", "tls-amqp", b"x" * 1000 + str(number).encode())
+        got = [channel.basic_get("tls-amqp", auto_ack=True)[2] for _ in range(200)]
+        assert got == [b"x" * 1000 + str(number).encode() for number in range(200)]
+
+
 def test_connection_py_speaks_json_lines_over_tls(tls_broker, certificates):
     with connection.Connection("127.0.0.1", tls_broker.tls_port, ssl=client_context(certificates)) as client:
         channel = client.channel()
