@@ -51,6 +51,16 @@ PORT_ENVIRONMENT_VARIABLE = "GREENMQ_PORT"
 # examples' `Connection('localhost')` runs unchanged against any AMQP broker.
 URL_ENVIRONMENT_VARIABLE = "GREENMQ_URL"
 AMQP_PORTS = {"amqp": 5672, "amqps": 5671}
+
+# Failover (given a list of URLs): the waits between attempts to reach the next broker,
+# doubling from the first to the last, so a cluster restarting is not hammered; a lost
+# connection is given up once no broker answered for this long. A connection closed with
+# 320 (CONNECTION_FORCED: the broker is shutting down) fails over too; other closes are
+# the program's error and are raised.
+FAILOVER_FIRST_WAIT = 0.1
+FAILOVER_MAX_WAIT = 5.0
+FAILOVER_GIVE_UP_SECONDS = 60.0
+FAILOVER_CLOSE_CODE = 320
 PROTOCOL_VERSION = 1
 
 # The queue of the original API's `publish(msg)` and `subscribe(callback)` with no names.
@@ -239,57 +249,77 @@ class Connection:
     set, else to the JSON-lines port: $GREENMQ_PORT, else 5680. With `heartbeat`
     (seconds), each side sends a heartbeat when it has been silent for half of it, and the
     broker is given up (ConnectionClosed) after two of silence. With `ssl` (an
-    ssl.SSLContext) it speaks TLS to the broker's --tls-port (or amqps port)."""
+    ssl.SSLContext) it speaks TLS to the broker's --tls-port (or amqps port).
+
+    `host` may be a list of AMQP URLs (the nodes of a cluster, say): the connection opens
+    to the first that answers and, when it is lost, fails over to the next (see
+    `_fail_over`): at least once, as confirms allow."""
 
     def __init__(self, host="localhost", port=None, username="guest", password="guest",
                  virtual_host="/", connect_timeout=10.0, client_properties=None, ssl=None, heartbeat=0):
-        if port is None and "://" not in host and os.environ.get(URL_ENVIRONMENT_VARIABLE):
-            host = os.environ[URL_ENVIRONMENT_VARIABLE]
-        if "://" in host:
-            host, port, username, password, virtual_host, ssl = _parse_url(
-                host, port, username, password, virtual_host, ssl)
-            self._wire = _AmqpWire(self)
-        else:
-            if port is None:
-                port = int(os.environ.get(PORT_ENVIRONMENT_VARIABLE, DEFAULT_PORT))
-            self._wire = _JsonLinesWire(self)
-        self.host, self.port = host, port
-        self._sock = socket.create_connection((host, port), timeout=connect_timeout)
-        if ssl is not None:
-            try:
-                self._sock = ssl.wrap_socket(self._sock, server_hostname=host)
-            except BaseException:
-                self._sock.close()
-                raise
-        self._sock.settimeout(None)
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._readable = selectors.DefaultSelector()
-        self._readable.register(self._sock, selectors.EVENT_READ)
-        # TLS: bytes already decrypted wait in the SSL object, where select() cannot see them.
-        self._decrypted_waiting = getattr(self._sock, "pending", lambda: 0)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        self._queued = collections.deque()
+        hosts = list(host) if isinstance(host, (list, tuple)) else [host]
+        if not hosts:
+            raise ValueError("no broker to connect to")
+        self._brokers = [_Broker(entry, port, username, password, virtual_host, ssl)
+                         for entry in hosts]
+        if len(self._brokers) > 1 and any(broker.wire is not _AmqpWire for broker in self._brokers):
+            raise ValueError("failover takes amqp:// or amqps:// URLs only")
+        self._connect_timeout = connect_timeout
+        self._hello = {"protocol": PROTOCOL_VERSION, "heartbeat": heartbeat,
+                       "client": client_properties or {"product": "greenmq-connection"}}
         self._send_lock = threading.Lock()
-        self._wakeup = threading.Event()
-        self._last_received = self._last_sent = time.monotonic()
-        self._heartbeat = 0
-        self._replies = {}
         self._next_id = 1
         self._next_channel = 2
         self._channels = {}
-        self._closed = None            # the ConnectionClosed to raise, once closed
         self._default_queue_declared = False
-        self._writer = threading.Thread(target=self._write_loop, name="greenmq-writer", daemon=True)
+        self._declared = {}             # failover: what to declare again, in order
+        self._failing_over = False
+        self._closing = False           # closed by the program, or given up: no failover
+        self._generation = 0            # connections opened so far: a request sent on an
+                                        # earlier one is sent again after a failover
+        for index in range(len(self._brokers)):
+            try:
+                self._open(index)
+                break
+            except (OSError, GreenMQError):
+                if index == len(self._brokers) - 1:
+                    raise
+
+    def _open(self, index):
+        """Connect to broker `index` of the list, shake hands and open channel 1."""
+        broker = self._brokers[index]
+        sock = socket.create_connection((broker.host, broker.port), timeout=self._connect_timeout)
+        self._sock = sock
+        self._readable = selectors.DefaultSelector()
+        self._broker_index = index
+        self.host, self.port = broker.host, broker.port
+        self._wire = broker.wire(self)
+        self._queued = collections.deque()
+        self._wakeup = threading.Event()
+        self._replies = {}
+        self._heartbeat = 0
+        self._closed = None            # the ConnectionClosed to raise, once closed
+        self._generation += 1
         try:
-            self.server_properties = self._call(None, "hello", protocol=PROTOCOL_VERSION,
-                                                user=username, password=password,
-                                                vhost=virtual_host, heartbeat=heartbeat,
-                                                client=client_properties or {"product": "greenmq-connection"})
+            if broker.ssl is not None:
+                self._sock = broker.ssl.wrap_socket(self._sock, server_hostname=broker.host)
+            self._sock.settimeout(None)
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._readable.register(self._sock, selectors.EVENT_READ)
+            # TLS: bytes already decrypted wait in the SSL object, where select() cannot see them.
+            self._decrypted_waiting = getattr(self._sock, "pending", lambda: 0)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            self._last_received = self._last_sent = time.monotonic()
+            self.server_properties = self._call(None, "hello", user=broker.username, password=broker.password,
+                                                vhost=broker.virtual_host, **self._hello)
             self._heartbeat = self.server_properties.get("heartbeat", 0)
             self.max_message_bytes = self.server_properties.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES)
             self._wire.opened(self.server_properties)
+            self._writer = threading.Thread(target=self._write_loop, args=(self._wakeup,),
+                                            name="greenmq-writer", daemon=True)
             self._writer.start()
-            self._channels[1] = Channel(self, 1)
+            if 1 not in self._channels:
+                self._channels[1] = Channel(self, 1)
             self._wire.open_first_channel()
         except BaseException:
             self._shutdown()
@@ -363,6 +393,7 @@ class Connection:
         """Say goodbye (the answer means every request before it was handled) and hang up.
         A connection already broken (the broker gone, or a Ctrl-C that cut a read or a
         write short) is just hung up."""
+        self._closing = True
         if self._closed is not None:
             return
         try:
@@ -444,25 +475,38 @@ class Connection:
 
     def _publish(self, channel, exchange, routing_key, body, properties, mandatory):
         self._check_open()
-        self._queue(self._wire.publish(channel, exchange, routing_key, body, properties, mandatory))
+        try:
+            self._queue(self._wire.publish(channel, exchange, routing_key, body, properties, mandatory))
+        except ConnectionClosed:
+            self._fail_over_or_raise()
+            self._queue(self._wire.publish(channel, exchange, routing_key, body, properties, mandatory))
 
     def _call(self, channel, op, **fields):
         """Send a request (on `channel`, None for the connection) and wait for its answer;
         raises the broker's refusal."""
-        self._check_open()
-        request_id = self._next_id
-        self._next_id += 1
         fields["op"] = op
-        fields["id"] = request_id
         if channel is not None and channel != 1:
             fields["channel"] = channel
-        self._queued.append(self._wire.request(fields))
-        self._flush()
-        while request_id not in self._replies:
-            self._read(None)
+        while True:
+            self._check_open()
+            generation = self._generation
+            request_id = fields["id"] = self._next_id
+            self._next_id += 1
+            self._queued.append(self._wire.request(fields))
+            try:
+                self._flush()
+            except ConnectionClosed:
+                self._fail_over_or_raise()
+                continue
+            while request_id not in self._replies and generation == self._generation:
+                self._read(None)
+            if generation == self._generation:
+                break
         reply = self._replies.pop(request_id)
         if not reply.get("ok"):
             raise _broker_error(reply)
+        if len(self._brokers) > 1:
+            self._remember(channel or 1, op, fields, reply)
         return reply
 
     def _flush(self):
@@ -478,18 +522,18 @@ class Connection:
                 self._lost(exc)
             self._last_sent = time.monotonic()
 
-    def _write_loop(self):
+    def _write_loop(self, wakeup):
         # The kernel may deliver a process signal to any thread that does not block it;
         # taken here, a Ctrl-C would never interrupt the main thread's blocking recv.
         if hasattr(signal, "pthread_sigmask"):
             signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNCHRONOUS_SIGNALS)
         heartbeat = self._heartbeat
         while True:
-            woken = self._wakeup.wait(heartbeat / 2 if heartbeat else None)
-            if self._closed is not None:
+            woken = wakeup.wait(heartbeat / 2 if heartbeat else None)
+            if self._closed is not None or wakeup is not self._wakeup:   # or failed over
                 return
             if woken:
-                self._wakeup.clear()
+                wakeup.clear()
             elif time.monotonic() - self._last_sent >= heartbeat / 2:
                 self._queued.append(self._wire.HEARTBEAT)
             try:
@@ -498,7 +542,14 @@ class Connection:
                 return
 
     def _read(self, timeout):
-        """Wait up to `timeout` (None: no limit) for data and file what arrives."""
+        """Wait up to `timeout` (None: no limit) for data and file what arrives; a lost
+        connection fails over to the next broker of the list, if there is one."""
+        try:
+            self._read_from_broker(timeout)
+        except ConnectionClosed:
+            self._fail_over_or_raise()
+
+    def _read_from_broker(self, timeout):
         self._flush()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -557,7 +608,103 @@ class Connection:
 
     def _check_open(self):
         if self._closed is not None:
-            raise self._closed
+            self._fail_over_or_raise()
+
+    # -- failover --
+
+    def _fail_over_or_raise(self):
+        closed = self._closed
+        if (len(self._brokers) == 1 or self._failing_over or self._closing
+                or closed.code not in (None, FAILOVER_CLOSE_CODE)):
+            raise closed
+        self._fail_over()
+
+    def _fail_over(self):
+        """The broker is gone: connect to the next of the list (waiting longer after each
+        attempt that fails), declare again what was declared, reopen the channels with
+        their prefetch, confirm mode and consumers, and publish again the messages that
+        awaited a confirm, so a message may arrive twice (at least once)."""
+        lost, lost_wire = self._closed, self._wire
+        self._failing_over = True
+        wait, deadline = FAILOVER_FIRST_WAIT, time.monotonic() + FAILOVER_GIVE_UP_SECONDS
+        index = self._broker_index
+        try:
+            while True:
+                index = (index + 1) % len(self._brokers)
+                try:
+                    self._open(index)
+                    self._wire.carry_delivery_tags(lost_wire)
+                    self._declare_again()
+                    return
+                except (OSError, GreenMQError) as exc:
+                    if time.monotonic() + wait > deadline:
+                        self._closing = True
+                        self._closed = ConnectionClosed(
+                            lost.code, f"{lost.text}; no broker of the list answered since: {exc}")
+                        raise self._closed from exc
+                    time.sleep(wait)
+                    wait = min(2 * wait, FAILOVER_MAX_WAIT)
+        finally:
+            self._failing_over = False
+
+    def _remember(self, channel, op, fields, reply):
+        """Keep what a failover declares again: exchanges, queues, bindings (on channel
+        1), and each channel's prefetch, confirm mode and consumers."""
+        declared = self._declared
+        if fields.get("passive"):
+            return
+        if op == "exchange.declare":
+            key, channel = ("exchange", fields["exchange"]), 1
+        elif op == "queue.declare":
+            key, channel = ("queue", reply["queue"]), 1
+        elif op in ("queue.bind", "queue.unbind"):
+            key, channel = ("binding", fields["queue"], fields["exchange"], fields["routing_key"],
+                            repr(fields["arguments"])), 1
+        elif op in ("qos", "confirm.select"):
+            key = (op, channel)
+        elif op == "consume":
+            key = ("consumer", reply["consumer_tag"])
+            fields["consumer_tag"] = reply["consumer_tag"]
+        elif op == "exchange.delete":
+            declared.pop(("exchange", fields["exchange"]), None)
+            return
+        elif op == "queue.delete":
+            declared.pop(("queue", fields["queue"]), None)
+            return
+        elif op == "cancel":
+            declared.pop(("consumer", fields["consumer_tag"]), None)
+            return
+        elif op == "channel.close":
+            self._declared = {key: entry for key, entry in declared.items() if entry[0] != channel}
+            return
+        else:
+            return
+        if op == "queue.unbind":
+            declared.pop(key, None)
+        else:
+            declared[key] = (channel, op, {name: value for name, value in fields.items()
+                                           if name not in ("op", "id", "channel")})
+
+    def _declare_again(self):
+        """Replay what was declared; kept whole if this broker too is lost half-way."""
+        declared, self._declared = self._declared, {}
+        renamed = {}                    # server-named queues: the old name -> the new one
+        try:
+            for number in sorted(self._channels):
+                if number != 1:
+                    self._call(number, "channel.open")
+            for key, (channel, op, fields) in declared.items():
+                fields = dict(fields)
+                if fields.get("queue") in renamed:
+                    fields["queue"] = renamed[fields["queue"]]
+                reply = self._call(channel, op, **fields)
+                if op == "queue.declare" and not fields["queue"]:
+                    renamed[key[1]] = reply["queue"]
+        except BaseException:
+            self._declared = declared
+            raise
+        for channel in self._channels.values():
+            channel._publish_again()
 
     def _lost(self, exc):
         if self._closed is None:
@@ -590,7 +737,7 @@ class Channel:
         self._confirming = False
         self._confirm_window = 1        # publishes that may await their confirm at once
         self._publish_seq = 0
-        self._unconfirmed = {}          # publish seqs awaiting a confirm, in order
+        self._unconfirmed = {}          # publish seq -> the message awaiting its confirm, in order
         self._nacked = []               # publish seqs the broker nacked, not yet reported
         self._consuming = False
 
@@ -655,7 +802,7 @@ class Channel:
             self._returned.clear()
         connection._publish(self.channel_number, exchange, routing_key, body, properties, mandatory)
         self._publish_seq += 1          # only once sent: a refused body takes no number
-        self._unconfirmed[self._publish_seq] = None
+        self._unconfirmed[self._publish_seq] = (exchange, routing_key, body, properties, mandatory)
         if self._confirm_window == 1:
             self.wait_for_confirms()
             return
@@ -820,6 +967,14 @@ class Channel:
         elif kind == "cancel":
             self._consumers.pop(event.get("consumer_tag"), None)
 
+    def _publish_again(self):
+        """After a failover: the messages that awaited a confirm, again, in order."""
+        unconfirmed = {}                # kept whole until all are sent, for the next broker
+        for seq, message in enumerate(self._unconfirmed.values(), 1):
+            self.connection._publish(self.channel_number, *message)
+            unconfirmed[seq] = message
+        self._unconfirmed, self._publish_seq = unconfirmed, len(unconfirmed)
+
     def _dispatch(self):
         """Run callbacks for deliveries received so far; True if there were any."""
         deliveries = self._deliveries
@@ -976,6 +1131,8 @@ _AMQP_REQUESTS = {
     "reject": lambda f: amqp.Basic.Reject(delivery_tag=f["delivery_tag"], requeue=f["requeue"]),
 }
 
+_AMQP_SETTLEMENTS = ("ack", "nack", "reject")
+
 # Requests the broker's closing of a channel undoes, repeated when it is reopened.
 _AMQP_CHANNEL_SETTINGS = ("confirm.select", "qos")
 
@@ -1042,6 +1199,10 @@ class _AmqpWire:
         self._settings = collections.defaultdict(dict)   # channel -> op -> request, to repeat
         self._published = collections.Counter()          # channel -> publishes in confirm mode
         self._tag_offset = collections.Counter()         # channel -> publishes of its earlier lives
+        # Failover: deliveries are numbered on from those of the connection lost, so an
+        # ack of a delivery made there is told apart (and dropped: it comes again).
+        self._delivery_tag_offset = collections.Counter()
+        self._last_delivery_tag = collections.Counter()
         self._events = []
 
     def request(self, fields):
@@ -1058,6 +1219,10 @@ class _AmqpWire:
         if translate is None:
             raise GreenMQError(f"'{op}' is a GreenMQ request without an AMQP method: "
                                f"use the JSON-lines port (or the management API) for it")
+        if op in _AMQP_SETTLEMENTS and self._delivery_tag_offset[channel] and fields["delivery_tag"]:
+            fields = dict(fields, delivery_tag=fields["delivery_tag"] - self._delivery_tag_offset[channel])
+            if fields["delivery_tag"] <= 0:
+                return b""
         method = translate(fields)
         if op in _AMQP_CHANNEL_SETTINGS:
             self._settings[channel][op] = fields
@@ -1067,6 +1232,11 @@ class _AmqpWire:
 
     def opened(self, server_properties):
         """The handshake is over by now."""
+
+    def carry_delivery_tags(self, lost):
+        """Number deliveries on from where the wire of a connection lost left off."""
+        for channel in set(lost._last_delivery_tag) | set(lost._delivery_tag_offset):
+            self._delivery_tag_offset[channel] = lost._delivery_tag_offset[channel] + lost._last_delivery_tag[channel]
 
     def open_first_channel(self):
         self._connection._call(1, "channel.open")
@@ -1197,16 +1367,22 @@ class _AmqpWire:
             self._send(_AMQP_REQUESTS[op](fields), channel)
             awaiting.append((None, op))
 
+    def _delivery_tag(self, channel, tag):
+        self._last_delivery_tag[channel] = tag
+        return tag + self._delivery_tag_offset[channel]
+
     def _on_get_ok(self, channel, get_ok):
         self._content[channel] = [
-            {"ok": True, "empty": False, "delivery_tag": get_ok.delivery_tag, "redelivered": get_ok.redelivered,
+            {"ok": True, "empty": False, "delivery_tag": self._delivery_tag(channel, get_ok.delivery_tag),
+             "redelivered": get_ok.redelivered,
              "exchange": get_ok.exchange, "routing_key": get_ok.routing_key,
              "message_count": get_ok.message_count}, None, 0, []]
 
     def _on_deliver(self, channel, deliver):
         self._content[channel] = [
             {"event": "deliver", "channel": channel, "consumer_tag": deliver.consumer_tag,
-             "delivery_tag": deliver.delivery_tag, "redelivered": deliver.redelivered,
+             "delivery_tag": self._delivery_tag(channel, deliver.delivery_tag),
+             "redelivered": deliver.redelivered,
              "exchange": deliver.exchange, "routing_key": deliver.routing_key}, None, 0, []]
 
     def _on_return(self, channel, returned):
@@ -1244,6 +1420,25 @@ class _AmqpWire:
         "Connection.Blocked": lambda self, channel, frame: None,
         "Connection.Unblocked": lambda self, channel, frame: None,
     }
+
+
+class _Broker:
+    """One broker to connect to: a host name (JSON lines) or an amqp(s):// URL, with
+    the keyword arguments for what it leaves out."""
+
+    def __init__(self, host, port, username, password, virtual_host, ssl):
+        if port is None and "://" not in host and os.environ.get(URL_ENVIRONMENT_VARIABLE):
+            host = os.environ[URL_ENVIRONMENT_VARIABLE]
+        if "://" in host:
+            host, port, username, password, virtual_host, ssl = _parse_url(
+                host, port, username, password, virtual_host, ssl)
+            self.wire = _AmqpWire
+        else:
+            if port is None:
+                port = int(os.environ.get(PORT_ENVIRONMENT_VARIABLE, DEFAULT_PORT))
+            self.wire = _JsonLinesWire
+        self.host, self.port, self.username, self.password = host, port, username, password
+        self.virtual_host, self.ssl = virtual_host, ssl
 
 
 def _parse_url(url, port, username, password, virtual_host, ssl):
