@@ -273,7 +273,9 @@ RECEIVERS = [
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("command, ready", RECEIVERS, ids=[c[0] for c, _ in RECEIVERS])
-def test_receivers_exit_cleanly_on_a_signal(start, command, ready, sig):
+def test_receivers_exit_cleanly_on_a_signal(connect, start, command, ready, sig):
+    with connect() as conn:     # a reference broker keeps a durable queue between runs
+        conn.default_channel.queue_delete("notify.patient.add.signals-test")
     receiver = start(*command)
     receiver.expect(ready)
     assert receiver.interrupt(sig) == 0
