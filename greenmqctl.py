@@ -199,6 +199,62 @@ def run_import(conn, args, out):
             + ", ".join(f"{count} {section}" for section, count in imported.items()))
 
 
+# Messages a shovel moves between two confirms: the target's commits are shared this wide.
+SHOVEL_WINDOW = 500
+# A source queue that has given nothing for this long is taken to be empty.
+SHOVEL_IDLE_SECONDS = 2.0
+
+
+def run_shovel(conn, args, out):
+    """Move the messages waiting in a queue here to a queue on another AMQP broker; each is
+    acked here (and so removed) only once that broker has confirmed it. A run cut short
+    leaves the rest here, returned to the queue: run it again (a message confirmed there
+    but not yet acked here is moved twice: at least once, never lost)."""
+    target_queue = args.target_queue or args.queue
+    if args.window < 1:
+        raise CommandFailed("Error: --window must be at least 1", EXIT_USAGE)
+    source = conn.channel()
+    waiting = source.queue_declare(args.queue, passive=True).message_count
+    if not waiting:
+        out(json.dumps({"moved": 0}) if args.json else f'Queue "{args.queue}" has no messages waiting')
+        return
+    try:
+        target = connection.Connection(args.target_url, client_properties={"product": "greenmqctl shovel"})
+    except connection.BrokerError as exc:
+        raise _refused(exc) from None
+    except (OSError, ValueError) as exc:
+        raise CommandFailed(f"Error: unable to connect to {args.target_url}: {exc}", EXIT_UNAVAILABLE) from None
+    try:
+        destination = target.channel()
+        destination.queue_declare(target_queue, passive=True)      # it must exist there (definitions)
+        destination.confirm_delivery(window=args.window)
+        source.basic_qos(prefetch_count=args.window)
+        tag = acked = 0
+        for method, properties, body in source.consume(args.queue, inactivity_timeout=SHOVEL_IDLE_SECONDS):
+            if method is not None:
+                destination.basic_publish("", target_queue, body, properties)
+                tag = method.delivery_tag
+            if tag > acked and (method is None or tag % args.window == 0 or tag >= waiting):
+                try:
+                    destination.wait_for_confirms()
+                except connection.NackError as exc:
+                    raise CommandFailed(f"Error: {args.target_url} refused messages ({exc}); they stay here, "
+                                        f"{acked} moved", EXIT_REFUSED) from None
+                source.basic_ack(tag, multiple=True)
+                acked = tag
+                if not args.quiet:
+                    out(f"Moved {acked} of {waiting} messages")
+                    sys.stdout.flush()
+            if method is None or acked >= waiting:
+                break
+    finally:
+        target.close()
+    if args.json:
+        out(json.dumps({"moved": acked}))
+    elif not args.quiet:
+        out(f'Moved {acked} messages from "{args.queue}" to "{target_queue}" at {args.target_url}')
+
+
 def _simple(announce, op, **field_names):
     """A command that sends one request built from its arguments and says what it does."""
     def run(conn, args, out):
@@ -267,6 +323,13 @@ COMMANDS = {
                                        "refuses (and their permissions)"})], run_export, False),
     "import_definitions": ("apply a definitions JSON file (from GreenMQ or RabbitMQ; '-': standard input); "
                            "all of it or, on any error, none of it", [("file", {})], run_import, False),
+    "shovel": ("move the messages waiting in a queue (-p vhost) to a queue on another AMQP broker, "
+               "removing each here once that broker confirmed it; run again after a failure",
+               [("queue", {}), ("target_url", {"metavar": "amqp-url"}),
+                ("target_queue", {"nargs": "?", "metavar": "target-queue", "help": "default: the same name"}),
+                ("--window", {"type": int, "default": SHOVEL_WINDOW,
+                              "help": f"messages between two confirms (default {SHOVEL_WINDOW})"})],
+               run_shovel, True),
     "rotate_logs": ("make the broker reopen its log file (after moving it away)", [],
                     _simple("Reopening the broker's log file", "logs.reopen"), False),
 }
