@@ -114,6 +114,9 @@ class Channel:
         self.consumers = {}
         # delivery_tag -> (message, queue, consumer or None for basic.get), in tag order.
         self.unacked = {}
+        # How many of those came from basic.get: RabbitMQ's channel-wide (global) prefetch
+        # window counts only consumer deliveries.
+        self.unacked_gets = 0
         self.next_delivery_tag = 1
         self.global_prefetch_count = 0      # a window shared by the channel's consumers
         self.consumer_prefetch_count = 0    # each new consumer's own window
@@ -261,7 +264,8 @@ class Channel:
         if consumer.no_ack:
             return True
         return ((not consumer.prefetch_count or consumer.unacked < consumer.prefetch_count)
-                and (not self.global_prefetch_count or len(self.unacked) < self.global_prefetch_count))
+                and (not self.global_prefetch_count
+                     or len(self.unacked) - self.unacked_gets < self.global_prefetch_count))
 
     def deliver(self, consumer, message):
         """Called by a queue for a consumer that can take `message`."""
@@ -282,6 +286,7 @@ class Channel:
         self.next_delivery_tag = tag + 1
         if not no_ack:
             self.unacked[tag] = (message, queue, None)
+            self.unacked_gets += 1
         return tag, message, queue.message_count
 
     def qos(self, prefetch_count, global_=False):
@@ -319,6 +324,8 @@ class Channel:
         entry = self.unacked.pop(delivery_tag, None)
         if entry is None:
             raise PreconditionFailed(f"unknown delivery tag {delivery_tag}")
+        if entry[2] is None:
+            self.unacked_gets -= 1
         queue = entry[1]
         queue.settle((entry,), False)
         if self.global_prefetch_count:
@@ -369,6 +376,8 @@ class Channel:
 
     def _settle(self, entries, requeue, rejected=False):
         """Hand settled deliveries back to their queues, then let windows that opened fill."""
+        if self.unacked_gets:
+            self.unacked_gets -= sum(1 for entry in entries if entry[2] is None)
         by_queue = {}
         for entry in entries:
             by_queue.setdefault(entry[1], []).append(entry)

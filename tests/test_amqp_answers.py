@@ -9,6 +9,7 @@ from pamqp import frame as amqp_frame
 from pamqp import header as amqp_header
 from pika.exceptions import ChannelClosedByBroker
 
+from tests.test_amqp_pika import until
 from tests.test_amqp_wire import RawClient
 
 
@@ -201,3 +202,24 @@ def test_a_transaction_refuses_a_publish_to_a_missing_exchange_at_once(connectio
 def _content(channel, body):
     return [amqp_frame.marshal(amqp_header.ContentHeader(0, len(body), spec.Basic.Properties()), channel),
             amqp_frame.marshal(amqp_body.ContentBody(body), channel)]
+
+
+def test_a_basic_get_awaiting_its_ack_takes_no_room_in_the_channels_prefetch_window(connections, name):
+    """RabbitMQ's channel-wide (global) qos counts consumer deliveries only."""
+    connection = connections()
+    channel = connection.channel()
+    channel.queue_declare(name, auto_delete=True)
+    for body in (b"m1", b"m2", b"m3", b"m4"):
+        channel.basic_publish("", name, body)
+    channel.basic_qos(prefetch_count=1, global_qos=True)
+    gets = [channel.basic_get(name, auto_ack=False) for _ in range(2)]
+    assert [body for _, _, body in gets] == [b"m1", b"m2"]
+    delivered = []
+    channel.basic_consume(name, lambda ch, method, properties, body: delivered.append(body))
+    until(lambda: delivered, connection)
+    assert delivered == [b"m3"]
+    # The window of one is full now: m4 waits, also once the gets are settled.
+    assert channel.queue_declare(name, passive=True).method.message_count == 1
+    channel.basic_ack(gets[0][0].delivery_tag)
+    channel.basic_reject(gets[1][0].delivery_tag, requeue=False)
+    assert channel.queue_declare(name, passive=True).method.message_count == 1

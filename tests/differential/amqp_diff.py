@@ -421,7 +421,7 @@ class Runner:
         self.queues_seen = set()      # real names of queues this sequence may have made
         self.exclusive = {"a": set(), "b": set()}   # exclusive queues each connection declared
         self.delivery_tags = {}       # (conn, channel) -> tags seen, in order
-        self.consumers = {}           # (conn, channel) -> tags of its consumers
+        self.consumers = {}           # (conn, channel) -> {tag of its consumer: real queue name}
         self.confirmed = {}           # (conn, channel) -> the highest publish it had confirmed
         self.closed_in_step = set()   # connections the current step saw closed
         self.last_probe = None
@@ -465,7 +465,7 @@ class Runner:
             if step["ch"] not in conn.channels:
                 self._open_channel(conn, step["ch"])
                 self.delivery_tags[(step["conn"], step["ch"])] = []
-                self.consumers[(step["conn"], step["ch"])] = set()
+                self.consumers[(step["conn"], step["ch"])] = {}
                 self.confirmed[(step["conn"], step["ch"])] = 0
             self.closed_in_step = set()
             reply = getattr(self, "_" + step["op"].replace(".", "_"))(conn, step)
@@ -533,6 +533,13 @@ class Runner:
                 break
             probe = again
             time.sleep(SETTLE_POLL_SECONDS)
+        # RabbitMQ answers queue.delete before the consumers' channels hear that the queue
+        # went (they learn it from the queue process's exit), so their basic.cancel may come
+        # after the pings above; wait for it, up to the same bound.
+        cancel_until = time.monotonic() + SETTLE_SECONDS
+        while self._cancels_due(probe) and time.monotonic() < cancel_until:
+            time.sleep(SETTLE_POLL_SECONDS)
+            self._ping_all()
         for name in ("a", "b"):
             events = self.connections[name].events
             self.connections[name].events = []
@@ -545,7 +552,7 @@ class Runner:
                         continue        # RabbitMQ may or may not deliver to a closing connection (README)
                     self.delivery_tags[(name, number)].append(item.delivery_tag)
                 elif isinstance(item, spec.Basic.Cancel):
-                    self.consumers[(name, number)].discard(item.consumer_tag)
+                    self.consumers[(name, number)].pop(item.consumer_tag, None)
                 described = self._item(item)
                 if isinstance(item, (spec.Basic.Ack, spec.Basic.Nack)):
                     # A multiple confirm of the one publish it covers says no more than a
@@ -559,6 +566,20 @@ class Runner:
         if probe != self.last_probe:
             answer.append(["queues", probe])
             self.last_probe = probe
+
+    def _cancels_due(self, probe):
+        """Whether a consumer on an open channel has lost its queue (the probe no longer
+        finds it) and its basic.cancel has not arrived yet."""
+        for (name, number), consumers in self.consumers.items():
+            conn = self.connections[name]
+            if not conn.open or number not in conn.channels:
+                continue
+            cancelled = {item.consumer_tag for at, item in conn.events
+                         if at == number and isinstance(item, spec.Basic.Cancel)}
+            for tag, queue in consumers.items():
+                if self._name(queue) not in probe and tag not in cancelled:
+                    return True
+        return False
 
     def _ping_all(self):
         for name in ("a", "b"):
@@ -703,12 +724,12 @@ class Runner:
             queue=self._real_queue(step["queue"]), consumer_tag=step["tag"], no_ack=step["no_ack"],
             exclusive=step["exclusive"]), (spec.Basic.ConsumeOk,))
         if reply.name == "Basic.ConsumeOk":
-            self.consumers[(step["conn"], step["ch"])].add(reply.consumer_tag)
+            self.consumers[(step["conn"], step["ch"])][reply.consumer_tag] = self._real_queue(step["queue"])
         return reply
 
     def _basic_cancel(self, conn, step):
         reply = conn.call(step["ch"], spec.Basic.Cancel(consumer_tag=step["tag"]), (spec.Basic.CancelOk,))
-        self.consumers[(step["conn"], step["ch"])].discard(step["tag"])
+        self.consumers[(step["conn"], step["ch"])].pop(step["tag"], None)
         return reply
 
     def _tag(self, step):
