@@ -60,7 +60,7 @@ _SHORT_LENGTH = struct.Struct(">B")
 CAPABILITIES = {
     "publisher_confirms": True, "basic.nack": True, "consumer_cancel_notify": True,
     "authentication_failure_close": True, "per_consumer_qos": True,
-    "exchange_exchange_bindings": True, "consumer_priorities": True,
+    "exchange_exchange_bindings": True, "consumer_priorities": True, "connection.blocked": True,
 }
 
 # Property names as pamqp spells them (AMQP's `type` is `message_type` there).
@@ -334,13 +334,23 @@ class AmqpConnection(FrontEndConnection):
             return 1.0
         if not self.heartbeat:
             return HEARTBEAT_SECONDS
-        if now - self._last_received > 2 * self.heartbeat:
+        if now - self._last_received > 2 * self.heartbeat and not self.paused:
             log.info("missed heartbeats from AMQP client %s, timeout: %ss", self.peer, self.heartbeat)
             self.connection_lost()
             return None
         if now - self._last_sent >= self.heartbeat / 2:
             self._write(amqp_frame.marshal(amqp_heartbeat.Heartbeat(), 0))
         return self.heartbeat / 2
+
+    def reading_paused(self, reason):
+        super().reading_paused(reason)
+        if self._client_capability("connection.blocked"):
+            self._send_method(0, spec.Connection.Blocked(reason))
+
+    def reading_resumed(self):
+        super().reading_resumed()
+        if self._client_capability("connection.blocked"):
+            self._send_method(0, spec.Connection.Unblocked())
 
     def _client_capability(self, name):
         capabilities = self.client_properties.get("capabilities") or {}
@@ -544,6 +554,7 @@ class AmqpConnection(FrontEndConnection):
         self._publish(channel, number, content.method, body, content.properties, content.encoded_properties)
 
     def _publish(self, channel, number, method, body, properties, encoded_properties):
+        self.publisher = True
         try:
             if channel.tx is not None:
                 channel.core.check_publish(method.exchange, properties)

@@ -144,10 +144,13 @@ def main(argv=None):
             log.info("keeping messages in memory only (in_memory)")
         else:
             log.info("keeping durable entities and persistent messages in %s", store.path)
-        node = Node(store=store)
+        node = Node(store=store, memory_limit=settings.memory_limit)
     except StoreError as exc:
         log.error("%s", exc)
         return 1
+    log.info("memory limit %d bytes (%.1f MiB; memory_limit): publishers wait above it", settings.memory_limit,
+             settings.memory_limit / 2**20)
+    node.memory.start_trimming()
     servers = []
     ports = {"port": None, "amqp_port": None, "http_port": None}
     # (name, address, port, server, key in the ready line) per listener.

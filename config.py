@@ -15,6 +15,7 @@ except ImportError:             # Python < 3.11: the same parser, from PyPI
     import tomli as tomllib
 
 from message import DEFAULT_MAX_MESSAGE_BYTES
+from memory import DEFAULT_MEMORY_FRACTION, parse_memory_limit
 from protocol import HELLO_TIMEOUT_SECONDS, max_line_bytes_for
 from stats import DEFAULT_SAMPLE_INTERVAL_SECONDS
 
@@ -112,6 +113,10 @@ SETTINGS = {
                                           "by default; only more may be given)"),
     "hello_timeout": (_seconds, HELLO_TIMEOUT_SECONDS, "seconds a JSON-lines client may take to send 'hello' "
                                                        f"(default {HELLO_TIMEOUT_SECONDS:g})"),
+    "memory_limit": (parse_memory_limit, parse_memory_limit(DEFAULT_MEMORY_FRACTION),
+                     "above this many bytes of messages and output held, publishers are not read until "
+                     "consumers make room: bytes, with a unit (512MiB, 2GB) or a fraction of the machine's "
+                     f"memory (default {DEFAULT_MEMORY_FRACTION}, RabbitMQ's vm_memory_high_watermark)"),
     "data_dir": (_text, DEFAULT_DATA_DIR, "where durable exchanges, queues, bindings, persistent messages, "
                                           f"users and vhosts are kept (default ./{DEFAULT_DATA_DIR})"),
     "in_memory": (_bool, False, "keep nothing on disk: everything lasts only as long as the process"),

@@ -137,6 +137,11 @@ class NackError(GreenMQError):
     """Confirm mode: the broker did not take responsibility for the message."""
 
 
+class ConnectionBlockedTimeout(GreenMQError):
+    """The broker kept this connection blocked (low on memory) for longer than the
+    connection's `blocked_connection_timeout`."""
+
+
 class UnroutableError(GreenMQError):
     """Confirm mode: a mandatory message was returned because no queue was bound for it."""
 
@@ -256,7 +261,8 @@ class Connection:
     `_fail_over`): at least once, as confirms allow."""
 
     def __init__(self, host="localhost", port=None, username="guest", password="guest",
-                 virtual_host="/", connect_timeout=10.0, client_properties=None, ssl=None, heartbeat=0):
+                 virtual_host="/", connect_timeout=10.0, client_properties=None, ssl=None, heartbeat=0,
+                 blocked_connection_timeout=None):
         hosts = list(host) if isinstance(host, (list, tuple)) else [host]
         if not hosts:
             raise ValueError("no broker to connect to")
@@ -271,6 +277,11 @@ class Connection:
         self._next_id = 1
         self._next_channel = 2
         self._channels = {}
+        # While the broker does not read this connection (its memory budget is exceeded), the
+        # reason it gave; publishes wait, up to blocked_connection_timeout seconds (None: no limit).
+        self.blocked = None
+        self.blocked_connection_timeout = blocked_connection_timeout
+        self._blocked_since = None
         self._default_queue_declared = False
         self._declared = {}             # failover: what to declare again, in order
         self._failing_over = False
@@ -467,6 +478,10 @@ class Connection:
         self._queue(self._wire.request(request))
 
     def _queue(self, data):
+        # The broker reads nothing from a blocked connection until it says `unblocked`: wait
+        # for that (_read gives up after blocked_connection_timeout) rather than queue more.
+        while self.blocked is not None:
+            self._read(None)
         self._queued.append(data)
         if len(self._queued) > MAX_QUEUED_LINES:
             self._flush()
@@ -553,6 +568,13 @@ class Connection:
         self._flush()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            # A wait with no limit of its own (a publish, a confirm, a call) does not outlast
+            # the broker's block by more than blocked_connection_timeout.
+            if timeout is None and self.blocked is not None and self.blocked_connection_timeout is not None and (
+                    time.monotonic() - self._blocked_since > self.blocked_connection_timeout):
+                raise ConnectionBlockedTimeout(
+                    f"the broker has blocked this connection ({self.blocked}) for more than "
+                    f"{self.blocked_connection_timeout:g} s; what was sent is kept, nothing more is sent")
             wait = SIGNAL_CHECK_SECONDS if deadline is None else min(
                 SIGNAL_CHECK_SECONDS, max(0.0, deadline - time.monotonic()))
             # Waiting is done here, not by a socket timeout: that would also bound the
@@ -592,6 +614,11 @@ class Connection:
                     channel._deliveries.append(event)
             elif kind == "close":
                 self._closed = ConnectionClosed(event.get("code"), event.get("text", ""))
+            elif kind == "blocked":
+                self.blocked = event.get("reason", "")
+                self._blocked_since = time.monotonic()
+            elif kind == "unblocked":
+                self.blocked = None
             else:
                 channel = channels.get(event.get("channel"))
                 if channel is not None:

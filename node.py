@@ -16,6 +16,7 @@ import definitions
 from access import ADMINISTRATOR, FULL_ACCESS, HASHING_ALGORITHM, Permission, User, hash_password
 from durable_store import MemoryStore
 from errors import AccessRefused, ConnectionForced, NotAllowed, NotFound, PreconditionFailed
+from memory import DEFAULT_MEMORY_FRACTION, MemoryBudget, parse_memory_limit
 from message import continue_sequence_after
 from session import Session
 from vhost import VirtualHost, check_name
@@ -45,8 +46,10 @@ VERIFIED_LOGINS_KEPT = 10_000
 
 
 class Node:
-    def __init__(self, store=None):
+    def __init__(self, store=None, memory_limit=None):
         self.store = store if store is not None else MemoryStore()
+        self.memory = MemoryBudget(parse_memory_limit(DEFAULT_MEMORY_FRACTION) if memory_limit is None
+                                   else memory_limit)
         self.users = {}             # name -> User
         self.permissions = {}       # (user name, vhost name) -> Permission
         self.vhosts = {}
@@ -228,7 +231,7 @@ class Node:
                 "queues": sum(len(vhost.queues) for vhost in self.vhosts.values()),
                 "messages": sum(queue.message_count + queue.unacked_count
                                 for vhost in self.vhosts.values() for queue in vhost.queues.values()),
-                "data_dir": getattr(self.store, "path", None)}
+                "data_dir": getattr(self.store, "path", None), "memory": self.memory.status()}
 
     def list_users(self):
         return [{"user": user.name, "tags": list(user.tags)} for user in self.users.values()]

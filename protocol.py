@@ -188,7 +188,7 @@ class JsonLinesProtocol(FrontEndConnection):
             return min(1.0, self._started + self.hello_timeout - now)
         if not self.heartbeat:
             return MAX_HEARTBEAT_SECONDS       # nothing more to watch on this connection
-        if now - self._last_received > 2 * self.heartbeat:
+        if now - self._last_received > 2 * self.heartbeat and not self.paused:
             log.info("missed heartbeats from JSON-lines client %s, timeout: %ss", self.peer, self.heartbeat)
             self.close(ConnectionForced(f"missed heartbeats, timeout: {self.heartbeat}s"))
             return None
@@ -222,6 +222,14 @@ class JsonLinesProtocol(FrontEndConnection):
         self._write(f'{{"event":"deliver","channel":{channel_number},"consumer_tag":{_quote(consumer_tag)},'
                     f'"delivery_tag":{delivery_tag},"redelivered":{"true" if message.redelivered else "false"},'
                     f'{_message_json(message)}}}\n'.encode())
+
+    def reading_paused(self, reason):
+        super().reading_paused(reason)
+        self._send({"event": "blocked", "reason": reason})
+
+    def reading_resumed(self):
+        super().reading_resumed()
+        self._send({"event": "unblocked"})
 
     def consumer_cancelled(self, channel_number, consumer_tag):
         self._send({"event": "cancel", "channel": channel_number, "consumer_tag": consumer_tag})
@@ -337,6 +345,7 @@ class JsonLinesProtocol(FrontEndConnection):
 
     def op_publish(self, request):
         channel = self._channel(request)
+        self.publisher = True
         body = request.get("body", "")
         if type(body) is not str:
             raise BadSyntax("field 'body' must be a string")

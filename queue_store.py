@@ -5,7 +5,9 @@ A queue is the one owner of its messages' lives. A message leaves the ready list
 delivered (the channel then holds it, unacked, until it calls `settle`) or through
 `_forget`, the single door through which a message ends here: acked, rejected, expired,
 purged, or gone with its queue. The unacked counts and the durable store hang off these
-two places and nowhere else.
+two places and nowhere else, and so does the node's count of the memory messages hold
+(memory.py): added at `enqueue` and `restore`, subtracted in `_forget`, which a no-ack
+hand-out goes through too.
 
 Delivery tags belong to the channel (session.py), which a consumer points back to.
 Nothing here parses or encodes anything.
@@ -18,7 +20,9 @@ from collections import deque
 
 import gevent
 
+import memory
 from errors import AccessRefused, PreconditionFailed
+from memory import MESSAGE_OVERHEAD_BYTES
 from message import MAX_EXPIRY_MS
 
 # RabbitMQ's cap on x-max-priority: each priority is a list of its own, so more would cost
@@ -348,6 +352,7 @@ class Queue:
     def enqueue(self, message):
         """Take a routed message; False when a length limit with x-overflow reject-publish
         (or reject-publish-dlx) refuses it."""
+        memory.held_bytes += len(message.body) + MESSAGE_OVERHEAD_BYTES
         self.published += 1
         ttl = self.message_ttl
         if message.ttl is not None and (ttl is None or message.ttl < ttl):
@@ -372,6 +377,7 @@ class Queue:
 
     def restore(self, message):
         """A message recovered from the store, in publish order, before any consumer."""
+        memory.held_bytes += len(message.body) + MESSAGE_OVERHEAD_BYTES
         self.ready.append(message)
         if message.expires_at is not None and self._ttl_timer is None:
             self._arm_ttl_timer()
@@ -409,8 +415,7 @@ class Queue:
         if message.redelivered:
             self.redelivered += 1
         if consumer.no_ack:
-            if self.store is not None and message.stored is not None:
-                self._forget((message,))
+            self._forget((message,))
         else:
             consumer.unacked += 1
             self.unacked_count += 1
@@ -427,8 +432,7 @@ class Queue:
         if message.redelivered:
             self.redelivered += 1
         if no_ack:
-            if self.store is not None and message.stored is not None:
-                self._forget((message,))
+            self._forget((message,))
         else:
             self.unacked_count += 1
         return message
@@ -490,6 +494,10 @@ class Queue:
         expired, maxlen) they are dead-lettered when the queue has a dead-letter exchange:
         before their removal from the store, in the same open batch, so a persistent
         message is kept in its new queues by the transaction that lets it go here."""
+        released = MESSAGE_OVERHEAD_BYTES * len(messages)
+        for message in messages:
+            released += len(message.body)
+        memory.held_bytes -= released
         if reason is not None and self.dead_letter_exchange is not None and messages:
             self._dead_letter(self, messages, reason)
         if self.store is not None:

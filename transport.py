@@ -5,6 +5,10 @@ A protocol is a `FrontEndConnection` with `data_received(bytes)`, `close(exc)` a
 `name`. It may have `tick(now) -> seconds`: called again after that many seconds
 (heartbeats, timeouts), or None when the connection is to end once its last output is sent.
 
+Output waiting for sockets counts in the node's memory budget (memory.py). A connection
+that has published is not read while the budget is exceeded: its protocol is told with
+`reading_paused(reason)` and `reading_resumed()`, which each front end words for its client.
+
 An allocation failing (MemoryError) while one connection is served ends that connection
 alone, with 541 INTERNAL_ERROR: its buffers are given up, and every other connection and
 the listeners go on.
@@ -17,6 +21,7 @@ import time
 import gevent
 from gevent.event import Event
 
+import memory
 from errors import ConnectionForced, InternalError
 
 log = logging.getLogger("greenmq.transport")
@@ -45,7 +50,8 @@ TLS_HANDSHAKE_SECONDS = 10
 
 class FrontEndConnection:
     """What both front ends share: output waiting for the socket, the backpressure it puts
-    on the session's consumers, and the session's end with the connection's."""
+    on the session's consumers, the memory budget's pause of publishers, and the session's
+    end with the connection's."""
 
     def __init__(self, node, peer):
         self.node = node
@@ -55,12 +61,15 @@ class FrontEndConnection:
         self.closed = False          # no more input is read once set
         self.outbox = []
         self.outbox_bytes = 0
+        self.publisher = False       # has published: not read while the memory budget is exceeded
+        self.paused = False          # the broker stopped reading it: its silence is not the peer's
 
     def _write(self, data):
         if not self.outbox and self.on_output is not None:
             self.on_output()
         self.outbox.append(data)
         self.outbox_bytes += len(data)
+        memory.held_bytes += len(data)
         if self.outbox_bytes > OUTBOX_HIGH_WATER and self.session is not None:
             self.session.set_writable(False)
 
@@ -68,6 +77,7 @@ class FrontEndConnection:
         """Everything written since the last call, as bytes for the socket."""
         data = b"".join(self.outbox)
         self.outbox = []
+        memory.held_bytes -= self.outbox_bytes
         self.outbox_bytes = 0
         return data
 
@@ -76,8 +86,18 @@ class FrontEndConnection:
         could not be allocated) and close it with 541, the last output it gets."""
         log.error("out of memory serving %s connection from %s; closing it", self.name, self.peer)
         self.outbox = []
+        memory.held_bytes -= self.outbox_bytes
         self.outbox_bytes = 0
         self.close(InternalError("out of memory"))
+
+    def reading_paused(self, reason):
+        """The memory budget stopped reading this connection; a front end that can tell
+        its client does so."""
+        self.paused = True
+
+    def reading_resumed(self):
+        self.paused = False
+        self._last_received = time.monotonic()     # heartbeats unread meanwhile were not missed
 
     def output_drained(self):
         if self.session is not None and not self.outbox:
@@ -107,8 +127,12 @@ def connection_handler(make_protocol, tls=None):
         if hasattr(protocol, "tick"):
             helpers.append(gevent.spawn(_tick_loop, sock, protocol))
         log.info("accepted %s connection from %s:%s", protocol.name, *address[:2])
+        budget = protocol.node.memory
         try:
             while not protocol.closed:
+                if protocol.publisher and not budget.admits_publishers():
+                    _pause_reading(protocol, budget)
+                    continue
                 data = sock.recv(RECV_BYTES)
                 if not data:
                     break
@@ -135,6 +159,16 @@ def connection_handler(make_protocol, tls=None):
             log.info("closed %s connection from %s:%s", protocol.name, *address[:2])
 
     return handle
+
+
+def _pause_reading(protocol, budget):
+    """Read nothing more from a publisher until the memory budget admits publishers again;
+    its output (deliveries, heartbeats) still flows."""
+    protocol.reading_paused(memory.BLOCKED_REASON)
+    _send_ready()
+    budget.wait_until_admitted()
+    protocol.reading_resumed()
+    _send_ready()
 
 
 # What RabbitMQ tells its clients when it stops.

@@ -1,0 +1,160 @@
+"""The broker's memory budget: what it holds is counted, not guessed from RSS (CPython
+seldom gives memory back, so RSS stays high long after the messages are gone).
+
+`held_bytes` counts, node-wide, the messages queues hold (ready or unacked: queue_store.py
+adds at enqueue and restore, subtracts where a message ends) and the output waiting for
+sockets (transport.py). Above the limit, connections that publish are not read until the
+count falls below RESUME_FRACTION of it, while consumers go on draining, as RabbitMQ does
+above its vm_memory_high_watermark. The budget decides; transport.py stops reading and
+each front end tells its client in its own words.
+"""
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import re
+
+import gevent
+from gevent.event import Event
+
+log = logging.getLogger("greenmq.memory")
+
+held_bytes = 0
+
+# What a queued message costs beyond its body: the Message object (ten slots), its place in
+# a deque, the bytes object's header, and typical properties; measured with tracemalloc on
+# a queue of messages with empty bodies and a few properties. Counted once per message, so
+# the accounting is one addition per enqueue and one subtraction per end.
+MESSAGE_OVERHEAD_BYTES = 400
+
+# RabbitMQ's default vm_memory_high_watermark: 0.4 of the machine's memory, leaving room
+# for the interpreter, the allocator's slack and what the accounting does not see.
+DEFAULT_MEMORY_FRACTION = 0.4
+
+# Below this a single batch of reads from a few publishers would overrun the budget.
+MIN_MEMORY_LIMIT_BYTES = 1024 * 1024
+
+# Publishers are read again once a tenth of the budget is free: room for a burst from every
+# blocked publisher without tripping the limit again at once (each flap costs the clients a
+# blocked/unblocked pair), while they wait only as long as consumers take to free a tenth.
+RESUME_FRACTION = 0.9
+
+# While publishers are blocked, how often the count is compared with the resume mark:
+# checked here rather than at every message's end, which is the hot path.
+BLOCKED_CHECK_SECONDS = 0.05
+
+# What RabbitMQ says in connection.blocked when its memory alarm is on.
+BLOCKED_REASON = "low on memory"
+
+# After the count has dropped by this much since the last trim, glibc is asked to return
+# its free memory to the system: large enough that a trim (which walks the heap) is rare,
+# small enough that a consumed or purged queue of some size is given back.
+TRIM_AFTER_DROP_BYTES = 64 * 1024 * 1024
+TRIM_CHECK_SECONDS = 5.0
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def machine_memory_bytes():
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def parse_memory_limit(value):
+    """Bytes from an integer, a text with a unit (512MiB, 2GB: RabbitMQ's units) or a
+    fraction of the machine's memory (0.4, as vm_memory_high_watermark.relative); ValueError
+    saying what is accepted."""
+    fraction = None
+    if type(value) is float:
+        fraction = value
+    elif type(value) is int:
+        limit = value
+    elif type(value) is str:
+        text = value.strip().lower()
+        match = re.fullmatch(r"(\d+)\s*([a-z]*)", text)
+        if match and match.group(2) in _UNITS:
+            limit = int(match.group(1)) * _UNITS[match.group(2)]
+        elif re.fullmatch(r"\d*\.\d+", text):
+            fraction = float(text)
+        else:
+            limit = None
+    else:
+        limit = None
+    if fraction is not None:
+        limit = int(fraction * machine_memory_bytes()) if 0 < fraction <= 1 else None
+    if limit is None or limit < MIN_MEMORY_LIMIT_BYTES:
+        raise ValueError(f"must be bytes of at least {MIN_MEMORY_LIMIT_BYTES} (units such as 512MiB or 2GB "
+                         "allowed) or a fraction of the machine's memory such as 0.4")
+    return limit
+
+
+class MemoryBudget:
+    """The node's limit on held_bytes and whether publishers are blocked by it."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.resume_below = int(limit * RESUME_FRACTION)
+        self.blocked = False
+        self._unblocked = Event()
+        self._unblocked.set()
+        self._trimmed_at = 0
+        self._trimmer = None
+
+    def admits_publishers(self):
+        """Whether a publishing connection may be read now: asked between its batches of
+        input, so a publisher overruns the limit by one batch at most."""
+        if self.blocked:
+            return False
+        if held_bytes <= self.limit:
+            return True
+        self.blocked = True
+        self._unblocked.clear()
+        log.warning("memory limit %d bytes reached (%d held): publishers are not read until it falls "
+                    "below %d", self.limit, held_bytes, self.resume_below)
+        gevent.spawn(self._watch_until_resumed)
+        return False
+
+    def wait_until_admitted(self):
+        self._unblocked.wait()
+
+    def _watch_until_resumed(self):
+        while held_bytes >= self.resume_below:
+            gevent.sleep(BLOCKED_CHECK_SECONDS)
+        self.blocked = False
+        self._unblocked.set()
+        log.warning("memory held (%d bytes) is below %d again: publishers are read again",
+                    held_bytes, self.resume_below)
+
+    def status(self):
+        return {"held_bytes": held_bytes, "limit_bytes": self.limit, "publishers_blocked": self.blocked}
+
+    # -- giving memory back ---------------------------------------------------------------
+
+    def start_trimming(self):
+        """Return freed memory to the system after large drops, where glibc allows."""
+        if _malloc_trim is not None and self._trimmer is None:
+            self._trimmer = gevent.spawn(self._trim_after_drops)
+
+    def _trim_after_drops(self):
+        self._trimmed_at = held_bytes
+        while True:
+            gevent.sleep(TRIM_CHECK_SECONDS)
+            held = held_bytes
+            if held > self._trimmed_at:
+                self._trimmed_at = held         # the high point since the last trim
+            elif self._trimmed_at - held >= TRIM_AFTER_DROP_BYTES:
+                # Off the hub: a trim walks the whole heap.
+                gevent.get_hub().threadpool.apply(_malloc_trim, (0,))
+                self._trimmed_at = held
+
+
+def _find_malloc_trim():
+    """glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _find_malloc_trim()

@@ -1,0 +1,214 @@
+"""The memory budget (--memory-limit): a flood of publishes against a small limit blocks
+the publishers (connection.blocked for AMQP, a `blocked` event for JSON lines) with the
+broker's accounted memory near the limit; consumers drain, the publishers are unblocked,
+and every message arrives exactly once."""
+
+import threading
+import time
+
+import pika
+import pytest
+
+import connection
+import memory
+from tests.broker_process import BrokerProcess
+from tests.test_core_queues import node, open_channel, publish  # noqa: F401  (node: a fixture)
+
+LIMIT = 4 * 1024 * 1024
+# Above the limit by at most what one batch of reads brings in (transport.RECV_BYTES) and
+# the messages' bookkeeping: the limit is checked between batches.
+SLACK = 1024 * 1024
+BODY_BYTES = 1024
+MESSAGES = 3 * LIMIT // BODY_BYTES          # three times what the limit holds
+DEADLINE_SECONDS = 60
+
+
+@pytest.fixture(scope="module")
+def small_broker():
+    with BrokerProcess("--memory-limit", "4MiB", "--in-memory") as broker:
+        yield broker
+
+
+def body(number):
+    return f"{number:08d}".encode().ljust(BODY_BYTES, b".")
+
+
+def memory_status(broker):
+    with connection.Connection(port=broker.port) as admin:
+        return admin.call("status")["memory"]
+
+
+def wait_for(predicate, what):
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def drain(client, name):
+    """The numbers of the MESSAGES consumed from `name`, acked (pika and connection.py alike)."""
+    received = []
+
+    def on_message(channel, method, properties, message_body):
+        received.append(int(message_body[:8]))
+        channel.basic_ack(method.delivery_tag)
+
+    channel = client.channel()
+    channel.basic_qos(prefetch_count=500)
+    channel.basic_consume(name, on_message)
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while len(received) < MESSAGES:
+        assert time.monotonic() < deadline, f"{len(received)} of {MESSAGES} messages arrived"
+        client.process_data_events(0.01)
+    return received
+
+
+def assert_blocked_near_the_limit(broker):
+    wait_for(lambda: memory_status(broker)["publishers_blocked"], "the broker to block publishers")
+    status = memory_status(broker)
+    assert status["limit_bytes"] == LIMIT
+    assert LIMIT < status["held_bytes"] < LIMIT + SLACK
+
+
+def test_memory_limit_accepts_bytes_units_and_a_fraction_of_the_machine():
+    assert memory.parse_memory_limit(2_000_000) == 2_000_000
+    assert memory.parse_memory_limit("512MiB") == 512 * 2**20
+    assert memory.parse_memory_limit("2GB") == 2 * 10**9
+    assert memory.parse_memory_limit("0.4") == memory.parse_memory_limit(0.4) == int(
+        0.4 * memory.machine_memory_bytes())
+    for wrong in ("lots", "12 parsecs", 0, 1.5, True, "1KiB", -5):
+        with pytest.raises(ValueError, match="fraction of the machine's memory"):
+            memory.parse_memory_limit(wrong)
+
+
+def test_a_pika_flood_is_blocked_near_the_limit_then_drained_and_every_message_arrives_once(small_broker, name):
+    events = []
+    outcome = []
+
+    def flood():
+        # pika's basic_publish waits for its output to be written: a blocked publisher waits
+        # in it, so it lives in a thread of its own.
+        parameters = pika.ConnectionParameters("127.0.0.1", small_broker.amqp_port, heartbeat=1)
+        publisher = pika.BlockingConnection(parameters)
+        publisher.add_on_connection_blocked_callback(
+            lambda conn, frame: events.append(("blocked", frame.method.reason)))
+        publisher.add_on_connection_unblocked_callback(lambda conn, frame: events.append(("unblocked", None)))
+        channel = publisher.channel()
+        channel.queue_declare(name)
+        for number in range(MESSAGES):
+            channel.basic_publish("", name, body(number))
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while (not events or events[-1][0] != "unblocked") and time.monotonic() < deadline:
+            publisher.process_data_events(0.01)
+        outcome.append(publisher.is_open)
+        publisher.close()
+
+    flooding = threading.Thread(target=flood)
+    flooding.start()
+    assert_blocked_near_the_limit(small_broker)
+    # The broker reads nothing from the publisher now, its heartbeats neither: it must not
+    # take that silence for a dead peer (two heartbeat intervals and more).
+    time.sleep(2.5)
+    assert memory_status(small_broker)["publishers_blocked"]
+    assert "missed heartbeats" not in small_broker.log()
+
+    consumer = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", small_broker.amqp_port))
+    received = drain(consumer, name)
+    consumer.close()
+    flooding.join(DEADLINE_SECONDS)
+    assert outcome == [True]
+    # Blocked, then unblocked as consumers free a tenth of the limit, perhaps blocked again
+    # by what the publisher sends then, and so on: always in pairs, unblocked at the end.
+    assert events and events == [("blocked", memory.BLOCKED_REASON), ("unblocked", None)] * (len(events) // 2)
+    assert sorted(received) == list(range(MESSAGES))
+    wait_for(lambda: memory_status(small_broker)["held_bytes"] == 0, "the accounted memory to return to 0")
+
+
+def test_a_connection_py_flood_waits_while_blocked_and_every_message_arrives_once(small_broker, name):
+    publisher = connection.Connection(port=small_broker.port)
+    publisher.channel().queue_declare(name)
+
+    def flood():
+        channel = publisher.channel()
+        # Confirms make the publisher read as it goes, so it hears `blocked` and waits in
+        # basic_publish; without them it waits in its socket's send, as TCP makes it.
+        channel.confirm_delivery(window=200)
+        for number in range(MESSAGES):
+            channel.basic_publish("", name, body(number))
+        channel.queue_declare(name, passive=True)       # everything sent has been read
+
+    flooding = threading.Thread(target=flood)
+    flooding.start()
+    assert_blocked_near_the_limit(small_broker)
+    wait_for(lambda: publisher.blocked is not None, "the publisher to hear it is blocked")
+    assert publisher.blocked == memory.BLOCKED_REASON and flooding.is_alive()
+
+    with connection.Connection(port=small_broker.port) as consumer:
+        received = drain(consumer, name)
+    flooding.join(DEADLINE_SECONDS)
+    assert not flooding.is_alive()
+    assert publisher.blocked is None
+    assert sorted(received) == list(range(MESSAGES))
+    publisher.close()
+
+
+def test_a_publish_blocked_past_its_timeout_raises_and_goes_through_once_unblocked(small_broker, name):
+    publisher = connection.Connection(port=small_broker.port, blocked_connection_timeout=0.5)
+    channel = publisher.channel()
+    channel.queue_declare(name)
+    channel.confirm_delivery(window=200)
+    sent = 0
+    with pytest.raises(connection.ConnectionBlockedTimeout, match="low on memory"):
+        for sent in range(MESSAGES):
+            channel.basic_publish("", name, body(sent))
+    with connection.Connection(port=small_broker.port) as admin:
+        admin.channel().queue_purge(name)
+    wait_for(lambda: publisher.process_data_events(0.01) or publisher.blocked is None, "the 'unblocked' event")
+    channel.basic_publish("", name, b"after the block")
+    # What was sent before the timeout and not yet read stays sent: it follows the purge, in
+    # order up to the last publish tried, and the new message comes after it.
+    bodies = []
+    while True:
+        method, properties, message_body = channel.basic_get(name, auto_ack=True)
+        if method is None:
+            break
+        bodies.append(message_body)
+    assert bodies[-1] == b"after the block"
+    numbers = [int(message_body[:8]) for message_body in bodies[:-1]]
+    assert numbers == list(range(sent - len(numbers) + 1, sent + 1))
+    publisher.close()
+
+
+# -- the accounting, in the core (no broker process) -------------------------------------------
+
+def test_every_way_a_message_ends_gives_its_bytes_back(node):
+    """Held bytes return to where they were whichever door the messages leave by: ack,
+    no-ack delivery and get, reject (dead-lettered to a queue that is then purged), expiry,
+    drop-head and reject-publish overflow, purge, and deletion of a queue with unacked ones."""
+    channel, sink = open_channel(node)
+    vhost = channel.vhost
+    before = memory.held_bytes
+    vhost.declare_queue("dead")
+    vhost.declare_queue("q", arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dead"})
+    vhost.declare_queue("short", arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    vhost.declare_queue("head", arguments={"x-max-length": 1})
+    vhost.declare_queue("expiring", arguments={"x-message-ttl": 0})
+    publish(channel, "q", *[b"m%d" % number for number in range(6)])
+    assert memory.held_bytes == before + 6 * memory.MESSAGE_OVERHEAD_BYTES + sum(len(b"m%d" % n) for n in range(6))
+    first = channel.get("q")
+    channel.ack(first[0])
+    channel.get("q", no_ack=True)
+    channel.consume("q", "acker", no_ack=False)
+    tags = [delivery[2] for delivery in sink.deliveries]
+    channel.reject(tags[0], requeue=False)          # dead-lettered into "dead"
+    channel.cancel("acker")
+    publish(channel, "short", b"kept", b"refused")
+    publish(channel, "head", b"dropped", b"kept")
+    publish(channel, "expiring", b"gone")
+    channel.consume("dead", "eater", no_ack=True)
+    vhost.purge_queue("short")
+    vhost.purge_queue("head")
+    assert vhost.queues["expiring"].message_count == 0
+    vhost.delete_queue("q")          # its unacked deliveries end when the channel lets them go
+    channel.session.close()
+    assert memory.held_bytes == before
