@@ -415,7 +415,10 @@ class Queue:
         if message.redelivered:
             self.redelivered += 1
         if consumer.no_ack:
-            self._forget((message,))
+            if self.store is not None and message.stored is not None:
+                self._forget((message,))
+            else:   # _forget's accounting inline: this runs per message of every no-ack consumer
+                memory.held_bytes -= len(message.body) + MESSAGE_OVERHEAD_BYTES
         else:
             consumer.unacked += 1
             self.unacked_count += 1
