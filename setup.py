@@ -5,8 +5,9 @@ setup(
     version="0.1.0",
     description="A message broker in Python on gevent, with RabbitMQ's messaging model",
     py_modules=["access", "amqp_protocol", "broker", "config", "connection", "dead_letter", "definitions",
-                "durable_store", "errors", "exchange", "greenmq_testing", "greenmqctl", "logs", "management", "memory", "message",
-                "node", "protocol", "pytest_greenmq", "queue_store", "session", "stats", "transport", "vhost"],
+                "durable_store", "errors", "exchange", "greenmq_testing", "greenmqctl", "logs", "management",
+                "memory", "message", "node", "protocol", "pytest_greenmq", "queue_store", "session", "stats",
+                "transport", "vhost"],
     data_files=[("share/greenmq", ["dashboard.html"])],      # the management page, served by management.py
     python_requires=">=3.9",
     # tomllib is in the standard library from 3.11; tomli is the same parser for older ones.
