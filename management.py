@@ -862,6 +862,12 @@ def prometheus_text(node, per_queue=True):
     lines.append(f"{name}_count {histogram.count}")
     metric("greenmq_process_resident_memory_bytes", "gauge", "Resident memory of the broker process.",
            [("", resident_bytes())])
+    memory = node.memory.status()
+    metric("greenmq_memory_held_bytes", "gauge", "Memory the broker accounts for: messages held and output "
+           "waiting for sockets (what the memory limit applies to).", [("", memory["held_bytes"])])
+    metric("greenmq_memory_limit_bytes", "gauge", "The memory limit (--memory-limit).", [("", memory["limit_bytes"])])
+    metric("greenmq_publishers_blocked", "gauge", "Publishing connections the broker is not reading, above the "
+           "memory limit.", [("", sum(1 for session in node.sessions if getattr(session.sink, "paused", False)))])
     return "\n".join(lines) + "\n"
 
 

@@ -364,8 +364,12 @@ def test_metrics_parse_as_prometheus_text_and_count_what_happened(mgmt, name):
     api(mgmt, "POST", "queues", "/", name, "get", body={"count": 1, "ackmode": "ack_requeue_false"})
     families = metric_families(mgmt.http_port)
     for gauge in ("greenmq_connections", "greenmq_channels", "greenmq_queues", "greenmq_consumers",
-                  "greenmq_process_resident_memory_bytes"):
+                  "greenmq_process_resident_memory_bytes", "greenmq_memory_held_bytes", "greenmq_memory_limit_bytes",
+                  "greenmq_publishers_blocked"):
         assert families[gauge].type == "gauge"
+    assert families["greenmq_memory_held_bytes"].samples[0].value >= 2 * 400     # two messages still held
+    assert families["greenmq_memory_limit_bytes"].samples[0].value > 0
+    assert families["greenmq_publishers_blocked"].samples[0].value == 0
     # The parser names counters without their _total suffix.
     for counter in ("published", "delivered", "acked", "redelivered", "dead_lettered"):
         assert families[f"greenmq_messages_{counter}"].type == "counter"

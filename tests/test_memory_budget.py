@@ -3,8 +3,10 @@ the publishers (connection.blocked for AMQP, a `blocked` event for JSON lines) w
 broker's accounted memory near the limit; consumers drain, the publishers are unblocked,
 and every message arrives exactly once."""
 
+import re
 import threading
 import time
+import urllib.request
 
 import pika
 import pytest
@@ -111,6 +113,8 @@ def test_a_pika_flood_is_blocked_near_the_limit_then_drained_and_every_message_a
     time.sleep(2.5)
     assert memory_status(small_broker)["publishers_blocked"]
     assert "missed heartbeats" not in small_broker.log()
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{small_broker.http_port}/metrics", timeout=10).read().decode()
+    assert re.search(r"^greenmq_publishers_blocked 1(\.0)?$", metrics, re.MULTILINE), metrics
 
     consumer = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", small_broker.amqp_port))
     received = drain(consumer, name)
