@@ -53,11 +53,13 @@ class StoreError(Exception):
 
 
 class Stored:
-    """The store's record of one persistent message: how many durable queues hold it."""
+    """The store's record of one persistent message: its key, which orders stored messages
+    as they were published, and how many durable queues hold it."""
 
-    __slots__ = ("refs",)
+    __slots__ = ("key", "refs")
 
-    def __init__(self, refs):
+    def __init__(self, key, refs):
+        self.key = key
         self.refs = refs
 
 
@@ -73,7 +75,6 @@ class Recovered:
         self.queues = []      # (vhost, name, auto_delete, arguments, [(message, published_at)])
         self.bindings = []    # (vhost, source, destination, routing_key, arguments, destination_kind)
         self.clean = True     # the last run ended with a clean stop
-        self.last_seq = 0
 
 
 def open_store(data_dir):
@@ -89,6 +90,7 @@ class Store(abc.ABC):
     def __init__(self):
         self.open_batch = 1        # the batch that writes made now will be committed in
         self.available = True
+        self.last_key = 0          # of the last message kept; `load` continues after the stored ones
         self.commit_seconds = LatencyHistogram(COMMIT_SECONDS_BUCKETS)
 
     # -- definitions ---------------------------------------------------------------------
@@ -148,6 +150,12 @@ class Store(abc.ABC):
     def add_message(self, message, queues):
         """Keep `message` for `queues` (durable, all of them); marks it `stored`."""
 
+    def _record(self, message, queues):
+        """`message`'s record, keyed after every message kept before it."""
+        self.last_key += 1
+        record = message.stored = Stored(self.last_key, len(queues))
+        return record
+
     @abc.abstractmethod
     def remove_messages(self, queue, messages):
         """`queue` is done with `messages` (all `stored`)."""
@@ -184,7 +192,7 @@ class MemoryStore(Store):
         self.exchanges = {}
         self.queues = {}
         self.bindings = {}
-        self.messages = {}         # (vhost, queue) -> {seq: (message, published_at, redelivered)}
+        self.messages = {}         # (vhost, queue) -> {key: (message, published_at, redelivered)}
         self._loaded = False
 
     def put_vhost(self, name):
@@ -238,22 +246,23 @@ class MemoryStore(Store):
         self.bindings.pop((vhost, source, destination, routing_key, _canonical(arguments), destination_kind), None)
 
     def add_message(self, message, queues):
-        message.stored = Stored(len(queues))
+        key = self._record(message, queues).key
         now = time.time()
         for queue in queues:
-            self.messages[queue.vhost_name, queue.name][message.seq] = (message, now, False)
+            self.messages[queue.vhost_name, queue.name][key] = (message, now, False)
 
     def remove_messages(self, queue, messages):
         held = self.messages.get((queue.vhost_name, queue.name), {})
         for message in messages:
             message.stored.refs -= 1
-            held.pop(message.seq, None)
+            held.pop(message.stored.key, None)
 
     def mark_redelivered(self, queue, messages):
         held = self.messages.get((queue.vhost_name, queue.name), {})
         for message in messages:
-            stored_message, published_at, _ = held[message.seq]
-            held[message.seq] = (stored_message, published_at, True)
+            key = message.stored.key
+            stored_message, published_at, _ = held[key]
+            held[key] = (stored_message, published_at, True)
 
     def after_commit(self, callback):
         callback(self.open_batch, True)
@@ -269,12 +278,12 @@ class MemoryStore(Store):
         recovered.bindings = [key[:4] + (arguments, key[5]) for key, arguments in self.bindings.items()]
         for key, (vhost, name, auto_delete, arguments) in self.queues.items():
             messages = []
-            for seq, (message, published_at, redelivered) in sorted(self.messages[key].items()):
-                copy = Message.restored(seq, message.exchange, message.routing_key, message.body,
-                                        message.properties, message.ttl, message.encoded_properties)
-                copy.redelivered = redelivered
+            for message_key, (message, published_at, redelivered) in sorted(self.messages[key].items()):
+                copy = Message(message.exchange, message.routing_key, message.body, message.properties,
+                               message.encoded_properties).placed(redelivered, None)
+                copy.ttl = message.ttl
+                copy.stored = message_key       # replaced by the shared record below
                 messages.append((copy, published_at))
-                recovered.last_seq = max(recovered.last_seq, seq)
             recovered.queues.append((vhost, name, auto_delete, arguments, messages))
         _share_records(recovered)
         return recovered
@@ -459,9 +468,9 @@ class SqliteStore(Store):
     # -- messages ------------------------------------------------------------------------
 
     def add_message(self, message, queues):
-        message.stored = Stored(len(queues))
-        self._batch.new_messages[message.seq] = [
-            (message.seq, message.exchange, message.routing_key, self._properties_json(message),
+        key = self._record(message, queues).key
+        self._batch.new_messages[key] = [
+            (key, message.exchange, message.routing_key, self._properties_json(message),
              message.encoded_properties, message.body, time.time()),
             [self._queue_ids[queue.vhost_name, queue.name] for queue in queues]]
         self._wake()
@@ -486,7 +495,7 @@ class SqliteStore(Store):
         for message in messages:
             stored = message.stored
             stored.refs -= 1
-            seq = message.seq
+            seq = stored.key
             pending = new_messages.get(seq)
             if pending is not None:
                 # Not written yet: it need never be.
@@ -505,7 +514,7 @@ class SqliteStore(Store):
         queue_id = self._queue_ids.get((queue.vhost_name, queue.name))
         if queue_id is not None:
             for message in messages:
-                self._define(_MARK_REDELIVERED, (queue_id, message.seq))
+                self._define(_MARK_REDELIVERED, (queue_id, message.stored.key))
 
     # -- commits -------------------------------------------------------------------------
 
@@ -617,7 +626,6 @@ class SqliteStore(Store):
             shared = {}         # seq -> the first copy, which the others share a record with
             decoded = {}        # properties text -> (properties, ttl): messages mostly share them
             crashed = not recovered.clean
-            restored = Message.restored
             for queue_id, seq, redelivered, exchange, routing_key, properties, amqp_properties, body, \
                     published_at in db.execute(
                         "SELECT q.queue_id, q.seq, q.redelivered, m.exchange, m.routing_key, m.properties, "
@@ -633,9 +641,10 @@ class SqliteStore(Store):
                             value = properties_from_json(properties)
                             properties_and_ttl = decoded[properties] = (value, ttl_of(value))
                         properties, ttl = properties_and_ttl
-                    message = shared[seq] = restored(seq, exchange, routing_key, body, properties, ttl,
-                                                     amqp_properties)
-                    message.stored = Stored(1)
+                    message = shared[seq] = Message(exchange, routing_key, body, properties,
+                                                    amqp_properties).placed(False, None)
+                    message.ttl = ttl
+                    message.stored = Stored(seq, 1)
                 else:
                     message = first.placed(False, None)
                     message.stored.refs += 1
@@ -643,7 +652,7 @@ class SqliteStore(Store):
                 # flags written then say which were.
                 message.redelivered = crashed or redelivered == 1
                 queues[queue_id][4].append((message, published_at))
-            recovered.last_seq = max(shared, default=0)
+            self.last_key = max(shared, default=0)
             recovered.queues = list(queues.values())
         except (sqlite3.Error, ValueError, TypeError) as exc:
             raise StoreError(f"cannot read the message store {self.path}: {_reason(exc)}") from None
@@ -686,13 +695,15 @@ def _merged(first, second):
 
 
 def _share_records(recovered):
-    """Copies of one message in several queues share one `Stored` record counting them."""
+    """Copies of one message in several queues share one `Stored` record counting them;
+    each copy comes with its key in `stored`."""
     records = {}
     for *_, messages in recovered.queues:
         for message, _ in messages:
-            record = records.get(message.seq)
+            key = message.stored
+            record = records.get(key)
             if record is None:
-                record = records[message.seq] = Stored(0)
+                record = records[key] = Stored(key, 0)
             record.refs += 1
             message.stored = record
 

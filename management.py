@@ -32,7 +32,7 @@ from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from access import ADMINISTRATOR, MANAGEMENT, MONITORING, check_password_hash
 from errors import AccessRefused, BrokerError, NotFound
-from message import Message, json_value, properties_from_request
+from message import json_value, new_message, properties_from_request
 from node import SERVER_NAME, VERSION
 from queue_store import MESSAGE_COUNTERS
 from stats import totals
@@ -448,7 +448,7 @@ def publish(api, request, vhost, name):
     properties = properties_from_request(field(body, "properties", dict, {}))
     v.exchange(name)
     api.check(request, v, "write", "exchange", name)
-    return {"routed": v.publish(name, Message(name, routing_key, data, properties)) > 0}
+    return {"routed": v.publish(name, new_message(name, routing_key, data, properties)) > 0}
 
 
 def exchange_bindings_source(api, request, vhost, name):
@@ -538,17 +538,17 @@ def get_messages(api, request, vhost, name):
         raise HttpError(400, "field 'encoding' must be 'auto' or 'base64'")
     api.check(request, v, "read", "queue", name)
     queue = v.queue(name)
-    taken = []
+    taken = []      # (message, order) as the queue gave them
     while len(taken) < count:
-        message = queue.get(no_ack=False)
-        if message is None:
+        got = queue.get(no_ack=False)
+        if got is None:
             break
-        taken.append(message)
+        taken.append(got)
     remaining = queue.message_count
     if taken:
-        queue.settle([(message, queue, None) for message in taken], _ACK_MODES[ackmode])
+        queue.settle([(message, queue, None, order) for message, order in taken], _ACK_MODES[ackmode])
     return [_got_json(message, remaining + len(taken) - i - 1, encoding, truncate)
-            for i, message in enumerate(taken)]
+            for i, (message, _) in enumerate(taken)]
 
 
 def _got_json(message, message_count, encoding, truncate):

@@ -17,7 +17,6 @@ from access import ADMINISTRATOR, FULL_ACCESS, HASHING_ALGORITHM, Permission, Us
 from durable_store import MemoryStore
 from errors import AccessRefused, ConnectionForced, NotAllowed, NotFound, PreconditionFailed
 from memory import DEFAULT_MEMORY_FRACTION, MemoryBudget, parse_memory_limit
-from message import continue_sequence_after
 from session import Session
 from vhost import VirtualHost, check_name
 
@@ -65,7 +64,6 @@ class Node:
         full rights on the default virtual host, as RabbitMQ sets itself up."""
         started = time.monotonic()
         recovered = self.store.load()
-        continue_sequence_after(recovered.last_seq)
         for name, password_hash, algorithm, tags in recovered.users:
             self.users[name] = User(name, password_hash, algorithm, tags)
         for name in recovered.vhosts:

@@ -122,15 +122,17 @@ MESSAGE_COUNTERS = ("published", "delivered", "acked", "redelivered", "dead_lett
 
 class ReadyList:
     """Ready messages in publish order. Published messages join at the tail; requeued ones
-    return to their original place through a heap keyed by publish order, so putting back
+    return to their original place through a heap keyed by their `order`, so putting back
     k messages costs O(k log k) however many wait behind them (the old way, popping every
-    older waiting message per requeue, held the hub for seconds at depth)."""
+    older waiting message per requeue, held the hub for seconds at depth). Every requeued
+    message is older than every fresh one (messages leave in order, so those still fresh
+    came later), which is why the heap is simply taken first."""
 
     __slots__ = ("fresh", "returned")
 
     def __init__(self):
         self.fresh = deque()        # never delivered, in publish order
-        self.returned = []          # heap of (seq, message): delivered and requeued
+        self.returned = []          # heap of (order, message): delivered and requeued
 
     def __len__(self):
         return len(self.fresh) + len(self.returned)
@@ -139,20 +141,18 @@ class ReadyList:
         self.fresh.append(message)
 
     def put_back(self, message):
-        heapq.heappush(self.returned, (message.seq, message))
+        heapq.heappush(self.returned, (message.order, message))
 
     def head(self):
         """The message `popleft` would take, or None."""
-        returned, fresh = self.returned, self.fresh
-        if returned and (not fresh or returned[0][0] < fresh[0].seq):
-            return returned[0][1]
-        return fresh[0] if fresh else None
+        if self.returned:
+            return self.returned[0][1]
+        return self.fresh[0] if self.fresh else None
 
     def popleft(self):
-        returned, fresh = self.returned, self.fresh
-        if returned and (not fresh or returned[0][0] < fresh[0].seq):
-            return heapq.heappop(returned)[1]
-        return fresh.popleft()
+        if self.returned:
+            return heapq.heappop(self.returned)[1]
+        return self.fresh.popleft()
 
     def take_all(self):
         """Empty the list; returns what it held, in order."""
@@ -179,12 +179,9 @@ class ReadyList:
         return None if head is None else head.expires_at
 
     def __iter__(self):
-        returned = (message for _, message in sorted(self.returned))
-        return heapq.merge(returned, self.fresh, key=_seq) if self.returned else iter(self.fresh)
-
-
-def _seq(message):
-    return message.seq
+        if not self.returned:
+            return iter(self.fresh)
+        return itertools.chain([message for _, message in sorted(self.returned)], self.fresh)
 
 
 class ReadyLevels:
@@ -352,22 +349,30 @@ class Queue:
     def enqueue(self, message):
         """Take a routed message; False when a length limit with x-overflow reject-publish
         (or reject-publish-dlx) refuses it."""
-        memory.held_bytes += len(message.body) + MESSAGE_OVERHEAD_BYTES
         self.published += 1
         ttl = self.message_ttl
         if message.ttl is not None and (ttl is None or message.ttl < ttl):
             ttl = message.ttl
         if ttl is not None:
-            message = message.placed(message.redelivered, time.monotonic() + ttl / 1000.0)
+            message = message.placed(False, time.monotonic() + ttl / 1000.0)
         ready = self.ready
         if self.limited and self.overflow != "drop-head" and self._full_for(message):
+            memory.held_bytes += len(message.body) + MESSAGE_OVERHEAD_BYTES
             self._forget((message,), "maxlen" if self.overflow == "reject-publish-dlx" else None)
             return False
         if self.consumers and not ready.fresh and not ready.returned:
             consumer = self._next_consumer()
             if consumer is not None:
-                self._hand_out(consumer, message)
+                if consumer.no_ack and message.stored is None:
+                    # Straight through, never held (so not counted in the memory budget):
+                    # the common case of a no-ack consumer keeping up, kept lean.
+                    self.delivered += 1
+                    consumer.channel.deliver(consumer, message, None)
+                else:
+                    memory.held_bytes += len(message.body) + MESSAGE_OVERHEAD_BYTES
+                    self._hand_out(consumer, message)
                 return True
+        memory.held_bytes += len(message.body) + MESSAGE_OVERHEAD_BYTES
         ready.append(message)
         if self.limited:
             self._drop_head_over_limit()
@@ -411,6 +416,8 @@ class Queue:
         return None
 
     def _hand_out(self, consumer, message):
+        """Deliver a message this queue holds; a no-ack consumer's ends here, and an acking
+        consumer's goes out with its place in the queue's order (see `settle`)."""
         self.delivered += 1
         if message.redelivered:
             self.redelivered += 1
@@ -419,14 +426,17 @@ class Queue:
                 self._forget((message,))
             else:   # _forget's accounting inline: this runs per message of every no-ack consumer
                 memory.held_bytes -= len(message.body) + MESSAGE_OVERHEAD_BYTES
+            order = None
         else:
             consumer.unacked += 1
             self.unacked_count += 1
-        consumer.channel.deliver(consumer, message)
+            order = self.delivered if message.order is None else message.order
+        consumer.channel.deliver(consumer, message, order)
 
     def get(self, no_ack):
-        """The next ready message for basic.get, or None; unless `no_ack` it stays this
-        queue's, unacked, until the channel settles it."""
+        """The next ready message for basic.get and its place in the queue's order (see
+        `settle`), or None; unless `no_ack` it stays this queue's, unacked, until the
+        channel settles it."""
         self.touch()
         message = self._next_live()
         if message is None:
@@ -438,28 +448,31 @@ class Queue:
             self._forget((message,))
         else:
             self.unacked_count += 1
-        return message
+        return message, self.delivered if message.order is None else message.order
 
     def settle(self, deliveries, requeue, rejected=False):
         """The end of delivered messages: `deliveries` are a channel's (message, queue,
-        consumer or None for basic.get) entries for this queue. Requeued ones go back to
-        their places, flagged redelivered; the rest are done with: acked, or `rejected`
-        (nack or reject without requeue), which dead-letters them."""
+        consumer or None for basic.get, order) entries for this queue. Requeued ones go
+        back to their places, flagged redelivered: `order`, the queue's count of deliveries
+        when a message first left it, ranks them as they were published, since messages
+        leave a queue in that order. The rest are done with: acked, or `rejected` (nack or
+        reject without requeue), which dead-letters them."""
         self.unacked_count -= len(deliveries)
-        for _, _, consumer in deliveries:
+        for _, _, consumer, _ in deliveries:
             if consumer is not None:
                 consumer.unacked -= 1
-        messages = [entry[0] for entry in deliveries]
         if requeue and not self.deleted:
             ready = self.ready
-            for message in messages:
-                ready.put_back(message if message.redelivered else message.placed(True, message.expires_at))
+            for message, _, _, order in deliveries:
+                ready.put_back(message if message.order is not None
+                               else message.placed(True, message.expires_at, order))
             if self.limited and self.overflow == "drop-head":
                 self._drop_head_over_limit()
             if self._ttl_timer is None and ready:
                 self._arm_ttl_timer()
             self.dispatch()
         else:
+            messages = [entry[0] for entry in deliveries]
             self.acked += len(messages)
             self._forget(messages, "rejected" if rejected and not self.deleted else None)
 

@@ -22,7 +22,7 @@ import os
 from collections import deque
 
 from errors import BrokerError, ChannelNotOpen, NotAllowed, PreconditionFailed, PublishRefused, StoreUnavailable
-from message import Message
+from message import new_message
 from queue_store import Consumer
 
 MAX_CHANNELS = 2047  # RabbitMQ's default channel_max
@@ -112,7 +112,8 @@ class Channel:
         self.sink = session.sink
         self.number = number
         self.consumers = {}
-        # delivery_tag -> (message, queue, consumer or None for basic.get), in tag order.
+        # delivery_tag -> (message, queue, consumer or None for basic.get, order in the
+        # queue), in tag order.
         self.unacked = {}
         # How many of those came from basic.get: RabbitMQ's channel-wide (global) prefetch
         # window counts only consumer deliveries.
@@ -145,7 +146,7 @@ class Channel:
                 self.session.check("write", "exchange", exchange)
             if properties is not None and "user_id" in properties:
                 self._check_user_id(properties["user_id"])
-            message = Message(exchange, routing_key, body, properties, encoded_properties)
+            message = new_message(exchange, routing_key, body, properties, encoded_properties)
             routed = self.vhost.publish(exchange, message)
         except StoreUnavailable:
             if not seq:
@@ -267,25 +268,27 @@ class Channel:
                 and (not self.global_prefetch_count
                      or len(self.unacked) - self.unacked_gets < self.global_prefetch_count))
 
-    def deliver(self, consumer, message):
-        """Called by a queue for a consumer that can take `message`."""
+    def deliver(self, consumer, message, order):
+        """Called by a queue for a consumer that can take `message`; `order` is the
+        message's place in the queue's order, kept for the queue if it is requeued."""
         tag = self.next_delivery_tag
         self.next_delivery_tag = tag + 1
         if not consumer.no_ack:
-            self.unacked[tag] = (message, consumer.queue, consumer)
+            self.unacked[tag] = (message, consumer.queue, consumer, order)
         self.sink.deliver(self.number, consumer.tag, tag, message)
 
     def get(self, queue_name, no_ack=False):
         """basic.get: (delivery_tag, message, messages left) or None when the queue is empty."""
         self.session.check("read", "queue", queue_name)
         queue = self.vhost.queue(queue_name, self.session)
-        message = queue.get(no_ack)
-        if message is None:
+        got = queue.get(no_ack)
+        if got is None:
             return None
+        message, order = got
         tag = self.next_delivery_tag
         self.next_delivery_tag = tag + 1
         if not no_ack:
-            self.unacked[tag] = (message, queue, None)
+            self.unacked[tag] = (message, queue, None, order)
             self.unacked_gets += 1
         return tag, message, queue.message_count
 

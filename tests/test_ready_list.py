@@ -16,6 +16,15 @@ class Model:
     def __init__(self, max_priority):
         self.max_priority = max_priority
         self.ready = []
+        self.published = {}     # id of a message or of its requeued copy -> publish order
+
+    def publish(self, message):
+        self.published[id(message)] = len(self.published)
+        self.add(message)
+
+    def requeue(self, message, copy):
+        self.published[id(copy)] = self.published[id(message)]
+        self.add(copy)
 
     def level(self, message):
         priority = (message.properties or {}).get("priority") or 0
@@ -25,7 +34,7 @@ class Model:
         self.ready.append(message)
 
     def order(self):
-        return sorted(self.ready, key=lambda m: (-self.level(m), m.seq))
+        return sorted(self.ready, key=lambda m: (-self.level(m), self.published[id(m)]))
 
     def take(self):
         message = self.order()[0]
@@ -45,9 +54,8 @@ class Model:
 
 
 def new_message(priority, expires_at, size):
-    message = Message("", "q", b"x" * size, None if priority is None else {"priority": priority})
-    message.expires_at = expires_at
-    return message
+    return Message("", "q", b"x" * size, None if priority is None else {"priority": priority}).placed(
+        False, expires_at)
 
 
 operations = st.lists(st.one_of(
@@ -60,25 +68,30 @@ operations = st.lists(st.one_of(
 
 
 def run(ready, model, steps):
+    """Taken messages are requeued as the queue does it: as a copy ranked by how many had
+    been taken when the message was first taken."""
     taken = []
+    gets = 0
     for step in steps:
         if step[0] == "publish":
             message = new_message(step[1], step[2], step[3])
             ready.append(message)
-            model.add(message)
+            model.publish(message)
         elif step[0] == "get":
             if model.ready:
                 assert ready.head() is model.order()[0]
                 message = ready.popleft()
                 assert message is model.take()
-                taken.append(message)
+                gets += 1
+                taken.append((message, gets if message.order is None else message.order))
             else:
                 assert not ready and ready.head() is None
         elif step[0] == "requeue":
             if taken:
-                message = taken.pop(step[1] % len(taken))
-                ready.put_back(message)
-                model.add(message)
+                message, order = taken.pop(step[1] % len(taken))
+                copy = message.placed(True, message.expires_at, order)
+                ready.put_back(copy)
+                model.requeue(message, copy)
         else:
             assert list(ready.take_expired(step[1])) == model.expire(step[1])
             heads = {model.level(m): m for m in reversed(model.order())}.values()
