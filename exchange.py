@@ -1,5 +1,5 @@
-"""Exchange types and routing: a routing key and headers in, the destinations a message
-goes to out.
+"""Exchange types and routing: a routing key and the message's properties (whose headers
+a headers exchange matches) in, the destinations a message goes to out.
 
 Exchanges know their bindings and nothing else: no consumers, no sockets, no protocol.
 Destinations are queues, or exchanges (exchange-to-exchange bindings), which the virtual
@@ -83,7 +83,7 @@ class Exchange:
         for key in [k for k in self.bindings if k[0] is destination]:
             self.unbind(destination, key[1], self.bindings[key])
 
-    def route(self, routing_key, headers=None):
+    def route(self, routing_key, properties=None):
         routes = self._routes.get(routing_key)
         if routes is None:
             if len(self._routes) >= ROUTE_CACHE_SIZE:
@@ -119,7 +119,7 @@ class FanoutExchange(Exchange):
 
     type = "fanout"
 
-    def route(self, routing_key, headers=None):
+    def route(self, routing_key, properties=None):
         return super().route("")
 
     def _match(self, routing_key):
@@ -213,8 +213,8 @@ class HeadersExchange(Exchange):
             raise PreconditionFailed(
                 f"invalid x-match field value '{x_match}'; expected all, any, all-with-x or any-with-x")
 
-    def route(self, routing_key, headers=None):
-        headers = headers or {}
+    def route(self, routing_key, properties=None):
+        headers = (properties and properties.get("headers")) or {}
         return tuple(dict.fromkeys(
             dest for (dest, _, _), arguments in self.bindings.items()
             if headers_match(arguments, headers)))
@@ -252,7 +252,7 @@ class DefaultExchange(DirectExchange):
         super().__init__("", durable=True)
         self._queues = queues
 
-    def route(self, routing_key, headers=None):
+    def route(self, routing_key, properties=None):
         queue = self._queues.get(routing_key)
         return (queue,) if queue is not None else ()
 

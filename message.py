@@ -78,10 +78,6 @@ class Message:
         self.encoded_properties = encoded_properties
         self.stored = None
 
-    @property
-    def headers(self):
-        return self.properties.get("headers") if self.properties else None
-
     def placed(self, redelivered, expires_at, order=None):
         """A copy for one queue's use, sharing body and properties."""
         copy = PlacedMessage.__new__(PlacedMessage)

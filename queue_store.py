@@ -399,9 +399,12 @@ class Queue:
             consumer = self._next_consumer()
             if consumer is None:
                 return
-            message = self._next_live()
-            if message is None:
-                return
+            message = ready.popleft() if returned else fresh.popleft()
+            if message.expires_at is not None and message.expires_at <= time.monotonic():
+                self._forget((message,), "expired")
+                message = self._next_live()     # past every expired one
+                if message is None:
+                    return
             self._hand_out(consumer, message)
 
     def _next_live(self):
@@ -525,6 +528,9 @@ class Queue:
         consumers = self.consumers
         if self.ordered_consumers:
             return self._next_ordered_consumer()
+        if len(consumers) == 1:     # the common case, without the turn-taking below
+            consumer = consumers[0]
+            return consumer if consumer.channel.can_deliver(consumer) else None
         for _ in range(len(consumers)):
             consumer = consumers[0]
             consumers.rotate(-1)

@@ -22,7 +22,7 @@ import os
 from collections import deque
 
 from errors import BrokerError, ChannelNotOpen, NotAllowed, PreconditionFailed, PublishRefused, StoreUnavailable
-from message import new_message
+from message import Message, new_message
 from queue_store import Consumer
 
 MAX_CHANNELS = 2047  # RabbitMQ's default channel_max
@@ -146,7 +146,10 @@ class Channel:
                 self.session.check("write", "exchange", exchange)
             if properties is not None and "user_id" in properties:
                 self._check_user_id(properties["user_id"])
-            message = new_message(exchange, routing_key, body, properties, encoded_properties)
+            if properties is None:      # most messages: no TTL of their own to look for
+                message = Message(exchange, routing_key, body, None, encoded_properties)
+            else:
+                message = new_message(exchange, routing_key, body, properties, encoded_properties)
             routed = self.vhost.publish(exchange, message)
         except StoreUnavailable:
             if not seq:

@@ -297,7 +297,9 @@ class VirtualHost:
         """Route `message` through the named exchange into its queues; returns how many.
         Raises PublishRefused, once every queue has had it, when one refused it (x-overflow
         reject-publish)."""
-        exchange = self.publishable(exchange_name)
+        exchange = self.exchanges.get(exchange_name)
+        if exchange is None or exchange.internal:
+            self.publishable(exchange_name)     # raises what the publisher is told
         if len(message.routing_key) > MAX_NAME_BYTES // 4:    # short keys cannot be too long
             check_name(message.routing_key, "routing key")
         self.published += 1
@@ -307,7 +309,7 @@ class VirtualHost:
             return self._deliver(exchange, message)
         # The common case inline, as it runs per message: a transient message through an
         # exchange with neither exchange-to-exchange bindings nor an alternate exchange.
-        queues = exchange.route(message.routing_key, message.headers)
+        queues = exchange.route(message.routing_key, message.properties)
         refused = False
         for queue in queues:
             if not queue.enqueue(message):
@@ -324,7 +326,7 @@ class VirtualHost:
         if exchange.forwards or exchange.alternate is not None:
             queues = self._route_on(exchange, message)
         else:
-            queues = exchange.route(message.routing_key, message.headers)
+            queues = exchange.route(message.routing_key, message.properties)
         if died_for is not None and died_for != REJECTED:
             queues = [queue for queue in queues if not is_cycle(queue.name, message)]
         properties = message.properties
@@ -347,13 +349,13 @@ class VirtualHost:
         and alternate exchanges, as RabbitMQ routes: an exchange whose own bindings route
         the message nowhere hands it to its alternate exchange; each exchange routes it at
         most once (so cycles end), and each queue gets it once however many paths lead there."""
-        routing_key, headers = message.routing_key, message.headers
+        routing_key, properties = message.routing_key, message.properties
         queues = {}
         seen = {first}
         pending = [first]
         while pending:
             exchange = pending.pop()
-            destinations = exchange.route(routing_key, headers)
+            destinations = exchange.route(routing_key, properties)
             if not destinations and exchange.alternate is not None:
                 alternate = self.exchanges.get(exchange.alternate)
                 destinations = () if alternate is None else (alternate,)

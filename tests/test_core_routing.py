@@ -133,7 +133,7 @@ def test_fanout_ignores_routing_key():
 def test_headers_matching(arguments, headers, matches):
     exchange = HeadersExchange("h")
     exchange.bind("q", "", arguments)
-    assert exchange.route("", headers) == (("q",) if matches else ())
+    assert exchange.route("", {"headers": headers}) == (("q",) if matches else ())
 
 
 def test_headers_binding_with_bad_x_match_is_refused():

@@ -16,14 +16,16 @@ class Model:
     def __init__(self, max_priority):
         self.max_priority = max_priority
         self.ready = []
-        self.published = {}     # id of a message or of its requeued copy -> publish order
+        self.published = {}     # a message or its requeued copy -> publish order
+        self.count = 0
 
     def publish(self, message):
-        self.published[id(message)] = len(self.published)
+        self.published[message] = self.count
+        self.count += 1
         self.add(message)
 
     def requeue(self, message, copy):
-        self.published[id(copy)] = self.published[id(message)]
+        self.published[copy] = self.published[message]
         self.add(copy)
 
     def level(self, message):
@@ -34,7 +36,7 @@ class Model:
         self.ready.append(message)
 
     def order(self):
-        return sorted(self.ready, key=lambda m: (-self.level(m), self.published[id(m)]))
+        return sorted(self.ready, key=lambda m: (-self.level(m), self.published[m]))
 
     def take(self):
         message = self.order()[0]
