@@ -36,6 +36,15 @@ HEARTBEAT_SECONDS = 60
 FRAME_MIN = 4096
 # A peer that has not answered our connection.close by then is simply dropped.
 CLOSE_OK_TIMEOUT_SECONDS = 10.0
+# The handshake as a table: in each state, the method the client must send next and the
+# handler that answers it and moves to the next state ("header" is the protocol header,
+# before any frame; "running" and "closing" take channel methods and close only).
+_HANDSHAKE = {
+    "start-ok": (spec.Connection.StartOk, "_start_ok"),     # -> tune-ok
+    "tune-ok": (spec.Connection.TuneOk, "_tune_ok"),        # -> open
+    "open": (spec.Connection.Open, "_open"),                # -> running
+}
+
 # How long a client may take to finish the handshake (RabbitMQ's handshake_timeout).
 HANDSHAKE_TIMEOUT_SECONDS = 10.0
 
@@ -232,17 +241,11 @@ class AmqpConnection(FrontEndConnection):
             # For its own users RabbitMQ takes a new secret without checking it, and so do we.
             self._send_method(0, spec.Connection.UpdateSecretOk())
             return
-        expected = {"start-ok": spec.Connection.StartOk, "tune-ok": spec.Connection.TuneOk,
-                    "open": spec.Connection.Open}.get(self.state)
-        if expected is None or not isinstance(method, expected):
-            what = expected.name if expected else "a method on a channel"
+        step = _HANDSHAKE.get(self.state)
+        if step is None or not isinstance(method, step[0]):
+            what = step[0].name if step else "a method on a channel"
             raise CommandInvalid(f"expected {what}, got {method.name} on channel 0")
-        if self.state == "start-ok":
-            self._start_ok(method)
-        elif self.state == "tune-ok":
-            self._tune_ok(method)
-        else:
-            self._open(method)
+        getattr(self, step[1])(method)
 
     def _server_properties(self):
         return {"product": SERVER_NAME, "version": VERSION,
