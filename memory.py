@@ -53,7 +53,9 @@ BLOCKED_REASON = "low on memory"
 # its free memory to the system: large enough that a trim (which walks the heap) is rare,
 # small enough that a consumed or purged queue of some size is given back.
 TRIM_AFTER_DROP_BYTES = 64 * 1024 * 1024
-TRIM_CHECK_SECONDS = 5.0
+# How often the count is compared with its high point since the last trim: a comparison a
+# second costs nothing, and memory is given back about a second after a queue empties.
+TRIM_CHECK_SECONDS = 1.0
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -100,7 +102,7 @@ class MemoryBudget:
         self.blocked = False
         self._unblocked = Event()
         self._unblocked.set()
-        self._trimmed_at = 0
+        self._peak_since_trim = 0       # the high point of held_bytes since the last trim
         self._trimmer = None
 
     def admits_publishers(self):
@@ -108,6 +110,10 @@ class MemoryBudget:
         input, so a publisher overruns the limit by one batch at most."""
         if self.blocked:
             return False
+        # The high point is kept here, where the count grows, so a queue filled and emptied
+        # between two of the trimmer's looks is given back too.
+        if held_bytes > self._peak_since_trim:
+            self._peak_since_trim = held_bytes
         if held_bytes <= self.limit:
             return True
         self.blocked = True
@@ -139,16 +145,16 @@ class MemoryBudget:
             self._trimmer = gevent.spawn(self._trim_after_drops)
 
     def _trim_after_drops(self):
-        self._trimmed_at = held_bytes
+        self._peak_since_trim = held_bytes
         while True:
             gevent.sleep(TRIM_CHECK_SECONDS)
             held = held_bytes
-            if held > self._trimmed_at:
-                self._trimmed_at = held         # the high point since the last trim
-            elif self._trimmed_at - held >= TRIM_AFTER_DROP_BYTES:
+            if held > self._peak_since_trim:
+                self._peak_since_trim = held    # grown by a restore or output, not a publisher
+            elif self._peak_since_trim - held >= TRIM_AFTER_DROP_BYTES:
                 # Off the hub: a trim walks the whole heap.
                 gevent.get_hub().threadpool.apply(_malloc_trim, (0,))
-                self._trimmed_at = held
+                self._peak_since_trim = held
 
 
 def _find_malloc_trim():
