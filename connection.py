@@ -482,6 +482,12 @@ class Connection:
         # for that (_read gives up after blocked_connection_timeout) rather than queue more.
         while self.blocked is not None:
             self._read(None)
+        self._queue_answer(data)
+
+    def _queue_answer(self, data):
+        """Queue what the wire owes the broker while reading (AMQP's close-ok, cancel-ok,
+        flow-ok, a refused channel reopened) without waiting out a block: that wait would
+        read again inside this read, and the broker reads the few bytes once it reads again."""
         self._queued.append(data)
         if len(self._queued) > MAX_QUEUED_LINES:
             self._flush()
@@ -1126,7 +1132,7 @@ _AMQP_FRAME_OVERHEAD = 8
 
 # What the broker may tell this client (RabbitMQ's capability names).
 _AMQP_CAPABILITIES = {"authentication_failure_close": True, "publisher_confirms": True,
-                      "consumer_cancel_notify": True, "basic.nack": True}
+                      "consumer_cancel_notify": True, "basic.nack": True, "connection.blocked": True}
 
 # Each request of PROTOCOL.md that AMQP has, as its AMQP method.
 _AMQP_REQUESTS = {
@@ -1300,7 +1306,7 @@ class _AmqpWire:
         return self._events
 
     def _send(self, method, channel):
-        self._connection._queue(amqp_frame.marshal(method, channel))
+        self._connection._queue_answer(amqp_frame.marshal(method, channel))
 
     def _frame(self, channel, frame):
         if isinstance(frame, amqp_body.ContentBody):
@@ -1431,6 +1437,12 @@ class _AmqpWire:
     def _on_flow(self, channel, flow):
         self._send(amqp.Channel.FlowOk(active=flow.active), channel)
 
+    def _on_blocked(self, channel, blocked):
+        self._events.append({"event": "blocked", "reason": blocked.reason})
+
+    def _on_unblocked(self, channel, unblocked):
+        self._events.append({"event": "unblocked"})
+
     _METHODS = {
         "Connection.Start": _on_start,
         "Connection.Tune": _on_tune,
@@ -1444,8 +1456,8 @@ class _AmqpWire:
         "Basic.Ack": _on_confirm,
         "Basic.Nack": _on_confirm,
         "Basic.Cancel": _on_cancel,
-        "Connection.Blocked": lambda self, channel, frame: None,
-        "Connection.Unblocked": lambda self, channel, frame: None,
+        "Connection.Blocked": _on_blocked,
+        "Connection.Unblocked": _on_unblocked,
     }
 
 

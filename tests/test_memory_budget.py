@@ -16,6 +16,7 @@ import pytest
 import connection
 import memory
 from tests.broker_process import BrokerProcess
+from tests.conftest import client_url
 from tests.test_core_queues import node, open_channel, publish  # noqa: F401  (node: a fixture)
 
 LIMIT = 4 * 1024 * 1024
@@ -31,6 +32,15 @@ DEADLINE_SECONDS = 60
 def small_broker():
     with BrokerProcess("--memory-limit", "4MiB", "--in-memory") as broker:
         yield broker
+
+
+@pytest.fixture(params=["json-lines", "amqp"])
+def connect(request, small_broker):
+    """Opens connection.py connections to the small broker over this test's wire, so one
+    test proves the same waiting over JSON lines and AMQP (connection.blocked)."""
+    url = client_url(request.param, small_broker)
+    port = small_broker.port if request.param == "json-lines" else None
+    return lambda **options: connection.Connection(url, port=port, **options)
 
 
 def body(number):
@@ -130,8 +140,8 @@ def test_a_pika_flood_is_blocked_near_the_limit_then_drained_and_every_message_a
     wait_for(lambda: memory_status(small_broker)["held_bytes"] == 0, "the accounted memory to return to 0")
 
 
-def test_a_connection_py_flood_waits_while_blocked_and_every_message_arrives_once(small_broker, name):
-    publisher = connection.Connection(port=small_broker.port)
+def test_a_connection_py_flood_waits_while_blocked_and_every_message_arrives_once(small_broker, connect, name):
+    publisher = connect()
     publisher.channel().queue_declare(name)
 
     def flood():
@@ -143,13 +153,14 @@ def test_a_connection_py_flood_waits_while_blocked_and_every_message_arrives_onc
             channel.basic_publish("", name, body(number))
         channel.queue_declare(name, passive=True)       # everything sent has been read
 
-    flooding = threading.Thread(target=flood)
+    # A daemon: a publisher never unblocked fails the test rather than hang its end.
+    flooding = threading.Thread(target=flood, daemon=True)
     flooding.start()
     assert_blocked_near_the_limit(small_broker)
     wait_for(lambda: publisher.blocked is not None, "the publisher to hear it is blocked")
     assert publisher.blocked == memory.BLOCKED_REASON and flooding.is_alive()
 
-    with connection.Connection(port=small_broker.port) as consumer:
+    with connect() as consumer:
         received = drain(consumer, name)
     flooding.join(DEADLINE_SECONDS)
     assert not flooding.is_alive()
@@ -158,8 +169,8 @@ def test_a_connection_py_flood_waits_while_blocked_and_every_message_arrives_onc
     publisher.close()
 
 
-def test_a_publish_blocked_past_its_timeout_raises_and_goes_through_once_unblocked(small_broker, name):
-    publisher = connection.Connection(port=small_broker.port, blocked_connection_timeout=0.5)
+def test_a_publish_blocked_past_its_timeout_raises_and_goes_through_once_unblocked(small_broker, connect, name):
+    publisher = connect(blocked_connection_timeout=0.5)
     channel = publisher.channel()
     channel.queue_declare(name)
     channel.confirm_delivery(window=200)
@@ -183,6 +194,35 @@ def test_a_publish_blocked_past_its_timeout_raises_and_goes_through_once_unblock
     numbers = [int(message_body[:8]) for message_body in bodies[:-1]]
     assert numbers == list(range(sent - len(numbers) + 1, sent + 1))
     publisher.close()
+
+
+def test_a_blocked_publisher_closed_by_an_operator_hears_why_at_once(small_broker, connect, name):
+    """A blocked connection still hears the broker: closed meanwhile, its waiting publish
+    raises the operator's 320 at once (over AMQP, the close-ok it owes does not wait out the
+    block) rather than wait for memory to be freed."""
+    publisher = connect(client_properties={"connection_name": name})
+    channel = publisher.channel()
+    channel.queue_declare(name)
+    channel.confirm_delivery(window=200)
+    closed = []
+
+    def flood():
+        try:
+            for number in range(MESSAGES):
+                channel.basic_publish("", name, body(number))
+        except connection.ConnectionClosed as exc:
+            closed.append(exc)
+
+    flooding = threading.Thread(target=flood, daemon=True)
+    flooding.start()
+    wait_for(lambda: publisher.blocked is not None, "the publisher to hear it is blocked")
+    with connection.Connection(port=small_broker.port) as admin:
+        [connection_name] = [row["name"] for row in admin.list_connections()
+                             if row["client_properties"].get("connection_name") == name]
+        admin.call("connection.close", name=connection_name, reason="making room")
+        flooding.join(DEADLINE_SECONDS)
+        admin.channel().queue_delete(name)
+    assert [(exc.code, "making room" in exc.text) for exc in closed] == [(320, True)]
 
 
 # -- memory given back ---------------------------------------------------------------------------
