@@ -277,11 +277,7 @@ class Connection:
         self._next_id = 1
         self._next_channel = 2
         self._channels = {}
-        # While the broker does not read this connection (its memory budget is exceeded), the
-        # reason it gave; publishes wait, up to blocked_connection_timeout seconds (None: no limit).
-        self.blocked = None
         self.blocked_connection_timeout = blocked_connection_timeout
-        self._blocked_since = None
         self._default_queue_declared = False
         self._declared = {}             # failover: what to declare again, in order
         self._failing_over = False
@@ -310,6 +306,11 @@ class Connection:
         self._replies = {}
         self._heartbeat = 0
         self._closed = None            # the ConnectionClosed to raise, once closed
+        # While the broker does not read this connection (its memory budget is exceeded), the
+        # reason it gave; publishes wait, up to blocked_connection_timeout seconds (None: no
+        # limit). A broker failed over to has blocked nothing yet.
+        self.blocked = None
+        self._blocked_since = None
         self._generation += 1
         try:
             if broker.ssl is not None:

@@ -5,6 +5,7 @@ and every message arrives exactly once."""
 
 import os
 import re
+import signal
 import threading
 import time
 import urllib.request
@@ -223,6 +224,29 @@ def test_a_blocked_publisher_closed_by_an_operator_hears_why_at_once(small_broke
         flooding.join(DEADLINE_SECONDS)
         admin.channel().queue_delete(name)
     assert [(exc.code, "making room" in exc.text) for exc in closed] == [(320, True)]
+
+
+def test_a_publisher_blocked_by_a_broker_that_dies_fails_over_unblocked(name):
+    """The next broker of the list has blocked nothing: the flood goes on there."""
+    with BrokerProcess("--memory-limit", "4MiB", "--in-memory") as first, BrokerProcess("--in-memory") as second:
+        urls = [f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f" for broker in (first, second)]
+        publisher = connection.Connection(urls)
+        channel = publisher.channel()
+        channel.queue_declare(name)
+        channel.confirm_delivery(window=200)
+        flooding = threading.Thread(target=lambda: [channel.basic_publish("", name, body(number))
+                                                    for number in range(MESSAGES)], daemon=True)
+        flooding.start()
+        wait_for(lambda: publisher.blocked is not None, "the publisher to hear it is blocked")
+        first.stop(signal.SIGKILL)
+        flooding.join(DEADLINE_SECONDS)
+        assert not flooding.is_alive() and publisher.blocked is None
+        assert publisher.port == second.amqp_port
+        # What the first broker took before it died is lost with it (it kept no disk); the
+        # rest of the flood is on the second.
+        taken_by_the_first = (LIMIT + SLACK) // BODY_BYTES
+        assert channel.queue_declare(name, passive=True).method.message_count >= MESSAGES - taken_by_the_first
+        publisher.close()
 
 
 # -- memory given back ---------------------------------------------------------------------------
