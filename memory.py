@@ -123,8 +123,9 @@ class MemoryBudget:
         gevent.spawn(self._watch_until_resumed)
         return False
 
-    def wait_until_admitted(self):
-        self._unblocked.wait()
+    def wait_until_admitted(self, timeout=None):
+        """Whether publishers are admitted again (False: `timeout` seconds passed first)."""
+        return self._unblocked.wait(timeout)
 
     def _watch_until_resumed(self):
         while held_bytes >= self.resume_below:

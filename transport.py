@@ -40,6 +40,11 @@ KEEPALIVE_PROBES = 6
 # broker copy a whole queue into memory.
 OUTBOX_HIGH_WATER = 1024 * 1024
 
+# How often a connection not read for the memory budget looks whether the broker closed it:
+# an idle timer a second per blocked publisher costs nothing, and an operator's close
+# takes effect about at once.
+PAUSED_CHECK_SECONDS = 1.0
+
 # How long the last words of a closing connection may take to send.
 FINAL_SEND_SECONDS = 5
 
@@ -163,10 +168,13 @@ def connection_handler(make_protocol, tls=None):
 
 def _pause_reading(protocol, budget):
     """Read nothing more from a publisher until the memory budget admits publishers again;
-    its output (deliveries, heartbeats) still flows."""
+    its output (deliveries, heartbeats) still flows. A connection the broker closes
+    meanwhile (an operator, its vhost deleted) ends within PAUSED_CHECK_SECONDS."""
     protocol.reading_paused(memory.BLOCKED_REASON)
     _send_ready()
-    budget.wait_until_admitted()
+    while not budget.wait_until_admitted(PAUSED_CHECK_SECONDS):
+        if protocol.closed:
+            return
     protocol.reading_resumed()
     _send_ready()
 

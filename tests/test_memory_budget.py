@@ -200,7 +200,8 @@ def test_a_publish_blocked_past_its_timeout_raises_and_goes_through_once_unblock
 def test_a_blocked_publisher_closed_by_an_operator_hears_why_at_once(small_broker, connect, name):
     """A blocked connection still hears the broker: closed meanwhile, its waiting publish
     raises the operator's 320 at once (over AMQP, the close-ok it owes does not wait out the
-    block) rather than wait for memory to be freed."""
+    block) rather than wait for memory to be freed; and the broker ends the connection
+    (its socket, its reader) while the memory is still held."""
     publisher = connect(client_properties={"connection_name": name})
     channel = publisher.channel()
     channel.queue_declare(name)
@@ -220,8 +221,11 @@ def test_a_blocked_publisher_closed_by_an_operator_hears_why_at_once(small_broke
     with connection.Connection(port=small_broker.port) as admin:
         [connection_name] = [row["name"] for row in admin.list_connections()
                              if row["client_properties"].get("connection_name") == name]
+        ended = small_broker.log().count("closed ")
         admin.call("connection.close", name=connection_name, reason="making room")
         flooding.join(DEADLINE_SECONDS)
+        wait_for(lambda: small_broker.log().count("closed ") > ended, "the broker to end the closed connection")
+        assert admin.channel().queue_declare(name, passive=True).message_count > 0     # memory still held
         admin.channel().queue_delete(name)
     assert [(exc.code, "making room" in exc.text) for exc in closed] == [(320, True)]
 
