@@ -4,19 +4,26 @@
     python bench/throughput.py --messages 500000 --memory-messages 1000000
 
 Throughput: one producer process and one consumer process, transient 100-byte bodies,
-auto-ack; rate = messages / (last message received - first publish). Memory: the broker's
-resident set growth with N messages waiting in a queue with no consumer, per message.
+auto-ack; rate = messages / (last message received - first publish). Each round runs the
+same clients against a bare gevent JSON-lines relay (bench/json_relay.py) right after
+the broker, and prints the ratio, with each server's CPU time per message (user + system,
+from /proc), the steadier figure on a shared machine. Memory: the broker's resident set
+growth with N messages waiting in a queue with no consumer, per message.
 """
 
 import argparse
 import multiprocessing
 import os
+import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import connection  # noqa: E402
+from amqp_budget import cpu_seconds  # noqa: E402
+from json_relay import relay_process  # noqa: E402
 from tests.broker_process import BrokerProcess  # noqa: E402
 
 
@@ -49,10 +56,17 @@ def producer(port, queue, count, size, result):
 
 
 def throughput(port, count, size):
+    """Messages per second through the broker on `port`, into an empty queue."""
     conn = connection.Connection("127.0.0.1", port)
     queue = conn.default_channel.queue_declare("bench.throughput", auto_delete=False).queue
     conn.default_channel.queue_purge(queue)
     conn.close()
+    return one_to_one(port, queue, count, size)
+
+
+def one_to_one(port, queue, count, size):
+    """Messages per second from one producer process to one consumer process of `queue`,
+    through whatever serves JSON lines on `port` (the relay takes no queue name to heart)."""
     ready, result = multiprocessing.Event(), multiprocessing.Queue()
     c = multiprocessing.Process(target=consumer, args=(port, queue, count, ready, result))
     c.start()
@@ -137,10 +151,10 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if args.port is not None:
-        report_throughput(args.port, args)
+        report_throughput(args.port, None, args)
         return
     with BrokerProcess() as broker:
-        report_throughput(broker.port, args)
+        report_throughput(broker.port, broker.pid, args)
     if args.memory_messages:
         # A fresh broker, so memory is counted from its baseline and not from what
         # the throughput rounds left behind.
@@ -148,10 +162,31 @@ def main():
             report_depth_and_memory(broker, args)
 
 
-def report_throughput(port, args):
-    rates = [throughput(port, args.messages, args.size) for _ in range(args.rounds)]
-    print(f"throughput: {args.messages} x {args.size} B, 1 producer -> 1 consumer, auto-ack: "
-          + ", ".join(f"{r:,.0f}" for r in rates) + f" msg/s (best {max(rates):,.0f})")
+def timed(pid, count, measure, *args):
+    """(measure(*args), the CPU microseconds per message of process `pid` meanwhile, or
+    None without a pid)."""
+    before = sum(cpu_seconds(pid)) if pid else None
+    rate = measure(*args)
+    return rate, (sum(cpu_seconds(pid)) - before) * 1e6 / count if pid else None
+
+
+def report_throughput(port, pid, args):
+    """The broker's rounds, each followed by the relay's, and their ratios."""
+    count, size = args.messages, args.size
+    greenmq, relay = [], []
+    with relay_process() as (relay_port, relay_pid):
+        for _ in range(args.rounds):
+            greenmq.append(timed(pid, count, throughput, port, count, size))
+            relay.append(timed(relay_pid, count, one_to_one, relay_port, "bench.throughput", count, size))
+    print(f"throughput: {count} x {size} B, 1 producer -> 1 consumer, auto-ack, msg/s "
+          "(the server's CPU per message)")
+    for name, rounds in (("GreenMQ", greenmq), ("bare gevent JSON-lines relay", relay)):
+        print(f"  {name + ':':30}" + ", ".join(f"{rate:,.0f}" + (f" ({cpu:.2f} us)" if cpu is not None else "")
+                                            for rate, cpu in rounds)
+              + f"; best {max(rate for rate, _ in rounds):,.0f}")
+    ratios = [g[0] / r[0] for g, r in zip(greenmq, relay)]
+    print(f"  {'GreenMQ / relay:':30}" + ", ".join(f"{ratio:.2f}" for ratio in ratios)
+          + f"; median {statistics.median(ratios):.2f}, best / best {max(greenmq)[0] / max(relay)[0]:.2f}")
 
 
 def report_depth_and_memory(broker, args):
