@@ -69,6 +69,10 @@ def assert_error(reply, code, *words):
 @pytest.mark.parametrize("line, words", [
     (b"not json", ["invalid JSON"]),
     (b"{\"op\": \"publish\"", ["invalid JSON"]),
+    (b"{\"op\": \"publish\"} {}", ["invalid JSON", "Extra data"]),
+    (b"{\"op\": \"publish\"}x", ["invalid JSON", "Extra data"]),
+    # escaped in capitals, as other languages' JSON libraries do
+    (b"{\"op\": \"publish\", \"routing_key\": \"\\uD800\"}", ["must be Unicode text", "lone surrogates"]),
     (b"[1, 2]", ["must be a JSON object"]),
     (b"42", ["must be a JSON object"]),
     (b"\"publish\"", ["must be a JSON object"]),
@@ -163,6 +167,12 @@ def test_odd_but_valid_input_is_accepted(raw):
 def test_blank_lines_are_ignored(raw):
     raw.send_raw(b"\n\r\n   \n")
     assert raw.still_works()
+
+
+def test_whitespace_around_a_request_and_crlf_line_ends_are_accepted(raw):
+    raw.send_raw(b'{"op": "queue.declare", "queue": "", "exclusive": true, "id": "crlf"}\r\n'
+                 b'\t {"op": "queue.declare", "queue": "", "exclusive": true, "id": "around"} \r\n')
+    assert [raw.read()["id"], raw.read()["id"]] == ["crlf", "around"]
 
 
 def test_requests_before_hello_close_the_connection_with_a_reason(broker):

@@ -4,9 +4,11 @@ through take_output, against a real core."""
 import json
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from node import Node
-from protocol import JsonLinesProtocol
+from protocol import JsonLinesProtocol, _decode_line
 from transport import OUTBOX_HIGH_WATER
 
 
@@ -184,3 +186,33 @@ def test_cancel_requeues_the_consumers_unacked_messages_by_default(node):
     assert replies[0] == {"ok": True, "id": 3}
     assert replies[1]["code"] == 406             # the tag went back with the message
     assert [(m.body, m.redelivered) for m in node.vhosts["/"].queues["q"].ready] == [(b"a", True)]
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3), max_leaves=8)
+_AROUND = st.sampled_from(["", " ", "\t", "\r", " \r", "x", "{}", " 1", "]", "\"", "\\"])
+
+
+def _decoded_or_error(decode, text):
+    """What `decode` makes of `text`, as a repr (JSON's NaN is not equal to itself)."""
+    try:
+        return repr(decode(text))
+    except ValueError as exc:
+        return f"error: {exc}"
+
+
+@given(before=_AROUND, value=_JSON_VALUES, after=_AROUND, compact=st.booleans())
+@example(before="", value={"op": "publish"}, after="\r", compact=True)
+@example(before="", value={"op": "publish"}, after=" {}", compact=True)
+@example(before=" ", value=float("inf"), after="", compact=True)
+def test_a_line_decodes_exactly_as_the_json_decoder_decodes_it(before, value, after, compact):
+    """The shortcut past JSONDecoder.decode gives its answer, or its error, for any line."""
+    text = before + json.dumps(value, separators=(",", ":") if compact else None) + after
+    assert _decoded_or_error(_decode_line, text) == _decoded_or_error(json.JSONDecoder().decode, text)
+
+
+@given(st.text())
+@example("NaN")
+def test_any_text_decodes_exactly_as_the_json_decoder_decodes_it(text):
+    assert _decoded_or_error(_decode_line, text) == _decoded_or_error(json.JSONDecoder().decode, text)
