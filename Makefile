@@ -40,6 +40,7 @@ screenshot: $(VENV)/.test-installed browser
 # BENCH_URL=amqp://guest:guest@127.0.0.1:5682/%2f measures a reference broker in the same run.
 bench: $(VENV)/.test-installed
 	$(PY) bench/throughput.py
+	$(PY) bench/json_line_cost.py
 	$(PY) bench/amqp_workloads.py $(if $(BENCH_URL),--url "$(BENCH_URL)")
 	$(PY) bench/amqp_broker_bound.py $(if $(BENCH_URL),--url "$(BENCH_URL)")
 	$(PY) bench/start_time.py
