@@ -170,7 +170,7 @@ class BasicProperties:
     @classmethod
     def _from_wire(cls, values):
         properties = cls.__new__(cls)
-        properties._values = values
+        object.__setattr__(properties, "_values", values)     # past __setattr__: once a delivery
         return properties
 
     def __getattr__(self, name):
@@ -1079,6 +1079,17 @@ class _JsonLinesWire:
         """Channel 1 is open from `hello` on."""
 
     def publish(self, channel, exchange, routing_key, body, properties, mandatory):
+        if type(body) is bytes and body.isascii():
+            text = body.decode("ascii")
+        else:
+            text = body if type(body) is str else None
+        if (text is not None and len(text) <= self._measure_bodies_over and type(exchange) is str
+                and type(routing_key) is str and not properties and not mandatory and channel == 1):
+            # The common publish, formatted directly: the line _encode makes of the request
+            # below (tests/test_connection_unit.py holds them equal), at a quarter of the
+            # cost (1 us against 4 us a publish here; the producer of bench/throughput.py).
+            return (f'{{"op":"publish","exchange":{_quote(exchange)},"routing_key":{_quote(routing_key)},'
+                    f'"body":{_quote(text)}}}\n')
         request = {"op": "publish", "exchange": exchange, "routing_key": routing_key}
         if isinstance(body, str):
             request["body"] = body

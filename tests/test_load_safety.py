@@ -204,15 +204,17 @@ def test_an_amqp_publish_over_the_maximum_in_one_read_is_refused_too(small_broke
     client.close()
 
 
-def test_connection_py_refuses_a_body_over_the_maximum_before_sending_it(small_broker):
+@pytest.mark.parametrize("byte", [b"\xff", b"x", "x"])      # binary, ASCII and text bodies
+def test_connection_py_refuses_a_body_over_the_maximum_before_sending_it(small_broker, byte):
     with connection.Connection("127.0.0.1", small_broker.port) as conn:
         assert conn.max_message_bytes == 1024
         channel = conn.default_channel
         channel.queue_declare("refused")
         with pytest.raises(connection.PreconditionFailed, match=MAX_SIZE_ERROR.format(1025, 1024)):
-            channel.basic_publish("", "refused", b"\xff" * 1025)
-        channel.basic_publish("", "refused", b"\xff" * 1024)       # the connection went on
-        assert channel.basic_get("refused", auto_ack=True)[2] == b"\xff" * 1024
+            channel.basic_publish("", "refused", byte * 1025)
+        channel.basic_publish("", "refused", byte * 1024)       # the connection went on
+        body = byte * 1024
+        assert channel.basic_get("refused", auto_ack=True)[2] == (body.encode() if isinstance(body, str) else body)
 
 
 def test_connection_py_sends_and_receives_a_binary_body_larger_than_16_mib(conn, name):
