@@ -40,25 +40,25 @@ STAGES = (
 SAMPLES_PER_SECOND = 250
 
 
-def stage_of(frames):
+def stage_of(frames, stages=STAGES):
     """The stage of one sampled stack (outermost frame first), or None to leave it out."""
     names = [re.sub(r" \(.*\)$", "", frame) for frame in frames]
     if any(name.startswith("_WorkerGreenlet") for name in names):
         return "logins (password hashing)" if any("check_password" in name for name in names) else None
     for name in reversed(names):
-        for stage, pattern in STAGES:
+        for stage, pattern in stages:
             if re.search(pattern, name):
                 return stage
     return "other"
 
 
-def shares(raw_path):
+def shares(raw_path, stages=STAGES):
     """Each stage's share of the samples in py-spy's raw output."""
     counts, total = collections.Counter(), 0
     with open(raw_path) as raw:
         for line in raw:
             stack, _, count = line.rstrip().rpartition(" ")
-            stage = stage_of(stack.split(";"))
+            stage = stage_of(stack.split(";"), stages)
             if stage is not None:
                 counts[stage] += int(count)
                 total += int(count)
@@ -73,22 +73,42 @@ def cpu_seconds(pid):
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
-def measure(broker, url, workload, args, py_spy, directory):
-    raw_path = os.path.join(directory, f"{workload}.txt")
+def find_py_spy():
+    """py-spy's path (on PATH or beside this Python), or None after saying what is missing."""
+    py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=os.path.dirname(sys.executable))
+    if not py_spy:
+        print("py-spy not found (pip install py-spy): CPU time only, no stages")
+    return py_spy
+
+
+def profiled(pid, py_spy, raw_path, messages, stages, run):
+    """run(), with process `pid` sampled by py-spy (if given) into `raw_path` meanwhile:
+    (its result, user and system microseconds of `pid` per message, each stage's share)."""
     sampler = None
     if py_spy:
-        sampler = subprocess.Popen([py_spy, "record", "--pid", str(broker.pid), "--rate", str(SAMPLES_PER_SECOND),
+        sampler = subprocess.Popen([py_spy, "record", "--pid", str(pid), "--rate", str(SAMPLES_PER_SECOND),
                                     "--nonblocking", "--format", "raw", "--output", raw_path],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    user_before, system_before = cpu_seconds(broker.pid)
-    result = WORKLOADS[workload](url, args)
-    user_after, system_after = cpu_seconds(broker.pid)
+    user_before, system_before = cpu_seconds(pid)
+    result = run()
+    user_after, system_after = cpu_seconds(pid)
     if sampler is not None:
         sampler.send_signal(signal.SIGINT)
         sampler.wait()
-    per_message = 1e6 / args.messages
+    per_message = 1e6 / messages
     return (result, (user_after - user_before) * per_message, (system_after - system_before) * per_message,
-            shares(raw_path) if sampler is not None and os.path.exists(raw_path) else {})
+            shares(raw_path, stages) if sampler is not None and os.path.exists(raw_path) else {})
+
+
+def print_stages(user, stage_shares, stages=STAGES):
+    for stage in [stage for stage, _ in stages] + ["logins (password hashing)", "other"]:
+        if stage in stage_shares:
+            print(f"    {stage:42} {stage_shares[stage] * user:6.2f} us  ({stage_shares[stage]:.0%})")
+
+
+def measure(broker, url, workload, args, py_spy, directory):
+    return profiled(broker.pid, py_spy, os.path.join(directory, f"{workload}.txt"), args.messages, STAGES,
+                    lambda: WORKLOADS[workload](url, args))
 
 
 def main():
@@ -96,9 +116,7 @@ def main():
     parser.add_argument("--messages", type=int, default=MESSAGES)
     parser.add_argument("--size", type=int, default=100)
     args = parser.parse_args()
-    py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=os.path.dirname(sys.executable))
-    if not py_spy:
-        print("py-spy not found (pip install py-spy): CPU time only, no stages")
+    py_spy = find_py_spy()
     with BrokerProcess() as broker, tempfile.TemporaryDirectory(prefix="greenmq-budget-") as directory:
         url = f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f"
         for workload in ("no-ack", "acked", "fanout"):
@@ -106,9 +124,7 @@ def main():
             (name, rate), = result.items()
             print(f"{name}: {rate:,.0f}; broker CPU per published message: {user:.2f} us user, "
                   f"{system:.2f} us system")
-            for stage in [stage for stage, _ in STAGES] + ["logins (password hashing)", "other"]:
-                if stage in stage_shares:
-                    print(f"    {stage:42} {stage_shares[stage] * user:6.2f} us  ({stage_shares[stage]:.0%})")
+            print_stages(user, stage_shares)
 
 
 if __name__ == "__main__":
