@@ -139,7 +139,8 @@ class NackError(GreenMQError):
 
 class ConnectionBlockedTimeout(GreenMQError):
     """The broker kept this connection blocked (low on memory) for longer than the
-    connection's `blocked_connection_timeout`."""
+    connection's `blocked_connection_timeout`. A basic_publish that raises it sent nothing,
+    unless it was sent and then waited for its own confirm (confirm window 1)."""
 
 
 class UnroutableError(GreenMQError):
@@ -834,15 +835,16 @@ class Channel:
             return
         if self._confirm_window == 1:
             self._returned.clear()
+        # Room in the window first: a publish that gives up waiting (a block past
+        # blocked_connection_timeout) has then sent nothing, wherever it waited.
+        while len(self._unconfirmed) >= self._confirm_window:
+            self._raise_errors()
+            connection._read(None)
         connection._publish(self.channel_number, exchange, routing_key, body, properties, mandatory)
         self._publish_seq += 1          # only once sent: a refused body takes no number
         self._unconfirmed[self._publish_seq] = (exchange, routing_key, body, properties, mandatory)
         if self._confirm_window == 1:
             self.wait_for_confirms()
-            return
-        while len(self._unconfirmed) >= self._confirm_window:
-            self._raise_errors()
-            connection._read(None)
 
     def confirm_delivery(self, window=1):
         """Publisher confirms from now on. With `window` 1, basic_publish returns once the
