@@ -5,11 +5,12 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 
 import pytest
 
 import message
-from durable_store import MemoryStore, SqliteStore
+from durable_store import MemoryStore, SqliteStore, _Writer
 from message import Message
 from node import Node
 from tests.test_core_queues import RecordingSink, login
@@ -188,6 +189,15 @@ def test_a_message_acked_before_its_commit_is_never_written(tmp_path):
     assert committed(store) == [True]
     assert rows_after_stop(store, "messages") == 0
     assert rows_after_stop(store, "queue_messages") == 0
+
+
+def test_the_writer_thread_runs_calls_off_the_hub_and_raises_their_errors():
+    writer = _Writer()
+    assert writer.run(threading.get_ident) != threading.get_ident()
+    assert writer.run(divmod, 7, 2) == (3, 1)
+    with pytest.raises(ZeroDivisionError):
+        writer.run(divmod, 1, 0)
+    writer.stop()
 
 
 # -- the core's use of the store -----------------------------------------------------------
