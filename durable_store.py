@@ -49,6 +49,12 @@ PROPERTIES_TEXT_CACHE_SIZE = 1024
 # (about 1 ms) through a typical fsync (5-50 ms) to a disk in trouble.
 COMMIT_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
+# Acks need no fsync (one lost in a crash brings its message back, flagged redelivered), so
+# their removals wait up to this long for a commit that has to happen anyway. Long enough
+# that a publisher waiting for each confirm carries them all (one commit per message, not
+# two); short enough that few acked messages return after a crash.
+REMOVALS_DELAY_SECONDS = 0.1
+
 
 class StoreError(Exception):
     """The store cannot be opened; the text is one sentence naming the file."""
@@ -399,6 +405,7 @@ class SqliteStore(Store):
         self._failed = None          # the batch that could not be committed, to try again
         self._wakeup = Event()
         self._woken = False
+        self._removals_timer = None  # wakes the committer for removals nothing else took
         self._idle = Event()         # set while nothing waits to be committed
         self._idle.set()
         self._committer = None
@@ -511,7 +518,7 @@ class SqliteStore(Store):
                 batch.removed_places.append((queue_id, seq))
             if stored.refs == 0:
                 batch.removed_messages.append((seq,))
-        self._wake()
+        self._wake_soon()
 
     def mark_redelivered(self, queue, messages):
         queue_id = self._queue_ids.get((queue.vhost_name, queue.name))
@@ -533,6 +540,15 @@ class SqliteStore(Store):
             self._idle.clear()
             self._wakeup.set()
 
+    def _wake_soon(self):
+        """Removals need no fsync and nobody waits for them: they go with the next commit
+        something else asks for, or on their own REMOVALS_DELAY_SECONDS later. A publish
+        then never waits behind a commit of acks alone."""
+        self._idle.clear()
+        if not self._woken and self._removals_timer is None:
+            self._removals_timer = gevent.get_hub().loop.timer(REMOVALS_DELAY_SECONDS)
+            self._removals_timer.start(self._wake)
+
     def _commit_loop(self):
         """One commit at a time; what arrives meanwhile waits for the next."""
         self._writer = _Writer()
@@ -544,6 +560,9 @@ class SqliteStore(Store):
                 self._wakeup.wait(retry_in)
             self._wakeup.clear()
             self._woken = False
+            if self._removals_timer is not None:
+                self._removals_timer.close()
+                self._removals_timer = None
             batch, self._batch = self._batch, _Batch(self.open_batch + 1)
             self.open_batch += 1
             if self._failed is not None:

@@ -6,11 +6,13 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 
+import gevent
 import pytest
 
 import message
-from durable_store import MemoryStore, SqliteStore, _Writer
+from durable_store import REMOVALS_DELAY_SECONDS, MemoryStore, SqliteStore, _Writer
 from message import Message
 from node import Node
 from tests.test_core_queues import RecordingSink, login
@@ -198,6 +200,45 @@ def test_the_writer_thread_runs_calls_off_the_hub_and_raises_their_errors():
     with pytest.raises(ZeroDivisionError):
         writer.run(divmod, 1, 0)
     writer.stop()
+
+
+def commits(store):
+    """How many commits so far wrote something."""
+    return store.commit_seconds.count
+
+
+def stored_message(tmp_path):
+    store = SqliteStore(str(tmp_path))
+    queue = FakeQueue("/", "q")
+    store.put_queue("/", "q", False, {})
+    message = persistent(b"acked")
+    store.add_message(message, [queue])
+    assert committed(store) == [True]
+    return store, queue, message
+
+
+def test_acks_go_with_the_next_confirmed_commit_rather_than_one_of_their_own(tmp_path):
+    store, queue, acked = stored_message(tmp_path)
+    before = commits(store)
+    store.remove_messages(queue, [acked])
+    gevent.sleep(0)                 # a committer woken by the ack would start its commit here
+    store.add_message(persistent(b"next"), [queue])
+    assert committed(store) == [True]
+    assert commits(store) == before + 1
+    assert rows_after_stop(store, "messages") == 1
+
+
+def test_acks_alone_are_committed_after_the_removals_delay(tmp_path):
+    store, queue, acked = stored_message(tmp_path)
+    before = commits(store)
+    started = time.monotonic()
+    store.remove_messages(queue, [acked])
+    while commits(store) == before and time.monotonic() < started + 10:
+        gevent.sleep(0.01)
+    waited = time.monotonic() - started
+    assert commits(store) == before + 1
+    assert waited >= REMOVALS_DELAY_SECONDS / 2        # the event loop's clock may run a little behind
+    store.close()
 
 
 # -- the core's use of the store -----------------------------------------------------------
