@@ -3,9 +3,10 @@ messages in durable queues, behind one small interface with two implementations.
 
 `MemoryStore` keeps everything in the process (nothing outlives it); `SqliteStore` keeps
 it in an SQLite database in WAL mode. The core calls a store on the hub and never waits
-for it: writes collect in an open batch, and one committer greenlet hands each batch to a
-thread as one transaction ending in one fsync. Whatever arrives while a commit is in
-flight shares the next one (group commit), so the commit rate follows the load.
+for it: writes collect in an open batch, and one committer greenlet hands each batch to the
+store's writer thread as one transaction ending in one fsync. Whatever arrives while a
+commit is in flight shares the next one (group commit), so the commit rate follows the
+load; acks alone wait a little for a commit that happens anyway.
 `after_commit(callback)` runs `callback(batch, ok)` on the hub once the batch holding
 everything written so far is on disk, which is what a publisher confirm waits for.
 
