@@ -545,8 +545,8 @@ class SqliteStore(Store):
 
     def _wake_soon(self):
         """Removals need no fsync and nobody waits for them: they go with the next commit
-        something else asks for, or on their own REMOVALS_DELAY_SECONDS later. A publish
-        then never waits behind a commit of acks alone."""
+        something else asks for, or on their own REMOVALS_DELAY_SECONDS later. A publisher
+        waiting for each confirm then rarely waits behind a commit of acks alone."""
         self._idle.clear()
         if not self._woken and self._removals_timer is None:
             self._removals_timer = gevent.get_hub().loop.timer(REMOVALS_DELAY_SECONDS)
