@@ -3,6 +3,7 @@ hosts and the sessions open on it, all restored from the durable store at start.
 
 Front ends log a client in with `authenticate` and then `open_session`."""
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -72,7 +73,7 @@ class Node:
             self.permissions[user, vhost] = Permission(configure, write, read)
         if recovered.first_start:
             self.add_vhost(DEFAULT_VHOST)
-            self.add_user(DEFAULT_USER, _DEFAULT_PASSWORD_HASH, [ADMINISTRATOR], hashed=True)
+            self.add_user(DEFAULT_USER, _default_password_hash(), [ADMINISTRATOR], hashed=True)
             self.set_permissions(DEFAULT_USER, DEFAULT_VHOST, FULL_ACCESS, FULL_ACCESS, FULL_ACCESS)
         expired = sum(vhost.restore(recovered) for vhost in self.vhosts.values())
         messages = sum(len(queue.ready) for vhost in self.vhosts.values() for queue in vhost.queues.values())
@@ -313,8 +314,12 @@ def _password_matches(user, password):
     return True
 
 
-# The first start's guest/guest, hashed once per process (with a salt of its own).
-_DEFAULT_PASSWORD_HASH = hash_password(DEFAULT_PASSWORD)
+@functools.cache
+def _default_password_hash():
+    """The first start's guest/guest, hashed (with a salt of its own) once per process that
+    needs it: nodes made in one process share it, and a broker starting on a store that is
+    already set up never spends the 50 ms."""
+    return hash_password(DEFAULT_PASSWORD)
 
 
 def _host(peer):
