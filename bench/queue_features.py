@@ -38,15 +38,21 @@ MAX_LENGTH = 1000
 
 
 class GreenMQ:
-    """A broker.py of some checkout, in memory, on free ports."""
+    """A broker.py of some checkout, in memory, on free ports (the HTTP port through the
+    environment, which a checkout from before the management API ignores)."""
 
     def __init__(self, root):
         self.root = root
         self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
             [sys.executable, os.path.join(root, "broker.py"), "--port", "0", "--amqp-port", "0", "--in-memory"],
-            cwd=root, stdout=subprocess.PIPE, stderr=self.log)
-        ready = json.loads(self.process.stdout.readline())
+            cwd=root, stdout=subprocess.PIPE, stderr=self.log, env={**os.environ, "GREENMQ_HTTP_PORT": "0"})
+        line = self.process.stdout.readline()
+        if not line:
+            self.process.wait()
+            self.log.seek(0)
+            raise RuntimeError(f"the broker of {root} did not start:\n{self.log.read().decode(errors='replace')}")
+        ready = json.loads(line)
         self.url = f"amqp://guest:guest@127.0.0.1:{ready['amqp_port']}/%2f"
         self.port = ready["port"]
 
