@@ -320,6 +320,7 @@ class Queue:
         self.ordered_consumers = self.single_active_consumer
         self.unacked_count = 0
         # Plain counters for the management API and /metrics (sampled into rates there).
+        # `delivered` also ranks requeued messages (see settle), so it only ever grows.
         self.published = self.delivered = self.acked = self.redelivered = self.dead_lettered = 0
         self.bound_exchanges = set()    # exchanges with a binding to this queue, to unbind on delete
         self.deleted = False
