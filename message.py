@@ -109,8 +109,10 @@ def new_message(exchange, routing_key, body, properties=None, encoded_properties
         expiration = properties.get("expiration")
         if expiration is not None:
             ttl = parse_expiration(expiration)
-            message = Message(exchange, routing_key, body, properties, encoded_properties).placed(False, None)
+            message = PlacedMessage(exchange, routing_key, body, properties, encoded_properties)
             message.ttl = ttl
+            message.redelivered = False
+            message.expires_at = message.order = None
             return message
     return Message(exchange, routing_key, body, properties, encoded_properties)
 
