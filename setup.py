@@ -4,15 +4,14 @@ setup(
     name="greenmq",
     version="0.1.0",
     description="A message broker in Python on gevent, with RabbitMQ's messaging model",
-    py_modules=["access", "amqp_protocol", "broker", "config", "connection", "dead_letter", "definitions",
-                "durable_store", "errors", "exchange", "greenmq_testing", "greenmqctl", "logs", "management",
-                "memory", "message", "node", "protocol", "pytest_greenmq", "queue_store", "session", "stats",
-                "transport", "vhost"],
-    data_files=[("share/greenmq", ["dashboard.html"])],      # the management page, served by management.py
+    packages=["greenmq"],
+    package_data={"greenmq": ["dashboard.html"]},     # the management page, served by management.py
+    # The one top-level name: the original scripts' `import connection` (it is greenmq.connection).
+    py_modules=["connection"],
     python_requires=">=3.9",
     # tomllib is in the standard library from 3.11; tomli is the same parser for older ones.
     install_requires=["gevent>=23.9", "pamqp>=3.3", 'tomli>=1.1; python_version < "3.11"'],
-    entry_points={"console_scripts": ["greenmq-broker=broker:main", "greenmqctl=greenmqctl:main"],
+    entry_points={"console_scripts": ["greenmq-broker=greenmq.broker:main", "greenmqctl=greenmq.ctl:main"],
                   # pytest loads the plugin by itself wherever GreenMQ is installed.
-                  "pytest11": ["greenmq=pytest_greenmq"]},
+                  "pytest11": ["greenmq=greenmq.pytest_plugin"]},
 )

@@ -32,7 +32,7 @@ from pamqp import commands as spec  # noqa: E402
 from pamqp import frame as amqp_frame  # noqa: E402
 from pamqp import header as amqp_header  # noqa: E402
 
-import connection  # noqa: E402
+from greenmq import connection  # noqa: E402
 from amqp_workloads import RawChannel  # noqa: E402
 from tests.broker_process import BrokerProcess  # noqa: E402
 from throughput import rss_bytes  # noqa: E402

@@ -11,6 +11,7 @@ Prints the best of --rounds batches, in microseconds per publish line.
 """
 
 import argparse
+import importlib
 import os
 import sys
 import time
@@ -27,9 +28,11 @@ def main():
     parser.add_argument("--size", type=int, default=100)
     args = parser.parse_args()
     sys.path.insert(0, os.path.abspath(args.root))
-    import connection
-    from node import Node
-    from protocol import JsonLinesProtocol
+    # A checkout from before the package (--root) has its modules at the top.
+    package = "greenmq." if os.path.isdir(os.path.join(args.root, "greenmq")) else ""
+    connection = importlib.import_module(package + "connection")
+    Node = importlib.import_module(package + "node").Node
+    JsonLinesProtocol = importlib.import_module(package + "protocol").JsonLinesProtocol
 
     node = Node()
     consumer, producer = (JsonLinesProtocol(node, ("127.0.0.1", port)) for port in (1, 2))

@@ -68,9 +68,12 @@ class GreenMQ:
 
 # Run in a fresh interpreter per checkout, so each measures its own modules.
 CORE_WORKLOAD = """
-import sys, time
+import os, sys, time
 sys.path.insert(0, sys.argv[1])
-from node import Node
+if os.path.isdir(os.path.join(sys.argv[1], "greenmq")):
+    from greenmq.node import Node
+else:                       # a checkout from before the package (--baseline)
+    from node import Node
 
 class Sink:
     def deliver(self, *args):

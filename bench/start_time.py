@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import amqp  # noqa: E402
 
-import greenmq_testing  # noqa: E402
+from greenmq import testing as greenmq_testing  # noqa: E402
 
 
 def one_start():

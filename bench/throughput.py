@@ -21,7 +21,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import connection  # noqa: E402
+from greenmq import connection  # noqa: E402
 from amqp_budget import cpu_seconds  # noqa: E402
 from json_relay import relay_process  # noqa: E402
 from tests.broker_process import BrokerProcess  # noqa: E402

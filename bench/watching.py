@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-import connection  # noqa: E402
+from greenmq import connection  # noqa: E402
 from tests.broker_process import BrokerProcess  # noqa: E402
 from tests.http_api import call  # noqa: E402
 from throughput import throughput  # noqa: E402

@@ -5,7 +5,7 @@ import re
 import pika
 import pytest
 
-import connection
+from greenmq import connection
 from tests.broker_process import BrokerProcess
 
 _names = itertools.count(1)

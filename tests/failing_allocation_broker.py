@@ -1,4 +1,4 @@
-"""broker.py with allocation failures on cue, for tests: `python tests/failing_allocation_broker.py
+"""The broker with allocation failures on cue, for tests: `python tests/failing_allocation_broker.py
 --port 0 ...`. Exhausting the machine's memory would harm everyone on it; instead one step
 of the broker raises MemoryError when the bytes it handles carry TRIGGER:
 
@@ -13,11 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import amqp_protocol  # noqa: E402
-import broker  # noqa: E402
-import message  # noqa: E402
-import protocol  # noqa: E402
-import transport  # noqa: E402
+from greenmq import amqp_protocol, broker, message, protocol, transport  # noqa: E402
 
 READ_TRIGGER = b"memory-error-on-read"
 PUBLISH_TRIGGER = b"memory-error-on-publish"

@@ -15,7 +15,7 @@ def greenmqctl(port, *args, input=None, env=None):
     """The finished process (returncode, stdout, stderr as text)."""
     environment = {key: value for key, value in os.environ.items() if not key.startswith("GREENMQ_")}
     environment.update({"GREENMQ_PORT": str(port)}, **(env or {}))
-    return subprocess.run([sys.executable, os.path.join(ROOT, "greenmqctl.py"), *args], input=input,
+    return subprocess.run([sys.executable, "-m", "greenmq.ctl", *args], input=input,
                           capture_output=True, text=True, timeout=TIMEOUT, env=environment, cwd=ROOT)
 
 

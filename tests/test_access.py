@@ -8,12 +8,12 @@ import logging
 import pika
 import pytest
 
-import access
-import node as node_module
-from access import Permission, User, hash_password
-from durable_store import SqliteStore
-from errors import AccessRefused, NotAllowed, NotFound, PreconditionFailed
-from node import Node
+from greenmq import access
+from greenmq import node as node_module
+from greenmq.access import Permission, User, hash_password
+from greenmq.durable_store import SqliteStore
+from greenmq.errors import AccessRefused, NotAllowed, NotFound, PreconditionFailed
+from greenmq.node import Node
 from tests.broker_process import BrokerProcess
 from tests.test_core_queues import PEER, RecordingSink, login
 

@@ -12,7 +12,7 @@ import kombu
 import pytest
 from kombu.simple import SimpleQueue
 
-import connection as jsonlines
+from greenmq import connection as jsonlines
 from tests.broker_process import BrokerProcess
 
 WAIT = 10.0

@@ -14,10 +14,10 @@ from pamqp import frame as amqp_frame
 from pamqp import header as amqp_header
 from pamqp.exceptions import UnmarshalingException
 
-import amqp_protocol
-from amqp_protocol import (FRAME_MIN, _Channel, SHORT_STRING_CACHE_SIZE, AmqpConnection, _properties_from_amqp,
+from greenmq import amqp_protocol
+from greenmq.amqp_protocol import (FRAME_MIN, _Channel, SHORT_STRING_CACHE_SIZE, AmqpConnection, _properties_from_amqp,
                            decode_ack, decode_content_header, decode_publish, deliver_method)
-from message import Message
+from greenmq.message import Message
 
 # Short strings: at most 255 bytes once encoded, which 63 characters of any kind stay under.
 short_strings = st.text(max_size=63)

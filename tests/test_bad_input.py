@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-import connection
-from protocol import max_line_bytes_for
+from greenmq import connection
+from greenmq.protocol import max_line_bytes_for
 from tests.broker_process import BrokerProcess
 
 TIMEOUT = 10.0

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-import connection
+from greenmq import connection
 from tests.broker_process import ROOT, BrokerProcess
 
 

@@ -8,8 +8,8 @@ import tempfile
 
 import pytest
 
-import config
-import connection
+from greenmq import config
+from greenmq import connection
 from tests.broker_process import ROOT, BrokerProcess
 
 EXAMPLE = os.path.join(ROOT, "greenmq.example.toml")

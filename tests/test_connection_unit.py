@@ -6,7 +6,7 @@ import json
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-import connection
+from greenmq import connection
 
 _NAMES = st.text(max_size=20)
 _BODIES = st.binary(max_size=200) | st.text(max_size=200)

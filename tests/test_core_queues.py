@@ -4,8 +4,8 @@ front end would send. No broker process, no network."""
 import gevent
 import pytest
 
-from errors import AccessRefused, NotFound, PreconditionFailed, ResourceLocked
-from node import Node
+from greenmq.errors import AccessRefused, NotFound, PreconditionFailed, ResourceLocked
+from greenmq.node import Node
 
 
 class RecordingSink:

@@ -4,8 +4,8 @@ from hypothesis import given, strategies as st
 
 import pytest
 
-from errors import InvalidExchangeType, PreconditionFailed
-from exchange import (DefaultExchange, DirectExchange, FanoutExchange, HeadersExchange,
+from greenmq.errors import InvalidExchangeType, PreconditionFailed
+from greenmq.exchange import (DefaultExchange, DirectExchange, FanoutExchange, HeadersExchange,
                       TopicExchange, exchange_class)
 
 # RabbitMQ's own topic-matching table (rabbit's topic exchange unit tests).

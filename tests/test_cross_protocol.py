@@ -7,7 +7,7 @@ import random
 
 import pika
 
-import connection
+from greenmq import connection
 
 WAIT = 10.0
 AMQP_HEADERS = {"str": "s", "int": 7, "big": 2**40, "bool": True, "none": None, "list": [1, "a"],

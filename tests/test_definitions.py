@@ -18,7 +18,7 @@ import time
 import pika
 import pytest
 
-import connection
+from greenmq import connection
 from tests.broker_process import BrokerProcess
 from tests.greenmqctl_process import failed, greenmqctl as ctl, greenmqctl_json as ctl_json
 

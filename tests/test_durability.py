@@ -14,8 +14,8 @@ import pika
 import pytest
 from pika.exceptions import NackError
 
-import connection
-from durable_store import DATABASE_FILE
+from greenmq import connection
+from greenmq.durable_store import DATABASE_FILE
 from tests.broker_process import BrokerProcess
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)

@@ -11,11 +11,11 @@ import time
 import gevent
 import pytest
 
-import durable_store
-import message
-from durable_store import MemoryStore, SqliteStore, _Writer
-from message import Message
-from node import Node
+from greenmq import durable_store
+from greenmq import message
+from greenmq.durable_store import MemoryStore, SqliteStore, _Writer
+from greenmq.message import Message
+from greenmq.node import Node
 from tests.test_core_queues import RecordingSink, login
 
 
@@ -158,8 +158,8 @@ def test_redelivered_marks_survive_a_clean_stop(store):
 CRASHING_WRITER = """
 import os, sys
 sys.path.insert(0, {root!r})
-from durable_store import SqliteStore
-from message import Message
+from greenmq.durable_store import SqliteStore
+from greenmq.message import Message
 from tests.test_durable_store import FakeQueue, committed
 store = SqliteStore({data_dir!r})
 store.load()                        # as the broker does at start

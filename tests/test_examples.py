@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-import connection
+from greenmq import connection
 from tests.broker_process import ROOT
 from tests.conftest import client_url
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-import connection
+from greenmq import connection
 from tests.broker_process import BrokerProcess
 
 WAIT = 30.0     # seconds for a failover on a loaded machine

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-import connection
-import greenmqctl
+from greenmq import connection
+from greenmq import ctl as greenmqctl
 from tests.broker_process import BrokerProcess
 from tests.greenmqctl_process import failed, greenmqctl as ctl, greenmqctl_json as ctl_json
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-import connection
+from greenmq import connection
 from tests.broker_process import BrokerProcess
 
 SHUTDOWN = "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"

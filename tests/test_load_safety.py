@@ -18,10 +18,10 @@ from pamqp import commands as spec
 from pamqp import frame as amqp_frame
 from pamqp import header as amqp_header
 
-import connection
-import message
-from message import Message
-from protocol import MAX_NESTING_DEPTH, JsonLinesProtocol, _nesting_depth
+from greenmq import connection
+from greenmq import message
+from greenmq.message import Message
+from greenmq.protocol import MAX_NESTING_DEPTH, JsonLinesProtocol, _nesting_depth
 from tests.broker_process import BrokerProcess
 from tests.failing_allocation_broker import PUBLISH_TRIGGER, READ_TRIGGER, WRITE_TRIGGER
 from tests.test_amqp_wire import RawClient as AmqpRawClient

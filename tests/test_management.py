@@ -8,7 +8,7 @@ import pika
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import connection
+from greenmq import connection
 from tests.broker_process import BrokerProcess
 from tests.http_api import call, path
 from tests.tls_certificates import write_certificates

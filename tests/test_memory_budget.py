@@ -14,8 +14,8 @@ import gevent
 import pika
 import pytest
 
-import connection
-import memory
+from greenmq import connection
+from greenmq import memory
 from tests.broker_process import BrokerProcess
 from tests.conftest import client_url
 from tests.test_core_queues import node, open_channel, publish  # noqa: F401  (node: a fixture)

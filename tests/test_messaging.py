@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-import connection
-from connection import BasicProperties
+from greenmq import connection
+from greenmq.connection import BasicProperties
 
 
 @pytest.fixture

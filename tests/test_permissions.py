@@ -5,7 +5,7 @@ what its permissions allow."""
 import pika
 import pytest
 
-import connection
+from greenmq import connection
 
 USER, PASSWORD = "app-permissions", "app-secret"
 ALLOWED = "^app-"          # configure, write and read: names starting with app-

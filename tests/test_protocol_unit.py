@@ -7,9 +7,9 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from node import Node
-from protocol import JsonLinesProtocol, _decode_line
-from transport import OUTBOX_HIGH_WATER
+from greenmq.node import Node
+from greenmq.protocol import JsonLinesProtocol, _decode_line
+from greenmq.transport import OUTBOX_HIGH_WATER
 
 
 def lines(*requests):

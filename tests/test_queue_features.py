@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-import connection
-from connection import BasicProperties
+from greenmq import connection
+from greenmq.connection import BasicProperties
 from tests.test_amqp_queue_features import bodies   # the same for pika's channel and ours
 
 WAIT = 5.0

@@ -6,8 +6,8 @@ within its priority, and expiry at the head of each priority."""
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from message import Message
-from queue_store import ReadyLevels, ReadyList
+from greenmq.message import Message
+from greenmq.queue_store import ReadyLevels, ReadyList
 
 
 class Model:

@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 
-import connection
+from greenmq import connection
 from tests.broker_process import ROOT, BrokerProcess
 from tests.test_durability import small_disk  # noqa: F401  (a fixture)
 
@@ -18,7 +18,7 @@ def amqp_url(broker):
 
 
 def shovel(source, target, *options):
-    return [sys.executable, "greenmqctl.py", "--port", str(source.port), "shovel", "work", amqp_url(target),
+    return [sys.executable, "-m", "greenmq.ctl", "--port", str(source.port), "shovel", "work", amqp_url(target),
             "--window", "20", *options]
 
 

@@ -14,7 +14,7 @@ import textwrap
 import pika
 import pytest
 
-import greenmq_testing
+from greenmq import testing as greenmq_testing
 
 # A management API that is not there: nothing listens on port 1 of loopback.
 NO_MANAGEMENT_API = "http://127.0.0.1:1"
@@ -123,7 +123,8 @@ def test_a_url_names_a_broker_already_running():
 
 
 SCRIPT = textwrap.dedent("""
-    import json, signal, greenmq_testing
+    import json, signal
+    from greenmq import testing as greenmq_testing
     with greenmq_testing.broker() as b:
         print(json.dumps({"pid": b.process.child.pid, "directory": b.process.directory}), flush=True)
         signal.pause()

@@ -8,7 +8,7 @@ import sys
 import pika
 import pytest
 
-import connection
+from greenmq import connection
 from tests.broker_process import ROOT, BrokerProcess
 from tests.greenmqctl_process import greenmqctl
 from tests.tls_certificates import write_certificates

@@ -7,9 +7,9 @@ import socket
 import pika
 import pytest
 
-import connection
-from node import Node
-from protocol import JsonLinesProtocol
+from greenmq import connection
+from greenmq.node import Node
+from greenmq.protocol import JsonLinesProtocol
 
 
 @pytest.fixture

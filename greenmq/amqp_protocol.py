@@ -17,13 +17,13 @@ from pamqp import frame as amqp_frame
 from pamqp import heartbeat as amqp_heartbeat
 from pamqp.exceptions import UnmarshalingException
 
-from errors import (AccessRefused, BrokerError, ChannelNotOpen, CommandInvalid,
+from .errors import (AccessRefused, BrokerError, ChannelNotOpen, CommandInvalid,
                     FrameError, InternalError, NotAllowed, PreconditionFailed, UnexpectedFrame,
                     Unsupported)
-from message import DEFAULT_MAX_MESSAGE_BYTES, PROPERTY_NAMES, message_too_large
-from node import SERVER_NAME, VERSION
-from session import MAX_CHANNELS
-from transport import FrontEndConnection
+from .message import DEFAULT_MAX_MESSAGE_BYTES, PROPERTY_NAMES, message_too_large
+from .node import SERVER_NAME, VERSION
+from .session import MAX_CHANNELS
+from .transport import FrontEndConnection
 
 log = logging.getLogger("greenmq.amqp")
 

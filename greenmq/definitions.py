@@ -7,11 +7,11 @@ with that entry named, and the broker is left as it was. Importing the same file
 changes nothing the second time.
 """
 
-from access import HASHING_ALGORITHM, RABBITMQ_HASHES, Permission, check_password_hash
-from errors import BadSyntax, BrokerError, NotFound, PreconditionFailed
-from exchange import exchange_class
-from queue_store import QUEUE_ARGUMENTS, validate_queue_arguments
-from vhost import check_name
+from .access import HASHING_ALGORITHM, RABBITMQ_HASHES, Permission, check_password_hash
+from .errors import BadSyntax, BrokerError, NotFound, PreconditionFailed
+from .exchange import exchange_class
+from .queue_store import QUEUE_ARGUMENTS, validate_queue_arguments
+from .vhost import check_name
 
 # The RabbitMQ release whose definitions format this is; RabbitMQ reads it as the file's
 # format version, GreenMQ's own version goes in product_version.

@@ -11,7 +11,7 @@ import hmac
 import os
 import re
 
-from errors import AccessRefused, PreconditionFailed
+from .errors import AccessRefused, PreconditionFailed
 
 # PBKDF2-HMAC-SHA256 with this many rounds costs about 75 ms on the 2-core development
 # machine: slow enough to make guessing stolen hashes expensive, fast enough for logins

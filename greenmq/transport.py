@@ -21,8 +21,8 @@ import time
 import gevent
 from gevent.event import Event
 
-import memory
-from errors import ConnectionForced, InternalError
+from . import memory
+from .errors import ConnectionForced, InternalError
 
 log = logging.getLogger("greenmq.transport")
 

@@ -11,11 +11,11 @@ import base64
 import os
 import time
 
-from dead_letter import REJECTED, dead_lettered, is_cycle
-from errors import AccessRefused, NotFound, PreconditionFailed, PublishRefused, ResourceLocked, StoreUnavailable
-from exchange import DefaultExchange, exchange_class
-from message import MAX_NAME_BYTES
-from queue_store import MESSAGE_COUNTERS, QUEUE_ARGUMENTS, Queue, amqp_type, validate_queue_arguments
+from .dead_letter import REJECTED, dead_lettered, is_cycle
+from .errors import AccessRefused, NotFound, PreconditionFailed, PublishRefused, ResourceLocked, StoreUnavailable
+from .exchange import DefaultExchange, exchange_class
+from .message import MAX_NAME_BYTES
+from .queue_store import MESSAGE_COUNTERS, QUEUE_ARGUMENTS, Queue, amqp_type, validate_queue_arguments
 
 
 PREDECLARED_EXCHANGES = (

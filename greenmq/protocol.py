@@ -12,13 +12,13 @@ import logging
 import re
 import time
 
-import logs
-from access import MONITORING
-from errors import (BadSyntax, BrokerError, CommandInvalid, ConnectionForced, FrameError,
+from . import logs
+from .access import MONITORING
+from .errors import (BadSyntax, BrokerError, CommandInvalid, ConnectionForced, FrameError,
                     InternalError, PreconditionFailed, Unsupported)
-from message import DEFAULT_MAX_MESSAGE_BYTES, json_value, message_too_large, properties_from_request
-from node import SERVER_NAME, VERSION
-from transport import FrontEndConnection
+from .message import DEFAULT_MAX_MESSAGE_BYTES, json_value, message_too_large, properties_from_request
+from .node import SERVER_NAME, VERSION
+from .transport import FrontEndConnection
 
 log = logging.getLogger("greenmq.protocol")
 

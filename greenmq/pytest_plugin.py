@@ -1,7 +1,7 @@
 """The pytest plugin (entry point `pytest11`): installing GreenMQ is all it takes.
 
 Fixtures:
-    greenmq        one broker for the test session (greenmq_testing.Broker): `amqp_url`,
+    greenmq        one broker for the test session (greenmq.testing.Broker): `amqp_url`,
                    `host` and `port` (JSON lines), `reset()` to delete what tests declared
     greenmq_vhost  a fresh virtual host of that broker for each test, deleted after it
 
@@ -18,7 +18,7 @@ import warnings
 
 import pytest
 
-import greenmq_testing
+from . import testing
 
 _BROKER = pytest.StashKey()       # config: the session's broker, once started
 _LOG_OFFSET = pytest.StashKey()   # item: the broker's log size when the test started
@@ -53,12 +53,12 @@ def greenmq(pytestconfig):
     """The session's broker: GreenMQ started for this run, or the one at --greenmq-url."""
     url = _option(pytestconfig, "greenmq_url")
     if url:
-        yield greenmq_testing.from_url(url, _option(pytestconfig, "greenmq_management_url") or None)
+        yield testing.from_url(url, _option(pytestconfig, "greenmq_management_url") or None)
         return
     port = _option(pytestconfig, "greenmq_port") or "0"
     if not port.isdigit() or int(port) > 65535:
         raise pytest.UsageError(f"greenmq_port must be a port number, not {port!r}")
-    with greenmq_testing.broker(amqp_port=int(port), keep_data=_option(pytestconfig, "greenmq_keep_data")) as broker:
+    with testing.broker(amqp_port=int(port), keep_data=_option(pytestconfig, "greenmq_keep_data")) as broker:
         pytestconfig.stash[_BROKER] = broker
         yield broker
 

@@ -10,7 +10,7 @@ Pure functions of messages and header values: no queues, no routing here.
 import datetime
 import time
 
-from message import Message
+from .message import Message
 
 # The reasons RabbitMQ writes into x-death, and the one that a cycle needs a client for.
 REJECTED, EXPIRED, MAXLEN = "rejected", "expired", "maxlen"

@@ -7,7 +7,7 @@ host routes on; results are tuples in binding order with no duplicates, cached p
 routing key until the bindings change.
 """
 
-from errors import InvalidExchangeType, PreconditionFailed
+from .errors import InvalidExchangeType, PreconditionFailed
 
 # Route results are cached per routing key. Keys are usually few (queue names, topic
 # patterns' instances); the bound keeps a stream of unique keys (ids in keys) from

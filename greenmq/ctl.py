@@ -21,7 +21,7 @@ import os
 import ssl
 import sys
 
-import connection
+from . import connection
 
 EXIT_USAGE, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_NO_PERMISSION = 64, 65, 69, 77
 DEFAULT_HOST = "127.0.0.1"

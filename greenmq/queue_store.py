@@ -20,10 +20,10 @@ from collections import deque
 
 import gevent
 
-import memory
-from errors import AccessRefused, PreconditionFailed
-from memory import MESSAGE_OVERHEAD_BYTES
-from message import MAX_EXPIRY_MS
+from . import memory
+from .errors import AccessRefused, PreconditionFailed
+from .memory import MESSAGE_OVERHEAD_BYTES
+from .message import MAX_EXPIRY_MS
 
 # RabbitMQ's cap on x-max-priority: each priority is a list of its own, so more would cost
 # memory and dispatch time for no use (RabbitMQ itself recommends at most 10).

@@ -6,7 +6,7 @@ import datetime
 import decimal
 import json
 
-from errors import BadSyntax, PreconditionFailed
+from .errors import BadSyntax, PreconditionFailed
 
 # AMQP's short strings (names, routing keys, most properties) hold at most 255 bytes of UTF-8.
 MAX_NAME_BYTES = 255

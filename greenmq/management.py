@@ -24,18 +24,17 @@ import re
 import resource
 import socket
 import ssl
-import sys
 from urllib.parse import parse_qs, unquote
 
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
-from access import ADMINISTRATOR, MANAGEMENT, MONITORING, check_password_hash
-from errors import AccessRefused, BrokerError, NotFound
-from message import json_value, new_message, properties_from_request
-from node import SERVER_NAME, VERSION
-from queue_store import MESSAGE_COUNTERS
-from stats import totals
+from .access import ADMINISTRATOR, MANAGEMENT, MONITORING, check_password_hash
+from .errors import AccessRefused, BrokerError, NotFound
+from .message import json_value, new_message, properties_from_request
+from .node import SERVER_NAME, VERSION
+from .queue_store import MESSAGE_COUNTERS
+from .stats import totals
 
 log = logging.getLogger("greenmq.management")
 
@@ -52,10 +51,8 @@ MESSAGE_OVERHEAD_BYTES = 400
 QUEUE_OVERHEAD_BYTES = 2_000
 
 NODE_NAME = f"greenmq@{socket.gethostname()}"
-# Beside this module in a checkout or an editable install; under the prefix's share/greenmq
-# in a wheel install (setup.py's data_files).
-DASHBOARD_FILES = (os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboard.html"),
-                   os.path.join(sys.prefix, "share", "greenmq", "dashboard.html"))
+# Beside this module, installed or not (setup.py's package_data).
+DASHBOARD_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboard.html")
 
 # HTTP statuses for the core's reply codes; any other code is a refused request (400).
 _HTTP_STATUS = {403: 403, 404: 404, 405: 409, 506: 503, 541: 500}
@@ -241,13 +238,11 @@ def _error(status, reason):
 
 
 def _dashboard():
-    for path in DASHBOARD_FILES:
-        try:
-            with open(path, "rb") as page:
-                return page.read()
-        except OSError:
-            continue
-    raise HttpError(404, f"the dashboard page is not installed ({' nor '.join(DASHBOARD_FILES)})")
+    try:
+        with open(DASHBOARD_FILE, "rb") as page:
+            return page.read()
+    except OSError as exc:
+        raise HttpError(404, f"the dashboard page is not installed ({DASHBOARD_FILE}: {exc.strerror})") from None
 
 
 # -- shapes ----------------------------------------------------------------------------------

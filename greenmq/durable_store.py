@@ -25,8 +25,8 @@ from gevent import monkey
 from gevent.event import Event
 from gevent.hub import Waiter
 
-from message import Message, properties_from_json, properties_to_json, ttl_of
-from stats import LatencyHistogram
+from .message import Message, properties_from_json, properties_to_json, ttl_of
+from .stats import LatencyHistogram
 
 log = logging.getLogger("greenmq.store")
 

@@ -21,9 +21,9 @@ import base64
 import os
 from collections import deque
 
-from errors import BrokerError, ChannelNotOpen, NotAllowed, PreconditionFailed, PublishRefused, StoreUnavailable
-from message import Message, new_message
-from queue_store import Consumer
+from .errors import BrokerError, ChannelNotOpen, NotAllowed, PreconditionFailed, PublishRefused, StoreUnavailable
+from .message import Message, new_message
+from .queue_store import Consumer
 
 MAX_CHANNELS = 2047  # RabbitMQ's default channel_max
 

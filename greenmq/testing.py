@@ -1,8 +1,8 @@
 """A throwaway GreenMQ broker for test suites: real AMQP 0-9-1, ready in a fraction of a second.
 
-    import greenmq_testing
+    from greenmq import testing
 
-    with greenmq_testing.broker() as b:
+    with testing.broker() as b:
         connection = kombu.Connection(b.amqp_url)
         ...
 
@@ -13,7 +13,7 @@ sends it SIGTERM when the thread that started it ends (PR_SET_PDEATHSIG), so sta
 from a thread that lives as long as they should (the main thread, usually). A SIGTERM to
 the parent stops its brokers and removes their files before the parent dies of it.
 
-pytest users get the same objects as fixtures (pytest_greenmq.py).
+pytest users get the same objects as fixtures (greenmq/pytest_plugin.py).
 """
 
 import atexit
@@ -33,7 +33,7 @@ import threading
 import urllib.request
 from urllib.parse import quote, unquote, urlsplit
 
-import connection
+from . import connection
 
 # A cold start (imports from a cold disk cache on a loaded CI machine) takes seconds, a warm
 # one under a second; past this the broker is taken to be stuck.
@@ -77,7 +77,7 @@ class Broker:
         self.scheme = scheme
 
     def __repr__(self):
-        return f"<greenmq_testing.Broker {self.amqp_url}>"
+        return f"<greenmq.testing.Broker {self.amqp_url}>"
 
     @property
     def amqp_url(self):
@@ -272,12 +272,14 @@ class _BrokerProcess:
         environment = dict(os.environ, **{DATA_DIR_ENVIRONMENT_VARIABLE: self.data_dir})
         with open(self.log_path, "wb") as log:
             # Its own session: a Ctrl-C at the terminal reaches the test run, which then
-            # stops the broker in order, after its own teardown.
+            # stops the broker in order, after its own teardown. Its own directory: `-c` puts
+            # the working directory first on the path, and a project's own config.py or
+            # connection.py there must not stand in for GreenMQ's modules.
             self.child = subprocess.Popen(
-                [self.python, "-c", "import greenmq_testing; greenmq_testing._child_main()",
+                [self.python, "-c", "from greenmq.testing import _child_main; _child_main()",
                  str(os.getpid()), *args],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=environment,
-                start_new_session=True)
+                cwd=self.directory, start_new_session=True)
         with self.child.stdout, selectors.DefaultSelector() as selector:
             selector.register(self.child.stdout, selectors.EVENT_READ)
             line = b""
@@ -328,7 +330,7 @@ def _child_main():
             sys.exit(f"prctl(PR_SET_PDEATHSIG) failed: {os.strerror(ctypes.get_errno())}")
     if os.getppid() != parent_pid:
         sys.exit("the parent died while the broker started")
-    import broker as broker_process
+    from . import broker as broker_process
     sys.exit(broker_process.main(args))
 
 

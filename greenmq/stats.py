@@ -11,7 +11,7 @@ import time
 
 import gevent
 
-from queue_store import MESSAGE_COUNTERS
+from .queue_store import MESSAGE_COUNTERS
 
 # RabbitMQ's management agent samples every 5 s: rates stay smooth and sampling 10,000
 # queues (a few milliseconds) costs nothing that matters. --stats-interval changes it.

@@ -14,10 +14,10 @@ try:
 except ImportError:             # Python < 3.11: the same parser, from PyPI
     import tomli as tomllib
 
-from message import DEFAULT_MAX_MESSAGE_BYTES
-from memory import DEFAULT_MEMORY_FRACTION, parse_memory_limit
-from protocol import HELLO_TIMEOUT_SECONDS, max_line_bytes_for
-from stats import DEFAULT_SAMPLE_INTERVAL_SECONDS
+from .message import DEFAULT_MAX_MESSAGE_BYTES
+from .memory import DEFAULT_MEMORY_FRACTION, parse_memory_limit
+from .protocol import HELLO_TIMEOUT_SECONDS, max_line_bytes_for
+from .stats import DEFAULT_SAMPLE_INTERVAL_SECONDS
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5680          # JSON lines
