@@ -1,4 +1,4 @@
-"""connection.py's JSON-lines wire without a network: the lines it writes."""
+"""The client's JSON-lines wire (client_json_lines.py) without a network: the lines it writes."""
 
 import base64
 import json
@@ -6,14 +6,14 @@ import json
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from greenmq import connection
+from greenmq.client_json_lines import JsonLinesWire
 
 _NAMES = st.text(max_size=20)
 _BODIES = st.binary(max_size=200) | st.text(max_size=200)
 
 
 def _wire(measure_bodies_over=1000):
-    wire = connection._JsonLinesWire(None)
+    wire = JsonLinesWire(None)
     wire._measure_bodies_over = measure_bodies_over     # as a broker's `hello` would set it
     return wire
 
