@@ -11,7 +11,9 @@ name given without a port, the URL in $GREENMQ_URL) speaks AMQP 0-9-1 to GreenMQ
 port or to any AMQP broker, so programs move to a RabbitMQ cluster by changing a URL. Both
 APIs, the errors and their reply codes are the same over either wire: the Channel code is
 shared and speaks JSON-lines requests, which a wire turns into bytes and the bytes that
-come back into replies and events.
+come back into replies and events. Each wire offers the same few calls: `request` and
+`publish` (what to send), `received` (the replies and events that bytes complete), `join`,
+`HEARTBEAT`, `opened` and `open_first_channel`.
 
     channel = conn.channel()
     channel.queue_declare('hello')

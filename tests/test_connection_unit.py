@@ -1,11 +1,16 @@
-"""The client's JSON-lines wire (client_json_lines.py) without a network: the lines it writes."""
+"""The blocking client's pure parts, without a network: the lines its JSON-lines wire
+writes, the waits between failover attempts, and what its modules import and offer."""
 
 import base64
 import json
+import subprocess
+import sys
+import types
 
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from greenmq import client_failover, connection
 from greenmq.client_json_lines import JsonLinesWire
 
 _NAMES = st.text(max_size=20)
@@ -39,3 +44,48 @@ def test_a_publish_line_is_the_compact_json_of_what_it_carries(exchange, routing
     assert request.get("mandatory", False) == mandatory and request.get("channel", 1) == channel
     if isinstance(body, bytes):
         assert line == _wire().publish(channel, exchange, routing_key, bytearray(body), properties, mandatory)
+
+
+def test_failover_waits_double_up_to_the_longest_and_give_up_after_the_limit(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(client_failover, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    backoff = client_failover.Backoff()
+    waits = []
+    while (wait := backoff.next_wait()) is not None:
+        waits.append(wait)
+        clock[0] += wait
+    first, longest = client_failover.FAILOVER_FIRST_WAIT, client_failover.FAILOVER_MAX_WAIT
+    assert waits[:3] == [first, 2 * first, 4 * first]
+    assert waits == sorted(waits) and waits[-1] == longest == max(waits)
+    # Given up only once the next wait would end past the limit, counted from the loss.
+    assert sum(waits) <= client_failover.FAILOVER_GIVE_UP_SECONDS < sum(waits) + longest
+
+
+def test_the_client_imports_no_broker_module_and_no_gevent():
+    """Scripts and threads use the client without gevent, and it runs against any AMQP
+    broker: importing it brings in its own modules only, whatever GreenMQ's broker holds."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, greenmq.connection; print(*sorted(sys.modules))"],
+        capture_output=True, text=True, check=True).stdout.split()
+    assert "gevent" not in loaded
+    assert [name for name in loaded if name.startswith("greenmq")
+            and name not in ("greenmq", "greenmq.connection") and not name.startswith("greenmq.client_")] == []
+
+
+# What programs may use as connection.<name>, wherever in the client it is defined.
+_PUBLIC_NAMES = (
+    "Connection", "Channel", "BasicProperties", "Delivery", "QueueDeclareOk",
+    "GreenMQError", "BrokerError", "AccessRefused", "NotFound", "ResourceLocked", "PreconditionFailed",
+    "ConnectionClosed", "NackError", "ConnectionBlockedTimeout", "UnroutableError",
+    "DEFAULT_PORT", "PORT_ENVIRONMENT_VARIABLE", "URL_ENVIRONMENT_VARIABLE", "AMQP_PORTS",
+    "FAILOVER_FIRST_WAIT", "FAILOVER_MAX_WAIT", "FAILOVER_GIVE_UP_SECONDS", "FAILOVER_CLOSE_CODE",
+    "PROTOCOL_VERSION", "DEFAULT_QUEUE", "SIGNAL_CHECK_SECONDS", "MAX_QUEUED_LINES", "RECV_BYTES",
+    "DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_MAX_LINE_BYTES", "PROPERTY_NAMES", "AMQP_FRAME_MAX", "AMQP_CHANNEL_MAX",
+)
+
+
+def test_every_public_name_of_the_client_is_offered_by_connection():
+    import connection as original        # the original scripts' name for the same module
+
+    assert original is connection
+    assert [name for name in _PUBLIC_NAMES if not hasattr(connection, name)] == []
