@@ -1,5 +1,6 @@
 """The blocking client's pure parts, without a network: the lines its JSON-lines wire
-writes, the waits between failover attempts, and what its modules import and offer."""
+writes, the waits between failover attempts and what a failover declares again, and what
+its modules import and offer."""
 
 import base64
 import json
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import types
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -89,3 +91,62 @@ def test_every_public_name_of_the_client_is_offered_by_connection():
 
     assert original is connection
     assert [name for name in _PUBLIC_NAMES if not hasattr(connection, name)] == []
+
+
+def _declared_so_far():
+    """A program's declarations as Connection remembers them: some undone, one passive."""
+    declarations = client_failover.Declarations()
+    remember = declarations.remember
+    remember(1, "exchange.declare", {"exchange": "logs", "type": "fanout", "passive": False}, {"ok": True})
+    remember(1, "queue.declare", {"queue": "", "passive": False}, {"queue": "amq.gen-old"})
+    remember(1, "queue.bind", {"queue": "amq.gen-old", "exchange": "logs", "routing_key": "", "arguments": None},
+             {"ok": True})
+    remember(1, "queue.declare", {"queue": "gone", "passive": False}, {"queue": "gone"})
+    remember(1, "queue.delete", {"queue": "gone"}, {"message_count": 0})
+    remember(1, "queue.declare", {"queue": "theirs", "passive": True}, {"queue": "theirs"})
+    remember(2, "qos", {"prefetch_count": 10, "global": False}, {"ok": True})
+    remember(2, "consume", {"queue": "amq.gen-old", "consumer_tag": ""}, {"consumer_tag": "ctag-1"})
+    remember(3, "confirm.select", {}, {"ok": True})
+    remember(3, "channel.close", {}, {"ok": True})
+    return declarations
+
+
+def _broker_that_names_queues(declarations, calls, lost_at=None):
+    """A `call` as Connection's: sends the request, remembers it anew, returns the reply."""
+    def call(channel, op, **fields):
+        if len(calls) == lost_at:
+            raise connection.ConnectionClosed(None, "connection lost")
+        calls.append((channel, op, fields))
+        reply = {"queue": fields["queue"] or "amq.gen-new"} if op == "queue.declare" else {"ok": True}
+        if op == "consume":
+            reply = {"consumer_tag": fields["consumer_tag"]}
+        declarations.remember(channel, op, fields, reply)
+        return reply
+    return call
+
+
+_DECLARED_AGAIN = [
+    (1, "exchange.declare", {"exchange": "logs", "type": "fanout", "passive": False}),
+    (1, "queue.declare", {"queue": "", "passive": False}),
+    (1, "queue.bind", {"queue": "amq.gen-new", "exchange": "logs", "routing_key": "", "arguments": None}),
+    (2, "qos", {"prefetch_count": 10, "global": False}),
+    (2, "consume", {"queue": "amq.gen-new", "consumer_tag": "ctag-1"}),
+]
+
+
+def test_a_failover_declares_again_what_stands_in_order_with_server_named_queues_renamed():
+    declarations, calls = _declared_so_far(), []
+    declarations.declare_again(_broker_that_names_queues(declarations, calls))
+    assert calls == _DECLARED_AGAIN
+    calls.clear()                       # and what was declared again is kept for the next failover
+    declarations.declare_again(_broker_that_names_queues(declarations, calls))
+    assert [(channel, op) for channel, op, _ in calls] == [(channel, op) for channel, op, _ in _DECLARED_AGAIN]
+
+
+def test_declarations_are_kept_whole_when_the_broker_is_lost_half_way_through_them():
+    declarations, calls = _declared_so_far(), []
+    with pytest.raises(connection.ConnectionClosed):
+        declarations.declare_again(_broker_that_names_queues(declarations, calls, lost_at=3))
+    calls.clear()
+    declarations.declare_again(_broker_that_names_queues(declarations, calls))
+    assert calls == _DECLARED_AGAIN
