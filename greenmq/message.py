@@ -35,13 +35,6 @@ DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 MAX_SHARED_NAMES = 10_000
 _shared_names = {}
 
-def shared_name(name):
-    """The one copy of `name` that messages share (see MAX_SHARED_NAMES)."""
-    shared = _shared_names
-    if len(shared) >= MAX_SHARED_NAMES:
-        shared.clear()
-    return shared.setdefault(name, name)
-
 
 def message_too_large(size, max_message_bytes):
     """The refusal of a body larger than the broker's maximum, in RabbitMQ's words."""
@@ -68,7 +61,7 @@ class Message:
     order = None
 
     def __init__(self, exchange, routing_key, body, properties=None, encoded_properties=None):
-        shared = _shared_names          # shared_name(), inlined: every publish comes here
+        shared = _shared_names          # the one copy of each name (see MAX_SHARED_NAMES)
         if len(shared) >= MAX_SHARED_NAMES:
             shared.clear()
         self.exchange = shared.setdefault(exchange, exchange)

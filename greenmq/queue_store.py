@@ -21,6 +21,7 @@ from collections import deque
 import gevent
 
 from . import memory
+from .dead_letter import EXPIRED, MAXLEN, REJECTED
 from .errors import AccessRefused, PreconditionFailed
 from .memory import MESSAGE_OVERHEAD_BYTES
 from .message import MAX_EXPIRY_MS
@@ -359,7 +360,7 @@ class Queue:
         ready = self.ready
         if self.limited and self.overflow != "drop-head" and self._full_for(message):
             memory.held_bytes += len(message.body) + MESSAGE_OVERHEAD_BYTES
-            self._forget((message,), "maxlen" if self.overflow == "reject-publish-dlx" else None)
+            self._forget((message,), MAXLEN if self.overflow == "reject-publish-dlx" else None)
             return False
         if self.consumers and not ready.fresh and not ready.returned:
             consumer = self._next_consumer()
@@ -402,7 +403,7 @@ class Queue:
                 return
             message = ready.popleft() if returned else fresh.popleft()
             if message.expires_at is not None and message.expires_at <= time.monotonic():
-                self._forget((message,), "expired")
+                self._forget((message,), EXPIRED)
                 message = self._next_live()     # past every expired one
                 if message is None:
                     return
@@ -416,7 +417,7 @@ class Queue:
             message = ready.popleft() if returned else fresh.popleft()
             if message.expires_at is None or message.expires_at > time.monotonic():
                 return message
-            self._forget((message,), "expired")
+            self._forget((message,), EXPIRED)
         return None
 
     def _hand_out(self, consumer, message):
@@ -478,7 +479,7 @@ class Queue:
         else:
             messages = [entry[0] for entry in deliveries]
             self.acked += len(messages)
-            self._forget(messages, "rejected" if rejected and not self.deleted else None)
+            self._forget(messages, REJECTED if rejected and not self.deleted else None)
 
     def purge(self):
         """Drop every ready message (unacked ones stay, as in RabbitMQ, and nothing is
@@ -507,7 +508,7 @@ class Queue:
                          or (max_bytes is not None and ready.bytes > max_bytes)):
             dropped.append(ready.popleft())
         if dropped:
-            self._forget(dropped, "maxlen")
+            self._forget(dropped, MAXLEN)
 
     def _forget(self, messages, reason=None):
         """The one place where messages end in this queue. With a `reason` (rejected,
@@ -601,7 +602,7 @@ class Queue:
     def _drop_expired(self):
         expired = self.ready.take_expired(time.monotonic())
         if expired:
-            self._forget(expired, "expired")
+            self._forget(expired, EXPIRED)
 
     def _arm_ttl_timer(self):
         """A timer for the head's expiry, so an unread queue does not hold expired messages."""

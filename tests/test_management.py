@@ -429,3 +429,18 @@ def test_a_taken_http_port_stops_the_start_with_one_clear_sentence(mgmt):
     broker.close()
     assert f"cannot listen on 127.0.0.1:{mgmt.http_port} for HTTP clients" in str(refused.value)
     assert "Traceback" not in str(refused.value)
+
+
+def test_only_an_administrator_may_create_or_change_users(mgmt, name):
+    """As in RabbitMQ, PUT /api/users/{name} is an administrator's: a management or
+    monitoring user is refused with 403, and neither makes a user nor raises its own tags."""
+    newcomer = name + "-newcomer"
+    for tag in ("management", "monitoring"):
+        user = add_user(mgmt, f"{name}-{tag}", tag, (".*", ".*", ".*"))
+        status, reply = api(mgmt, "PUT", "users", newcomer, body={"password": "pw", "tags": "administrator"},
+                            auth=user)
+        assert status == 403 and "administrator" in reply["reason"]
+        status, _ = api(mgmt, "PUT", "users", user[0], body={"password": "pw", "tags": "administrator"}, auth=user)
+        assert status == 403
+        assert api(mgmt, "GET", "whoami", auth=user)[1]["tags"] == [tag]
+    assert api(mgmt, "GET", "users", newcomer)[0] == 404
