@@ -30,12 +30,13 @@ from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from .access import ADMINISTRATOR, MANAGEMENT, MONITORING, check_password_hash
-from .errors import AccessRefused, BrokerError, NotFound
+from .errors import AccessRefused, BadSyntax, BrokerError, NotFound
 from .memory import MESSAGE_OVERHEAD_BYTES
 from .message import json_value, new_message, properties_from_request
 from .node import SERVER_NAME, VERSION
 from .prometheus import prometheus_text, resident_bytes
 from .queue_store import MESSAGE_COUNTERS
+from .request_fields import base64_bytes, field, string_list
 from .stats import totals
 
 log = logging.getLogger("greenmq.management")
@@ -108,19 +109,6 @@ class Request:
         if type(value) is not dict:
             raise HttpError(400, "the JSON body must be an object")
         return value
-
-
-def field(body, name, kind, default=None, required=False):
-    """A member of a request body, of the given JSON type; 400 when missing or mistyped."""
-    if name not in body:
-        if required:
-            raise HttpError(400, f"field '{name}' is required")
-        return default
-    value = body[name]
-    if kind is int and type(value) is not int or kind is not int and not isinstance(value, kind):
-        names = {str: "a string", bool: "true or false", int: "an integer", dict: "an object", list: "a list"}
-        raise HttpError(400, f"field '{name}' must be {names.get(kind, kind.__name__)}")
-    return value
 
 
 class ManagementApi:
@@ -432,18 +420,15 @@ def publish(api, request, vhost, name):
     v = api.vhost(request, vhost)
     name = _exchange_name(name)
     body = request.body()
-    routing_key = field(body, "routing_key", str, required=True)
-    payload = field(body, "payload", str, required=True)
+    routing_key = field(body, "routing_key", str)
+    payload = field(body, "payload", str)
     encoding = field(body, "payload_encoding", str, "string")
     if encoding == "string":
         data = payload.encode()
     elif encoding == "base64":
-        try:
-            data = base64.b64decode(payload, validate=True)
-        except binascii.Error:
-            raise HttpError(400, "field 'payload' is not valid base64") from None
+        data = base64_bytes(payload, "payload")
     else:
-        raise HttpError(400, "field 'payload_encoding' must be 'string' or 'base64'")
+        raise BadSyntax("field 'payload_encoding' must be 'string' or 'base64'")
     properties = properties_from_request(field(body, "properties", dict, {}))
     v.exchange(name)
     api.check(request, v, "write", "exchange", name)
@@ -494,7 +479,7 @@ def put_queue(api, request, vhost, name):
     v = api.vhost(request, vhost)
     body = request.body()
     if not name:
-        raise HttpError(400, "a queue declared through the API needs a name")
+        raise BadSyntax("a queue declared through the API needs a name")
     existed = name in v.queues
     api.check(request, v, "configure", "queue", name)
     v.declare_queue(name, durable=field(body, "durable", bool, True), auto_delete=field(body, "auto_delete", bool, False),
@@ -530,11 +515,11 @@ def get_messages(api, request, vhost, name):
     encoding = field(body, "encoding", str, "auto")
     truncate = field(body, "truncate", int, None)
     if not 1 <= count <= MAX_GET_COUNT:
-        raise HttpError(400, f"field 'count' must be between 1 and {MAX_GET_COUNT}")
+        raise BadSyntax(f"field 'count' must be between 1 and {MAX_GET_COUNT}")
     if ackmode not in _ACK_MODES:
-        raise HttpError(400, f"field 'ackmode' must be one of {', '.join(_ACK_MODES)}")
+        raise BadSyntax(f"field 'ackmode' must be one of {', '.join(_ACK_MODES)}")
     if encoding not in ("auto", "base64"):
-        raise HttpError(400, "field 'encoding' must be 'auto' or 'base64'")
+        raise BadSyntax("field 'encoding' must be 'auto' or 'base64'")
     api.check(request, v, "read", "queue", name)
     queue = v.queue(name)
     taken = []      # (message, order) as the queue gave them
@@ -642,13 +627,13 @@ def user_detail(api, request, name):
 def put_user(api, request, name):
     api.require_administrator(request)
     body = request.body()
-    tags = field(body, "tags", (str, list), "")
-    if isinstance(tags, str):
+    tags = body.get("tags")
+    if type(tags) is str:       # RabbitMQ's API takes a comma-separated string too
         tags = [tag.strip() for tag in tags.split(",") if tag.strip()]
-    elif not all(type(tag) is str for tag in tags):
-        raise HttpError(400, "field 'tags' must be a comma-separated string or a list of strings")
-    password = field(body, "password", str)
-    password_hash = field(body, "password_hash", str)
+    else:
+        tags = string_list(body, "tags")
+    password = field(body, "password", str, None)
+    password_hash = field(body, "password_hash", str, None)
     algorithm = field(body, "hashing_algorithm", str, "rabbit_password_hashing_sha256")
     node = api.node
     existed = name in node.users
@@ -663,7 +648,7 @@ def put_user(api, request, name):
     elif existed:
         node.set_user_tags(name, tags)
     else:
-        raise HttpError(400, "a new user needs 'password' or 'password_hash'")
+        raise BadSyntax("a new user needs 'password' or 'password_hash'")
     return (204 if existed else 201), None
 
 
@@ -717,7 +702,7 @@ def permission_detail(api, request, vhost, user):
 def put_permission(api, request, vhost, user):
     api.require_administrator(request)
     body = request.body()
-    api.node.set_permissions(user, vhost, *(field(body, kind, str, required=True)
+    api.node.set_permissions(user, vhost, *(field(body, kind, str)
                                             for kind in ("configure", "write", "read")))
     return 201, None
 
