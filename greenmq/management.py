@@ -38,6 +38,7 @@ from .prometheus import prometheus_text, resident_bytes
 from .queue_store import MESSAGE_COUNTERS
 from .request_fields import base64_bytes, field, string_list
 from .stats import totals
+from .vhost import exchange_row, queue_row
 
 log = logging.getLogger("greenmq.management")
 
@@ -251,24 +252,21 @@ def _rate_details(counts, rates):
     return stats
 
 
-def queue_json(api, vhost, queue):
-    ready, unacked = queue.message_count, queue.unacked_count
+def queue_json(api, vhost, row):
+    """A queue's row as JSON lines lists it, with what the API adds: rates and memory."""
+    queue = vhost.queues[row["name"]]
     head = queue.ready.head()
     counts = {counter: getattr(queue, counter) for counter in MESSAGE_COUNTERS}
-    return {"name": queue.name, "vhost": vhost.name, "durable": queue.durable, "auto_delete": queue.auto_delete,
-            "exclusive": queue.exclusive, "arguments": queue.arguments, "node": NODE_NAME,
-            "type": "classic", "state": "running",
-            "messages": ready + unacked, "messages_ready": ready, "messages_unacknowledged": unacked,
-            "consumers": len(queue.consumers),
-            "memory": QUEUE_OVERHEAD_BYTES + ready * (MESSAGE_OVERHEAD_BYTES + (len(head.body) if head else 0)),
+    return {**row, "vhost": vhost.name, "node": NODE_NAME, "type": "classic", "state": "running",
+            "memory": QUEUE_OVERHEAD_BYTES
+            + row["messages_ready"] * (MESSAGE_OVERHEAD_BYTES + (len(head.body) if head else 0)),
             "message_stats": _rate_details(counts, api.sampler.queue_rates(queue))}
 
 
-def exchange_json(vhost, exchange):
-    return {"name": exchange.name, "vhost": vhost.name, "type": exchange.type, "durable": exchange.durable,
-            "auto_delete": exchange.auto_delete, "internal": exchange.internal, "arguments": exchange.arguments,
-            "user_who_performed_action": "rmq-internal" if exchange.name.startswith("amq.") or not exchange.name
-            else ""}
+def exchange_json(vhost, row):
+    name = row["name"]
+    return {**row, "vhost": vhost.name,
+            "user_who_performed_action": "rmq-internal" if name.startswith("amq.") or not name else ""}
 
 
 def binding_json(vhost, row):
@@ -388,12 +386,12 @@ def consumers(api, request, vhost=None):
 
 def exchanges(api, request, vhost=None):
     vhosts = [api.vhost(request, vhost)] if vhost is not None else api.visible_vhosts(request)
-    return [exchange_json(v, exchange) for v in vhosts for exchange in v.exchanges.values()]
+    return [exchange_json(v, row) for v in vhosts for row in v.list_exchanges()]
 
 
 def exchange_detail(api, request, vhost, name):
     v = api.vhost(request, vhost)
-    return exchange_json(v, v.exchange(_exchange_name(name)))
+    return exchange_json(v, exchange_row(v.exchange(_exchange_name(name))))
 
 
 def put_exchange(api, request, vhost, name):
@@ -451,7 +449,7 @@ def exchange_bindings_destination(api, request, vhost, name):
 
 def queues(api, request, vhost=None):
     vhosts = [api.vhost(request, vhost)] if vhost is not None else api.visible_vhosts(request)
-    rows = [queue_json(api, v, queue) for v in vhosts for queue in v.queues.values()]
+    rows = [queue_json(api, v, row) for v in vhosts for row in v.list_queues()]
     name_filter = request.query.get("name")
     if name_filter:
         try:
@@ -472,7 +470,7 @@ def _queue(api, request, vhost, name):
 
 def queue_detail(api, request, vhost, name):
     v, queue = _queue(api, request, vhost, name)
-    return queue_json(api, v, queue)
+    return queue_json(api, v, queue_row(queue))
 
 
 def put_queue(api, request, vhost, name):

@@ -218,6 +218,27 @@ def test_rabbitmq_shaped_fields_are_present(mgmt, name):
     assert api(mgmt, "GET", "whoami")[1] == {"name": "guest", "tags": ["administrator"]}
 
 
+def test_the_api_lists_the_rows_json_lines_lists_with_its_own_members_added(mgmt, name):
+    exchange = name + "-x"
+    api(mgmt, "PUT", "exchanges", "/", exchange,
+        body={"type": "headers", "durable": False, "arguments": {"alternate-exchange": "amq.fanout"}})
+    api(mgmt, "PUT", "queues", "/", name, body={"durable": False, "arguments": {"x-max-length": 5}})
+    api(mgmt, "POST", "bindings", "/", "e", exchange, "q", name, body={"arguments": {"x-match": "any", "k": 1}})
+    for _ in range(2):
+        api(mgmt, "POST", "exchanges", "/", "amq.default", "publish", body={"routing_key": name, "payload": "x"})
+    with connection.Connection("127.0.0.1", mgmt.port) as lines:
+        listed = {what: lines.call(f"list_{what}", vhost="/")["items"] for what in ("queues", "exchanges", "bindings")}
+    for what, key in (("queues", "name"), ("exchanges", "name"), ("bindings", "destination")):
+        [row] = [row for row in listed[what] if row[key] in (name, exchange) and row.get("source") != ""]
+        shown = [shown for shown in api(mgmt, "GET", what, "/")[1] if shown[key] == row[key]
+                 and shown.get("source") != ""]
+        if what == "bindings":      # RabbitMQ's API calls it destination_type
+            row["destination_type"] = row.pop("destination_kind")
+        assert [{member: item.get(member) for member in row} for item in shown] == [row], what
+    assert {"messages": 2, "messages_ready": 2, "arguments": {"x-max-length": 5}}.items() <= \
+        next(row for row in listed["queues"] if row["name"] == name).items()
+
+
 def test_rates_are_sampled_from_counters_while_messages_flow(mgmt, name):
     api(mgmt, "PUT", "queues", "/", name, body={"durable": False})
     with connection.Connection("127.0.0.1", mgmt.port) as lines:
