@@ -275,6 +275,13 @@ def binding_json(vhost, row):
             "arguments": row["arguments"], "properties_key": properties_key(row["routing_key"], row["arguments"])}
 
 
+def _bindings(vhost, **wanted):
+    """The vhost's binding rows with the `wanted` values, in the API's shape; a queue and an
+    exchange may share a name, so a destination is asked for with its kind."""
+    return [binding_json(vhost, row) for row in vhost.list_bindings()
+            if all(row[member] == value for member, value in wanted.items())]
+
+
 def properties_key(routing_key, arguments):
     """Names one binding in a URL, as RabbitMQ's `properties_key`: the routing key ("~"
     when empty), then a digest of the arguments when there are any."""
@@ -437,12 +444,15 @@ def exchange_bindings_source(api, request, vhost, name):
     v = api.vhost(request, vhost)
     name = _exchange_name(name)
     v.exchange(name)
-    return [binding_json(v, row) for row in v.list_bindings() if row["source"] == name]
+    return _bindings(v, source=name)
 
 
 def exchange_bindings_destination(api, request, vhost, name):
-    api.vhost(request, vhost).exchange(_exchange_name(name))
-    return []       # exchange-to-exchange bindings do not exist in GreenMQ
+    """The exchange-to-exchange bindings (exchange.bind) that lead to this exchange."""
+    v = api.vhost(request, vhost)
+    name = _exchange_name(name)
+    v.exchange(name)
+    return _bindings(v, destination=name, destination_kind="exchange")
 
 
 # queues
@@ -550,7 +560,7 @@ def _got_json(message, message_count, encoding, truncate):
 
 def queue_bindings(api, request, vhost, name):
     v, _ = _queue(api, request, vhost, name)
-    return [binding_json(v, row) for row in v.list_bindings() if row["destination"] == name]
+    return _bindings(v, destination=name, destination_kind="queue")
 
 
 # bindings
@@ -566,8 +576,7 @@ def _binding_rows(api, request, vhost, exchange, queue):
     v.exchange(exchange)
     if queue not in v.queues:
         raise NotFound(f"no queue '{queue}' in vhost '{v.name}'")
-    return v, exchange, [binding_json(v, row) for row in v.list_bindings()
-                         if row["source"] == exchange and row["destination"] == queue]
+    return v, exchange, _bindings(v, source=exchange, destination=queue, destination_kind="queue")
 
 
 def bindings_between(api, request, vhost, exchange, queue):

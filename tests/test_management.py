@@ -285,6 +285,29 @@ def test_exchanges_queues_and_bindings_are_made_and_removed_through_the_api(mgmt
     assert api(mgmt, "GET", "queues", "/", queue)[0] == 404
 
 
+def test_an_exchange_to_exchange_binding_is_listed_at_both_exchanges_and_never_as_a_queues(mgmt, name):
+    source, destination = name + "-source", name        # a queue shares the destination's name
+    api(mgmt, "PUT", "exchanges", "/", source, body={"type": "topic", "durable": False})
+    api(mgmt, "PUT", "exchanges", "/", destination, body={"type": "fanout", "durable": False})
+    api(mgmt, "PUT", "queues", "/", name, body={"durable": False})
+    with pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", mgmt.amqp_port)) as amqp:
+        channel = amqp.channel()
+        channel.exchange_bind(destination, source, "a.#")
+        [binding] = api(mgmt, "GET", "exchanges", "/", source, "bindings", "source")[1]
+        assert binding == {"source": source, "vhost": "/", "destination": destination,
+                           "destination_type": "exchange", "routing_key": "a.#", "arguments": {},
+                           "properties_key": "a.#"}
+        assert api(mgmt, "GET", "exchanges", "/", destination, "bindings", "destination")[1] == [binding]
+        assert api(mgmt, "GET", "exchanges", "/", source, "bindings", "destination")[1] == []
+        assert [b["source"] for b in api(mgmt, "GET", "queues", "/", name, "bindings")[1]] == [""]
+        assert api(mgmt, "GET", "bindings", "/", "e", source, "q", name)[1] == []
+        channel.exchange_unbind(destination, source, "a.#")
+        assert api(mgmt, "GET", "exchanges", "/", destination, "bindings", "destination")[1] == []
+    api(mgmt, "DELETE", "queues", "/", name)
+    api(mgmt, "DELETE", "exchanges", "/", destination)
+    api(mgmt, "DELETE", "exchanges", "/", source)
+
+
 def test_get_messages_requeues_or_removes_and_purge_empties(mgmt, name):
     api(mgmt, "PUT", "queues", "/", name, body={"durable": False})
     for body in ("one", "two", "three"):
