@@ -434,6 +434,15 @@ def test_metrics_parse_as_prometheus_text_and_count_what_happened(mgmt, name):
         samples["greenmq_store_commit_duration_seconds_count", None]
 
 
+def test_metric_labels_carry_queue_names_with_quotes_backslashes_and_newlines(mgmt):
+    name = 'a "quoted" \\ queue\nover two lines'
+    api(mgmt, "PUT", "queues", "/", name, body={"durable": False})
+    api(mgmt, "POST", "exchanges", "/", "amq.default", "publish", body={"routing_key": name, "payload": "x"})
+    ready = {s.labels["queue"]: s.value for s in metric_families(mgmt.http_port)["greenmq_queue_messages_ready"].samples}
+    assert ready[name] == 1
+    api(mgmt, "DELETE", "queues", "/", name)
+
+
 def test_per_queue_series_can_be_turned_off():
     with BrokerProcess("--no-per-queue-metrics") as broker:
         call(broker.http_port, "PUT", path("queues", "/", "q"), {})
