@@ -15,7 +15,7 @@ import pytest
 from pika.exceptions import NackError
 
 from greenmq import connection
-from greenmq.durable_store import DATABASE_FILE
+from greenmq.store.sqlite import DATABASE_FILE
 from tests.broker_process import BrokerProcess
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)
