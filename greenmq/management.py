@@ -33,8 +33,7 @@ from .access import ADMINISTRATOR, MANAGEMENT, MONITORING, check_password_hash
 from .errors import AccessRefused, BrokerError, NotFound
 from .message import json_value, new_message, properties_from_request
 from .node import SERVER_NAME, VERSION
-from .queue_store import MESSAGE_COUNTERS
-from .stats import totals
+from .stats import MESSAGE_COUNTERS, totals
 
 log = logging.getLogger("greenmq.management")
 
