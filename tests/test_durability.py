@@ -36,6 +36,15 @@ def pika_channel(broker):
     return conn, conn.channel()
 
 
+def json_lines_channel(broker, durable_queue, confirm_window=1):
+    """A connection.py channel over JSON lines in confirm mode, with `durable_queue` declared."""
+    conn = connection.Connection("127.0.0.1", broker.port)
+    channel = conn.channel()
+    channel.queue_declare(durable_queue, durable=True)
+    channel.confirm_delivery(window=confirm_window)
+    return conn, channel
+
+
 def drain(channel, queue):
     """Every message waiting in `queue`, as (body, redelivered), acked."""
     got = []
@@ -202,10 +211,7 @@ def test_messages_persisted_by_one_protocol_are_recovered_for_the_other(data_dir
 def test_confirms_wait_for_the_disk_and_pipelined_publishers_share_commits(data_dir):
     broker = BrokerProcess(data_dir=data_dir).start()
     try:
-        conn = connection.Connection("127.0.0.1", broker.port)
-        channel = conn.channel()
-        channel.queue_declare("pipelined", durable=True)
-        channel.confirm_delivery(window=200)
+        conn, channel = json_lines_channel(broker, "pipelined", confirm_window=200)
         for i in range(2000):
             channel.basic_publish("", "pipelined", b"%d" % i, connection.BasicProperties(delivery_mode=2))
         channel.wait_for_confirms(timeout=30)
@@ -480,10 +486,7 @@ def test_no_confirm_reaches_the_client_before_its_message_is_synced_to_disk(data
     broker = BrokerProcess(data_dir=data_dir).start()
     try:
         with syscalls_traced(broker.pid, ["fsync", "fdatasync", "recvfrom", "read", "sendto", "write"]) as lines:
-            conn = connection.Connection("127.0.0.1", broker.port)
-            channel = conn.channel()
-            channel.queue_declare("synced", durable=True)
-            channel.confirm_delivery()
+            conn, channel = json_lines_channel(broker, "synced")
             for i in range(5):
                 channel.basic_publish("", "synced", b"%d" % i, connection.BasicProperties(delivery_mode=2))
                 channel.wait_for_confirms(timeout=30)
@@ -529,10 +532,7 @@ ACK_ON_DISK_SECONDS = 0.25
 def test_an_ack_alone_reaches_the_disk_within_a_quarter_second(data_dir):
     broker = BrokerProcess(data_dir=data_dir).start()
     try:
-        conn = connection.Connection("127.0.0.1", broker.port)
-        channel = conn.channel()
-        channel.queue_declare("acked", durable=True)
-        channel.confirm_delivery()
+        conn, channel = json_lines_channel(broker, "acked")
         channel.basic_publish("", "acked", b"done", connection.BasicProperties(delivery_mode=2))
         channel.wait_for_confirms(timeout=30)
         delivery, _, body = channel.basic_get("acked")
