@@ -35,9 +35,8 @@ from .memory import MESSAGE_OVERHEAD_BYTES
 from .message import json_value, new_message, properties_from_request
 from .node import SERVER_NAME, VERSION
 from .prometheus import prometheus_text, resident_bytes
-from .queue_store import MESSAGE_COUNTERS
 from .request_fields import base64_bytes, field, string_list
-from .stats import totals
+from .stats import MESSAGE_COUNTERS, totals
 from .vhost import exchange_row, queue_row
 
 log = logging.getLogger("greenmq.management")

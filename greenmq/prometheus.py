@@ -8,8 +8,7 @@ is counted for Prometheus on the per-message path.
 import os
 import resource
 
-from .queue_store import MESSAGE_COUNTERS
-from .stats import totals
+from .stats import MESSAGE_COUNTERS, totals
 
 
 def resident_bytes():

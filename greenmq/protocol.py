@@ -13,9 +13,11 @@ import time
 
 from . import logs
 from .access import MONITORING
+from .config import HELLO_TIMEOUT_SECONDS
 from .errors import (BadSyntax, BrokerError, CommandInvalid, ConnectionForced, FrameError,
                     InternalError, PreconditionFailed, Unsupported)
-from .message import DEFAULT_MAX_MESSAGE_BYTES, json_value, message_too_large, properties_from_request
+from .message import (DEFAULT_MAX_MESSAGE_BYTES, json_value, max_line_bytes_for, message_too_large,
+                      properties_from_request)
 from .node import SERVER_NAME, VERSION
 from .request_fields import base64_bytes, field, flag, string_list
 from .transport import FrontEndConnection
@@ -24,31 +26,16 @@ log = logging.getLogger("greenmq.protocol")
 
 PROTOCOL_VERSION = 1
 
-# Room on a publish line around its body: names, properties and headers. AMQP carries a
-# message's properties in one frame of at most 128 KiB; JSON's escapes can make them a few
-# times longer.
-LINE_ENVELOPE_BYTES = 1024 * 1024
-
 # JSON nests no deeper than this (a request is 1, its properties 2, their headers 3):
 # .NET's System.Text.Json allows 64 by default and serde_json 128. Python's decoder would
 # recurse until RecursionError on a line of 100,000 '['; the limit is checked first.
 MAX_NESTING_DEPTH = 64
-
-# How long a client may take to send `hello` (RabbitMQ's handshake_timeout for AMQP): a
-# socket that never says who it is holds a file descriptor and memory. --hello-timeout.
-HELLO_TIMEOUT_SECONDS = 10.0
 
 # A heartbeat is an empty line. Either side sends one when it has sent nothing for half
 # the negotiated interval and gives the other up after two intervals of silence, as AMQP
 # peers do. The interval is the client's choice, in AMQP's range of a short.
 HEARTBEAT_LINE = b"\n"
 MAX_HEARTBEAT_SECONDS = 65535
-
-
-def max_line_bytes_for(max_message_bytes):
-    """The longest line the broker must read: a body of the largest message in base64
-    (4 bytes for every 3), with room for the rest of the publish."""
-    return 4 * -(-max_message_bytes // 3) + LINE_ENVELOPE_BYTES
 
 
 _encode = json.JSONEncoder(separators=(",", ":"), default=json_value).encode

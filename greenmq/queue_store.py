@@ -117,10 +117,6 @@ OTHER_QUEUE_TYPES_ARGUMENTS = (
 )
 
 
-# The per-queue message counters (plain integers on Queue), in the order samplers read them.
-MESSAGE_COUNTERS = ("published", "delivered", "acked", "redelivered", "dead_lettered")
-
-
 class ReadyList:
     """Ready messages in publish order. Published messages join at the tail; requeued ones
     return to their original place through a heap keyed by their `order`, so putting back

@@ -15,7 +15,8 @@ from .dead_letter import REJECTED, dead_lettered, is_cycle
 from .errors import AccessRefused, NotFound, PreconditionFailed, PublishRefused, ResourceLocked, StoreUnavailable
 from .exchange import DefaultExchange, exchange_class
 from .message import MAX_NAME_BYTES
-from .queue_store import MESSAGE_COUNTERS, QUEUE_ARGUMENTS, Queue, amqp_type, validate_queue_arguments
+from .queue_store import QUEUE_ARGUMENTS, Queue, amqp_type, validate_queue_arguments
+from .stats import MESSAGE_COUNTERS
 
 
 PREDECLARED_EXCHANGES = (
