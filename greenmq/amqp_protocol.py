@@ -1,33 +1,31 @@
 """The AMQP 0-9-1 front end: frames in, core calls out; core events in, frames out.
 
-`AmqpConnection` never touches a socket (transport.py owns it). pamqp encodes and decodes
-the frames; this module is the connection and channel state machine that RabbitMQ's
-clients (pika, py-amqp, kombu, Celery) expect, driving the same core as protocol.py.
+`AmqpConnection` never touches a socket (transport.py owns it) and marshals nothing itself
+(amqp_codec.py does, with pamqp); this module is the connection and channel state machine
+that RabbitMQ's clients (pika, py-amqp, kombu, Celery) expect, driving the same core as
+protocol.py.
 """
 
-import datetime
 import logging
-import struct
 import sys
 import time
 
 from pamqp import commands as spec
-from pamqp import decode
-from pamqp import frame as amqp_frame
-from pamqp import heartbeat as amqp_heartbeat
-from pamqp.exceptions import UnmarshalingException
 
+from .amqp_codec import (BARE_HEADER_END, FRAME_BODY, FRAME_END, FRAME_HEAD, FRAME_HEADER, FRAME_HEARTBEAT,
+                         FRAME_METHOD, HEADER_START, HEARTBEAT_FRAME, NO_PROPERTY_FLAGS, PROPERTIES_AT,
+                         PROTOCOL_HEADER, UNDECODED, MethodDecoder, amqplain_credentials, content_frames,
+                         decode_content_header, decode_properties, deliver_method, method_frame, method_ids,
+                         method_parts, undecoded_method, unmarshal_content_header)
 from .errors import (AccessRefused, BrokerError, ChannelNotOpen, CommandInvalid,
                     FrameError, InternalError, NotAllowed, PreconditionFailed, UnexpectedFrame,
                     Unsupported)
-from .message import DEFAULT_MAX_MESSAGE_BYTES, PROPERTY_NAMES, message_too_large
+from .message import DEFAULT_MAX_MESSAGE_BYTES, message_too_large
 from .node import SERVER_NAME, VERSION
 from .session import MAX_CHANNELS
 from .transport import FrontEndConnection
 
 log = logging.getLogger("greenmq.amqp")
-
-PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 
 # RabbitMQ's defaults, which clients are tuned for: 128 KiB frames, a heartbeat a minute.
 FRAME_MAX = 131072
@@ -36,6 +34,8 @@ HEARTBEAT_SECONDS = 60
 FRAME_MIN = 4096
 # A peer that has not answered our connection.close by then is simply dropped.
 CLOSE_OK_TIMEOUT_SECONDS = 10.0
+# How long a client may take to finish the handshake (RabbitMQ's handshake_timeout).
+HANDSHAKE_TIMEOUT_SECONDS = 10.0
 # The handshake as a table: in each state, the method the client must send next and the
 # handler that answers it and moves to the next state ("header" is the protocol header,
 # before any frame; "running" and "closing" take channel methods and close only).
@@ -45,35 +45,12 @@ _HANDSHAKE = {
     "open": (spec.Connection.Open, "_open"),                # -> running
 }
 
-# How long a client may take to finish the handshake (RabbitMQ's handshake_timeout).
-HANDSHAKE_TIMEOUT_SECONDS = 10.0
-
-FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT = 1, 2, 3, 8
-FRAME_END = 0xCE
-_FRAME_HEAD = struct.Struct(">BHI")
-_FRAME_END_BYTE = bytes([FRAME_END])
-_HEADER_PREFIX = struct.Struct(">HHQ")      # a content header's class id, weight, body size
-_HEADER_PREFIX_BYTES = _HEADER_PREFIX.size
-# The end byte of the frame before, then a content header's frame head and that prefix.
-_END_AND_HEADER_START = struct.Struct(">BBHIHHQ")
-_END_AND_BODY_HEAD = struct.Struct(">BBHI")      # the same, then a body frame's head
-_METHOD_INDEX = struct.Struct(">I")
-# A content header without properties: class id, weight and body size, then zero flags.
-_NO_PROPERTY_FLAGS = b"\x00\x00"
-_PROPERTIES_AT = 7 + _HEADER_PREFIX_BYTES     # a content header's flags, from the frame's start
-_BARE_HEADER_END = _PROPERTIES_AT + len(_NO_PROPERTY_FLAGS)
-_HEADER_START = struct.Struct(">BHIHHQH")     # a content header's frame head, prefix and flags
-_SHORT_LENGTH = struct.Struct(">B")
-
 # Only what this broker really does: pika refuses confirm_delivery without the first two.
 CAPABILITIES = {
     "publisher_confirms": True, "basic.nack": True, "consumer_cancel_notify": True,
     "authentication_failure_close": True, "per_consumer_qos": True,
     "exchange_exchange_bindings": True, "consumer_priorities": True, "connection.blocked": True,
 }
-
-# Property names as pamqp spells them (AMQP's `type` is `message_type` there).
-_AMQP_NAMES = {name: ("message_type" if name == "type" else name) for name in PROPERTY_NAMES}
 
 
 class _Content:
@@ -119,7 +96,7 @@ class AmqpConnection(FrontEndConnection):
         self.user = None            # once authenticated
         self.channels = {}
         self._buffer = b""
-        self._last_publish_arguments, self._last_publish = None, None
+        self._decode_method = MethodDecoder().decode      # keeps this connection's last publish
         self._started = self._last_received = self._last_sent = time.monotonic()
         self._close_deadline = None
 
@@ -145,7 +122,7 @@ class AmqpConnection(FrontEndConnection):
             self.state = "start-ok"
         end = len(buffer)
         while end - offset >= 7 and not self.closed:
-            frame_type, channel, size = _FRAME_HEAD.unpack_from(buffer, offset)
+            frame_type, channel, size = FRAME_HEAD.unpack_from(buffer, offset)
             if size + 8 > self.frame_max:
                 self._framing_lost(FrameError(f"frame size {size + 8} exceeds frame_max {self.frame_max}"))
                 break
@@ -185,9 +162,8 @@ class AmqpConnection(FrontEndConnection):
             elif frame_type != FRAME_HEARTBEAT:
                 raise FrameError(f"unknown frame type {frame_type}")
         except BrokerError as exc:
-            if method is None and frame_type == FRAME_METHOD and frame_end - start >= 11:
-                # Undecodable or unknown: still name its class and method ids, as RabbitMQ does.
-                method = _MethodIds(_METHOD_INDEX.unpack_from(buffer, start + 7)[0])
+            if method is None and frame_type == FRAME_METHOD:
+                method = undecoded_method(buffer, start, frame_end)
             self._fail(channel, exc, method)
         except MemoryError:
             raise       # the transport closes the connection with 541
@@ -195,33 +171,6 @@ class AmqpConnection(FrontEndConnection):
             log.exception("error handling %s from %s", method.name if method else f"frame {frame_type}", self.peer)
             self._connection_error(InternalError("internal error"), method)
         return frame_end + 1
-
-    def _decode_method(self, buffer, start, frame_end):
-        if frame_end - start < 11:
-            raise FrameError("method frame too short")
-        index = _METHOD_INDEX.unpack_from(buffer, start + 7)[0]
-        if index == _BASIC_PUBLISH:
-            # A publisher mostly repeats its last basic.publish; the method objects are
-            # only read, so the last one decoded serves again.
-            arguments = self._last_publish_arguments
-            if (arguments is not None and frame_end - start - 11 == len(arguments)
-                    and buffer.startswith(arguments, start + 11)):
-                return self._last_publish
-            method = decode_publish(buffer, start, frame_end)
-            if method is not None:
-                self._last_publish_arguments, self._last_publish = buffer[start + 11:frame_end], method
-                return method
-        elif index == _BASIC_ACK:
-            method = decode_ack(buffer, start, frame_end)
-            if method is not None:
-                return method
-        elif index not in spec.INDEX_MAPPING:
-            raise Unsupported(f"unknown method class {index >> 16} method {index & 0xFFFF}")
-        try:
-            return amqp_frame.unmarshal(buffer[start:frame_end + 1])[2]
-        except UnmarshalingException as exc:
-            # RabbitMQ answers a method it cannot decode with 501, naming the method.
-            raise FrameError(f"could not decode {spec.INDEX_MAPPING[index].name}: {exc}") from None
 
     # -- the connection (channel 0) ------------------------------------------------------
 
@@ -264,10 +213,9 @@ class AmqpConnection(FrontEndConnection):
             username, password = parts[1], parts[2]
         elif mechanism == "AMQPLAIN":
             try:
-                table = decode.field_table(struct.pack(">I", len(response)) + response)[1]
+                username, password = amqplain_credentials(response)
             except ValueError:
                 raise AccessRefused("AMQPLAIN response is not a field table") from None
-            username, password = table.get("LOGIN", b""), table.get("PASSWORD", b"")
         else:
             raise AccessRefused(f"unsupported authentication mechanism '{mechanism}'")
         username = username.decode("utf-8", "replace") if isinstance(username, bytes) else str(username)
@@ -307,7 +255,7 @@ class AmqpConnection(FrontEndConnection):
             self.closed = True
             return
         log.info("closing AMQP connection from %s: %s", self.peer, exc.text)
-        class_id, method_id = _ids(method)
+        class_id, method_id = method_ids(method)
         self._send_method(0, spec.Connection.Close(reply_code=exc.code, reply_text=exc.text[:255],
                                                    class_id=class_id, method_id=method_id))
         self.connection_lost()
@@ -342,7 +290,7 @@ class AmqpConnection(FrontEndConnection):
             self.connection_lost()
             return None
         if now - self._last_sent >= self.heartbeat / 2:
-            self._write(amqp_frame.marshal(amqp_heartbeat.Heartbeat(), 0))
+            self._write(HEARTBEAT_FRAME)
         return self.heartbeat / 2
 
     def reading_paused(self, reason):
@@ -408,7 +356,7 @@ class AmqpConnection(FrontEndConnection):
         self.session.close_channel(number)
         channel.closing = True
         channel.content = None
-        class_id, method_id = _ids(method)
+        class_id, method_id = method_ids(method)
         self._send_method(number, spec.Channel.Close(reply_code=exc.code, reply_text=exc.text[:255],
                                                      class_id=class_id, method_id=method_id))
 
@@ -483,15 +431,8 @@ class AmqpConnection(FrontEndConnection):
         content = channel.content
         if content is None or content.size is not None:
             raise UnexpectedFrame("content header frame without a basic.publish before it")
-        decoded = decode_content_header(buffer, start, frame_end)
-        if decoded is None:
-            try:
-                content_header = amqp_frame.unmarshal(buffer[start:frame_end + 1])[2]
-            except UnmarshalingException as exc:
-                raise FrameError(f"could not decode the content header: {exc}") from None
-            decoded = (content_header.body_size, _properties_from_amqp(content_header.properties),
-                       buffer[start + _PROPERTIES_AT:frame_end])
-        content.size, content.properties, content.encoded_properties = decoded
+        content.size, content.properties, content.encoded_properties = (
+            decode_content_header(buffer, start, frame_end) or unmarshal_content_header(buffer, start, frame_end))
         if content.size > self.max_message_bytes:
             # Refused before any of the body is held (RabbitMQ 3.10 refuses it once received).
             return self._fail(number, message_too_large(content.size, self.max_message_bytes), content.method)
@@ -527,22 +468,22 @@ class AmqpConnection(FrontEndConnection):
                 or method.immediate):
             return 0
         header_start = method_end + 1
-        if end - header_start < _BARE_HEADER_END:
+        if end - header_start < BARE_HEADER_END:
             return 0
-        header_type, header_channel, header_size, _, _, size, flags = _HEADER_START.unpack_from(buffer, header_start)
+        header_type, header_channel, header_size, _, _, size, flags = HEADER_START.unpack_from(buffer, header_start)
         header_end = header_start + 7 + header_size
         body_start = header_end + 8
-        if (header_type != FRAME_HEADER or header_channel != number or header_end < header_start + _BARE_HEADER_END
+        if (header_type != FRAME_HEADER or header_channel != number or header_end < header_start + BARE_HEADER_END
                 or body_start > end or header_size + 8 > self.frame_max or buffer[header_end] != FRAME_END):
             return 0
-        if flags or header_end != header_start + _BARE_HEADER_END:
-            properties = _decode_properties(buffer, header_start + _PROPERTIES_AT, header_end)
-            if properties is _UNDECODED:
+        if flags or header_end != header_start + BARE_HEADER_END:
+            properties = decode_properties(buffer, header_start + PROPERTIES_AT, header_end)
+            if properties is UNDECODED:
                 return 0
-            encoded_properties = buffer[header_start + _PROPERTIES_AT:header_end]
+            encoded_properties = buffer[header_start + PROPERTIES_AT:header_end]
         else:
-            properties, encoded_properties = None, _NO_PROPERTY_FLAGS
-        body_type, body_channel, body_size = _FRAME_HEAD.unpack_from(buffer, header_end + 1)
+            properties, encoded_properties = None, NO_PROPERTY_FLAGS
+        body_type, body_channel, body_size = FRAME_HEAD.unpack_from(buffer, header_end + 1)
         body_end = body_start + size
         if (body_type != FRAME_BODY or body_channel != number or body_size != size or not size or body_end >= end
                 or size + 8 > self.frame_max or size > self.max_message_bytes or buffer[body_end] != FRAME_END):
@@ -595,9 +536,10 @@ class AmqpConnection(FrontEndConnection):
             self._send_method(number, spec.Basic.GetEmpty())
             return
         delivery_tag, message, message_count = got
-        self._send_content(number, _method_parts(spec.Basic.GetOk(
+        self._write(content_frames(method_parts(spec.Basic.GetOk(
             delivery_tag=delivery_tag, redelivered=message.redelivered, exchange=message.exchange,
-            routing_key=message.routing_key, message_count=message_count), number), message)
+            routing_key=message.routing_key, message_count=message_count), number), number, message,
+            self.frame_max))
 
     def on_basic_ack(self, channel, number, method):
         self._settle(channel, channel.core.ack, (method.delivery_tag, method.multiple), method.multiple)
@@ -659,18 +601,18 @@ class AmqpConnection(FrontEndConnection):
     # -- the core's sink -----------------------------------------------------------------
 
     def deliver(self, channel_number, consumer_tag, delivery_tag, message):
-        self._send_content(channel_number, deliver_method(
+        self._write(content_frames(deliver_method(
             channel_number, consumer_tag, delivery_tag, message.redelivered, message.exchange,
-            message.routing_key), message)
+            message.routing_key), channel_number, message, self.frame_max))
 
     def consumer_cancelled(self, channel_number, consumer_tag):
         if self._client_capability("consumer_cancel_notify"):
             self._send_method(channel_number, spec.Basic.Cancel(consumer_tag=consumer_tag, nowait=True))
 
     def message_returned(self, channel_number, reply_code, reply_text, message):
-        self._send_content(channel_number, _method_parts(spec.Basic.Return(
+        self._write(content_frames(method_parts(spec.Basic.Return(
             reply_code=reply_code, reply_text=reply_text, exchange=message.exchange,
-            routing_key=message.routing_key), channel_number), message)
+            routing_key=message.routing_key), channel_number), channel_number, message, self.frame_max))
 
     def publish_confirmed(self, channel_number, delivery_tag, multiple, ack):
         channel = self.channels.get(channel_number)
@@ -689,30 +631,7 @@ class AmqpConnection(FrontEndConnection):
             self._send_method(number, reply)
 
     def _send_method(self, number, method):
-        self._write(amqp_frame.marshal(method, number))
-
-    def _send_content(self, number, method_frame, message):
-        """`method_frame` (a list of byte strings, the method frame without its end byte),
-        then the content header and body frames as pamqp marshals them (a test holds them
-        equal), joined once: this runs for every delivery."""
-        body = message.body
-        size = len(body)
-        encoded = message.encoded_properties
-        if encoded is None:
-            encoded = _encode_properties(message)
-        method_frame += (_END_AND_HEADER_START.pack(
-            FRAME_END, FRAME_HEADER, number, _HEADER_PREFIX_BYTES + len(encoded), spec.Basic.frame_id, 0, size),
-            encoded)
-        chunk = self.frame_max - 8
-        if size <= chunk:       # one body frame or, for an empty body, none
-            if size:
-                method_frame += (_END_AND_BODY_HEAD.pack(FRAME_END, FRAME_BODY, number, size), body)
-        else:
-            for start in range(0, size, chunk):
-                piece = body[start:start + chunk]
-                method_frame += (_END_AND_BODY_HEAD.pack(FRAME_END, FRAME_BODY, number, len(piece)), piece)
-        method_frame.append(_FRAME_END_BYTE)
-        self._write(b"".join(method_frame))
+        self._write(method_frame(method, number))
 
     def take_output(self):
         data = super().take_output()
@@ -748,260 +667,3 @@ _CHANNEL_METHODS = {
     spec.Tx.Commit: AmqpConnection.on_tx_commit,
     spec.Tx.Rollback: AmqpConnection.on_tx_rollback,
 }
-
-
-class _MethodIds:
-    """A method frame that could not be decoded, known only by its class and method ids."""
-
-    __slots__ = ("index",)
-
-    def __init__(self, index):
-        self.index = index
-
-
-# basic.deliver's frame head and method ids, then (after the consumer tag) the delivery
-# tag and the redelivered bit.
-_DELIVER_START = struct.Struct(">BHIHH")
-_DELIVER_MIDDLE = struct.Struct(">q?")
-_DELIVER_FIXED_BYTES = 4 + 9      # ids, tag and bit
-# Consumer tags, exchange names and routing keys recur in every delivery; their encodings
-# are kept, up to this many (then it starts afresh), so that unique routing keys (RPC
-# replies, say) cannot grow it without bound.
-SHORT_STRING_CACHE_SIZE = 1024
-_short_strings = {}
-
-
-def _encoded_short_string(text):
-    """`text` as an AMQP short string (its length in one byte, then its UTF-8 bytes), kept."""
-    if len(_short_strings) >= SHORT_STRING_CACHE_SIZE:
-        _short_strings.clear()
-    value = text.encode()
-    encoded = _short_strings[text] = _SHORT_LENGTH.pack(len(value)) + value
-    return encoded
-
-
-def deliver_method(channel_number, consumer_tag, delivery_tag, redelivered, exchange, routing_key):
-    """basic.deliver's frame, but for its end byte, in parts, exactly as pamqp marshals it
-    (a test holds the two equal), assembled here because it is the one frame sent per
-    message and consumer: pamqp's general marshalling took a sixth of a delivery's cost,
-    and fanout is bound by it."""
-    known = _short_strings.get
-    tag = known(consumer_tag) or _encoded_short_string(consumer_tag)
-    exchange = known(exchange) or _encoded_short_string(exchange)
-    routing_key = known(routing_key) or _encoded_short_string(routing_key)
-    return [_DELIVER_START.pack(FRAME_METHOD, channel_number,
-                                _DELIVER_FIXED_BYTES + len(tag) + len(exchange) + len(routing_key),
-                                spec.Basic.frame_id, spec.Basic.Deliver.frame_id),
-            tag, _DELIVER_MIDDLE.pack(delivery_tag, redelivered), exchange, routing_key]
-
-
-def _method_parts(method, channel_number):
-    """Any other method frame as deliver_method gives basic.deliver's."""
-    return [amqp_frame.marshal(method, channel_number)[:-1]]
-
-
-def decode_content_header(buffer, start, frame_end):
-    """The content header frame in buffer[start:frame_end + 1] as (body size, properties
-    as the core's dict or None, the flags and values as sent), decoded as pamqp and
-    _properties_from_amqp decode it (a test holds them equal); None unless it is well
-    formed (pamqp then decodes it and words the error). pamqp took 7 us for a header with
-    two short strings, five times the rest of a publish."""
-    if frame_end - start < _BARE_HEADER_END:
-        return None
-    size = _HEADER_PREFIX.unpack_from(buffer, start + 7)[2]
-    if frame_end - start == _BARE_HEADER_END and not buffer[frame_end - 2] and not buffer[frame_end - 1]:
-        return size, None, _NO_PROPERTY_FLAGS        # no properties, as most publishers send
-    properties = _decode_properties(buffer, start + _PROPERTIES_AT, frame_end)
-    if properties is _UNDECODED:
-        return None
-    return size, properties, buffer[start + _PROPERTIES_AT:frame_end]
-
-
-_UNDECODED = object()
-# The properties in the order pamqp decodes them, each as (the core's name, its flag bit,
-# its AMQP type), taken from pamqp's own definitions.
-_PROPERTY_LAYOUT = tuple(
-    (next(name for name, amqp_name in _AMQP_NAMES.items() if amqp_name == slot),
-     spec.Basic.Properties.flags[slot], getattr(spec.Basic.Properties, "_" + slot))
-    for slot in spec.Basic.Properties.__slots__)
-# Flag bits no property uses: bit 0 announces a second flag word, which 0-9-1 never needs.
-_UNUSED_FLAGS = 0xFFFF & ~sum(flag for _, flag, _ in _PROPERTY_LAYOUT)
-_FLAGS = struct.Struct(">H")
-_TABLE_LENGTH = struct.Struct(">I")
-_TIMESTAMP = struct.Struct(">Q")
-# pamqp reads larger timestamps as milliseconds, through a float: left to it.
-_LARGEST_SECONDS = 0xFFFFFFFF
-
-
-def _decode_properties(buffer, at, end):
-    """The flags and values in buffer[at:end] as the core's dict (None when empty), or
-    _UNDECODED for anything but exactly the values the flags announce."""
-    flags = _FLAGS.unpack_from(buffer, at)[0]
-    if flags & _UNUSED_FLAGS:
-        return _UNDECODED
-    at += 2
-    values = {}
-    for name, flag, kind in _PROPERTY_LAYOUT:
-        if not flags & flag:
-            continue
-        if at >= end:
-            return _UNDECODED
-        if kind == "shortstr":
-            value_end = at + 1 + buffer[at]
-            if value_end > end:
-                return _UNDECODED
-            try:
-                value = str(buffer[at + 1:value_end], "utf-8")
-            except UnicodeDecodeError:
-                return _UNDECODED
-            at = value_end
-            if name == "cluster_id" and value == "":
-                continue          # as _properties_from_amqp: pamqp's stand-in for none
-        elif kind == "octet":
-            value = buffer[at]
-            at += 1
-        elif kind == "timestamp":
-            if end - at < 8:
-                return _UNDECODED
-            value = _TIMESTAMP.unpack_from(buffer, at)[0]
-            if value > _LARGEST_SECONDS:
-                return _UNDECODED
-            at += 8
-        else:                     # the headers table, decoded by pamqp itself
-            if end - at < 4:
-                return _UNDECODED
-            table_end = at + 4 + _TABLE_LENGTH.unpack_from(buffer, at)[0]
-            if table_end > end:
-                return _UNDECODED
-            try:
-                # Unsliced, as pamqp reads it: a value that runs past the table's stated end
-                # shows as more bytes used than stated, and is left to pamqp to judge.
-                used, value = decode.field_table(buffer[at:end])
-            except ValueError:
-                return _UNDECODED
-            if used != table_end - at:
-                return _UNDECODED
-            at = table_end
-        values[name] = value
-    if at != end:
-        return _UNDECODED
-    return values or None
-
-
-_BASIC_PUBLISH = spec.Basic.Publish.index
-_PUBLISH_TICKET = struct.Struct(">H")
-_new_method = object.__new__
-
-
-def decode_publish(buffer, start, frame_end):
-    """The basic.publish method frame in buffer[start:frame_end + 1] decoded as pamqp
-    decodes it (a test holds the two equal), or None unless it is well formed, and pamqp is
-    left to decode it and word the error. It is one of the two frames every published
-    message brings, and pamqp's general unmarshalling took a third of a publish's cost."""
-    exchange_at = start + 14          # frame head 7, method index 4, ticket 2, length 1
-    if frame_end - exchange_at < 2:
-        return None
-    exchange_end = exchange_at + buffer[exchange_at - 1]
-    if exchange_end >= frame_end:
-        return None
-    key_end = exchange_end + 1 + buffer[exchange_end]
-    if key_end + 1 != frame_end:
-        return None
-    try:
-        exchange = str(buffer[exchange_at:exchange_end], "utf-8")
-        routing_key = str(buffer[exchange_end + 1:key_end], "utf-8")
-    except UnicodeDecodeError:
-        return None
-    bits = buffer[key_end]
-    method = _new_method(spec.Basic.Publish)
-    method.ticket = _PUBLISH_TICKET.unpack_from(buffer, start + 11)[0]
-    method.exchange = exchange
-    method.routing_key = routing_key
-    method.mandatory = bool(bits & 1)
-    method.immediate = bool(bits & 2)
-    return method
-
-
-_BASIC_ACK = spec.Basic.Ack.index
-_DELIVERY_TAG = struct.Struct(">q")     # pamqp reads it signed
-_ACK_FRAME_END = 11 + _DELIVERY_TAG.size + 1     # from the frame's start: the tag, then the bit
-
-
-def decode_ack(buffer, start, frame_end):
-    """basic.ack as pamqp decodes it (a test holds the two equal), or None unless well
-    formed: clients that ack every message send one per delivery, and pamqp took 5 us."""
-    if frame_end - start != _ACK_FRAME_END:
-        return None
-    method = _new_method(spec.Basic.Ack)
-    method.delivery_tag = _DELIVERY_TAG.unpack_from(buffer, start + 11)[0]
-    method.multiple = bool(buffer[start + 19] & 1)
-    return method
-
-
-def _ids(method):
-    return (method.index >> 16, method.index & 0xFFFF) if method is not None else (0, 0)
-
-
-def _properties_from_amqp(properties):
-    """pamqp's Basic.Properties as the core's dict (None when empty): `type` by its AMQP
-    name, the timestamp as whole seconds since the epoch."""
-    values = {}
-    for name, amqp_name in _AMQP_NAMES.items():
-        value = getattr(properties, amqp_name)
-        # pamqp fills in cluster_id as "" when the client sent none.
-        if value is not None and not (name == "cluster_id" and value == ""):
-            values[name] = value
-    timestamp = values.get("timestamp")
-    if isinstance(timestamp, datetime.datetime):
-        values["timestamp"] = int(timestamp.timestamp())
-    return values or None
-
-
-# Messages from one JSON-lines publisher mostly carry the same few properties (a
-# delivery_mode, a content_type): their AMQP encoding is kept for the next such message.
-# Bounded, as a stream of unique values (ids) would otherwise grow it without limit.
-ENCODED_PROPERTIES_CACHE_SIZE = 1024
-_encoded_properties = {}
-
-
-def _encode_properties(message):
-    """The property flags and values of a content header for a message that came without
-    them in AMQP's encoding (from JSON lines, say), kept on the message for its next
-    delivery (fanout, redelivery)."""
-    properties = message.properties
-    if not properties:
-        return _NO_PROPERTY_FLAGS
-    key = None
-    if "headers" not in properties:         # the one property whose value is not hashable
-        key = tuple(properties.items())
-        encoded = _encoded_properties.get(key)
-        if encoded is not None:
-            message.encoded_properties = encoded
-            return encoded
-    try:
-        encoded = _properties_to_amqp(properties).marshal()
-    except (TypeError, ValueError, OverflowError, struct.error) as exc:
-        # Both front ends refuse what AMQP cannot carry, so this is a bug; better a message
-        # without properties than a consumer's connection, or the core mid-delivery, broken.
-        log.error("cannot encode the properties of a message from exchange '%s' for AMQP (%s); "
-                  "sending it without them", message.exchange, exc)
-        return _NO_PROPERTY_FLAGS
-    if key is not None:
-        if len(_encoded_properties) >= ENCODED_PROPERTIES_CACHE_SIZE:
-            _encoded_properties.clear()
-        _encoded_properties[key] = encoded
-    message.encoded_properties = encoded
-    return encoded
-
-
-def _properties_to_amqp(values):
-    if not values:
-        return spec.Basic.Properties()
-    arguments = {_AMQP_NAMES[name]: value for name, value in values.items() if name != "cluster_id"}
-    timestamp = arguments.get("timestamp")
-    if timestamp is not None:
-        arguments["timestamp"] = datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
-    properties = spec.Basic.Properties(**arguments)
-    # Deprecated in 0-9-1 and refused by pamqp's constructor, but passed through unchanged.
-    properties.cluster_id = values.get("cluster_id", "")
-    return properties

@@ -14,9 +14,10 @@ from pamqp import frame as amqp_frame
 from pamqp import header as amqp_header
 from pamqp.exceptions import UnmarshalingException
 
-from greenmq import amqp_protocol
-from greenmq.amqp_protocol import (FRAME_MIN, _Channel, SHORT_STRING_CACHE_SIZE, AmqpConnection, _properties_from_amqp,
-                           decode_ack, decode_content_header, decode_publish, deliver_method)
+from greenmq import amqp_codec
+from greenmq.amqp_codec import (SHORT_STRING_CACHE_SIZE, _properties_from_amqp, decode_ack, decode_content_header,
+                                decode_publish, deliver_method)
+from greenmq.amqp_protocol import FRAME_MIN, _Channel, AmqpConnection
 from greenmq.message import Message
 
 # Short strings: at most 255 bytes once encoded, which 63 characters of any kind stay under.
@@ -132,7 +133,7 @@ def test_encoded_names_kept_for_deliveries_stay_bounded():
     for n in range(3 * SHORT_STRING_CACHE_SIZE):
         used, _, method = amqp_frame.unmarshal(b"".join(deliver_method(1, "ctag", n + 1, False, "", f"amq.gen-{n}")) + b"\xce")
         assert method.routing_key == f"amq.gen-{n}"
-    assert len(amqp_protocol._short_strings) <= SHORT_STRING_CACHE_SIZE
+    assert len(amqp_codec._short_strings) <= SHORT_STRING_CACHE_SIZE
 
 
 header_values = st.none() | st.booleans() | st.integers(-2**31, 2**31 - 1) | short_strings
