@@ -6,6 +6,7 @@ that RabbitMQ's clients (pika, py-amqp, kombu, Celery) expect, driving the same 
 protocol.py.
 """
 
+import enum
 import logging
 import sys
 import time
@@ -36,13 +37,51 @@ FRAME_MIN = 4096
 CLOSE_OK_TIMEOUT_SECONDS = 10.0
 # How long a client may take to finish the handshake (RabbitMQ's handshake_timeout).
 HANDSHAKE_TIMEOUT_SECONDS = 10.0
+
+
+class ConnectionState(enum.Enum):
+    """Where an AMQP connection is in its life; TRANSITIONS says where each may go next."""
+
+    HEADER = "header"          # waiting for the protocol header
+    START_OK = "start-ok"      # connection.start sent: the client's login comes next
+    TUNE_OK = "tune-ok"        # logged in, connection.tune sent
+    OPEN = "open"              # tuned: connection.open (the virtual host) comes next
+    RUNNING = "running"        # open: channels come and go
+    CLOSING = "closing"        # we sent connection.close: only its close-ok (or a close) matters
+    CLOSED = "closed"          # nothing more is read; the transport hangs up once output is sent
+
+
+# The members as module names too: the checks made per frame compare a global by identity,
+# as cheap as the strings they replaced (an enum member's lookup on its class took 80 ns).
+HEADER, START_OK, TUNE_OK, OPEN, RUNNING, CLOSING, CLOSED = ConnectionState
+
+# Every move the connection may make. Before tune a failure hangs up at once (CLOSED), as
+# RabbitMQ does; from tune on it says why with connection.close and waits (CLOSING). A
+# client's own connection.close ends any state at once.
+TRANSITIONS = {
+    HEADER: frozenset({START_OK, CLOSED}),
+    START_OK: frozenset({TUNE_OK, CLOSED}),
+    TUNE_OK: frozenset({OPEN, CLOSING, CLOSED}),
+    OPEN: frozenset({RUNNING, CLOSING, CLOSED}),
+    RUNNING: frozenset({CLOSING, CLOSED}),
+    CLOSING: frozenset({CLOSED}),
+    CLOSED: frozenset(),
+}
+
+
+class ForbiddenTransition(RuntimeError):
+    """A move TRANSITIONS does not allow: a bug in the broker, never a client's doing (what
+    a client sends wrongly is a BrokerError with a reply code), so it is not a BrokerError:
+    met while a frame is handled, it is logged as any bug there and the connection closed
+    with 541 INTERNAL_ERROR."""
+
+
 # The handshake as a table: in each state, the method the client must send next and the
-# handler that answers it and moves to the next state ("header" is the protocol header,
-# before any frame; "running" and "closing" take channel methods and close only).
+# handler that answers it and moves to the next state.
 _HANDSHAKE = {
-    "start-ok": (spec.Connection.StartOk, "_start_ok"),     # -> tune-ok
-    "tune-ok": (spec.Connection.TuneOk, "_tune_ok"),        # -> open
-    "open": (spec.Connection.Open, "_open"),                # -> running
+    START_OK: (spec.Connection.StartOk, "_start_ok"),     # -> TUNE_OK
+    TUNE_OK: (spec.Connection.TuneOk, "_tune_ok"),        # -> OPEN
+    OPEN: (spec.Connection.Open, "_open"),                # -> RUNNING
 }
 
 # Only what this broker really does: pika refuses confirm_delivery without the first two.
@@ -88,7 +127,7 @@ class AmqpConnection(FrontEndConnection):
     def __init__(self, node, peer, max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES):
         super().__init__(node, peer)
         self.max_message_bytes = max_message_bytes
-        self.state = "header"
+        self.state = HEADER
         self.frame_max = FRAME_MAX
         self.channel_max = MAX_CHANNELS
         self.heartbeat = 0
@@ -106,20 +145,20 @@ class AmqpConnection(FrontEndConnection):
         self._last_received = time.monotonic()
         buffer = self._buffer + data if self._buffer else data
         offset = 0
-        if self.state == "header":
+        if self.state is HEADER:
             if len(buffer) < 8:
                 self._buffer = buffer
                 return
             if buffer[:8] != PROTOCOL_HEADER:
                 # The spec's answer to a header it does not speak: its own, then close.
                 self._write(PROTOCOL_HEADER)
-                self.closed = True
+                self._move_to(CLOSED)
                 return
             offset = 8
             self._send_method(0, spec.Connection.Start(
                 version_major=0, version_minor=9, server_properties=self._server_properties(),
                 mechanisms="PLAIN AMQPLAIN", locales="en_US"))
-            self.state = "start-ok"
+            self._move_to(START_OK)
         end = len(buffer)
         while end - offset >= 7 and not self.closed:
             frame_type, channel, size = FRAME_HEAD.unpack_from(buffer, offset)
@@ -140,7 +179,7 @@ class AmqpConnection(FrontEndConnection):
     def _frame(self, frame_type, channel, buffer, start, frame_end, end):
         """Handles the frame at buffer[start:frame_end + 1] of buffer[:end]; returns where the
         next frame starts, which is further on when a whole publish was taken at once."""
-        if self.state == "closing" and (frame_type != FRAME_METHOD or channel != 0):
+        if self.state is CLOSING and (frame_type != FRAME_METHOD or channel != 0):
             return frame_end + 1      # after our connection.close only its close-ok matters
         method = None
         try:
@@ -175,18 +214,18 @@ class AmqpConnection(FrontEndConnection):
     # -- the connection (channel 0) ------------------------------------------------------
 
     def _connection_method(self, method):
-        if self.state == "closing":
+        if self.state is CLOSING:
             if isinstance(method, (spec.Connection.CloseOk, spec.Connection.Close)):
                 if isinstance(method, spec.Connection.Close):
                     self._send_method(0, spec.Connection.CloseOk())
-                self.closed = True
+                self._move_to(CLOSED)
             return
         if isinstance(method, spec.Connection.Close):
             self.connection_lost()
             self._send_method(0, spec.Connection.CloseOk())
-            self.closed = True
+            self._move_to(CLOSED)
             return
-        if isinstance(method, spec.Connection.UpdateSecret) and self.state == "running":
+        if isinstance(method, spec.Connection.UpdateSecret) and self.state is RUNNING:
             # For its own users RabbitMQ takes a new secret without checking it, and so do we.
             self._send_method(0, spec.Connection.UpdateSecretOk())
             return
@@ -223,7 +262,7 @@ class AmqpConnection(FrontEndConnection):
         self.user = self.node.authenticate(username, password, self.peer, mechanism)
         self._send_method(0, spec.Connection.Tune(channel_max=MAX_CHANNELS, frame_max=FRAME_MAX,
                                                   heartbeat=HEARTBEAT_SECONDS))
-        self.state = "tune-ok"
+        self._move_to(TUNE_OK)
 
     def _tune_ok(self, method):
         if method.frame_max and method.frame_max < FRAME_MIN:
@@ -233,26 +272,26 @@ class AmqpConnection(FrontEndConnection):
         self.frame_max = method.frame_max or FRAME_MAX
         self.channel_max = min(method.channel_max or MAX_CHANNELS, MAX_CHANNELS)
         self.heartbeat = method.heartbeat
-        self.state = "open"
+        self._move_to(OPEN)
 
     def _open(self, method):
         self.session = self.node.open_session(self.user, method.virtual_host, self.peer, "amqp", self,
                                               self.client_properties)
         self._send_method(0, spec.Connection.OpenOk())
-        self.state = "running"
+        self._move_to(RUNNING)
 
     def _connection_error(self, exc, method=None):
         """Close the connection for `exc`; the client's close-ok (or a timeout) ends it."""
-        if self.state == "closing" or self.closed:
+        if self.state is CLOSING or self.state is CLOSED:
             return
-        if self.state in ("header", "start-ok"):
+        if self.state is HEADER or self.state is START_OK:
             # Before tune, RabbitMQ hangs up without connection.close, except for a failed
             # login when the client asked to be told; then it hangs up right after.
             log.info("closing AMQP connection from %s: %s", self.peer, exc.text)
             if isinstance(exc, AccessRefused) and self._client_capability("authentication_failure_close"):
                 self._send_method(0, spec.Connection.Close(reply_code=exc.code, reply_text=exc.text[:255],
                                                            class_id=10, method_id=11))
-            self.closed = True
+            self._move_to(CLOSED)
             return
         log.info("closing AMQP connection from %s: %s", self.peer, exc.text)
         class_id, method_id = method_ids(method)
@@ -260,25 +299,40 @@ class AmqpConnection(FrontEndConnection):
                                                    class_id=class_id, method_id=method_id))
         self.connection_lost()
         self.channels = {}
-        self.state = "closing"
+        self._move_to(CLOSING)
         self._close_deadline = time.monotonic() + CLOSE_OK_TIMEOUT_SECONDS
 
     def _framing_lost(self, exc):
         """After a malformed frame nothing more can be parsed: say why and hang up at once,
         without waiting for a close-ok that could not be found (as RabbitMQ does)."""
         self._connection_error(exc)
-        self.closed = True
+        self._hang_up()
 
     def close(self, exc):
         """The broker is stopping (320) or the transport drops the peer."""
         self._connection_error(exc)
-        self.closed = True
+        self._hang_up()
+
+    def _hang_up(self):
+        """Read no more, whatever the state: what was written is still sent."""
+        if self.state is not CLOSED:
+            self._move_to(CLOSED)
+
+    def _move_to(self, state):
+        """The one place the connection changes state, and only as TRANSITIONS allows."""
+        if state not in TRANSITIONS[self.state]:
+            raise ForbiddenTransition(f"an AMQP connection cannot go from {self.state.value} to {state.value}")
+        self.state = state
+        if state is CLOSED:
+            self.closed = True          # the transport's sign to read no more
 
     def tick(self, now):
         """Heartbeats both ways and the close-ok and handshake timeouts; None drops the peer."""
         if self._close_deadline is not None:
             return None if now >= self._close_deadline else self._close_deadline - now
-        if self.state != "running":
+        if self.state is CLOSED:
+            return None         # closed by the client or before tune: nothing more to wait for
+        if self.state is not RUNNING:
             if now - self._started > HANDSHAKE_TIMEOUT_SECONDS:
                 log.info("AMQP client %s did not finish the handshake in time", self.peer)
                 return None
@@ -310,7 +364,7 @@ class AmqpConnection(FrontEndConnection):
     # -- channels ----------------------------------------------------------------------
 
     def _channel_method(self, number, method):
-        if self.state != "running":
+        if self.state is not RUNNING:
             raise CommandInvalid(f"{method.name} before the connection is open")
         if method.index >> 16 == spec.Connection.frame_id:
             raise CommandInvalid(f"{method.name} is only allowed on channel 0")
@@ -464,7 +518,7 @@ class AmqpConnection(FrontEndConnection):
         every message. Returns where the next frame starts, or 0 for anything else, which
         then takes the frame-by-frame path (and its errors)."""
         channel = self.channels.get(number)
-        if (self.state != "running" or channel is None or channel.closing or channel.content is not None
+        if (self.state is not RUNNING or channel is None or channel.closing or channel.content is not None
                 or method.immediate):
             return 0
         header_start = method_end + 1
