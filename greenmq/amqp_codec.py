@@ -25,7 +25,11 @@ PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 
 FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT = 1, 2, 3, 8
 FRAME_END = 0xCE
-FRAME_HEAD = struct.Struct(">BHI")          # a frame's type, channel and payload size
+# Readers of fixed layouts, bound here: a struct imported by name and asked for its
+# unpack_from builds the bound method on every call (Python 3.11 compiles a method call
+# on an imported name as an attribute load), and these run for every frame.
+# unpack_frame_head(buffer, offset): a frame's type, channel and payload size.
+unpack_frame_head = struct.Struct(">BHI").unpack_from
 HEARTBEAT_FRAME = amqp_frame.marshal(amqp_heartbeat.Heartbeat(), 0)
 _FRAME_END_BYTE = bytes([FRAME_END])
 _HEADER_PREFIX = struct.Struct(">HHQ")      # a content header's class id, weight, body size
@@ -38,7 +42,8 @@ _METHOD_INDEX = struct.Struct(">I")
 NO_PROPERTY_FLAGS = b"\x00\x00"
 PROPERTIES_AT = 7 + _HEADER_PREFIX_BYTES     # a content header's flags, from the frame's start
 BARE_HEADER_END = PROPERTIES_AT + len(NO_PROPERTY_FLAGS)
-HEADER_START = struct.Struct(">BHIHHQH")     # a content header's frame head, prefix and flags
+# unpack_header_start(buffer, offset): a content header's frame head, prefix and flags.
+unpack_header_start = struct.Struct(">BHIHHQH").unpack_from
 _SHORT_LENGTH = struct.Struct(">B")
 
 # Property names as pamqp spells them (AMQP's `type` is `message_type` there).

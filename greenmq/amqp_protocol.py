@@ -13,11 +13,11 @@ import time
 
 from pamqp import commands as spec
 
-from .amqp_codec import (BARE_HEADER_END, FRAME_BODY, FRAME_END, FRAME_HEAD, FRAME_HEADER, FRAME_HEARTBEAT,
-                         FRAME_METHOD, HEADER_START, HEARTBEAT_FRAME, NO_PROPERTY_FLAGS, PROPERTIES_AT,
-                         PROTOCOL_HEADER, UNDECODED, MethodDecoder, amqplain_credentials, content_frames,
-                         decode_content_header, decode_properties, deliver_method, method_frame, method_ids,
-                         method_parts, undecoded_method, unmarshal_content_header)
+from .amqp_codec import (BARE_HEADER_END, FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
+                         HEARTBEAT_FRAME, NO_PROPERTY_FLAGS, PROPERTIES_AT, PROTOCOL_HEADER, UNDECODED,
+                         MethodDecoder, amqplain_credentials, content_frames, decode_content_header,
+                         decode_properties, deliver_method, method_frame, method_ids, method_parts,
+                         undecoded_method, unmarshal_content_header, unpack_frame_head, unpack_header_start)
 from .errors import (AccessRefused, BrokerError, ChannelNotOpen, CommandInvalid,
                     FrameError, InternalError, NotAllowed, PreconditionFailed, UnexpectedFrame,
                     Unsupported)
@@ -161,7 +161,7 @@ class AmqpConnection(FrontEndConnection):
             self._move_to(START_OK)
         end = len(buffer)
         while end - offset >= 7 and not self.closed:
-            frame_type, channel, size = FRAME_HEAD.unpack_from(buffer, offset)
+            frame_type, channel, size = unpack_frame_head(buffer, offset)
             if size + 8 > self.frame_max:
                 self._framing_lost(FrameError(f"frame size {size + 8} exceeds frame_max {self.frame_max}"))
                 break
@@ -524,7 +524,7 @@ class AmqpConnection(FrontEndConnection):
         header_start = method_end + 1
         if end - header_start < BARE_HEADER_END:
             return 0
-        header_type, header_channel, header_size, _, _, size, flags = HEADER_START.unpack_from(buffer, header_start)
+        header_type, header_channel, header_size, _, _, size, flags = unpack_header_start(buffer, header_start)
         header_end = header_start + 7 + header_size
         body_start = header_end + 8
         if (header_type != FRAME_HEADER or header_channel != number or header_end < header_start + BARE_HEADER_END
@@ -537,7 +537,7 @@ class AmqpConnection(FrontEndConnection):
             encoded_properties = buffer[header_start + PROPERTIES_AT:header_end]
         else:
             properties, encoded_properties = None, NO_PROPERTY_FLAGS
-        body_type, body_channel, body_size = FRAME_HEAD.unpack_from(buffer, header_end + 1)
+        body_type, body_channel, body_size = unpack_frame_head(buffer, header_end + 1)
         body_end = body_start + size
         if (body_type != FRAME_BODY or body_channel != number or body_size != size or not size or body_end >= end
                 or size + 8 > self.frame_max or size > self.max_message_bytes or buffer[body_end] != FRAME_END):
