@@ -6,7 +6,6 @@ by hand, each held equal to pamqp's result by a test, because pamqp's general ma
 took most of a message's cost. What a frame means is amqp_protocol.py's business.
 """
 
-import datetime
 import logging
 import struct
 
@@ -17,7 +16,7 @@ from pamqp import heartbeat as amqp_heartbeat
 from pamqp.exceptions import UnmarshalingException
 
 from .errors import FrameError, Unsupported
-from .message import PROPERTY_NAMES
+from .properties import AMQP_NAMES, from_amqp, to_amqp
 
 log = logging.getLogger("greenmq.amqp")
 
@@ -45,9 +44,6 @@ BARE_HEADER_END = PROPERTIES_AT + len(NO_PROPERTY_FLAGS)
 # unpack_header_start(buffer, offset): a content header's frame head, prefix and flags.
 unpack_header_start = struct.Struct(">BHIHHQH").unpack_from
 _SHORT_LENGTH = struct.Struct(">B")
-
-# Property names as pamqp spells them (AMQP's `type` is `message_type` there).
-_AMQP_NAMES = {name: ("message_type" if name == "type" else name) for name in PROPERTY_NAMES}
 
 
 # -- methods in --------------------------------------------------------------------------
@@ -175,7 +171,7 @@ def amqplain_credentials(response):
 def decode_content_header(buffer, start, frame_end):
     """The content header frame in buffer[start:frame_end + 1] as (body size, properties
     as the core's dict or None, the flags and values as sent), decoded as pamqp and
-    _properties_from_amqp decode it (a test holds them equal); None unless it is well
+    properties.from_amqp decodes it (a test holds them equal); None unless it is well
     formed (unmarshal_content_header then decodes it and words the error). pamqp took 7 us
     for a header with two short strings, five times the rest of a publish."""
     if frame_end - start < BARE_HEADER_END:
@@ -196,7 +192,7 @@ def unmarshal_content_header(buffer, start, frame_end):
         content_header = amqp_frame.unmarshal(buffer[start:frame_end + 1])[2]
     except UnmarshalingException as exc:
         raise FrameError(f"could not decode the content header: {exc}") from None
-    return (content_header.body_size, _properties_from_amqp(content_header.properties),
+    return (content_header.body_size, from_amqp(content_header.properties) or None,
             buffer[start + PROPERTIES_AT:frame_end])
 
 
@@ -204,7 +200,7 @@ UNDECODED = object()
 # The properties in the order pamqp decodes them, each as (the core's name, its flag bit,
 # its AMQP type), taken from pamqp's own definitions.
 _PROPERTY_LAYOUT = tuple(
-    (next(name for name, amqp_name in _AMQP_NAMES.items() if amqp_name == slot),
+    (next(name for name, amqp_name in AMQP_NAMES.items() if amqp_name == slot),
      spec.Basic.Properties.flags[slot], getattr(spec.Basic.Properties, "_" + slot))
     for slot in spec.Basic.Properties.__slots__)
 # Flag bits no property uses: bit 0 announces a second flag word, which 0-9-1 never needs.
@@ -239,7 +235,7 @@ def decode_properties(buffer, at, end):
                 return UNDECODED
             at = value_end
             if name == "cluster_id" and value == "":
-                continue          # as _properties_from_amqp: pamqp's stand-in for none
+                continue          # as properties.from_amqp: pamqp's stand-in for none
         elif kind == "octet":
             value = buffer[at]
             at += 1
@@ -268,21 +264,6 @@ def decode_properties(buffer, at, end):
         values[name] = value
     if at != end:
         return UNDECODED
-    return values or None
-
-
-def _properties_from_amqp(properties):
-    """pamqp's Basic.Properties as the core's dict (None when empty): `type` by its AMQP
-    name, the timestamp as whole seconds since the epoch."""
-    values = {}
-    for name, amqp_name in _AMQP_NAMES.items():
-        value = getattr(properties, amqp_name)
-        # pamqp fills in cluster_id as "" when the client sent none.
-        if value is not None and not (name == "cluster_id" and value == ""):
-            values[name] = value
-    timestamp = values.get("timestamp")
-    if isinstance(timestamp, datetime.datetime):
-        values["timestamp"] = int(timestamp.timestamp())
     return values or None
 
 
@@ -379,7 +360,7 @@ def _encode_properties(message):
             message.encoded_properties = encoded
             return encoded
     try:
-        encoded = _properties_to_amqp(properties).marshal()
+        encoded = to_amqp(properties).marshal()
     except (TypeError, ValueError, OverflowError, struct.error) as exc:
         # Both front ends refuse what AMQP cannot carry, so this is a bug; better a message
         # without properties than a consumer's connection, or the core mid-delivery, broken.
@@ -392,16 +373,3 @@ def _encode_properties(message):
         _encoded_properties[key] = encoded
     message.encoded_properties = encoded
     return encoded
-
-
-def _properties_to_amqp(values):
-    if not values:
-        return spec.Basic.Properties()
-    arguments = {_AMQP_NAMES[name]: value for name, value in values.items() if name != "cluster_id"}
-    timestamp = arguments.get("timestamp")
-    if timestamp is not None:
-        arguments["timestamp"] = datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
-    properties = spec.Basic.Properties(**arguments)
-    # Deprecated in 0-9-1 and refused by pamqp's constructor, but passed through unchanged.
-    properties.cluster_id = values.get("cluster_id", "")
-    return properties

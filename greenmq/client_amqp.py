@@ -11,7 +11,6 @@ imports nothing of the broker's modules (amqp_protocol.py included).
 """
 
 import collections
-import datetime
 import struct
 
 from pamqp import body as amqp_body
@@ -21,15 +20,7 @@ from pamqp import header as amqp_header
 from pamqp import heartbeat as amqp_heartbeat
 
 from greenmq.client_errors import GreenMQError, refuse_large_body
-
-# The message properties AMQP 0-9-1 defines, named as pika names them (pamqp says
-# message_type for type): what BasicProperties takes, over either wire, and what is read
-# from a content header.
-PROPERTY_NAMES = (
-    "content_type", "content_encoding", "headers", "delivery_mode", "priority",
-    "correlation_id", "reply_to", "expiration", "message_id", "timestamp", "type",
-    "user_id", "app_id", "cluster_id",
-)
+from greenmq.properties import from_amqp, to_amqp
 
 # What this client offers when the broker tunes the connection: RabbitMQ's default frame
 # size (a message body goes in frames of at most this), and its default channel_max.
@@ -91,31 +82,6 @@ def _amqp_reply(method):
     if name == "Basic.GetEmpty":
         return {"empty": True}
     return {}
-
-
-def _amqp_properties(values):
-    if not values:
-        return amqp.Basic.Properties()
-    values = dict(values)
-    if "type" in values:
-        values["message_type"] = values.pop("type")
-    if isinstance(values.get("timestamp"), int):
-        values["timestamp"] = datetime.datetime.fromtimestamp(values["timestamp"], datetime.timezone.utc)
-    cluster_id = values.pop("cluster_id", None)
-    properties = amqp.Basic.Properties(**values)
-    if cluster_id is not None:          # deprecated in 0-9-1 and refused by pamqp's constructor
-        properties.cluster_id = cluster_id
-    return properties
-
-
-def _properties_from_amqp(properties):
-    values = {}
-    for name in PROPERTY_NAMES:
-        value = getattr(properties, "message_type" if name == "type" else name)
-        if value is None or (name == "cluster_id" and value == ""):   # pamqp's stand-in for none
-            continue
-        values[name] = int(value.timestamp()) if name == "timestamp" else value
-    return values
 
 
 class AmqpWire:
@@ -187,7 +153,7 @@ class AmqpWire:
         refuse_large_body(len(body), self._connection.max_message_bytes)
         frames = [amqp_frame.marshal(amqp.Basic.Publish(exchange=exchange, routing_key=routing_key,
                                                         mandatory=mandatory), channel),
-                  amqp_frame.marshal(amqp_header.ContentHeader(0, len(body), _amqp_properties(properties)),
+                  amqp_frame.marshal(amqp_header.ContentHeader(0, len(body), to_amqp(properties)),
                                      channel)]
         step = self._frame_max - _AMQP_FRAME_OVERHEAD
         for start in range(0, len(body), step):
@@ -246,7 +212,7 @@ class AmqpWire:
 
     def _content_received(self, channel):
         event, properties, _, parts = self._content.pop(channel)
-        event["properties"] = _properties_from_amqp(properties)
+        event["properties"] = from_amqp(properties)
         event["body"] = b"".join(parts)
         if "event" in event:
             self._events.append(event)

@@ -43,7 +43,7 @@ import time
 # The errors, ports, environment variables and limits that live beside the code they govern
 # are importable from here too, where programs catch and read them (connection.NotFound,
 # connection.DEFAULT_PORT); some of them this module only passes on.
-from greenmq.client_amqp import AMQP_CHANNEL_MAX, AMQP_FRAME_MAX, PROPERTY_NAMES
+from greenmq.client_amqp import AMQP_CHANNEL_MAX, AMQP_FRAME_MAX
 from greenmq.client_errors import (
     AccessRefused, BrokerError, ConnectionBlockedTimeout, ConnectionClosed, GreenMQError, NackError,
     NotFound, PreconditionFailed, ResourceLocked, UnroutableError, broker_error)
@@ -52,6 +52,7 @@ from greenmq.client_failover import (
     FAILOVER_MAX_WAIT, PORT_ENVIRONMENT_VARIABLE, URL_ENVIRONMENT_VARIABLE, Backoff, Declarations, brokers,
     fails_over)
 from greenmq.client_json_lines import DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_MESSAGE_BYTES
+from greenmq.properties import PROPERTY_NAMES
 
 PROTOCOL_VERSION = 1
 

@@ -7,16 +7,11 @@ import decimal
 import json
 
 from .errors import BadSyntax, PreconditionFailed
+from .properties import PROPERTY_NAMES
 
 # AMQP's short strings (names, routing keys, most properties) hold at most 255 bytes of UTF-8.
 MAX_NAME_BYTES = 255
 
-# AMQP 0-9-1 basic properties, in the order of the spec's property flags.
-PROPERTY_NAMES = (
-    "content_type", "content_encoding", "headers", "delivery_mode", "priority",
-    "correlation_id", "reply_to", "expiration", "message_id", "timestamp", "type",
-    "user_id", "app_id", "cluster_id",
-)
 
 # RabbitMQ's bound on TTLs and queue expiry, in milliseconds (about 49 days): larger values
 # are refused rather than overflowing the timers they set.

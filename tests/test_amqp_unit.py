@@ -17,11 +17,12 @@ from pamqp import heartbeat as amqp_heartbeat
 from pamqp.exceptions import UnmarshalingException
 
 from greenmq import amqp_codec
-from greenmq.amqp_codec import (SHORT_STRING_CACHE_SIZE, _properties_from_amqp, decode_ack, decode_content_header,
+from greenmq.amqp_codec import (SHORT_STRING_CACHE_SIZE, decode_ack, decode_content_header,
                                 decode_publish, deliver_method)
 from greenmq.amqp_protocol import (CLOSED, FRAME_MIN, HEADER, RUNNING, TRANSITIONS, _Channel, AmqpConnection,
                                    ConnectionState, ForbiddenTransition)
 from greenmq.errors import AccessRefused, BrokerError, ConnectionForced
+from greenmq import properties as amqp_properties
 from greenmq.message import Message
 
 # Short strings: at most 255 bytes once encoded, which 63 characters of any kind stay under.
@@ -121,7 +122,7 @@ def test_deliveries_are_the_frames_pamqp_would_send(body, frame_max, channel, pr
     if from_amqp:
         message = Message("amq.direct", "key", body, None, None if properties is None else properties.marshal())
     else:
-        message = Message("amq.direct", "key", body, _properties_from_amqp(properties or spec.Basic.Properties()))
+        message = Message("amq.direct", "key", body, amqp_properties.from_amqp(properties or spec.Basic.Properties()) or None)
     connection = AmqpConnection(None, ("127.0.0.1", 1))
     connection.frame_max = frame_max
     connection.deliver(channel, "ctag", 7, message)
@@ -155,7 +156,7 @@ properties = st.builds(
 
 def _pamqp_content_header(frame):
     header = amqp_frame.unmarshal(frame)[2]
-    return header.body_size, _properties_from_amqp(header.properties), frame[19:-1]
+    return header.body_size, amqp_properties.from_amqp(header.properties) or None, frame[19:-1]
 
 
 @given(properties, st.integers(0, 2**63 - 1), st.integers(1, 65535))

@@ -71,7 +71,8 @@ def test_the_client_imports_no_broker_module_and_no_gevent():
         capture_output=True, text=True, check=True).stdout.split()
     assert "gevent" not in loaded
     assert [name for name in loaded if name.startswith("greenmq")
-            and name not in ("greenmq", "greenmq.connection") and not name.startswith("greenmq.client_")] == []
+            and name not in ("greenmq", "greenmq.connection", "greenmq.properties")
+            and not name.startswith("greenmq.client_")] == []
 
 
 # What programs may use as connection.<name>, wherever in the client it is defined.
