@@ -11,12 +11,13 @@ import base64
 import json
 
 from greenmq.client_errors import refuse_large_body
+from greenmq.lines import max_line_bytes_for, whole_lines
 
 
 # What a broker that does not say otherwise in its `hello` reply accepts: RabbitMQ's default
 # max_message_size, and the line that carries such a body in base64.
 DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024 * 1024
-DEFAULT_MAX_LINE_BYTES = 4 * -(-DEFAULT_MAX_MESSAGE_BYTES // 3) + 1024 * 1024
+DEFAULT_MAX_LINE_BYTES = max_line_bytes_for(DEFAULT_MAX_MESSAGE_BYTES)
 
 
 _encode = json.JSONEncoder(separators=(",", ":")).encode
@@ -96,15 +97,7 @@ class JsonLinesWire:
 
     def received(self, data):
         """The replies and events of every whole line in `data`."""
-        lines = data.split(b"\n")
-        if self._received:
-            # Only the new bytes were searched; the line grows in place (linear time).
-            head = self._received
-            if type(head) is bytes:
-                head = bytearray(head)
-            head += lines[0]
-            lines[0] = head
-        self._received = lines.pop()
+        lines, self._received = whole_lines(self._received, data)
         for line in lines:
             if line:                    # an empty line is a heartbeat
                 yield _decode(line.decode())

@@ -14,7 +14,8 @@ try:
 except ImportError:             # Python < 3.11: the same parser, from PyPI
     import tomli as tomllib
 
-from .message import DEFAULT_MAX_MESSAGE_BYTES, max_line_bytes_for
+from .lines import max_line_bytes_for
+from .message import DEFAULT_MAX_MESSAGE_BYTES
 from .memory import DEFAULT_MEMORY_FRACTION, parse_memory_limit
 from .stats import DEFAULT_SAMPLE_INTERVAL_SECONDS
 

@@ -22,19 +22,6 @@ MAX_EXPIRY_MS = 2**32 - 1
 # lower or raise it with --max-message-bytes (RabbitMQ allows up to 512 MiB).
 DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 
-# Room on a JSON-lines publish around its body: names, properties and headers. AMQP carries
-# a message's properties in one frame of at most 128 KiB; JSON's escapes can make them a few
-# times longer.
-LINE_ENVELOPE_BYTES = 1024 * 1024
-
-
-def max_line_bytes_for(max_message_bytes):
-    """The longest JSON line the broker must read: a body of the largest message in base64
-    (4 bytes for every 3), with room for the rest of the publish. Beside the largest body,
-    which it follows: the settings check one against the other."""
-    return 4 * -(-max_message_bytes // 3) + LINE_ENVELOPE_BYTES
-
-
 # Messages share one copy of each exchange name and routing key seen recently (a fifth of a
 # small message's memory when a million wait). Not sys.intern: since CPython 3.12 interned
 # strings live as long as the process, so unique routing keys (an RPC reply queue per

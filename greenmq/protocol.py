@@ -16,8 +16,8 @@ from .access import MONITORING
 from .config import HELLO_TIMEOUT_SECONDS
 from .errors import (BadSyntax, BrokerError, CommandInvalid, ConnectionForced, FrameError,
                     InternalError, PreconditionFailed, Unsupported)
-from .message import (DEFAULT_MAX_MESSAGE_BYTES, json_value, max_line_bytes_for, message_too_large,
-                      properties_from_request)
+from .lines import max_line_bytes_for, whole_lines
+from .message import DEFAULT_MAX_MESSAGE_BYTES, json_value, message_too_large, properties_from_request
 from .node import SERVER_NAME, VERSION
 from .request_fields import base64_bytes, field, flag, string_list
 from .transport import FrontEndConnection
@@ -73,15 +73,8 @@ class JsonLinesProtocol(FrontEndConnection):
         if self.closed:
             return
         self._last_received = time.monotonic()
-        lines = data.split(b"\n")
-        if self._partial:
-            # Only the new bytes were searched; the line grows in place (linear time).
-            head = self._partial
-            if type(head) is bytes:
-                head = bytearray(head)
-            head += lines[0]
-            lines[0] = head
-        rest = self._partial = lines.pop()
+        lines, rest = whole_lines(self._partial, data)
+        self._partial = rest
         limit = self.max_line_bytes
         for line in lines:
             if self.closed:

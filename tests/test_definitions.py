@@ -20,7 +20,7 @@ import pytest
 
 from greenmq import connection
 from tests.broker_process import BrokerProcess
-from tests.greenmqctl_process import failed, greenmqctl as ctl, greenmqctl_json as ctl_json
+from tests.greenmqctl_process import failed, greenmqctl as ctl
 
 RABBITMQCTL = os.environ.get("GREENMQ_TEST_RABBITMQCTL")
 EXIT_REFUSED = 65

@@ -11,7 +11,6 @@ import threading
 
 import pytest
 
-from greenmq import connection
 from tests.broker_process import ROOT
 from tests.conftest import client_url
 

@@ -1,0 +1,26 @@
+"""JSON lines' framing, shared by the broker's front end and the client: how long a line
+may be, and how the bytes read become whole lines. Imports nothing, so the client can use
+it without the broker."""
+
+# Room on a JSON-lines publish around its body: names, properties and headers. AMQP carries
+# a message's properties in one frame of at most 128 KiB; JSON's escapes can make them a few
+# times longer.
+LINE_ENVELOPE_BYTES = 1024 * 1024
+
+
+def max_line_bytes_for(max_message_bytes):
+    """The longest JSON line a side must read: a body of the largest message in base64
+    (4 bytes for every 3), with room for the rest of the publish."""
+    return 4 * -(-max_message_bytes // 3) + LINE_ENVELOPE_BYTES
+
+
+def whole_lines(partial, data):
+    """(the whole lines of `partial` + `data`, the start of the next line). Only `data` is
+    searched for newlines, and a line arriving in many reads grows in place, so a long line
+    costs linear time. The start returned is what to pass as `partial` with the next read."""
+    lines = data.split(b"\n")
+    if partial:
+        head = partial if type(partial) is bytearray else bytearray(partial)
+        head += lines[0]
+        lines[0] = head
+    return lines, lines.pop()
