@@ -342,8 +342,16 @@ class Queue:
 
     @property
     def message_count(self):
-        self._drop_expired()
+        """The ready messages, expired ones not yet dropped included (see `drop_expired`)."""
         return len(self.ready)
+
+    def effective_ttl(self, message):
+        """The TTL in ms `message` has in this queue, or None: the shorter of its own
+        (its expiration property) and the queue's x-message-ttl, as in RabbitMQ."""
+        ttl = self.message_ttl
+        if message.ttl is not None and (ttl is None or message.ttl < ttl):
+            return message.ttl
+        return ttl
 
     # -- messages in -------------------------------------------------------------------
 
@@ -351,11 +359,8 @@ class Queue:
         """Take a routed message; False when a length limit with x-overflow reject-publish
         (or reject-publish-dlx) refuses it."""
         self.published += 1
-        ttl = self.message_ttl
-        if message.ttl is not None and (ttl is None or message.ttl < ttl):
-            ttl = message.ttl
-        if ttl is not None:
-            message = message.placed(False, time.monotonic() + ttl / 1000.0)
+        if message.ttl is not None or self.message_ttl is not None:
+            message = message.placed(False, time.monotonic() + self.effective_ttl(message) / 1000.0)
         ready = self.ready
         if self.limited and self.overflow != "drop-head" and self._full_for(message):
             memory.held_bytes += len(message.body) + MESSAGE_OVERHEAD_BYTES
@@ -377,7 +382,7 @@ class Queue:
         ready.append(message)
         if self.limited:
             self._drop_head_over_limit()
-        if ttl is not None and self._ttl_timer is None:
+        if message.expires_at is not None and self._ttl_timer is None:
             self._arm_ttl_timer()
         return True
 
@@ -402,22 +407,19 @@ class Queue:
                 return
             message = ready.popleft() if returned else fresh.popleft()
             if message.expires_at is not None and message.expires_at <= time.monotonic():
+                # Checked here, per message, so that none goes out expired; the ending
+                # itself is drop_expired's.
                 self._forget((message,), "expired")
-                message = self._next_live()     # past every expired one
+                message = self._next_live()
                 if message is None:
                     return
             self._hand_out(consumer, message)
 
     def _next_live(self):
         """Take the next ready message that has not expired, ending those that have."""
+        self.drop_expired()
         ready = self.ready
-        fresh, returned = ready.fresh, ready.returned
-        while fresh or returned:
-            message = ready.popleft() if returned else fresh.popleft()
-            if message.expires_at is None or message.expires_at > time.monotonic():
-                return message
-            self._forget((message,), "expired")
-        return None
+        return ready.popleft() if ready.fresh or ready.returned else None
 
     def _hand_out(self, consumer, message):
         """Deliver a message this queue holds; a no-ack consumer's ends here, and an acking
@@ -440,7 +442,8 @@ class Queue:
     def get(self, no_ack):
         """The next ready message for basic.get and its place in the queue's order (see
         `settle`), or None; unless `no_ack` it stays this queue's, unacked, until the
-        channel settles it."""
+        channel settles it. The answer says how many are left, so the expired ones now at
+        the head go too."""
         self.touch()
         message = self._next_live()
         if message is None:
@@ -452,6 +455,7 @@ class Queue:
             self._forget((message,))
         else:
             self.unacked_count += 1
+        self.drop_expired()
         return message, self.delivered if message.order is None else message.order
 
     def settle(self, deliveries, requeue, rejected=False):
@@ -598,10 +602,14 @@ class Queue:
         if not self.consumers and not self.deleted and self._on_expired is not None:
             self._on_expired(self)
 
-    def _drop_expired(self):
+    def drop_expired(self):
+        """End (dead-letter, if the queue says so) the expired messages at the head, as
+        RabbitMQ does when they reach it; returns how many. Called where a count is
+        answered or a message taken, and by the TTL timer."""
         expired = self.ready.take_expired(time.monotonic())
         if expired:
             self._forget(expired, "expired")
+        return len(expired)
 
     def _arm_ttl_timer(self):
         """A timer for the head's expiry, so an unread queue does not hold expired messages."""
@@ -613,7 +621,7 @@ class Queue:
         self._ttl_timer = None
         if self.deleted:
             return
-        self._drop_expired()
+        self.drop_expired()
         if self.ready:
             self._arm_ttl_timer()
 
