@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: run test bench clean browser screenshot
+.PHONY: run test bench clean browser strace screenshot
 
 # Debian's python3 ships venv without ensurepip until python3-venv is installed.
 $(PY):
@@ -30,7 +30,14 @@ browser:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } || \
 	  echo "could not install chromium: the dashboard tests will be skipped"
 
-test: $(VENV)/.test-installed browser
+# A durability test watches the broker's fsyncs with strace; it is installed when missing.
+# Where it cannot be, or may not trace (no ptrace in a container), that test is skipped and says why.
+strace:
+	@command -v strace >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace; } || \
+	  echo "could not install strace: the test that watches fsyncs will be skipped"
+
+test: $(VENV)/.test-installed browser strace
 	$(PY) -m pytest -q tests
 
 # The README's picture of the dashboard.

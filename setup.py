@@ -4,7 +4,7 @@ setup(
     name="greenmq",
     version="0.1.0",
     description="A message broker in Python on gevent, with RabbitMQ's messaging model",
-    packages=["greenmq"],
+    packages=["greenmq", "greenmq.store"],
     package_data={"greenmq": ["dashboard.html"]},     # the management page, served by management.py
     # The one top-level name: the original scripts' `import connection` (it is greenmq.connection).
     py_modules=["connection"],

@@ -30,7 +30,10 @@ def main():
     sys.path.insert(0, os.path.abspath(args.root))
     # A checkout from before the package (--root) has its modules at the top.
     package = "greenmq." if os.path.isdir(os.path.join(args.root, "greenmq")) else ""
-    connection = importlib.import_module(package + "connection")
+    try:
+        JsonLinesWire = importlib.import_module(package + "client_json_lines").JsonLinesWire
+    except ModuleNotFoundError:     # a checkout from before the client's wires had modules of their own
+        JsonLinesWire = importlib.import_module(package + "connection")._JsonLinesWire
     Node = importlib.import_module(package + "node").Node
     JsonLinesProtocol = importlib.import_module(package + "protocol").JsonLinesProtocol
 
@@ -42,7 +45,7 @@ def main():
                            f'{{"op":"consume","queue":"{QUEUE}","no_ack":true,"id":2}}\n'.encode())
     consumer.take_output()
     producer.take_output()
-    wire = connection._JsonLinesWire(None)
+    wire = JsonLinesWire(None)
     wire._measure_bodies_over = args.size        # as a connection's `hello` sets it: no measuring
     line = wire.publish(1, "", QUEUE, b"x" * args.size, None, False).encode()
     lines = BATCH_BYTES // len(line)

@@ -1,33 +1,32 @@
 """The AMQP 0-9-1 front end: frames in, core calls out; core events in, frames out.
 
-`AmqpConnection` never touches a socket (transport.py owns it). pamqp encodes and decodes
-the frames; this module is the connection and channel state machine that RabbitMQ's
-clients (pika, py-amqp, kombu, Celery) expect, driving the same core as protocol.py.
+`AmqpConnection` never touches a socket (transport.py owns it) and marshals nothing itself
+(amqp_codec.py does, with pamqp); this module is the connection and channel state machine
+that RabbitMQ's clients (pika, py-amqp, kombu, Celery) expect, driving the same core as
+protocol.py.
 """
 
-import datetime
+import enum
 import logging
-import struct
 import sys
 import time
 
 from pamqp import commands as spec
-from pamqp import decode
-from pamqp import frame as amqp_frame
-from pamqp import heartbeat as amqp_heartbeat
-from pamqp.exceptions import UnmarshalingException
 
+from .amqp_codec import (BARE_HEADER_END, FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
+                         HEARTBEAT_FRAME, NO_PROPERTY_FLAGS, PROPERTIES_AT, PROTOCOL_HEADER, UNDECODED,
+                         MethodDecoder, amqplain_credentials, content_frames, decode_content_header,
+                         decode_properties, deliver_method, method_frame, method_ids, method_parts,
+                         undecoded_method, unmarshal_content_header, unpack_frame_head, unpack_header_start)
 from .errors import (AccessRefused, BrokerError, ChannelNotOpen, CommandInvalid,
                     FrameError, InternalError, NotAllowed, PreconditionFailed, UnexpectedFrame,
                     Unsupported)
-from .message import DEFAULT_MAX_MESSAGE_BYTES, PROPERTY_NAMES, message_too_large
+from .message import DEFAULT_MAX_MESSAGE_BYTES, message_too_large
 from .node import SERVER_NAME, VERSION
 from .session import MAX_CHANNELS
 from .transport import FrontEndConnection
 
 log = logging.getLogger("greenmq.amqp")
-
-PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 
 # RabbitMQ's defaults, which clients are tuned for: 128 KiB frames, a heartbeat a minute.
 FRAME_MAX = 131072
@@ -36,34 +35,54 @@ HEARTBEAT_SECONDS = 60
 FRAME_MIN = 4096
 # A peer that has not answered our connection.close by then is simply dropped.
 CLOSE_OK_TIMEOUT_SECONDS = 10.0
-# The handshake as a table: in each state, the method the client must send next and the
-# handler that answers it and moves to the next state ("header" is the protocol header,
-# before any frame; "running" and "closing" take channel methods and close only).
-_HANDSHAKE = {
-    "start-ok": (spec.Connection.StartOk, "_start_ok"),     # -> tune-ok
-    "tune-ok": (spec.Connection.TuneOk, "_tune_ok"),        # -> open
-    "open": (spec.Connection.Open, "_open"),                # -> running
-}
-
 # How long a client may take to finish the handshake (RabbitMQ's handshake_timeout).
 HANDSHAKE_TIMEOUT_SECONDS = 10.0
 
-FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT = 1, 2, 3, 8
-FRAME_END = 0xCE
-_FRAME_HEAD = struct.Struct(">BHI")
-_FRAME_END_BYTE = bytes([FRAME_END])
-_HEADER_PREFIX = struct.Struct(">HHQ")      # a content header's class id, weight, body size
-_HEADER_PREFIX_BYTES = _HEADER_PREFIX.size
-# The end byte of the frame before, then a content header's frame head and that prefix.
-_END_AND_HEADER_START = struct.Struct(">BBHIHHQ")
-_END_AND_BODY_HEAD = struct.Struct(">BBHI")      # the same, then a body frame's head
-_METHOD_INDEX = struct.Struct(">I")
-# A content header without properties: class id, weight and body size, then zero flags.
-_NO_PROPERTY_FLAGS = b"\x00\x00"
-_PROPERTIES_AT = 7 + _HEADER_PREFIX_BYTES     # a content header's flags, from the frame's start
-_BARE_HEADER_END = _PROPERTIES_AT + len(_NO_PROPERTY_FLAGS)
-_HEADER_START = struct.Struct(">BHIHHQH")     # a content header's frame head, prefix and flags
-_SHORT_LENGTH = struct.Struct(">B")
+
+class ConnectionState(enum.Enum):
+    """Where an AMQP connection is in its life; TRANSITIONS says where each may go next."""
+
+    HEADER = "header"          # waiting for the protocol header
+    START_OK = "start-ok"      # connection.start sent: the client's login comes next
+    TUNE_OK = "tune-ok"        # logged in, connection.tune sent
+    OPEN = "open"              # tuned: connection.open (the virtual host) comes next
+    RUNNING = "running"        # open: channels come and go
+    CLOSING = "closing"        # we sent connection.close: only its close-ok (or a close) matters
+    CLOSED = "closed"          # nothing more is read; the transport hangs up once output is sent
+
+
+# The members as module names too: the checks made per frame compare a global by identity,
+# as cheap as the strings they replaced (an enum member's lookup on its class took 80 ns).
+HEADER, START_OK, TUNE_OK, OPEN, RUNNING, CLOSING, CLOSED = ConnectionState
+
+# Every move the connection may make. Before tune a failure hangs up at once (CLOSED), as
+# RabbitMQ does; from tune on it says why with connection.close and waits (CLOSING). A
+# client's own connection.close ends any state at once.
+TRANSITIONS = {
+    HEADER: frozenset({START_OK, CLOSED}),
+    START_OK: frozenset({TUNE_OK, CLOSED}),
+    TUNE_OK: frozenset({OPEN, CLOSING, CLOSED}),
+    OPEN: frozenset({RUNNING, CLOSING, CLOSED}),
+    RUNNING: frozenset({CLOSING, CLOSED}),
+    CLOSING: frozenset({CLOSED}),
+    CLOSED: frozenset(),
+}
+
+
+class ForbiddenTransition(RuntimeError):
+    """A move TRANSITIONS does not allow: a bug in the broker, never a client's doing (what
+    a client sends wrongly is a BrokerError with a reply code), so it is not a BrokerError:
+    met while a frame is handled, it is logged as any bug there and the connection closed
+    with 541 INTERNAL_ERROR."""
+
+
+# The handshake as a table: in each state, the method the client must send next and the
+# handler that answers it and moves to the next state.
+_HANDSHAKE = {
+    START_OK: (spec.Connection.StartOk, "_start_ok"),     # -> TUNE_OK
+    TUNE_OK: (spec.Connection.TuneOk, "_tune_ok"),        # -> OPEN
+    OPEN: (spec.Connection.Open, "_open"),                # -> RUNNING
+}
 
 # Only what this broker really does: pika refuses confirm_delivery without the first two.
 CAPABILITIES = {
@@ -71,9 +90,6 @@ CAPABILITIES = {
     "authentication_failure_close": True, "per_consumer_qos": True,
     "exchange_exchange_bindings": True, "consumer_priorities": True, "connection.blocked": True,
 }
-
-# Property names as pamqp spells them (AMQP's `type` is `message_type` there).
-_AMQP_NAMES = {name: ("message_type" if name == "type" else name) for name in PROPERTY_NAMES}
 
 
 class _Content:
@@ -111,7 +127,7 @@ class AmqpConnection(FrontEndConnection):
     def __init__(self, node, peer, max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES):
         super().__init__(node, peer)
         self.max_message_bytes = max_message_bytes
-        self.state = "header"
+        self.state = HEADER
         self.frame_max = FRAME_MAX
         self.channel_max = MAX_CHANNELS
         self.heartbeat = 0
@@ -119,7 +135,7 @@ class AmqpConnection(FrontEndConnection):
         self.user = None            # once authenticated
         self.channels = {}
         self._buffer = b""
-        self._last_publish_arguments, self._last_publish = None, None
+        self._decode_method = MethodDecoder().decode      # keeps this connection's last publish
         self._started = self._last_received = self._last_sent = time.monotonic()
         self._close_deadline = None
 
@@ -129,23 +145,23 @@ class AmqpConnection(FrontEndConnection):
         self._last_received = time.monotonic()
         buffer = self._buffer + data if self._buffer else data
         offset = 0
-        if self.state == "header":
+        if self.state is HEADER:
             if len(buffer) < 8:
                 self._buffer = buffer
                 return
             if buffer[:8] != PROTOCOL_HEADER:
                 # The spec's answer to a header it does not speak: its own, then close.
                 self._write(PROTOCOL_HEADER)
-                self.closed = True
+                self._move_to(CLOSED)
                 return
             offset = 8
             self._send_method(0, spec.Connection.Start(
                 version_major=0, version_minor=9, server_properties=self._server_properties(),
                 mechanisms="PLAIN AMQPLAIN", locales="en_US"))
-            self.state = "start-ok"
+            self._move_to(START_OK)
         end = len(buffer)
         while end - offset >= 7 and not self.closed:
-            frame_type, channel, size = _FRAME_HEAD.unpack_from(buffer, offset)
+            frame_type, channel, size = unpack_frame_head(buffer, offset)
             if size + 8 > self.frame_max:
                 self._framing_lost(FrameError(f"frame size {size + 8} exceeds frame_max {self.frame_max}"))
                 break
@@ -163,7 +179,7 @@ class AmqpConnection(FrontEndConnection):
     def _frame(self, frame_type, channel, buffer, start, frame_end, end):
         """Handles the frame at buffer[start:frame_end + 1] of buffer[:end]; returns where the
         next frame starts, which is further on when a whole publish was taken at once."""
-        if self.state == "closing" and (frame_type != FRAME_METHOD or channel != 0):
+        if self.state is CLOSING and (frame_type != FRAME_METHOD or channel != 0):
             return frame_end + 1      # after our connection.close only its close-ok matters
         method = None
         try:
@@ -185,9 +201,8 @@ class AmqpConnection(FrontEndConnection):
             elif frame_type != FRAME_HEARTBEAT:
                 raise FrameError(f"unknown frame type {frame_type}")
         except BrokerError as exc:
-            if method is None and frame_type == FRAME_METHOD and frame_end - start >= 11:
-                # Undecodable or unknown: still name its class and method ids, as RabbitMQ does.
-                method = _MethodIds(_METHOD_INDEX.unpack_from(buffer, start + 7)[0])
+            if method is None and frame_type == FRAME_METHOD:
+                method = undecoded_method(buffer, start, frame_end)
             self._fail(channel, exc, method)
         except MemoryError:
             raise       # the transport closes the connection with 541
@@ -196,48 +211,21 @@ class AmqpConnection(FrontEndConnection):
             self._connection_error(InternalError("internal error"), method)
         return frame_end + 1
 
-    def _decode_method(self, buffer, start, frame_end):
-        if frame_end - start < 11:
-            raise FrameError("method frame too short")
-        index = _METHOD_INDEX.unpack_from(buffer, start + 7)[0]
-        if index == _BASIC_PUBLISH:
-            # A publisher mostly repeats its last basic.publish; the method objects are
-            # only read, so the last one decoded serves again.
-            arguments = self._last_publish_arguments
-            if (arguments is not None and frame_end - start - 11 == len(arguments)
-                    and buffer.startswith(arguments, start + 11)):
-                return self._last_publish
-            method = decode_publish(buffer, start, frame_end)
-            if method is not None:
-                self._last_publish_arguments, self._last_publish = buffer[start + 11:frame_end], method
-                return method
-        elif index == _BASIC_ACK:
-            method = decode_ack(buffer, start, frame_end)
-            if method is not None:
-                return method
-        elif index not in spec.INDEX_MAPPING:
-            raise Unsupported(f"unknown method class {index >> 16} method {index & 0xFFFF}")
-        try:
-            return amqp_frame.unmarshal(buffer[start:frame_end + 1])[2]
-        except UnmarshalingException as exc:
-            # RabbitMQ answers a method it cannot decode with 501, naming the method.
-            raise FrameError(f"could not decode {spec.INDEX_MAPPING[index].name}: {exc}") from None
-
     # -- the connection (channel 0) ------------------------------------------------------
 
     def _connection_method(self, method):
-        if self.state == "closing":
+        if self.state is CLOSING:
             if isinstance(method, (spec.Connection.CloseOk, spec.Connection.Close)):
                 if isinstance(method, spec.Connection.Close):
                     self._send_method(0, spec.Connection.CloseOk())
-                self.closed = True
+                self._move_to(CLOSED)
             return
         if isinstance(method, spec.Connection.Close):
             self.connection_lost()
             self._send_method(0, spec.Connection.CloseOk())
-            self.closed = True
+            self._move_to(CLOSED)
             return
-        if isinstance(method, spec.Connection.UpdateSecret) and self.state == "running":
+        if isinstance(method, spec.Connection.UpdateSecret) and self.state is RUNNING:
             # For its own users RabbitMQ takes a new secret without checking it, and so do we.
             self._send_method(0, spec.Connection.UpdateSecretOk())
             return
@@ -264,10 +252,9 @@ class AmqpConnection(FrontEndConnection):
             username, password = parts[1], parts[2]
         elif mechanism == "AMQPLAIN":
             try:
-                table = decode.field_table(struct.pack(">I", len(response)) + response)[1]
+                username, password = amqplain_credentials(response)
             except ValueError:
                 raise AccessRefused("AMQPLAIN response is not a field table") from None
-            username, password = table.get("LOGIN", b""), table.get("PASSWORD", b"")
         else:
             raise AccessRefused(f"unsupported authentication mechanism '{mechanism}'")
         username = username.decode("utf-8", "replace") if isinstance(username, bytes) else str(username)
@@ -275,7 +262,7 @@ class AmqpConnection(FrontEndConnection):
         self.user = self.node.authenticate(username, password, self.peer, mechanism)
         self._send_method(0, spec.Connection.Tune(channel_max=MAX_CHANNELS, frame_max=FRAME_MAX,
                                                   heartbeat=HEARTBEAT_SECONDS))
-        self.state = "tune-ok"
+        self._move_to(TUNE_OK)
 
     def _tune_ok(self, method):
         if method.frame_max and method.frame_max < FRAME_MIN:
@@ -285,52 +272,67 @@ class AmqpConnection(FrontEndConnection):
         self.frame_max = method.frame_max or FRAME_MAX
         self.channel_max = min(method.channel_max or MAX_CHANNELS, MAX_CHANNELS)
         self.heartbeat = method.heartbeat
-        self.state = "open"
+        self._move_to(OPEN)
 
     def _open(self, method):
         self.session = self.node.open_session(self.user, method.virtual_host, self.peer, "amqp", self,
                                               self.client_properties)
         self._send_method(0, spec.Connection.OpenOk())
-        self.state = "running"
+        self._move_to(RUNNING)
 
     def _connection_error(self, exc, method=None):
         """Close the connection for `exc`; the client's close-ok (or a timeout) ends it."""
-        if self.state == "closing" or self.closed:
+        if self.state is CLOSING or self.state is CLOSED:
             return
-        if self.state in ("header", "start-ok"):
+        if self.state is HEADER or self.state is START_OK:
             # Before tune, RabbitMQ hangs up without connection.close, except for a failed
             # login when the client asked to be told; then it hangs up right after.
             log.info("closing AMQP connection from %s: %s", self.peer, exc.text)
             if isinstance(exc, AccessRefused) and self._client_capability("authentication_failure_close"):
                 self._send_method(0, spec.Connection.Close(reply_code=exc.code, reply_text=exc.text[:255],
                                                            class_id=10, method_id=11))
-            self.closed = True
+            self._move_to(CLOSED)
             return
         log.info("closing AMQP connection from %s: %s", self.peer, exc.text)
-        class_id, method_id = _ids(method)
+        class_id, method_id = method_ids(method)
         self._send_method(0, spec.Connection.Close(reply_code=exc.code, reply_text=exc.text[:255],
                                                    class_id=class_id, method_id=method_id))
         self.connection_lost()
         self.channels = {}
-        self.state = "closing"
+        self._move_to(CLOSING)
         self._close_deadline = time.monotonic() + CLOSE_OK_TIMEOUT_SECONDS
 
     def _framing_lost(self, exc):
         """After a malformed frame nothing more can be parsed: say why and hang up at once,
         without waiting for a close-ok that could not be found (as RabbitMQ does)."""
         self._connection_error(exc)
-        self.closed = True
+        self._hang_up()
 
     def close(self, exc):
         """The broker is stopping (320) or the transport drops the peer."""
         self._connection_error(exc)
-        self.closed = True
+        self._hang_up()
+
+    def _hang_up(self):
+        """Read no more, whatever the state: what was written is still sent."""
+        if self.state is not CLOSED:
+            self._move_to(CLOSED)
+
+    def _move_to(self, state):
+        """The one place the connection changes state, and only as TRANSITIONS allows."""
+        if state not in TRANSITIONS[self.state]:
+            raise ForbiddenTransition(f"an AMQP connection cannot go from {self.state.value} to {state.value}")
+        self.state = state
+        if state is CLOSED:
+            self.closed = True          # the transport's sign to read no more
 
     def tick(self, now):
         """Heartbeats both ways and the close-ok and handshake timeouts; None drops the peer."""
         if self._close_deadline is not None:
             return None if now >= self._close_deadline else self._close_deadline - now
-        if self.state != "running":
+        if self.state is CLOSED:
+            return None         # closed by the client or before tune: nothing more to wait for
+        if self.state is not RUNNING:
             if now - self._started > HANDSHAKE_TIMEOUT_SECONDS:
                 log.info("AMQP client %s did not finish the handshake in time", self.peer)
                 return None
@@ -342,7 +344,7 @@ class AmqpConnection(FrontEndConnection):
             self.connection_lost()
             return None
         if now - self._last_sent >= self.heartbeat / 2:
-            self._write(amqp_frame.marshal(amqp_heartbeat.Heartbeat(), 0))
+            self._write(HEARTBEAT_FRAME)
         return self.heartbeat / 2
 
     def reading_paused(self, reason):
@@ -362,7 +364,7 @@ class AmqpConnection(FrontEndConnection):
     # -- channels ----------------------------------------------------------------------
 
     def _channel_method(self, number, method):
-        if self.state != "running":
+        if self.state is not RUNNING:
             raise CommandInvalid(f"{method.name} before the connection is open")
         if method.index >> 16 == spec.Connection.frame_id:
             raise CommandInvalid(f"{method.name} is only allowed on channel 0")
@@ -408,7 +410,7 @@ class AmqpConnection(FrontEndConnection):
         self.session.close_channel(number)
         channel.closing = True
         channel.content = None
-        class_id, method_id = _ids(method)
+        class_id, method_id = method_ids(method)
         self._send_method(number, spec.Channel.Close(reply_code=exc.code, reply_text=exc.text[:255],
                                                      class_id=class_id, method_id=method_id))
 
@@ -483,15 +485,8 @@ class AmqpConnection(FrontEndConnection):
         content = channel.content
         if content is None or content.size is not None:
             raise UnexpectedFrame("content header frame without a basic.publish before it")
-        decoded = decode_content_header(buffer, start, frame_end)
-        if decoded is None:
-            try:
-                content_header = amqp_frame.unmarshal(buffer[start:frame_end + 1])[2]
-            except UnmarshalingException as exc:
-                raise FrameError(f"could not decode the content header: {exc}") from None
-            decoded = (content_header.body_size, _properties_from_amqp(content_header.properties),
-                       buffer[start + _PROPERTIES_AT:frame_end])
-        content.size, content.properties, content.encoded_properties = decoded
+        content.size, content.properties, content.encoded_properties = (
+            decode_content_header(buffer, start, frame_end) or unmarshal_content_header(buffer, start, frame_end))
         if content.size > self.max_message_bytes:
             # Refused before any of the body is held (RabbitMQ 3.10 refuses it once received).
             return self._fail(number, message_too_large(content.size, self.max_message_bytes), content.method)
@@ -523,26 +518,26 @@ class AmqpConnection(FrontEndConnection):
         every message. Returns where the next frame starts, or 0 for anything else, which
         then takes the frame-by-frame path (and its errors)."""
         channel = self.channels.get(number)
-        if (self.state != "running" or channel is None or channel.closing or channel.content is not None
+        if (self.state is not RUNNING or channel is None or channel.closing or channel.content is not None
                 or method.immediate):
             return 0
         header_start = method_end + 1
-        if end - header_start < _BARE_HEADER_END:
+        if end - header_start < BARE_HEADER_END:
             return 0
-        header_type, header_channel, header_size, _, _, size, flags = _HEADER_START.unpack_from(buffer, header_start)
+        header_type, header_channel, header_size, _, _, size, flags = unpack_header_start(buffer, header_start)
         header_end = header_start + 7 + header_size
         body_start = header_end + 8
-        if (header_type != FRAME_HEADER or header_channel != number or header_end < header_start + _BARE_HEADER_END
+        if (header_type != FRAME_HEADER or header_channel != number or header_end < header_start + BARE_HEADER_END
                 or body_start > end or header_size + 8 > self.frame_max or buffer[header_end] != FRAME_END):
             return 0
-        if flags or header_end != header_start + _BARE_HEADER_END:
-            properties = _decode_properties(buffer, header_start + _PROPERTIES_AT, header_end)
-            if properties is _UNDECODED:
+        if flags or header_end != header_start + BARE_HEADER_END:
+            properties = decode_properties(buffer, header_start + PROPERTIES_AT, header_end)
+            if properties is UNDECODED:
                 return 0
-            encoded_properties = buffer[header_start + _PROPERTIES_AT:header_end]
+            encoded_properties = buffer[header_start + PROPERTIES_AT:header_end]
         else:
-            properties, encoded_properties = None, _NO_PROPERTY_FLAGS
-        body_type, body_channel, body_size = _FRAME_HEAD.unpack_from(buffer, header_end + 1)
+            properties, encoded_properties = None, NO_PROPERTY_FLAGS
+        body_type, body_channel, body_size = unpack_frame_head(buffer, header_end + 1)
         body_end = body_start + size
         if (body_type != FRAME_BODY or body_channel != number or body_size != size or not size or body_end >= end
                 or size + 8 > self.frame_max or size > self.max_message_bytes or buffer[body_end] != FRAME_END):
@@ -595,9 +590,10 @@ class AmqpConnection(FrontEndConnection):
             self._send_method(number, spec.Basic.GetEmpty())
             return
         delivery_tag, message, message_count = got
-        self._send_content(number, _method_parts(spec.Basic.GetOk(
+        self._write(content_frames(method_parts(spec.Basic.GetOk(
             delivery_tag=delivery_tag, redelivered=message.redelivered, exchange=message.exchange,
-            routing_key=message.routing_key, message_count=message_count), number), message)
+            routing_key=message.routing_key, message_count=message_count), number), number, message,
+            self.frame_max))
 
     def on_basic_ack(self, channel, number, method):
         self._settle(channel, channel.core.ack, (method.delivery_tag, method.multiple), method.multiple)
@@ -659,18 +655,18 @@ class AmqpConnection(FrontEndConnection):
     # -- the core's sink -----------------------------------------------------------------
 
     def deliver(self, channel_number, consumer_tag, delivery_tag, message):
-        self._send_content(channel_number, deliver_method(
+        self._write(content_frames(deliver_method(
             channel_number, consumer_tag, delivery_tag, message.redelivered, message.exchange,
-            message.routing_key), message)
+            message.routing_key), channel_number, message, self.frame_max))
 
     def consumer_cancelled(self, channel_number, consumer_tag):
         if self._client_capability("consumer_cancel_notify"):
             self._send_method(channel_number, spec.Basic.Cancel(consumer_tag=consumer_tag, nowait=True))
 
     def message_returned(self, channel_number, reply_code, reply_text, message):
-        self._send_content(channel_number, _method_parts(spec.Basic.Return(
+        self._write(content_frames(method_parts(spec.Basic.Return(
             reply_code=reply_code, reply_text=reply_text, exchange=message.exchange,
-            routing_key=message.routing_key), channel_number), message)
+            routing_key=message.routing_key), channel_number), channel_number, message, self.frame_max))
 
     def publish_confirmed(self, channel_number, delivery_tag, multiple, ack):
         channel = self.channels.get(channel_number)
@@ -689,30 +685,7 @@ class AmqpConnection(FrontEndConnection):
             self._send_method(number, reply)
 
     def _send_method(self, number, method):
-        self._write(amqp_frame.marshal(method, number))
-
-    def _send_content(self, number, method_frame, message):
-        """`method_frame` (a list of byte strings, the method frame without its end byte),
-        then the content header and body frames as pamqp marshals them (a test holds them
-        equal), joined once: this runs for every delivery."""
-        body = message.body
-        size = len(body)
-        encoded = message.encoded_properties
-        if encoded is None:
-            encoded = _encode_properties(message)
-        method_frame += (_END_AND_HEADER_START.pack(
-            FRAME_END, FRAME_HEADER, number, _HEADER_PREFIX_BYTES + len(encoded), spec.Basic.frame_id, 0, size),
-            encoded)
-        chunk = self.frame_max - 8
-        if size <= chunk:       # one body frame or, for an empty body, none
-            if size:
-                method_frame += (_END_AND_BODY_HEAD.pack(FRAME_END, FRAME_BODY, number, size), body)
-        else:
-            for start in range(0, size, chunk):
-                piece = body[start:start + chunk]
-                method_frame += (_END_AND_BODY_HEAD.pack(FRAME_END, FRAME_BODY, number, len(piece)), piece)
-        method_frame.append(_FRAME_END_BYTE)
-        self._write(b"".join(method_frame))
+        self._write(method_frame(method, number))
 
     def take_output(self):
         data = super().take_output()
@@ -748,260 +721,3 @@ _CHANNEL_METHODS = {
     spec.Tx.Commit: AmqpConnection.on_tx_commit,
     spec.Tx.Rollback: AmqpConnection.on_tx_rollback,
 }
-
-
-class _MethodIds:
-    """A method frame that could not be decoded, known only by its class and method ids."""
-
-    __slots__ = ("index",)
-
-    def __init__(self, index):
-        self.index = index
-
-
-# basic.deliver's frame head and method ids, then (after the consumer tag) the delivery
-# tag and the redelivered bit.
-_DELIVER_START = struct.Struct(">BHIHH")
-_DELIVER_MIDDLE = struct.Struct(">q?")
-_DELIVER_FIXED_BYTES = 4 + 9      # ids, tag and bit
-# Consumer tags, exchange names and routing keys recur in every delivery; their encodings
-# are kept, up to this many (then it starts afresh), so that unique routing keys (RPC
-# replies, say) cannot grow it without bound.
-SHORT_STRING_CACHE_SIZE = 1024
-_short_strings = {}
-
-
-def _encoded_short_string(text):
-    """`text` as an AMQP short string (its length in one byte, then its UTF-8 bytes), kept."""
-    if len(_short_strings) >= SHORT_STRING_CACHE_SIZE:
-        _short_strings.clear()
-    value = text.encode()
-    encoded = _short_strings[text] = _SHORT_LENGTH.pack(len(value)) + value
-    return encoded
-
-
-def deliver_method(channel_number, consumer_tag, delivery_tag, redelivered, exchange, routing_key):
-    """basic.deliver's frame, but for its end byte, in parts, exactly as pamqp marshals it
-    (a test holds the two equal), assembled here because it is the one frame sent per
-    message and consumer: pamqp's general marshalling took a sixth of a delivery's cost,
-    and fanout is bound by it."""
-    known = _short_strings.get
-    tag = known(consumer_tag) or _encoded_short_string(consumer_tag)
-    exchange = known(exchange) or _encoded_short_string(exchange)
-    routing_key = known(routing_key) or _encoded_short_string(routing_key)
-    return [_DELIVER_START.pack(FRAME_METHOD, channel_number,
-                                _DELIVER_FIXED_BYTES + len(tag) + len(exchange) + len(routing_key),
-                                spec.Basic.frame_id, spec.Basic.Deliver.frame_id),
-            tag, _DELIVER_MIDDLE.pack(delivery_tag, redelivered), exchange, routing_key]
-
-
-def _method_parts(method, channel_number):
-    """Any other method frame as deliver_method gives basic.deliver's."""
-    return [amqp_frame.marshal(method, channel_number)[:-1]]
-
-
-def decode_content_header(buffer, start, frame_end):
-    """The content header frame in buffer[start:frame_end + 1] as (body size, properties
-    as the core's dict or None, the flags and values as sent), decoded as pamqp and
-    _properties_from_amqp decode it (a test holds them equal); None unless it is well
-    formed (pamqp then decodes it and words the error). pamqp took 7 us for a header with
-    two short strings, five times the rest of a publish."""
-    if frame_end - start < _BARE_HEADER_END:
-        return None
-    size = _HEADER_PREFIX.unpack_from(buffer, start + 7)[2]
-    if frame_end - start == _BARE_HEADER_END and not buffer[frame_end - 2] and not buffer[frame_end - 1]:
-        return size, None, _NO_PROPERTY_FLAGS        # no properties, as most publishers send
-    properties = _decode_properties(buffer, start + _PROPERTIES_AT, frame_end)
-    if properties is _UNDECODED:
-        return None
-    return size, properties, buffer[start + _PROPERTIES_AT:frame_end]
-
-
-_UNDECODED = object()
-# The properties in the order pamqp decodes them, each as (the core's name, its flag bit,
-# its AMQP type), taken from pamqp's own definitions.
-_PROPERTY_LAYOUT = tuple(
-    (next(name for name, amqp_name in _AMQP_NAMES.items() if amqp_name == slot),
-     spec.Basic.Properties.flags[slot], getattr(spec.Basic.Properties, "_" + slot))
-    for slot in spec.Basic.Properties.__slots__)
-# Flag bits no property uses: bit 0 announces a second flag word, which 0-9-1 never needs.
-_UNUSED_FLAGS = 0xFFFF & ~sum(flag for _, flag, _ in _PROPERTY_LAYOUT)
-_FLAGS = struct.Struct(">H")
-_TABLE_LENGTH = struct.Struct(">I")
-_TIMESTAMP = struct.Struct(">Q")
-# pamqp reads larger timestamps as milliseconds, through a float: left to it.
-_LARGEST_SECONDS = 0xFFFFFFFF
-
-
-def _decode_properties(buffer, at, end):
-    """The flags and values in buffer[at:end] as the core's dict (None when empty), or
-    _UNDECODED for anything but exactly the values the flags announce."""
-    flags = _FLAGS.unpack_from(buffer, at)[0]
-    if flags & _UNUSED_FLAGS:
-        return _UNDECODED
-    at += 2
-    values = {}
-    for name, flag, kind in _PROPERTY_LAYOUT:
-        if not flags & flag:
-            continue
-        if at >= end:
-            return _UNDECODED
-        if kind == "shortstr":
-            value_end = at + 1 + buffer[at]
-            if value_end > end:
-                return _UNDECODED
-            try:
-                value = str(buffer[at + 1:value_end], "utf-8")
-            except UnicodeDecodeError:
-                return _UNDECODED
-            at = value_end
-            if name == "cluster_id" and value == "":
-                continue          # as _properties_from_amqp: pamqp's stand-in for none
-        elif kind == "octet":
-            value = buffer[at]
-            at += 1
-        elif kind == "timestamp":
-            if end - at < 8:
-                return _UNDECODED
-            value = _TIMESTAMP.unpack_from(buffer, at)[0]
-            if value > _LARGEST_SECONDS:
-                return _UNDECODED
-            at += 8
-        else:                     # the headers table, decoded by pamqp itself
-            if end - at < 4:
-                return _UNDECODED
-            table_end = at + 4 + _TABLE_LENGTH.unpack_from(buffer, at)[0]
-            if table_end > end:
-                return _UNDECODED
-            try:
-                # Unsliced, as pamqp reads it: a value that runs past the table's stated end
-                # shows as more bytes used than stated, and is left to pamqp to judge.
-                used, value = decode.field_table(buffer[at:end])
-            except ValueError:
-                return _UNDECODED
-            if used != table_end - at:
-                return _UNDECODED
-            at = table_end
-        values[name] = value
-    if at != end:
-        return _UNDECODED
-    return values or None
-
-
-_BASIC_PUBLISH = spec.Basic.Publish.index
-_PUBLISH_TICKET = struct.Struct(">H")
-_new_method = object.__new__
-
-
-def decode_publish(buffer, start, frame_end):
-    """The basic.publish method frame in buffer[start:frame_end + 1] decoded as pamqp
-    decodes it (a test holds the two equal), or None unless it is well formed, and pamqp is
-    left to decode it and word the error. It is one of the two frames every published
-    message brings, and pamqp's general unmarshalling took a third of a publish's cost."""
-    exchange_at = start + 14          # frame head 7, method index 4, ticket 2, length 1
-    if frame_end - exchange_at < 2:
-        return None
-    exchange_end = exchange_at + buffer[exchange_at - 1]
-    if exchange_end >= frame_end:
-        return None
-    key_end = exchange_end + 1 + buffer[exchange_end]
-    if key_end + 1 != frame_end:
-        return None
-    try:
-        exchange = str(buffer[exchange_at:exchange_end], "utf-8")
-        routing_key = str(buffer[exchange_end + 1:key_end], "utf-8")
-    except UnicodeDecodeError:
-        return None
-    bits = buffer[key_end]
-    method = _new_method(spec.Basic.Publish)
-    method.ticket = _PUBLISH_TICKET.unpack_from(buffer, start + 11)[0]
-    method.exchange = exchange
-    method.routing_key = routing_key
-    method.mandatory = bool(bits & 1)
-    method.immediate = bool(bits & 2)
-    return method
-
-
-_BASIC_ACK = spec.Basic.Ack.index
-_DELIVERY_TAG = struct.Struct(">q")     # pamqp reads it signed
-_ACK_FRAME_END = 11 + _DELIVERY_TAG.size + 1     # from the frame's start: the tag, then the bit
-
-
-def decode_ack(buffer, start, frame_end):
-    """basic.ack as pamqp decodes it (a test holds the two equal), or None unless well
-    formed: clients that ack every message send one per delivery, and pamqp took 5 us."""
-    if frame_end - start != _ACK_FRAME_END:
-        return None
-    method = _new_method(spec.Basic.Ack)
-    method.delivery_tag = _DELIVERY_TAG.unpack_from(buffer, start + 11)[0]
-    method.multiple = bool(buffer[start + 19] & 1)
-    return method
-
-
-def _ids(method):
-    return (method.index >> 16, method.index & 0xFFFF) if method is not None else (0, 0)
-
-
-def _properties_from_amqp(properties):
-    """pamqp's Basic.Properties as the core's dict (None when empty): `type` by its AMQP
-    name, the timestamp as whole seconds since the epoch."""
-    values = {}
-    for name, amqp_name in _AMQP_NAMES.items():
-        value = getattr(properties, amqp_name)
-        # pamqp fills in cluster_id as "" when the client sent none.
-        if value is not None and not (name == "cluster_id" and value == ""):
-            values[name] = value
-    timestamp = values.get("timestamp")
-    if isinstance(timestamp, datetime.datetime):
-        values["timestamp"] = int(timestamp.timestamp())
-    return values or None
-
-
-# Messages from one JSON-lines publisher mostly carry the same few properties (a
-# delivery_mode, a content_type): their AMQP encoding is kept for the next such message.
-# Bounded, as a stream of unique values (ids) would otherwise grow it without limit.
-ENCODED_PROPERTIES_CACHE_SIZE = 1024
-_encoded_properties = {}
-
-
-def _encode_properties(message):
-    """The property flags and values of a content header for a message that came without
-    them in AMQP's encoding (from JSON lines, say), kept on the message for its next
-    delivery (fanout, redelivery)."""
-    properties = message.properties
-    if not properties:
-        return _NO_PROPERTY_FLAGS
-    key = None
-    if "headers" not in properties:         # the one property whose value is not hashable
-        key = tuple(properties.items())
-        encoded = _encoded_properties.get(key)
-        if encoded is not None:
-            message.encoded_properties = encoded
-            return encoded
-    try:
-        encoded = _properties_to_amqp(properties).marshal()
-    except (TypeError, ValueError, OverflowError, struct.error) as exc:
-        # Both front ends refuse what AMQP cannot carry, so this is a bug; better a message
-        # without properties than a consumer's connection, or the core mid-delivery, broken.
-        log.error("cannot encode the properties of a message from exchange '%s' for AMQP (%s); "
-                  "sending it without them", message.exchange, exc)
-        return _NO_PROPERTY_FLAGS
-    if key is not None:
-        if len(_encoded_properties) >= ENCODED_PROPERTIES_CACHE_SIZE:
-            _encoded_properties.clear()
-        _encoded_properties[key] = encoded
-    message.encoded_properties = encoded
-    return encoded
-
-
-def _properties_to_amqp(values):
-    if not values:
-        return spec.Basic.Properties()
-    arguments = {_AMQP_NAMES[name]: value for name, value in values.items() if name != "cluster_id"}
-    timestamp = arguments.get("timestamp")
-    if timestamp is not None:
-        arguments["timestamp"] = datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
-    properties = spec.Basic.Properties(**arguments)
-    # Deprecated in 0-9-1 and refused by pamqp's constructor, but passed through unchanged.
-    properties.cluster_id = values.get("cluster_id", "")
-    return properties

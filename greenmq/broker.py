@@ -17,7 +17,7 @@ from gevent.server import StreamServer
 
 from .amqp_protocol import AmqpConnection
 from .config import ConfigError, load_settings
-from .durable_store import StoreError, open_store
+from .store import StoreError, open_store
 from .node import VERSION, Node
 from .logs import JsonFormatter, ReopenableFileHandler, reopen_log_files
 from .management import management_server

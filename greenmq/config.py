@@ -14,9 +14,8 @@ try:
 except ImportError:             # Python < 3.11: the same parser, from PyPI
     import tomli as tomllib
 
-from .message import DEFAULT_MAX_MESSAGE_BYTES
+from .message import DEFAULT_MAX_MESSAGE_BYTES, max_line_bytes_for
 from .memory import DEFAULT_MEMORY_FRACTION, parse_memory_limit
-from .protocol import HELLO_TIMEOUT_SECONDS, max_line_bytes_for
 from .stats import DEFAULT_SAMPLE_INTERVAL_SECONDS
 
 DEFAULT_HOST = "127.0.0.1"
@@ -25,6 +24,9 @@ DEFAULT_AMQP_PORT = 5672     # AMQP 0-9-1, where every AMQP client looks first
 DEFAULT_TLS_PORT = 5681      # JSON lines over TLS: next to the plain port
 DEFAULT_AMQPS_PORT = 5671    # AMQP over TLS, RabbitMQ's (and IANA's) amqps port
 DEFAULT_HTTP_PORT = 15672    # the management API, RabbitMQ's management port, where its tools look first
+# How long a JSON-lines client may take to send `hello` (RabbitMQ's handshake_timeout for
+# AMQP): a socket that never says who it is holds a file descriptor and memory.
+HELLO_TIMEOUT_SECONDS = 10.0
 # Beside the broker's working directory, so `python3 broker.py` keeps its messages where
 # the next `python3 broker.py` from the same place finds them.
 DEFAULT_DATA_DIR = "greenmq-data"

@@ -10,10 +10,11 @@ A host name speaks GreenMQ's JSON lines; an `amqp://` or `amqps://` URL (or, for
 name given without a port, the URL in $GREENMQ_URL) speaks AMQP 0-9-1 to GreenMQ's AMQP
 port or to any AMQP broker, so programs move to a RabbitMQ cluster by changing a URL. Both
 APIs, the errors and their reply codes are the same over either wire: the Channel code is
-shared and speaks JSON-lines requests; `_AmqpWire` translates them into AMQP methods and
-AMQP frames back into the same events. It is written on pamqp (GreenMQ's AMQP codec
-already) rather than around pika: pika would bring a second connection, thread and
-callback model under this one, and its own exceptions to translate back.
+shared and speaks JSON-lines requests, which a wire turns into bytes and the bytes that
+come back into replies and events. Each wire offers the same few calls: `request` and
+`publish` (what to send), `received` (the replies and events that bytes complete), `join`,
+`HEARTBEAT`, `opened` and `open_first_channel`.
+
     channel = conn.channel()
     channel.queue_declare('hello')
     channel.basic_publish('', 'hello', b'Hello World!')
@@ -22,45 +23,36 @@ Publishes, acks and other requests that need no answer are queued and written in
 by a helper thread (or before the client waits for anything), so publishing never waits
 for the broker; calls that need an answer wait for it. Callbacks of consumers run only
 inside `start_consuming`, `process_data_events` or `consume`, in the calling thread.
+
+This module is the API and the connection under it: sockets, the writer thread, replies
+and events filed for the channels. The rest has rooms of its own, none of them the
+broker's: the two wires (client_json_lines.py, client_amqp.py), the errors
+(client_errors.py), and the brokers a connection goes round when one is lost
+(client_failover.py).
 """
 
 import base64
 import collections
-import datetime
 import itertools
-import json
-import os
 import selectors
 import signal
 import socket
-import ssl as ssl_module
-import struct
 import threading
 import time
-import urllib.parse
 
-from pamqp import body as amqp_body
-from pamqp import commands as amqp
-from pamqp import frame as amqp_frame
-from pamqp import header as amqp_header
-from pamqp import heartbeat as amqp_heartbeat
+# The errors, ports, environment variables and limits that live beside the code they govern
+# are importable from here too, where programs catch and read them (connection.NotFound,
+# connection.DEFAULT_PORT); some of them this module only passes on.
+from greenmq.client_amqp import AMQP_CHANNEL_MAX, AMQP_FRAME_MAX, PROPERTY_NAMES
+from greenmq.client_errors import (
+    AccessRefused, BrokerError, ConnectionBlockedTimeout, ConnectionClosed, GreenMQError, NackError,
+    NotFound, PreconditionFailed, ResourceLocked, UnroutableError, broker_error)
+from greenmq.client_failover import (
+    AMQP_PORTS, DEFAULT_PORT, FAILOVER_CLOSE_CODE, FAILOVER_FIRST_WAIT, FAILOVER_GIVE_UP_SECONDS,
+    FAILOVER_MAX_WAIT, PORT_ENVIRONMENT_VARIABLE, URL_ENVIRONMENT_VARIABLE, Backoff, Declarations, brokers,
+    fails_over)
+from greenmq.client_json_lines import DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_MESSAGE_BYTES
 
-DEFAULT_PORT = 5680
-PORT_ENVIRONMENT_VARIABLE = "GREENMQ_PORT"
-# An amqp:// or amqps:// URL that a host name given without a port gives way to, so the
-# examples' `Connection('localhost')` runs unchanged against any AMQP broker.
-URL_ENVIRONMENT_VARIABLE = "GREENMQ_URL"
-AMQP_PORTS = {"amqp": 5672, "amqps": 5671}
-
-# Failover (given a list of URLs): the waits between attempts to reach the next broker,
-# doubling from the first to the last, so a cluster restarting is not hammered; a lost
-# connection is given up once no broker answered for this long. A connection closed with
-# 320 (CONNECTION_FORCED: the broker is shutting down) fails over too; other closes are
-# the program's error and are raised.
-FAILOVER_FIRST_WAIT = 0.1
-FAILOVER_MAX_WAIT = 5.0
-FAILOVER_GIVE_UP_SECONDS = 60.0
-FAILOVER_CLOSE_CODE = 320
 PROTOCOL_VERSION = 1
 
 # The queue of the original API's `publish(msg)` and `subscribe(callback)` with no names.
@@ -76,83 +68,10 @@ SIGNAL_CHECK_SECONDS = 0.5
 MAX_QUEUED_LINES = 4096
 RECV_BYTES = 256 * 1024
 
-# What a broker that does not say otherwise in its `hello` reply accepts: RabbitMQ's default
-# max_message_size, and the line that carries such a body in base64.
-DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024 * 1024
-DEFAULT_MAX_LINE_BYTES = 4 * -(-DEFAULT_MAX_MESSAGE_BYTES // 3) + 1024 * 1024
-
 
 _ASYNCHRONOUS_SIGNALS = {getattr(signal, name) for name in (
     "SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGALRM", "SIGUSR1", "SIGUSR2", "SIGCHLD", "SIGWINCH")
     if hasattr(signal, name)}
-
-_encode = json.JSONEncoder(separators=(",", ":")).encode
-_decode = json.JSONDecoder().decode
-_quote = json.encoder.encode_basestring_ascii
-
-PROPERTY_NAMES = (
-    "content_type", "content_encoding", "headers", "delivery_mode", "priority",
-    "correlation_id", "reply_to", "expiration", "message_id", "timestamp", "type",
-    "user_id", "app_id", "cluster_id",
-)
-
-
-# -- errors --------------------------------------------------------------------------------
-
-class GreenMQError(Exception):
-    """Base of everything this client raises."""
-
-
-class BrokerError(GreenMQError):
-    """The broker refused a request: `code` is its AMQP reply code, `text` its reason."""
-
-    def __init__(self, code, text, op=None):
-        super().__init__(text)
-        self.code = code
-        self.text = text
-        self.op = op
-
-
-class AccessRefused(BrokerError):
-    pass
-
-
-class NotFound(BrokerError):
-    pass
-
-
-class ResourceLocked(BrokerError):
-    pass
-
-
-class PreconditionFailed(BrokerError):
-    pass
-
-
-class ConnectionClosed(BrokerError):
-    """The connection is gone: closed by the broker (with its code and reason) or lost."""
-
-
-class NackError(GreenMQError):
-    """Confirm mode: the broker did not take responsibility for the message."""
-
-
-class ConnectionBlockedTimeout(GreenMQError):
-    """The broker kept this connection blocked (low on memory) for longer than the
-    connection's `blocked_connection_timeout`. A basic_publish that raises it sent nothing,
-    unless it was sent and then waited for its own confirm (confirm window 1)."""
-
-
-class UnroutableError(GreenMQError):
-    """Confirm mode: a mandatory message was returned because no queue was bound for it."""
-
-
-_ERRORS_BY_CODE = {403: AccessRefused, 404: NotFound, 405: ResourceLocked, 406: PreconditionFailed}
-
-
-def _broker_error(reply):
-    return _ERRORS_BY_CODE.get(reply.get("code"), BrokerError)(
-        reply.get("code"), reply.get("text", ""), reply.get("op"))
 
 
 # -- what consumers receive ----------------------------------------------------------------
@@ -265,12 +184,7 @@ class Connection:
                  virtual_host="/", connect_timeout=10.0, client_properties=None, ssl=None, heartbeat=0,
                  blocked_connection_timeout=None):
         hosts = list(host) if isinstance(host, (list, tuple)) else [host]
-        if not hosts:
-            raise ValueError("no broker to connect to")
-        self._brokers = [_Broker(entry, port, username, password, virtual_host, ssl)
-                         for entry in hosts]
-        if len(self._brokers) > 1 and any(broker.wire is not _AmqpWire for broker in self._brokers):
-            raise ValueError("failover takes amqp:// or amqps:// URLs only")
+        self._brokers = brokers(hosts, port, username, password, virtual_host, ssl)
         self._connect_timeout = connect_timeout
         self._hello = {"protocol": PROTOCOL_VERSION, "heartbeat": heartbeat,
                        "client": client_properties or {"product": "greenmq-connection"}}
@@ -280,7 +194,7 @@ class Connection:
         self._channels = {}
         self.blocked_connection_timeout = blocked_connection_timeout
         self._default_queue_declared = False
-        self._declared = {}             # failover: what to declare again, in order
+        self._declarations = Declarations()     # what a failover declares again
         self._failing_over = False
         self._closing = False           # closed by the program, or given up: no failover
         self._generation = 0            # connections opened so far: a request sent on an
@@ -527,9 +441,9 @@ class Connection:
                 break
         reply = self._replies.pop(request_id)
         if not reply.get("ok"):
-            raise _broker_error(reply)
+            raise broker_error(reply)
         if len(self._brokers) > 1:
-            self._remember(channel or 1, op, fields, reply)
+            self._declarations.remember(channel or 1, op, fields, reply)
         return reply
 
     def _flush(self):
@@ -615,7 +529,7 @@ class Connection:
                 else:
                     channel = channels.get(event.get("channel", 1))
                     if channel is not None:
-                        channel._errors.append(_broker_error(event))
+                        channel._errors.append(broker_error(event))
             elif kind == "deliver":
                 channel = channels.get(event["channel"])
                 if channel is not None:
@@ -650,7 +564,7 @@ class Connection:
     def _fail_over_or_raise(self):
         closed = self._closed
         if (len(self._brokers) == 1 or self._failing_over or self._closing
-                or closed.code not in (None, FAILOVER_CLOSE_CODE)):
+                or not fails_over(closed)):
             raise closed
         self._fail_over()
 
@@ -661,7 +575,7 @@ class Connection:
         awaited a confirm, so a message may arrive twice (at least once)."""
         lost, lost_wire = self._closed, self._wire
         self._failing_over = True
-        wait, deadline = FAILOVER_FIRST_WAIT, time.monotonic() + FAILOVER_GIVE_UP_SECONDS
+        backoff = Backoff()
         index = self._broker_index
         try:
             while True:
@@ -672,72 +586,23 @@ class Connection:
                     self._declare_again()
                     return
                 except (OSError, GreenMQError) as exc:
-                    if time.monotonic() + wait > deadline:
+                    wait = backoff.next_wait()
+                    if wait is None:
                         self._closing = True
                         self._closed = ConnectionClosed(
                             lost.code, f"{lost.text}; no broker of the list answered since: {exc}")
                         raise self._closed from exc
                     time.sleep(wait)
-                    wait = min(2 * wait, FAILOVER_MAX_WAIT)
         finally:
             self._failing_over = False
 
-    def _remember(self, channel, op, fields, reply):
-        """Keep what a failover declares again: exchanges, queues, bindings (on channel
-        1), and each channel's prefetch, confirm mode and consumers."""
-        declared = self._declared
-        if fields.get("passive"):
-            return
-        if op == "exchange.declare":
-            key, channel = ("exchange", fields["exchange"]), 1
-        elif op == "queue.declare":
-            key, channel = ("queue", reply["queue"]), 1
-        elif op in ("queue.bind", "queue.unbind"):
-            key, channel = ("binding", fields["queue"], fields["exchange"], fields["routing_key"],
-                            repr(fields["arguments"])), 1
-        elif op in ("qos", "confirm.select"):
-            key = (op, channel)
-        elif op == "consume":
-            key = ("consumer", reply["consumer_tag"])
-            fields["consumer_tag"] = reply["consumer_tag"]
-        elif op == "exchange.delete":
-            declared.pop(("exchange", fields["exchange"]), None)
-            return
-        elif op == "queue.delete":
-            declared.pop(("queue", fields["queue"]), None)
-            return
-        elif op == "cancel":
-            declared.pop(("consumer", fields["consumer_tag"]), None)
-            return
-        elif op == "channel.close":
-            self._declared = {key: entry for key, entry in declared.items() if entry[0] != channel}
-            return
-        else:
-            return
-        if op == "queue.unbind":
-            declared.pop(key, None)
-        else:
-            declared[key] = (channel, op, {name: value for name, value in fields.items()
-                                           if name not in ("op", "id", "channel")})
-
     def _declare_again(self):
-        """Replay what was declared; kept whole if this broker too is lost half-way."""
-        declared, self._declared = self._declared, {}
-        renamed = {}                    # server-named queues: the old name -> the new one
-        try:
-            for number in sorted(self._channels):
-                if number != 1:
-                    self._call(number, "channel.open")
-            for key, (channel, op, fields) in declared.items():
-                fields = dict(fields)
-                if fields.get("queue") in renamed:
-                    fields["queue"] = renamed[fields["queue"]]
-                reply = self._call(channel, op, **fields)
-                if op == "queue.declare" and not fields["queue"]:
-                    renamed[key[1]] = reply["queue"]
-        except BaseException:
-            self._declared = declared
-            raise
+        """Reopen the channels, declare again what was declared (kept whole if this broker
+        too is lost half-way) and publish again what awaited a confirm."""
+        for number in sorted(self._channels):
+            if number != 1:
+                self._call(number, "channel.open")
+        self._declarations.declare_again(self._call)
         for channel in self._channels.values():
             channel._publish_again()
 
@@ -1039,475 +904,3 @@ class _Returned:
         self.reply_text = event.get("reply_text")
         self.exchange = event.get("exchange")
         self.routing_key = event.get("routing_key")
-
-
-# -- the wires: JSON lines and AMQP 0-9-1 behind the same requests and events -------------
-
-def _refuse_large_body(size, limit):
-    """Refuse a body over the broker's maximum before sending it; the connection goes on."""
-    if size > limit:
-        raise PreconditionFailed(
-            406, f"PRECONDITION_FAILED - message size {size} is larger than configured max size {limit}",
-            "publish")
-
-
-class _JsonLinesWire:
-    """GreenMQ's own protocol (PROTOCOL.md): one request, reply or event a line of JSON."""
-
-    # An empty line; either side gives the other up after two intervals of silence.
-    HEARTBEAT = "\n"
-
-    def __init__(self, connection):
-        self._connection = connection
-        self._received = b""           # the start of a line whose newline has not arrived
-        self._measure_bodies_over = 0
-
-    @staticmethod
-    def join(lines):
-        return "".join(lines).encode()
-
-    @staticmethod
-    def request(fields):
-        return _encode(fields) + "\n"
-
-    def opened(self, server_properties):
-        max_line_bytes = server_properties.get("max_line_bytes", DEFAULT_MAX_LINE_BYTES)
-        # Bodies up to this long surely fit a line (escaped JSON text takes at most 12
-        # bytes a character) and the maximum message size (4 bytes a character); longer
-        # ones are measured before they are sent.
-        self._measure_bodies_over = min(self._connection.max_message_bytes // 4, max_line_bytes // 16)
-
-    def open_first_channel(self):
-        """Channel 1 is open from `hello` on."""
-
-    def publish(self, channel, exchange, routing_key, body, properties, mandatory):
-        if type(body) is bytes and body.isascii():
-            text = body.decode("ascii")
-        else:
-            text = body if type(body) is str else None
-        if (text is not None and len(text) <= self._measure_bodies_over and type(exchange) is str
-                and type(routing_key) is str and not properties and not mandatory and channel == 1):
-            # The common publish, formatted directly: the line _encode makes of the request
-            # below (tests/test_connection_unit.py holds them equal), at a quarter of the
-            # cost (1 us against 4 us a publish here; the producer of bench/throughput.py).
-            return (f'{{"op":"publish","exchange":{_quote(exchange)},"routing_key":{_quote(routing_key)},'
-                    f'"body":{_quote(text)}}}\n')
-        request = {"op": "publish", "exchange": exchange, "routing_key": routing_key}
-        if isinstance(body, str):
-            request["body"] = body
-        else:
-            body = bytes(body)
-            try:
-                request["body"] = body.decode()
-            except UnicodeDecodeError:
-                request["body"] = base64.b64encode(body).decode("ascii")
-                request["body_encoding"] = "base64"
-        if len(body) > self._measure_bodies_over:
-            self._fit_large_body(request, body)
-        if properties:
-            request["properties"] = properties
-        if mandatory:
-            request["mandatory"] = True
-        if channel != 1:
-            request["channel"] = channel
-        return _encode(request) + "\n"
-
-    def _fit_large_body(self, request, body):
-        """Refuse a body over the maximum, and send text as base64 where its JSON escapes
-        would make it longer."""
-        data = body.encode() if isinstance(body, str) else body
-        _refuse_large_body(len(data), self._connection.max_message_bytes)
-        if "body_encoding" not in request and len(_quote(request["body"])) > 4 * -(-len(data) // 3) + 2:
-            request["body"] = base64.b64encode(data).decode("ascii")
-            request["body_encoding"] = "base64"
-
-    def received(self, data):
-        """The replies and events of every whole line in `data`."""
-        lines = data.split(b"\n")
-        if self._received:
-            # Only the new bytes were searched; the line grows in place (linear time).
-            head = self._received
-            if type(head) is bytes:
-                head = bytearray(head)
-            head += lines[0]
-            lines[0] = head
-        self._received = lines.pop()
-        for line in lines:
-            if line:                    # an empty line is a heartbeat
-                yield _decode(line.decode())
-
-
-# What this client offers when the broker tunes the connection: RabbitMQ's default frame
-# size (a message body goes in frames of at most this), and its default channel_max.
-AMQP_FRAME_MAX = 131072
-AMQP_CHANNEL_MAX = 2047
-_AMQP_FRAME_HEADER = struct.Struct(">BHI")      # type, channel, size; then the payload and 0xCE
-_AMQP_FRAME_OVERHEAD = 8
-
-# What the broker may tell this client (RabbitMQ's capability names).
-_AMQP_CAPABILITIES = {"authentication_failure_close": True, "publisher_confirms": True,
-                      "consumer_cancel_notify": True, "basic.nack": True, "connection.blocked": True}
-
-# Each request of PROTOCOL.md that AMQP has, as its AMQP method.
-_AMQP_REQUESTS = {
-    "channel.open": lambda f: amqp.Channel.Open(),
-    "channel.close": lambda f: amqp.Channel.Close(200, "Normal shutdown", 0, 0),
-    "exchange.declare": lambda f: amqp.Exchange.Declare(
-        exchange=f["exchange"], exchange_type=f["type"], passive=f["passive"], durable=f["durable"],
-        auto_delete=f["auto_delete"], internal=f["internal"], arguments=f["arguments"]),
-    "exchange.delete": lambda f: amqp.Exchange.Delete(exchange=f["exchange"], if_unused=f["if_unused"]),
-    "queue.declare": lambda f: amqp.Queue.Declare(
-        queue=f["queue"], passive=f["passive"], durable=f["durable"], exclusive=f["exclusive"],
-        auto_delete=f["auto_delete"], arguments=f["arguments"]),
-    "queue.bind": lambda f: amqp.Queue.Bind(
-        queue=f["queue"], exchange=f["exchange"], routing_key=f["routing_key"], arguments=f["arguments"]),
-    "queue.unbind": lambda f: amqp.Queue.Unbind(
-        queue=f["queue"], exchange=f["exchange"], routing_key=f["routing_key"], arguments=f["arguments"]),
-    "queue.purge": lambda f: amqp.Queue.Purge(queue=f["queue"]),
-    "queue.delete": lambda f: amqp.Queue.Delete(queue=f["queue"], if_unused=f["if_unused"], if_empty=f["if_empty"]),
-    "qos": lambda f: amqp.Basic.Qos(prefetch_count=f["prefetch_count"], global_=f["global"]),
-    "consume": lambda f: amqp.Basic.Consume(
-        queue=f["queue"], consumer_tag=f["consumer_tag"], no_ack=f["no_ack"], exclusive=f["exclusive"],
-        arguments=f["arguments"]),
-    "cancel": lambda f: amqp.Basic.Cancel(consumer_tag=f["consumer_tag"]),
-    "get": lambda f: amqp.Basic.Get(queue=f["queue"], no_ack=f["no_ack"]),
-    "recover": lambda f: amqp.Basic.Recover(requeue=True),
-    "confirm.select": lambda f: amqp.Confirm.Select(),
-    "ack": lambda f: amqp.Basic.Ack(delivery_tag=f["delivery_tag"], multiple=f["multiple"]),
-    "nack": lambda f: amqp.Basic.Nack(delivery_tag=f["delivery_tag"], multiple=f["multiple"], requeue=f["requeue"]),
-    "reject": lambda f: amqp.Basic.Reject(delivery_tag=f["delivery_tag"], requeue=f["requeue"]),
-}
-
-_AMQP_SETTLEMENTS = ("ack", "nack", "reject")
-
-# Requests the broker's closing of a channel undoes, repeated when it is reopened.
-_AMQP_CHANNEL_SETTINGS = ("confirm.select", "qos")
-
-
-def _amqp_reply(method):
-    """The fields of a JSON-lines reply that an AMQP answer carries."""
-    name = method.name
-    if name == "Queue.DeclareOk":
-        return {"queue": method.queue, "message_count": method.message_count,
-                "consumer_count": method.consumer_count}
-    if name in ("Queue.PurgeOk", "Queue.DeleteOk"):
-        return {"message_count": method.message_count}
-    if name == "Basic.ConsumeOk":
-        return {"consumer_tag": method.consumer_tag}
-    if name == "Basic.GetEmpty":
-        return {"empty": True}
-    return {}
-
-
-def _amqp_properties(values):
-    if not values:
-        return amqp.Basic.Properties()
-    values = dict(values)
-    if "type" in values:
-        values["message_type"] = values.pop("type")
-    if isinstance(values.get("timestamp"), int):
-        values["timestamp"] = datetime.datetime.fromtimestamp(values["timestamp"], datetime.timezone.utc)
-    cluster_id = values.pop("cluster_id", None)
-    properties = amqp.Basic.Properties(**values)
-    if cluster_id is not None:          # deprecated in 0-9-1 and refused by pamqp's constructor
-        properties.cluster_id = cluster_id
-    return properties
-
-
-def _properties_from_amqp(properties):
-    values = {}
-    for name in PROPERTY_NAMES:
-        value = getattr(properties, "message_type" if name == "type" else name)
-        if value is None or (name == "cluster_id" and value == ""):   # pamqp's stand-in for none
-            continue
-        values[name] = int(value.timestamp()) if name == "timestamp" else value
-    return values
-
-
-class _AmqpWire:
-    """AMQP 0-9-1 in PROTOCOL.md's terms: each request becomes its AMQP method, and the
-    frames that arrive become the replies and events its lines would have carried. A
-    channel the broker closes on an error is reopened at once (with its confirm mode and
-    prefetch), so the Channel goes on as over JSON lines; as AMQP says, its consumers and
-    unacknowledged deliveries end with it, and messages awaiting a confirm are reported
-    as nacked."""
-
-    HEARTBEAT = amqp_frame.marshal(amqp_heartbeat.Heartbeat(), 0)
-    join = b"".join
-
-    def __init__(self, connection):
-        self._connection = connection
-        self._buffer = bytearray()
-        self._awaiting = collections.defaultdict(collections.deque)   # channel -> (request id, op)
-        self._content = {}             # channel -> [event, properties, body size, body parts]
-        self._login = None
-        self._server_properties = {}
-        self._frame_max = AMQP_FRAME_MAX
-        self._settings = collections.defaultdict(dict)   # channel -> op -> request, to repeat
-        self._published = collections.Counter()          # channel -> publishes in confirm mode
-        self._tag_offset = collections.Counter()         # channel -> publishes of its earlier lives
-        # Failover: deliveries are numbered on from those of the connection lost, so an
-        # ack of a delivery made there is told apart (and dropped: it comes again).
-        self._delivery_tag_offset = collections.Counter()
-        self._last_delivery_tag = collections.Counter()
-        self._events = []
-
-    def request(self, fields):
-        op = fields["op"]
-        channel = fields.get("channel", 1)
-        if op == "hello":
-            self._login = fields
-            self._awaiting[0].append((fields["id"], op))
-            return amqp_header.ProtocolHeader().marshal()
-        if op == "close":
-            self._awaiting[0].append((fields["id"], op))
-            return amqp_frame.marshal(amqp.Connection.Close(200, "Normal shutdown", 0, 0), 0)
-        translate = _AMQP_REQUESTS.get(op)
-        if translate is None:
-            raise GreenMQError(f"'{op}' is a GreenMQ request without an AMQP method: "
-                               f"use the JSON-lines port (or the management API) for it")
-        if op in _AMQP_SETTLEMENTS and self._delivery_tag_offset[channel] and fields["delivery_tag"]:
-            fields = dict(fields, delivery_tag=fields["delivery_tag"] - self._delivery_tag_offset[channel])
-            if fields["delivery_tag"] <= 0:
-                return b""
-        method = translate(fields)
-        if op in _AMQP_CHANNEL_SETTINGS:
-            self._settings[channel][op] = fields
-        if "id" in fields:
-            self._awaiting[channel].append((fields["id"], op))
-        return amqp_frame.marshal(method, channel)
-
-    def opened(self, server_properties):
-        """The handshake is over by now."""
-
-    def carry_delivery_tags(self, lost):
-        """Number deliveries on from where the wire of a connection lost left off."""
-        for channel in set(lost._last_delivery_tag) | set(lost._delivery_tag_offset):
-            self._delivery_tag_offset[channel] = lost._delivery_tag_offset[channel] + lost._last_delivery_tag[channel]
-
-    def open_first_channel(self):
-        self._connection._call(1, "channel.open")
-
-    def publish(self, channel, exchange, routing_key, body, properties, mandatory):
-        body = body.encode() if isinstance(body, str) else bytes(body)
-        _refuse_large_body(len(body), self._connection.max_message_bytes)
-        frames = [amqp_frame.marshal(amqp.Basic.Publish(exchange=exchange, routing_key=routing_key,
-                                                        mandatory=mandatory), channel),
-                  amqp_frame.marshal(amqp_header.ContentHeader(0, len(body), _amqp_properties(properties)),
-                                     channel)]
-        step = self._frame_max - _AMQP_FRAME_OVERHEAD
-        for start in range(0, len(body), step):
-            frames.append(amqp_frame.marshal(amqp_body.ContentBody(body[start:start + step]), channel))
-        if "confirm.select" in self._settings.get(channel, ()):
-            self._published[channel] += 1
-        return b"".join(frames)
-
-    def received(self, data):
-        """The replies and events that the frames completed by `data` carry."""
-        buffer = self._buffer
-        buffer += data
-        self._events = []
-        start, end = 0, len(buffer)
-        while end - start >= _AMQP_FRAME_OVERHEAD:
-            _, channel, size = _AMQP_FRAME_HEADER.unpack_from(buffer, start)
-            frame_end = start + size + _AMQP_FRAME_OVERHEAD
-            if frame_end > end:
-                break
-            _, _, frame = amqp_frame.unmarshal(bytes(buffer[start:frame_end]))
-            start = frame_end
-            self._frame(channel, frame)
-        del buffer[:start]
-        return self._events
-
-    def _send(self, method, channel):
-        self._connection._queue_answer(amqp_frame.marshal(method, channel))
-
-    def _frame(self, channel, frame):
-        if isinstance(frame, amqp_body.ContentBody):
-            content = self._content[channel]
-            content[3].append(frame.value)
-            content[2] -= len(frame.value)
-            if content[2] <= 0:
-                self._content_received(channel)
-        elif isinstance(frame, amqp_header.ContentHeader):
-            content = self._content[channel]
-            content[1], content[2] = frame.properties, frame.body_size
-            if not frame.body_size:
-                self._content_received(channel)
-        elif isinstance(frame, amqp_heartbeat.Heartbeat):
-            pass
-        else:
-            handler = self._METHODS.get(frame.name)
-            if handler is not None:
-                handler(self, channel, frame)
-            elif frame.name.endswith("Ok") or frame.name == "Basic.GetEmpty":
-                self._answer(channel, {"ok": True, **_amqp_reply(frame)})
-
-    def _answer(self, channel, reply):
-        request_id, op = self._awaiting[channel].popleft()
-        if request_id is not None:       # None: a request of this wire's own
-            reply["id"] = request_id
-            reply["op"] = op
-            self._events.append(reply)
-
-    def _content_received(self, channel):
-        event, properties, _, parts = self._content.pop(channel)
-        event["properties"] = _properties_from_amqp(properties)
-        event["body"] = b"".join(parts)
-        if "event" in event:
-            self._events.append(event)
-        else:                           # basic.get's answer
-            self._answer(channel, event)
-
-    # -- methods from the broker --
-
-    def _on_start(self, channel, start):
-        login = self._login
-        self._server_properties = start.server_properties
-        client = dict(login["client"])
-        client["capabilities"] = _AMQP_CAPABILITIES
-        self._send(amqp.Connection.StartOk(
-            client_properties=client, mechanism="PLAIN", locale="en_US",
-            response=f"\0{login['user']}\0{login['password']}"), 0)
-
-    def _on_tune(self, channel, tune):
-        if tune.frame_max:
-            self._frame_max = min(self._frame_max, tune.frame_max)
-        self._send(amqp.Connection.TuneOk(channel_max=min(AMQP_CHANNEL_MAX, tune.channel_max or AMQP_CHANNEL_MAX),
-                                          frame_max=self._frame_max, heartbeat=self._login["heartbeat"]), 0)
-        self._send(amqp.Connection.Open(virtual_host=self._login["vhost"]), 0)
-
-    def _on_open_ok(self, channel, open_ok):
-        server = self._server_properties
-        self._answer(0, {"ok": True, "server": server.get("product"), "version": server.get("version"),
-                         "heartbeat": self._login["heartbeat"], "properties": server})
-
-    def _on_connection_close(self, channel, close):
-        self._send(amqp.Connection.CloseOk(), 0)
-        if self._awaiting[0] and self._awaiting[0][0][1] == "hello":
-            self._answer(0, {"ok": False, "code": close.reply_code, "text": close.reply_text})
-        else:
-            self._events.append({"event": "close", "code": close.reply_code, "text": close.reply_text})
-
-    def _on_channel_close(self, channel, close):
-        """A refusal: reported to the request it answers (or the channel), and the channel
-        reopened as it was."""
-        self._send(amqp.Channel.CloseOk(), channel)
-        refusal = {"ok": False, "code": close.reply_code, "text": close.reply_text, "channel": channel}
-        awaiting = self._awaiting[channel]
-        if awaiting:
-            self._answer(channel, refusal)
-            awaiting.clear()
-        else:
-            del refusal["ok"]
-            self._events.append(refusal)
-        if channel not in self._connection._channels:
-            return
-        unconfirmed = self._published[channel]
-        if unconfirmed > self._tag_offset[channel]:
-            self._events.append({"event": "nack", "channel": channel, "delivery_tag": unconfirmed,
-                                 "multiple": True})
-        self._tag_offset[channel] = unconfirmed
-        self._send(amqp.Channel.Open(), channel)
-        awaiting.append((None, "channel.open"))
-        for op, fields in self._settings[channel].items():
-            self._send(_AMQP_REQUESTS[op](fields), channel)
-            awaiting.append((None, op))
-
-    def _delivery_tag(self, channel, tag):
-        self._last_delivery_tag[channel] = tag
-        return tag + self._delivery_tag_offset[channel]
-
-    def _on_get_ok(self, channel, get_ok):
-        self._content[channel] = [
-            {"ok": True, "empty": False, "delivery_tag": self._delivery_tag(channel, get_ok.delivery_tag),
-             "redelivered": get_ok.redelivered,
-             "exchange": get_ok.exchange, "routing_key": get_ok.routing_key,
-             "message_count": get_ok.message_count}, None, 0, []]
-
-    def _on_deliver(self, channel, deliver):
-        self._content[channel] = [
-            {"event": "deliver", "channel": channel, "consumer_tag": deliver.consumer_tag,
-             "delivery_tag": self._delivery_tag(channel, deliver.delivery_tag),
-             "redelivered": deliver.redelivered,
-             "exchange": deliver.exchange, "routing_key": deliver.routing_key}, None, 0, []]
-
-    def _on_return(self, channel, returned):
-        self._content[channel] = [
-            {"event": "return", "channel": channel, "reply_code": returned.reply_code,
-             "reply_text": returned.reply_text, "exchange": returned.exchange,
-             "routing_key": returned.routing_key}, None, 0, []]
-
-    def _on_confirm(self, channel, confirm):
-        self._events.append({"event": "ack" if confirm.name == "Basic.Ack" else "nack", "channel": channel,
-                             "delivery_tag": confirm.delivery_tag + self._tag_offset[channel],
-                             "multiple": confirm.multiple})
-
-    def _on_cancel(self, channel, cancel):
-        self._events.append({"event": "cancel", "channel": channel, "consumer_tag": cancel.consumer_tag})
-        if not cancel.nowait:
-            self._send(amqp.Basic.CancelOk(consumer_tag=cancel.consumer_tag), channel)
-
-    def _on_flow(self, channel, flow):
-        self._send(amqp.Channel.FlowOk(active=flow.active), channel)
-
-    def _on_blocked(self, channel, blocked):
-        self._events.append({"event": "blocked", "reason": blocked.reason})
-
-    def _on_unblocked(self, channel, unblocked):
-        self._events.append({"event": "unblocked"})
-
-    _METHODS = {
-        "Connection.Start": _on_start,
-        "Connection.Tune": _on_tune,
-        "Connection.OpenOk": _on_open_ok,
-        "Connection.Close": _on_connection_close,
-        "Channel.Close": _on_channel_close,
-        "Channel.Flow": _on_flow,
-        "Basic.GetOk": _on_get_ok,
-        "Basic.Deliver": _on_deliver,
-        "Basic.Return": _on_return,
-        "Basic.Ack": _on_confirm,
-        "Basic.Nack": _on_confirm,
-        "Basic.Cancel": _on_cancel,
-        "Connection.Blocked": _on_blocked,
-        "Connection.Unblocked": _on_unblocked,
-    }
-
-
-class _Broker:
-    """One broker to connect to: a host name (JSON lines) or an amqp(s):// URL, with
-    the keyword arguments for what it leaves out."""
-
-    def __init__(self, host, port, username, password, virtual_host, ssl):
-        if port is None and "://" not in host and os.environ.get(URL_ENVIRONMENT_VARIABLE):
-            host = os.environ[URL_ENVIRONMENT_VARIABLE]
-        if "://" in host:
-            host, port, username, password, virtual_host, ssl = _parse_url(
-                host, port, username, password, virtual_host, ssl)
-            self.wire = _AmqpWire
-        else:
-            if port is None:
-                port = int(os.environ.get(PORT_ENVIRONMENT_VARIABLE, DEFAULT_PORT))
-            self.wire = _JsonLinesWire
-        self.host, self.port, self.username, self.password = host, port, username, password
-        self.virtual_host, self.ssl = virtual_host, ssl
-
-
-def _parse_url(url, port, username, password, virtual_host, ssl):
-    """host, port, username, password, virtual host and TLS context from an amqp:// or
-    amqps:// URL (percent-escaped, as pika and RabbitMQ read them: %2f is the vhost '/');
-    what the URL leaves out keeps the value given."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in AMQP_PORTS:
-        raise ValueError(f"unsupported URL scheme {parts.scheme!r} in {url!r}: use amqp:// or amqps://")
-    if parts.scheme == "amqps" and ssl is None:
-        ssl = ssl_module.create_default_context()
-    if parts.username is not None:
-        username = urllib.parse.unquote(parts.username)
-    if parts.password is not None:
-        password = urllib.parse.unquote(parts.password)
-    if parts.path not in ("", "/"):
-        virtual_host = urllib.parse.unquote(parts.path[1:])
-    return (parts.hostname or "localhost", port or parts.port or AMQP_PORTS[parts.scheme],
-            username, password, virtual_host, ssl)

@@ -12,7 +12,8 @@ import time
 
 from .message import Message
 
-# The reasons RabbitMQ writes into x-death, and the one that a cycle needs a client for.
+# The reasons RabbitMQ writes into x-death: a queue names why a message died there with
+# one of these, and a rejection is what lets a dead-letter cycle go round (is_cycle).
 REJECTED, EXPIRED, MAXLEN = "rejected", "expired", "maxlen"
 
 

@@ -1,4 +1,5 @@
-"""The management HTTP API, the dashboard and /metrics: an HTTP front end over the core.
+"""The management HTTP API, the dashboard and /metrics (written by prometheus.py): an HTTP
+front end over the core.
 
 JSON shaped like RabbitMQ's management API where the two overlap, so scripts and client
 libraries written for RabbitMQ's /api read GreenMQ too. Served by gevent's own WSGI server
@@ -21,7 +22,6 @@ import json
 import logging
 import os
 import re
-import resource
 import socket
 import ssl
 from urllib.parse import parse_qs, unquote
@@ -30,11 +30,14 @@ from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from .access import ADMINISTRATOR, MANAGEMENT, MONITORING, check_password_hash
-from .errors import AccessRefused, BrokerError, NotFound
+from .errors import AccessRefused, BadSyntax, BrokerError, NotFound
+from .memory import MESSAGE_OVERHEAD_BYTES
 from .message import json_value, new_message, properties_from_request
 from .node import SERVER_NAME, VERSION
-from .queue_store import MESSAGE_COUNTERS
-from .stats import totals
+from .prometheus import prometheus_text, resident_bytes
+from .request_fields import base64_bytes, field, string_list
+from .stats import MESSAGE_COUNTERS, totals
+from .vhost import exchange_row, queue_row
 
 log = logging.getLogger("greenmq.management")
 
@@ -45,9 +48,11 @@ MAX_BODY_BYTES = 32 * 1024 * 1024
 # POST .../get hands out at most this many messages at once (a debugging aid, not a consumer).
 MAX_GET_COUNT = 10_000
 
-# A queue's `memory` is an estimate (the core keeps no byte counts, which would cost a
-# little on every message): the depth times this overhead plus the head message's body.
-MESSAGE_OVERHEAD_BYTES = 400
+# A queue's `memory` is an estimate: the core counts the bytes it holds node-wide (memory.py,
+# for the memory limit) but per queue only the ready bodies of queues with priorities or
+# x-max-length-bytes, as a count for every queue would cost on every message. The estimate
+# is the ready depth times (the budget's per-message overhead plus the head message's body),
+# plus this for the queue itself.
 QUEUE_OVERHEAD_BYTES = 2_000
 
 NODE_NAME = f"greenmq@{socket.gethostname()}"
@@ -104,19 +109,6 @@ class Request:
         if type(value) is not dict:
             raise HttpError(400, "the JSON body must be an object")
         return value
-
-
-def field(body, name, kind, default=None, required=False):
-    """A member of a request body, of the given JSON type; 400 when missing or mistyped."""
-    if name not in body:
-        if required:
-            raise HttpError(400, f"field '{name}' is required")
-        return default
-    value = body[name]
-    if kind is int and type(value) is not int or kind is not int and not isinstance(value, kind):
-        names = {str: "a string", bool: "true or false", int: "an integer", dict: "an object", list: "a list"}
-        raise HttpError(400, f"field '{name}' must be {names.get(kind, kind.__name__)}")
-    return value
 
 
 class ManagementApi:
@@ -259,30 +251,34 @@ def _rate_details(counts, rates):
     return stats
 
 
-def queue_json(api, vhost, queue):
-    ready, unacked = queue.message_count, queue.unacked_count
+def queue_json(api, vhost, row):
+    """A queue's row as JSON lines lists it, with what the API adds: rates and memory."""
+    queue = vhost.queues[row["name"]]
     head = queue.ready.head()
     counts = {counter: getattr(queue, counter) for counter in MESSAGE_COUNTERS}
-    return {"name": queue.name, "vhost": vhost.name, "durable": queue.durable, "auto_delete": queue.auto_delete,
-            "exclusive": queue.exclusive, "arguments": queue.arguments, "node": NODE_NAME,
-            "type": "classic", "state": "running",
-            "messages": ready + unacked, "messages_ready": ready, "messages_unacknowledged": unacked,
-            "consumers": len(queue.consumers),
-            "memory": QUEUE_OVERHEAD_BYTES + ready * (MESSAGE_OVERHEAD_BYTES + (len(head.body) if head else 0)),
+    return {**row, "vhost": vhost.name, "node": NODE_NAME, "type": "classic", "state": "running",
+            "memory": QUEUE_OVERHEAD_BYTES
+            + row["messages_ready"] * (MESSAGE_OVERHEAD_BYTES + (len(head.body) if head else 0)),
             "message_stats": _rate_details(counts, api.sampler.queue_rates(queue))}
 
 
-def exchange_json(vhost, exchange):
-    return {"name": exchange.name, "vhost": vhost.name, "type": exchange.type, "durable": exchange.durable,
-            "auto_delete": exchange.auto_delete, "internal": exchange.internal, "arguments": exchange.arguments,
-            "user_who_performed_action": "rmq-internal" if exchange.name.startswith("amq.") or not exchange.name
-            else ""}
+def exchange_json(vhost, row):
+    name = row["name"]
+    return {**row, "vhost": vhost.name,
+            "user_who_performed_action": "rmq-internal" if name.startswith("amq.") or not name else ""}
 
 
 def binding_json(vhost, row):
     return {"source": row["source"], "vhost": vhost.name, "destination": row["destination"],
             "destination_type": row["destination_kind"], "routing_key": row["routing_key"],
             "arguments": row["arguments"], "properties_key": properties_key(row["routing_key"], row["arguments"])}
+
+
+def _bindings(vhost, **wanted):
+    """The vhost's binding rows with the `wanted` values, in the API's shape; a queue and an
+    exchange may share a name, so a destination is asked for with its kind."""
+    return [binding_json(vhost, row) for row in vhost.list_bindings()
+            if all(row[member] == value for member, value in wanted.items())]
 
 
 def properties_key(routing_key, arguments):
@@ -396,12 +392,12 @@ def consumers(api, request, vhost=None):
 
 def exchanges(api, request, vhost=None):
     vhosts = [api.vhost(request, vhost)] if vhost is not None else api.visible_vhosts(request)
-    return [exchange_json(v, exchange) for v in vhosts for exchange in v.exchanges.values()]
+    return [exchange_json(v, row) for v in vhosts for row in v.list_exchanges()]
 
 
 def exchange_detail(api, request, vhost, name):
     v = api.vhost(request, vhost)
-    return exchange_json(v, v.exchange(_exchange_name(name)))
+    return exchange_json(v, exchange_row(v.exchange(_exchange_name(name))))
 
 
 def put_exchange(api, request, vhost, name):
@@ -428,18 +424,15 @@ def publish(api, request, vhost, name):
     v = api.vhost(request, vhost)
     name = _exchange_name(name)
     body = request.body()
-    routing_key = field(body, "routing_key", str, required=True)
-    payload = field(body, "payload", str, required=True)
+    routing_key = field(body, "routing_key", str)
+    payload = field(body, "payload", str)
     encoding = field(body, "payload_encoding", str, "string")
     if encoding == "string":
         data = payload.encode()
     elif encoding == "base64":
-        try:
-            data = base64.b64decode(payload, validate=True)
-        except binascii.Error:
-            raise HttpError(400, "field 'payload' is not valid base64") from None
+        data = base64_bytes(payload, "payload")
     else:
-        raise HttpError(400, "field 'payload_encoding' must be 'string' or 'base64'")
+        raise BadSyntax("field 'payload_encoding' must be 'string' or 'base64'")
     properties = properties_from_request(field(body, "properties", dict, {}))
     v.exchange(name)
     api.check(request, v, "write", "exchange", name)
@@ -450,19 +443,22 @@ def exchange_bindings_source(api, request, vhost, name):
     v = api.vhost(request, vhost)
     name = _exchange_name(name)
     v.exchange(name)
-    return [binding_json(v, row) for row in v.list_bindings() if row["source"] == name]
+    return _bindings(v, source=name)
 
 
 def exchange_bindings_destination(api, request, vhost, name):
-    api.vhost(request, vhost).exchange(_exchange_name(name))
-    return []       # exchange-to-exchange bindings do not exist in GreenMQ
+    """The exchange-to-exchange bindings (exchange.bind) that lead to this exchange."""
+    v = api.vhost(request, vhost)
+    name = _exchange_name(name)
+    v.exchange(name)
+    return _bindings(v, destination=name, destination_kind="exchange")
 
 
 # queues
 
 def queues(api, request, vhost=None):
     vhosts = [api.vhost(request, vhost)] if vhost is not None else api.visible_vhosts(request)
-    rows = [queue_json(api, v, queue) for v in vhosts for queue in v.queues.values()]
+    rows = [queue_json(api, v, row) for v in vhosts for row in v.list_queues()]
     name_filter = request.query.get("name")
     if name_filter:
         try:
@@ -483,14 +479,14 @@ def _queue(api, request, vhost, name):
 
 def queue_detail(api, request, vhost, name):
     v, queue = _queue(api, request, vhost, name)
-    return queue_json(api, v, queue)
+    return queue_json(api, v, queue_row(queue))
 
 
 def put_queue(api, request, vhost, name):
     v = api.vhost(request, vhost)
     body = request.body()
     if not name:
-        raise HttpError(400, "a queue declared through the API needs a name")
+        raise BadSyntax("a queue declared through the API needs a name")
     existed = name in v.queues
     api.check(request, v, "configure", "queue", name)
     v.declare_queue(name, durable=field(body, "durable", bool, True), auto_delete=field(body, "auto_delete", bool, False),
@@ -526,11 +522,11 @@ def get_messages(api, request, vhost, name):
     encoding = field(body, "encoding", str, "auto")
     truncate = field(body, "truncate", int, None)
     if not 1 <= count <= MAX_GET_COUNT:
-        raise HttpError(400, f"field 'count' must be between 1 and {MAX_GET_COUNT}")
+        raise BadSyntax(f"field 'count' must be between 1 and {MAX_GET_COUNT}")
     if ackmode not in _ACK_MODES:
-        raise HttpError(400, f"field 'ackmode' must be one of {', '.join(_ACK_MODES)}")
+        raise BadSyntax(f"field 'ackmode' must be one of {', '.join(_ACK_MODES)}")
     if encoding not in ("auto", "base64"):
-        raise HttpError(400, "field 'encoding' must be 'auto' or 'base64'")
+        raise BadSyntax("field 'encoding' must be 'auto' or 'base64'")
     api.check(request, v, "read", "queue", name)
     queue = v.queue(name)
     taken = []      # (message, delivery) as the queue gave them
@@ -563,7 +559,7 @@ def _got_json(message, message_count, encoding, truncate):
 
 def queue_bindings(api, request, vhost, name):
     v, _ = _queue(api, request, vhost, name)
-    return [binding_json(v, row) for row in v.list_bindings() if row["destination"] == name]
+    return _bindings(v, destination=name, destination_kind="queue")
 
 
 # bindings
@@ -579,8 +575,7 @@ def _binding_rows(api, request, vhost, exchange, queue):
     v.exchange(exchange)
     if queue not in v.queues:
         raise NotFound(f"no queue '{queue}' in vhost '{v.name}'")
-    return v, exchange, [binding_json(v, row) for row in v.list_bindings()
-                         if row["source"] == exchange and row["destination"] == queue]
+    return v, exchange, _bindings(v, source=exchange, destination=queue, destination_kind="queue")
 
 
 def bindings_between(api, request, vhost, exchange, queue):
@@ -638,13 +633,13 @@ def user_detail(api, request, name):
 def put_user(api, request, name):
     api.require_administrator(request)
     body = request.body()
-    tags = field(body, "tags", (str, list), "")
-    if isinstance(tags, str):
+    tags = body.get("tags")
+    if type(tags) is str:       # RabbitMQ's API takes a comma-separated string too
         tags = [tag.strip() for tag in tags.split(",") if tag.strip()]
-    elif not all(type(tag) is str for tag in tags):
-        raise HttpError(400, "field 'tags' must be a comma-separated string or a list of strings")
-    password = field(body, "password", str)
-    password_hash = field(body, "password_hash", str)
+    else:
+        tags = string_list(body, "tags")
+    password = field(body, "password", str, None)
+    password_hash = field(body, "password_hash", str, None)
     algorithm = field(body, "hashing_algorithm", str, "rabbit_password_hashing_sha256")
     node = api.node
     existed = name in node.users
@@ -659,7 +654,7 @@ def put_user(api, request, name):
     elif existed:
         node.set_user_tags(name, tags)
     else:
-        raise HttpError(400, "a new user needs 'password' or 'password_hash'")
+        raise BadSyntax("a new user needs 'password' or 'password_hash'")
     return (204 if existed else 201), None
 
 
@@ -713,7 +708,7 @@ def permission_detail(api, request, vhost, user):
 def put_permission(api, request, vhost, user):
     api.require_administrator(request)
     body = request.body()
-    api.node.set_permissions(user, vhost, *(field(body, kind, str, required=True)
+    api.node.set_permissions(user, vhost, *(field(body, kind, str)
                                             for kind in ("configure", "write", "read")))
     return 201, None
 
@@ -786,84 +781,6 @@ _ROUTES = [
     ("GET", "/api/definitions", get_definitions),
     ("POST", "/api/definitions", post_definitions),
 ]
-
-
-# -- Prometheus ---------------------------------------------------------------------------------
-
-def resident_bytes():
-    """The process's resident memory: /proc on Linux, the peak elsewhere."""
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _label(value):
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-_COUNTER_HELP = {
-    "published": "Messages published (node-wide: accepted for routing; per queue: enqueued).",
-    "delivered": "Messages delivered to consumers or fetched with basic.get.",
-    "acked": "Deliveries settled without requeue (acknowledged, or rejected without requeue).",
-    "redelivered": "Deliveries of messages delivered before.",
-    "dead_lettered": "Messages dead-lettered.",
-}
-
-
-def prometheus_text(node, per_queue=True):
-    """Prometheus text exposition format 0.0.4: names with the greenmq_ prefix, counters
-    ending in _total, seconds and bytes as base units."""
-    lines = []
-
-    def metric(name, kind, help_text, samples):
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            lines.append(f"{name}{labels} {value}")
-
-    queues = [(vhost, queue) for vhost in node.vhosts.values() for queue in vhost.queues.values()]
-    sessions = [s for s in node.sessions if not s.closed]
-    metric("greenmq_connections", "gauge", "Open client connections.", [("", len(sessions))])
-    metric("greenmq_channels", "gauge", "Open channels.", [("", sum(len(s.channels) for s in sessions))])
-    metric("greenmq_queues", "gauge", "Queues.", [("", len(queues))])
-    metric("greenmq_consumers", "gauge", "Consumers.", [("", sum(len(q.consumers) for _, q in queues))])
-    ready = [(vhost, queue, queue.message_count) for vhost, queue in queues]
-    metric("greenmq_messages_ready", "gauge", "Messages ready for delivery.", [("", sum(r for _, _, r in ready))])
-    metric("greenmq_messages_unacked", "gauge", "Messages delivered and not yet acknowledged.",
-           [("", sum(q.unacked_count for _, q in queues))])
-    counts = totals(node.vhosts.values())
-    for counter in MESSAGE_COUNTERS:
-        metric(f"greenmq_messages_{counter}_total", "counter", _COUNTER_HELP[counter], [("", counts[counter])])
-    if per_queue:
-        labels = [(queue, f'{{vhost="{_label(vhost.name)}",queue="{_label(queue.name)}"}}') for vhost, queue in queues]
-        metric("greenmq_queue_messages_ready", "gauge", "Messages ready for delivery, per queue.",
-               [(label, count) for (_, label), (_, _, count) in zip(labels, ready)])
-        metric("greenmq_queue_messages_unacked", "gauge", "Messages delivered and not yet acknowledged, per queue.",
-               [(label, queue.unacked_count) for queue, label in labels])
-        metric("greenmq_queue_consumers", "gauge", "Consumers, per queue.",
-               [(label, len(queue.consumers)) for queue, label in labels])
-        for counter in MESSAGE_COUNTERS:
-            metric(f"greenmq_queue_messages_{counter}_total", "counter", _COUNTER_HELP[counter] + " Per queue.",
-                   [(label, getattr(queue, counter)) for queue, label in labels])
-    histogram = node.store.commit_seconds
-    name = "greenmq_store_commit_duration_seconds"
-    lines.append(f"# HELP {name} Time to commit one batch of the durable store (one transaction and its fsync).")
-    lines.append(f"# TYPE {name} histogram")
-    for bound, count in histogram.cumulative():
-        lines.append(f'{name}_bucket{{le="{"+Inf" if bound == float("inf") else repr(bound)}"}} {count}')
-    lines.append(f"{name}_sum {histogram.sum}")
-    lines.append(f"{name}_count {histogram.count}")
-    metric("greenmq_process_resident_memory_bytes", "gauge", "Resident memory of the broker process.",
-           [("", resident_bytes())])
-    memory = node.memory.status()
-    metric("greenmq_memory_held_bytes", "gauge", "Memory the broker accounts for: messages held and output "
-           "waiting for sockets (what the memory limit applies to).", [("", memory["held_bytes"])])
-    metric("greenmq_memory_limit_bytes", "gauge", "The memory limit (--memory-limit).", [("", memory["limit_bytes"])])
-    metric("greenmq_publishers_blocked", "gauge", "Publishing connections the broker is not reading, above the "
-           "memory limit.", [("", sum(1 for session in node.sessions if getattr(session.sink, "paused", False)))])
-    return "\n".join(lines) + "\n"
 
 
 # -- the server ---------------------------------------------------------------------------------

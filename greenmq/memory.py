@@ -27,7 +27,8 @@ held_bytes = 0
 # header (33) and its properties. tracemalloc measured about 150 bytes per queued message
 # without properties and 330 with three (content_type, delivery_mode, a one-entry headers
 # table) when a message had ten slots; 400 rounds that up. One figure, not a size per
-# message, so the accounting is one addition per enqueue and one subtraction per end.
+# message, so the accounting is one addition per enqueue and one subtraction per end. The
+# management API's estimate of a queue's memory uses the same figure.
 MESSAGE_OVERHEAD_BYTES = 400
 
 # RabbitMQ's default vm_memory_high_watermark: 0.4 of the machine's memory, leaving room

@@ -27,6 +27,19 @@ MAX_EXPIRY_MS = 2**32 - 1
 # lower or raise it with --max-message-bytes (RabbitMQ allows up to 512 MiB).
 DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 
+# Room on a JSON-lines publish around its body: names, properties and headers. AMQP carries
+# a message's properties in one frame of at most 128 KiB; JSON's escapes can make them a few
+# times longer.
+LINE_ENVELOPE_BYTES = 1024 * 1024
+
+
+def max_line_bytes_for(max_message_bytes):
+    """The longest JSON line the broker must read: a body of the largest message in base64
+    (4 bytes for every 3), with room for the rest of the publish. Beside the largest body,
+    which it follows: the settings check one against the other."""
+    return 4 * -(-max_message_bytes // 3) + LINE_ENVELOPE_BYTES
+
+
 # Messages share one copy of each exchange name and routing key seen recently (a fifth of a
 # small message's memory when a million wait). Not sys.intern: since CPython 3.12 interned
 # strings live as long as the process, so unique routing keys (an RPC reply queue per
@@ -34,13 +47,6 @@ DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 # holds to a few MiB; when full it starts afresh, and the strings die with their messages.
 MAX_SHARED_NAMES = 10_000
 _shared_names = {}
-
-def shared_name(name):
-    """The one copy of `name` that messages share (see MAX_SHARED_NAMES)."""
-    shared = _shared_names
-    if len(shared) >= MAX_SHARED_NAMES:
-        shared.clear()
-    return shared.setdefault(name, name)
 
 
 def message_too_large(size, max_message_bytes):
@@ -68,7 +74,7 @@ class Message:
     order = None
 
     def __init__(self, exchange, routing_key, body, properties=None, encoded_properties=None):
-        shared = _shared_names          # shared_name(), inlined: every publish comes here
+        shared = _shared_names          # the one copy of each name (see MAX_SHARED_NAMES)
         if len(shared) >= MAX_SHARED_NAMES:
             shared.clear()
         self.exchange = shared.setdefault(exchange, exchange)

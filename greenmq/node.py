@@ -15,7 +15,7 @@ import gevent
 
 from . import definitions
 from .access import ADMINISTRATOR, FULL_ACCESS, HASHING_ALGORITHM, Permission, User, hash_password
-from .durable_store import MemoryStore
+from .store.memory import MemoryStore
 from .errors import AccessRefused, ConnectionForced, NotAllowed, NotFound, PreconditionFailed
 from .memory import DEFAULT_MEMORY_FRACTION, MemoryBudget, parse_memory_limit
 from .session import Session

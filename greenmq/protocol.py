@@ -6,7 +6,6 @@ socket (transport.py) takes them with `take_output()`.
 """
 
 import base64
-import binascii
 import json
 import logging
 import re
@@ -14,41 +13,29 @@ import time
 
 from . import logs
 from .access import MONITORING
+from .config import HELLO_TIMEOUT_SECONDS
 from .errors import (BadSyntax, BrokerError, CommandInvalid, ConnectionForced, FrameError,
                     InternalError, PreconditionFailed, Unsupported)
-from .message import DEFAULT_MAX_MESSAGE_BYTES, json_value, message_too_large, properties_from_request
+from .message import (DEFAULT_MAX_MESSAGE_BYTES, json_value, max_line_bytes_for, message_too_large,
+                      properties_from_request)
 from .node import SERVER_NAME, VERSION
+from .request_fields import base64_bytes, field, flag, string_list
 from .transport import FrontEndConnection
 
 log = logging.getLogger("greenmq.protocol")
 
 PROTOCOL_VERSION = 1
 
-# Room on a publish line around its body: names, properties and headers. AMQP carries a
-# message's properties in one frame of at most 128 KiB; JSON's escapes can make them a few
-# times longer.
-LINE_ENVELOPE_BYTES = 1024 * 1024
-
 # JSON nests no deeper than this (a request is 1, its properties 2, their headers 3):
 # .NET's System.Text.Json allows 64 by default and serde_json 128. Python's decoder would
 # recurse until RecursionError on a line of 100,000 '['; the limit is checked first.
 MAX_NESTING_DEPTH = 64
-
-# How long a client may take to send `hello` (RabbitMQ's handshake_timeout for AMQP): a
-# socket that never says who it is holds a file descriptor and memory. --hello-timeout.
-HELLO_TIMEOUT_SECONDS = 10.0
 
 # A heartbeat is an empty line. Either side sends one when it has sent nothing for half
 # the negotiated interval and gives the other up after two intervals of silence, as AMQP
 # peers do. The interval is the client's choice, in AMQP's range of a short.
 HEARTBEAT_LINE = b"\n"
 MAX_HEARTBEAT_SECONDS = 65535
-
-
-def max_line_bytes_for(max_message_bytes):
-    """The longest line the broker must read: a body of the largest message in base64
-    (4 bytes for every 3), with room for the rest of the publish."""
-    return 4 * -(-max_message_bytes // 3) + LINE_ENVELOPE_BYTES
 
 
 _encode = json.JSONEncoder(separators=(",", ":"), default=json_value).encode
@@ -257,8 +244,8 @@ class JsonLinesProtocol(FrontEndConnection):
     def op_hello(self, request):
         if self.session is not None:
             raise CommandInvalid("'hello' was already received on this connection")
-        version = _field(request, "protocol", int, PROTOCOL_VERSION)
-        heartbeat = _field(request, "heartbeat", int, 0)
+        version = field(request, "protocol", int, PROTOCOL_VERSION)
+        heartbeat = field(request, "heartbeat", int, 0)
         if not 0 <= heartbeat <= MAX_HEARTBEAT_SECONDS:
             raise BadSyntax(f"field 'heartbeat' must be between 0 and {MAX_HEARTBEAT_SECONDS}")
         if version != PROTOCOL_VERSION:
@@ -266,12 +253,12 @@ class JsonLinesProtocol(FrontEndConnection):
             return None
         self._hello_received = True
         try:
-            user = self.node.authenticate(_field(request, "user", str, "guest"),
-                                          _field(request, "password", str, "guest"), self.peer)
+            user = self.node.authenticate(field(request, "user", str, "guest"),
+                                          field(request, "password", str, "guest"), self.peer)
             if self.closed:
                 return None     # closed (the broker stopping) while the password was checked
-            self.session = self.node.open_session(user, _field(request, "vhost", str, "/"), self.peer,
-                                                  "json-lines", self, _field(request, "client", dict, None))
+            self.session = self.node.open_session(user, field(request, "vhost", str, "/"), self.peer,
+                                                  "json-lines", self, field(request, "client", dict, None))
         except BrokerError as exc:
             self.close(exc)
             return None
@@ -287,30 +274,30 @@ class JsonLinesProtocol(FrontEndConnection):
         self.close()
 
     def op_channel_open(self, request):
-        self.session.open_channel(_field(request, "channel", int))
+        self.session.open_channel(field(request, "channel", int))
         return {}
 
     def op_channel_close(self, request):
-        self.session.close_channel(_field(request, "channel", int))
+        self.session.close_channel(field(request, "channel", int))
         return {}
 
     def op_exchange_declare(self, request):
         self.session.vhost.declare_exchange(
-            _field(request, "exchange", str), _field(request, "type", str, "direct"),
-            _flag(request, "passive"), _flag(request, "durable"), _flag(request, "auto_delete"),
-            _flag(request, "internal"), _field(request, "arguments", dict, None), self.session)
+            field(request, "exchange", str), field(request, "type", str, "direct"),
+            flag(request, "passive"), flag(request, "durable"), flag(request, "auto_delete"),
+            flag(request, "internal"), field(request, "arguments", dict, None), self.session)
         return {}
 
     def op_exchange_delete(self, request):
-        self.session.vhost.delete_exchange(_field(request, "exchange", str), _flag(request, "if_unused"),
+        self.session.vhost.delete_exchange(field(request, "exchange", str), flag(request, "if_unused"),
                                            self.session)
         return {}
 
     def op_queue_declare(self, request):
         queue = self.session.vhost.declare_queue(
-            _field(request, "queue", str, ""), _flag(request, "passive"), _flag(request, "durable"),
-            _flag(request, "exclusive"), _flag(request, "auto_delete"),
-            _field(request, "arguments", dict, None), self.session)
+            field(request, "queue", str, ""), flag(request, "passive"), flag(request, "durable"),
+            flag(request, "exclusive"), flag(request, "auto_delete"),
+            field(request, "arguments", dict, None), self.session)
         return {"queue": queue.name, "message_count": queue.message_count,
                 "consumer_count": len(queue.consumers)}
 
@@ -323,8 +310,8 @@ class JsonLinesProtocol(FrontEndConnection):
         return {}
 
     def _binding(self, request):
-        return (_field(request, "queue", str), _field(request, "exchange", str),
-                _field(request, "routing_key", str, ""), _field(request, "arguments", dict, None))
+        return (field(request, "queue", str), field(request, "exchange", str),
+                field(request, "routing_key", str, ""), field(request, "arguments", dict, None))
 
     def op_exchange_bind(self, request):
         self.session.vhost.bind_exchange(*self._exchange_binding(request), owner=self.session)
@@ -335,15 +322,15 @@ class JsonLinesProtocol(FrontEndConnection):
         return {}
 
     def _exchange_binding(self, request):
-        return (_field(request, "destination", str), _field(request, "source", str),
-                _field(request, "routing_key", str, ""), _field(request, "arguments", dict, None))
+        return (field(request, "destination", str), field(request, "source", str),
+                field(request, "routing_key", str, ""), field(request, "arguments", dict, None))
 
     def op_queue_purge(self, request):
-        return {"message_count": self.session.vhost.purge_queue(_field(request, "queue", str), self.session)}
+        return {"message_count": self.session.vhost.purge_queue(field(request, "queue", str), self.session)}
 
     def op_queue_delete(self, request):
         count = self.session.vhost.delete_queue(
-            _field(request, "queue", str), _flag(request, "if_unused"), _flag(request, "if_empty"),
+            field(request, "queue", str), flag(request, "if_unused"), flag(request, "if_empty"),
             self.session)
         return {"message_count": count}
 
@@ -357,7 +344,7 @@ class JsonLinesProtocol(FrontEndConnection):
         if encoding is None:
             body = body.encode()
         elif encoding == "base64":
-            body = _base64_bytes(body, "body")
+            body = base64_bytes(body, "body")
         else:
             raise BadSyntax(f"unknown body_encoding {encoding!r}; use \"base64\" or leave it out")
         if len(body) > self.max_message_bytes:
@@ -370,9 +357,9 @@ class JsonLinesProtocol(FrontEndConnection):
         mandatory = request.get("mandatory", False)
         if type(exchange) is not str or type(routing_key) is not str or type(mandatory) is not bool:
             # Not the common case checked inline above: the full checks, which name the field.
-            exchange = _field(request, "exchange", str, "")
-            routing_key = _field(request, "routing_key", str, "")
-            mandatory = _flag(request, "mandatory")
+            exchange = field(request, "exchange", str, "")
+            routing_key = field(request, "routing_key", str, "")
+            mandatory = flag(request, "mandatory")
         channel.publish(exchange, routing_key, body, properties, mandatory)
 
     def op_consume(self, request):
@@ -385,17 +372,17 @@ class JsonLinesProtocol(FrontEndConnection):
                 reply["id"] = request["id"]
             self._send(reply)
 
-        channel.consume(_field(request, "queue", str), _field(request, "consumer_tag", str, ""),
-                        _flag(request, "no_ack"), _flag(request, "exclusive"),
-                        _field(request, "arguments", dict, None), announce)
+        channel.consume(field(request, "queue", str), field(request, "consumer_tag", str, ""),
+                        flag(request, "no_ack"), flag(request, "exclusive"),
+                        field(request, "arguments", dict, None), announce)
 
     def op_cancel(self, request):
-        self._channel(request).cancel(_field(request, "consumer_tag", str),
-                                      _flag(request, "requeue", True))
+        self._channel(request).cancel(field(request, "consumer_tag", str),
+                                      flag(request, "requeue", True))
         return {}
 
     def op_get(self, request):
-        got = self._channel(request).get(_field(request, "queue", str), _flag(request, "no_ack"))
+        got = self._channel(request).get(field(request, "queue", str), flag(request, "no_ack"))
         if got is None:
             return {"empty": True}
         delivery_tag, message, message_count = got
@@ -406,23 +393,23 @@ class JsonLinesProtocol(FrontEndConnection):
         self._write(_with_message(reply, message))
 
     def op_ack(self, request):
-        self._channel(request).ack(_tag(request), _flag(request, "multiple"))
+        self._channel(request).ack(_tag(request), flag(request, "multiple"))
 
     def op_nack(self, request):
-        self._channel(request).nack(_tag(request), _flag(request, "multiple"), _flag(request, "requeue", True))
+        self._channel(request).nack(_tag(request), flag(request, "multiple"), flag(request, "requeue", True))
 
     def op_reject(self, request):
-        self._channel(request).reject(_tag(request), _flag(request, "requeue", True))
+        self._channel(request).reject(_tag(request), flag(request, "requeue", True))
 
     def op_recover(self, request):
         self._channel(request).recover()
         return {}
 
     def op_qos(self, request):
-        prefetch_count = _field(request, "prefetch_count", int, 0)
+        prefetch_count = field(request, "prefetch_count", int, 0)
         if not 0 <= prefetch_count <= 65535:
             raise BadSyntax("field 'prefetch_count' must be between 0 and 65535")
-        self._channel(request).qos(prefetch_count, _flag(request, "global"))
+        self._channel(request).qos(prefetch_count, flag(request, "global"))
         return {}
 
     def op_confirm_select(self, request):
@@ -432,14 +419,14 @@ class JsonLinesProtocol(FrontEndConnection):
     def op_vhost_add(self, request):
         """As RabbitMQ's HTTP API does, the user who adds a vhost gets full rights on it."""
         self.node.check_tag(self.session.user)
-        name = _field(request, "vhost", str)
+        name = field(request, "vhost", str)
         self.node.add_vhost(name)
         self.node.set_permissions(self.session.user, name, ".*", ".*", ".*")
         return {}
 
     def op_vhost_delete(self, request):
         self.node.check_tag(self.session.user)
-        name = _field(request, "vhost", str)
+        name = field(request, "vhost", str)
         if name == self.session.vhost.name:
             # Deleting it would close this connection before its reply could be read.
             raise PreconditionFailed(f"cannot delete vhost '{name}' from a connection to it")
@@ -451,7 +438,7 @@ class JsonLinesProtocol(FrontEndConnection):
     def _listed_vhost(self, request):
         """The vhost a listing is of: this connection's, or the one `vhost` names, which
         the user must have permissions in or be tagged monitoring to see."""
-        name = _field(request, "vhost", str, self.session.vhost.name)
+        name = field(request, "vhost", str, self.session.vhost.name)
         vhost = self.node.vhost(name)
         if (self.session.user, name) not in self.node.permissions:
             self.node.check_tag(self.session.user, MONITORING)
@@ -491,61 +478,61 @@ class JsonLinesProtocol(FrontEndConnection):
 
     def op_list_permissions(self, request):
         self.node.check_tag(self.session.user)
-        return {"items": self.node.list_permissions(vhost=_field(request, "vhost", str, None),
-                                                    user=_field(request, "user", str, None))}
+        return {"items": self.node.list_permissions(vhost=field(request, "vhost", str, None),
+                                                    user=field(request, "user", str, None))}
 
     def op_user_add(self, request):
         self.node.check_tag(self.session.user)
-        self.node.add_user(_field(request, "user", str), _field(request, "password", str), _tags(request))
+        self.node.add_user(field(request, "user", str), field(request, "password", str), string_list(request, "tags"))
         return {}
 
     def op_user_delete(self, request):
         self.node.check_tag(self.session.user)
-        self.node.delete_user(_field(request, "user", str))
+        self.node.delete_user(field(request, "user", str))
         return {}
 
     def op_user_change_password(self, request):
         self.node.check_tag(self.session.user)
-        self.node.change_password(_field(request, "user", str), _field(request, "password", str))
+        self.node.change_password(field(request, "user", str), field(request, "password", str))
         return {}
 
     def op_user_clear_password(self, request):
         self.node.check_tag(self.session.user)
-        self.node.clear_password(_field(request, "user", str))
+        self.node.clear_password(field(request, "user", str))
         return {}
 
     def op_user_set_tags(self, request):
         self.node.check_tag(self.session.user)
-        self.node.set_user_tags(_field(request, "user", str), _tags(request))
+        self.node.set_user_tags(field(request, "user", str), string_list(request, "tags"))
         return {}
 
     def op_permissions_set(self, request):
         self.node.check_tag(self.session.user)
-        self.node.set_permissions(_field(request, "user", str), _field(request, "vhost", str),
-                                  _field(request, "configure", str), _field(request, "write", str),
-                                  _field(request, "read", str))
+        self.node.set_permissions(field(request, "user", str), field(request, "vhost", str),
+                                  field(request, "configure", str), field(request, "write", str),
+                                  field(request, "read", str))
         return {}
 
     def op_permissions_clear(self, request):
         self.node.check_tag(self.session.user)
-        self.node.clear_permissions(_field(request, "user", str), _field(request, "vhost", str))
+        self.node.clear_permissions(field(request, "user", str), field(request, "vhost", str))
         return {}
 
     def op_connection_close(self, request):
         self.node.check_tag(self.session.user)
-        self.node.close_connection(_field(request, "name", str),
-                                   _field(request, "reason", str, "closed by an operator"))
+        self.node.close_connection(field(request, "name", str),
+                                   field(request, "reason", str, "closed by an operator"))
         return {}
 
     def op_definitions_export(self, request):
         self.node.check_tag(self.session.user)
-        document = self.node.export_definitions(_flag(request, "rabbitmq_hashes_only"))
+        document = self.node.export_definitions(flag(request, "rabbitmq_hashes_only"))
         left_out = sorted(set(self.node.users) - {user["name"] for user in document["users"]})
         return {"definitions": document, "users_left_out": left_out}
 
     def op_definitions_import(self, request):
         self.node.check_tag(self.session.user)
-        return {"imported": self.node.import_definitions(_field(request, "definitions", dict))}
+        return {"imported": self.node.import_definitions(field(request, "definitions", dict))}
 
     def op_logs_reopen(self, request):
         self.node.check_tag(self.session.user)
@@ -604,34 +591,8 @@ _HANDLERS = {
 
 # -- fields ------------------------------------------------------------------------------
 
-_REQUIRED = object()
-_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", dict: "an object", list: "a list"}
-
-
-def _field(request, name, kind, default=_REQUIRED):
-    value = request.get(name, _REQUIRED)
-    if value is _REQUIRED or (value is None and default is not _REQUIRED):
-        if default is _REQUIRED:
-            raise BadSyntax(f"field '{name}' is required")
-        return default
-    if type(value) is not kind:
-        raise BadSyntax(f"field '{name}' must be {_TYPE_NAMES[kind]}")
-    return value
-
-
-def _tags(request):
-    tags = _field(request, "tags", list, [])
-    if not all(type(tag) is str for tag in tags):
-        raise BadSyntax("field 'tags' must be a list of strings")
-    return tags
-
-
-def _flag(request, name, default=False):
-    return _field(request, name, bool, default)
-
-
 def _tag(request):
-    tag = _field(request, "delivery_tag", int, 0)
+    tag = field(request, "delivery_tag", int, 0)
     if tag < 0:
         raise BadSyntax("field 'delivery_tag' must not be negative")
     return tag
@@ -665,13 +626,6 @@ def _nesting_depth(text):
             if depth <= 0:
                 break
     return deepest
-
-
-def _base64_bytes(text, name):
-    try:
-        return base64.b64decode(text, validate=True)
-    except binascii.Error:
-        raise BadSyntax(f"field '{name}' is not valid base64") from None
 
 
 def _message_json(message):

@@ -22,6 +22,7 @@ from collections import deque
 import gevent
 
 from . import memory
+from .dead_letter import EXPIRED, MAXLEN, REJECTED
 from .errors import AccessRefused, PreconditionFailed
 from .memory import MESSAGE_OVERHEAD_BYTES
 from .message import MAX_EXPIRY_MS
@@ -115,10 +116,6 @@ OTHER_QUEUE_TYPES_ARGUMENTS = (
     "x-quorum-initial-group-size", "x-initial-cluster-size", "x-queue-leader-locator",
     "x-max-age", "x-stream-max-segment-size-bytes",
 )
-
-
-# The per-queue message counters (plain integers on Queue), in the order samplers read them.
-MESSAGE_COUNTERS = ("published", "delivered", "acked", "redelivered", "dead_lettered")
 
 
 class ReadyList:
@@ -391,7 +388,7 @@ class Queue:
         ready = self.ready
         if self.limited and self.overflow != "drop-head" and self._full_for(message):
             memory.held_bytes += len(message.body) + MESSAGE_OVERHEAD_BYTES
-            self._forget((message,), "maxlen" if self.overflow == "reject-publish-dlx" else None)
+            self._forget((message,), MAXLEN if self.overflow == "reject-publish-dlx" else None)
             return False
         if self.consumers and not ready.fresh and not ready.returned:
             consumer = self._next_consumer()
@@ -436,7 +433,7 @@ class Queue:
             if message.expires_at is not None and message.expires_at <= time.monotonic():
                 # Checked here, per message, so that none goes out expired; the ending
                 # itself is drop_expired's.
-                self._forget((message,), "expired")
+                self._forget((message,), EXPIRED)
                 message = self._next_live()
                 if message is None:
                     return
@@ -511,7 +508,7 @@ class Queue:
                 self._arm_ttl_timer()
         else:
             self.acked += len(messages)
-            self._forget(messages, "rejected" if rejected and not self.deleted else None)
+            self._forget(messages, REJECTED if rejected and not self.deleted else None)
         ready = self.ready
         if ready.fresh or ready.returned:   # the windows these deliveries held are open again
             self.dispatch()
@@ -543,7 +540,7 @@ class Queue:
                          or (max_bytes is not None and ready.bytes > max_bytes)):
             dropped.append(ready.popleft())
         if dropped:
-            self._forget(dropped, "maxlen")
+            self._forget(dropped, MAXLEN)
 
     def _forget(self, messages, reason=None):
         """The one place where messages end in this queue. With a `reason` (rejected,
@@ -640,7 +637,7 @@ class Queue:
         answered or a message taken, and by the TTL timer."""
         expired = self.ready.take_expired(time.monotonic())
         if expired:
-            self._forget(expired, "expired")
+            self._forget(expired, EXPIRED)
         return len(expired)
 
     def _arm_ttl_timer(self):

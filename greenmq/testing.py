@@ -272,11 +272,11 @@ class _BrokerProcess:
         environment = dict(os.environ, **{DATA_DIR_ENVIRONMENT_VARIABLE: self.data_dir})
         with open(self.log_path, "wb") as log:
             # Its own session: a Ctrl-C at the terminal reaches the test run, which then
-            # stops the broker in order, after its own teardown. Its own directory: `-c` puts
+            # stops the broker in order, after its own teardown. Its own directory: `-m` puts
             # the working directory first on the path, and a project's own config.py or
             # connection.py there must not stand in for GreenMQ's modules.
             self.child = subprocess.Popen(
-                [self.python, "-c", "from greenmq.testing import _child_main; _child_main()",
+                [self.python, "-m", "greenmq.testing",
                  str(os.getpid()), *args],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=environment,
                 cwd=self.directory, start_new_session=True)
@@ -355,3 +355,7 @@ def _stop_all_and_die(signum, frame):
     _stop_all()
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
+
+
+if __name__ == "__main__":
+    _child_main()

@@ -15,7 +15,8 @@ from .dead_letter import REJECTED, dead_lettered, is_cycle
 from .errors import AccessRefused, NotFound, PreconditionFailed, PublishRefused, ResourceLocked, StoreUnavailable
 from .exchange import DefaultExchange, exchange_class
 from .message import MAX_NAME_BYTES
-from .queue_store import MESSAGE_COUNTERS, QUEUE_ARGUMENTS, Queue, amqp_type, validate_queue_arguments
+from .queue_store import QUEUE_ARGUMENTS, Queue, amqp_type, validate_queue_arguments
+from .stats import MESSAGE_COUNTERS
 
 
 PREDECLARED_EXCHANGES = (
@@ -429,18 +430,14 @@ class VirtualHost:
         return sum(queue.drop_expired() for queue in restored)
 
     # -- listings for operators ------------------------------------------------------------
+    # One row per object with rabbitmqctl's names: the JSON-lines listings (and so
+    # greenmqctl) send the rows as they are; the management API adds its own members to them.
 
     def list_exchanges(self):
-        return [{"name": x.name, "type": x.type, "durable": x.durable, "auto_delete": x.auto_delete,
-                 "internal": x.internal, "arguments": x.arguments}
-                for x in self.exchanges.values()]
+        return [exchange_row(exchange) for exchange in self.exchanges.values()]
 
     def list_queues(self):
-        return [{"name": q.name, "durable": q.durable, "exclusive": q.exclusive,
-                 "auto_delete": q.auto_delete, "arguments": q.arguments,
-                 "messages_ready": q.message_count, "messages_unacknowledged": q.unacked_count,
-                 "messages": q.message_count + q.unacked_count, "consumers": len(q.consumers)}
-                for q in self.queues.values()]
+        return [queue_row(queue) for queue in self.queues.values()]
 
     def list_consumers(self):
         return [{"queue": c.queue.name, "consumer_tag": c.tag, "channel": c.channel.number,
@@ -460,6 +457,19 @@ class VirtualHost:
                              "destination_kind": destination.kind, "routing_key": routing_key,
                              "arguments": arguments})
         return rows
+
+
+def exchange_row(exchange):
+    return {"name": exchange.name, "type": exchange.type, "durable": exchange.durable,
+            "auto_delete": exchange.auto_delete, "internal": exchange.internal, "arguments": exchange.arguments}
+
+
+def queue_row(queue):
+    ready, unacked = queue.message_count, queue.unacked_count
+    return {"name": queue.name, "durable": queue.durable, "exclusive": queue.exclusive,
+            "auto_delete": queue.auto_delete, "arguments": queue.arguments,
+            "messages_ready": ready, "messages_unacknowledged": unacked,
+            "messages": ready + unacked, "consumers": len(queue.consumers)}
 
 
 def check_name(name, kind):

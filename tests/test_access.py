@@ -11,7 +11,7 @@ import pytest
 from greenmq import access
 from greenmq import node as node_module
 from greenmq.access import Permission, User, hash_password
-from greenmq.durable_store import SqliteStore
+from greenmq.store.sqlite import SqliteStore
 from greenmq.errors import AccessRefused, NotAllowed, NotFound, PreconditionFailed
 from greenmq.node import Node
 from tests.broker_process import BrokerProcess

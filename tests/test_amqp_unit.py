@@ -1,4 +1,5 @@
-"""The AMQP front end's own frame assembly, held to pamqp's encoding of the same method."""
+"""The AMQP front end's own frame assembly, held to pamqp's encoding of the same method, and
+its connection's table of states."""
 
 import datetime
 import struct
@@ -12,11 +13,15 @@ from pamqp import commands as spec
 from pamqp import body as amqp_body
 from pamqp import frame as amqp_frame
 from pamqp import header as amqp_header
+from pamqp import heartbeat as amqp_heartbeat
 from pamqp.exceptions import UnmarshalingException
 
-from greenmq import amqp_protocol
-from greenmq.amqp_protocol import (FRAME_MIN, _Channel, SHORT_STRING_CACHE_SIZE, AmqpConnection, _properties_from_amqp,
-                           decode_ack, decode_content_header, decode_publish, deliver_method)
+from greenmq import amqp_codec
+from greenmq.amqp_codec import (SHORT_STRING_CACHE_SIZE, _properties_from_amqp, decode_ack, decode_content_header,
+                                decode_publish, deliver_method)
+from greenmq.amqp_protocol import (CLOSED, FRAME_MIN, HEADER, RUNNING, TRANSITIONS, _Channel, AmqpConnection,
+                                   ConnectionState, ForbiddenTransition)
+from greenmq.errors import AccessRefused, BrokerError, ConnectionForced
 from greenmq.message import Message
 
 # Short strings: at most 255 bytes once encoded, which 63 characters of any kind stay under.
@@ -132,7 +137,7 @@ def test_encoded_names_kept_for_deliveries_stay_bounded():
     for n in range(3 * SHORT_STRING_CACHE_SIZE):
         used, _, method = amqp_frame.unmarshal(b"".join(deliver_method(1, "ctag", n + 1, False, "", f"amq.gen-{n}")) + b"\xce")
         assert method.routing_key == f"amq.gen-{n}"
-    assert len(amqp_protocol._short_strings) <= SHORT_STRING_CACHE_SIZE
+    assert len(amqp_codec._short_strings) <= SHORT_STRING_CACHE_SIZE
 
 
 header_values = st.none() | st.booleans() | st.integers(-2**31, 2**31 - 1) | short_strings
@@ -194,7 +199,6 @@ def test_basic_ack_frames_decode_as_pamqp_decodes_them(delivery_tag, multiple):
     assert _slots(method) == _slots(amqp_frame.unmarshal(frame)[2])
 
 
-
 class _RecordingChannel:
     """A core channel that records what it is asked to publish."""
 
@@ -209,7 +213,7 @@ def _published(stream, cuts, whole_publishes):
     """What a running connection publishes from `stream` read in pieces cut at `cuts`."""
     published = []
     connection = AmqpConnection(None, ("127.0.0.1", 1))
-    connection.state = "running"
+    connection.state = RUNNING
     connection.channels = {n: _Channel(_RecordingChannel(n, published)) for n in (1, 2)}
     if not whole_publishes:
         connection._whole_publish = lambda *arguments: 0
@@ -249,3 +253,157 @@ def test_publishes_taken_in_one_step_are_those_taken_frame_by_frame(messages, cu
     expected = _published(stream, cuts, whole_publishes=False)
     assert len(expected) == len(messages)
     assert _published(stream, cuts, whole_publishes=True) == expected
+
+
+def _reachable(start):
+    """The states TRANSITIONS leads to from `start`, `start` among them."""
+    seen, todo = {start}, [start]
+    while todo:
+        for state in TRANSITIONS[todo.pop()] - seen:
+            seen.add(state)
+            todo.append(state)
+    return seen
+
+
+def test_every_connection_state_is_reachable_from_the_protocol_header():
+    assert set(TRANSITIONS) == set(ConnectionState)
+    assert _reachable(HEADER) == set(ConnectionState)
+
+
+def test_a_closed_connection_has_no_way_out_and_every_state_has_one_to_closed():
+    assert TRANSITIONS[CLOSED] == frozenset()
+    assert all(CLOSED in _reachable(state) for state in ConnectionState)
+
+
+def test_a_move_the_table_does_not_allow_is_refused_as_a_broker_bug_not_a_client_error():
+    connection = AmqpConnection(None, ("127.0.0.1", 1))
+    connection.state = RUNNING
+    with pytest.raises(ForbiddenTransition) as refused:
+        connection._move_to(HEADER)
+    assert not isinstance(refused.value, BrokerError)      # no reply code blames the client
+    assert connection.state is RUNNING and not connection.closed
+
+
+class _Session:
+    """A core session that takes everything and does nothing."""
+
+    def flush_confirms(self):
+        pass
+
+    def close(self):
+        pass
+
+    def open_channel(self, number):
+        return object()
+
+    def close_channel(self, number):
+        pass
+
+
+class _Node:
+    """A node with one user, guest/guest, and every virtual host."""
+
+    def authenticate(self, username, password, peer, mechanism):
+        if (username, password) != ("guest", "guest"):
+            raise AccessRefused(f"login refused for user '{username}'")
+        return username
+
+    def open_session(self, user, vhost_name, peer, protocol, sink, client_properties=None):
+        return _Session()
+
+
+def _client_says(method, channel=0):
+    return amqp_frame.marshal(method, channel)
+
+
+# What a client may send, right or wrong, and the broker's own close (its stopping).
+CLIENT_INPUT = {
+    "header": b"AMQP\x00\x00\x09\x01",
+    "http": b"GET / HTTP/1.1\r\n\r\n",
+    "start-ok": _client_says(spec.Connection.StartOk(
+        client_properties={"capabilities": {"authentication_failure_close": True}},
+        mechanism="PLAIN", response="\0guest\0guest")),
+    "wrong password": _client_says(spec.Connection.StartOk(mechanism="PLAIN", response="\0guest\0wrong")),
+    "tune-ok": _client_says(spec.Connection.TuneOk(channel_max=0, frame_max=FRAME_MIN, heartbeat=0)),
+    "tune-ok too small": _client_says(spec.Connection.TuneOk(channel_max=0, frame_max=512, heartbeat=0)),
+    "open": _client_says(spec.Connection.Open(virtual_host="/")),
+    "close": _client_says(spec.Connection.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0)),
+    "close-ok": _client_says(spec.Connection.CloseOk()),
+    "channel.open": _client_says(spec.Channel.Open(), 1),
+    "heartbeat": _client_says(amqp_heartbeat.Heartbeat()),
+    "bad frame end": b"\x08\x00\x00\x00\x00\x00\x00\x00",
+    "unknown method": struct.pack(">BHII", 1, 0, 4, 0xFFFF0001) + b"\xce",
+    "broker stops": None,
+}
+
+
+def _moves(inputs):
+    """The moves a fresh connection makes as `inputs` (keys of CLIENT_INPUT) arrive, each
+    (from, to), refused ones too, and its state at the end."""
+    connection = AmqpConnection(_Node(), ("127.0.0.1", 1))
+    moves = []
+    move_to = connection._move_to
+
+    def recorded(state):
+        moves.append((connection.state, state))
+        move_to(state)
+
+    connection._move_to = recorded
+    for name in inputs:
+        if CLIENT_INPUT[name] is None:
+            connection.close(ConnectionForced("broker shutdown"))
+        elif not connection.closed:          # the transport reads no more once closed
+            connection.data_received(CLIENT_INPUT[name])
+    return moves, connection.state
+
+
+def _allowed(moves):
+    return [(before, after) for before, after in moves if after in TRANSITIONS[before]]
+
+
+def test_the_connection_makes_every_move_in_the_table_and_no_other():
+    """A login refused or a client's close before tune, an error or a close in each state
+    after it, and the broker stopping: together they make each move the table allows."""
+    sequences = [
+        (["http"], "closed"),
+        (["header", "close"], "closed"),
+        (["header", "wrong password"], "closed"),
+        (["header", "start-ok", "close"], "closed"),
+        (["header", "start-ok", "tune-ok too small", "close-ok"], "closed"),
+        (["header", "start-ok", "tune-ok", "close"], "closed"),
+        (["header", "start-ok", "tune-ok", "start-ok"], "closing"),
+        (["header", "start-ok", "tune-ok", "open", "channel.open", "close"], "closed"),
+        (["header", "start-ok", "tune-ok", "open", "tune-ok", "heartbeat"], "closing"),
+        (["header", "start-ok", "tune-ok", "open", "broker stops"], "closed"),
+    ]
+    made = set()
+    for inputs, final_state in sequences:
+        moves, state = _moves(inputs)
+        assert _allowed(moves) == moves and state is ConnectionState(final_state), inputs
+        made.update(moves)
+    assert made == {(before, after) for before, afters in TRANSITIONS.items() for after in afters}
+
+
+HANDSHAKE = ["header", "start-ok", "tune-ok", "open"]
+
+
+def test_a_connection_its_client_closed_sends_no_heartbeat_and_waits_for_nothing():
+    connection = AmqpConnection(_Node(), ("127.0.0.1", 1))
+    connection.data_received(CLIENT_INPUT["header"] + CLIENT_INPUT["start-ok"] + _client_says(
+        spec.Connection.TuneOk(channel_max=0, frame_max=FRAME_MIN, heartbeat=1)) + CLIENT_INPUT["open"])
+    assert connection.heartbeat == 1 and connection.state is RUNNING
+    connection.take_output()
+    connection.data_received(CLIENT_INPUT["close"])
+    assert connection.take_output() == _client_says(spec.Connection.CloseOk())
+    assert connection.tick(connection._last_sent + 1) is None and not connection.outbox
+
+
+@given(st.integers(0, len(HANDSHAKE)), st.lists(st.sampled_from(sorted(CLIENT_INPUT)), max_size=12))
+@example(0, ["http", "broker stops"])
+@example(2, ["close", "broker stops"])
+@example(4, ["bad frame end", "broker stops"])
+def test_nothing_a_client_sends_makes_the_connection_leave_its_table(steps, inputs):
+    """A refused move is the broker's bug: no input, in any order and in any state (reached
+    by the first `steps` of a good handshake), may reach one."""
+    moves, _ = _moves(HANDSHAKE[:steps] + inputs)
+    assert _allowed(moves) == moves

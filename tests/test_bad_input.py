@@ -10,7 +10,7 @@ import time
 import pytest
 
 from greenmq import connection
-from greenmq.protocol import max_line_bytes_for
+from greenmq.message import max_line_bytes_for
 from tests.broker_process import BrokerProcess
 
 TIMEOUT = 10.0

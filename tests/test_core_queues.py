@@ -4,7 +4,7 @@ front end would send. No broker process, no network."""
 import gevent
 import pytest
 
-from greenmq.durable_store import MemoryStore
+from greenmq.store.memory import MemoryStore
 from greenmq.errors import AccessRefused, NotFound, PreconditionFailed, ResourceLocked
 from greenmq.node import Node
 

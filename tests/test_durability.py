@@ -1,21 +1,26 @@
 """Durability through the front door: brokers stopped, killed and started again on the
 same data directory, spoken to with pika and connection.py."""
 
+import contextlib
 import os
 import random
+import re
+import select
+import shutil
 import signal
 import sqlite3
 import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 
 import pika
 import pytest
 from pika.exceptions import NackError
 
 from greenmq import connection
-from greenmq.durable_store import DATABASE_FILE
+from greenmq.store.sqlite import DATABASE_FILE
 from tests.broker_process import BrokerProcess
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)
@@ -29,6 +34,15 @@ def data_dir(tmp_path):
 def pika_channel(broker):
     conn = pika.BlockingConnection(pika.URLParameters(f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f"))
     return conn, conn.channel()
+
+
+def json_lines_channel(broker, durable_queue, confirm_window=1):
+    """A connection.py channel over JSON lines in confirm mode, with `durable_queue` declared."""
+    conn = connection.Connection("127.0.0.1", broker.port)
+    channel = conn.channel()
+    channel.queue_declare(durable_queue, durable=True)
+    channel.confirm_delivery(window=confirm_window)
+    return conn, channel
 
 
 def drain(channel, queue):
@@ -197,10 +211,7 @@ def test_messages_persisted_by_one_protocol_are_recovered_for_the_other(data_dir
 def test_confirms_wait_for_the_disk_and_pipelined_publishers_share_commits(data_dir):
     broker = BrokerProcess(data_dir=data_dir).start()
     try:
-        conn = connection.Connection("127.0.0.1", broker.port)
-        channel = conn.channel()
-        channel.queue_declare("pipelined", durable=True)
-        channel.confirm_delivery(window=200)
+        conn, channel = json_lines_channel(broker, "pipelined", confirm_window=200)
         for i in range(2000):
             channel.basic_publish("", "pipelined", b"%d" % i, connection.BasicProperties(delivery_mode=2))
         channel.wait_for_confirms(timeout=30)
@@ -431,5 +442,110 @@ def test_no_confirmed_message_is_lost_when_the_broker_is_killed(data_dir, client
             lost = traffic.confirmed - traffic.acked - set(bodies)
             assert not lost, f"round {round_number}: {len(lost)} confirmed messages lost"
             assert all(redelivered for body, redelivered in left if body in traffic.delivered)
+    finally:
+        broker.close()
+
+
+# -- what reaches the disk, and when -------------------------------------------------------
+
+# The database file and its write-ahead log, as strace -yy names the descriptors synced.
+DATABASE_SYNC = re.compile(r"f(?:data)?sync\(\d+<[^>]*" + re.escape(DATABASE_FILE))
+
+
+@contextlib.contextmanager
+def syscalls_traced(pid, syscalls):
+    """Trace `syscalls` of every thread of process `pid` while the block runs; the list
+    yielded holds strace's lines once it ends, each with the file or socket behind a
+    descriptor and the first bytes written or read. Skips where strace cannot attach."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed (`make strace` installs it)")
+    with tempfile.TemporaryDirectory(prefix="greenmq-trace-") as directory:
+        path = os.path.join(directory, "trace")
+        tracer = subprocess.Popen(["strace", "-f", "-yy", "-s", "256", "-o", path,
+                                   "-e", "trace=" + ",".join(syscalls), "-p", str(pid)],
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            # strace says "Process N attached" once it traces every thread; anything else
+            # first is why it cannot (ptrace not allowed here, say).
+            if not select.select([tracer.stderr], [], [], 30)[0]:
+                raise AssertionError("strace said nothing within 30 s of starting")
+            first = tracer.stderr.readline()
+            if "attached" not in first:
+                pytest.skip(f"strace cannot trace the broker here: {first.strip()}")
+            lines = []
+            yield lines
+        finally:
+            tracer.terminate()      # strace detaches; the broker goes on
+            tracer.wait(30)
+            tracer.stderr.close()
+        with open(path) as recorded:
+            lines += recorded.read().splitlines()
+
+
+def test_no_confirm_reaches_the_client_before_its_message_is_synced_to_disk(data_dir):
+    broker = BrokerProcess(data_dir=data_dir).start()
+    try:
+        with syscalls_traced(broker.pid, ["fsync", "fdatasync", "recvfrom", "read", "sendto", "write"]) as lines:
+            conn, channel = json_lines_channel(broker, "synced")
+            for i in range(5):
+                channel.basic_publish("", "synced", b"%d" % i, connection.BasicProperties(delivery_mode=2))
+                channel.wait_for_confirms(timeout=30)
+            conn.close()
+    finally:
+        broker.close()
+    # Each publish waits for the previous confirm, so between reading publish n and sending
+    # confirm n the broker must have finished a sync of the database: a line with its
+    # result, whole or "resumed" after another thread's line cut in.
+    syncing = set()             # threads whose database sync has not returned yet
+    synced, confirms = False, 0
+    for line in lines:
+        thread, _, call = line.partition(" ")
+        call = call.lstrip()
+        if DATABASE_SYNC.match(call):
+            if call.endswith("<unfinished ...>"):
+                syncing.add(thread)
+            else:
+                synced = synced or call.endswith("= 0")
+        elif thread in syncing and call.startswith(("<... fsync resumed>", "<... fdatasync resumed>")):
+            syncing.discard(thread)
+            synced = synced or call.endswith("= 0")
+        elif '\\"op\\":\\"publish\\"' in call and call.startswith(("recvfrom(", "read(", "<... recvfrom resumed>",
+                                                                    "<... read resumed>")):
+            synced = False
+        elif '\\"event\\":\\"ack\\"' in call and call.startswith(("sendto(", "write(")):
+            assert synced, f"confirm {confirms + 1} was sent before its message was synced:\n" + "\n".join(lines)
+            confirms += 1
+    assert confirms == 5
+
+
+def stored_commits(broker):
+    """How many commits the broker's store has made that wrote something, from /metrics."""
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{broker.http_port}/metrics", timeout=10).read().decode()
+    return int(re.search(r"^greenmq_store_commit_duration_seconds_count (\d+)$", metrics, re.MULTILINE).group(1))
+
+
+# An ack needs no fsync and waits a few milliseconds to share a commit (REMOVALS_DELAY_SECONDS
+# in greenmq/store/sqlite.py), so it is on disk well within this, even on a busy machine.
+ACK_ON_DISK_SECONDS = 0.25
+
+
+def test_an_ack_alone_reaches_the_disk_within_a_quarter_second(data_dir):
+    broker = BrokerProcess(data_dir=data_dir).start()
+    try:
+        conn, channel = json_lines_channel(broker, "acked")
+        channel.basic_publish("", "acked", b"done", connection.BasicProperties(delivery_mode=2))
+        channel.wait_for_confirms(timeout=30)
+        delivery, _, body = channel.basic_get("acked")
+        assert body == b"done"
+        before = stored_commits(broker)
+        acked_at = time.monotonic()
+        channel.basic_ack(delivery.delivery_tag)
+        while stored_commits(broker) == before and time.monotonic() - acked_at < ACK_ON_DISK_SECONDS:
+            time.sleep(0.005)
+        # Killed at once: whatever the store had not committed by now is lost.
+        broker = restarted(data_dir, broker, signal.SIGKILL)
+        conn, ch = pika_channel(broker)
+        assert drain(ch, "acked") == [], f"the ack was not on disk {ACK_ON_DISK_SECONDS} s after it was sent"
+        conn.close()
     finally:
         broker.close()

@@ -11,11 +11,12 @@ import time
 import gevent
 import pytest
 
-from greenmq import durable_store
-from greenmq import message
-from greenmq.durable_store import MemoryStore, SqliteStore, _Writer
 from greenmq.message import Message
 from greenmq.node import Node
+from greenmq.store import sqlite as sqlite_store
+from greenmq.store.memory import MemoryStore
+from greenmq.store.sqlite import SqliteStore
+from greenmq.store.writer import WriterThread
 from tests.test_core_queues import RecordingSink, login
 
 
@@ -158,7 +159,7 @@ def test_redelivered_marks_survive_a_clean_stop(store):
 CRASHING_WRITER = """
 import os, sys
 sys.path.insert(0, {root!r})
-from greenmq.durable_store import SqliteStore
+from greenmq.store.sqlite import SqliteStore
 from greenmq.message import Message
 from tests.test_durable_store import FakeQueue, committed
 store = SqliteStore({data_dir!r})
@@ -195,7 +196,7 @@ def test_a_message_acked_before_its_commit_is_never_written(tmp_path):
 
 
 def test_the_writer_thread_runs_calls_off_the_hub_and_raises_their_errors():
-    writer = _Writer()
+    writer = WriterThread()
     assert writer.run(threading.get_ident) != threading.get_ident()
     assert writer.run(divmod, 7, 2) == (3, 1)
     with pytest.raises(ZeroDivisionError):
@@ -219,7 +220,7 @@ def stored_message(tmp_path):
 
 
 def test_acks_go_with_the_next_confirmed_commit_rather_than_one_of_their_own(tmp_path, monkeypatch):
-    monkeypatch.setattr(durable_store, "REMOVALS_DELAY_SECONDS", 60)     # no commit of their own here
+    monkeypatch.setattr(sqlite_store, "REMOVALS_DELAY_SECONDS", 60)     # no commit of their own here
     store, queue, acked = stored_message(tmp_path)
     before = commits(store)
     store.remove_messages(queue, [acked])

@@ -218,6 +218,27 @@ def test_rabbitmq_shaped_fields_are_present(mgmt, name):
     assert api(mgmt, "GET", "whoami")[1] == {"name": "guest", "tags": ["administrator"]}
 
 
+def test_the_api_lists_the_rows_json_lines_lists_with_its_own_members_added(mgmt, name):
+    exchange = name + "-x"
+    api(mgmt, "PUT", "exchanges", "/", exchange,
+        body={"type": "headers", "durable": False, "arguments": {"alternate-exchange": "amq.fanout"}})
+    api(mgmt, "PUT", "queues", "/", name, body={"durable": False, "arguments": {"x-max-length": 5}})
+    api(mgmt, "POST", "bindings", "/", "e", exchange, "q", name, body={"arguments": {"x-match": "any", "k": 1}})
+    for _ in range(2):
+        api(mgmt, "POST", "exchanges", "/", "amq.default", "publish", body={"routing_key": name, "payload": "x"})
+    with connection.Connection("127.0.0.1", mgmt.port) as lines:
+        listed = {what: lines.call(f"list_{what}", vhost="/")["items"] for what in ("queues", "exchanges", "bindings")}
+    for what, key in (("queues", "name"), ("exchanges", "name"), ("bindings", "destination")):
+        [row] = [row for row in listed[what] if row[key] in (name, exchange) and row.get("source") != ""]
+        shown = [shown for shown in api(mgmt, "GET", what, "/")[1] if shown[key] == row[key]
+                 and shown.get("source") != ""]
+        if what == "bindings":      # RabbitMQ's API calls it destination_type
+            row["destination_type"] = row.pop("destination_kind")
+        assert [{member: item.get(member) for member in row} for item in shown] == [row], what
+    assert {"messages": 2, "messages_ready": 2, "arguments": {"x-max-length": 5}}.items() <= \
+        next(row for row in listed["queues"] if row["name"] == name).items()
+
+
 def test_rates_are_sampled_from_counters_while_messages_flow(mgmt, name):
     api(mgmt, "PUT", "queues", "/", name, body={"durable": False})
     with connection.Connection("127.0.0.1", mgmt.port) as lines:
@@ -262,6 +283,29 @@ def test_exchanges_queues_and_bindings_are_made_and_removed_through_the_api(mgmt
     assert api(mgmt, "DELETE", "queues", "/", queue, query="?if-empty=true")[0] == 400
     assert api(mgmt, "DELETE", "queues", "/", queue)[0] == 204
     assert api(mgmt, "GET", "queues", "/", queue)[0] == 404
+
+
+def test_an_exchange_to_exchange_binding_is_listed_at_both_exchanges_and_never_as_a_queues(mgmt, name):
+    source, destination = name + "-source", name        # a queue shares the destination's name
+    api(mgmt, "PUT", "exchanges", "/", source, body={"type": "topic", "durable": False})
+    api(mgmt, "PUT", "exchanges", "/", destination, body={"type": "fanout", "durable": False})
+    api(mgmt, "PUT", "queues", "/", name, body={"durable": False})
+    with pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", mgmt.amqp_port)) as amqp:
+        channel = amqp.channel()
+        channel.exchange_bind(destination, source, "a.#")
+        [binding] = api(mgmt, "GET", "exchanges", "/", source, "bindings", "source")[1]
+        assert binding == {"source": source, "vhost": "/", "destination": destination,
+                           "destination_type": "exchange", "routing_key": "a.#", "arguments": {},
+                           "properties_key": "a.#"}
+        assert api(mgmt, "GET", "exchanges", "/", destination, "bindings", "destination")[1] == [binding]
+        assert api(mgmt, "GET", "exchanges", "/", source, "bindings", "destination")[1] == []
+        assert [b["source"] for b in api(mgmt, "GET", "queues", "/", name, "bindings")[1]] == [""]
+        assert api(mgmt, "GET", "bindings", "/", "e", source, "q", name)[1] == []
+        channel.exchange_unbind(destination, source, "a.#")
+        assert api(mgmt, "GET", "exchanges", "/", destination, "bindings", "destination")[1] == []
+    api(mgmt, "DELETE", "queues", "/", name)
+    api(mgmt, "DELETE", "exchanges", "/", destination)
+    api(mgmt, "DELETE", "exchanges", "/", source)
 
 
 def test_get_messages_requeues_or_removes_and_purge_empties(mgmt, name):
@@ -390,6 +434,15 @@ def test_metrics_parse_as_prometheus_text_and_count_what_happened(mgmt, name):
         samples["greenmq_store_commit_duration_seconds_count", None]
 
 
+def test_metric_labels_carry_queue_names_with_quotes_backslashes_and_newlines(mgmt):
+    name = 'a "quoted" \\ queue\nover two lines'
+    api(mgmt, "PUT", "queues", "/", name, body={"durable": False})
+    api(mgmt, "POST", "exchanges", "/", "amq.default", "publish", body={"routing_key": name, "payload": "x"})
+    ready = {s.labels["queue"]: s.value for s in metric_families(mgmt.http_port)["greenmq_queue_messages_ready"].samples}
+    assert ready[name] == 1
+    api(mgmt, "DELETE", "queues", "/", name)
+
+
 def test_per_queue_series_can_be_turned_off():
     with BrokerProcess("--no-per-queue-metrics") as broker:
         call(broker.http_port, "PUT", path("queues", "/", "q"), {})
@@ -429,3 +482,18 @@ def test_a_taken_http_port_stops_the_start_with_one_clear_sentence(mgmt):
     broker.close()
     assert f"cannot listen on 127.0.0.1:{mgmt.http_port} for HTTP clients" in str(refused.value)
     assert "Traceback" not in str(refused.value)
+
+
+def test_only_an_administrator_may_create_or_change_users(mgmt, name):
+    """As in RabbitMQ, PUT /api/users/{name} is an administrator's: a management or
+    monitoring user is refused with 403, and neither makes a user nor raises its own tags."""
+    newcomer = name + "-newcomer"
+    for tag in ("management", "monitoring"):
+        user = add_user(mgmt, f"{name}-{tag}", tag, (".*", ".*", ".*"))
+        status, reply = api(mgmt, "PUT", "users", newcomer, body={"password": "pw", "tags": "administrator"},
+                            auth=user)
+        assert status == 403 and "administrator" in reply["reason"]
+        status, _ = api(mgmt, "PUT", "users", user[0], body={"password": "pw", "tags": "administrator"}, auth=user)
+        assert status == 403
+        assert api(mgmt, "GET", "whoami", auth=user)[1]["tags"] == [tag]
+    assert api(mgmt, "GET", "users", newcomer)[0] == 404

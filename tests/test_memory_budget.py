@@ -165,7 +165,9 @@ def test_a_connection_py_flood_waits_while_blocked_and_every_message_arrives_onc
         received = drain(consumer, name)
     flooding.join(DEADLINE_SECONDS)
     assert not flooding.is_alive()
-    assert publisher.blocked is None
+    # The flood may have blocked the broker again near its end, and the publisher reads the
+    # `unblocked` that the drain caused only when it next reads.
+    wait_for(lambda: publisher.process_data_events(0.01) or publisher.blocked is None, "the 'unblocked' event")
     assert sorted(received) == list(range(MESSAGES))
     publisher.close()
 
@@ -347,3 +349,50 @@ def test_every_way_a_message_ends_gives_its_bytes_back(node):
     vhost.delete_queue("q")          # its unacked deliveries end when the channel lets them go
     channel.session.close()
     assert memory.held_bytes == before
+
+
+# -- resuming publishers -----------------------------------------------------------------------
+
+# The budget's promise: publishers blocked above the limit are read again only once held
+# memory is below nine tenths of it (a tenth free for their next burst).
+RESUME_MARK = LIMIT * 9 // 10
+# Between the limit and the resume mark, how long a blocked publisher is watched staying
+# blocked: twenty of the budget's looks at the count.
+STAYS_BLOCKED_SECONDS = 20 * memory.BLOCKED_CHECK_SECONDS
+
+
+def test_a_blocked_publisher_is_resumed_only_below_nine_tenths_of_the_limit(name):
+    with BrokerProcess("--memory-limit", "4MiB", "--in-memory") as broker, \
+            connection.Connection(port=broker.port) as publisher, \
+            connection.Connection(port=broker.port) as getter:
+        publisher.channel().queue_declare(name)
+        # Just enough to pass the limit with the last message, so every one is read before
+        # the broker stops reading and nothing more arrives once it reads again.
+        channel = publisher.channel()
+        for number in range(LIMIT // (BODY_BYTES + memory.MESSAGE_OVERHEAD_BYTES) + 1):
+            channel.basic_publish("", name, body(number))
+        wait_for(lambda: publisher.process_data_events(0.01) or publisher.blocked is not None,
+                 "the publisher to hear it is blocked")
+        gets = getter.channel()
+
+        def drain_below(mark):
+            """basic.get until held memory is below `mark`, seeing the publishers blocked
+            all the while that it is at or above the resume mark."""
+            while True:
+                status = getter.call("status")["memory"]
+                assert status["publishers_blocked"] or status["held_bytes"] < RESUME_MARK, status
+                if status["held_bytes"] < mark:
+                    return
+                assert gets.basic_get(name, auto_ack=True)[0] is not None, status
+
+        drain_below(LIMIT)
+        drain_below((LIMIT + RESUME_MARK) // 2)     # below the limit, well above the mark
+        watched_since = time.monotonic()
+        while time.monotonic() - watched_since < STAYS_BLOCKED_SECONDS:
+            assert getter.call("status")["memory"]["publishers_blocked"]
+            assert publisher.blocked is not None
+            publisher.process_data_events(0.02)
+        drain_below(RESUME_MARK)
+        wait_for(lambda: publisher.process_data_events(0.01) or publisher.blocked is None,
+                 "the publisher to hear it is unblocked")
+        assert not getter.call("status")["memory"]["publishers_blocked"]

@@ -1,32 +1,22 @@
-"""What survives a restart: durable exchanges, queues and bindings, and the persistent
-messages in durable queues, behind one small interface with two implementations.
+"""The store in an SQLite database in WAL mode, one file in the data directory.
 
-`MemoryStore` keeps everything in the process (nothing outlives it); `SqliteStore` keeps
-it in an SQLite database in WAL mode. The core calls a store on the hub and never waits
-for it: writes collect in an open batch, and one committer greenlet hands each batch to the
+Writes collect in an open batch, and one committer greenlet hands each batch to the
 store's writer thread as one transaction ending in one fsync. Whatever arrives while a
 commit is in flight shares the next one (group commit), so the commit rate follows the
 load; acks alone wait a little for a commit that happens anyway.
-`after_commit(callback)` runs `callback(batch, ok)` on the hub once the batch holding
-everything written so far is on disk, which is what a publisher confirm waits for.
-
-A message routed to several durable queues is stored once, with a row per queue; the
-`Stored` record on the message counts the queues still holding it.
 """
 
-import abc
 import logging
 import os
 import sqlite3
 import time
 
 import gevent
-from gevent import monkey
 from gevent.event import Event
-from gevent.hub import Waiter
 
-from .message import Message, properties_from_json, properties_to_json, ttl_of
-from .stats import LatencyHistogram
+from ..message import Message, properties_from_json, properties_to_json, ttl_of
+from . import Recovered, Store, StoreError, Stored, canonical_arguments
+from .writer import WriterThread
 
 log = logging.getLogger("greenmq.store")
 
@@ -46,10 +36,6 @@ RETRY_MAX_SECONDS = 5.0
 # headers (ids in them) would otherwise grow it without limit.
 PROPERTIES_TEXT_CACHE_SIZE = 1024
 
-# Upper bounds (seconds) of the commit latency histogram in /metrics: from a cached write
-# (about 1 ms) through a typical fsync (5-50 ms) to a disk in trouble.
-COMMIT_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-
 # Acks need no fsync (one lost in a crash brings its message back, flagged redelivered), so
 # their removals wait up to this long for a commit that has to happen anyway. Long enough
 # that the next publish of a publisher waiting for each confirm (0.2 to 1 ms after the
@@ -57,251 +43,6 @@ COMMIT_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 # Short, since with confirms outstanding acks are better off in a commit of their own
 # soon: at 0.1 s the pipelined workload lost 15%, at 5 ms nothing measurable.
 REMOVALS_DELAY_SECONDS = 0.005
-
-
-class StoreError(Exception):
-    """The store cannot be opened; the text is one sentence naming the file."""
-
-
-class Stored:
-    """The store's record of one persistent message: its key, which orders stored messages
-    as they were published, and how many durable queues hold it."""
-
-    __slots__ = ("key", "refs")
-
-    def __init__(self, key, refs):
-        self.key = key
-        self.refs = refs
-
-
-class Recovered:
-    """What a store held at start: definitions as plain values, messages per queue."""
-
-    def __init__(self):
-        self.first_start = False    # nothing was ever stored: the node sets itself up
-        self.vhosts = []      # names
-        self.users = []       # (name, password_hash, hashing_algorithm, tags)
-        self.permissions = [] # (user, vhost, configure, write, read)
-        self.exchanges = []   # (vhost, name, type, auto_delete, internal, arguments)
-        self.queues = []      # (vhost, name, auto_delete, arguments, [(message, published_at)])
-        self.bindings = []    # (vhost, source, destination, routing_key, arguments, destination_kind)
-        self.clean = True     # the last run ended with a clean stop
-
-
-def open_store(data_dir):
-    """The store for `data_dir`, or a MemoryStore when it is None."""
-    return MemoryStore() if data_dir is None else SqliteStore(data_dir)
-
-
-class Store(abc.ABC):
-    """The interface the core writes through. Writes are accepted at once and become
-    durable with the next commit; `available` is False while commits fail, and then
-    persistent messages must be refused rather than accepted into thin air."""
-
-    def __init__(self):
-        self.open_batch = 1        # the batch that writes made now will be committed in
-        self.available = True
-        self.last_key = 0          # of the last message kept; `load` continues after the stored ones
-        self.commit_seconds = LatencyHistogram(COMMIT_SECONDS_BUCKETS)
-
-    # -- definitions ---------------------------------------------------------------------
-
-    @abc.abstractmethod
-    def put_vhost(self, name):
-        """Keep a virtual host."""
-
-    @abc.abstractmethod
-    def delete_vhost(self, name):
-        """And everything in it: permissions, exchanges, queues, bindings, messages."""
-
-    @abc.abstractmethod
-    def put_user(self, name, password_hash, hashing_algorithm, tags):
-        """Keep a user, or its new password or tags."""
-
-    @abc.abstractmethod
-    def delete_user(self, name):
-        """And the user's permissions."""
-
-    @abc.abstractmethod
-    def put_permission(self, user, vhost, configure, write, read):
-        """Keep what a user may do in a virtual host."""
-
-    @abc.abstractmethod
-    def delete_permission(self, user, vhost):
-        """The user may do nothing in the virtual host any more."""
-
-    @abc.abstractmethod
-    def put_exchange(self, vhost, name, type_name, auto_delete, internal, arguments):
-        """Keep a durable exchange."""
-
-    @abc.abstractmethod
-    def delete_exchange(self, vhost, name):
-        """And every binding from it or to it."""
-
-    @abc.abstractmethod
-    def put_queue(self, vhost, name, auto_delete, arguments):
-        """Keep a durable queue, so persistent messages can be kept for it."""
-
-    @abc.abstractmethod
-    def delete_queue(self, vhost, name):
-        """And every binding to it and its place for every message."""
-
-    @abc.abstractmethod
-    def put_binding(self, vhost, source, destination, routing_key, arguments, destination_kind):
-        """Keep a binding between durable ends; `destination_kind` is "queue", or "exchange"
-        for an exchange-to-exchange binding."""
-
-    @abc.abstractmethod
-    def delete_binding(self, vhost, source, destination, routing_key, arguments, destination_kind):
-        """Forget a binding."""
-
-    # -- messages ------------------------------------------------------------------------
-
-    @abc.abstractmethod
-    def add_message(self, message, queues):
-        """Keep `message` for `queues` (durable, all of them); marks it `stored`."""
-
-    def _record(self, message, queues):
-        """`message`'s record, keyed after every message kept before it."""
-        self.last_key += 1
-        record = message.stored = Stored(self.last_key, len(queues))
-        return record
-
-    @abc.abstractmethod
-    def remove_messages(self, queue, messages):
-        """`queue` is done with `messages` (all `stored`)."""
-
-    @abc.abstractmethod
-    def mark_redelivered(self, queue, messages):
-        """At a clean stop: these may have been delivered, so say so when they return."""
-
-    # -- commits -------------------------------------------------------------------------
-
-    @abc.abstractmethod
-    def after_commit(self, callback):
-        """Run `callback(batch, ok)` on the hub once everything written so far is on disk
-        (ok True) or could not be written (ok False); once per batch however often asked."""
-
-    @abc.abstractmethod
-    def load(self):
-        """A `Recovered` with everything stored, messages in publish order per queue."""
-
-    @abc.abstractmethod
-    def close(self):
-        """Commit what is pending and mark the stop clean."""
-
-
-class MemoryStore(Store):
-    """Nothing on disk: a commit is done the moment it is asked for, and `load` of a new
-    store finds nothing. Holds what SqliteStore would write, so both keep one contract."""
-
-    def __init__(self):
-        super().__init__()
-        self.vhosts = {}
-        self.users = {}
-        self.permissions = {}
-        self.exchanges = {}
-        self.queues = {}
-        self.bindings = {}
-        self.messages = {}         # (vhost, queue) -> {key: (message, published_at, redelivered)}
-        self._loaded = False
-
-    def put_vhost(self, name):
-        self.vhosts[name] = name
-
-    def delete_vhost(self, name):
-        self.vhosts.pop(name, None)
-        for table in (self.exchanges, self.queues, self.messages, self.bindings):
-            for key in [key for key in table if key[0] == name]:
-                del table[key]
-        for key in [key for key in self.permissions if key[1] == name]:
-            del self.permissions[key]
-
-    def put_user(self, name, password_hash, hashing_algorithm, tags):
-        self.users[name] = (name, password_hash, hashing_algorithm, tuple(tags))
-
-    def delete_user(self, name):
-        self.users.pop(name, None)
-        for key in [key for key in self.permissions if key[0] == name]:
-            del self.permissions[key]
-
-    def put_permission(self, user, vhost, configure, write, read):
-        self.permissions[user, vhost] = (user, vhost, configure, write, read)
-
-    def delete_permission(self, user, vhost):
-        self.permissions.pop((user, vhost), None)
-
-    def put_exchange(self, vhost, name, type_name, auto_delete, internal, arguments):
-        self.exchanges[vhost, name] = (vhost, name, type_name, auto_delete, internal, arguments)
-
-    def delete_exchange(self, vhost, name):
-        self.exchanges.pop((vhost, name), None)
-        for key in [key for key in self.bindings
-                    if key[:2] == (vhost, name) or (key[0], key[2], key[5]) == (vhost, name, "exchange")]:
-            del self.bindings[key]
-
-    def put_queue(self, vhost, name, auto_delete, arguments):
-        self.queues[vhost, name] = (vhost, name, auto_delete, arguments)
-        self.messages[vhost, name] = {}
-
-    def delete_queue(self, vhost, name):
-        self.queues.pop((vhost, name), None)
-        self.messages.pop((vhost, name), None)
-        for key in [key for key in self.bindings if (key[0], key[2], key[5]) == (vhost, name, "queue")]:
-            del self.bindings[key]
-
-    def put_binding(self, vhost, source, destination, routing_key, arguments, destination_kind):
-        self.bindings[vhost, source, destination, routing_key, _canonical(arguments), destination_kind] = arguments
-
-    def delete_binding(self, vhost, source, destination, routing_key, arguments, destination_kind):
-        self.bindings.pop((vhost, source, destination, routing_key, _canonical(arguments), destination_kind), None)
-
-    def add_message(self, message, queues):
-        key = self._record(message, queues).key
-        now = time.time()
-        for queue in queues:
-            self.messages[queue.vhost_name, queue.name][key] = (message, now, False)
-
-    def remove_messages(self, queue, messages):
-        held = self.messages.get((queue.vhost_name, queue.name), {})
-        for message in messages:
-            message.stored.refs -= 1
-            held.pop(message.stored.key, None)
-
-    def mark_redelivered(self, queue, messages):
-        held = self.messages.get((queue.vhost_name, queue.name), {})
-        for message in messages:
-            key = message.stored.key
-            stored_message, published_at, _ = held[key]
-            held[key] = (stored_message, published_at, True)
-
-    def after_commit(self, callback):
-        callback(self.open_batch, True)
-        self.open_batch += 1
-
-    def load(self):
-        recovered = Recovered()
-        recovered.first_start, self._loaded = not self._loaded, True
-        recovered.vhosts = list(self.vhosts)
-        recovered.users = list(self.users.values())
-        recovered.permissions = list(self.permissions.values())
-        recovered.exchanges = list(self.exchanges.values())
-        recovered.bindings = [key[:4] + (arguments, key[5]) for key, arguments in self.bindings.items()]
-        for key, (vhost, name, auto_delete, arguments) in self.queues.items():
-            messages = []
-            for message_key, (message, published_at, redelivered) in sorted(self.messages[key].items()):
-                copy = Message(message.exchange, message.routing_key, message.body, message.properties,
-                               message.encoded_properties).placed(redelivered, None)
-                copy.ttl = message.ttl
-                copy.stored = message_key       # replaced by the shared record below
-                messages.append((copy, published_at))
-            recovered.queues.append((vhost, name, auto_delete, arguments, messages))
-        _share_records(recovered)
-        return recovered
-
-    def close(self):
-        pass
-
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -373,6 +114,8 @@ class _Batch:
 
 
 class SqliteStore(Store):
+    """The store on disk: what the broker keeps in `data_dir` outlives the process."""
+
     def __init__(self, data_dir):
         super().__init__()
         self.path = os.path.join(data_dir, DATABASE_FILE)
@@ -471,12 +214,12 @@ class SqliteStore(Store):
 
     def put_binding(self, vhost, source, destination, routing_key, arguments, destination_kind):
         self._define("INSERT OR REPLACE INTO bindings VALUES (?, ?, ?, ?, ?, ?)",
-                     (vhost, source, destination, routing_key, _canonical(arguments), destination_kind))
+                     (vhost, source, destination, routing_key, canonical_arguments(arguments), destination_kind))
 
     def delete_binding(self, vhost, source, destination, routing_key, arguments, destination_kind):
         self._define("DELETE FROM bindings WHERE vhost = ? AND source = ? AND destination = ? "
                      "AND routing_key = ? AND arguments = ? AND destination_kind = ?",
-                     (vhost, source, destination, routing_key, _canonical(arguments), destination_kind))
+                     (vhost, source, destination, routing_key, canonical_arguments(arguments), destination_kind))
 
     # -- messages ------------------------------------------------------------------------
 
@@ -554,7 +297,7 @@ class SqliteStore(Store):
 
     def _commit_loop(self):
         """One commit at a time; what arrives meanwhile waits for the next."""
-        self._writer = _Writer()
+        self._writer = WriterThread()
         retry_in = RETRY_FIRST_SECONDS
         while True:
             if self._failed is None:
@@ -709,58 +452,6 @@ class SqliteStore(Store):
             log.error("cannot close the message store %s cleanly: %s", self.path, _reason(exc))
 
 
-class _Writer:
-    """A thread of the store's own that runs one call at a time for a waiting greenlet. A
-    lock wakes it and an async watcher wakes the greenlet: a round trip of about 35 us
-    here, against about 60 us through the hub's thread pool (its task queue, result
-    object and worker greenlet)."""
-
-    def __init__(self):
-        start_new_thread, allocate_lock = monkey.get_original("_thread", ["start_new_thread", "allocate_lock"])
-        self._call = None           # (function, args), or None to stop
-        self._outcome = None        # (True, result) or (False, exception)
-        self._ready = allocate_lock()
-        self._ready.acquire()
-        self._done = gevent.get_hub().loop.async_()
-        start_new_thread(self._serve, ())
-
-    def run(self, function, *args):
-        """`function(*args)` in the thread; the calling greenlet waits, the hub goes on."""
-        self._hand_over((function, args))
-        finished, value = self._outcome
-        if not finished:
-            raise value
-        return value
-
-    def stop(self):
-        """Wait for the call in hand to end, and let the thread end."""
-        self._hand_over(None)
-
-    def _hand_over(self, call):
-        waiter = Waiter()
-        self._done.start(waiter.switch, None)
-        try:
-            self._call = call
-            self._ready.release()
-            waiter.get()
-        finally:
-            self._done.stop()
-
-    def _serve(self):
-        while True:
-            self._ready.acquire()
-            call = self._call
-            if call is None:
-                self._done.send()
-                return
-            function, args = call
-            try:
-                self._outcome = (True, function(*args))
-            except BaseException as exc:
-                self._outcome = (False, exc)
-            self._done.send()
-
-
 def _merged(first, second):
     """A failed batch and the one after it, to be tried as one."""
     first.number = second.number
@@ -771,25 +462,6 @@ def _merged(first, second):
     first.definitions += second.definitions
     first.callbacks = second.callbacks
     return first
-
-
-def _share_records(recovered):
-    """Copies of one message in several queues share one `Stored` record counting them;
-    each copy comes with its key in `stored`."""
-    records = {}
-    for *_, messages in recovered.queues:
-        for message, _ in messages:
-            key = message.stored
-            record = records.get(key)
-            if record is None:
-                record = records[key] = Stored(key, 0)
-            record.refs += 1
-            message.stored = record
-
-
-def _canonical(arguments):
-    """Arguments as a key: equal tables give equal text (properties_to_json sorts keys)."""
-    return properties_to_json(arguments or {})
 
 
 def _reason(exc):

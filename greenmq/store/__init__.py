@@ -1,0 +1,164 @@
+"""What survives a restart: durable exchanges, queues and bindings, users, permissions and
+virtual hosts, and the persistent messages in durable queues, behind one small interface.
+
+The core writes through a `Store` on the hub and never waits for it: writes are accepted at
+once and become durable with a later commit. `after_commit(callback)` runs
+`callback(batch, ok)` on the hub once the batch holding everything written so far is on
+disk, which is what a publisher confirm waits for. `open_store` picks the implementation:
+`memory.MemoryStore` (nothing outlives the process) or `sqlite.SqliteStore` (an SQLite
+database, committed in groups by a thread of its own, `writer.WriterThread`).
+
+A message routed to several durable queues is stored once, with a place per queue; the
+`Stored` record on the message counts the queues still holding it.
+"""
+
+import abc
+
+from ..message import properties_to_json
+from ..stats import LatencyHistogram
+
+# Upper bounds (seconds) of the commit latency histogram in /metrics: from a cached write
+# (about 1 ms) through a typical fsync (5-50 ms) to a disk in trouble.
+COMMIT_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class StoreError(Exception):
+    """The store cannot be opened; the text is one sentence naming the file."""
+
+
+class Stored:
+    """The store's record of one persistent message: its key, which orders stored messages
+    as they were published, and how many durable queues hold it."""
+
+    __slots__ = ("key", "refs")
+
+    def __init__(self, key, refs):
+        self.key = key
+        self.refs = refs
+
+
+class Recovered:
+    """What a store held at start: definitions as plain values, messages per queue."""
+
+    def __init__(self):
+        self.first_start = False    # nothing was ever stored: the node sets itself up
+        self.vhosts = []      # names
+        self.users = []       # (name, password_hash, hashing_algorithm, tags)
+        self.permissions = [] # (user, vhost, configure, write, read)
+        self.exchanges = []   # (vhost, name, type, auto_delete, internal, arguments)
+        self.queues = []      # (vhost, name, auto_delete, arguments, [(message, published_at)])
+        self.bindings = []    # (vhost, source, destination, routing_key, arguments, destination_kind)
+        self.clean = True     # the last run ended with a clean stop
+
+
+def open_store(data_dir):
+    """The store for `data_dir`, or a MemoryStore when it is None."""
+    # Imported here: both implement the interface below, so they import this module.
+    if data_dir is None:
+        from .memory import MemoryStore
+        return MemoryStore()
+    from .sqlite import SqliteStore
+    return SqliteStore(data_dir)
+
+
+class Store(abc.ABC):
+    """The interface the core writes through. Writes are accepted at once and become
+    durable with the next commit; `available` is False while commits fail, and then
+    persistent messages must be refused rather than accepted into thin air."""
+
+    def __init__(self):
+        self.open_batch = 1        # the batch that writes made now will be committed in
+        self.available = True
+        self.last_key = 0          # of the last message kept; `load` continues after the stored ones
+        self.commit_seconds = LatencyHistogram(COMMIT_SECONDS_BUCKETS)
+
+    # -- definitions ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def put_vhost(self, name):
+        """Keep a virtual host."""
+
+    @abc.abstractmethod
+    def delete_vhost(self, name):
+        """And everything in it: permissions, exchanges, queues, bindings, messages."""
+
+    @abc.abstractmethod
+    def put_user(self, name, password_hash, hashing_algorithm, tags):
+        """Keep a user, or its new password or tags."""
+
+    @abc.abstractmethod
+    def delete_user(self, name):
+        """And the user's permissions."""
+
+    @abc.abstractmethod
+    def put_permission(self, user, vhost, configure, write, read):
+        """Keep what a user may do in a virtual host."""
+
+    @abc.abstractmethod
+    def delete_permission(self, user, vhost):
+        """The user may do nothing in the virtual host any more."""
+
+    @abc.abstractmethod
+    def put_exchange(self, vhost, name, type_name, auto_delete, internal, arguments):
+        """Keep a durable exchange."""
+
+    @abc.abstractmethod
+    def delete_exchange(self, vhost, name):
+        """And every binding from it or to it."""
+
+    @abc.abstractmethod
+    def put_queue(self, vhost, name, auto_delete, arguments):
+        """Keep a durable queue, so persistent messages can be kept for it."""
+
+    @abc.abstractmethod
+    def delete_queue(self, vhost, name):
+        """And every binding to it and its place for every message."""
+
+    @abc.abstractmethod
+    def put_binding(self, vhost, source, destination, routing_key, arguments, destination_kind):
+        """Keep a binding between durable ends; `destination_kind` is "queue", or "exchange"
+        for an exchange-to-exchange binding."""
+
+    @abc.abstractmethod
+    def delete_binding(self, vhost, source, destination, routing_key, arguments, destination_kind):
+        """Forget a binding."""
+
+    # -- messages ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def add_message(self, message, queues):
+        """Keep `message` for `queues` (durable, all of them); marks it `stored`."""
+
+    def _record(self, message, queues):
+        """`message`'s record, keyed after every message kept before it."""
+        self.last_key += 1
+        record = message.stored = Stored(self.last_key, len(queues))
+        return record
+
+    @abc.abstractmethod
+    def remove_messages(self, queue, messages):
+        """`queue` is done with `messages` (all `stored`)."""
+
+    @abc.abstractmethod
+    def mark_redelivered(self, queue, messages):
+        """At a clean stop: these may have been delivered, so say so when they return."""
+
+    # -- commits -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def after_commit(self, callback):
+        """Run `callback(batch, ok)` on the hub once everything written so far is on disk
+        (ok True) or could not be written (ok False); once per batch however often asked."""
+
+    @abc.abstractmethod
+    def load(self):
+        """A `Recovered` with everything stored, messages in publish order per queue."""
+
+    @abc.abstractmethod
+    def close(self):
+        """Commit what is pending and mark the stop clean."""
+
+
+def canonical_arguments(arguments):
+    """Arguments as a key: equal tables give equal text (properties_to_json sorts keys)."""
+    return properties_to_json(arguments or {})

@@ -1,0 +1,133 @@
+"""The store of a broker that keeps nothing on disk (--in-memory), and of a core made
+without one (unit tests): a restart starts empty."""
+
+import time
+
+from ..message import Message
+from . import Recovered, Store, Stored, canonical_arguments
+
+
+class MemoryStore(Store):
+    """Nothing on disk: a commit is done the moment it is asked for, and `load` of a new
+    store finds nothing. Holds what SqliteStore would write, so both keep one contract."""
+
+    def __init__(self):
+        super().__init__()
+        self.vhosts = {}
+        self.users = {}
+        self.permissions = {}
+        self.exchanges = {}
+        self.queues = {}
+        self.bindings = {}
+        self.messages = {}         # (vhost, queue) -> {key: (message, published_at, redelivered)}
+        self._loaded = False
+
+    def put_vhost(self, name):
+        self.vhosts[name] = name
+
+    def delete_vhost(self, name):
+        self.vhosts.pop(name, None)
+        for table in (self.exchanges, self.queues, self.messages, self.bindings):
+            for key in [key for key in table if key[0] == name]:
+                del table[key]
+        for key in [key for key in self.permissions if key[1] == name]:
+            del self.permissions[key]
+
+    def put_user(self, name, password_hash, hashing_algorithm, tags):
+        self.users[name] = (name, password_hash, hashing_algorithm, tuple(tags))
+
+    def delete_user(self, name):
+        self.users.pop(name, None)
+        for key in [key for key in self.permissions if key[0] == name]:
+            del self.permissions[key]
+
+    def put_permission(self, user, vhost, configure, write, read):
+        self.permissions[user, vhost] = (user, vhost, configure, write, read)
+
+    def delete_permission(self, user, vhost):
+        self.permissions.pop((user, vhost), None)
+
+    def put_exchange(self, vhost, name, type_name, auto_delete, internal, arguments):
+        self.exchanges[vhost, name] = (vhost, name, type_name, auto_delete, internal, arguments)
+
+    def delete_exchange(self, vhost, name):
+        self.exchanges.pop((vhost, name), None)
+        for key in [key for key in self.bindings
+                    if key[:2] == (vhost, name) or (key[0], key[2], key[5]) == (vhost, name, "exchange")]:
+            del self.bindings[key]
+
+    def put_queue(self, vhost, name, auto_delete, arguments):
+        self.queues[vhost, name] = (vhost, name, auto_delete, arguments)
+        self.messages[vhost, name] = {}
+
+    def delete_queue(self, vhost, name):
+        self.queues.pop((vhost, name), None)
+        self.messages.pop((vhost, name), None)
+        for key in [key for key in self.bindings if (key[0], key[2], key[5]) == (vhost, name, "queue")]:
+            del self.bindings[key]
+
+    def put_binding(self, vhost, source, destination, routing_key, arguments, destination_kind):
+        self.bindings[vhost, source, destination, routing_key, canonical_arguments(arguments), destination_kind] = arguments
+
+    def delete_binding(self, vhost, source, destination, routing_key, arguments, destination_kind):
+        self.bindings.pop((vhost, source, destination, routing_key, canonical_arguments(arguments), destination_kind), None)
+
+    def add_message(self, message, queues):
+        key = self._record(message, queues).key
+        now = time.time()
+        for queue in queues:
+            self.messages[queue.vhost_name, queue.name][key] = (message, now, False)
+
+    def remove_messages(self, queue, messages):
+        held = self.messages.get((queue.vhost_name, queue.name), {})
+        for message in messages:
+            message.stored.refs -= 1
+            held.pop(message.stored.key, None)
+
+    def mark_redelivered(self, queue, messages):
+        held = self.messages.get((queue.vhost_name, queue.name), {})
+        for message in messages:
+            key = message.stored.key
+            stored_message, published_at, _ = held[key]
+            held[key] = (stored_message, published_at, True)
+
+    def after_commit(self, callback):
+        callback(self.open_batch, True)
+        self.open_batch += 1
+
+    def load(self):
+        recovered = Recovered()
+        recovered.first_start, self._loaded = not self._loaded, True
+        recovered.vhosts = list(self.vhosts)
+        recovered.users = list(self.users.values())
+        recovered.permissions = list(self.permissions.values())
+        recovered.exchanges = list(self.exchanges.values())
+        recovered.bindings = [key[:4] + (arguments, key[5]) for key, arguments in self.bindings.items()]
+        for key, (vhost, name, auto_delete, arguments) in self.queues.items():
+            messages = []
+            for message_key, (message, published_at, redelivered) in sorted(self.messages[key].items()):
+                copy = Message(message.exchange, message.routing_key, message.body, message.properties,
+                               message.encoded_properties).placed(redelivered, None)
+                copy.ttl = message.ttl
+                copy.stored = message_key       # replaced by the shared record below
+                messages.append((copy, published_at))
+            recovered.queues.append((vhost, name, auto_delete, arguments, messages))
+        _share_records(recovered)
+        return recovered
+
+    def close(self):
+        pass
+
+
+def _share_records(recovered):
+    """Copies of one message in several queues share one `Stored` record counting them;
+    each copy comes with its key in `stored`."""
+    records = {}
+    for *_, messages in recovered.queues:
+        for message, _ in messages:
+            key = message.stored
+            record = records.get(key)
+            if record is None:
+                record = records[key] = Stored(key, 0)
+            record.refs += 1
+            message.stored = record
