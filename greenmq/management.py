@@ -529,7 +529,7 @@ def get_messages(api, request, vhost, name):
         raise BadSyntax("field 'encoding' must be 'auto' or 'base64'")
     api.check(request, v, "read", "queue", name)
     queue = v.queue(name)
-    taken = []      # (message, order) as the queue gave them
+    taken = []      # (message, delivery) as the queue gave them
     while len(taken) < count:
         got = queue.get(no_ack=False)
         if got is None:
@@ -537,7 +537,7 @@ def get_messages(api, request, vhost, name):
         taken.append(got)
     remaining = queue.message_count
     if taken:
-        queue.settle([(message, queue, None, order) for message, order in taken], _ACK_MODES[ackmode])
+        queue.settle([delivery for _, delivery in taken], _ACK_MODES[ackmode])
     return [_got_json(message, remaining + len(taken) - i - 1, encoding, truncate)
             for i, (message, _) in enumerate(taken)]
 

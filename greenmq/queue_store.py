@@ -2,12 +2,13 @@
 windows, and each message's life from enqueue to its end.
 
 A queue is the one owner of its messages' lives. A message leaves the ready list either
-delivered (the channel then holds it, unacked, until it calls `settle`) or through
-`_forget`, the single door through which a message ends here: acked, rejected, expired,
-purged, or gone with its queue. The unacked counts and the durable store hang off these
-two places and nowhere else, and so does the node's count of the memory messages hold
-(memory.py): added at `enqueue` and `restore`, subtracted in `_forget`, which a no-ack
-hand-out goes through too.
+handed out (`_hand_out`: to an acking client it goes as a `Delivery`, outstanding until
+`settle` ends it) or through `_forget`, the single door through which a message ends
+here: acked, rejected, expired, purged, or gone with its queue. The unacked counts are
+the sizes of the sets of deliveries outstanding, and they, the durable store and the
+node's count of the memory messages hold (memory.py: added at `enqueue` and `restore`,
+subtracted in `_forget`, which a no-ack hand-out goes through too) hang off these places
+and nowhere else.
 
 Delivery tags belong to the channel (session.py), which a consumer points back to.
 Nothing here parses or encodes anything.
@@ -268,6 +269,28 @@ class ReadyLevels:
         return itertools.chain.from_iterable(reversed(self.levels))
 
 
+class Delivery:
+    """A message handed out to an acking client and not yet settled. Made only by
+    `Queue._hand_out` and ended only by `Queue.settle`; while it lives it is held in its
+    queue's `unacked`, its channel's `unacked` by delivery tag, and its consumer's
+    `unacked` (a basic.get's: its channel's `unacked_gets`), whose sizes are the unacked
+    counts. One is made per message delivered with ack, so it has slots."""
+
+    __slots__ = ("message", "queue", "channel", "consumer", "order", "delivery_tag")
+
+    def __init__(self, message, queue, channel, consumer, order):
+        self.message = message
+        self.queue = queue
+        self.channel = channel      # None: taken by the management API, settled at once
+        self.consumer = consumer    # None: taken by basic.get
+        # The message's place in its queue's order, kept for a requeue (see Queue.settle).
+        self.order = order
+        self.delivery_tag = None    # given by the channel as it sends the delivery out
+
+    def __repr__(self):
+        return f"<Delivery {self.delivery_tag} of {self.queue!r}>"
+
+
 class Consumer:
     """A subscription of one channel to one queue."""
 
@@ -283,7 +306,7 @@ class Consumer:
         self.exclusive = exclusive
         self.arguments = arguments or {}
         self.prefetch_count = prefetch_count    # this consumer's own window; 0: none
-        self.unacked = 0                         # its deliveries not yet settled
+        self.unacked = {}       # delivery tag -> its Delivery not yet settled, in tag order
         self.priority = self.arguments.get("x-priority", 0)    # x-priority, checked by the queue
 
 
@@ -315,7 +338,7 @@ class Queue:
         self.single_active_consumer = self.arguments.get("x-single-active-consumer") is True
         # Consumers are not simply served in turn: one is active alone, or some have priority.
         self.ordered_consumers = self.single_active_consumer
-        self.unacked_count = 0
+        self.unacked = set()        # the Deliveries handed out and not yet settled
         # Plain counters for the management API and /metrics (sampled into rates there).
         # `delivered` also ranks requeued messages (see settle), so it only ever grows.
         self.published = self.delivered = self.acked = self.redelivered = self.dead_lettered = 0
@@ -339,8 +362,20 @@ class Queue:
 
     @property
     def message_count(self):
-        self._drop_expired()
+        """The ready messages, expired ones not yet dropped included (see `drop_expired`)."""
         return len(self.ready)
+
+    @property
+    def unacked_count(self):
+        return len(self.unacked)
+
+    def effective_ttl(self, message):
+        """The TTL in ms `message` has in this queue, or None: the shorter of its own
+        (its expiration property) and the queue's x-message-ttl, as in RabbitMQ."""
+        ttl = self.message_ttl
+        if message.ttl is not None and (ttl is None or message.ttl < ttl):
+            return message.ttl
+        return ttl
 
     # -- messages in -------------------------------------------------------------------
 
@@ -348,11 +383,8 @@ class Queue:
         """Take a routed message; False when a length limit with x-overflow reject-publish
         (or reject-publish-dlx) refuses it."""
         self.published += 1
-        ttl = self.message_ttl
-        if message.ttl is not None and (ttl is None or message.ttl < ttl):
-            ttl = message.ttl
-        if ttl is not None:
-            message = message.placed(False, time.monotonic() + ttl / 1000.0)
+        if message.ttl is not None or self.message_ttl is not None:
+            message = message.placed(False, time.monotonic() + self.effective_ttl(message) / 1000.0)
         ready = self.ready
         if self.limited and self.overflow != "drop-head" and self._full_for(message):
             memory.held_bytes += len(message.body) + MESSAGE_OVERHEAD_BYTES
@@ -368,13 +400,13 @@ class Queue:
                     consumer.channel.deliver(consumer, message, None)
                 else:
                     memory.held_bytes += len(message.body) + MESSAGE_OVERHEAD_BYTES
-                    self._hand_out(consumer, message)
+                    self._hand_out(message, consumer.channel, consumer, consumer.no_ack)
                 return True
         memory.held_bytes += len(message.body) + MESSAGE_OVERHEAD_BYTES
         ready.append(message)
         if self.limited:
             self._drop_head_over_limit()
-        if ttl is not None and self._ttl_timer is None:
+        if message.expires_at is not None and self._ttl_timer is None:
             self._arm_ttl_timer()
         return True
 
@@ -399,83 +431,87 @@ class Queue:
                 return
             message = ready.popleft() if returned else fresh.popleft()
             if message.expires_at is not None and message.expires_at <= time.monotonic():
+                # Checked here, per message, so that none goes out expired; the ending
+                # itself is drop_expired's.
                 self._forget((message,), EXPIRED)
-                message = self._next_live()     # past every expired one
+                message = self._next_live()
                 if message is None:
                     return
-            self._hand_out(consumer, message)
+            self._hand_out(message, consumer.channel, consumer, consumer.no_ack)
 
     def _next_live(self):
         """Take the next ready message that has not expired, ending those that have."""
+        self.drop_expired()
         ready = self.ready
-        fresh, returned = ready.fresh, ready.returned
-        while fresh or returned:
-            message = ready.popleft() if returned else fresh.popleft()
-            if message.expires_at is None or message.expires_at > time.monotonic():
-                return message
-            self._forget((message,), EXPIRED)
-        return None
+        return ready.popleft() if ready.fresh or ready.returned else None
 
-    def _hand_out(self, consumer, message):
-        """Deliver a message this queue holds; a no-ack consumer's ends here, and an acking
-        consumer's goes out with its place in the queue's order (see `settle`)."""
-        self.delivered += 1
-        if message.redelivered:
-            self.redelivered += 1
-        if consumer.no_ack:
-            if self.store is not None and message.stored is not None:
-                self._forget((message,))
-            else:   # _forget's accounting inline: this runs per message of every no-ack consumer
-                memory.held_bytes -= len(message.body) + MESSAGE_OVERHEAD_BYTES
-            order = None
-        else:
-            consumer.unacked += 1
-            self.unacked_count += 1
-            order = self.delivered if message.order is None else message.order
-        consumer.channel.deliver(consumer, message, order)
-
-    def get(self, no_ack):
-        """The next ready message for basic.get and its place in the queue's order (see
-        `settle`), or None; unless `no_ack` it stays this queue's, unacked, until the
-        channel settles it."""
-        self.touch()
-        message = self._next_live()
-        if message is None:
-            return None
+    def _hand_out(self, message, channel, consumer, no_ack):
+        """A message leaves this queue for a client: a consumer, or basic.get when
+        `consumer` is None. Without ack it ends here; with ack it goes out as the one
+        Delivery made for it, with its place in the queue's order (see `settle`), which
+        is returned. A consumer's goes on to its channel to be sent."""
         self.delivered += 1
         if message.redelivered:
             self.redelivered += 1
         if no_ack:
-            self._forget((message,))
+            if self.store is not None and message.stored is not None:
+                self._forget((message,))
+            else:   # _forget's accounting inline: this runs per message of every no-ack consumer
+                memory.held_bytes -= len(message.body) + MESSAGE_OVERHEAD_BYTES
+            delivery = None
         else:
-            self.unacked_count += 1
-        return message, self.delivered if message.order is None else message.order
+            delivery = Delivery(message, self, channel, consumer,
+                                self.delivered if message.order is None else message.order)
+            self.unacked.add(delivery)
+        if consumer is not None:
+            channel.deliver(consumer, message, delivery)
+        return delivery
+
+    def get(self, no_ack, channel=None):
+        """basic.get for `channel` (None: the management API's, which settles at once): the
+        next ready message and its Delivery (None if `no_ack`), or None when there is none.
+        The answer says how many are left, so the expired ones now at the head go too."""
+        self.touch()
+        message = self._next_live()
+        if message is None:
+            return None
+        delivery = self._hand_out(message, channel, None, no_ack)
+        self.drop_expired()
+        return message, delivery
 
     def settle(self, deliveries, requeue, rejected=False):
-        """The end of delivered messages: `deliveries` are a channel's (message, queue,
-        consumer or None for basic.get, order) entries for this queue. Requeued ones go
-        back to their places, flagged redelivered: `order`, the queue's count of deliveries
-        when a message first left it, ranks them as they were published, since messages
-        leave a queue in that order. The rest are done with: acked, or `rejected` (nack or
-        reject without requeue), which dead-letters them."""
-        self.unacked_count -= len(deliveries)
-        for _, _, consumer, _ in deliveries:
-            if consumer is not None:
-                consumer.unacked -= 1
+        """The one end of Deliveries of this queue: each leaves its queue's, channel's and
+        consumer's sets of deliveries outstanding. Requeued ones go back to their places,
+        flagged redelivered: `order`, the queue's count of deliveries when a message first
+        left it, ranks them as they were published, since messages leave a queue in that
+        order. The rest are done with: acked, or `rejected` (nack or reject without
+        requeue), which dead-letters them. Then consumers fill the windows that opened."""
+        unacked, messages = self.unacked, []
+        for delivery in deliveries:
+            unacked.remove(delivery)
+            channel = delivery.channel
+            if channel is not None:
+                tag = delivery.delivery_tag
+                del channel.unacked[tag]
+                consumer = delivery.consumer
+                del (channel.unacked_gets if consumer is None else consumer.unacked)[tag]
+            messages.append(delivery.message)
         if requeue and not self.deleted:
             ready = self.ready
-            for message, _, _, order in deliveries:
+            for delivery in deliveries:
+                message = delivery.message
                 ready.put_back(message if message.order is not None
-                               else message.placed(True, message.expires_at, order))
+                               else message.placed(True, message.expires_at, delivery.order))
             if self.limited and self.overflow == "drop-head":
                 self._drop_head_over_limit()
             if self._ttl_timer is None and ready:
                 self._arm_ttl_timer()
-            self.dispatch()
         else:
-            messages = [entry[0] for entry in deliveries]
             self.acked += len(messages)
             self._forget(messages, REJECTED if rejected and not self.deleted else None)
+        ready = self.ready
+        if ready.fresh or ready.returned:   # the windows these deliveries held are open again
+            self.dispatch()
 
     def purge(self):
         """Drop every ready message (unacked ones stay, as in RabbitMQ, and nothing is
@@ -595,10 +631,14 @@ class Queue:
         if not self.consumers and not self.deleted and self._on_expired is not None:
             self._on_expired(self)
 
-    def _drop_expired(self):
+    def drop_expired(self):
+        """End (dead-letter, if the queue says so) the expired messages at the head, as
+        RabbitMQ does when they reach it; returns how many. Called where a count is
+        answered or a message taken, and by the TTL timer."""
         expired = self.ready.take_expired(time.monotonic())
         if expired:
             self._forget(expired, EXPIRED)
+        return len(expired)
 
     def _arm_ttl_timer(self):
         """A timer for the head's expiry, so an unread queue does not hold expired messages."""
@@ -610,7 +650,7 @@ class Queue:
         self._ttl_timer = None
         if self.deleted:
             return
-        self._drop_expired()
+        self.drop_expired()
         if self.ready:
             self._arm_ttl_timer()
 

@@ -112,12 +112,12 @@ class Channel:
         self.sink = session.sink
         self.number = number
         self.consumers = {}
-        # delivery_tag -> (message, queue, consumer or None for basic.get, order in the
-        # queue), in tag order.
+        # delivery_tag -> its Delivery (queue_store.py) not yet settled, in tag order;
+        # Queue.settle alone takes them out.
         self.unacked = {}
-        # How many of those came from basic.get: RabbitMQ's channel-wide (global) prefetch
+        # Those of them that came from basic.get: RabbitMQ's channel-wide (global) prefetch
         # window counts only consumer deliveries.
-        self.unacked_gets = 0
+        self.unacked_gets = {}
         self.next_delivery_tag = 1
         self.global_prefetch_count = 0      # a window shared by the channel's consumers
         self.consumer_prefetch_count = 0    # each new consumer's own window
@@ -245,8 +245,7 @@ class Channel:
             return False
         self._detach(consumer)
         if requeue_unacked:
-            tags = [tag for tag, entry in self.unacked.items() if entry[2] is consumer]
-            self._settle([self.unacked.pop(tag) for tag in tags], requeue=True)
+            self._settle(list(consumer.unacked.values()), requeue=True)
         return True
 
     def consumer_cancelled(self, consumer):
@@ -267,32 +266,33 @@ class Channel:
             return False
         if consumer.no_ack:
             return True
-        return ((not consumer.prefetch_count or consumer.unacked < consumer.prefetch_count)
+        return ((not consumer.prefetch_count or len(consumer.unacked) < consumer.prefetch_count)
                 and (not self.global_prefetch_count
-                     or len(self.unacked) - self.unacked_gets < self.global_prefetch_count))
+                     or len(self.unacked) - len(self.unacked_gets) < self.global_prefetch_count))
 
-    def deliver(self, consumer, message, order):
-        """Called by a queue for a consumer that can take `message`; `order` is the
-        message's place in the queue's order, kept for the queue if it is requeued."""
+    def deliver(self, consumer, message, delivery):
+        """Called by a queue for a consumer that can take `message`: the next delivery tag
+        names it, and an acking consumer's `delivery` is held by that tag until settled."""
         tag = self.next_delivery_tag
         self.next_delivery_tag = tag + 1
-        if not consumer.no_ack:
-            self.unacked[tag] = (message, consumer.queue, consumer, order)
+        if delivery is not None:
+            delivery.delivery_tag = tag
+            self.unacked[tag] = consumer.unacked[tag] = delivery
         self.sink.deliver(self.number, consumer.tag, tag, message)
 
     def get(self, queue_name, no_ack=False):
         """basic.get: (delivery_tag, message, messages left) or None when the queue is empty."""
         self.session.check("read", "queue", queue_name)
         queue = self.vhost.queue(queue_name, self.session)
-        got = queue.get(no_ack)
+        got = queue.get(no_ack, self)
         if got is None:
             return None
-        message, order = got
+        message, delivery = got
         tag = self.next_delivery_tag
         self.next_delivery_tag = tag + 1
-        if not no_ack:
-            self.unacked[tag] = (message, queue, None, order)
-            self.unacked_gets += 1
+        if delivery is not None:
+            delivery.delivery_tag = tag
+            self.unacked[tag] = self.unacked_gets[tag] = delivery
         return tag, message, queue.message_count
 
     def qos(self, prefetch_count, global_=False):
@@ -327,17 +327,12 @@ class Channel:
         if multiple:
             self._settle(self._take(delivery_tag, multiple), requeue=False)
             return
-        entry = self.unacked.pop(delivery_tag, None)
-        if entry is None:
+        delivery = self.unacked.get(delivery_tag)
+        if delivery is None:
             raise PreconditionFailed(f"unknown delivery tag {delivery_tag}")
-        if entry[2] is None:
-            self.unacked_gets -= 1
-        queue = entry[1]
-        queue.settle((entry,), False)
+        delivery.queue.settle((delivery,), False)
         if self.global_prefetch_count:
             self._dispatch_all()
-        elif queue.ready:
-            queue.dispatch()
 
     def nack(self, delivery_tag, multiple=False, requeue=True):
         self._settle(self._take(delivery_tag, multiple), requeue, rejected=True)
@@ -347,9 +342,7 @@ class Channel:
 
     def recover(self):
         """basic.recover: every unacked delivery goes back to its queue."""
-        entries = list(self.unacked.values())
-        self.unacked.clear()
-        self._settle(entries, requeue=True)
+        self._settle(list(self.unacked.values()), requeue=True)
 
     def tags_settled_by(self, delivery_tag, multiple, pending=()):
         """The tags an ack or nack of `delivery_tag` would settle, leaving out `pending` ones
@@ -363,38 +356,31 @@ class Channel:
         return [tag for tag in self.unacked if tag <= delivery_tag and tag not in pending]
 
     def _take(self, delivery_tag, multiple):
-        """Remove and return the unacked entries an ack/nack names (tag 0 + multiple: all)."""
+        """The unacked deliveries an ack/nack names (tag 0 + multiple: all)."""
         unacked = self.unacked
         if multiple and delivery_tag == 0:
-            entries = list(unacked.values())
-            unacked.clear()
-            return entries
+            return list(unacked.values())
         if delivery_tag not in unacked:
             raise PreconditionFailed(f"unknown delivery tag {delivery_tag}")
         if not multiple:
-            return [unacked.pop(delivery_tag)]
-        tags = []
-        for tag in unacked:
+            return [unacked[delivery_tag]]
+        deliveries = []
+        for tag, delivery in unacked.items():
             if tag > delivery_tag:
                 break
-            tags.append(tag)
-        return [unacked.pop(tag) for tag in tags]
+            deliveries.append(delivery)
+        return deliveries
 
-    def _settle(self, entries, requeue, rejected=False):
-        """Hand settled deliveries back to their queues, then let windows that opened fill."""
-        if self.unacked_gets:
-            self.unacked_gets -= sum(1 for entry in entries if entry[2] is None)
+    def _settle(self, deliveries, requeue, rejected=False):
+        """Hand deliveries back to their queues to settle; a channel-wide window that
+        opened may be filled from any of the channel's queues."""
         by_queue = {}
-        for entry in entries:
-            by_queue.setdefault(entry[1], []).append(entry)
-        for queue, queue_entries in by_queue.items():
-            queue.settle(queue_entries, requeue, rejected)
-        queues = set(by_queue)
+        for delivery in deliveries:
+            by_queue.setdefault(delivery.queue, []).append(delivery)
+        for queue, queue_deliveries in by_queue.items():
+            queue.settle(queue_deliveries, requeue, rejected)
         if self.global_prefetch_count:
-            queues.update(consumer.queue for consumer in self.consumers.values())
-        for queue in queues:
-            if queue.ready:
-                queue.dispatch()
+            self._dispatch_all()
 
     # -- closing -----------------------------------------------------------------------
 
@@ -407,6 +393,4 @@ class Channel:
         for consumer in list(self.consumers.values()):
             self._detach(consumer)
         self.consumers.clear()
-        entries = list(self.unacked.values())
-        self.unacked.clear()
-        self._settle(entries, requeue=True)
+        self._settle(list(self.unacked.values()), requeue=True)

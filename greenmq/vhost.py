@@ -125,6 +125,7 @@ class VirtualHost:
         if passive:
             queue = self.queue(name, owner)
             queue.touch()
+            queue.drop_expired()    # declare-ok counts the messages left
             return queue
         # An exclusive queue ends with its connection, so RabbitMQ makes it transient whatever
         # `durable` says, and redeclaring it with the other `durable` is no difference.
@@ -152,6 +153,7 @@ class VirtualHost:
         for argument in QUEUE_ARGUMENTS:
             _equivalent(what, argument, arguments.get(argument), queue.arguments.get(argument))
         queue.touch()
+        queue.drop_expired()
         return queue
 
     def _add_queue(self, name, durable, exclusive_owner, auto_delete, arguments):
@@ -171,8 +173,10 @@ class VirtualHost:
         queue = self.queue(name, owner)
         if if_unused and queue.consumers:
             raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' in use")
-        if if_empty and queue.message_count:
-            raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' not empty")
+        if if_empty:
+            queue.drop_expired()
+            if queue.message_count:
+                raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' not empty")
         return self.remove_queue(queue)
 
     def purge_queue(self, name, owner=None):
@@ -186,6 +190,7 @@ class VirtualHost:
         its consumers; returns how many ready messages went with it."""
         if queue.deleted:
             return 0
+        queue.drop_expired()    # dead-lettered as expired, not gone with the queue
         count = queue.message_count
         del self.queues[queue.name]
         queue.mark_deleted()
@@ -400,26 +405,18 @@ class VirtualHost:
         for vhost, name, type_name, auto_delete, internal, arguments in recovered.exchanges:
             if vhost == self.name:
                 self.exchanges[name] = exchange_class(type_name)(name, True, auto_delete, internal, arguments)
-        expired = 0
+        restored = []
         for vhost, name, auto_delete, arguments, messages in recovered.queues:
             if vhost != self.name:
                 continue
             queue = self._add_queue(name, True, None, auto_delete, arguments)
-            gone = []
+            restored.append(queue)
             for message, published_at in messages:
-                ttl = queue.message_ttl
-                if message.ttl is not None and (ttl is None or message.ttl < ttl):
-                    ttl = message.ttl
+                ttl = queue.effective_ttl(message)
                 if ttl is not None:
                     # Expiry is wall-clock time: the clock ran on while the broker was down.
                     message.expires_at = now + (published_at + ttl / 1000.0 - now_wall)
-                    if message.expires_at <= now:
-                        gone.append(message)
-                        continue
                 queue.restore(message)
-            if gone:
-                self.store.remove_messages(queue, gone)
-                expired += len(gone)
         for vhost, source, destination, routing_key, arguments, destination_kind in recovered.bindings:
             if vhost != self.name:
                 continue
@@ -428,7 +425,9 @@ class VirtualHost:
             if exchange is not None and target is not None:
                 exchange.bind(target, routing_key, arguments)
                 target.bound_exchanges.add(exchange)
-        return expired
+        # What expired while the broker was down ends as expiry always does, once the
+        # bindings its dead-letter exchange may route it through are back.
+        return sum(queue.drop_expired() for queue in restored)
 
     # -- listings for operators ------------------------------------------------------------
     # One row per object with rabbitmqctl's names: the JSON-lines listings (and so

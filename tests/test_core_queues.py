@@ -4,6 +4,7 @@ front end would send. No broker process, no network."""
 import gevent
 import pytest
 
+from greenmq.store.memory import MemoryStore
 from greenmq.errors import AccessRefused, NotFound, PreconditionFailed, ResourceLocked
 from greenmq.node import Node
 
@@ -364,3 +365,60 @@ def test_a_per_message_ttl_behind_a_message_without_one_expires_at_the_head(node
     assert queue.message_count == 1
     ch.consume("q", "c", no_ack=True)
     assert sink.bodies() == [b"kept"]
+
+
+def dead_letter_pair(ch):
+    """A queue whose messages expire at once into "dead", and "dead"."""
+    dead = ch.vhost.declare_queue("dead")
+    queue = ch.vhost.declare_queue("q", arguments={"x-message-ttl": 0, "x-dead-letter-exchange": "",
+                                                   "x-dead-letter-routing-key": "dead"})
+    return queue, dead
+
+
+def test_reading_a_queues_counts_ends_no_message(node):
+    """A count is a number: the expired message is dropped by the TTL timer or by
+    drop_expired, not by whoever reads how many are ready."""
+    ch, _ = open_channel(node)
+    queue, dead = dead_letter_pair(ch)
+    publish(ch, "q", b"expired")
+    assert queue.message_count == 1 and [row["messages_ready"] for row in ch.vhost.list_queues()] == [0, 1]
+    assert node.status()["messages"] == 1 and dead.message_count == 0
+    assert queue.drop_expired() == 1
+    assert queue.message_count == 0 and [m.body for m in dead.ready] == [b"expired"]
+
+
+def test_answers_that_count_ready_messages_leave_out_expired_ones(node):
+    """declare-ok, get-ok, delete-ok and delete's if-empty check count what is left, so
+    the expired messages at the head are dead-lettered first."""
+    ch, _ = open_channel(node)
+    queue, dead = dead_letter_pair(ch)
+    publish(ch, "q", b"1")
+    assert ch.vhost.declare_queue("q", passive=True).message_count == 0
+    publish(ch, "q", b"2")
+    assert ch.vhost.declare_queue("q", arguments=queue.arguments).message_count == 0
+    publish(ch, "q", b"3")
+    assert ch.get("q") is None
+    publish(ch, "q", b"4")
+    ch.vhost.delete_queue("q", if_empty=True)
+    dead_letter_pair(ch)
+    publish(ch, "q", b"5")
+    assert ch.vhost.delete_queue("q") == 0
+    assert [m.body for m in dead.ready] == [b"1", b"2", b"3", b"4", b"5"]
+
+
+def test_messages_that_expired_while_the_broker_was_down_are_dead_lettered_at_start():
+    """Expiry after a restart is expiry as always: through the dead-letter exchange, whose
+    bindings are back by then, and out of the store only once kept in their new queue."""
+    store = MemoryStore()
+    ch, _ = open_channel(Node(store=store))
+    ch.vhost.declare_queue("dead", durable=True)
+    ch.vhost.declare_queue("short", durable=True, arguments={
+        "x-message-ttl": 1000, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dead"})
+    ch.publish("", "short", b"gone while down", {"delivery_mode": 2})
+    held = store.messages["/", "short"]
+    for key, (message, published_at, redelivered) in held.items():
+        held[key] = (message, published_at - 2.0, redelivered)    # as if two seconds went by
+    queues = Node(store=store).vhosts["/"].queues
+    assert queues["short"].message_count == 0 and store.messages["/", "short"] == {}
+    assert [m.body for m in queues["dead"].ready] == [b"gone while down"]
+    assert len(store.messages["/", "dead"]) == 1
