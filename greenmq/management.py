@@ -664,17 +664,16 @@ def delete_user(api, request, name):
     return 204, None
 
 
-def _vhost_json(vhost):
-    return {"name": vhost.name, "queues": len(vhost.queues), "tracing": False,
-            "messages": sum(q.message_count + q.unacked_count for q in vhost.queues.values())}
+def _vhost_json(api, vhost):
+    return {**api.node.vhost_row(vhost), "tracing": False}
 
 
 def vhosts(api, request):
-    return [_vhost_json(v) for v in api.visible_vhosts(request)]
+    return [_vhost_json(api, v) for v in api.visible_vhosts(request)]
 
 
 def vhost_detail(api, request, name):
-    return _vhost_json(api.vhost(request, name))
+    return _vhost_json(api, api.vhost(request, name))
 
 
 def put_vhost(api, request, name):

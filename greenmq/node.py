@@ -235,10 +235,14 @@ class Node:
     def list_users(self):
         return [{"user": user.name, "tags": list(user.tags)} for user in self.users.values()]
 
+    def vhost_row(self, vhost):
+        """A virtual host as every listing shows it (JSON lines, greenmqctl, the HTTP API)."""
+        return {"name": vhost.name, "queues": len(vhost.queues),
+                "messages": sum(q.message_count + q.unacked_count for q in vhost.queues.values()),
+                "connections": sum(1 for s in self.sessions if s.vhost is vhost)}
+
     def list_vhosts(self):
-        return [{"name": name, "queues": len(vhost.queues),
-                 "connections": sum(1 for s in self.sessions if s.vhost is vhost)}
-                for name, vhost in self.vhosts.items()]
+        return [self.vhost_row(vhost) for vhost in self.vhosts.values()]
 
     def list_permissions(self, vhost=None, user=None):
         """Every permission, or those in one vhost, or of one user (which must exist)."""

@@ -228,6 +228,9 @@ def test_the_api_lists_the_rows_json_lines_lists_with_its_own_members_added(mgmt
         api(mgmt, "POST", "exchanges", "/", "amq.default", "publish", body={"routing_key": name, "payload": "x"})
     with connection.Connection("127.0.0.1", mgmt.port) as lines:
         listed = {what: lines.call(f"list_{what}", vhost="/")["items"] for what in ("queues", "exchanges", "bindings")}
+        [vhost] = [row for row in lines.call("list_vhosts")["items"] if row["name"] == "/"]
+        shown = api(mgmt, "GET", "vhosts", "/")[1]
+    assert {member: shown.get(member) for member in vhost} == vhost and vhost["messages"] >= 2
     for what, key in (("queues", "name"), ("exchanges", "name"), ("bindings", "destination")):
         [row] = [row for row in listed[what] if row[key] in (name, exchange) and row.get("source") != ""]
         shown = [shown for shown in api(mgmt, "GET", what, "/")[1] if shown[key] == row[key]
