@@ -266,6 +266,11 @@ def _reachable(start):
     return seen
 
 
+def test_each_state_named_in_the_module_is_the_member_of_that_name():
+    from greenmq import amqp_protocol
+    assert all(getattr(amqp_protocol, state.name) is state for state in ConnectionState)
+
+
 def test_every_connection_state_is_reachable_from_the_protocol_header():
     assert set(TRANSITIONS) == set(ConnectionState)
     assert _reachable(HEADER) == set(ConnectionState)
