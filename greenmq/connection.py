@@ -31,14 +31,17 @@ broker's: the two wires (client_json_lines.py, client_amqp.py), the errors
 (client_failover.py).
 """
 
+import atexit
 import base64
 import collections
 import itertools
+import os
 import selectors
 import signal
 import socket
 import threading
 import time
+import weakref
 
 # The errors, ports, environment variables and limits that live beside the code they govern
 # are importable from here too, where programs catch and read them (connection.NotFound,
@@ -68,6 +71,18 @@ SIGNAL_CHECK_SECONDS = 0.5
 # faster than the network waits for the socket instead of growing memory.
 MAX_QUEUED_LINES = 4096
 RECV_BYTES = 256 * 1024
+
+# A program that ends without close() (off its end, sys.exit, an uncaught exception, Ctrl-C)
+# has its open connections closed at interpreter exit, as close() would: what they queued is
+# written and the broker's answer to the goodbye read, so every publish that returned was
+# handled. All of them together get this long: ample for a live broker to take
+# MAX_QUEUED_LINES of queued work, while a broker that is gone or reads nothing holds the
+# program's exit no longer.
+EXIT_CLOSE_SECONDS = 10.0
+
+# The connections opened by this process and not yet closed, for the close at exit. A child
+# made by os.fork starts with none: the parent's sockets are the parent's to close.
+_open_connections = weakref.WeakSet()
 
 
 _ASYNCHRONOUS_SIGNALS = {getattr(signal, name) for name in (
@@ -207,6 +222,7 @@ class Connection:
             except (OSError, GreenMQError):
                 if index == len(self._brokers) - 1:
                     raise
+        _open_connections.add(self)
 
     def _open(self, index):
         """Connect to broker `index` of the list, shake hands and open channel 1."""
@@ -321,14 +337,43 @@ class Connection:
         """Say goodbye (the answer means every request before it was handled) and hang up.
         A connection already broken (the broker gone, or a Ctrl-C that cut a read or a
         write short) is just hung up."""
+        self._close(None)
+
+    def _close(self, deadline):
+        """close(), giving up at `deadline` (time.monotonic(); None: no limit)."""
         self._closing = True
+        _open_connections.discard(self)
         if self._closed is not None:
             return
         try:
-            self._call(None, "close")
+            self._say_goodbye(deadline)
         except (GreenMQError, ValueError, OSError):
             pass
         self._shutdown()
+
+    def _say_goodbye(self, deadline):
+        """Send `close` after everything queued and wait for its answer: the broker has then
+        handled every request before it."""
+        if deadline is not None:
+            # The writer thread may be inside a sendall that no timeout bounds; once it is
+            # out, this socket's sends (this one's too) give up at the deadline.
+            if not self._send_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                return
+            try:
+                self._sock.settimeout(max(0.0, deadline - time.monotonic()))
+            finally:
+                self._send_lock.release()
+        request_id = self._next_id
+        self._next_id += 1
+        self._queued.append(self._wire.request({"op": "close", "id": request_id}))
+        self._flush()
+        while request_id not in self._replies:
+            if deadline is None:
+                self._read_from_broker(None)
+            elif (left := deadline - time.monotonic()) > 0:
+                self._read_from_broker(left)
+            else:
+                return
 
     def __enter__(self):
         return self
@@ -622,6 +667,16 @@ class Connection:
             self._sock.close()
         except OSError:
             pass
+
+
+def _close_at_exit():
+    deadline = time.monotonic() + EXIT_CLOSE_SECONDS
+    for connection in list(_open_connections):
+        connection._close(deadline)
+
+
+atexit.register(_close_at_exit)
+os.register_at_fork(after_in_child=_open_connections.clear)
 
 
 class Channel:
