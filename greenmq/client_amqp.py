@@ -243,11 +243,9 @@ class AmqpWire:
                          "heartbeat": self._login["heartbeat"], "properties": server})
 
     def _on_connection_close(self, channel, close):
+        """The broker's close, a refused login's included: an event, as over JSON lines."""
         self._send(amqp.Connection.CloseOk(), 0)
-        if self._awaiting[0] and self._awaiting[0][0][1] == "hello":
-            self._answer(0, {"ok": False, "code": close.reply_code, "text": close.reply_text})
-        else:
-            self._events.append({"event": "close", "code": close.reply_code, "text": close.reply_text})
+        self._events.append({"event": "close", "code": close.reply_code, "text": close.reply_text})
 
     def _on_channel_close(self, channel, close):
         """A refusal: reported to the request it answers (or the channel), and the channel

@@ -42,6 +42,14 @@ class ConnectionClosed(BrokerError):
     """The connection is gone: closed by the broker (with its code and reason) or lost."""
 
 
+class AuthenticationError(AccessRefused, ConnectionClosed):
+    """The broker refused the login (403 ACCESS_REFUSED: a wrong user name or password) and
+    closed the connection; the same over either wire. RabbitMQ's users know it by pika's
+    name, and as the AccessRefused of py-amqp and kombu; it is both an AccessRefused and a
+    ConnectionClosed, so the `except` clauses written when the AMQP wire raised the one and
+    the JSON-lines wire the other go on catching it."""
+
+
 class NackError(GreenMQError):
     """Confirm mode: the broker did not take responsibility for the message."""
 
@@ -57,6 +65,12 @@ class UnroutableError(GreenMQError):
 
 
 _ERRORS_BY_CODE = {403: AccessRefused, 404: NotFound, 405: ResourceLocked, 406: PreconditionFailed}
+
+
+def connection_closed(code, text):
+    """The error for a connection the broker closed with `code` and `text`: 403 can only
+    be a refused login (RabbitMQ closes for nothing else with it)."""
+    return (AuthenticationError if code == 403 else ConnectionClosed)(code, text)
 
 
 def broker_error(reply):

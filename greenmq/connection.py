@@ -48,8 +48,8 @@ import weakref
 # connection.DEFAULT_PORT); some of them this module only passes on.
 from greenmq.client_amqp import AMQP_CHANNEL_MAX, AMQP_FRAME_MAX
 from greenmq.client_errors import (
-    AccessRefused, BrokerError, ConnectionBlockedTimeout, ConnectionClosed, GreenMQError, NackError,
-    NotFound, PreconditionFailed, ResourceLocked, UnroutableError, broker_error)
+    AccessRefused, AuthenticationError, BrokerError, ConnectionBlockedTimeout, ConnectionClosed, GreenMQError,
+    NackError, NotFound, PreconditionFailed, ResourceLocked, UnroutableError, broker_error, connection_closed)
 from greenmq.client_failover import (
     AMQP_PORTS, DEFAULT_PORT, FAILOVER_CLOSE_CODE, FAILOVER_FIRST_WAIT, FAILOVER_GIVE_UP_SECONDS,
     FAILOVER_MAX_WAIT, PORT_ENVIRONMENT_VARIABLE, URL_ENVIRONMENT_VARIABLE, Backoff, Declarations, brokers,
@@ -581,7 +581,7 @@ class Connection:
                 if channel is not None:
                     channel._deliveries.append(event)
             elif kind == "close":
-                self._closed = ConnectionClosed(event.get("code"), event.get("text", ""))
+                self._closed = connection_closed(event.get("code"), event.get("text", ""))
             elif kind == "blocked":
                 self.blocked = event.get("reason", "")
                 self._blocked_since = time.monotonic()

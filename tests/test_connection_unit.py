@@ -79,11 +79,11 @@ def test_the_client_imports_no_broker_module_and_no_gevent():
 # What programs may use as connection.<name>, wherever in the client it is defined.
 _PUBLIC_NAMES = (
     "Connection", "Channel", "BasicProperties", "Delivery", "QueueDeclareOk",
-    "GreenMQError", "BrokerError", "AccessRefused", "NotFound", "ResourceLocked", "PreconditionFailed",
+    "GreenMQError", "BrokerError", "AccessRefused", "AuthenticationError", "NotFound", "ResourceLocked", "PreconditionFailed",
     "ConnectionClosed", "NackError", "ConnectionBlockedTimeout", "UnroutableError",
     "DEFAULT_PORT", "PORT_ENVIRONMENT_VARIABLE", "URL_ENVIRONMENT_VARIABLE", "AMQP_PORTS",
     "FAILOVER_FIRST_WAIT", "FAILOVER_MAX_WAIT", "FAILOVER_GIVE_UP_SECONDS", "FAILOVER_CLOSE_CODE",
-    "PROTOCOL_VERSION", "DEFAULT_QUEUE", "SIGNAL_CHECK_SECONDS", "MAX_QUEUED_LINES", "RECV_BYTES",
+    "PROTOCOL_VERSION", "DEFAULT_QUEUE", "SIGNAL_CHECK_SECONDS", "MAX_QUEUED_LINES", "EXIT_CLOSE_SECONDS", "RECV_BYTES",
     "DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_MAX_LINE_BYTES", "PROPERTY_NAMES", "AMQP_FRAME_MAX", "AMQP_CHANNEL_MAX",
 )
 
