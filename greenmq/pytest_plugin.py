@@ -8,7 +8,8 @@ Fixtures:
 A failing test that used them gets the broker's log of its run in its report.
 Options (command line, or the ini file without the dashes): --greenmq-port for a fixed
 AMQP port, --greenmq-url to run the same tests against a broker already running (a
-RabbitMQ, say; --greenmq-management-url names its management API, for fresh vhosts),
+RabbitMQ, say; --greenmq-management-url names its management API, for fresh vhosts, used
+only once it shows it serves that broker),
 --greenmq-keep-data to keep the broker's directory.
 """
 
@@ -31,7 +32,8 @@ def pytest_addoption(parser):
         ("greenmq_port", "string", "AMQP port for the test broker (default: a free one)"),
         ("greenmq_url", "string", "AMQP URL of a running broker to use instead of starting GreenMQ"),
         ("greenmq_management_url", "string",
-         "with --greenmq-url: RabbitMQ's management API, for fresh vhosts (default http://HOST:15672)"),
+         "with --greenmq-url: RabbitMQ's management API, for fresh vhosts (default http://HOST:15672, "
+         "used only if it serves that broker)"),
         ("greenmq_keep_data", "bool", "keep the test broker's data directory and log"),
     )
     for name, kind, help_text in options:
@@ -68,8 +70,8 @@ def greenmq_vhost(greenmq, request):
     """A virtual host of this test's own: isolation without restarting the broker. With
     --greenmq-url and no management API the tests share that URL's virtual host instead."""
     if greenmq.admin is None:
-        warnings.warn(f"{greenmq.amqp_url} is not a GreenMQ started by this run and its management API "
-                      "does not answer: tests share its virtual host and nothing is reset between them")
+        warnings.warn(f"{greenmq.amqp_url} is not a GreenMQ started by this run and no management API "
+                      "answers for it: tests share its virtual host and nothing is reset between them")
         yield greenmq
         return
     broker = greenmq.add_vhost(f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', request.node.name)[:100]}-{next(_vhost_numbers)}")

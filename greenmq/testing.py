@@ -42,7 +42,9 @@ START_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 10.0
 
 # RabbitMQ's management API, where vhosts are added for tests run against a RabbitMQ. A
-# local one answers in milliseconds; this bounds the wait for one that is not there.
+# local one answers in milliseconds; this bounds the wait for one that is not there. What
+# answers on this port may be another broker (`make run`, a RabbitMQ on its default ports):
+# it is used only once it shows it serves the AMQP URL's broker (see `_ManagementApi.serves`).
 MANAGEMENT_PORT = 15672
 MANAGEMENT_TIMEOUT_SECONDS = 5.0
 
@@ -187,6 +189,24 @@ class _ManagementApi:
             return None
         return api
 
+    def serves(self, amqp_url):
+        """Whether this API is the one of the broker at `amqp_url`, and not of another broker
+        on the same machine. RabbitMQ's overview lists its listeners: one for AMQP must be
+        on the URL's port. An API without that list must show the connection this opens to
+        the URL, named so that no other can be taken for it (GreenMQ lists its connections
+        as they open)."""
+        parts = urlsplit(amqp_url)
+        listeners = self._call("GET", "/api/overview").get("listeners")
+        if listeners is not None:
+            port = parts.port or connection.AMQP_PORTS[parts.scheme]
+            return any(listener.get("protocol") in ("amqp", "amqp/ssl") and listener.get("port") == port
+                       for listener in listeners)
+        name = f"greenmq-testing-{os.urandom(8).hex()}"
+        with connection.Connection(amqp_url, client_properties={"product": "greenmq-testing",
+                                                                "connection_name": name}):
+            opened = self._call("GET", "/api/connections?columns=client_properties")
+        return any(row.get("client_properties", {}).get("connection_name") == name for row in opened)
+
     def _call(self, method, path, body=None):
         request = urllib.request.Request(self.url + path, method=method, headers=self.headers,
                                          data=None if body is None else json.dumps(body).encode())
@@ -242,7 +262,9 @@ def from_url(amqp_url, management_url=None):
     """A `Broker` for a broker that is already running (a RabbitMQ, say), to run the same
     tests against it. It has no JSON-lines port and no log. Vhosts and resets go through
     RabbitMQ's management API at `management_url` (by default port 15672 of the same host,
-    with the same account) when it answers; without it they are refused."""
+    with the same account) when it answers for that broker; without it they are refused.
+    A `management_url` given that answers for another broker is an error; the default one
+    is then left alone."""
     parts = urlsplit(amqp_url)
     if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
         raise ValueError(f"not an AMQP URL: {amqp_url!r}")
@@ -250,7 +272,12 @@ def from_url(amqp_url, management_url=None):
     username, password = unquote(parts.username or "guest"), unquote(parts.password or "guest")
     admin = _ManagementApi.reachable(management_url or f"http://{parts.hostname}:{MANAGEMENT_PORT}",
                                      username, password)
-    return Broker(None, admin, parts.hostname, None, parts.port or (5671 if parts.scheme == "amqps" else 5672),
+    if admin is not None and not admin.serves(amqp_url):
+        if management_url:
+            raise GreenMQTestingError(f"the management API at {management_url} is not the one of the broker "
+                                      f"at {amqp_url.split('@')[-1]}, but of another broker")
+        admin = None
+    return Broker(None, admin, parts.hostname, None, parts.port or connection.AMQP_PORTS[parts.scheme],
                   vhost, username, password, parts.scheme)
 
 

@@ -11,6 +11,11 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+from greenmq import connection
+from tests.broker_process import BrokerProcess
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The users' runs start a broker, import Celery and start a worker: seconds, not minutes.
 RUN_TIMEOUT_SECONDS = 120
@@ -227,3 +232,33 @@ def test_the_readme_examples_run_as_written(tmp_path):
     assert code == 0 and "1 passed" in output, output
     code, output = run_as_user(tmp_path, "test_orders_unittest.py")
     assert code == 0 and "Ran 1 test" in output, output
+
+
+# Where `make run` puts a GreenMQ, and a RabbitMQ its AMQP and management API.
+DEFAULT_PORTS = {"--port": 5680, "--amqp-port": 5672, "--http-port": 15672}
+
+
+@pytest.fixture
+def broker_on_the_default_ports():
+    """A GreenMQ on the default ports, as in another terminal running `make run`."""
+    for port in DEFAULT_PORTS.values():
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)     # as the broker binds
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                pytest.skip(f"port {port} is taken, so no broker can be put there for this test")
+    with BrokerProcess(*(str(word) for flag in DEFAULT_PORTS.items() for word in flag)) as other:
+        yield other
+
+
+def test_the_plugins_runs_pass_beside_a_broker_on_the_default_ports_and_leave_it_alone(
+        tmp_path, broker, broker_on_the_default_ports):
+    for directory in ("users", "url"):
+        (tmp_path / directory).mkdir()
+    test_users_kombu_celery_and_pika_code_runs_against_the_plugins_broker(tmp_path / "users")
+    test_with_a_broker_url_the_same_tests_run_against_that_broker(tmp_path / "url", broker)
+    assert "accepted" not in broker_on_the_default_ports.log(), broker_on_the_default_ports.log()
+    with connection.Connection("127.0.0.1", broker_on_the_default_ports.port) as admin:
+        assert [v["name"] for v in admin.call("list_vhosts")["items"]] == ["/"]
+        assert admin.list_queues() == []

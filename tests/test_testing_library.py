@@ -1,6 +1,7 @@
 """greenmq_testing outside pytest: `with broker() as b:` gives a real broker, and nothing
 of it (process or files) outlives the block, the parent, a Ctrl-C or a SIGTERM."""
 
+import http.server
 import json
 import os
 import select
@@ -10,11 +11,14 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 
 import pika
 import pytest
 
+from greenmq import connection
 from greenmq import testing as greenmq_testing
+from tests.broker_process import BrokerProcess
 
 # A management API that is not there: nothing listens on port 1 of loopback.
 NO_MANAGEMENT_API = "http://127.0.0.1:1"
@@ -112,7 +116,7 @@ def test_a_url_names_a_broker_already_running():
     b = greenmq_testing.from_url("amqp://app:s%40cret@rabbit.example:5673/shop%2Feu", NO_MANAGEMENT_API)
     assert (b.host, b.amqp_port, b.vhost, b.username, b.password) == ("rabbit.example", 5673, "shop/eu", "app", "s@cret")
     assert b.amqp_url == "amqp://app:s%40cret@rabbit.example:5673/shop%2Feu"
-    assert greenmq_testing.from_url("amqp://localhost").vhost == "/"
+    assert greenmq_testing.from_url("amqp://localhost", NO_MANAGEMENT_API).vhost == "/"
     assert greenmq_testing.from_url("amqps://localhost", NO_MANAGEMENT_API).amqp_url == \
         "amqps://guest:guest@localhost:5671/%2F"
     with pytest.raises(ValueError):
@@ -120,6 +124,55 @@ def test_a_url_names_a_broker_already_running():
     for needs_greenmq in (b.reset, b.add_vhost, lambda: b.delete_vhost("v")):
         with pytest.raises(greenmq_testing.GreenMQTestingError, match="needs a GreenMQ started here or RabbitMQ's"):
             needs_greenmq()
+
+
+def test_a_management_api_is_used_only_for_the_broker_it_serves(monkeypatch):
+    """Another broker's API (say `make run`'s on 15672) must not get the test vhosts: one
+    named for the URL's broker but serving another is refused, and the default one is left
+    alone; the broker's own is used."""
+    with BrokerProcess() as mine, BrokerProcess() as other, \
+            connection.Connection(f"amqp://guest:guest@127.0.0.1:{other.amqp_port}/%2F"):   # its own client
+        url = f"amqp://guest:guest@127.0.0.1:{mine.amqp_port}/%2F"
+        with pytest.raises(greenmq_testing.GreenMQTestingError, match="of another broker"):
+            greenmq_testing.from_url(url, f"http://127.0.0.1:{other.http_port}")
+        monkeypatch.setattr(greenmq_testing, "MANAGEMENT_PORT", other.http_port)     # the default one
+        assert greenmq_testing.from_url(url).admin is None
+        own = greenmq_testing.from_url(url, f"http://127.0.0.1:{mine.http_port}")
+        own.add_vhost("made-here")
+        for broker, vhosts in ((mine, ["/", "made-here"]), (other, ["/"])):
+            with connection.Connection("127.0.0.1", broker.port) as admin:
+                assert sorted(v["name"] for v in admin.call("list_vhosts")["items"]) == vhosts
+
+
+class _RabbitMQOverview(http.server.BaseHTTPRequestHandler):
+    """What RabbitMQ's management API says of itself: its AMQP listener on port 5682."""
+
+    def do_GET(self):
+        body = {"/api/whoami": {"name": "guest", "tags": ["administrator"]},
+                "/api/overview": {"node": "rabbit@localhost", "listeners": [
+                    {"node": "rabbit@localhost", "protocol": "amqp", "ip_address": "127.0.0.1", "port": 5682},
+                    {"node": "rabbit@localhost", "protocol": "http", "ip_address": "::", "port": 15682}]}}
+        data = json.dumps(body[self.path]).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_rabbitmq_management_api_is_used_for_the_broker_on_its_amqp_listeners_port():
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RabbitMQOverview) as api:
+        threading.Thread(target=api.serve_forever, daemon=True).start()
+        try:
+            api_url = f"http://127.0.0.1:{api.server_address[1]}"
+            assert greenmq_testing.from_url("amqp://guest:guest@127.0.0.1:5682/%2F", api_url).admin is not None
+            with pytest.raises(greenmq_testing.GreenMQTestingError, match="of another broker"):
+                greenmq_testing.from_url("amqp://guest:guest@127.0.0.1:5672/%2F", api_url)
+        finally:
+            api.shutdown()
 
 
 SCRIPT = textwrap.dedent("""
