@@ -672,7 +672,10 @@ class Connection:
 def _close_at_exit():
     deadline = time.monotonic() + EXIT_CLOSE_SECONDS
     for connection in list(_open_connections):
-        connection._close(deadline)
+        try:
+            connection._close(deadline)
+        except Exception:       # a stream that a Ctrl-C cut mid-frame reads as garbage: hang up
+            connection._shutdown()
 
 
 atexit.register(_close_at_exit)
