@@ -21,7 +21,8 @@ come back into replies and events. Each wire offers the same few calls: `request
 
 Publishes, acks and other requests that need no answer are queued and written in batches
 by a helper thread (or before the client waits for anything), so publishing never waits
-for the broker; calls that need an answer wait for it. Callbacks of consumers run only
+for the broker; calls that need an answer wait for it. A program that ends without close()
+has its connections closed at interpreter exit, so what it queued is still delivered. Callbacks of consumers run only
 inside `start_consuming`, `process_data_events` or `consume`, in the calling thread.
 
 This module is the API and the connection under it: sockets, the writer thread, replies
