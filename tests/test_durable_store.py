@@ -11,7 +11,7 @@ import time
 import gevent
 import pytest
 
-from greenmq.errors import StoreUnavailable
+from greenmq.errors import PreconditionFailed
 from greenmq.message import Message
 from greenmq.node import Node
 from greenmq.store import sqlite as sqlite_store
@@ -161,7 +161,7 @@ CRASHING_WRITER = """
 import os, sys
 sys.path.insert(0, {root!r})
 from greenmq.store.sqlite import SqliteStore
-from greenmq.errors import StoreUnavailable
+from greenmq.errors import PreconditionFailed
 from greenmq.message import Message
 from tests.test_durable_store import FakeQueue, committed
 store = SqliteStore({data_dir!r})
@@ -384,14 +384,15 @@ def test_a_transaction_that_stores_nothing_does_not_wait_for_the_store():
     assert store.waiting == {}
 
 
-def test_a_transaction_whose_commit_fails_is_refused():
+def test_a_transaction_whose_commit_fails_is_refused_as_partly_completed():
     store = HeldCommitStore()
     channel = transaction_channel(store)
     committing = gevent.spawn(channel.commit, [(channel.publish, ("", "durable", b"1", {"delivery_mode": 2}))])
     gevent.sleep(0)
     store.commit(ok=False)
     committing.join(10)
-    assert isinstance(committing.exception, StoreUnavailable)
+    assert isinstance(committing.exception, PreconditionFailed)
+    assert committing.exception.text == "PRECONDITION_FAILED - partial tx completion"
 
 
 # -- requeue cost ------------------------------------------------------------------------
