@@ -69,13 +69,13 @@ static void keep_synced_copy(int fd)
         abort();
 }
 
-int fsync(int fd)
+/* The real `name` (fsync or fdatasync) of libc, as slow as the disk is told to be, and the
+ * file's copy taken once it succeeded. */
+static int sync_and_keep(int fd, const char *name)
 {
-    static int (*real)(int);
+    int (*real)(int) = (int (*)(int))dlsym(RTLD_NEXT, name);
     int result;
 
-    if (real == NULL)
-        real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
     wait_for_slow_disk();
     result = real(fd);
     if (result == 0)
@@ -83,16 +83,12 @@ int fsync(int fd)
     return result;
 }
 
+int fsync(int fd)
+{
+    return sync_and_keep(fd, "fsync");
+}
+
 int fdatasync(int fd)
 {
-    static int (*real)(int);
-    int result;
-
-    if (real == NULL)
-        real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
-    wait_for_slow_disk();
-    result = real(fd);
-    if (result == 0)
-        keep_synced_copy(fd);
-    return result;
+    return sync_and_keep(fd, "fdatasync");
 }

@@ -37,6 +37,17 @@ def pika_channel(broker):
     return conn, conn.channel()
 
 
+def filled_durable_queue(broker, queue, count):
+    """A pika connection and its channel in confirm mode, with the durable `queue` holding
+    `count` confirmed persistent messages, b"0" first."""
+    conn, ch = pika_channel(broker)
+    ch.queue_declare(queue, durable=True)
+    ch.confirm_delivery()
+    for i in range(count):
+        ch.basic_publish("", queue, b"%d" % i, PERSISTENT)
+    return conn, ch
+
+
 def json_lines_channel(broker, durable_queue, confirm_window=1):
     """A connection.py channel over JSON lines in confirm mode, with `durable_queue` declared."""
     conn = connection.Connection("127.0.0.1", broker.port)
@@ -103,11 +114,7 @@ def test_durable_entities_and_persistent_messages_survive_a_clean_restart(data_d
 def test_a_partly_consumed_queue_comes_back_with_exactly_the_unacked_first(data_dir):
     broker = BrokerProcess(data_dir=data_dir).start()
     try:
-        conn, ch = pika_channel(broker)
-        ch.queue_declare("work", durable=True)
-        ch.confirm_delivery()
-        for i in range(10):
-            ch.basic_publish("", "work", b"%d" % i, PERSISTENT)
+        conn, ch = filled_durable_queue(broker, "work", 10)
         delivered = [ch.basic_get("work")[0].delivery_tag for _ in range(7)]
         ch.basic_ack(delivered[3], multiple=True)     # 0-3 done, 4-6 held when the broker stops
         ch.basic_qos(prefetch_count=7)                # a round trip: the acks were read
@@ -556,6 +563,13 @@ def test_no_tx_commit_ok_reaches_the_client_before_its_messages_are_synced_to_di
     assert answers_after_syncs(lines, lambda call: TX_COMMIT in call, lambda call: TX_COMMIT_OK in call) == 5
 
 
+def publish_over_http(broker, queue, text):
+    """A persistent message to `queue` through the management API, which must route it."""
+    assert http_api.call(broker.http_port, "POST", http_api.path("exchanges", "/", "amq.default", "publish"),
+                         {"routing_key": queue, "payload": text, "payload_encoding": "string",
+                          "properties": {"delivery_mode": 2}}) == (200, {"routed": True})
+
+
 def test_no_http_publish_is_answered_before_its_message_is_synced_to_disk(data_dir):
     broker = BrokerProcess(data_dir=data_dir).start()
     try:
@@ -564,9 +578,7 @@ def test_no_http_publish_is_answered_before_its_message_is_synced_to_disk(data_d
         conn.close()
         with syscalls_traced(broker.pid, SYNCS_AND_SOCKETS) as lines:
             for i in range(5):
-                assert http_api.call(broker.http_port, "POST", http_api.path("exchanges", "/", "amq.default", "publish"),
-                                     {"routing_key": "posted", "payload": str(i), "payload_encoding": "string",
-                                      "properties": {"delivery_mode": 2}}) == (200, {"routed": True})
+                publish_over_http(broker, "posted", str(i))
     finally:
         broker.close()
     assert answers_after_syncs(lines, lambda call: "POST /api/exchanges/" in call,
@@ -609,11 +621,7 @@ def test_an_ack_alone_reaches_the_disk_within_a_quarter_second(data_dir):
 def test_acks_of_a_committed_transaction_are_on_disk_when_commit_ok_arrives(data_dir):
     broker = BrokerProcess(data_dir=data_dir).start()
     try:
-        conn, publisher = pika_channel(broker)
-        publisher.queue_declare("settled", durable=True)
-        publisher.confirm_delivery()
-        for i in range(3):
-            publisher.basic_publish("", "settled", b"%d" % i, PERSISTENT)
+        conn, _ = filled_durable_queue(broker, "settled", 3)
         ch = conn.channel()
         ch.tx_select()
         tags = [ch.basic_get("settled")[0].delivery_tag for _ in range(2)]

@@ -15,9 +15,8 @@ import time
 
 import pytest
 
-from tests import http_api
 from tests.broker_process import BrokerProcess
-from tests.test_durability import PERSISTENT, drain, pika_channel, stored_commits
+from tests.test_durability import PERSISTENT, drain, pika_channel, publish_over_http, stored_commits
 
 SHIM_SOURCE = os.path.join(os.path.dirname(__file__), "power_cut.c")
 
@@ -129,13 +128,11 @@ def publish_in_a_transaction(broker, ch, body):
     ch.tx_commit()
 
 
-def publish_over_http(broker, ch, body):
-    assert http_api.call(broker.http_port, "POST", http_api.path("exchanges", "/", "amq.default", "publish"),
-                         {"routing_key": "promised", "payload": body.decode(), "payload_encoding": "string",
-                          "properties": {"delivery_mode": 2}}) == (200, {"routed": True})
+def publish_promised_over_http(broker, ch, body):
+    publish_over_http(broker, "promised", body.decode())
 
 
-@pytest.mark.parametrize("publish", [publish_confirmed, publish_in_a_transaction, publish_over_http])
+@pytest.mark.parametrize("publish", [publish_confirmed, publish_in_a_transaction, publish_promised_over_http])
 def test_a_message_promised_on_disk_survives_a_power_cut_right_after_the_promise(tmp_path, power_cut_shim,
                                                                                   publish):
     broker, data_dir, synced_dir, sync_seconds = broker_on_power_cut_disk(tmp_path, power_cut_shim)
