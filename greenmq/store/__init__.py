@@ -6,9 +6,11 @@ once and become durable with a later commit. `after_commit(callback)` is the one
 now" signal: it runs `callback(batch, ok)` on the hub once the batch holding everything
 written so far is committed. Whatever promises "on disk" waits for it: a publisher confirm
 through it, and `tx.commit-ok` and an HTTP publish through `durably`, which blocks its own
-greenlet (a connection's reader, an HTTP request), never the hub. `open_store` picks the implementation:
-`memory.MemoryStore` (nothing outlives the process) or `sqlite.SqliteStore` (an SQLite
-database, committed in groups by a thread of its own, `writer.WriterThread`).
+greenlet (a connection's reader, an HTTP request), never the hub.
+
+`open_store` picks the implementation: `memory.MemoryStore` (nothing outlives the process)
+or `sqlite.SqliteStore` (an SQLite database, committed in groups by a thread of its own,
+`writer.WriterThread`).
 
 A message routed to several durable queues is stored once, with a place per queue; the
 `Stored` record on the message counts the queues still holding it.
@@ -172,7 +174,8 @@ class Store(abc.ABC):
             committed = AsyncResult()
             self.after_commit(lambda batch, ok: committed.set(ok))
             if not committed.get():
-                raise StoreUnavailable("the message store cannot be written: what was just published or acked is not on disk")
+                raise StoreUnavailable(
+                    "the message store cannot be written: what was just published or acked is not on disk")
         return result
 
     @abc.abstractmethod
