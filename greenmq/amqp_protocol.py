@@ -641,9 +641,9 @@ class AmqpConnection(FrontEndConnection):
             raise PreconditionFailed("channel is not transactional")
         operations, channel.tx = channel.tx, []
         channel.tx_settled.clear()
-        for operation, arguments in operations:
-            operation(*arguments)
-        self._send_method(number, spec.Tx.CommitOk())
+        channel.core.commit(operations)
+        if not channel.core.closed:     # else the broker closed it meanwhile, and said why
+            self._send_method(number, spec.Tx.CommitOk())
 
     def on_tx_rollback(self, channel, number, method):
         if channel.tx is None:

@@ -436,7 +436,8 @@ def publish(api, request, vhost, name):
     properties = properties_from_request(field(body, "properties", dict, {}))
     v.exchange(name)
     api.check(request, v, "write", "exchange", name)
-    return {"routed": v.publish(name, new_message(name, routing_key, data, properties)) > 0}
+    # Answered once a persistent message is on disk, as a confirm would be.
+    return {"routed": v.store.durably(v.publish, name, new_message(name, routing_key, data, properties)) > 0}
 
 
 def exchange_bindings_source(api, request, vhost, name):

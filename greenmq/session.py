@@ -208,6 +208,17 @@ class Channel:
             self._record_confirm(seq, ack and ok if waited_for == batch else ack)
         self.session.flush_confirms()
 
+    def commit(self, operations):
+        """A transaction's publishes and settlements, `(method, arguments)` of this channel
+        in the order sent, run now; returns once the store has committed what they kept or
+        removed, which is what tx.commit-ok promises. Blocks the calling greenlet (the
+        connection's reader: later frames wait their turn), never the hub. What the store
+        could not take fails the transaction as a nacked message does in RabbitMQ."""
+        try:
+            self.vhost.store.durably(_run_all, operations)
+        except StoreUnavailable:
+            raise PreconditionFailed("partial tx completion") from None
+
     def _check_user_id(self, user_id):
         if user_id != self.session.user:
             raise PreconditionFailed(
@@ -394,3 +405,8 @@ class Channel:
             self._detach(consumer)
         self.consumers.clear()
         self._settle(list(self.unacked.values()), requeue=True)
+
+
+def _run_all(operations):
+    for operation, arguments in operations:
+        operation(*arguments)

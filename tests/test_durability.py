@@ -21,6 +21,7 @@ from pika.exceptions import NackError
 
 from greenmq import connection
 from greenmq.store.sqlite import DATABASE_FILE
+from tests import http_api
 from tests.broker_process import BrokerProcess
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)
@@ -34,6 +35,17 @@ def data_dir(tmp_path):
 def pika_channel(broker):
     conn = pika.BlockingConnection(pika.URLParameters(f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f"))
     return conn, conn.channel()
+
+
+def filled_durable_queue(broker, queue, count):
+    """A pika connection and its channel in confirm mode, with the durable `queue` holding
+    `count` confirmed persistent messages, b"0" first."""
+    conn, ch = pika_channel(broker)
+    ch.queue_declare(queue, durable=True)
+    ch.confirm_delivery()
+    for i in range(count):
+        ch.basic_publish("", queue, b"%d" % i, PERSISTENT)
+    return conn, ch
 
 
 def json_lines_channel(broker, durable_queue, confirm_window=1):
@@ -102,11 +114,7 @@ def test_durable_entities_and_persistent_messages_survive_a_clean_restart(data_d
 def test_a_partly_consumed_queue_comes_back_with_exactly_the_unacked_first(data_dir):
     broker = BrokerProcess(data_dir=data_dir).start()
     try:
-        conn, ch = pika_channel(broker)
-        ch.queue_declare("work", durable=True)
-        ch.confirm_delivery()
-        for i in range(10):
-            ch.basic_publish("", "work", b"%d" % i, PERSISTENT)
+        conn, ch = filled_durable_queue(broker, "work", 10)
         delivered = [ch.basic_get("work")[0].delivery_tag for _ in range(7)]
         ch.basic_ack(delivered[3], multiple=True)     # 0-3 done, 4-6 held when the broker stops
         ch.basic_qos(prefetch_count=7)                # a round trip: the acks were read
@@ -448,20 +456,23 @@ def test_no_confirmed_message_is_lost_when_the_broker_is_killed(data_dir, client
 
 # -- what reaches the disk, and when -------------------------------------------------------
 
-# The database file and its write-ahead log, as strace -yy names the descriptors synced.
-DATABASE_SYNC = re.compile(r"f(?:data)?sync\(\d+<[^>]*" + re.escape(DATABASE_FILE))
+# The database file and its write-ahead log, as strace -yy names the descriptors synced
+# (with -xx, in hex).
+DATABASE_SYNC = re.compile(r"f(?:data)?sync\(\d+<[^>]*(?:%s|%s)" % (
+    re.escape(DATABASE_FILE), re.escape("".join(f"\\x{byte:02x}" for byte in DATABASE_FILE.encode()))))
 
 
 @contextlib.contextmanager
-def syscalls_traced(pid, syscalls):
+def syscalls_traced(pid, syscalls, hex_strings=False):
     """Trace `syscalls` of every thread of process `pid` while the block runs; the list
     yielded holds strace's lines once it ends, each with the file or socket behind a
-    descriptor and the first bytes written or read. Skips where strace cannot attach."""
+    descriptor and the first bytes written or read (every byte as \\xNN with
+    `hex_strings`, for binary protocols). Skips where strace cannot attach."""
     if shutil.which("strace") is None:
         pytest.skip("strace is not installed (`make strace` installs it)")
     with tempfile.TemporaryDirectory(prefix="greenmq-trace-") as directory:
         path = os.path.join(directory, "trace")
-        tracer = subprocess.Popen(["strace", "-f", "-yy", "-s", "256", "-o", path,
+        tracer = subprocess.Popen(["strace", "-f", "-yy", "-s", "4096", "-o", path, *(["-xx"] if hex_strings else []),
                                    "-e", "trace=" + ",".join(syscalls), "-p", str(pid)],
                                   stderr=subprocess.PIPE, text=True)
         try:
@@ -482,22 +493,17 @@ def syscalls_traced(pid, syscalls):
             lines += recorded.read().splitlines()
 
 
-def test_no_confirm_reaches_the_client_before_its_message_is_synced_to_disk(data_dir):
-    broker = BrokerProcess(data_dir=data_dir).start()
-    try:
-        with syscalls_traced(broker.pid, ["fsync", "fdatasync", "recvfrom", "read", "sendto", "write"]) as lines:
-            conn, channel = json_lines_channel(broker, "synced")
-            for i in range(5):
-                channel.basic_publish("", "synced", b"%d" % i, connection.BasicProperties(delivery_mode=2))
-                channel.wait_for_confirms(timeout=30)
-            conn.close()
-    finally:
-        broker.close()
-    # Each publish waits for the previous confirm, so between reading publish n and sending
-    # confirm n the broker must have finished a sync of the database: a line with its
-    # result, whole or "resumed" after another thread's line cut in.
+SYNCS_AND_SOCKETS = ["fsync", "fdatasync", "recvfrom", "read", "sendto", "write"]
+
+
+def answers_after_syncs(lines, request, answer):
+    """How many answers the trace `lines` shows, each after a sync of the database that
+    ended after the last request before it: `request(text)` and `answer(text)` say what
+    the broker read and sent. The client waits for each answer before its next request,
+    so between them the broker must have finished a sync: a line with its result, whole
+    or "resumed" after another thread's line cut in."""
     syncing = set()             # threads whose database sync has not returned yet
-    synced, confirms = False, 0
+    synced, answers = False, 0
     for line in lines:
         thread, _, call = line.partition(" ")
         call = call.lstrip()
@@ -509,13 +515,74 @@ def test_no_confirm_reaches_the_client_before_its_message_is_synced_to_disk(data
         elif thread in syncing and call.startswith(("<... fsync resumed>", "<... fdatasync resumed>")):
             syncing.discard(thread)
             synced = synced or call.endswith("= 0")
-        elif '\\"op\\":\\"publish\\"' in call and call.startswith(("recvfrom(", "read(", "<... recvfrom resumed>",
-                                                                    "<... read resumed>")):
+        elif call.startswith(("recvfrom(", "read(", "<... recvfrom resumed>", "<... read resumed>")) and request(call):
             synced = False
-        elif '\\"event\\":\\"ack\\"' in call and call.startswith(("sendto(", "write(")):
-            assert synced, f"confirm {confirms + 1} was sent before its message was synced:\n" + "\n".join(lines)
-            confirms += 1
-    assert confirms == 5
+        elif call.startswith(("sendto(", "write(")) and answer(call):
+            assert synced, f"answer {answers + 1} was sent before its message was synced:\n" + "\n".join(lines)
+            answers += 1
+    return answers
+
+
+def test_no_confirm_reaches_the_client_before_its_message_is_synced_to_disk(data_dir):
+    broker = BrokerProcess(data_dir=data_dir).start()
+    try:
+        with syscalls_traced(broker.pid, SYNCS_AND_SOCKETS) as lines:
+            conn, channel = json_lines_channel(broker, "synced")
+            for i in range(5):
+                channel.basic_publish("", "synced", b"%d" % i, connection.BasicProperties(delivery_mode=2))
+                channel.wait_for_confirms(timeout=30)
+            conn.close()
+    finally:
+        broker.close()
+    assert answers_after_syncs(lines, lambda call: '\\"op\\":\\"publish\\"' in call,
+                               lambda call: '\\"event\\":\\"ack\\"' in call) == 5
+
+
+def amqp_method(class_id, method_id):
+    """An argument-less AMQP method's last bytes as strace -xx shows them: class, method, frame end."""
+    return "".join(f"\\x{byte:02x}" for byte in (class_id >> 8, class_id & 255, method_id >> 8, method_id & 255, 0xCE))
+
+
+TX_COMMIT, TX_COMMIT_OK = amqp_method(90, 20), amqp_method(90, 21)
+
+
+def test_no_tx_commit_ok_reaches_the_client_before_its_messages_are_synced_to_disk(data_dir):
+    broker = BrokerProcess(data_dir=data_dir).start()
+    try:
+        conn, ch = pika_channel(broker)
+        ch.queue_declare("committed", durable=True)
+        ch.tx_select()
+        with syscalls_traced(broker.pid, SYNCS_AND_SOCKETS, hex_strings=True) as lines:
+            for i in range(5):
+                ch.basic_publish("", "committed", b"%d" % i, PERSISTENT)
+                ch.basic_publish("", "committed", b"%d again" % i, PERSISTENT)
+                ch.tx_commit()
+        conn.close()
+    finally:
+        broker.close()
+    assert answers_after_syncs(lines, lambda call: TX_COMMIT in call, lambda call: TX_COMMIT_OK in call) == 5
+
+
+def publish_over_http(broker, queue, text):
+    """A persistent message to `queue` through the management API, which must route it."""
+    assert http_api.call(broker.http_port, "POST", http_api.path("exchanges", "/", "amq.default", "publish"),
+                         {"routing_key": queue, "payload": text, "payload_encoding": "string",
+                          "properties": {"delivery_mode": 2}}) == (200, {"routed": True})
+
+
+def test_no_http_publish_is_answered_before_its_message_is_synced_to_disk(data_dir):
+    broker = BrokerProcess(data_dir=data_dir).start()
+    try:
+        conn, ch = pika_channel(broker)
+        ch.queue_declare("posted", durable=True)
+        conn.close()
+        with syscalls_traced(broker.pid, SYNCS_AND_SOCKETS) as lines:
+            for i in range(5):
+                publish_over_http(broker, "posted", str(i))
+    finally:
+        broker.close()
+    assert answers_after_syncs(lines, lambda call: "POST /api/exchanges/" in call,
+                               lambda call: '\\"routed\\"' in call) == 5
 
 
 def stored_commits(broker):
@@ -546,6 +613,25 @@ def test_an_ack_alone_reaches_the_disk_within_a_quarter_second(data_dir):
         broker = restarted(data_dir, broker, signal.SIGKILL)
         conn, ch = pika_channel(broker)
         assert drain(ch, "acked") == [], f"the ack was not on disk {ACK_ON_DISK_SECONDS} s after it was sent"
+        conn.close()
+    finally:
+        broker.close()
+
+
+def test_acks_of_a_committed_transaction_are_on_disk_when_commit_ok_arrives(data_dir):
+    broker = BrokerProcess(data_dir=data_dir).start()
+    try:
+        conn, _ = filled_durable_queue(broker, "settled", 3)
+        ch = conn.channel()
+        ch.tx_select()
+        tags = [ch.basic_get("settled")[0].delivery_tag for _ in range(2)]
+        ch.basic_ack(tags[-1], multiple=True)
+        ch.tx_commit()
+        # Killed at once: an ack waits a few milliseconds for a commit of its own unless
+        # something waits for it, and commit-ok must.
+        broker = restarted(data_dir, broker, signal.SIGKILL)
+        conn, ch = pika_channel(broker)
+        assert drain(ch, "settled") == [(b"2", True)]
         conn.close()
     finally:
         broker.close()

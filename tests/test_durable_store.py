@@ -11,6 +11,7 @@ import time
 import gevent
 import pytest
 
+from greenmq.errors import PreconditionFailed
 from greenmq.message import Message
 from greenmq.node import Node
 from greenmq.store import sqlite as sqlite_store
@@ -160,6 +161,7 @@ CRASHING_WRITER = """
 import os, sys
 sys.path.insert(0, {root!r})
 from greenmq.store.sqlite import SqliteStore
+from greenmq.errors import PreconditionFailed
 from greenmq.message import Message
 from tests.test_durable_store import FakeQueue, committed
 store = SqliteStore({data_dir!r})
@@ -346,6 +348,51 @@ def test_acks_and_expiry_remove_stored_messages_and_requeues_do_not():
     assert len(held) == 1
     assert channel.vhost.queues["durable"].drop_expired() == 1
     assert held == {}
+
+
+def transaction_channel(store):
+    node = Node(store=store)
+    channel = login(node, RecordingSink()).open_channel(1)
+    channel.vhost.declare_queue("durable", durable=True)
+    channel.vhost.declare_queue("transient")
+    return channel
+
+
+@pytest.mark.parametrize("operation", ["publish", "ack"])
+def test_a_transaction_commit_returns_once_its_messages_and_acks_are_committed(operation):
+    store = HeldCommitStore()
+    channel = transaction_channel(store)
+    channel.publish("", "durable", b"1", {"delivery_mode": 2})
+    store.commit()
+    if operation == "publish":
+        operations = [(channel.publish, ("", "durable", b"2", {"delivery_mode": 2}))]
+    else:
+        operations = [(channel.ack, (channel.get("durable")[0],))]
+    committing = gevent.spawn(channel.commit, operations)
+    gevent.sleep(0)
+    assert not committing.dead
+    store.commit()
+    committing.join(10)
+    assert committing.successful()
+
+
+def test_a_transaction_that_stores_nothing_does_not_wait_for_the_store():
+    store = HeldCommitStore()
+    channel = transaction_channel(store)
+    channel.commit([(channel.publish, ("", "durable", b"transient", None)),
+                    (channel.publish, ("", "transient", b"persistent", {"delivery_mode": 2}))])
+    assert store.waiting == {}
+
+
+def test_a_transaction_whose_commit_fails_is_refused_as_partly_completed():
+    store = HeldCommitStore()
+    channel = transaction_channel(store)
+    committing = gevent.spawn(channel.commit, [(channel.publish, ("", "durable", b"1", {"delivery_mode": 2}))])
+    gevent.sleep(0)
+    store.commit(ok=False)
+    committing.join(10)
+    assert isinstance(committing.exception, PreconditionFailed)
+    assert committing.exception.text == "PRECONDITION_FAILED - partial tx completion"
 
 
 # -- requeue cost ------------------------------------------------------------------------

@@ -2,11 +2,15 @@
 virtual hosts, and the persistent messages in durable queues, behind one small interface.
 
 The core writes through a `Store` on the hub and never waits for it: writes are accepted at
-once and become durable with a later commit. `after_commit(callback)` runs
-`callback(batch, ok)` on the hub once the batch holding everything written so far is on
-disk, which is what a publisher confirm waits for. `open_store` picks the implementation:
-`memory.MemoryStore` (nothing outlives the process) or `sqlite.SqliteStore` (an SQLite
-database, committed in groups by a thread of its own, `writer.WriterThread`).
+once and become durable with a later commit. `after_commit(callback)` is the one "durable
+now" signal: it runs `callback(batch, ok)` on the hub once the batch holding everything
+written so far is committed. Whatever promises "on disk" waits for it: a publisher confirm
+through it, and `tx.commit-ok` and an HTTP publish through `durably`, which blocks its own
+greenlet (a connection's reader, an HTTP request), never the hub.
+
+`open_store` picks the implementation: `memory.MemoryStore` (nothing outlives the process)
+or `sqlite.SqliteStore` (an SQLite database, committed in groups by a thread of its own,
+`writer.WriterThread`).
 
 A message routed to several durable queues is stored once, with a place per queue; the
 `Stored` record on the message counts the queues still holding it.
@@ -14,6 +18,9 @@ A message routed to several durable queues is stored once, with a place per queu
 
 import abc
 
+from gevent.event import AsyncResult
+
+from ..errors import StoreUnavailable
 from ..message import properties_to_json
 from ..stats import LatencyHistogram
 
@@ -70,6 +77,9 @@ class Store(abc.ABC):
         self.open_batch = 1        # the batch that writes made now will be committed in
         self.available = True
         self.last_key = 0          # of the last message kept; `load` continues after the stored ones
+        # Messages kept and removals accepted so far: `durably` compares it before and
+        # after, so a path that wrote nothing never waits.
+        self.message_writes = 0
         self.commit_seconds = LatencyHistogram(COMMIT_SECONDS_BUCKETS)
 
     # -- definitions ---------------------------------------------------------------------
@@ -132,6 +142,7 @@ class Store(abc.ABC):
     def _record(self, message, queues):
         """`message`'s record, keyed after every message kept before it."""
         self.last_key += 1
+        self.message_writes += 1
         record = message.stored = Stored(self.last_key, len(queues))
         return record
 
@@ -147,8 +158,25 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def after_commit(self, callback):
-        """Run `callback(batch, ok)` on the hub once everything written so far is on disk
-        (ok True) or could not be written (ok False); once per batch however often asked."""
+        """Run `callback(batch, ok)` on the hub once everything written so far is committed
+        (ok True) or could not be written (ok False); once per batch however often asked.
+        Committed means synced to disk for new messages and definitions; removals (acks)
+        may reach the disk only with the next synced commit (see sqlite.py)."""
+
+    def durably(self, operation, *arguments):
+        """`operation(*arguments)`, returned once the messages it kept or removed are
+        committed: the wait behind `tx.commit-ok` and an HTTP publish's answer. Blocks the
+        calling greenlet, which must not be the hub; one that wrote no message does not
+        wait. StoreUnavailable when the commit failed."""
+        writes = self.message_writes
+        result = operation(*arguments)
+        if self.message_writes != writes:
+            committed = AsyncResult()
+            self.after_commit(lambda batch, ok: committed.set(ok))
+            if not committed.get():
+                raise StoreUnavailable(
+                    "the message store cannot be written: what was just published or acked is not on disk")
+        return result
 
     @abc.abstractmethod
     def load(self):

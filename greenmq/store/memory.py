@@ -79,6 +79,7 @@ class MemoryStore(Store):
             self.messages[queue.vhost_name, queue.name][key] = (message, now, False)
 
     def remove_messages(self, queue, messages):
+        self.message_writes += 1
         held = self.messages.get((queue.vhost_name, queue.name), {})
         for message in messages:
             message.stored.refs -= 1

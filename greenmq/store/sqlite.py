@@ -246,6 +246,7 @@ class SqliteStore(Store):
 
     def remove_messages(self, queue, messages):
         batch = self._batch
+        self.message_writes += 1
         new_messages = batch.new_messages
         queue_id = None if queue.deleted else self._queue_ids.get((queue.vhost_name, queue.name))
         for message in messages:
