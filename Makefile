@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: run test bench clean browser strace screenshot
+.PHONY: run test bench clean browser test-tools screenshot
 
 # Debian's python3 ships venv without ensurepip until python3-venv is installed.
 $(PY):
@@ -30,14 +30,17 @@ browser:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } || \
 	  echo "could not install chromium: the dashboard tests will be skipped"
 
-# A durability test watches the broker's fsyncs with strace; it is installed when missing.
-# Where it cannot be, or may not trace (no ptrace in a container), that test is skipped and says why.
-strace:
-	@command -v strace >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace; } || \
-	  echo "could not install strace: the test that watches fsyncs will be skipped"
+# Tools some tests need: strace (durability tests watch the broker's fsyncs) and a C compiler
+# (the power-cut test builds its file-system shim), installed from Debian when missing.
+# Where they cannot be, or may not run (no ptrace in a container), those tests are skipped
+# and say why.
+test-tools:
+	@missing=""; command -v strace >/dev/null || missing="$$missing strace"; \
+	  command -v cc >/dev/null || missing="$$missing gcc libc6-dev"; \
+	  [ -z "$$missing" ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; } || \
+	  echo "could not install$$missing: the tests that need them will be skipped"
 
-test: $(VENV)/.test-installed browser strace
+test: $(VENV)/.test-installed browser test-tools
 	$(PY) -m pytest -q tests
 
 # The README's picture of the dashboard.
