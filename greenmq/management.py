@@ -168,8 +168,6 @@ class ManagementApi:
         # and then send the remembered credentials with any site's request to this origin.
         # API clients send their credentials unasked; the dashboard asks for them itself.
         headers = [("Cache-Control", "no-cache")]
-        if status == 204:
-            payload = b""
         if payload:     # as RabbitMQ, answers without a body (201, 204) name no type
             headers.append(("Content-Type", content_type))
         start_response(_REASONS.get(status, f"{status} Error"), headers)
@@ -535,7 +533,8 @@ def _matching(rows, pattern):
         raise HttpError(400, f"'name' is not a regular expression: {exc}") from None
     deadline = time.monotonic() + REGEX_BUDGET_SECONDS
     try:
-        return [(v, row) for v, row in rows if compiled.search(row["name"], timeout=max(0.0, deadline - time.monotonic()))]
+        return [(v, row) for v, row in rows
+                if compiled.search(row["name"], timeout=max(0.0, deadline - time.monotonic()))]
     except TimeoutError:
         raise HttpError(400, f"the 'name' pattern took more than {REGEX_BUDGET_SECONDS * 1000:g} ms; "
                              "a simpler one (fewer nested repeats) will do") from None
@@ -874,7 +873,8 @@ class _RawPathHandler(WSGIHandler):
 
     def _handle_client_error(self, exc):
         """Bytes that are not HTTP (a port scan, an AMQP or TLS client at the wrong port):
-        gevent's 400 and one WARNING naming the peer, not the bytes, which may hold anything."""
+        gevent's 400 and one WARNING naming the peer, not the bytes, which may hold anything
+        (gevent's own hook for invalid requests logs them at ERROR)."""
         log.warning("HTTP connection from %s:%s sent something that is not an HTTP request; answered 400",
                     *self.client_address[:2])
         return "400", _BAD_REQUEST
