@@ -10,7 +10,8 @@ setup(
     py_modules=["connection"],
     python_requires=">=3.9",
     # tomllib is in the standard library from 3.11; tomli is the same parser for older ones.
-    install_requires=["gevent>=23.9", "pamqp>=3.3", 'tomli>=1.1; python_version < "3.11"'],
+    # regex: the API's name filters with a time limit (management.py's REGEX_BUDGET_SECONDS).
+    install_requires=["gevent>=23.9", "pamqp>=3.3", "regex>=2022.1", 'tomli>=1.1; python_version < "3.11"'],
     entry_points={"console_scripts": ["greenmq-broker=greenmq.broker:main", "greenmqctl=greenmq.ctl:main"],
                   # pytest loads the plugin by itself wherever GreenMQ is installed.
                   "pytest11": ["greenmq=greenmq.pytest_plugin"]},

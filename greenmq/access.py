@@ -13,6 +13,13 @@ import re
 
 from .errors import AccessRefused, PreconditionFailed
 
+def check_user_id(user_id, user):
+    """A message's user_id must be its publisher's own name, as RabbitMQ validates it, on
+    every wire: a consumer may trust it to say who sent the message."""
+    if user_id != user:
+        raise PreconditionFailed(f"user_id property set to '{user_id}' but authenticated user was '{user}'")
+
+
 # PBKDF2-HMAC-SHA256 with this many rounds costs about 75 ms on the 2-core development
 # machine: slow enough to make guessing stolen hashes expensive, fast enough for logins
 # (which are cached once verified, so reconnecting clients pay it once).

@@ -165,7 +165,8 @@ def main(argv=None):
         # HTTPS with the listeners' TLS when the broker has no plain listeners at all.
         wanted.append(("HTTP", settings.http_host, settings.http_port,
                        management_server(node, sampler, settings.http_host, settings.http_port,
-                                         settings.per_queue_metrics, None if settings.plain else context),
+                                         settings.per_queue_metrics, None if settings.plain else context,
+                                         settings.http_allowed_hosts),
                        "http_port"))
     for name, host, port, server, key in wanted:
         try:

@@ -70,6 +70,14 @@ def _text(value):
     return value
 
 
+def _host_names(value):
+    """Names, comma-separated in a flag or the environment, or a TOML list of strings."""
+    names = value.split(",") if type(value) is str else value
+    if type(names) is not list or not all(type(name) is str for name in names):
+        raise ValueError("must be host names separated by commas (a list of strings in the file)")
+    return tuple(name.strip().lower() for name in names if name.strip())
+
+
 def _bool(value):
     if type(value) is not bool:
         raise ValueError("must be true or false")
@@ -105,6 +113,9 @@ SETTINGS = {
     "http_host": (_text, DEFAULT_HOST, f"address of the management API, dashboard and /metrics (default {DEFAULT_HOST})"),
     "http_port": (_port, DEFAULT_HTTP_PORT, f"management HTTP port (default {DEFAULT_HTTP_PORT}; HTTPS with "
                                             "the TLS settings when there are no plain listeners)"),
+    "http_allowed_hosts": (_host_names, (), "more names the management API answers to as Host, comma-separated "
+                                            "(it always answers to localhost, its own addresses and the machine's "
+                                            "name; * for any, behind a proxy that checks)"),
     "stats_interval": (_seconds, DEFAULT_SAMPLE_INTERVAL_SECONDS,
                        "seconds between samples of the message counters behind the API's rates "
                        f"(default {DEFAULT_SAMPLE_INTERVAL_SECONDS:g})"),

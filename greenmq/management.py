@@ -14,6 +14,13 @@ administrator users see everything, only administrators change users, vhosts, pe
 and definitions, and operations on queues and exchanges need the same configure / write /
 read permissions as over AMQP. Errors from the core keep their sentence and get the HTTP
 status that says the same thing.
+
+Safe to leave open in a browser: a page from another site can make the browser send
+"simple" requests here (a form POST, a text/plain fetch) without asking, carrying any Basic
+credentials the browser remembers, and a DNS-rebinding page can even read the answers. So
+a body must be declared JSON (which no cross-site page can send unasked), a POST must
+declare one even when it has no body, the Host must be one of the broker's own names, and
+no 401 asks the browser for credentials it would then remember and send for any site.
 """
 
 import base64
@@ -21,16 +28,17 @@ import binascii
 import json
 import logging
 import os
-import re
 import socket
 import ssl
+import time
 from urllib.parse import parse_qs, unquote
 
+import regex
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
-from .access import ADMINISTRATOR, MANAGEMENT, MONITORING, check_password_hash
-from .errors import AccessRefused, BadSyntax, BrokerError, NotFound
+from .access import ADMINISTRATOR, MANAGEMENT, MONITORING, check_password_hash, check_user_id
+from .errors import AccessRefused, BadSyntax, BrokerError, NotFound, PublishRefused
 from .memory import MESSAGE_OVERHEAD_BYTES
 from .message import json_value, new_message, properties_from_request
 from .node import SERVER_NAME, VERSION
@@ -55,6 +63,19 @@ MAX_GET_COUNT = 10_000
 # plus this for the queue itself.
 QUEUE_OVERHEAD_BYTES = 2_000
 
+# A `use_regex` name filter may spend this much of the hub, all names together, before the
+# request is refused: a backtracking pattern such as (a+)+$ doubles its time with each
+# character of a name, and every client waits while it runs. Python's `re` cannot be
+# stopped, and a thread would hold the GIL all the same; the `regex` module takes a timeout
+# and keeps the syntax users wrote for `re` (RabbitMQ bounds its PCRE filters the same way,
+# with a match limit). Plain patterns over thousands of names take well under a millisecond.
+REGEX_BUDGET_SECONDS = 0.005
+
+# Host names every broker answers to: a DNS-rebinding page's Host is its own domain, never
+# one of these. The listener's address, the address a connection arrived at and the
+# machine's name are added; http_allowed_hosts adds more ("*": any, behind a proxy that checks).
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
 NODE_NAME = f"greenmq@{socket.gethostname()}"
 # Beside this module, installed or not (setup.py's package_data).
 DASHBOARD_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboard.html")
@@ -64,10 +85,14 @@ _HTTP_STATUS = {403: 403, 404: 404, 405: 409, 506: 503, 541: 500}
 _REASONS = {200: "200 OK", 201: "201 Created", 204: "204 No Content", 400: "400 Bad Request",
             401: "401 Unauthorized", 403: "403 Forbidden", 404: "404 Not Found",
             405: "405 Method Not Allowed", 409: "409 Conflict", 413: "413 Payload Too Large",
+            415: "415 Unsupported Media Type", 421: "421 Misdirected Request",
             500: "500 Internal Server Error", 503: "503 Service Unavailable"}
 _ERROR_NAMES = {400: "bad_request", 401: "not_authorised", 403: "not_authorised", 404: "not_found",
                 405: "method_not_allowed", 409: "resource_locked", 413: "payload_too_large",
+                415: "unsupported_media_type", 421: "misdirected_request",
                 500: "internal_error", 503: "service_unavailable"}
+# RabbitMQ's words for a publish a full x-overflow reject-publish queue refused.
+_PUBLISH_REFUSED = "rejected Unable to publish message. Check queue limits."
 
 _json = json.JSONEncoder(separators=(",", ":"), default=json_value).encode
 
@@ -99,6 +124,12 @@ class Request:
             raise HttpError(400, "Content-Length is not a number") from None
         if length > MAX_BODY_BYTES:
             raise HttpError(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+        declared = self.environ.get("CONTENT_TYPE", "")
+        if (length or self.method == "POST") and declared.partition(";")[0].strip().lower() != "application/json":
+            # RabbitMQ's 415 (its definitions import); a form or text/plain POST is what
+            # another site's page can make a browser send unasked.
+            raise HttpError(415, f"the request body must be JSON, sent as Content-Type: application/json "
+                                 f"(not {declared or 'none'!r})")
         raw = self.environ["wsgi.input"].read(length) if length else b""
         if not raw.strip():
             return {}
@@ -114,30 +145,45 @@ class Request:
 class ManagementApi:
     """The WSGI application: routes, authentication and the translation of errors."""
 
-    def __init__(self, node, sampler, per_queue_metrics=True):
+    def __init__(self, node, sampler, per_queue_metrics=True, host=None, allowed_hosts=()):
         self.node = node
         self.sampler = sampler
         self.per_queue_metrics = per_queue_metrics
+        self.allowed_hosts = {name.lower() for name in (*LOOPBACK_HOSTS, socket.gethostname(), host, *allowed_hosts)
+                              if name}
         self.routes = []        # (method, pattern segments, handler)
         for method, pattern, handler in _ROUTES:
             self.routes.append((method, tuple(pattern.strip("/").split("/")), handler))
 
     def __call__(self, environ, start_response):
         try:
+            self._check_host(environ)
             status, payload, content_type = self._respond(environ)
         except HttpError as exc:
             status, payload, content_type = exc.status, _error(exc.status, exc.reason), "application/json"
         except BrokerError as exc:
             status = _HTTP_STATUS.get(exc.code, 400)
             payload, content_type = _error(status, exc.text), "application/json"
-        headers = [("Content-Type", content_type), ("Cache-Control", "no-cache")]
-        if status == 401 and environ.get("HTTP_X_REQUESTED_WITH") != "XMLHttpRequest":
-            # The dashboard asks for credentials itself; a browser's own prompt only for the rest.
-            headers.append(("WWW-Authenticate", 'Basic realm="GreenMQ Management"'))
-        if status == 204:
-            payload = b""
+        # No WWW-Authenticate on a 401, unlike RabbitMQ: the challenge makes a browser prompt
+        # and then send the remembered credentials with any site's request to this origin.
+        # API clients send their credentials unasked; the dashboard asks for them itself.
+        headers = [("Cache-Control", "no-cache")]
+        if payload:     # as RabbitMQ, answers without a body (201, 204) name no type
+            headers.append(("Content-Type", content_type))
         start_response(_REASONS.get(status, f"{status} Error"), headers)
         return [payload]
+
+    def _check_host(self, environ):
+        """421 unless the request names this broker: a page that rebinds its own domain to
+        this address sends that domain as Host. Without a Host (HTTP/1.0) no browser asked."""
+        host = environ.get("HTTP_HOST")
+        if host is None or "*" in self.allowed_hosts:
+            return
+        name = _host_name(host)
+        if name in self.allowed_hosts or name == environ.get("greenmq.local_address"):
+            return
+        raise HttpError(421, f"Host '{host}' is not a name of this broker; if it is one, add it to "
+                             "http_allowed_hosts (--http-allowed-hosts)")
 
     def _respond(self, environ):
         raw_path = environ["RAW_URI"]
@@ -163,7 +209,7 @@ class ManagementApi:
         request = Request(environ, self._authenticate(environ))
         result = handler(self, request, **params)
         status, payload = result if type(result) is tuple else (200, result)
-        return status, _json(payload).encode() if status != 204 else b"", "application/json"
+        return status, _json(payload).encode() if payload is not None else b"", "application/json"
 
     def _authenticate(self, environ):
         header = environ.get("HTTP_AUTHORIZATION", "")
@@ -223,6 +269,13 @@ def _match(pattern, segments):
         elif expected != actual:
             return None
     return params
+
+
+def _host_name(host):
+    """The name in a Host header, without its port or brackets, as the allowed names are kept."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0].lower()
+    return host.rpartition(":")[0].lower() if host.count(":") == 1 else host.lower()
 
 
 def _error(status, reason):
@@ -436,8 +489,13 @@ def publish(api, request, vhost, name):
     properties = properties_from_request(field(body, "properties", dict, {}))
     v.exchange(name)
     api.check(request, v, "write", "exchange", name)
-    # Answered once a persistent message is on disk, as a confirm would be.
-    return {"routed": v.store.durably(v.publish, name, new_message(name, routing_key, data, properties)) > 0}
+    if properties is not None and "user_id" in properties:
+        check_user_id(properties["user_id"], request.user.name)
+    try:
+        # Answered once a persistent message is on disk, as a confirm would be.
+        return {"routed": v.store.durably(v.publish, name, new_message(name, routing_key, data, properties)) > 0}
+    except PublishRefused:
+        raise HttpError(400, _PUBLISH_REFUSED) from None
 
 
 def exchange_bindings_source(api, request, vhost, name):
@@ -459,15 +517,28 @@ def exchange_bindings_destination(api, request, vhost, name):
 
 def queues(api, request, vhost=None):
     vhosts = [api.vhost(request, vhost)] if vhost is not None else api.visible_vhosts(request)
-    rows = [queue_json(api, v, row) for v in vhosts for row in v.list_queues()]
+    rows = [(v, row) for v in vhosts for row in v.list_queues()]
     name_filter = request.query.get("name")
-    if name_filter:
-        try:
-            pattern = re.compile(name_filter if request.query.get("use_regex") == "true" else re.escape(name_filter))
-        except re.error as exc:
-            raise HttpError(400, f"'name' is not a regular expression: {exc}") from None
-        rows = [row for row in rows if pattern.search(row["name"])]
-    return rows
+    if name_filter and request.query.get("use_regex") == "true":
+        rows = _matching(rows, name_filter)
+    elif name_filter:
+        rows = [(v, row) for v, row in rows if name_filter in row["name"]]
+    return [queue_json(api, v, row) for v, row in rows]
+
+
+def _matching(rows, pattern):
+    """The (vhost, row) pairs whose name the regular expression finds, within REGEX_BUDGET_SECONDS."""
+    try:
+        compiled = regex.compile(pattern)
+    except regex.error as exc:
+        raise HttpError(400, f"'name' is not a regular expression: {exc}") from None
+    deadline = time.monotonic() + REGEX_BUDGET_SECONDS
+    try:
+        return [(v, row) for v, row in rows
+                if compiled.search(row["name"], timeout=max(0.0, deadline - time.monotonic()))]
+    except TimeoutError:
+        raise HttpError(400, f"the 'name' pattern took more than {REGEX_BUDGET_SECONDS * 1000:g} ms; "
+                             "a simpler one (fewer nested repeats) will do") from None
 
 
 def _queue(api, request, vhost, name):
@@ -708,9 +779,10 @@ def permission_detail(api, request, vhost, user):
 def put_permission(api, request, vhost, user):
     api.require_administrator(request)
     body = request.body()
+    existed = (user, vhost) in api.node.permissions
     api.node.set_permissions(user, vhost, *(field(body, kind, str)
                                             for kind in ("configure", "write", "read")))
-    return 201, None
+    return (204 if existed else 201), None
 
 
 def delete_permission(api, request, vhost, user):
@@ -785,6 +857,10 @@ _ROUTES = [
 
 # -- the server ---------------------------------------------------------------------------------
 
+# What gevent answers a request it cannot read (its own constant is private).
+_BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-length: 0\r\n\r\n"
+
+
 class _RawPathHandler(WSGIHandler):
     """Keeps the path as sent in RAW_URI: vhost names hold slashes ('/' is %2F), which
     PATH_INFO has already decoded into path separators."""
@@ -792,7 +868,17 @@ class _RawPathHandler(WSGIHandler):
     def get_environ(self):
         environ = super().get_environ()
         environ["RAW_URI"] = self.path
+        # The address this connection reached (the listener's may be 0.0.0.0): a name for Host.
+        environ["greenmq.local_address"] = self.socket.getsockname()[0]
         return environ
+
+    def _handle_client_error(self, exc):
+        """Bytes that are not HTTP (a port scan, an AMQP or TLS client at the wrong port):
+        gevent's 400 and one WARNING naming the peer, not the bytes, which may hold anything
+        (gevent's own hook for invalid requests logs them at ERROR)."""
+        log.warning("HTTP connection from %s:%s sent something that is not an HTTP request; answered 400",
+                    *self.client_address[:2])
+        return "400", _BAD_REQUEST
 
 
 class _Server(WSGIServer):
@@ -805,9 +891,10 @@ class _Server(WSGIServer):
             log.info("HTTPS connection from %s:%s failed: %s", address[0], address[1], exc)
 
 
-def management_server(node, sampler, host, port, per_queue_metrics=True, tls=None):
+def management_server(node, sampler, host, port, per_queue_metrics=True, tls=None, allowed_hosts=()):
     """A not yet started WSGIServer for the API (HTTPS with an ssl context `tls`); handlers
-    in a pool, so stopping kills them."""
+    in a pool, so stopping kills them. Requests must name `host`, a loopback name, the
+    machine or one of `allowed_hosts` as their Host."""
     extra = {"ssl_context": tls} if tls is not None else {}
-    return _Server((host, port), ManagementApi(node, sampler, per_queue_metrics), spawn=Pool(),
+    return _Server((host, port), ManagementApi(node, sampler, per_queue_metrics, host, allowed_hosts), spawn=Pool(),
                    handler_class=_RawPathHandler, log=None, error_log=log, **extra)

@@ -21,6 +21,7 @@ import base64
 import os
 from collections import deque
 
+from .access import check_user_id
 from .errors import BrokerError, ChannelNotOpen, NotAllowed, PreconditionFailed, PublishRefused, StoreUnavailable
 from .message import Message, new_message
 from .queue_store import Consumer
@@ -145,7 +146,7 @@ class Channel:
             if exchange not in self.session.permission.writable_exchanges:
                 self.session.check("write", "exchange", exchange)
             if properties is not None and "user_id" in properties:
-                self._check_user_id(properties["user_id"])
+                check_user_id(properties["user_id"], self.session.user)
             if properties is None:      # most messages: no TTL of their own to look for
                 message = Message(exchange, routing_key, body, None, encoded_properties)
             else:
@@ -180,7 +181,7 @@ class Channel:
         self.session.check("write", "exchange", exchange)
         self.vhost.publishable(exchange)
         if properties is not None and "user_id" in properties:
-            self._check_user_id(properties["user_id"])
+            check_user_id(properties["user_id"], self.session.user)
 
     def _confirm(self, seq, ack):
         if self.unconfirmed:
@@ -218,11 +219,6 @@ class Channel:
             self.vhost.store.durably(_run_all, operations)
         except StoreUnavailable:
             raise PreconditionFailed("partial tx completion") from None
-
-    def _check_user_id(self, user_id):
-        if user_id != self.session.user:
-            raise PreconditionFailed(
-                f"user_id property set to '{user_id}' but authenticated user was '{self.session.user}'")
 
     def confirm_select(self):
         self.confirming = True

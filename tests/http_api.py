@@ -21,7 +21,7 @@ def call(port, method, path, body=None, auth=GUEST, raw=None, headers=None, tls=
             sent["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
         payload = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         if payload is not None:
-            sent["Content-Type"] = "application/json"
+            sent.setdefault("Content-Type", "application/json")
         connection.request(method, path, body=payload, headers=sent)
         response = connection.getresponse()
         data = response.read()

@@ -107,7 +107,7 @@ def test_the_installed_commands_start_from_a_projects_directory(virtualenv, proj
 
 
 # What GreenMQ's own modules may import besides the standard library and themselves.
-DEPENDENCIES = {"gevent", "pamqp", "pytest", "tomli"}
+DEPENDENCIES = {"gevent", "pamqp", "pytest", "regex", "tomli"}
 
 
 def test_greenmqs_modules_import_no_top_level_name_of_their_own_or_a_projects():

@@ -1,8 +1,13 @@
 """The management HTTP API and /metrics, through real HTTP requests to a broker process."""
 
 import http.client
+import json
+import socket
 import ssl
+import threading
 import time
+import uuid
+from urllib.parse import quote
 
 import pika
 import pytest
@@ -500,3 +505,170 @@ def test_only_an_administrator_may_create_or_change_users(mgmt, name):
         assert status == 403
         assert api(mgmt, "GET", "whoami", auth=user)[1]["tags"] == [tag]
     assert api(mgmt, "GET", "users", newcomer)[0] == 404
+
+
+# -- safe in a browser ------------------------------------------------------------------------------------
+
+def raw_request(port, request, timeout=10.0):
+    """The status line and the rest of what the broker answered to `request` bytes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head.decode("latin-1"), body
+
+
+def test_bodies_not_declared_json_are_refused_with_415_and_nothing_is_done(mgmt, name):
+    """What a page on another site can make a browser send unasked: text/plain, a form, or a
+    POST with no body and no type at all. A JSON type with a charset is JSON."""
+    definitions = json.dumps({"vhosts": [{"name": name}]}).encode()
+    for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        status, reply = call(mgmt.http_port, "POST", path("definitions"), raw=definitions,
+                             headers={"Content-Type": kind})
+        assert status == 415 and reply["error"] == "unsupported_media_type" and kind in reply["reason"], reply
+    assert api(mgmt, "GET", "vhosts", name)[0] == 404
+    api(mgmt, "PUT", "queues", "/", name, body={"durable": False})
+    status, reply = call(mgmt.http_port, "POST", path("bindings", "/", "e", "amq.direct", "q", name))
+    assert status == 415 and "none" in reply["reason"]
+    assert api(mgmt, "GET", "bindings", "/", "e", "amq.direct", "q", name)[1] == []
+    status, _ = call(mgmt.http_port, "POST", path("definitions"), raw=definitions,
+                     headers={"Content-Type": "application/json; charset=utf-8"})
+    assert status == 204 and api(mgmt, "GET", "vhosts", name)[0] == 200
+    assert call(mgmt.http_port, "PUT", path("vhosts", name + "-bodiless"), raw=b"")[0] == 201   # as curl -X PUT
+    api(mgmt, "DELETE", "vhosts", name)
+    api(mgmt, "DELETE", "vhosts", name + "-bodiless")
+
+
+def test_a_host_that_is_not_the_brokers_is_refused_with_421_before_anything_else(mgmt):
+    """A DNS-rebinding page reaches this address under its own name, so that name is its Host."""
+    for target in ("/api/whoami", "/", "/metrics"):
+        head, body = raw_request(mgmt.http_port, f"GET {target} HTTP/1.1\r\nHost: evil.example:{mgmt.http_port}\r\n"
+                                                 "Authorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\nConnection: close\r\n\r\n"
+                                                 .encode())
+        assert head.startswith("HTTP/1.1 421 "), (target, head)
+        reply = json.loads(body)
+        assert reply["error"] == "misdirected_request" and "evil.example" in reply["reason"]
+    for host in ("localhost", f"localhost:{mgmt.http_port}", "127.0.0.1", f"[::1]:{mgmt.http_port}",
+                 socket.gethostname()):
+        assert call(mgmt.http_port, "GET", "/api/whoami", headers={"Host": host})[0] == 200, host
+
+
+def test_more_host_names_are_allowed_with_http_allowed_hosts():
+    with BrokerProcess("--in-memory", "--http-allowed-hosts", "Broker.example, other.example") as broker:
+        for host in ("broker.example", "BROKER.example:15672", "other.example", "127.0.0.1"):
+            assert call(broker.http_port, "GET", "/api/whoami", headers={"Host": host})[0] == 200, host
+        assert call(broker.http_port, "GET", "/api/whoami", headers={"Host": "evil.example"})[0] == 421
+
+
+def test_a_401_never_asks_the_browser_for_credentials_it_would_remember(mgmt):
+    for auth in (None, ("guest", "wrong")):
+        connection_ = http.client.HTTPConnection("127.0.0.1", mgmt.http_port, timeout=10)
+        headers = {} if auth is None else {"Authorization": "Basic Z3Vlc3Q6d3Jvbmc="}
+        connection_.request("GET", "/api/overview", headers=headers)
+        response = connection_.getresponse()
+        response.read()
+        connection_.close()
+        assert response.status == 401 and response.getheader("WWW-Authenticate") is None
+
+
+# -- no request holds the hub -------------------------------------------------------------------------------
+
+# Far above the 5 ms a filter may take, far below the seconds a backtracking one would.
+PROMPT_SECONDS = 1.0
+
+
+def timed_whoami(port):
+    started = time.monotonic()
+    connection_ = http.client.HTTPConnection("127.0.0.1", port, timeout=PROMPT_SECONDS * 5)
+    try:
+        connection_.request("GET", "/api/whoami", headers={"Authorization": "Basic Z3Vlc3Q6Z3Vlc3Q="})
+        assert connection_.getresponse().status == 200
+    finally:
+        connection_.close()
+    return time.monotonic() - started
+
+
+def test_a_backtracking_name_filter_is_cut_short_while_other_clients_are_answered(mgmt, name):
+    """(a+)+$ against a long name took the hub for seconds with Python's re; the engine now
+    answers it at once. (a|aa)+$ backtracks in any engine that can backtrack: it is refused
+    within the budget, and a second client polling meanwhile is never kept waiting."""
+    long_name = name + "-" + "a" * 60 + "!"
+    api(mgmt, "PUT", "queues", "/", long_name, body={"durable": False})
+    status, rows = api(mgmt, "GET", "queues", "/", query="?use_regex=true&name=" + quote("(a+)+$"))
+    assert status == 200 and rows == []
+    status, rows = api(mgmt, "GET", "queues", "/", query="?use_regex=true&name=" + quote("a+!$"))
+    assert status == 200 and [row["name"] for row in rows] == [long_name]
+
+    refusals, stop = [], threading.Event()
+
+    def refused_filters():
+        try:
+            for _ in range(20):
+                refusals.append(api(mgmt, "GET", "queues", "/", query="?use_regex=true&name=" + quote("(a|aa)+$")))
+        finally:
+            stop.set()
+
+    filtering = threading.Thread(target=refused_filters)
+    filtering.start()
+    waits = []
+    while not stop.is_set():
+        waits.append(timed_whoami(mgmt.http_port))
+    filtering.join()
+    assert len(refusals) == 20
+    for status, reply in refusals:
+        assert status == 400 and reply["error"] == "bad_request" and "5 ms" in reply["reason"], reply
+    assert waits and max(waits) < PROMPT_SECONDS, waits
+    api(mgmt, "DELETE", "queues", "/", long_name)
+
+
+# -- errors are errors ----------------------------------------------------------------------------------------
+
+def test_a_publish_a_full_reject_publish_queue_refuses_is_a_400_in_rabbitmqs_words(mgmt, name):
+    api(mgmt, "PUT", "queues", "/", name,
+        body={"durable": False, "arguments": {"x-max-length": 1, "x-overflow": "reject-publish"}})
+    message = {"routing_key": name, "payload": "x", "payload_encoding": "string", "properties": {}}
+    assert api(mgmt, "POST", "exchanges", "/", "amq.default", "publish", body=message) == (200, {"routed": True})
+    assert api(mgmt, "POST", "exchanges", "/", "amq.default", "publish", body=message) == \
+        (400, {"error": "bad_request", "reason": "rejected Unable to publish message. Check queue limits."})
+    assert api(mgmt, "GET", "queues", "/", name)[1]["messages_ready"] == 1
+
+
+def test_a_publish_whose_user_id_is_not_the_callers_is_refused_as_over_amqp(mgmt, name):
+    api(mgmt, "PUT", "queues", "/", name, body={"durable": False})
+    message = {"routing_key": name, "payload": "x", "properties": {"user_id": "mallory"}}
+    status, reply = api(mgmt, "POST", "exchanges", "/", "amq.default", "publish", body=message)
+    assert status == 400 and reply["reason"] == ("PRECONDITION_FAILED - user_id property set to 'mallory' "
+                                                 "but authenticated user was 'guest'")
+    message["properties"]["user_id"] = "guest"
+    assert api(mgmt, "POST", "exchanges", "/", "amq.default", "publish", body=message) == (200, {"routed": True})
+    assert api(mgmt, "GET", "queues", "/", name)[1]["messages_ready"] == 1
+
+
+def test_created_and_changed_answer_with_empty_bodies_as_rabbitmq(mgmt, name):
+    """201 on the first PUT, 204 on the next, and no body (not `null`) on either."""
+    user = name + "-user"
+    for method, parts, body in ((("PUT", ("queues", "/", name), {"durable": False})),
+                                ("PUT", ("exchanges", "/", name), {"type": "direct", "durable": False}),
+                                ("PUT", ("users", user), {"password": "pw", "tags": ""}),
+                                ("PUT", ("permissions", "/", user), {"configure": "", "write": "", "read": ""}),
+                                ("PUT", ("vhosts", name), {})):
+        for expected in (201, 204):
+            assert api(mgmt, method, *parts, body=body) == (expected, b""), (parts, expected)
+    assert api(mgmt, "POST", "bindings", "/", "e", name, "q", name, body={"routing_key": "k"}) == (201, b"")
+    assert api(mgmt, "POST", "definitions", body={}) == (204, b"")
+    for parts in (("bindings", "/", "e", name, "q", name, "k"), ("queues", "/", name, "contents"),
+                  ("queues", "/", name), ("exchanges", "/", name), ("permissions", "/", user), ("users", user),
+                  ("vhosts", name)):
+        assert api(mgmt, "DELETE", *parts) == (204, b""), parts
+
+
+def test_bytes_that_are_not_http_are_logged_once_at_warning_without_the_bytes(mgmt):
+    secret = "not-http-" + uuid.uuid4().hex
+    head, _ = raw_request(mgmt.http_port, f"\x16\x03{secret}\r\n\r\n".encode())
+    assert head.startswith("HTTP/1.1 400 ")
+    wait_for(lambda: "is not an HTTP request" in mgmt.log())
+    warnings = [line for line in mgmt.log().splitlines() if "is not an HTTP request" in line]
+    assert len(warnings) == 1 and " WARNING " in warnings[0], warnings
+    assert secret not in mgmt.log()
