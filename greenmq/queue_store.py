@@ -8,9 +8,9 @@ here: acked, rejected, expired, purged, or gone with its queue. The unacked coun
 the sizes of the sets of deliveries outstanding, and they, the durable store and the
 node's count of the memory messages hold (memory.py: added at `enqueue` and `restore`,
 subtracted in `_forget`, which a no-ack hand-out goes through too) hang off these places
-and nowhere else. Each queue's copy counts MESSAGE_OVERHEAD_BYTES; the body, which every
-queue a message was routed to shares, counts once, while its message's `holders` (the
-queues holding it) is above zero.
+and nowhere else. A message's body and MESSAGE_OVERHEAD_BYTES count once, while its
+`holders` (the queues holding it, which share the body) is above zero; each further queue
+holding it counts QUEUE_ENTRY_BYTES.
 
 Delivery tags belong to the channel (session.py), which a consumer points back to.
 Nothing here parses or encodes anything.
@@ -25,7 +25,7 @@ import gevent
 
 from .dead_letter import EXPIRED, MAXLEN, REJECTED
 from .errors import AccessRefused, PreconditionFailed
-from .memory import MESSAGE_OVERHEAD_BYTES
+from .memory import MESSAGE_OVERHEAD_BYTES, QUEUE_ENTRY_BYTES
 from .message import MAX_EXPIRY_MS
 
 # RabbitMQ's cap on x-max-priority: each priority is a list of its own, so more would cost
@@ -401,7 +401,7 @@ class Queue:
         source = message.origin or message      # _count_held inline: this runs per message
         source.holders += 1
         self.memory.held_bytes += (MESSAGE_OVERHEAD_BYTES + len(message.body) if source.holders == 1
-                                   else MESSAGE_OVERHEAD_BYTES)
+                                   else QUEUE_ENTRY_BYTES)
         if full:
             self._forget((message,), MAXLEN if self.overflow == "reject-publish-dlx" else None)
             return False
@@ -423,12 +423,12 @@ class Queue:
             self._arm_ttl_timer()
 
     def _count_held(self, message):
-        """This queue holds `message` from now on: its bookkeeping counts in the memory
-        budget, and its body too unless another queue holds it already (see `_forget`)."""
+        """This queue holds `message` from now on: the message counts in the memory budget,
+        or only this queue's place if another queue holds it already (see `_forget`)."""
         source = message.origin or message
         source.holders += 1
         self.memory.held_bytes += (MESSAGE_OVERHEAD_BYTES + len(message.body) if source.holders == 1
-                                   else MESSAGE_OVERHEAD_BYTES)
+                                   else QUEUE_ENTRY_BYTES)
 
     # -- messages out ------------------------------------------------------------------
 
@@ -472,7 +472,7 @@ class Queue:
             else:   # _forget's accounting inline: this runs per message of every no-ack consumer
                 source = message.origin or message
                 source.holders -= 1
-                self.memory.held_bytes -= (MESSAGE_OVERHEAD_BYTES if source.holders
+                self.memory.held_bytes -= (QUEUE_ENTRY_BYTES if source.holders
                                            else MESSAGE_OVERHEAD_BYTES + len(message.body))
             delivery = None
         else:
@@ -563,12 +563,11 @@ class Queue:
         expired, maxlen) they are dead-lettered when the queue has a dead-letter exchange:
         before their removal from the store, in the same open batch, so a persistent
         message is kept in its new queues by the transaction that lets it go here."""
-        released = MESSAGE_OVERHEAD_BYTES * len(messages)
+        released = 0
         for message in messages:
             source = message.origin or message
-            source.holders -= 1
-            if not source.holders:      # the last queue holding its body lets it go
-                released += len(message.body)
+            source.holders -= 1         # the last queue holding it lets the message go
+            released += QUEUE_ENTRY_BYTES if source.holders else MESSAGE_OVERHEAD_BYTES + len(message.body)
         self.memory.held_bytes -= released
         if reason is not None and self.dead_letter_exchange is not None and messages:
             self._dead_letter(self, messages, reason)
