@@ -6,6 +6,7 @@ and every message arrives exactly once."""
 import os
 import re
 import signal
+import socket
 import threading
 import time
 import urllib.request
@@ -496,3 +497,24 @@ def test_a_message_still_arriving_counts_and_its_sender_is_paused_over_the_limit
         assert memory_status(broker)["held_bytes"] < LIMIT + SLACK
         sock.close()
         sender.join(DEADLINE_SECONDS)
+
+
+def test_an_http_publish_counts_while_its_body_arrives(name):
+    """The body of a publish through the HTTP API is held while it is read and routed: it
+    counts from its first byte, and is given back once the message is in its queue."""
+    with BrokerProcess("--in-memory") as broker, connection.Connection(port=broker.port) as admin:
+        admin.channel().queue_declare(name)
+        before = memory_status(broker)["held_bytes"]
+        start = b'{"routing_key": "%s", "payload_encoding": "string", "payload": "' % name.encode()
+        end = b'"}'
+        payload = LARGE_BODY_BYTES
+        with socket.create_connection(("127.0.0.1", broker.http_port), timeout=DEADLINE_SECONDS) as sock:
+            sock.sendall(b"POST /api/exchanges/%%2F/amq.default/publish HTTP/1.1\r\n"
+                         b"Host: 127.0.0.1:%d\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                         % (broker.http_port, len(start) + payload + len(end)) + start + b"x" * (payload // 2))
+            wait_for(lambda: memory_status(broker)["held_bytes"] - before >= payload, "the HTTP publish to count")
+            sock.sendall(b"x" * (payload - payload // 2) + end)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        wait_for(lambda: memory_status(broker)["held_bytes"] - before == payload + memory.MESSAGE_OVERHEAD_BYTES,
+                 "the HTTP publish's count to become its message's")
