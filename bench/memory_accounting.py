@@ -19,8 +19,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from greenmq import connection  # noqa: E402
+from memory_budget import rss_bytes  # noqa: E402
 from tests.broker_process import BrokerProcess  # noqa: E402
 
 # (name, body bytes, messages at --scale 1, queues each message is routed to). Each shape
@@ -38,14 +40,6 @@ SHAPES = [
 LINES_PER_WRITE = 1000
 SETTLE_SECONDS = 1.0
 DEADLINE_SECONDS = 600
-
-
-def rss_bytes(pid):
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def held_bytes(admin):

@@ -398,10 +398,15 @@ class Queue:
                 self.delivered += 1
                 consumer.channel.deliver(consumer, message, None)
                 return True
-        source = message.origin or message      # _count_held inline: this runs per message
-        source.holders += 1
-        self.memory.held_bytes += (MESSAGE_OVERHEAD_BYTES + len(message.body) if source.holders == 1
-                                   else QUEUE_ENTRY_BYTES)
+        # Held from here on: the message counts once, with its body, however many queues
+        # hold it (they share it), and each further queue its place (see `_forget`).
+        source = message.origin or message
+        if source.holders:
+            source.holders += 1
+            self.memory.held_bytes += QUEUE_ENTRY_BYTES
+        else:
+            source.holders = 1
+            self.memory.held_bytes += MESSAGE_OVERHEAD_BYTES + len(message.body)
         if full:
             self._forget((message,), MAXLEN if self.overflow == "reject-publish-dlx" else None)
             return False
@@ -417,18 +422,13 @@ class Queue:
 
     def restore(self, message):
         """A message recovered from the store, in publish order, before any consumer."""
-        self._count_held(message)
+        source = message.origin or message      # counted as enqueue counts it
+        source.holders += 1
+        self.memory.held_bytes += (QUEUE_ENTRY_BYTES if source.holders > 1
+                                   else MESSAGE_OVERHEAD_BYTES + len(message.body))
         self.ready.append(message)
         if message.expires_at is not None and self._ttl_timer is None:
             self._arm_ttl_timer()
-
-    def _count_held(self, message):
-        """This queue holds `message` from now on: the message counts in the memory budget,
-        or only this queue's place if another queue holds it already (see `_forget`)."""
-        source = message.origin or message
-        source.holders += 1
-        self.memory.held_bytes += (MESSAGE_OVERHEAD_BYTES + len(message.body) if source.holders == 1
-                                   else QUEUE_ENTRY_BYTES)
 
     # -- messages out ------------------------------------------------------------------
 
