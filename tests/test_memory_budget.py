@@ -12,6 +12,7 @@ import time
 import urllib.request
 
 import gevent
+import gevent.event
 import pika
 import pytest
 from pamqp import body as amqp_body
@@ -21,7 +22,9 @@ from pamqp import header as amqp_header
 
 from greenmq import connection
 from greenmq import memory
+from greenmq import transport
 from greenmq.node import Node
+from greenmq.protocol import JsonLinesProtocol
 from tests.broker_process import BrokerProcess
 from tests.test_amqp_wire import RawClient as AmqpRawClient
 from tests.test_bad_input import RawClient
@@ -518,3 +521,54 @@ def test_an_http_publish_counts_while_its_body_arrives(name):
             assert sock.recv(65536).startswith(b"HTTP/1.1 200")
         wait_for(lambda: memory_status(broker)["held_bytes"] - before == payload + memory.MESSAGE_OVERHEAD_BYTES,
                  "the HTTP publish's count to become its message's")
+
+
+class _SlowSocket:
+    """A socket that takes nothing without waiting, and sends all only once released."""
+
+    def __init__(self):
+        self.released = gevent.event.Event()
+        self.sent = b""
+
+    def send(self, data, flags, timeout):
+        return 0
+
+    def sendall(self, data):
+        self.released.wait()
+        self.sent += data
+
+
+def test_output_taken_for_a_socket_that_has_not_accepted_it_still_counts(node):
+    """Output leaves the protocol's outbox for the transport's pending send before the
+    socket takes it: it counts until the socket has it all."""
+    protocol = JsonLinesProtocol(node, ("127.0.0.1", 1))
+    sock = _SlowSocket()
+    output = transport._Output(sock, protocol)
+    before = node.memory.held_bytes
+    protocol._write(b"x" * 1000)
+    output.send_now()                   # nothing accepted: all of it pending
+    assert (protocol.outbox_bytes, len(output.pending)) == (0, 1000)
+    assert node.memory.held_bytes == before + 1000
+    protocol._write(b"y" * 500)
+    writer = gevent.spawn(output.write_loop)
+    try:
+        gevent.sleep(0)                 # the writer takes both and waits in sendall
+        assert protocol.outbox_bytes == 0
+        assert node.memory.held_bytes == before + 1500
+        sock.released.set()
+        gevent.sleep(0)
+        assert sock.sent == b"x" * 1000 + b"y" * 500
+        assert node.memory.held_bytes == before
+    finally:
+        writer.kill()
+
+
+@pytest.mark.parametrize("stream", [_amqp_stream, _json_lines_stream], ids=["amqp", "json-lines"])
+def test_a_message_left_unfinished_by_its_connection_is_given_back(stream):
+    with BrokerProcess("--in-memory") as broker:
+        before = memory_status(broker)["held_bytes"]
+        sock, send = stream(broker)
+        send(LIMIT // 2)
+        wait_for(lambda: memory_status(broker)["held_bytes"] >= before + LIMIT // 2, "the partial message to count")
+        sock.close()
+        wait_for(lambda: memory_status(broker)["held_bytes"] == before, "its bytes to be given back")
