@@ -135,6 +135,7 @@ class AmqpConnection(FrontEndConnection):
         self.user = None            # once authenticated
         self.channels = {}
         self._buffer = b""
+        self._content_bytes = 0     # bodies of publishes still arriving, frame by frame
         self._decode_method = MethodDecoder().decode      # keeps this connection's last publish
         self._started = self._last_received = self._last_sent = time.monotonic()
         self._close_deadline = None
@@ -175,6 +176,9 @@ class AmqpConnection(FrontEndConnection):
         self._buffer = buffer[offset:]
         if self.session is not None:
             self.session.flush_confirms()
+
+    def unfinished_input_bytes(self):
+        return len(self._buffer) + self._content_bytes
 
     def _frame(self, frame_type, channel, buffer, start, frame_end, end):
         """Handles the frame at buffer[start:frame_end + 1] of buffer[:end]; returns where the
@@ -409,7 +413,9 @@ class AmqpConnection(FrontEndConnection):
             return
         self.session.close_channel(number)
         channel.closing = True
-        channel.content = None
+        if channel.content is not None:
+            self._content_bytes -= channel.content.received
+            channel.content = None
         class_id, method_id = method_ids(method)
         self._send_method(number, spec.Channel.Close(reply_code=exc.code, reply_text=exc.text[:255],
                                                      class_id=class_id, method_id=method_id))
@@ -502,6 +508,7 @@ class AmqpConnection(FrontEndConnection):
             raise UnexpectedFrame("content body frame without a content header before it")
         content.parts.append(payload)
         content.received += len(payload)
+        self._content_bytes += len(payload)
         if content.received > content.size:
             raise FrameError(f"content body of {content.received} bytes exceeds the {content.size} announced")
         if content.received == content.size:
@@ -547,6 +554,7 @@ class AmqpConnection(FrontEndConnection):
 
     def _content_complete(self, channel, number):
         content, channel.content = channel.content, None
+        self._content_bytes -= content.received
         parts = content.parts
         body = parts[0] if len(parts) == 1 else b"".join(parts)
         self._publish(channel, number, content.method, body, content.properties, content.encoded_properties)

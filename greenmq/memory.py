@@ -1,14 +1,17 @@
 """The broker's memory budget: what it holds is counted, not guessed from RSS (CPython
 seldom gives memory back, so RSS stays high long after the messages are gone).
 
-`held_bytes` counts, node-wide, the messages queues hold (ready or unacked: queue_store.py
-adds at enqueue and restore, subtracts where a message ends) and the output waiting for
-sockets (transport.py). Above the limit, connections that publish are not read until the
+A node's `MemoryBudget.held_bytes` counts what that node holds: its queues' messages
+(ready or unacked: queue_store.py adds at enqueue and restore, subtracts where a message
+ends; a body shared by several queues counts once), input still arriving (a JSON line or an
+AMQP content not yet whole), output waiting for sockets (transport.py) and HTTP publishes
+being read (management.py). Above the limit, connections that publish are not read until the
 count falls below RESUME_FRACTION of it, while consumers go on draining, as RabbitMQ does
 above its vm_memory_high_watermark. The budget decides; transport.py stops reading and
 each front end tells its client in its own words.
 """
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
@@ -20,16 +23,22 @@ from gevent.event import Event
 
 log = logging.getLogger("greenmq.memory")
 
-held_bytes = 0
+# What a queued message costs beyond its body: its Message object, the bytes object's header
+# and its place in one queue. Measured as the broker's RSS growth per message queued, less
+# the bodies (bench/memory_accounting.py; CPython 3.11, glibc, messages without properties
+# over JSON lines): 150 bytes for 2,000,000 100-byte messages, 151 for 100,000 of 4 KiB;
+# 160 rounds that up. (Counted 400 before, the accounted figure was twice the growth for
+# small messages.) Properties, a TTL's copy in a queue or an unacked delivery's records cost
+# more, which the budget's room (RabbitMQ's 0.4 of the machine) absorbs. One figure, not a
+# size per message, so the accounting is one addition per enqueue and one subtraction per
+# end. The management API's estimate of a queue's memory uses the same figure.
+MESSAGE_OVERHEAD_BYTES = 160
 
-# What a queued message costs beyond its body: the Message object (six slots, 80 bytes; a
-# PlacedMessage with a TTL or a redelivery 112), its place in a deque, the bytes object's
-# header (33) and its properties. tracemalloc measured about 150 bytes per queued message
-# without properties and 330 with three (content_type, delivery_mode, a one-entry headers
-# table) when a message had ten slots; 400 rounds that up. One figure, not a size per
-# message, so the accounting is one addition per enqueue and one subtraction per end. The
-# management API's estimate of a queue's memory uses the same figure.
-MESSAGE_OVERHEAD_BYTES = 400
+# What each further queue holding a message already held costs: its place in that queue
+# (a deque's slot, 8 bytes). Measured the same way: 40,000 4 KiB messages routed to ten
+# queues grew RSS by 230 bytes a message beyond the body, the message's 150 and 8 for each
+# queue; 16 rounds it up for the deque's blocks.
+QUEUE_ENTRY_BYTES = 16
 
 # RabbitMQ's default vm_memory_high_watermark: 0.4 of the machine's memory, leaving room
 # for the interpreter, the allocator's slack and what the accounting does not see.
@@ -95,9 +104,12 @@ def parse_memory_limit(value):
 
 
 class MemoryBudget:
-    """The node's limit on held_bytes and whether publishers are blocked by it."""
+    """A node's count of the bytes it holds (`held_bytes`), its limit on them and whether
+    publishers are blocked by it. One per node, so two brokers in one process (tests, an
+    embedding program) each count their own."""
 
     def __init__(self, limit):
+        self.held_bytes = 0
         self.limit = limit
         self.resume_below = int(limit * RESUME_FRACTION)
         self.blocked = False
@@ -113,6 +125,7 @@ class MemoryBudget:
             return False
         # The high point is kept here, where the count grows, so a queue filled and emptied
         # between two of the trimmer's looks is given back too.
+        held_bytes = self.held_bytes
         if held_bytes > self._peak_since_trim:
             self._peak_since_trim = held_bytes
         if held_bytes <= self.limit:
@@ -124,20 +137,30 @@ class MemoryBudget:
         gevent.spawn(self._watch_until_resumed)
         return False
 
+    @contextlib.contextmanager
+    def holding(self, size):
+        """Count `size` bytes while the block runs: a message that is being read and routed
+        outside any connection's input (an HTTP publish)."""
+        self.held_bytes += size
+        try:
+            yield
+        finally:
+            self.held_bytes -= size
+
     def wait_until_admitted(self, timeout=None):
         """Whether publishers are admitted again (False: `timeout` seconds passed first)."""
         return self._unblocked.wait(timeout)
 
     def _watch_until_resumed(self):
-        while held_bytes >= self.resume_below:
+        while self.held_bytes >= self.resume_below:
             gevent.sleep(BLOCKED_CHECK_SECONDS)
         self.blocked = False
         self._unblocked.set()
         log.warning("memory held (%d bytes) is below %d again: publishers are read again",
-                    held_bytes, self.resume_below)
+                    self.held_bytes, self.resume_below)
 
     def status(self):
-        return {"held_bytes": held_bytes, "limit_bytes": self.limit, "publishers_blocked": self.blocked}
+        return {"held_bytes": self.held_bytes, "limit_bytes": self.limit, "publishers_blocked": self.blocked}
 
     # -- giving memory back ---------------------------------------------------------------
 
@@ -147,10 +170,10 @@ class MemoryBudget:
             self._trimmer = gevent.spawn(self._trim_after_drops)
 
     def _trim_after_drops(self):
-        self._peak_since_trim = held_bytes
+        self._peak_since_trim = self.held_bytes
         while True:
             gevent.sleep(TRIM_CHECK_SECONDS)
-            held = held_bytes
+            held = self.held_bytes
             if held > self._peak_since_trim:
                 self._peak_since_trim = held    # grown by a restore or output, not a publisher
             elif self._peak_since_trim - held >= TRIM_AFTER_DROP_BYTES:

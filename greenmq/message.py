@@ -48,12 +48,13 @@ class Message:
     live on PlacedMessage: most messages have none of them, and without those slots and
     a sequence number a queued message takes a fifth less memory. Here they read as unset."""
 
-    __slots__ = ("exchange", "routing_key", "body", "properties", "encoded_properties", "stored")
+    __slots__ = ("exchange", "routing_key", "body", "properties", "encoded_properties", "stored", "holders")
 
     ttl = None
     redelivered = False
     expires_at = None
     order = None
+    origin = None
 
     def __init__(self, exchange, routing_key, body, properties=None, encoded_properties=None):
         shared = _shared_names          # the one copy of each name (see MAX_SHARED_NAMES)
@@ -65,6 +66,7 @@ class Message:
         self.properties = properties
         self.encoded_properties = encoded_properties
         self.stored = None
+        self.holders = 0    # the queues holding it: its body counts in the memory budget once
 
     def placed(self, redelivered, expires_at, order=None):
         """A copy for one queue's use, sharing body and properties."""
@@ -79,6 +81,7 @@ class Message:
         copy.redelivered = redelivered
         copy.expires_at = expires_at
         copy.order = order
+        copy.origin = self.origin or self
         return copy
 
 
@@ -86,9 +89,10 @@ class PlacedMessage(Message):
     """A message with state of its own: its TTL in milliseconds (from its `expiration`
     property), or a queue's copy of it with its deadline there (monotonic time), its
     redelivered flag and `order`, the queue's count of deliveries when the message first
-    left it, which puts it back in its place if it is requeued."""
+    left it, which puts it back in its place if it is requeued. A queue's copy names its
+    `origin`, the message whose `holders` counts the queues holding the body they share."""
 
-    __slots__ = ("ttl", "redelivered", "expires_at", "order")
+    __slots__ = ("ttl", "redelivered", "expires_at", "order", "origin")
 
 
 def new_message(exchange, routing_key, body, properties=None, encoded_properties=None):
@@ -100,7 +104,7 @@ def new_message(exchange, routing_key, body, properties=None, encoded_properties
             message = PlacedMessage(exchange, routing_key, body, properties, encoded_properties)
             message.ttl = ttl
             message.redelivered = False
-            message.expires_at = message.order = None
+            message.expires_at = message.order = message.origin = None
             return message
     return Message(exchange, routing_key, body, properties, encoded_properties)
 

@@ -68,7 +68,7 @@ class Node:
         for name, password_hash, algorithm, tags in recovered.users:
             self.users[name] = User(name, password_hash, algorithm, tags)
         for name in recovered.vhosts:
-            self.vhosts[name] = VirtualHost(name, self.store)
+            self.vhosts[name] = VirtualHost(name, self.store, self.memory)
         for user, vhost, configure, write, read in recovered.permissions:
             self.permissions[user, vhost] = Permission(configure, write, read)
         if recovered.first_start:
@@ -204,7 +204,7 @@ class Node:
             raise PreconditionFailed("a vhost name must not be empty")
         if name in self.vhosts:
             raise PreconditionFailed(f"vhost '{name}' already exists")
-        self.vhosts[name] = VirtualHost(name, self.store)
+        self.vhosts[name] = VirtualHost(name, self.store, self.memory)
         self.store.put_vhost(name)
 
     def delete_vhost(self, name):

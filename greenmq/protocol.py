@@ -88,6 +88,9 @@ class JsonLinesProtocol(FrontEndConnection):
         if self.session is not None:
             self.session.flush_confirms()
 
+    def unfinished_input_bytes(self):
+        return len(self._partial)
+
     def _line_too_long(self):
         self.close(FrameError(f"line longer than {self.max_line_bytes} bytes"))
 

@@ -8,7 +8,9 @@ here: acked, rejected, expired, purged, or gone with its queue. The unacked coun
 the sizes of the sets of deliveries outstanding, and they, the durable store and the
 node's count of the memory messages hold (memory.py: added at `enqueue` and `restore`,
 subtracted in `_forget`, which a no-ack hand-out goes through too) hang off these places
-and nowhere else.
+and nowhere else. A message's body and MESSAGE_OVERHEAD_BYTES count once, while its
+`holders` (the queues holding it, which share the body) is above zero; each further queue
+holding it counts QUEUE_ENTRY_BYTES.
 
 Delivery tags belong to the channel (session.py), which a consumer points back to.
 Nothing here parses or encodes anything.
@@ -21,10 +23,9 @@ from collections import deque
 
 import gevent
 
-from . import memory
 from .dead_letter import EXPIRED, MAXLEN, REJECTED
 from .errors import AccessRefused, PreconditionFailed
-from .memory import MESSAGE_OVERHEAD_BYTES
+from .memory import MESSAGE_OVERHEAD_BYTES, QUEUE_ENTRY_BYTES
 from .message import MAX_EXPIRY_MS
 
 # RabbitMQ's cap on x-max-priority: each priority is a list of its own, so more would cost
@@ -314,8 +315,9 @@ class Queue:
     kind = "queue"      # as a binding's destination, beside exchanges
 
     def __init__(self, vhost_name, name, durable=False, exclusive_owner=None, auto_delete=False,
-                 arguments=None, on_expired=None, store=None, dead_letter=None):
+                 arguments=None, on_expired=None, store=None, dead_letter=None, memory=None):
         self.vhost_name = vhost_name
+        self.memory = memory        # the node's MemoryBudget, which held messages count in
         self.name = name
         self.durable = durable
         self.exclusive_owner = exclusive_owner
@@ -386,23 +388,31 @@ class Queue:
         if message.ttl is not None or self.message_ttl is not None:
             message = message.placed(False, time.monotonic() + self.effective_ttl(message) / 1000.0)
         ready = self.ready
-        if self.limited and self.overflow != "drop-head" and self._full_for(message):
-            memory.held_bytes += len(message.body) + MESSAGE_OVERHEAD_BYTES
+        consumer = None
+        full = self.limited and self.overflow != "drop-head" and self._full_for(message)
+        if not full and self.consumers and not ready.fresh and not ready.returned:
+            consumer = self._next_consumer()
+            if consumer is not None and consumer.no_ack and message.stored is None:
+                # Straight through, never held (so not counted in the memory budget):
+                # the common case of a no-ack consumer keeping up, kept lean.
+                self.delivered += 1
+                consumer.channel.deliver(consumer, message, None)
+                return True
+        # Held from here on: the message counts once, with its body, however many queues
+        # hold it (they share it), and each further queue its place (see `_forget`).
+        source = message.origin or message
+        if source.holders:
+            source.holders += 1
+            self.memory.held_bytes += QUEUE_ENTRY_BYTES
+        else:
+            source.holders = 1
+            self.memory.held_bytes += MESSAGE_OVERHEAD_BYTES + len(message.body)
+        if full:
             self._forget((message,), MAXLEN if self.overflow == "reject-publish-dlx" else None)
             return False
-        if self.consumers and not ready.fresh and not ready.returned:
-            consumer = self._next_consumer()
-            if consumer is not None:
-                if consumer.no_ack and message.stored is None:
-                    # Straight through, never held (so not counted in the memory budget):
-                    # the common case of a no-ack consumer keeping up, kept lean.
-                    self.delivered += 1
-                    consumer.channel.deliver(consumer, message, None)
-                else:
-                    memory.held_bytes += len(message.body) + MESSAGE_OVERHEAD_BYTES
-                    self._hand_out(message, consumer.channel, consumer, consumer.no_ack)
-                return True
-        memory.held_bytes += len(message.body) + MESSAGE_OVERHEAD_BYTES
+        if consumer is not None:
+            self._hand_out(message, consumer.channel, consumer, consumer.no_ack)
+            return True
         ready.append(message)
         if self.limited:
             self._drop_head_over_limit()
@@ -412,7 +422,10 @@ class Queue:
 
     def restore(self, message):
         """A message recovered from the store, in publish order, before any consumer."""
-        memory.held_bytes += len(message.body) + MESSAGE_OVERHEAD_BYTES
+        source = message.origin or message      # counted as enqueue counts it
+        source.holders += 1
+        self.memory.held_bytes += (QUEUE_ENTRY_BYTES if source.holders > 1
+                                   else MESSAGE_OVERHEAD_BYTES + len(message.body))
         self.ready.append(message)
         if message.expires_at is not None and self._ttl_timer is None:
             self._arm_ttl_timer()
@@ -457,7 +470,10 @@ class Queue:
             if self.store is not None and message.stored is not None:
                 self._forget((message,))
             else:   # _forget's accounting inline: this runs per message of every no-ack consumer
-                memory.held_bytes -= len(message.body) + MESSAGE_OVERHEAD_BYTES
+                source = message.origin or message
+                source.holders -= 1
+                self.memory.held_bytes -= (QUEUE_ENTRY_BYTES if source.holders
+                                           else MESSAGE_OVERHEAD_BYTES + len(message.body))
             delivery = None
         else:
             delivery = Delivery(message, self, channel, consumer,
@@ -547,10 +563,12 @@ class Queue:
         expired, maxlen) they are dead-lettered when the queue has a dead-letter exchange:
         before their removal from the store, in the same open batch, so a persistent
         message is kept in its new queues by the transaction that lets it go here."""
-        released = MESSAGE_OVERHEAD_BYTES * len(messages)
+        released = 0
         for message in messages:
-            released += len(message.body)
-        memory.held_bytes -= released
+            source = message.origin or message
+            source.holders -= 1         # the last queue holding it lets the message go
+            released += QUEUE_ENTRY_BYTES if source.holders else MESSAGE_OVERHEAD_BYTES + len(message.body)
+        self.memory.held_bytes -= released
         if reason is not None and self.dead_letter_exchange is not None and messages:
             self._dead_letter(self, messages, reason)
         if self.store is not None:

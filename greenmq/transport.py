@@ -5,9 +5,13 @@ A protocol is a `FrontEndConnection` with `data_received(bytes)`, `close(exc)` a
 `name`. It may have `tick(now) -> seconds`: called again after that many seconds
 (heartbeats, timeouts), or None when the connection is to end once its last output is sent.
 
-Output waiting for sockets counts in the node's memory budget (memory.py). A connection
-that has published is not read while the budget is exceeded: its protocol is told with
-`reading_paused(reason)` and `reading_resumed()`, which each front end words for its client.
+What a connection holds counts in its node's memory budget (memory.py): output waiting
+for the socket, whether still in the protocol's outbox or taken for a send the socket has
+not accepted yet, and input not yet whole (the protocol's `unfinished_input_bytes()`). A
+publisher is not read while the budget is exceeded: a connection that has published, or
+that is streaming a message (more than STREAMING_INPUT_BYTES of it unfinished). Its
+protocol is told with `reading_paused(reason)` and `reading_resumed()`, which each front
+end words for its client.
 
 An allocation failing (MemoryError) while one connection is served ends that connection
 alone, with 541 INTERNAL_ERROR: its buffers are given up, and every other connection and
@@ -21,8 +25,8 @@ import time
 import gevent
 from gevent.event import Event
 
-from . import memory
 from .errors import ConnectionForced, InternalError
+from .memory import BLOCKED_REASON
 
 log = logging.getLogger("greenmq.transport")
 
@@ -39,6 +43,13 @@ KEEPALIVE_PROBES = 6
 # (they stay in their queues) until the socket drains: a slow reader cannot make the
 # broker copy a whole queue into memory.
 OUTBOX_HIGH_WATER = 1024 * 1024
+
+# Unfinished input past this size is a message being streamed, and its connection a
+# publisher from then on, paused like one above the memory limit even before its first
+# publish is whole (so it cannot stream a whole maximum-size message past the limit). No
+# other request comes near it: an ack or a consume is a few hundred bytes, and a read
+# that ends within a run of them leaves less than one of them unfinished.
+STREAMING_INPUT_BYTES = 64 * 1024
 
 # How often a connection not read for the memory budget looks whether the broker closed it:
 # an idle timer a second per blocked publisher costs nothing, and an operator's close
@@ -60,6 +71,7 @@ class FrontEndConnection:
 
     def __init__(self, node, peer):
         self.node = node
+        self.budget = node.memory       # the node's MemoryBudget: what this connection holds counts there
         self.peer = peer
         self.on_output = None        # set by the transport: output appeared where none waited
         self.session = None
@@ -74,7 +86,7 @@ class FrontEndConnection:
             self.on_output()
         self.outbox.append(data)
         self.outbox_bytes += len(data)
-        memory.held_bytes += len(data)
+        self.budget.held_bytes += len(data)
         if self.outbox_bytes > OUTBOX_HIGH_WATER and self.session is not None:
             self.session.set_writable(False)
 
@@ -82,7 +94,7 @@ class FrontEndConnection:
         """Everything written since the last call, as bytes for the socket."""
         data = b"".join(self.outbox)
         self.outbox = []
-        memory.held_bytes -= self.outbox_bytes
+        self.budget.held_bytes -= self.outbox_bytes
         self.outbox_bytes = 0
         return data
 
@@ -91,9 +103,14 @@ class FrontEndConnection:
         could not be allocated) and close it with 541, the last output it gets."""
         log.error("out of memory serving %s connection from %s; closing it", self.name, self.peer)
         self.outbox = []
-        memory.held_bytes -= self.outbox_bytes
+        self.budget.held_bytes -= self.outbox_bytes
         self.outbox_bytes = 0
         self.close(InternalError("out of memory"))
+
+    def unfinished_input_bytes(self):
+        """How much input this connection holds that is not yet a whole request; asked after
+        each batch of reads."""
+        return 0
 
     def reading_paused(self, reason):
         """The memory budget stopped reading this connection; a front end that can tell
@@ -132,16 +149,21 @@ def connection_handler(make_protocol, tls=None):
         if hasattr(protocol, "tick"):
             helpers.append(gevent.spawn(_tick_loop, sock, protocol))
         log.info("accepted %s connection from %s:%s", protocol.name, *address[:2])
-        budget = protocol.node.memory
+        budget = protocol.budget
+        unfinished = 0      # input not yet whole, as last counted in the budget
         try:
             while not protocol.closed:
-                if protocol.publisher and not budget.admits_publishers():
+                if ((protocol.publisher or unfinished > STREAMING_INPUT_BYTES)
+                        and not budget.admits_publishers()):
                     _pause_reading(protocol, budget)
                     continue
                 data = sock.recv(RECV_BYTES)
                 if not data:
                     break
                 protocol.data_received(data)
+                held = protocol.unfinished_input_bytes()
+                budget.held_bytes += held - unfinished
+                unfinished = held
                 _send_ready()
                 # recv returns at once while data is waiting: yield so that writers and
                 # other clients run between batches.
@@ -156,6 +178,8 @@ def connection_handler(make_protocol, tls=None):
         finally:
             protocol.connection_lost()
             gevent.killall(helpers)
+            budget.held_bytes -= unfinished + output.held
+            output.held = 0
             try:
                 rest = output.pending + protocol.take_output()
             except MemoryError:
@@ -170,7 +194,7 @@ def _pause_reading(protocol, budget):
     """Read nothing more from a publisher until the memory budget admits publishers again;
     its output (deliveries, heartbeats) still flows. A connection the broker closes
     meanwhile (an operator, its vhost deleted) ends within PAUSED_CHECK_SECONDS."""
-    protocol.reading_paused(memory.BLOCKED_REASON)
+    protocol.reading_paused(BLOCKED_REASON)
     _send_ready()
     while not budget.wait_until_admitted(PAUSED_CHECK_SECONDS):
         if protocol.closed:
@@ -209,7 +233,7 @@ class _Output:
     """The sending side of one connection: direct non-blocking sends while the socket keeps
     up, and a writer greenlet for whatever has to wait for it."""
 
-    __slots__ = ("sock", "protocol", "pending", "writing", "wakeup", "direct")
+    __slots__ = ("sock", "protocol", "pending", "held", "writing", "wakeup", "direct")
 
     def __init__(self, sock, protocol, direct=True):
         self.sock = sock
@@ -218,6 +242,7 @@ class _Output:
         self.direct = direct
         self.protocol = protocol
         self.pending = b""        # taken from the protocol, not yet accepted by the socket
+        self.held = 0             # bytes taken from the protocol and not yet sent, counted in the budget
         self.writing = False      # the writer greenlet owns the socket
         self.wakeup = Event()
 
@@ -247,6 +272,8 @@ class _Output:
             return
         if sent < len(data):
             self.pending = data[sent:]
+            self.held = len(self.pending)
+            self.protocol.budget.held_bytes += self.held
             self.wakeup.set()
         else:
             self.drained()
@@ -261,8 +288,13 @@ class _Output:
                     data, self.pending = self.pending + self.protocol.take_output(), b""
                 except MemoryError:
                     return self.out_of_memory()
+                budget = self.protocol.budget       # counted until the socket has taken it all
+                budget.held_bytes += len(data) - self.held
+                self.held = len(data)
                 if data:
                     self.sock.sendall(data)
+                budget.held_bytes -= self.held
+                self.held = 0
                 self.writing = False
                 self.drained()
                 if self.protocol.outbox:
@@ -280,6 +312,8 @@ class _Output:
 
     def out_of_memory(self):
         self.pending = b""
+        self.protocol.budget.held_bytes -= self.held
+        self.held = 0
         self.protocol.out_of_memory()
         end_reading(self.sock)
 

@@ -26,9 +26,10 @@ PREDECLARED_EXCHANGES = (
 
 
 class VirtualHost:
-    def __init__(self, name, store):
+    def __init__(self, name, store, memory):
         self.name = name
         self.store = store          # where durable definitions and persistent messages go
+        self.memory = memory        # the node's MemoryBudget, which its queues' messages count in
         self.queues = {}
         self.exchanges = {"": DefaultExchange(self.queues)}
         self.published = 0          # messages accepted for routing, for the management API
@@ -159,7 +160,7 @@ class VirtualHost:
     def _add_queue(self, name, durable, exclusive_owner, auto_delete, arguments):
         queue = self.queues[name] = Queue(self.name, name, durable, exclusive_owner, auto_delete,
                                           arguments, on_expired=self.remove_queue, store=self.store,
-                                          dead_letter=self.dead_letter)
+                                          dead_letter=self.dead_letter, memory=self.memory)
         return queue
 
     def delete_queue(self, name, if_unused=False, if_empty=False, owner=None):

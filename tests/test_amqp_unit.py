@@ -23,6 +23,7 @@ from greenmq.amqp_protocol import (CLOSED, FRAME_MIN, HEADER, RUNNING, TRANSITIO
                                    ConnectionState, ForbiddenTransition)
 from greenmq.errors import AccessRefused, BrokerError, ConnectionForced
 from greenmq import properties as amqp_properties
+from greenmq.memory import MIN_MEMORY_LIMIT_BYTES, MemoryBudget
 from greenmq.message import Message
 
 # Short strings: at most 255 bytes once encoded, which 63 characters of any kind stay under.
@@ -123,7 +124,7 @@ def test_deliveries_are_the_frames_pamqp_would_send(body, frame_max, channel, pr
         message = Message("amq.direct", "key", body, None, None if properties is None else properties.marshal())
     else:
         message = Message("amq.direct", "key", body, amqp_properties.from_amqp(properties or spec.Basic.Properties()) or None)
-    connection = AmqpConnection(None, ("127.0.0.1", 1))
+    connection = AmqpConnection(_Node(), ("127.0.0.1", 1))
     connection.frame_max = frame_max
     connection.deliver(channel, "ctag", 7, message)
     expected = [spec.Basic.Deliver(consumer_tag="ctag", delivery_tag=7, exchange="amq.direct", routing_key="key"),
@@ -213,7 +214,7 @@ class _RecordingChannel:
 def _published(stream, cuts, whole_publishes):
     """What a running connection publishes from `stream` read in pieces cut at `cuts`."""
     published = []
-    connection = AmqpConnection(None, ("127.0.0.1", 1))
+    connection = AmqpConnection(_Node(), ("127.0.0.1", 1))
     connection.state = RUNNING
     connection.channels = {n: _Channel(_RecordingChannel(n, published)) for n in (1, 2)}
     if not whole_publishes:
@@ -282,7 +283,7 @@ def test_a_closed_connection_has_no_way_out_and_every_state_has_one_to_closed():
 
 
 def test_a_move_the_table_does_not_allow_is_refused_as_a_broker_bug_not_a_client_error():
-    connection = AmqpConnection(None, ("127.0.0.1", 1))
+    connection = AmqpConnection(_Node(), ("127.0.0.1", 1))
     connection.state = RUNNING
     with pytest.raises(ForbiddenTransition) as refused:
         connection._move_to(HEADER)
@@ -308,6 +309,9 @@ class _Session:
 
 class _Node:
     """A node with one user, guest/guest, and every virtual host."""
+
+    def __init__(self):
+        self.memory = MemoryBudget(MIN_MEMORY_LIMIT_BYTES)
 
     def authenticate(self, username, password, peer, mechanism):
         if (username, password) != ("guest", "guest"):

@@ -12,7 +12,6 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from greenmq import memory
 from greenmq.errors import PreconditionFailed
 from greenmq.memory import MESSAGE_OVERHEAD_BYTES
 from greenmq.node import Node
@@ -65,7 +64,7 @@ class Deliveries(RuleBasedStateMachine):
     @initialize()
     def start(self):
         self.node = Node()
-        self.held_before = memory.held_bytes
+        self.held_before = self.node.memory.held_bytes
         self.sinks = {}
         self.sessions = {}
         self.channels = {}          # channel key -> ModelChannel
@@ -326,7 +325,7 @@ class Deliveries(RuleBasedStateMachine):
         assert self.node.status()["messages"] == ready + sum(1 for record in deliveries if record[0] in current)
         held = [body for incarnation in current for body in self.ready[incarnation]]
         held += [body for _, _, body in deliveries]
-        assert memory.held_bytes - self.held_before == sum(len(body) + MESSAGE_OVERHEAD_BYTES for body in held)
+        assert self.node.memory.held_bytes - self.held_before == sum(len(body) + MESSAGE_OVERHEAD_BYTES for body in held)
 
     @invariant()
     def no_consumer_with_room_is_left_idle_while_its_queue_has_ready_messages(self):

@@ -14,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from greenmq import connection
+from greenmq.memory import MESSAGE_OVERHEAD_BYTES
 from tests.broker_process import BrokerProcess
 from tests.http_api import call, path
 from tests.tls_certificates import write_certificates
@@ -419,7 +420,7 @@ def test_metrics_parse_as_prometheus_text_and_count_what_happened(mgmt, name):
                   "greenmq_process_resident_memory_bytes", "greenmq_memory_held_bytes", "greenmq_memory_limit_bytes",
                   "greenmq_publishers_blocked"):
         assert families[gauge].type == "gauge"
-    assert families["greenmq_memory_held_bytes"].samples[0].value >= 2 * 400     # two messages still held
+    assert families["greenmq_memory_held_bytes"].samples[0].value >= 2 * MESSAGE_OVERHEAD_BYTES  # two still held
     assert families["greenmq_memory_limit_bytes"].samples[0].value > 0
     assert families["greenmq_publishers_blocked"].samples[0].value == 0
     # The parser names counters without their _total suffix.

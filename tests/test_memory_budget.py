@@ -6,17 +6,28 @@ and every message arrives exactly once."""
 import os
 import re
 import signal
+import socket
 import threading
 import time
 import urllib.request
 
 import gevent
+import gevent.event
 import pika
 import pytest
+from pamqp import body as amqp_body
+from pamqp import commands as spec
+from pamqp import frame as amqp_frame
+from pamqp import header as amqp_header
 
 from greenmq import connection
 from greenmq import memory
+from greenmq import transport
+from greenmq.node import Node
+from greenmq.protocol import JsonLinesProtocol
 from tests.broker_process import BrokerProcess
+from tests.test_amqp_wire import RawClient as AmqpRawClient
+from tests.test_bad_input import RawClient
 from tests.conftest import client_url
 from tests.test_core_queues import node, open_channel, publish  # noqa: F401  (node: a fixture)
 
@@ -304,9 +315,9 @@ def test_a_queue_filled_and_emptied_between_two_looks_of_the_trimmer_is_trimmed(
     budget.start_trimming()
     try:
         gevent.sleep(0)             # the trimmer takes its starting point
-        monkeypatch.setattr(memory, "held_bytes", memory.held_bytes + memory.TRIM_AFTER_DROP_BYTES)
+        budget.held_bytes += memory.TRIM_AFTER_DROP_BYTES
         assert budget.admits_publishers()
-        monkeypatch.setattr(memory, "held_bytes", memory.held_bytes - memory.TRIM_AFTER_DROP_BYTES)
+        budget.held_bytes -= memory.TRIM_AFTER_DROP_BYTES
         deadline = time.monotonic() + DEADLINE_SECONDS
         while not trims:
             assert time.monotonic() < deadline, "no trim after a drop of TRIM_AFTER_DROP_BYTES"
@@ -324,14 +335,14 @@ def test_every_way_a_message_ends_gives_its_bytes_back(node):
     drop-head and reject-publish overflow, purge, and deletion of a queue with unacked ones."""
     channel, sink = open_channel(node)
     vhost = channel.vhost
-    before = memory.held_bytes
+    before = node.memory.held_bytes
     vhost.declare_queue("dead")
     vhost.declare_queue("q", arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dead"})
     vhost.declare_queue("short", arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
     vhost.declare_queue("head", arguments={"x-max-length": 1})
     vhost.declare_queue("expiring", arguments={"x-message-ttl": 0})
     publish(channel, "q", *[b"m%d" % number for number in range(6)])
-    assert memory.held_bytes == before + 6 * memory.MESSAGE_OVERHEAD_BYTES + sum(len(b"m%d" % n) for n in range(6))
+    assert node.memory.held_bytes == before + 6 * memory.MESSAGE_OVERHEAD_BYTES + sum(len(b"m%d" % n) for n in range(6))
     first = channel.get("q")
     channel.ack(first[0])
     channel.get("q", no_ack=True)
@@ -348,7 +359,7 @@ def test_every_way_a_message_ends_gives_its_bytes_back(node):
     assert vhost.queues["expiring"].drop_expired() == 1
     vhost.delete_queue("q")          # its unacked deliveries end when the channel lets them go
     channel.session.close()
-    assert memory.held_bytes == before
+    assert node.memory.held_bytes == before
 
 
 # -- resuming publishers -----------------------------------------------------------------------
@@ -396,3 +407,168 @@ def test_a_blocked_publisher_is_resumed_only_below_nine_tenths_of_the_limit(name
         wait_for(lambda: publisher.process_data_events(0.01) or publisher.blocked is None,
                  "the publisher to hear it is unblocked")
         assert not getter.call("status")["memory"]["publishers_blocked"]
+
+
+# -- what is counted ---------------------------------------------------------------------------
+
+def test_a_second_node_in_one_process_starts_with_nothing_held(node):
+    channel, _ = open_channel(node)
+    channel.vhost.declare_queue("q")
+    publish(channel, "q", b"m" * 1000)
+    held = node.memory.held_bytes
+    assert held >= 1000
+    second = Node()
+    assert second.memory.held_bytes == 0
+    channel, _ = open_channel(second)
+    channel.vhost.declare_queue("q")
+    publish(channel, "q", b"m" * 10)
+    assert node.memory.held_bytes == held       # each node counts its own
+
+
+FANOUT_QUEUES = 10
+LARGE_BODY_BYTES = 1024 * 1024
+
+
+def test_a_body_routed_to_ten_queues_counts_once(name):
+    """One 1 MiB body in ten queues holds one body (each queue's copy shares it): the budget
+    counts it once, not ten times, and lets it go with the last copy."""
+    with BrokerProcess("--in-memory") as broker, connection.Connection(port=broker.port) as conn:
+        channel = conn.channel()
+        queues = [f"{name}-{number}" for number in range(FANOUT_QUEUES)]
+        for queue in queues:
+            channel.queue_declare(queue)
+            channel.queue_bind(queue, "amq.fanout", "")
+        before = memory_status(broker)["held_bytes"]
+        channel.basic_publish("amq.fanout", "", b"x" * LARGE_BODY_BYTES)
+        wait_for(lambda: all(channel.queue_declare(queue, passive=True).method.message_count == 1
+                             for queue in queues), "the message in every queue")
+        held = memory_status(broker)["held_bytes"] - before
+        assert LARGE_BODY_BYTES <= held <= LARGE_BODY_BYTES + FANOUT_QUEUES * memory.MESSAGE_OVERHEAD_BYTES
+        for queue in queues[:-1]:
+            channel.queue_purge(queue)
+        assert memory_status(broker)["held_bytes"] - before >= LARGE_BODY_BYTES    # one copy still holds it
+        channel.queue_purge(queues[-1])
+        assert memory_status(broker)["held_bytes"] == before
+
+
+# A message streamed larger than the limit: four times it, well under the largest allowed.
+STREAMED_BYTES = 4 * LIMIT
+
+
+def _amqp_stream(broker):
+    """Starts an AMQP publish of STREAMED_BYTES; returns a function sending the next part
+    of its body, as whole body frames."""
+    client = AmqpRawClient(f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f").open()
+    client.open_channel(1)
+    client.send(amqp_frame.marshal(spec.Basic.Publish(exchange="", routing_key="nowhere"), 1)
+                + amqp_frame.marshal(amqp_header.ContentHeader(0, STREAMED_BYTES, spec.Basic.Properties()), 1))
+    frame_body = 131072 - 8
+
+    def send(size):
+        client.send(b"".join(amqp_frame.marshal(amqp_body.ContentBody(b"x" * min(frame_body, size - start)), 1)
+                             for start in range(0, size, frame_body)))
+    return client.sock, send
+
+
+def _json_lines_stream(broker):
+    """Starts a JSON-lines publish of STREAMED_BYTES; returns a function sending the next
+    part of its line (never its end)."""
+    client = RawClient(broker.port)
+    client.send_raw(b'{"op": "publish", "routing_key": "nowhere", "body": "')
+    return client.sock, lambda size: client.send_raw(b"x" * size)
+
+
+@pytest.mark.parametrize("stream", [_amqp_stream, _json_lines_stream], ids=["amqp", "json-lines"])
+def test_a_message_still_arriving_counts_and_its_sender_is_paused_over_the_limit(stream):
+    """Input not yet whole (an AMQP content, a JSON line) counts as it arrives, and a
+    connection streaming a message is paused like a publisher above the limit, before its
+    first publish is whole: it cannot stream a message of many times the limit unpaused."""
+    with BrokerProcess("--memory-limit", "4MiB", "--in-memory") as broker:
+        sock, send = stream(broker)
+        send(LIMIT // 2)
+        wait_for(lambda: memory_status(broker)["held_bytes"] >= LIMIT // 2, "the partial message to count")
+        assert not memory_status(broker)["publishers_blocked"]
+
+        def send_the_rest():
+            try:
+                send(STREAMED_BYTES - LIMIT // 2)
+            except OSError:
+                pass        # closed by the test while the broker was not reading it
+        sender = threading.Thread(target=send_the_rest, daemon=True)
+        sender.start()
+        wait_for(lambda: memory_status(broker)["publishers_blocked"], "the broker to block the streaming sender")
+        assert memory_status(broker)["held_bytes"] < LIMIT + SLACK
+        sock.close()
+        sender.join(DEADLINE_SECONDS)
+
+
+def test_an_http_publish_counts_while_its_body_arrives(name):
+    """The body of a publish through the HTTP API is held while it is read and routed: it
+    counts from its first byte, and is given back once the message is in its queue."""
+    with BrokerProcess("--in-memory") as broker, connection.Connection(port=broker.port) as admin:
+        admin.channel().queue_declare(name)
+        before = memory_status(broker)["held_bytes"]
+        start = b'{"routing_key": "%s", "payload_encoding": "string", "payload": "' % name.encode()
+        end = b'"}'
+        payload = LARGE_BODY_BYTES
+        with socket.create_connection(("127.0.0.1", broker.http_port), timeout=DEADLINE_SECONDS) as sock:
+            sock.sendall(b"POST /api/exchanges/%%2F/amq.default/publish HTTP/1.1\r\n"
+                         b"Host: 127.0.0.1:%d\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                         % (broker.http_port, len(start) + payload + len(end)) + start + b"x" * (payload // 2))
+            wait_for(lambda: memory_status(broker)["held_bytes"] - before >= payload, "the HTTP publish to count")
+            sock.sendall(b"x" * (payload - payload // 2) + end)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        wait_for(lambda: memory_status(broker)["held_bytes"] - before == payload + memory.MESSAGE_OVERHEAD_BYTES,
+                 "the HTTP publish's count to become its message's")
+
+
+class _SlowSocket:
+    """A socket that takes nothing without waiting, and sends all only once released."""
+
+    def __init__(self):
+        self.released = gevent.event.Event()
+        self.sent = b""
+
+    def send(self, data, flags, timeout):
+        return 0
+
+    def sendall(self, data):
+        self.released.wait()
+        self.sent += data
+
+
+def test_output_taken_for_a_socket_that_has_not_accepted_it_still_counts(node):
+    """Output leaves the protocol's outbox for the transport's pending send before the
+    socket takes it: it counts until the socket has it all."""
+    protocol = JsonLinesProtocol(node, ("127.0.0.1", 1))
+    sock = _SlowSocket()
+    output = transport._Output(sock, protocol)
+    before = node.memory.held_bytes
+    protocol._write(b"x" * 1000)
+    output.send_now()                   # nothing accepted: all of it pending
+    assert (protocol.outbox_bytes, len(output.pending)) == (0, 1000)
+    assert node.memory.held_bytes == before + 1000
+    protocol._write(b"y" * 500)
+    writer = gevent.spawn(output.write_loop)
+    try:
+        gevent.sleep(0)                 # the writer takes both and waits in sendall
+        assert protocol.outbox_bytes == 0
+        assert node.memory.held_bytes == before + 1500
+        sock.released.set()
+        gevent.sleep(0)
+        assert sock.sent == b"x" * 1000 + b"y" * 500
+        assert node.memory.held_bytes == before
+    finally:
+        writer.kill()
+
+
+@pytest.mark.parametrize("stream", [_amqp_stream, _json_lines_stream], ids=["amqp", "json-lines"])
+def test_a_message_left_unfinished_by_its_connection_is_given_back(stream):
+    with BrokerProcess("--in-memory") as broker:
+        before = memory_status(broker)["held_bytes"]
+        sock, send = stream(broker)
+        send(LIMIT // 2)
+        wait_for(lambda: memory_status(broker)["held_bytes"] >= before + LIMIT // 2, "the partial message to count")
+        sock.close()
+        wait_for(lambda: memory_status(broker)["held_bytes"] == before, "its bytes to be given back")
