@@ -53,9 +53,9 @@ class PublishRefused(Exception):
 
 
 class InvalidExchangeType(ChannelError):
-    """RabbitMQ's 503 for an unknown exchange type, closing the channel only, as current
-    RabbitMQ versions and pika's own tests expect (RabbitMQ 3.10 closes the connection)."""
-    code, name = 503, "COMMAND_INVALID"
+    """An unknown exchange type: 406 on the channel, as RabbitMQ from 3.11 on answers and
+    pika's own tests expect (RabbitMQ 3.10 closed the connection with 503 COMMAND_INVALID)."""
+    code, name = 406, "PRECONDITION_FAILED"
 
 
 class ConnectionForced(BrokerError):

@@ -93,7 +93,7 @@ def test_unparseable_lines_get_a_syntax_error_and_the_connection_goes_on(raw, li
     ({"op": "queue.declare", "durable": "yes"}, 502, ["'durable' must be true or false"]),
     ({"op": "queue.bind", "queue": "q"}, 502, ["'exchange' is required"]),
     ({"op": "exchange.declare"}, 502, ["'exchange' is required"]),
-    ({"op": "exchange.declare", "exchange": "x", "type": "fancy"}, 503, ["unknown exchange type 'fancy'"]),
+    ({"op": "exchange.declare", "exchange": "x", "type": "fancy"}, 406, ["unknown exchange type 'fancy'"]),
     ({"op": "queue.declare", "queue": 5}, 502, ["'queue' must be a string"]),
     ({"op": "queue.declare", "queue": "q" * 256}, 406, ["longer than 255 bytes"]),
     ({"op": "queue.declare", "queue": "", "arguments": {"x-message-ttl": -1}}, 406, ["x-message-ttl"]),

@@ -151,4 +151,4 @@ def test_default_exchange_routes_to_the_queue_named_by_the_key():
 def test_unknown_exchange_type_is_command_invalid_closing_the_channel():
     with pytest.raises(InvalidExchangeType) as error:
         exchange_class("x-custom")
-    assert error.value.code == 503
+    assert error.value.code == 406

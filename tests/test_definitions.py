@@ -165,7 +165,7 @@ def broken(change):
                                            password_hash="9999999999$AAAA$" + "A" * 43 + "=")),
      "PRECONDITION_FAILED - definitions: users[0]: password_hash is not a greenmq_pbkdf2_sha256 hash"),
     (broken(lambda d: d["exchanges"][1].update(type="fancy")),
-     "COMMAND_INVALID - definitions: exchanges[1]: unknown exchange type 'fancy'"),
+     "PRECONDITION_FAILED - definitions: exchanges[1]: unknown exchange type 'fancy'"),
     (broken(lambda d: d["queues"][0]["arguments"].update({"x-message-ttl": "long"})),
      "PRECONDITION_FAILED - definitions: queues[0]: invalid arg 'x-message-ttl'"),
     (broken(lambda d: d["queues"][1].update(type="quorum")),

@@ -123,10 +123,10 @@ def test_unsupported_or_wrong_arguments_are_refused(conn, name, arguments, text)
     assert text in str(refused.value)
 
 
-def test_an_unknown_exchange_type_is_503(conn, name):
-    with pytest.raises(connection.BrokerError) as refused:
+def test_an_unknown_exchange_type_is_406(conn, name):
+    with pytest.raises(connection.PreconditionFailed) as refused:
         conn.channel().exchange_declare(name, "no-such-type")
-    assert refused.value.code == 503
+    assert refused.value.code == 406
 
 
 def test_a_durable_exchange_binding_and_dead_letter_exchange_survive_a_restart(fresh_broker, name):
