@@ -9,7 +9,10 @@ Workloads (100-byte persistent messages, a durable queue, one consumer that acks
   code publishes;
 - "pipelined AMQP": a raw AMQP publisher keeping `--window` confirms outstanding, and a
   raw consumer acking (multiple) what each read brought;
-- "pipelined connection.py": connection.py's confirm window (GreenMQ only).
+- "pipelined connection.py": connection.py's confirm window (GreenMQ only);
+- "confirm each, N raw publishers": `--publishers` processes (16 by default, a web
+  application's workers), each a raw AMQP publisher waiting for every confirm, so the
+  clients cost little and the broker's group commit across connections is what is measured.
 Then, GreenMQ only: recovery of `--recovery-messages` stored messages after a clean stop
 and after kill -9, and the broker's memory per queued persistent message.
 """
@@ -158,17 +161,21 @@ def json_publisher(port, queue, count, window, started):
     conn.close()
 
 
-def timed(publisher, publisher_args, consumer, consumer_args, count):
-    """Messages per second from the first publish to the consumer's last delivery."""
+def timed(publisher, publisher_args, consumer, consumer_args, count, publishers=1):
+    """Messages per second from the first publish to the consumer's last delivery, with
+    `publishers` processes each running `publisher` (whose arguments give its own count)."""
     ready, started, finished = multiprocessing.Queue(), multiprocessing.Queue(), multiprocessing.Queue()
     consumer_process = multiprocessing.Process(target=consumer, args=(*consumer_args, count, ready, finished))
     consumer_process.start()
     ready.get(timeout=60)
-    publisher_process = multiprocessing.Process(target=publisher, args=(*publisher_args, started))
-    publisher_process.start()
-    start = started.get(timeout=60)
+    publisher_processes = [multiprocessing.Process(target=publisher, args=(*publisher_args, started))
+                           for _ in range(publishers)]
+    for process in publisher_processes:
+        process.start()
+    start = min(started.get(timeout=60) for _ in publisher_processes)
     end = finished.get(timeout=900)
-    publisher_process.join()
+    for process in publisher_processes:
+        process.join()
     consumer_process.join()
     return count / (end - start)
 
@@ -182,6 +189,11 @@ def throughputs(url, args, json_port=None):
     declare(url, queue)
     results[f"pipelined AMQP (window {args.window}), msg/s"] = timed(
         raw_publisher, (url, queue, args.messages, args.window), raw_consumer, (url, queue), args.messages)
+    declare(url, queue)
+    each = args.each_messages // args.publishers
+    results[f"confirm each, {args.publishers} raw publishers, msg/s"] = timed(
+        raw_publisher, (url, queue, each, 1), raw_consumer, (url, queue), each * args.publishers,
+        publishers=args.publishers)
     if json_port is not None:
         declare(url, queue)
         results[f"pipelined connection.py (window {args.window}), msg/s"] = timed(
@@ -231,6 +243,8 @@ def main():
     parser.add_argument("--each-messages", type=int, default=5_000)
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--window", type=int, default=1000)
+    parser.add_argument("--publishers", type=int, default=16,
+                        help="raw publishers waiting for every confirm, each in its own process")
     parser.add_argument("--recovery-messages", type=int, default=1_000_000)
     args = parser.parse_args()
     results = {}
