@@ -10,8 +10,8 @@ forty lines here, at the price of a dependency and a second way to run greenlets
 Logins are HTTP basic auth with the broker's users. As in RabbitMQ, a user needs the
 management, monitoring or administrator tag to use the API at all; management users see
 only the vhosts they hold permissions in (and only their own connections), monitoring and
-administrator users see everything, only administrators change users, vhosts, permissions
-and definitions, and operations on queues and exchanges need the same configure / write /
+administrator users see everything, only administrators see and change users, vhosts,
+permissions, limits and definitions, and operations on queues and exchanges need the same configure / write /
 read permissions as over AMQP. Errors from the core keep their sentence and get the HTTP
 status that says the same thing.
 

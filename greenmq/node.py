@@ -1,5 +1,6 @@
 """This broker instance as clients see it: its users and their permissions, its virtual
-hosts and the sessions open on it, all restored from the durable store at start.
+hosts, the limits of both, and the sessions open on it, all restored from the durable
+store at start.
 
 Front ends log a client in with `authenticate` and then `open_session`."""
 
@@ -248,6 +249,7 @@ class Node:
 
     def limits(self, kind, name):
         """The limits of a vhost or a user (`kind`), which must exist."""
+        _check_limits_kind(kind)
         if kind == "vhost":
             return self.vhost(name).limits
         self.user(name)
@@ -256,10 +258,8 @@ class Node:
     def set_limits(self, kind, name, limits):
         """Replace a vhost's or a user's limits, as `set_vhost_limits` / `set_user_limits`
         do; {} clears them. They count from the next connection, channel or queue."""
-        if kind not in LIMITS:
-            raise BadSyntax(f"limits are of a vhost or a user, not of a '{kind}'")
-        limits = checked_limits(kind, limits)
         self.limits(kind, name)
+        limits = checked_limits(kind, limits)
         self._keep_limits(kind, name, limits)
         self.store.put_limits(kind, name, limits)
 
@@ -273,8 +273,7 @@ class Node:
 
     def list_limits(self, kind, name=None):
         """The vhosts (or users) with limits, or the one named, as RabbitMQ's API lists them."""
-        if kind not in LIMITS:
-            raise BadSyntax(f"limits are of a vhost or a user, not of a '{kind}'")
+        _check_limits_kind(kind)
         names = [name] if name is not None else self.vhosts if kind == "vhost" else self.user_limits
         return [{kind: holder, "value": limits} for holder in names
                 for limits in [self.limits(kind, holder)] if limits]
@@ -356,6 +355,11 @@ class Node:
                     if redelivered:
                         self.store.mark_redelivered(queue, redelivered)
         self.store.close()
+
+
+def _check_limits_kind(kind):
+    if kind not in LIMITS:
+        raise BadSyntax(f"limits are of a vhost or a user, not of a '{kind}'")
 
 
 def _hashed(password):
