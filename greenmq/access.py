@@ -43,6 +43,33 @@ ADMINISTRATOR, MONITORING, MANAGEMENT = "administrator", "monitoring", "manageme
 
 FULL_ACCESS = ".*"
 
+# What an operator may cap, per virtual host and per user, as RabbitMQ's
+# `set_vhost_limits` and `set_user_limits` name them. A negative value is no limit and 0
+# refuses every new one; what is already open when a limit is set stays open.
+LIMITS = {"vhost": ("max-connections", "max-queues"), "user": ("max-connections", "max-channels")}
+
+
+def checked_limits(kind, limits):
+    """`limits` of a vhost or a user (`kind`), refused as RabbitMQ's validation refuses
+    them: an unknown name, a value that is not a whole number."""
+    if type(limits) is not dict:
+        raise PreconditionFailed(f"{kind} limits must be a JSON object such as {{\"{LIMITS[kind][0]}\": 10}}")
+    unknown = [name for name in limits if name not in LIMITS[kind]]
+    if unknown:
+        raise PreconditionFailed(f"Unrecognised terms {unknown} in limits; {kind} limits are "
+                                 f"{', '.join(LIMITS[kind])}")
+    for name, value in limits.items():
+        if type(value) is not int:
+            raise PreconditionFailed(f"{name} should be a number, actually was {value!r}")
+    return dict(limits)
+
+
+def limit_reached(limits, name, count):
+    """The limit on `name` when `count()` of them are already open, else None; `count` is
+    only asked when there is a limit."""
+    limit = limits.get(name, -1)
+    return limit if limit >= 0 and count() >= limit else None
+
 # Names a permission has allowed, remembered so a publish does not run a regular expression
 # per message; bounded, as names with ids in them would otherwise grow it without limit.
 ALLOWED_NAMES_KEPT = 4096

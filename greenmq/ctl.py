@@ -147,6 +147,38 @@ def run_permissions(conn, args, out):
     out(_table(columns, rows))
 
 
+def _limits_of(args):
+    """The JSON definition `set_vhost_limits` and `set_user_limits` take."""
+    try:
+        return json.loads(args.definition)
+    except ValueError as exc:
+        raise CommandFailed(f"Error: the limits must be JSON such as '{{\"max-connections\": 10}}': {exc}",
+                            EXIT_USAGE) from None
+
+
+def run_clear_user_limits(conn, args, out):
+    """As rabbitmqctl: one limit by name, or `all`."""
+    if not args.quiet and not args.json:
+        out(f'Clearing "{args.limit_name}" limit for user "{args.username}" ...')
+    limits = {}
+    if args.limit_name != "all":
+        for row in conn.call("list_limits", kind="user", name=args.username)["items"]:
+            limits = {name: value for name, value in row["value"].items() if name != args.limit_name}
+    conn.call("limits.set", kind="user", name=args.username, limits=limits)
+
+
+def run_list_limits(conn, args, out):
+    kind = "vhost" if args.command == "list_vhost_limits" else "user"
+    name = (None if args.global_limits else args.vhost) if kind == "vhost" else args.username
+    rows = conn.call("list_limits", kind=kind, **({} if name is None else {"name": name}))["items"]
+    if args.json:
+        out(json.dumps(rows))
+        return
+    if not args.quiet:
+        out(f'Listing limits for {kind} "{name}" ...' if name is not None else f"Listing limits for all {kind}s ...")
+    out(_table([kind, "value"], rows))
+
+
 def _password(args):
     """The password argument, or (as rabbitmqctl) read from the terminal or standard input."""
     if args.password_arg is not None:
@@ -303,6 +335,28 @@ COMMANDS = {
                                   "permissions.clear", user="username", vhost="vhost"), False),
     "list_permissions": ("the users' permissions in a vhost (-p)", [], run_permissions, False),
     "list_user_permissions": ("a user's permissions in every vhost", [("user", {})], run_permissions, False),
+    "set_vhost_limits": ("set a vhost's (-p) limits, replacing its others: JSON such as "
+                         "'{\"max-connections\": 10, \"max-queues\": 100}'; negative is no limit, 0 refuses all",
+                         [("definition", {})],
+                         _simple('Applying limits for vhost "{vhost}"', "limits.set", kind=lambda _: "vhost",
+                                 name="vhost", limits=_limits_of), False),
+    "clear_vhost_limits": ("remove a vhost's (-p) limits", [],
+                           _simple('Clearing vhost "{vhost}" limits', "limits.set", kind=lambda _: "vhost",
+                                   name="vhost", limits=lambda _: {}), False),
+    "list_vhost_limits": ("a vhost's (-p) limits, or with --global every vhost's",
+                          [("--global", {"action": "store_true", "dest": "global_limits",
+                                         "help": "the limits of every vhost that has some"})],
+                          run_list_limits, False),
+    "set_user_limits": ("set a user's limits, replacing their others: JSON such as "
+                        "'{\"max-connections\": 10, \"max-channels\": 20}'; negative is no limit, 0 refuses all",
+                        [("username", {}), ("definition", {})],
+                        _simple('Setting user limits to "{definition}" for user "{username}"', "limits.set",
+                                kind=lambda _: "user", name="username", limits=_limits_of), False),
+    "clear_user_limits": ("remove one of a user's limits (max-connections, max-channels) or all",
+                          [("username", {}), ("limit_name", {"metavar": "limit-name|all"})],
+                          run_clear_user_limits, False),
+    "list_user_limits": ("a user's limits, or every user's that has some",
+                         [("username", {"nargs": "?", "metavar": "user"})], run_list_limits, False),
     "purge_queue": ("remove a queue's ready messages (-p vhost; logs in to it, so the user needs "
                     "read permission there)", [("queue", {})],
                     _simple('Purging queue "{queue}" in vhost "{vhost}"', "queue.purge", queue="queue"), True),

@@ -7,7 +7,7 @@ with that entry named, and the broker is left as it was. Importing the same file
 changes nothing the second time.
 """
 
-from .access import HASHING_ALGORITHM, RABBITMQ_HASHES, Permission, check_password_hash
+from .access import HASHING_ALGORITHM, RABBITMQ_HASHES, Permission, check_password_hash, checked_limits
 from .errors import BadSyntax, BrokerError, NotFound, PreconditionFailed
 from .exchange import exchange_class
 from .queue_store import QUEUE_ARGUMENTS, validate_queue_arguments
@@ -19,11 +19,15 @@ DEFINITIONS_FORMAT_VERSION = "3.10.8"
 
 # What a RabbitMQ file holds that GreenMQ has no counterpart for yet. Accepted when empty,
 # refused otherwise, so nothing a user relies on is dropped without a word.
-UNSUPPORTED_SECTIONS = ("policies", "parameters", "global_parameters", "topic_permissions")
+UNSUPPORTED_SECTIONS = ("policies", "global_parameters", "topic_permissions")
+
+# RabbitMQ keeps a vhost's limits as a runtime parameter of this component and name; of
+# the parameters, GreenMQ has these only.
+VHOST_LIMITS_COMPONENT, VHOST_LIMITS_PARAMETER = "vhost-limits", "limits"
 
 _KNOWN_SECTIONS = frozenset({"rabbit_version", "rabbitmq_version", "product_name", "product_version",
                              "users", "vhosts", "permissions", "queues", "exchanges", "bindings",
-                             "explanation"} | set(UNSUPPORTED_SECTIONS))
+                             "parameters", "explanation"} | set(UNSUPPORTED_SECTIONS))
 
 
 def export_definitions(node, product, version, rabbitmq_hashes_only=False):
@@ -42,13 +46,16 @@ def export_definitions(node, product, version, rabbitmq_hashes_only=False):
         "product_name": product,
         "product_version": version,
         "users": [{"name": user.name, "password_hash": user.password_hash,
-                   "hashing_algorithm": user.hashing_algorithm, "tags": list(user.tags), "limits": {}}
+                   "hashing_algorithm": user.hashing_algorithm, "tags": list(user.tags), "limits": node.user_limits.get(user.name, {})}
                   for user in users],
         "vhosts": [{"name": vhost.name, "limits": [], "metadata": {"description": "", "tags": []}}
                    for vhost in vhosts],
         "permissions": [{"user": user, "vhost": vhost, "configure": p.configure, "write": p.write, "read": p.read}
                         for (user, vhost), p in sorted(node.permissions.items()) if user in exported],
-        "topic_permissions": [], "parameters": [], "global_parameters": [], "policies": [],
+        "topic_permissions": [],
+        "parameters": [{"value": vhost.limits, "vhost": vhost.name, "component": VHOST_LIMITS_COMPONENT,
+                        "name": VHOST_LIMITS_PARAMETER} for vhost in vhosts if vhost.limits],
+        "global_parameters": [], "policies": [],
         "queues": [{"name": q.name, "vhost": vhost.name, "durable": q.durable, "auto_delete": q.auto_delete,
                     "arguments": q.arguments, "type": "classic"}
                    for vhost in vhosts for q in vhost.queues.values() if q.exclusive_owner is None],
@@ -71,7 +78,7 @@ def import_definitions(node, definitions):
     for change in changes:
         change()
     return {section: len(definitions.get(section) or []) for section in
-            ("users", "vhosts", "permissions", "exchanges", "queues", "bindings")}
+            ("users", "vhosts", "permissions", "parameters", "exchanges", "queues", "bindings")}
 
 
 def _predeclared(name):
@@ -152,9 +159,11 @@ def _plan(node, definitions):
         except PreconditionFailed as exc:
             raise entry.refuse(exc) from None
         _check_name(entry, name, "user name")
+        limits = _limits(entry, "user", entry.get("limits", dict, {}))
         users.add(name)
         changes.append(lambda name=name, password_hash=password_hash, algorithm=algorithm, tags=tags:
                        node.put_user(name, password_hash, algorithm, tags))
+        changes.append(lambda name=name, limits=limits: node.set_limits("user", name, limits))
     vhosts = set(node.vhosts)
     for entry in _Entries(definitions, "vhosts"):
         name = entry.get("name", str)
@@ -162,6 +171,14 @@ def _plan(node, definitions):
         if name not in vhosts:
             vhosts.add(name)
             changes.append(lambda name=name: node.add_vhost(name))
+    for entry in _Entries(definitions, "parameters"):
+        vhost, component = entry.get("vhost", str), entry.get("component", str)
+        if (component, entry.get("name", str)) != (VHOST_LIMITS_COMPONENT, VHOST_LIMITS_PARAMETER):
+            raise PreconditionFailed(f"definitions: {entry.where}: parameters of component '{component}' are "
+                                     f"not supported by GreenMQ; only vhost limits")
+        _known(entry, vhost, vhosts, "vhost")
+        limits = _limits(entry, "vhost", entry.get("value", dict))
+        changes.append(lambda vhost=vhost, limits=limits: node.set_limits("vhost", vhost, limits))
     for entry in _Entries(definitions, "permissions"):
         user, vhost = entry.get("user", str), entry.get("vhost", str)
         _known(entry, user, users, "user")
@@ -269,6 +286,13 @@ def _plan(node, definitions):
                        arguments=arguments:
                        node.vhosts[vhost].bind(destination, source, routing_key, arguments or None))
     return changes
+
+
+def _limits(entry, kind, limits):
+    try:
+        return checked_limits(kind, limits)
+    except PreconditionFailed as exc:
+        raise entry.refuse(exc) from None
 
 
 def _check_name(entry, name, kind):

@@ -10,8 +10,8 @@ forty lines here, at the price of a dependency and a second way to run greenlets
 Logins are HTTP basic auth with the broker's users. As in RabbitMQ, a user needs the
 management, monitoring or administrator tag to use the API at all; management users see
 only the vhosts they hold permissions in (and only their own connections), monitoring and
-administrator users see everything, only administrators change users, vhosts, permissions
-and definitions, and operations on queues and exchanges need the same configure / write /
+administrator users see everything, only administrators see and change users, vhosts,
+permissions, limits and definitions, and operations on queues and exchanges need the same configure / write /
 read permissions as over AMQP. Errors from the core keep their sentence and get the HTTP
 status that says the same thing.
 
@@ -25,6 +25,7 @@ no 401 asks the browser for credentials it would then remember and send for any 
 
 import base64
 import binascii
+import functools
 import json
 import logging
 import os
@@ -37,7 +38,7 @@ import regex
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
-from .access import ADMINISTRATOR, MANAGEMENT, MONITORING, check_password_hash, check_user_id
+from .access import ADMINISTRATOR, LIMITS, MANAGEMENT, MONITORING, check_password_hash, check_user_id
 from .errors import AccessRefused, BadSyntax, BrokerError, NotFound, PublishRefused
 from .memory import MESSAGE_OVERHEAD_BYTES
 from .message import json_value, new_message, properties_from_request
@@ -802,6 +803,29 @@ def delete_permission(api, request, vhost, user):
     return 204, None
 
 
+def limits(api, request, kind, holder=None):
+    """Every vhost's (or user's) limits, or one's, as RabbitMQ lists them: only those set."""
+    api.require_administrator(request)
+    return api.node.list_limits(kind, holder)
+
+
+def put_limit(api, request, kind, holder, name):
+    """One limit, the others kept; the body is {"value": N}."""
+    api.require_administrator(request)
+    value = field(request.body(), "value", int)
+    api.node.set_limits(kind, holder, {**api.node.limits(kind, holder), name: value})
+    return 204, None
+
+
+def delete_limit(api, request, kind, holder, name):
+    api.require_administrator(request)
+    current = api.node.limits(kind, holder)
+    if name not in current:
+        raise NotFound(f"{kind} '{holder}' has no limit '{name}'")
+    api.node.set_limits(kind, holder, {key: value for key, value in current.items() if key != name})
+    return 204, None
+
+
 def get_definitions(api, request):
     api.require_administrator(request)
     return api.node.export_definitions()
@@ -860,6 +884,11 @@ _ROUTES = [
     ("GET", "/api/permissions/{vhost}/{user}", permission_detail),
     ("PUT", "/api/permissions/{vhost}/{user}", put_permission),
     ("DELETE", "/api/permissions/{vhost}/{user}", delete_permission),
+    *((method, f"/api/{kind}-limits{path}", functools.partial(handler, kind=kind))
+      for kind in LIMITS
+      for method, path, handler in (("GET", "", limits), ("GET", "/{holder}", limits),
+                                    ("PUT", "/{holder}/{name}", put_limit),
+                                    ("DELETE", "/{holder}/{name}", delete_limit))),
     ("GET", "/api/definitions", get_definitions),
     ("POST", "/api/definitions", post_definitions),
 ]

@@ -1,5 +1,6 @@
 """This broker instance as clients see it: its users and their permissions, its virtual
-hosts and the sessions open on it, all restored from the durable store at start.
+hosts, the limits of both, and the sessions open on it, all restored from the durable
+store at start.
 
 Front ends log a client in with `authenticate` and then `open_session`."""
 
@@ -14,9 +15,10 @@ import time
 import gevent
 
 from . import definitions
-from .access import ADMINISTRATOR, FULL_ACCESS, HASHING_ALGORITHM, Permission, User, hash_password
+from .access import (ADMINISTRATOR, FULL_ACCESS, HASHING_ALGORITHM, LIMITS, Permission, User, checked_limits,
+                     hash_password, limit_reached)
 from .store.memory import MemoryStore
-from .errors import AccessRefused, ConnectionForced, NotAllowed, NotFound, PreconditionFailed
+from .errors import AccessRefused, BadSyntax, ConnectionForced, NotAllowed, NotFound, PreconditionFailed
 from .memory import DEFAULT_MEMORY_FRACTION, MemoryBudget, parse_memory_limit
 from .session import Session
 from .vhost import VirtualHost, check_name
@@ -53,6 +55,7 @@ class Node:
         self.users = {}             # name -> User
         self.permissions = {}       # (user name, vhost name) -> Permission
         self.vhosts = {}
+        self.user_limits = {}       # user name -> its limits, for users that have any
         self.sessions = set()
         self._login_failures = {}   # peer address -> (failures in a row, time of the last)
         self.started = time.monotonic()
@@ -71,6 +74,8 @@ class Node:
             self.vhosts[name] = VirtualHost(name, self.store, self.memory)
         for user, vhost, configure, write, read in recovered.permissions:
             self.permissions[user, vhost] = Permission(configure, write, read)
+        for kind, name, limits in recovered.limits:
+            self._keep_limits(kind, name, limits)
         if recovered.first_start:
             self.add_vhost(DEFAULT_VHOST)
             self.add_user(DEFAULT_USER, _default_password_hash(), [ADMINISTRATOR], hashed=True)
@@ -117,9 +122,27 @@ class Node:
         permission = self.permissions.get((user.name, vhost_name))
         if permission is None:
             raise NotAllowed(f"access to vhost '{vhost_name}' refused for user '{user.name}'")
+        limit = limit_reached(vhost.limits, "max-connections",
+                              lambda: sum(1 for s in self.sessions if s.vhost is vhost))
+        if limit is not None:
+            raise NotAllowed(f"access to vhost '{vhost_name}' refused for user '{user.name}': "
+                             f"connection limit ({limit}) is reached")
+        limit = limit_reached(self.user_limits.get(user.name, {}), "max-connections",
+                              lambda: sum(1 for s in self.sessions if s.user == user.name))
+        if limit is not None:
+            raise NotAllowed(f"connection refused for user '{user.name}': user connection limit ({limit}) is reached")
         session = Session(self, vhost, user.name, permission, peer, protocol, sink, client_properties)
         self.sessions.add(session)
         return session
+
+    def check_channel_limit(self, username):
+        """Before a channel opens: a user's `max-channels` counts their channels on every
+        connection, as RabbitMQ counts them."""
+        limit = limit_reached(self.user_limits.get(username, {}), "max-channels",
+                              lambda: sum(len(s.channels) for s in self.sessions if s.user == username))
+        if limit is not None:
+            raise NotAllowed(f"number of channels opened for user '{username}' has reached the maximum "
+                             f"allowed user limit of ({limit})")
 
     def check_tag(self, username, *tags):
         """For operators' requests: the user must hold one of `tags`; administrators may do
@@ -153,6 +176,7 @@ class Node:
     def delete_user(self, name):
         self.user(name)
         del self.users[name]
+        self.user_limits.pop(name, None)
         for key in [key for key in self.permissions if key[0] == name]:
             del self.permissions[key]
         self.store.delete_user(name)
@@ -220,6 +244,39 @@ class Node:
         for key in [key for key in self.permissions if key[1] == name]:
             del self.permissions[key]
         self.store.delete_vhost(name)
+
+    # -- limits ----------------------------------------------------------------------------
+
+    def limits(self, kind, name):
+        """The limits of a vhost or a user (`kind`), which must exist."""
+        _check_limits_kind(kind)
+        if kind == "vhost":
+            return self.vhost(name).limits
+        self.user(name)
+        return self.user_limits.get(name, {})
+
+    def set_limits(self, kind, name, limits):
+        """Replace a vhost's or a user's limits, as `set_vhost_limits` / `set_user_limits`
+        do; {} clears them. They count from the next connection, channel or queue."""
+        self.limits(kind, name)
+        limits = checked_limits(kind, limits)
+        self._keep_limits(kind, name, limits)
+        self.store.put_limits(kind, name, limits)
+
+    def _keep_limits(self, kind, name, limits):
+        if kind == "vhost":
+            self.vhosts[name].limits = limits
+        elif limits:
+            self.user_limits[name] = limits
+        else:
+            self.user_limits.pop(name, None)
+
+    def list_limits(self, kind, name=None):
+        """The vhosts (or users) with limits, or the one named, as RabbitMQ's API lists them."""
+        _check_limits_kind(kind)
+        names = [name] if name is not None else self.vhosts if kind == "vhost" else self.user_limits
+        return [{kind: holder, "value": limits} for holder in names
+                for limits in [self.limits(kind, holder)] if limits]
 
     # -- what operators see ----------------------------------------------------------------
 
@@ -298,6 +355,11 @@ class Node:
                     if redelivered:
                         self.store.mark_redelivered(queue, redelivered)
         self.store.close()
+
+
+def _check_limits_kind(kind):
+    if kind not in LIMITS:
+        raise BadSyntax(f"limits are of a vhost or a user, not of a '{kind}'")
 
 
 def _hashed(password):

@@ -255,10 +255,10 @@ class JsonLinesProtocol(FrontEndConnection):
                 return None     # closed (the broker stopping) while the password was checked
             self.session = self.node.open_session(user, field(request, "vhost", str, "/"), self.peer,
                                                   "json-lines", self, field(request, "client", dict, None))
+            self.session.open_channel(1)
         except BrokerError as exc:
             self.close(exc)
             return None
-        self.session.open_channel(1)
         self.heartbeat = heartbeat
         return {"server": SERVER_NAME, "version": VERSION, "protocol": PROTOCOL_VERSION,
                 "max_line_bytes": self.max_line_bytes, "max_message_bytes": self.max_message_bytes,
@@ -514,6 +514,15 @@ class JsonLinesProtocol(FrontEndConnection):
         self.node.clear_permissions(field(request, "user", str), field(request, "vhost", str))
         return {}
 
+    def op_limits_set(self, request):
+        self.node.check_tag(self.session.user)
+        self.node.set_limits(field(request, "kind", str), field(request, "name", str), field(request, "limits", dict))
+        return {}
+
+    def op_list_limits(self, request):
+        self.node.check_tag(self.session.user)
+        return {"items": self.node.list_limits(field(request, "kind", str), field(request, "name", str, None))}
+
     def op_connection_close(self, request):
         self.node.check_tag(self.session.user)
         self.node.close_connection(field(request, "name", str),
@@ -578,6 +587,8 @@ _HANDLERS = {
     "user.set_tags": JsonLinesProtocol.op_user_set_tags,
     "permissions.set": JsonLinesProtocol.op_permissions_set,
     "permissions.clear": JsonLinesProtocol.op_permissions_clear,
+    "limits.set": JsonLinesProtocol.op_limits_set,
+    "list_limits": JsonLinesProtocol.op_list_limits,
     "connection.close": JsonLinesProtocol.op_connection_close,
     "definitions.export": JsonLinesProtocol.op_definitions_export,
     "definitions.import": JsonLinesProtocol.op_definitions_import,

@@ -59,6 +59,7 @@ class Session:
             raise ChannelNotOpen(f"second 'channel.open' seen for channel {number}")
         if not 1 <= number <= MAX_CHANNELS:
             raise NotAllowed(f"channel number {number} is outside 1..{MAX_CHANNELS}")
+        self.node.check_channel_limit(self.user)
         channel = self.channels[number] = Channel(self, number)
         return channel
 

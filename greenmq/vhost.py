@@ -11,6 +11,7 @@ import base64
 import os
 import time
 
+from .access import limit_reached
 from .dead_letter import REJECTED, dead_lettered, is_cycle
 from .errors import AccessRefused, NotFound, PreconditionFailed, PublishRefused, ResourceLocked, StoreUnavailable
 from .exchange import DefaultExchange, exchange_class
@@ -33,6 +34,7 @@ class VirtualHost:
         self.queues = {}
         self.exchanges = {"": DefaultExchange(self.queues)}
         self.published = 0          # messages accepted for routing, for the management API
+        self.limits = {}            # max-connections, max-queues (access.LIMITS), set by the node
         # What deleted queues had counted, so node-wide totals never go backwards.
         self.deleted_queue_counts = dict.fromkeys(MESSAGE_COUNTERS, 0)
         for exchange_name, type_name in PREDECLARED_EXCHANGES:
@@ -139,6 +141,10 @@ class VirtualHost:
         if queue is None:
             if name.startswith("amq.") and not name.startswith("amq.gen-"):
                 raise AccessRefused(f"queue name '{name}' contains reserved prefix 'amq.*'")
+            limit = limit_reached(self.limits, "max-queues", self.queues.__len__)
+            if limit is not None:
+                raise PreconditionFailed(f"cannot declare queue '{name}': queue limit in vhost '{self.name}' "
+                                         f"({limit}) is reached")
             validate_queue_arguments(arguments, name, self.name)
             queue = self._add_queue(name, durable, owner if exclusive else None, auto_delete, arguments)
             if queue.store is not None:

@@ -1,5 +1,6 @@
-"""What survives a restart: durable exchanges, queues and bindings, users, permissions and
-virtual hosts, and the persistent messages in durable queues, behind one small interface.
+"""What survives a restart: durable exchanges, queues and bindings, users, permissions,
+virtual hosts, their limits, and the persistent messages in durable queues, behind one
+small interface.
 
 The core writes through a `Store` on the hub and never waits for it: writes are accepted at
 once and become durable with a later commit. `after_commit(callback)` is the one "durable
@@ -52,6 +53,7 @@ class Recovered:
         self.vhosts = []      # names
         self.users = []       # (name, password_hash, hashing_algorithm, tags)
         self.permissions = [] # (user, vhost, configure, write, read)
+        self.limits = []      # ("vhost" or "user", its name, {limit name: value})
         self.exchanges = []   # (vhost, name, type, auto_delete, internal, arguments)
         self.queues = []      # (vhost, name, auto_delete, arguments, [(message, published_at)])
         self.bindings = []    # (vhost, source, destination, routing_key, arguments, destination_kind)
@@ -107,6 +109,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def delete_permission(self, user, vhost):
         """The user may do nothing in the virtual host any more."""
+
+    @abc.abstractmethod
+    def put_limits(self, kind, name, limits):
+        """Keep a vhost's or a user's (`kind`) limits; {} forgets them. Deleting the vhost
+        or the user forgets them too."""
 
     @abc.abstractmethod
     def put_exchange(self, vhost, name, type_name, auto_delete, internal, arguments):

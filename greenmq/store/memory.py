@@ -16,6 +16,7 @@ class MemoryStore(Store):
         self.vhosts = {}
         self.users = {}
         self.permissions = {}
+        self.limits = {}           # (kind, name) -> limits
         self.exchanges = {}
         self.queues = {}
         self.bindings = {}
@@ -32,6 +33,7 @@ class MemoryStore(Store):
                 del table[key]
         for key in [key for key in self.permissions if key[1] == name]:
             del self.permissions[key]
+        self.limits.pop(("vhost", name), None)
 
     def put_user(self, name, password_hash, hashing_algorithm, tags):
         self.users[name] = (name, password_hash, hashing_algorithm, tuple(tags))
@@ -40,12 +42,19 @@ class MemoryStore(Store):
         self.users.pop(name, None)
         for key in [key for key in self.permissions if key[0] == name]:
             del self.permissions[key]
+        self.limits.pop(("user", name), None)
 
     def put_permission(self, user, vhost, configure, write, read):
         self.permissions[user, vhost] = (user, vhost, configure, write, read)
 
     def delete_permission(self, user, vhost):
         self.permissions.pop((user, vhost), None)
+
+    def put_limits(self, kind, name, limits):
+        if limits:
+            self.limits[kind, name] = dict(limits)
+        else:
+            self.limits.pop((kind, name), None)
 
     def put_exchange(self, vhost, name, type_name, auto_delete, internal, arguments):
         self.exchanges[vhost, name] = (vhost, name, type_name, auto_delete, internal, arguments)
@@ -102,6 +111,7 @@ class MemoryStore(Store):
         recovered.vhosts = list(self.vhosts)
         recovered.users = list(self.users.values())
         recovered.permissions = list(self.permissions.values())
+        recovered.limits = [(kind, name, dict(limits)) for (kind, name), limits in self.limits.items()]
         recovered.exchanges = list(self.exchanges.values())
         recovered.bindings = [key[:4] + (arguments, key[5]) for key, arguments in self.bindings.items()]
         for key, (vhost, name, auto_delete, arguments) in self.queues.items():

@@ -64,6 +64,11 @@ CREATE TABLE queue_messages (queue_id INTEGER, seq INTEGER, redelivered INTEGER,
                              PRIMARY KEY (queue_id, seq)) WITHOUT ROWID;
 """
 
+# Added after format 1 was out: a store written before has no such table, and gains it
+# when opened, so limits need no new format version.
+_LIMITS_TABLE = """CREATE TABLE IF NOT EXISTS limits (kind TEXT, name TEXT, limits TEXT,
+                                                   PRIMARY KEY (kind, name)) WITHOUT ROWID"""
+
 _INSERT_MESSAGE = "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)"
 _INSERT_PLACE = "INSERT INTO queue_messages VALUES (?, ?, 0)"
 _DELETE_PLACE = "DELETE FROM queue_messages WHERE queue_id = ? AND seq = ?"
@@ -143,6 +148,10 @@ class SqliteStore(Store):
             raise StoreError(
                 f"the message store {self.path} has format version {version!r}, and this GreenMQ "
                 f"reads version {FORMAT_VERSION}; use the GreenMQ that wrote it or another --data-dir")
+        try:
+            self._db.execute(_LIMITS_TABLE)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open the message store {self.path}: {_reason(exc)}") from None
         self._inode = os.stat(self.path).st_ino
         self._queue_ids = {}         # (vhost, name) -> id of a durable queue's row
         self._properties_text = {}   # a message's encoded properties -> their JSON text
@@ -170,6 +179,7 @@ class SqliteStore(Store):
     def delete_vhost(self, name):
         for name_of_queue in [queue for vhost, queue in self._queue_ids if vhost == name]:
             self.delete_queue(name, name_of_queue)
+        self._define("DELETE FROM limits WHERE kind = 'vhost' AND name = ?", (name,))
         for sql in ("DELETE FROM vhosts WHERE name = ?", "DELETE FROM permissions WHERE vhost = ?",
                     "DELETE FROM exchanges WHERE vhost = ?", "DELETE FROM bindings WHERE vhost = ?"):
             self._define(sql, (name,))
@@ -181,12 +191,19 @@ class SqliteStore(Store):
     def delete_user(self, name):
         self._define("DELETE FROM users WHERE name = ?", (name,))
         self._define("DELETE FROM permissions WHERE user = ?", (name,))
+        self._define("DELETE FROM limits WHERE kind = 'user' AND name = ?", (name,))
 
     def put_permission(self, user, vhost, configure, write, read):
         self._define("INSERT OR REPLACE INTO permissions VALUES (?, ?, ?, ?, ?)", (user, vhost, configure, write, read))
 
     def delete_permission(self, user, vhost):
         self._define("DELETE FROM permissions WHERE user = ? AND vhost = ?", (user, vhost))
+
+    def put_limits(self, kind, name, limits):
+        if limits:
+            self._define("INSERT OR REPLACE INTO limits VALUES (?, ?, ?)", (kind, name, properties_to_json(limits)))
+        else:
+            self._define("DELETE FROM limits WHERE kind = ? AND name = ?", (kind, name))
 
     def put_exchange(self, vhost, name, type_name, auto_delete, internal, arguments):
         self._define("INSERT OR REPLACE INTO exchanges VALUES (?, ?, ?, ?, ?, ?)",
@@ -379,6 +396,8 @@ class SqliteStore(Store):
             recovered.users = [(name, password_hash, algorithm, tuple(properties_from_json(tags)))
                                for name, password_hash, algorithm, tags in db.execute("SELECT * FROM users")]
             recovered.permissions = list(db.execute("SELECT user, vhost, configure, write, read FROM permissions"))
+            recovered.limits = [(kind, name, properties_from_json(limits))
+                                for kind, name, limits in db.execute("SELECT kind, name, limits FROM limits")]
             for vhost, name, type_name, auto_delete, internal, arguments in db.execute(
                     "SELECT vhost, name, type, auto_delete, internal, arguments FROM exchanges"):
                 recovered.exchanges.append((vhost, name, type_name, bool(auto_delete), bool(internal),
