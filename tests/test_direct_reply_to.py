@@ -1,25 +1,16 @@
 """RabbitMQ's direct reply-to through pika: a requester consumes the pseudo-queue
 `amq.rabbitmq.reply-to`, and replies to the name its request's `reply_to` was given reach
-it with no queue between. Runs against GreenMQ, or $GREENMQ_TEST_AMQP_URL."""
-
-import time
+it with no queue between. Runs against GreenMQ, or $GREENMQ_TEST_AMQP_URL (the listings
+and JSON lines only against GreenMQ)."""
 
 import pika
 import pytest
-import connection
 from pika.exceptions import ChannelClosedByBroker, UnroutableError
 
-WAIT = 10.0
+import connection
+from tests.test_amqp_pika import until
+
 REPLY_TO = "amq.rabbitmq.reply-to"
-
-
-def until(condition, *connections):
-    """Serve `connections` until `condition()` holds; fail after WAIT seconds."""
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        for connection in connections:
-            connection.process_data_events(0.02)
 
 
 def request(connections, name):
@@ -125,3 +116,19 @@ def test_a_reply_after_the_reply_consumer_was_cancelled_is_returned_to_a_mandato
     server.confirm_delivery()
     with pytest.raises(UnroutableError):
         server.basic_publish("", properties.reply_to, b"late reply", mandatory=True)
+
+
+def test_direct_reply_to_works_over_json_lines_too(conn, name, against_greenmq):
+    channel = conn.channel()
+    channel.queue_declare(name, auto_delete=True)
+    replies = []
+    channel.basic_consume(REPLY_TO, lambda ch, method, properties, body: replies.append((method, body)),
+                          auto_ack=True)
+    channel.basic_publish("", name, b"request", {"reply_to": REPLY_TO})
+    got = []
+    until(lambda: got.append(channel.basic_get(name, auto_ack=True)) or got[-1][0] is not None, conn)
+    reply_name = got[-1][1].reply_to
+    assert reply_name.startswith(REPLY_TO + ".")
+    channel.basic_publish("", reply_name, b"reply")
+    until(lambda: replies, conn)
+    assert (replies[0][0].routing_key, replies[0][1]) == (reply_name, b"reply")
