@@ -193,6 +193,8 @@ class Channel:
         self.vhost.publishable(exchange)
         if properties is not None and "user_id" in properties:
             check_user_id(properties["user_id"], self.session.user)
+        if properties is not None and properties.get("reply_to") == DIRECT_REPLY_TO:
+            self._with_reply_name(properties)
 
     def _confirm(self, seq, ack):
         if self.unconfirmed:

@@ -72,13 +72,15 @@ def test_consuming_reply_to_with_acks_is_refused(connections):
     assert refused.value.reply_text == "PRECONDITION_FAILED - reply consumer cannot acknowledge"
 
 
-def test_publishing_with_reply_to_without_consuming_it_is_refused(connections, name):
-    connection = connections()
-    channel = connection.channel()
+@pytest.mark.parametrize("in_a_transaction", [False, True])
+def test_publishing_with_reply_to_without_consuming_it_is_refused_when_sent(connections, name, in_a_transaction):
+    channel = connections().channel()
     channel.queue_declare(name, auto_delete=True)
+    if in_a_transaction:
+        channel.tx_select()
     channel.basic_publish("", name, b"request", pika.BasicProperties(reply_to=REPLY_TO))
     with pytest.raises(ChannelClosedByBroker) as refused:
-        channel.queue_declare(name, passive=True)   # the refusal arrives before its answer
+        channel.queue_declare(name, passive=True)   # the refusal arrives first; no commit is sent
     assert refused.value.reply_code == 406
     assert refused.value.reply_text == "PRECONDITION_FAILED - fast reply consumer does not exist"
 
