@@ -25,6 +25,7 @@ from .access import check_user_id
 from .errors import BrokerError, ChannelNotOpen, NotAllowed, PreconditionFailed, PublishRefused, StoreUnavailable
 from .message import Message, new_message
 from .queue_store import Consumer
+from .vhost import DIRECT_REPLY_TO
 
 MAX_CHANNELS = 2047  # RabbitMQ's default channel_max
 
@@ -114,6 +115,7 @@ class Channel:
         self.sink = session.sink
         self.number = number
         self.consumers = {}
+        self.reply_consumer = None      # the ReplyConsumer of direct reply-to, if it consumes
         # delivery_tag -> its Delivery (queue_store.py) not yet settled, in tag order;
         # Queue.settle alone takes them out.
         self.unacked = {}
@@ -146,11 +148,13 @@ class Channel:
         try:
             if exchange not in self.session.permission.writable_exchanges:
                 self.session.check("write", "exchange", exchange)
-            if properties is not None and "user_id" in properties:
-                check_user_id(properties["user_id"], self.session.user)
             if properties is None:      # most messages: no TTL of their own to look for
                 message = Message(exchange, routing_key, body, None, encoded_properties)
             else:
+                if "user_id" in properties:
+                    check_user_id(properties["user_id"], self.session.user)
+                if properties.get("reply_to") == DIRECT_REPLY_TO:
+                    properties, encoded_properties = self._with_reply_name(properties), None
                 message = new_message(exchange, routing_key, body, properties, encoded_properties)
             routed = self.vhost.publish(exchange, message)
         except StoreUnavailable:
@@ -176,6 +180,13 @@ class Channel:
             else:
                 self._confirm(seq, True)
 
+    def _with_reply_name(self, properties):
+        """A request's properties with `reply_to` naming this channel's reply consumer, which
+        RabbitMQ requires to exist."""
+        if self.reply_consumer is None:
+            raise PreconditionFailed("fast reply consumer does not exist")
+        return {**properties, "reply_to": self.reply_consumer.name}
+
     def check_publish(self, exchange, properties=None):
         """Refuse now what `publish` would refuse: a transaction's publishes are refused when
         sent, as in RabbitMQ, though routed only at commit."""
@@ -183,6 +194,8 @@ class Channel:
         self.vhost.publishable(exchange)
         if properties is not None and "user_id" in properties:
             check_user_id(properties["user_id"], self.session.user)
+        if properties is not None and properties.get("reply_to") == DIRECT_REPLY_TO:
+            self._with_reply_name(properties)
 
     def _confirm(self, seq, ack):
         if self.unconfirmed:
@@ -230,12 +243,19 @@ class Channel:
                 arguments=None, announce=None):
         """Subscribe to a queue. `announce(tag)` runs after the consumer exists and before
         its first delivery, so the front end can answer consume-ok first."""
-        if consumer_tag in self.consumers:      # before the queue is looked up, as in RabbitMQ
+        # Before the queue is looked up, as in RabbitMQ.
+        if consumer_tag in self.consumers or (self.reply_consumer is not None
+                                              and consumer_tag == self.reply_consumer.tag):
             raise NotAllowed(f"attempt to reuse consumer tag '{consumer_tag}'")
-        self.session.check("read", "queue", queue_name)
-        queue = self.vhost.queue(queue_name, self.session)
         if not consumer_tag:
             consumer_tag = "amq.ctag-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        if queue_name == DIRECT_REPLY_TO:
+            self._consume_replies(consumer_tag, no_ack)
+            if announce is not None:
+                announce(consumer_tag)
+            return consumer_tag
+        self.session.check("read", "queue", queue_name)
+        queue = self.vhost.queue(queue_name, self.session)
         consumer = Consumer(consumer_tag, queue, self, no_ack, exclusive, arguments,
                             self.consumer_prefetch_count)
         queue.add_consumer(consumer)
@@ -245,9 +265,25 @@ class Channel:
         queue.dispatch()
         return consumer_tag
 
+    def _consume_replies(self, consumer_tag, no_ack):
+        """Direct reply-to's consumer: no queue, no acks (a reply has nowhere to go back
+        to), one per channel; needs no permission, as in RabbitMQ."""
+        if not no_ack:
+            raise PreconditionFailed("reply consumer cannot acknowledge")
+        if self.reply_consumer is not None:
+            raise PreconditionFailed("reply consumer already set")
+        self.reply_consumer = ReplyConsumer(consumer_tag, self.vhost.open_reply_name(self))
+
+    def _stop_replies(self):
+        self.vhost.close_reply_name(self.reply_consumer.name)
+        self.reply_consumer = None
+
     def cancel(self, consumer_tag, requeue_unacked=False):
         """Stop a consumer. Its unacked deliveries stay on the channel to be acked (AMQP),
         unless `requeue_unacked` puts them back on the queue now. False if no such consumer."""
+        if self.reply_consumer is not None and consumer_tag == self.reply_consumer.tag:
+            self._stop_replies()
+            return True
         consumer = self.consumers.pop(consumer_tag, None)
         if consumer is None:
             return False
@@ -279,8 +315,9 @@ class Channel:
                      or len(self.unacked) - len(self.unacked_gets) < self.global_prefetch_count))
 
     def deliver(self, consumer, message, delivery):
-        """Called by a queue for a consumer that can take `message`: the next delivery tag
-        names it, and an acking consumer's `delivery` is held by that tag until settled."""
+        """Called by a queue for a consumer that can take `message` (or by the vhost for a
+        direct reply): the next delivery tag names it, and an acking consumer's `delivery`
+        is held by that tag until settled."""
         tag = self.next_delivery_tag
         self.next_delivery_tag = tag + 1
         if delivery is not None:
@@ -398,10 +435,23 @@ class Channel:
             return
         self.closed = True
         self.active = False
+        if self.reply_consumer is not None:
+            self._stop_replies()
         for consumer in list(self.consumers.values()):
             self._detach(consumer)
         self.consumers.clear()
         self._settle(list(self.unacked.values()), requeue=True)
+
+
+class ReplyConsumer:
+    """A channel's consumer of direct reply-to: its tag, and the name its requests'
+    `reply_to` carries, which replies are published to."""
+
+    __slots__ = ("tag", "name")
+
+    def __init__(self, tag, name):
+        self.tag = tag
+        self.name = name
 
 
 def _run_all(operations):

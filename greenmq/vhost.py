@@ -25,6 +25,25 @@ PREDECLARED_EXCHANGES = (
     ("amq.headers", "headers"), ("amq.match", "headers"),
 )
 
+# RabbitMQ's direct reply-to: a channel consuming this pseudo-queue (no-ack) may publish
+# requests whose `reply_to` names it; each such channel gets a name under this prefix, and
+# a reply published to the default exchange with that name as routing key goes straight
+# to the channel's reply consumer, with no queue in between.
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+REPLY_NAME_PREFIX = DIRECT_REPLY_TO + "."
+
+
+class ReplyPseudoQueue:
+    """What queue.declare answers for direct reply-to's names, which are no queues:
+    0 messages and 1 consumer, as RabbitMQ answers."""
+
+    __slots__ = ("name",)
+    message_count = 0
+    consumers = (None,)
+
+    def __init__(self, name):
+        self.name = name
+
 
 class VirtualHost:
     def __init__(self, name, store, memory):
@@ -35,6 +54,7 @@ class VirtualHost:
         self.exchanges = {"": DefaultExchange(self.queues)}
         self.published = 0          # messages accepted for routing, for the management API
         self.limits = {}            # max-connections, max-queues (access.LIMITS), set by the node
+        self.reply_channels = {}    # direct reply-to name -> the Channel consuming its replies
         # What deleted queues had counted, so node-wide totals never go backwards.
         self.deleted_queue_counts = dict.fromkeys(MESSAGE_COUNTERS, 0)
         for exchange_name, type_name in PREDECLARED_EXCHANGES:
@@ -124,6 +144,8 @@ class VirtualHost:
                       auto_delete=False, arguments=None, owner=None):
         """Returns the queue; a server-named one when `name` is empty."""
         check_name(name, "queue name")
+        if name == DIRECT_REPLY_TO or (passive and name in self.reply_channels):
+            return ReplyPseudoQueue(name)
         arguments = arguments or {}
         if passive:
             queue = self.queue(name, owner)
@@ -304,6 +326,30 @@ class VirtualHost:
         if exchange.auto_delete and not exchange.bindings and self.exchanges.get(exchange.name) is exchange:
             self._remove_exchange(exchange)
 
+    # -- direct reply-to ---------------------------------------------------------------
+
+    def open_reply_name(self, channel):
+        """A new direct reply-to name for `channel`'s reply consumer: random, so one client
+        cannot guess another's."""
+        name = REPLY_NAME_PREFIX + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        self.reply_channels[name] = channel
+        return name
+
+    def close_reply_name(self, name):
+        """Replies to `name` are unroutable from now on: its consumer or channel is gone."""
+        self.reply_channels.pop(name, None)
+
+    def _direct_reply(self, exchange, message):
+        """A message the default exchange routed nowhere goes to the reply consumer its
+        routing key names, if any; returns 1 if it did, else 0 (unroutable)."""
+        if exchange.name or not message.routing_key.startswith(REPLY_NAME_PREFIX):
+            return 0
+        channel = self.reply_channels.get(message.routing_key)
+        if channel is None:
+            return 0
+        channel.deliver(channel.reply_consumer, message, None)
+        return 1
+
     # -- routing -----------------------------------------------------------------------
 
     def publish(self, exchange_name, message):
@@ -323,6 +369,8 @@ class VirtualHost:
         # The common case inline, as it runs per message: a transient message through an
         # exchange with neither exchange-to-exchange bindings nor an alternate exchange.
         queues = exchange.route(message.routing_key, message.properties)
+        if not queues:
+            return self._direct_reply(exchange, message)
         refused = False
         for queue in queues:
             if not queue.enqueue(message):
@@ -340,6 +388,8 @@ class VirtualHost:
             queues = self._route_on(exchange, message)
         else:
             queues = exchange.route(message.routing_key, message.properties)
+            if not queues and died_for is None:
+                return self._direct_reply(exchange, message)
         if died_for is not None and died_for != REJECTED:
             queues = [queue for queue in queues if not is_cycle(queue.name, message)]
         properties = message.properties
