@@ -469,7 +469,7 @@ def syscalls_traced(pid, syscalls, hex_strings=False):
     descriptor and the first bytes written or read (every byte as \\xNN with
     `hex_strings`, for binary protocols). Skips where strace cannot attach."""
     if shutil.which("strace") is None:
-        pytest.skip("strace is not installed (`make strace` installs it)")
+        pytest.skip("strace is not installed (`make test-tools` installs it)")
     with tempfile.TemporaryDirectory(prefix="greenmq-trace-") as directory:
         path = os.path.join(directory, "trace")
         tracer = subprocess.Popen(["strace", "-f", "-yy", "-s", "4096", "-o", path, *(["-xx"] if hex_strings else []),
