@@ -671,6 +671,9 @@ class AmqpConnection(FrontEndConnection):
         if self._client_capability("consumer_cancel_notify"):
             self._send_method(channel_number, spec.Basic.Cancel(consumer_tag=consumer_tag, nowait=True))
 
+    def channel_closed(self, channel_number, exc):
+        self._channel_error(channel_number, exc, None)
+
     def message_returned(self, channel_number, reply_code, reply_text, message):
         self._write(content_frames(method_parts(spec.Basic.Return(
             reply_code=reply_code, reply_text=reply_text, exchange=message.exchange,

@@ -151,6 +151,7 @@ def main(argv=None):
     log.info("memory limit %d bytes (%.1f MiB; memory_limit): publishers wait above it", settings.memory_limit,
              settings.memory_limit / 2**20)
     node.memory.start_trimming()
+    node.start_consumer_timeout(settings.consumer_timeout)
     servers = []
     ports = {"port": None, "amqp_port": None, "http_port": None}
     # (name, address, port, server, key in the ready line) per listener.

@@ -16,6 +16,7 @@ except ImportError:             # Python < 3.11: the same parser, from PyPI
 
 from .lines import max_line_bytes_for
 from .message import DEFAULT_MAX_MESSAGE_BYTES
+from .node import DEFAULT_CONSUMER_TIMEOUT_MS
 from .memory import DEFAULT_MEMORY_FRACTION, parse_memory_limit
 from .stats import DEFAULT_SAMPLE_INTERVAL_SECONDS
 
@@ -62,6 +63,21 @@ def _seconds(value):
     if type(value) not in (int, float) or not value > 0:
         raise ValueError("must be a number of seconds above 0")
     return value
+
+
+# RabbitMQ's consumer_timeout takes 0 (none) up to this many milliseconds (a signed 32-bit
+# integer) and refuses negative values; so does this.
+MAX_CONSUMER_TIMEOUT_MS = 2**31 - 1
+
+
+def _milliseconds_or_off(value):
+    if type(value) is not int or not 0 <= value <= MAX_CONSUMER_TIMEOUT_MS:
+        raise ValueError(f"must be a whole number of milliseconds up to {MAX_CONSUMER_TIMEOUT_MS}, 0 for none")
+    return value
+
+
+# The checks whose flags and environment values are read as integers.
+_INTEGER_CHECKS = (_port, _line_bytes, _message_bytes, _milliseconds_or_off)
 
 
 def _text(value):
@@ -127,6 +143,10 @@ SETTINGS = {
                                           "by default; only more may be given)"),
     "hello_timeout": (_seconds, HELLO_TIMEOUT_SECONDS, "seconds a JSON-lines client may take to send 'hello' "
                                                        f"(default {HELLO_TIMEOUT_SECONDS:g})"),
+    "consumer_timeout": (_milliseconds_or_off, DEFAULT_CONSUMER_TIMEOUT_MS,
+                         "milliseconds a delivery may stay unacknowledged before its channel is closed "
+                         f"with 406 and its messages requeued, as RabbitMQ's consumer_timeout (default "
+                         f"{DEFAULT_CONSUMER_TIMEOUT_MS}, 30 minutes; 0 for none)"),
     "memory_limit": (parse_memory_limit, parse_memory_limit(DEFAULT_MEMORY_FRACTION),
                      "above this many bytes of messages and output held, publishers are not read until "
                      "consumers make room: bytes, with a unit (512MiB, 2GB) or a fraction of the machine's "
@@ -157,7 +177,7 @@ def make_parser():
                                 help=help_text)
         elif check is _bool:
             parser.add_argument(flag, dest=name, action="store_const", const=True, help=help_text)
-        elif check in (_port, _line_bytes, _message_bytes):
+        elif check in _INTEGER_CHECKS:
             parser.add_argument(flag, dest=name, type=int, help=help_text)
         elif check is _seconds:
             parser.add_argument(flag, dest=name, type=float, help=help_text)
@@ -224,7 +244,7 @@ def _from_environment(check, text):
         if lowered in ("0", "false", "no", "off"):
             return False
         return text
-    if check in (_port, _line_bytes, _message_bytes):
+    if check in _INTEGER_CHECKS:
         try:
             return int(text)
         except ValueError:

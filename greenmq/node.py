@@ -40,6 +40,13 @@ LOGIN_FAILURE_WINDOW_SECONDS = 60.0
 LOGIN_FAILURE_FIRST_DELAY_SECONDS = 0.1
 LOGIN_FAILURE_MAX_DELAY_SECONDS = 5.0
 
+# consumer_timeout, as RabbitMQ's: a channel whose oldest unacked delivery is older than
+# this is closed with 406 and its deliveries requeued. 30 minutes, RabbitMQ's default since
+# 3.8.15; 0 turns it off. Checked once per tick of the node's coarse clock, which is
+# cheap (one look per channel), and fine enough for a timeout counted in minutes.
+DEFAULT_CONSUMER_TIMEOUT_MS = 1_800_000
+CONSUMER_TIMEOUT_CHECK_SECONDS = 1
+
 # Logins verified once are remembered by a fast keyed digest of the password, so clients
 # that reconnect often (Celery workers, pooled producers) do not pay the slow hash each time.
 _VERIFIED_KEY = os.urandom(32)
@@ -59,6 +66,11 @@ class Node:
         self.sessions = set()
         self._login_failures = {}   # peer address -> (failures in a row, time of the last)
         self.started = time.monotonic()
+        # Seconds counted by the consumer-timeout checker's ticks: deliveries record it instead
+        # of reading the clock each. Counting ticks (each at least a second) rather than reading
+        # the time means a channel is never closed before its delivery is really that old.
+        self.clock = 0
+        self._consumer_timeout_checker = None
         self._recover()
 
     # -- start ---------------------------------------------------------------------------
@@ -341,11 +353,36 @@ class Node:
             session.sink.close(ConnectionForced(reason))
             session.close()
 
+    # -- consumer timeout ----------------------------------------------------------------
+
+    def start_consumer_timeout(self, timeout_ms=DEFAULT_CONSUMER_TIMEOUT_MS):
+        """Close channels holding a delivery unacked for longer than `timeout_ms` (None or 0:
+        never), as RabbitMQ's consumer_timeout does, on a timer as RabbitMQ checks it."""
+        if timeout_ms:
+            self._consumer_timeout_checker = gevent.spawn(self._check_consumer_timeouts, timeout_ms)
+
+    def _check_consumer_timeouts(self, timeout_ms):
+        while True:
+            gevent.sleep(CONSUMER_TIMEOUT_CHECK_SECONDS)
+            self.clock = now = self.clock + CONSUMER_TIMEOUT_CHECK_SECONDS
+            # A channel's unacked deliveries are in delivery order, so its first is its oldest.
+            timed_out = [channel for session in self.sessions for channel in session.channels.values()
+                         if channel.unacked
+                         and (now - next(iter(channel.unacked.values())).delivered_at) * 1000 > timeout_ms]
+            for channel in timed_out:
+                if not channel.closed:
+                    channel.session.sink.channel_closed(channel.number, PreconditionFailed(
+                        f"delivery acknowledgement on channel {channel.number} timed out. Timeout value used: "
+                        f"{timeout_ms} ms. This timeout value can be configured, see consumers doc guide to "
+                        "learn more"))
+
     # -- stop ----------------------------------------------------------------------------
 
     def close(self):
         """Close every session (their unacked deliveries return to their queues), note which
         stored messages were delivered, and close the store."""
+        if self._consumer_timeout_checker is not None:
+            self._consumer_timeout_checker.kill()
         for session in list(self.sessions):
             session.close()
         for vhost in self.vhosts.values():

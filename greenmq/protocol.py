@@ -221,6 +221,11 @@ class JsonLinesProtocol(FrontEndConnection):
     def consumer_cancelled(self, channel_number, consumer_tag):
         self._send({"event": "cancel", "channel": channel_number, "consumer_tag": consumer_tag})
 
+    def channel_closed(self, channel_number, exc):
+        self.session.close_channel(channel_number)
+        self._send({"event": "channel_closed", "channel": channel_number, "code": exc.code, "error": exc.name,
+                    "text": exc.text})
+
     def message_returned(self, channel_number, reply_code, reply_text, message):
         self._write(_with_message({"event": "return", "channel": channel_number, "reply_code": reply_code,
                                    "reply_text": reply_text}, message))

@@ -277,7 +277,7 @@ class Delivery:
     `unacked` (a basic.get's: its channel's `unacked_gets`), whose sizes are the unacked
     counts. One is made per message delivered with ack, so it has slots."""
 
-    __slots__ = ("message", "queue", "channel", "consumer", "order", "delivery_tag")
+    __slots__ = ("message", "queue", "channel", "consumer", "order", "delivery_tag", "delivered_at")
 
     def __init__(self, message, queue, channel, consumer, order):
         self.message = message
@@ -287,6 +287,8 @@ class Delivery:
         # The message's place in its queue's order, kept for a requeue (see Queue.settle).
         self.order = order
         self.delivery_tag = None    # given by the channel as it sends the delivery out
+        # delivered_at: the node's coarse clock (Node.clock) when the channel sent it out, set
+        # there with the tag, for the consumer timeout; a clock read per message would cost more.
 
     def __repr__(self):
         return f"<Delivery {self.delivery_tag} of {self.queue!r}>"

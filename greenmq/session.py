@@ -8,6 +8,7 @@ their methods for what the client asks, and receives what the core pushes throug
     consumer_cancelled(channel_number, consumer_tag)       # queue deleted under a consumer
     message_returned(channel_number, reply_code, reply_text, message)   # mandatory, unroutable
     publish_confirmed(channel_number, delivery_tag, multiple, ack)      # confirm mode
+    channel_closed(channel_number, exc)    # the broker closes a channel (consumer timeout)
     close(exc)                     # the broker ends the connection (its vhost was deleted)
 
 Confirms collect per channel as runs of acks or nacks and reach the sink when the front end
@@ -111,6 +112,7 @@ class Channel:
 
     def __init__(self, session, number):
         self.session = session
+        self.node = session.node
         self.vhost = session.vhost
         self.sink = session.sink
         self.number = number
@@ -322,6 +324,7 @@ class Channel:
         self.next_delivery_tag = tag + 1
         if delivery is not None:
             delivery.delivery_tag = tag
+            delivery.delivered_at = self.node.clock
             self.unacked[tag] = consumer.unacked[tag] = delivery
         self.sink.deliver(self.number, consumer.tag, tag, message)
 
@@ -337,6 +340,7 @@ class Channel:
         self.next_delivery_tag = tag + 1
         if delivery is not None:
             delivery.delivery_tag = tag
+            delivery.delivered_at = self.node.clock
             self.unacked[tag] = self.unacked_gets[tag] = delivery
         return tag, message, queue.message_count
 
