@@ -324,17 +324,9 @@ class Queue:
         self.durable = durable
         self.exclusive_owner = exclusive_owner
         self.auto_delete = auto_delete
-        self.arguments = arguments or {}
-        self.message_ttl = self.arguments.get("x-message-ttl")
-        self.expires = self.arguments.get("x-expires")
-        self.dead_letter_exchange = self.arguments.get("x-dead-letter-exchange")
-        self.dead_letter_routing_key = self.arguments.get("x-dead-letter-routing-key")
-        self.max_length = self.arguments.get("x-max-length")
-        self.max_length_bytes = self.arguments.get("x-max-length-bytes")
-        self.limited = self.max_length is not None or self.max_length_bytes is not None
-        self.overflow = self.arguments.get("x-overflow", "drop-head")
+        self.arguments = arguments or {}    # as declared: a redeclare must repeat them
         max_priority = self.arguments.get("x-max-priority")
-        if max_priority or self.max_length_bytes is not None:
+        if max_priority or self.arguments.get("x-max-length-bytes") is not None:
             self.ready = ReadyLevels(max_priority or 0)
         else:
             self.ready = ReadyList()
@@ -342,6 +334,7 @@ class Queue:
         self.single_active_consumer = self.arguments.get("x-single-active-consumer") is True
         # Consumers are not simply served in turn: one is active alone, or some have priority.
         self.ordered_consumers = self.single_active_consumer
+        self.configure(self.arguments)
         self.unacked = set()        # the Deliveries handed out and not yet settled
         # Plain counters for the management API and /metrics (sampled into rates there).
         # `delivered` also ranks requeued messages (see settle), so it only ever grows.
@@ -359,6 +352,19 @@ class Queue:
 
     def __repr__(self):
         return f"<Queue {self.name!r} in vhost {self.vhost_name!r}>"
+
+    def configure(self, settings):
+        """Take the settings that may change while the queue lives (TTLs, expiry, dead
+        lettering, length limits), by their argument names: at declaration its arguments,
+        later what policies make of them. The one place these attributes are set."""
+        self.message_ttl = settings.get("x-message-ttl")
+        self.expires = settings.get("x-expires")
+        self.dead_letter_exchange = settings.get("x-dead-letter-exchange")
+        self.dead_letter_routing_key = settings.get("x-dead-letter-routing-key")
+        self.max_length = settings.get("x-max-length")
+        self.max_length_bytes = settings.get("x-max-length-bytes")
+        self.limited = self.max_length is not None or self.max_length_bytes is not None
+        self.overflow = settings.get("x-overflow", "drop-head")
 
     @property
     def exclusive(self):
