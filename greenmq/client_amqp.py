@@ -19,6 +19,7 @@ from pamqp import frame as amqp_frame
 from pamqp import header as amqp_header
 from pamqp import heartbeat as amqp_heartbeat
 
+from greenmq.client_channels import ReopenedChannels
 from greenmq.client_errors import GreenMQError, refuse_large_body
 from greenmq.properties import from_amqp, to_amqp
 
@@ -65,9 +66,6 @@ _AMQP_REQUESTS = {
 
 _AMQP_SETTLEMENTS = ("ack", "nack", "reject")
 
-# Requests the broker's closing of a channel undoes, repeated when it is reopened.
-_AMQP_CHANNEL_SETTINGS = ("confirm.select", "qos")
-
 
 def _amqp_reply(method):
     """The fields of a JSON-lines reply that an AMQP answer carries."""
@@ -103,9 +101,7 @@ class AmqpWire:
         self._login = None
         self._server_properties = {}
         self._frame_max = AMQP_FRAME_MAX
-        self._settings = collections.defaultdict(dict)   # channel -> op -> request, to repeat
-        self._published = collections.Counter()          # channel -> publishes in confirm mode
-        self._tag_offset = collections.Counter()         # channel -> publishes of its earlier lives
+        self._channels = ReopenedChannels()
         # Failover: deliveries are numbered on from those of the connection lost, so an
         # ack of a delivery made there is told apart (and dropped: it comes again).
         self._delivery_tag_offset = collections.Counter()
@@ -131,8 +127,7 @@ class AmqpWire:
             if fields["delivery_tag"] <= 0:
                 return b""
         method = translate(fields)
-        if op in _AMQP_CHANNEL_SETTINGS:
-            self._settings[channel][op] = fields
+        self._channels.requested(channel, op, fields)
         if "id" in fields:
             self._awaiting[channel].append((fields["id"], op))
         return amqp_frame.marshal(method, channel)
@@ -158,8 +153,7 @@ class AmqpWire:
         step = self._frame_max - _AMQP_FRAME_OVERHEAD
         for start in range(0, len(body), step):
             frames.append(amqp_frame.marshal(amqp_body.ContentBody(body[start:start + step]), channel))
-        if "confirm.select" in self._settings.get(channel, ()):
-            self._published[channel] += 1
+        self._channels.published(channel)
         return b"".join(frames)
 
     def received(self, data):
@@ -261,14 +255,11 @@ class AmqpWire:
             self._events.append(refusal)
         if channel not in self._connection._channels:
             return
-        unconfirmed = self._published[channel]
-        if unconfirmed > self._tag_offset[channel]:
-            self._events.append({"event": "nack", "channel": channel, "delivery_tag": unconfirmed,
-                                 "multiple": True})
-        self._tag_offset[channel] = unconfirmed
+        events, settings = self._channels.closed(channel)
+        self._events += events
         self._send(amqp.Channel.Open(), channel)
         awaiting.append((None, "channel.open"))
-        for op, fields in self._settings[channel].items():
+        for op, fields in settings:
             self._send(_AMQP_REQUESTS[op](fields), channel)
             awaiting.append((None, op))
 
@@ -298,7 +289,7 @@ class AmqpWire:
 
     def _on_confirm(self, channel, confirm):
         self._events.append({"event": "ack" if confirm.name == "Basic.Ack" else "nack", "channel": channel,
-                             "delivery_tag": confirm.delivery_tag + self._tag_offset[channel],
+                             "delivery_tag": confirm.delivery_tag + self._channels.tag_offset[channel],
                              "multiple": confirm.multiple})
 
     def _on_cancel(self, channel, cancel):

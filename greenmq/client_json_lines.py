@@ -10,6 +10,7 @@ form is formatted directly (see `JsonLinesWire.publish`).
 import base64
 import json
 
+from greenmq.client_channels import ReopenedChannels
 from greenmq.client_errors import refuse_large_body
 from greenmq.lines import max_line_bytes_for, whole_lines
 
@@ -24,6 +25,10 @@ _encode = json.JSONEncoder(separators=(",", ":")).encode
 _decode = json.JSONDecoder().decode
 _quote = json.encoder.encode_basestring_ascii
 
+# The id of the requests this wire sends of its own (reopening a channel the broker closed),
+# whose answers it keeps to itself.
+_REOPENING = "greenmq-client-reopening"
+
 
 class JsonLinesWire:
     """GreenMQ's own protocol (PROTOCOL.md): one request, reply or event a line of JSON."""
@@ -35,13 +40,14 @@ class JsonLinesWire:
         self._connection = connection
         self._received = b""           # the start of a line whose newline has not arrived
         self._measure_bodies_over = 0
+        self._channels = ReopenedChannels()
 
     @staticmethod
     def join(lines):
         return "".join(lines).encode()
 
-    @staticmethod
-    def request(fields):
+    def request(self, fields):
+        self._channels.requested(fields.get("channel", 1), fields["op"], fields)
         return _encode(fields) + "\n"
 
     def opened(self, server_properties):
@@ -55,6 +61,7 @@ class JsonLinesWire:
         """Channel 1 is open from `hello` on."""
 
     def publish(self, channel, exchange, routing_key, body, properties, mandatory):
+        self._channels.published(channel)
         if type(body) is bytes and body.isascii():
             text = body.decode("ascii")
         else:
@@ -98,6 +105,27 @@ class JsonLinesWire:
     def received(self, data):
         """The replies and events of every whole line in `data`."""
         lines, self._received = whole_lines(self._received, data)
+        channels = self._channels
         for line in lines:
             if line:                    # an empty line is a heartbeat
-                yield _decode(line.decode())
+                event = _decode(line.decode())
+                kind = event.get("event")
+                if kind == "ack" or kind == "nack":
+                    if channels.tag_offset:
+                        event["delivery_tag"] += channels.tag_offset[event.get("channel", 1)]
+                elif kind == "channel_closed":
+                    yield from self._channel_closed(event)
+                    continue
+                elif event.get("id") == _REOPENING and event.get("ok"):
+                    continue
+                yield event
+
+    def _channel_closed(self, event):
+        """The broker closed a channel (a consumer timeout): its error goes to the Channel,
+        as a refusal closing an AMQP channel does, and the channel is reopened as it was."""
+        channel = event["channel"]
+        yield {"code": event["code"], "text": event["text"], "channel": channel}
+        events, settings = self._channels.closed(channel)
+        yield from events
+        requests = [{"op": "channel.open", "channel": channel}] + [fields for _, fields in settings]
+        self._connection._queue_answer("".join(_encode(dict(fields, id=_REOPENING)) + "\n" for fields in requests))

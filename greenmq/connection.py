@@ -927,6 +927,10 @@ class Channel:
                 self._deliveries.append(event)
         elif kind == "cancel":
             self._consumers.pop(event.get("consumer_tag"), None)
+        elif kind == "channel_reopened":
+            # The broker closed the channel: its consumers and deliveries ended with it.
+            self._consumers.clear()
+            self._deliveries = collections.deque(d for d in self._deliveries if d.get("event") == "return")
 
     def _publish_again(self):
         """After a failover: the messages that awaited a confirm, again, in order."""

@@ -2,7 +2,9 @@
 than the timeout is closed with 406 and its deliveries requeued. The broker here times out
 after one second, and checks once a second, so each test takes a few seconds."""
 
+import contextlib
 import json
+import signal
 import socket
 import time
 
@@ -153,3 +155,49 @@ def test_setting_is_thirty_minutes_by_default_and_zero_turns_it_off():
 def test_setting_refuses_what_rabbitmq_refuses(value):
     with pytest.raises(ConfigError, match="CONSUMER_TIMEOUT must be a whole number"):
         load_settings([], environ={"GREENMQ_CONSUMER_TIMEOUT": value})
+
+
+@contextlib.contextmanager
+def _within(seconds):
+    """Fail, rather than hang, when the block takes longer than `seconds`."""
+    def too_long(signum, frame):
+        raise AssertionError(f"still blocked after {seconds} s")
+    previous = signal.signal(signal.SIGALRM, too_long)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("wire", ["json-lines", "amqp"])
+def test_connection_py_consumer_timed_out_gets_the_error_and_its_channel_back(broker, wire):
+    """connection.py over either wire: start_consuming raises the broker's 406; the channel is
+    open again with its confirm mode, its consumer gone, and the message is redelivered."""
+    import connection
+
+    if wire == "amqp":
+        client = connection.Connection(f"amqp://guest:guest@127.0.0.1:{broker.ports['amqp_port']}/%2f")
+    else:
+        client = connection.Connection("127.0.0.1", broker.ports["port"])
+    with contextlib.closing(client), _within(3 * WAIT):
+        channel = client.channel()
+        channel.confirm_delivery()
+        queue = channel.queue_declare("").method.queue
+        channel.basic_publish("", queue, b"slow")
+        received = []
+        channel.basic_consume(queue, lambda ch, method, properties, body: received.append(body))
+        with pytest.raises(connection.PreconditionFailed) as timed_out:
+            channel.start_consuming()
+        assert received == [b"slow"]
+        assert timed_out.value.code == 406
+        assert str(timed_out.value) == TIMED_OUT_TEXT.replace("channel 1", f"channel {channel.channel_number}")
+        channel.start_consuming()       # returns at once: the channel has no consumers any more
+        channel.basic_publish("", queue, b"after")      # confirmed on the reopened channel
+        redelivered = []
+        for method, _, body in channel.consume(queue, auto_ack=True, inactivity_timeout=WAIT):
+            redelivered.append((body, method.redelivered))
+            if len(redelivered) == 2:
+                break
+        assert redelivered == [(b"slow", True), (b"after", False)]
