@@ -26,7 +26,7 @@ from amqp_workloads import print_comparison  # noqa: E402
 from durable import raw_consumer, raw_publisher  # noqa: E402
 from tests.broker_process import BrokerProcess  # noqa: E402
 
-QUEUE_TYPES = {"quorum": {"x-queue-type": "quorum"}, "classic": {}}
+QUEUE_TYPES = {"classic": {}, "quorum": {"x-queue-type": "quorum"}}
 
 
 def fresh_queue(url, name, arguments):
