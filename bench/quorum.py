@@ -22,9 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pika  # noqa: E402
 
-from amqp_workloads import print_comparison  # noqa: E402
+from amqp_workloads import compare  # noqa: E402
 from durable import raw_consumer, raw_publisher  # noqa: E402
-from tests.broker_process import BrokerProcess  # noqa: E402
 
 QUEUE_TYPES = {"classic": {}, "quorum": {"x-queue-type": "quorum"}}
 
@@ -75,12 +74,7 @@ def main():
     parser.add_argument("--window", type=int, default=1000, help="confirms outstanding while publishing")
     args = parser.parse_args()
     print(f"{args.messages:,} x 100 B persistent messages per queue; confirm window {args.window}; prefetch 5000")
-    results = {}
-    with BrokerProcess() as broker:
-        results["GreenMQ"] = measure(f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f", args)
-    for url in args.url:
-        results[url] = measure(url, args)
-    print_comparison(results)
+    compare(measure, args)
 
 
 if __name__ == "__main__":

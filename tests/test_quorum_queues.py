@@ -4,7 +4,6 @@ dead-lettering at most and at least once, length limits, TTLs, consumers, listin
 Each test runs against GreenMQ, or $GREENMQ_TEST_AMQP_URL (a RabbitMQ 3.10) with the same
 body; those marked GreenMQ-only say why."""
 
-import json
 import os
 import signal
 import time
@@ -13,32 +12,16 @@ import pika
 import pytest
 from pika.exceptions import ChannelClosedByBroker, ConnectionClosedByBroker, NackError
 
-from greenmq import connection
+from greenmq import connection as client
 from greenmq.message import Message
 from greenmq.node import Node
 from greenmq.quorum_queue import DEAD_LETTER_RETRY_SECONDS
 from tests import http_api
 from tests.broker_process import BrokerProcess
 from tests.greenmqctl_process import greenmqctl_json
-from tests.test_amqp_queue_features import bodies, count, get, greenmq_only, quiet_count
+from tests.test_amqp_queue_features import bodies, channel, connection, count, get, quiet_count  # noqa: F401 (fixtures)
 
 QUORUM = {"x-queue-type": "quorum"}
-
-
-@pytest.fixture
-def connection_(amqp_url):
-    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    yield conn
-    if conn.is_open:
-        conn.close()
-
-
-@pytest.fixture
-def channel(connection_):
-    """In confirm mode, so a publish has reached its queues when basic_publish returns."""
-    ch = connection_.channel()
-    ch.confirm_delivery()
-    return ch
 
 
 @pytest.fixture
@@ -78,8 +61,8 @@ def delivery_count(properties):
     ({"durable": True, "exclusive": True}, "exclusive-owner"),
     ({"durable": True, "auto_delete": True}, "auto-delete"),
 ])
-def test_a_quorum_queue_is_durable_never_exclusive_or_auto_delete(connection_, name, options, prop):
-    assert refused(connection_, name, arguments=QUORUM, **options) == (
+def test_a_quorum_queue_is_durable_never_exclusive_or_auto_delete(connection, name, options, prop):
+    assert refused(connection, name, arguments=QUORUM, **options) == (
         406, f"PRECONDITION_FAILED - invalid property '{prop}' for queue '{name}' in vhost '/'")
 
 
@@ -88,8 +71,8 @@ def test_a_quorum_queue_is_durable_never_exclusive_or_auto_delete(connection_, n
     ("x-queue-mode", "lazy"), ("x-queue-version", 2), ("x-queue-master-locator", "client-local"),
     ("x-initial-cluster-size", 1), ("x-max-age", "1D"),
 ])
-def test_what_a_quorum_queue_cannot_do_is_refused_naming_its_type(connection_, name, argument, value):
-    assert refused(connection_, name, durable=True, arguments={**QUORUM, argument: value}) == (
+def test_what_a_quorum_queue_cannot_do_is_refused_naming_its_type(connection, name, argument, value):
+    assert refused(connection, name, durable=True, arguments={**QUORUM, argument: value}) == (
         406, f"PRECONDITION_FAILED - invalid arg '{argument}' for queue '{name}' in vhost '/' "
              "of queue type rabbit_quorum_queue")
 
@@ -101,12 +84,12 @@ def test_what_a_quorum_queue_cannot_do_is_refused_naming_its_type(connection_, n
     ("x-overflow", "drop-tail", "invalid_overflow"),
     ("x-message-ttl", -1, "{value_negative,-1}"),
 ])
-def test_bad_values_of_quorum_arguments_are_refused(connection_, name, argument, value, reason):
-    assert refused(connection_, name, durable=True, arguments={**QUORUM, argument: value}) == (
+def test_bad_values_of_quorum_arguments_are_refused(connection, name, argument, value, reason):
+    assert refused(connection, name, durable=True, arguments={**QUORUM, argument: value}) == (
         406, f"PRECONDITION_FAILED - invalid arg '{argument}' for queue '{name}' in vhost '/': {reason}")
 
 
-def test_the_arguments_of_a_quorum_queue_are_accepted_and_a_redeclare_repeats_them(channel, connection_, quorum):
+def test_the_arguments_of_a_quorum_queue_are_accepted_and_a_redeclare_repeats_them(channel, connection, quorum):
     arguments = {"x-delivery-limit": 3, "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish",
                  "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "elsewhere", "x-max-length": 10,
                  "x-max-length-bytes": 1000, "x-message-ttl": 60000, "x-expires": 600000,
@@ -114,25 +97,25 @@ def test_the_arguments_of_a_quorum_queue_are_accepted_and_a_redeclare_repeats_th
                  "x-quorum-initial-group-size": 3, "x-queue-leader-locator": "balanced", "x-unknown": 1}
     queue = quorum(channel, **arguments)
     channel.queue_declare(queue, durable=True, arguments={**QUORUM, **arguments, "x-unknown": 2})
-    assert refused(connection_, queue, durable=True, arguments={**QUORUM, **arguments, "x-delivery-limit": 4}) == (
+    assert refused(connection, queue, durable=True, arguments={**QUORUM, **arguments, "x-delivery-limit": 4}) == (
         406, f"PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit' for queue '{queue}' in vhost '/': "
              "received '4' but current is '3'")
     without = {key: value for key, value in arguments.items() if key != "x-dead-letter-strategy"}
-    assert refused(connection_, queue, durable=True, arguments={**QUORUM, **without}) == (
+    assert refused(connection, queue, durable=True, arguments={**QUORUM, **without}) == (
         406, f"PRECONDITION_FAILED - inequivalent arg 'x-dead-letter-strategy' for queue '{queue}' in vhost '/': "
              "received none but current is the value 'at-least-once' of type 'longstr'")
 
 
-def test_a_queue_keeps_its_type_a_redeclare_of_the_other_type_is_inequivalent(channel, connection_, quorum):
+def test_a_queue_keeps_its_type_a_redeclare_of_the_other_type_is_inequivalent(channel, connection, quorum):
     queue = quorum(channel)
     classic = quorum(channel, ".classic", classic=True)
     what = f"for queue '{queue}' in vhost '/'"
-    assert refused(connection_, queue, durable=True) == (
+    assert refused(connection, queue, durable=True) == (
         406, f"PRECONDITION_FAILED - inequivalent arg 'x-queue-type' {what}: "
              "received none but current is the value 'quorum' of type 'longstr'")
-    assert refused(connection_, queue, durable=True, arguments={"x-queue-type": "classic"}) == (
+    assert refused(connection, queue, durable=True, arguments={"x-queue-type": "classic"}) == (
         406, f"PRECONDITION_FAILED - inequivalent arg 'x-queue-type' {what}: received 'classic' but current is 'quorum'")
-    assert refused(connection_, classic, durable=True, arguments=QUORUM) == (
+    assert refused(connection, classic, durable=True, arguments=QUORUM) == (
         406, f"PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue '{classic}' in vhost '/': "
              "received the value 'quorum' of type 'longstr' but current is none")
     # A classic queue declared without a type is one declared 'classic', either way round.
@@ -142,18 +125,18 @@ def test_a_queue_keeps_its_type_a_redeclare_of_the_other_type_is_inequivalent(ch
 
 # -- delivery counting -----------------------------------------------------------------------
 
-def test_every_return_counts_and_past_the_delivery_limit_the_message_is_dead_lettered(channel, connection_, quorum):
+def test_every_return_counts_and_past_the_delivery_limit_the_message_is_dead_lettered(channel, connection, quorum):
     dead = quorum(channel, ".dead", classic=True)
     queue = quorum(channel, **{"x-delivery-limit": 2, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead})
     channel.basic_publish("", queue, b"poison", pika.BasicProperties(headers={"h": 1}))
     # A consumer's first delivery has no count; a channel closed with it unacked returns it.
-    consuming = connection_.channel()
+    consuming = connection.channel()
     consuming.basic_qos(prefetch_count=1)
     first = []
     consuming.basic_consume(queue, lambda ch, method, properties, body: first.append((method, properties)))
     deadline = time.monotonic() + 10
     while not first and time.monotonic() < deadline:
-        connection_.process_data_events(0.05)
+        connection.process_data_events(0.05)
     assert not first[0][0].redelivered and first[0][1].headers == {"h": 1}
     consuming.close()
     method, properties, _ = get(channel, queue, auto_ack=False)
@@ -289,7 +272,7 @@ def test_drop_head_dead_letters_the_oldest_and_reject_publish_dlx_is_drop_head(c
     assert bodies(channel, queue) == [b"2"]
 
 
-def test_message_ttls_expire_and_x_expires_deletes_the_idle_queue(channel, connection_, quorum):
+def test_message_ttls_expire_and_x_expires_deletes_the_idle_queue(channel, connection, quorum):
     dead = quorum(channel, ".dead", classic=True)
     queue = quorum(channel, **{"x-message-ttl": 50, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead})
     channel.basic_publish("", queue, b"queue-ttl")
@@ -307,7 +290,7 @@ def test_message_ttls_expire_and_x_expires_deletes_the_idle_queue(channel, conne
     while True:
         time.sleep(0.5)
         try:
-            connection_.channel().queue_declare(expiring, passive=True)
+            connection.channel().queue_declare(expiring, passive=True)
         except ChannelClosedByBroker as closed:
             assert closed.reply_code == 404
             break
@@ -336,7 +319,7 @@ def wait_for(connection, condition):
         connection.process_data_events(0.05)
 
 
-def test_single_active_consumer_and_consumer_priorities(channel, connection_, quorum):
+def test_single_active_consumer_and_consumer_priorities(channel, connection, quorum):
     single = quorum(channel, ".single", **{"x-single-active-consumer": True})
     ranked = quorum(channel, ".ranked")
     got = []
@@ -347,7 +330,7 @@ def test_single_active_consumer_and_consumer_priorities(channel, connection_, qu
     for i in range(3):
         channel.basic_publish("", single, b"s%d" % i)
         channel.basic_publish("", ranked, b"r%d" % i)
-    wait_for(connection_, lambda: len(got) == 6)
+    wait_for(connection, lambda: len(got) == 6)
     assert {tag for tag, body in got if body.startswith(b"s")} == {"first"}
     assert {tag for tag, body in got if body.startswith(b"r")} == {"high"}
 
@@ -369,7 +352,7 @@ def test_global_qos_is_refused_when_consuming_a_quorum_queue(amqp_url, channel, 
 # -- GreenMQ's own listings, JSON lines, disk ------------------------------------------------
 
 def test_listings_definitions_and_json_lines_know_the_type(broker, against_greenmq, name):
-    conn = connection.Connection("127.0.0.1", broker.port)
+    conn = client.Connection("127.0.0.1", broker.port)
     channel = conn.channel()
     channel.queue_declare(name, durable=True, arguments=QUORUM)
     channel.basic_publish("", name, b"over json lines")
@@ -387,7 +370,7 @@ def test_listings_definitions_and_json_lines_know_the_type(broker, against_green
     assert status in (200, 201, 204)
     rows = {row["name"]: row for row in greenmqctl_json(broker.port, "list_queues", "name", "type")}
     assert rows[name]["type"] == "quorum"
-    with pytest.raises(connection.PreconditionFailed) as refusal:
+    with pytest.raises(client.PreconditionFailed) as refusal:
         channel.queue_declare(name, durable=True)
     assert "inequivalent arg 'x-queue-type'" in str(refusal.value)
     conn.channel().queue_delete(name)
