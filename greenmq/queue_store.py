@@ -81,8 +81,8 @@ def _dead_letter_routing_key(value, arguments):
 
 
 def queue_type_refusal(value):
-    """Why x-queue-type `value` names no queue type this broker has, or None (the vhost's
-    table of types says which it has, and checks this first)."""
+    """Why x-queue-type `value` is refused: the vhost asks only for a value its table of
+    queue types (vhost.QUEUE_TYPES) lacks."""
     if value == "stream":
         return ("stream queues are not supported; GreenMQ has classic and quorum queues "
                 "(leave out x-queue-type, or set it to 'classic' or 'quorum')")
