@@ -242,6 +242,12 @@ def main():
     parser.add_argument("--rpc-calls", type=int, default=3_000)
     args = parser.parse_args()
     print(f"{args.messages:,} x {args.size} B messages; {args.rpc_calls:,} RPC calls")
+    compare(measure, args)
+
+
+def compare(measure, args):
+    """`measure(url, args)` on a GreenMQ started here, then on each broker of `args.url`,
+    printed side by side."""
     results = {}
     with BrokerProcess() as broker:
         results["GreenMQ"] = measure(f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f", args)

@@ -2,8 +2,8 @@
 its history in the `x-death` header, and the cycles in which it must not go round again.
 
 A queue with `x-dead-letter-exchange` republishes what ends there rejected (nack or reject
-without requeue), expired (queue TTL or per-message `expiration`) or dropped by its length
-limit (maxlen); the virtual host routes the new message like any publish (vhost.py).
+without requeue), expired (queue TTL or per-message `expiration`), dropped by its length
+limit (maxlen) or, in a quorum queue, returned too often (delivery_limit); the virtual host routes the new message like any publish (vhost.py).
 Pure functions of messages and header values: no queues, no routing here.
 """
 
@@ -14,7 +14,8 @@ from .message import Message
 
 # The reasons RabbitMQ writes into x-death: a queue names why a message died there with
 # one of these, and a rejection is what lets a dead-letter cycle go round (is_cycle).
-REJECTED, EXPIRED, MAXLEN = "rejected", "expired", "maxlen"
+# delivery_limit: returned to a quorum queue more often than its x-delivery-limit.
+REJECTED, EXPIRED, MAXLEN, DELIVERY_LIMIT = "rejected", "expired", "maxlen", "delivery_limit"
 
 
 def dead_lettered(message, reason, queue_name, exchange_name, routing_key=None):

@@ -10,8 +10,7 @@ changes nothing the second time.
 from .access import HASHING_ALGORITHM, RABBITMQ_HASHES, Permission, check_password_hash, checked_limits
 from .errors import BadSyntax, BrokerError, NotFound, PreconditionFailed
 from .exchange import exchange_class
-from .queue_store import QUEUE_ARGUMENTS, validate_queue_arguments
-from .vhost import check_name
+from .vhost import check_name, queue_class
 
 # The RabbitMQ release whose definitions format this is; RabbitMQ reads it as the file's
 # format version, GreenMQ's own version goes in product_version.
@@ -57,7 +56,7 @@ def export_definitions(node, product, version, rabbitmq_hashes_only=False):
                         "name": VHOST_LIMITS_PARAMETER} for vhost in vhosts if vhost.limits],
         "global_parameters": [], "policies": [],
         "queues": [{"name": q.name, "vhost": vhost.name, "durable": q.durable, "auto_delete": q.auto_delete,
-                    "arguments": q.arguments, "type": "classic"}
+                    "arguments": q.arguments, "type": q.queue_type}
                    for vhost in vhosts for q in vhost.queues.values() if q.exclusive_owner is None],
         "exchanges": [{"name": x.name, "vhost": vhost.name, "type": x.type, "durable": x.durable,
                        "auto_delete": x.auto_delete, "internal": x.internal, "arguments": x.arguments}
@@ -222,26 +221,26 @@ def _plan(node, definitions):
         kind = entry.get("type", str, "classic")
         durable, auto_delete = entry.get("durable", bool, True), entry.get("auto_delete", bool, False)
         arguments = entry.get("arguments", dict, {})
-        if kind != "classic" or arguments.get("x-queue-type", "classic") != "classic":
-            raise PreconditionFailed(f"definitions: {entry.where}: queue type '{arguments.get('x-queue-type', kind)}'"
-                                     " is not supported by GreenMQ; only classic queues")
+        if kind != "classic" and "x-queue-type" not in arguments:
+            arguments = {**arguments, "x-queue-type": kind}     # the type field alone names it
         _check_name(entry, name, "queue name")
         if not name or (name.startswith("amq.") and not name.startswith("amq.gen-")):
             raise PreconditionFailed(f"definitions: {entry.where}: queue name '{name}' is not allowed")
+        what = f"queue '{name}' in vhost '{vhost}'"
         try:
-            validate_queue_arguments(arguments, name, vhost)
+            cls = queue_class(arguments, what)
+            cls.validate(arguments, durable, False, auto_delete, what)
         except PreconditionFailed as exc:
             raise entry.refuse(exc) from None
-        what = f"queue '{name}' in vhost '{vhost}'"
-        properties = (durable, auto_delete) + tuple(arguments.get(a) for a in QUEUE_ARGUMENTS)
+        properties = (cls.queue_type, durable, auto_delete) + tuple(arguments.get(a) for a in cls.accepted_arguments)
         current = node.vhosts[vhost].queues.get(name) if vhost in node.vhosts else None
         if (vhost, name) in queues:             # twice in the file
             _same(entry, what, properties, queues[vhost, name])
         elif current is not None:
             if current.exclusive_owner is not None:
                 raise PreconditionFailed(f"definitions: {entry.where}: {what} is an exclusive queue of a connection")
-            _same(entry, what, properties,
-                  (current.durable, current.auto_delete) + tuple(current.arguments.get(a) for a in QUEUE_ARGUMENTS))
+            _same(entry, what, properties, (current.queue_type, current.durable, current.auto_delete)
+                  + tuple(current.arguments.get(a) for a in current.accepted_arguments))
         else:
             changes.append(lambda vhost=vhost, name=name, durable=durable, auto_delete=auto_delete,
                            arguments=arguments:

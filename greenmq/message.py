@@ -68,9 +68,11 @@ class Message:
         self.stored = None
         self.holders = 0    # the queues holding it: its body counts in the memory budget once
 
-    def placed(self, redelivered, expires_at, order=None):
-        """A copy for one queue's use, sharing body and properties."""
-        copy = PlacedMessage.__new__(PlacedMessage)
+    def placed(self, redelivered, expires_at, order=None, kind=None):
+        """A copy for one queue's use, sharing body and properties; `kind`: a subclass of
+        PlacedMessage for a queue type that keeps more per message."""
+        kind = kind or PlacedMessage
+        copy = kind.__new__(kind)
         copy.exchange = self.exchange
         copy.routing_key = self.routing_key
         copy.body = self.body

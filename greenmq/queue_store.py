@@ -80,20 +80,23 @@ def _dead_letter_routing_key(value, arguments):
     return _string()(value, arguments)
 
 
-def _queue_type(value, arguments):
-    if value in ("quorum", "stream"):
-        return (f"{value} queues are not supported; GreenMQ has classic queues only "
-                "(leave out x-queue-type, or set it to 'classic')")
-    return _string(("classic",), "\"unsupported queue type '{}'\"")(value, arguments)
+def queue_type_refusal(value):
+    """Why x-queue-type `value` is refused: the vhost asks only for a value its table of
+    queue types (vhost.QUEUE_TYPES) lacks."""
+    if value == "stream":
+        return ("stream queues are not supported; GreenMQ has classic and quorum queues "
+                "(leave out x-queue-type, or set it to 'classic' or 'quorum')")
+    return _string((), "\"unsupported queue type '{}'\"")(value, {})
 
 
 def _accepted(value, arguments):
     return None
 
 
-# The queue arguments this broker knows, each with RabbitMQ's check of its value (a
-# function giving the refusal's reason, or None). A redeclare must repeat them all alike.
-# The last group only tunes RabbitMQ's internals, so it is accepted and has no effect here.
+# The arguments of a classic queue, each with RabbitMQ's check of its value (a function
+# giving the refusal's reason, or None). A redeclare must repeat them all alike.
+# x-queue-type is checked before a type is chosen (by the vhost); the last group only
+# tunes RabbitMQ's internals, so it is accepted and has no effect here.
 QUEUE_ARGUMENTS = {
     "x-message-ttl": _integer(maximum=MAX_EXPIRY_MS),
     "x-expires": _integer(maximum=MAX_EXPIRY_MS, zero=False),
@@ -104,7 +107,7 @@ QUEUE_ARGUMENTS = {
     "x-overflow": _string(OVERFLOW_MODES, "invalid_overflow"),
     "x-max-priority": _integer(maximum=MAX_PRIORITY),
     "x-single-active-consumer": _boolean,
-    "x-queue-type": _queue_type,
+    "x-queue-type": _accepted,
     "x-queue-mode": _string(("default", "lazy"), "\"unsupported queue mode '{}'\""),
     "x-queue-version": _integer(minimum=1, maximum=2),
     "x-queue-master-locator": _accepted,
@@ -112,7 +115,7 @@ QUEUE_ARGUMENTS = {
 
 # Arguments of other queue types (quorum, stream): they change what a queue does, and a
 # classic queue cannot do it, so they are refused as RabbitMQ refuses them for classic queues.
-OTHER_QUEUE_TYPES_ARGUMENTS = (
+CLASSIC_REFUSED_ARGUMENTS = (
     "x-delivery-limit", "x-dead-letter-strategy", "x-max-in-memory-length", "x-max-in-memory-bytes",
     "x-quorum-initial-group-size", "x-initial-cluster-size", "x-queue-leader-locator",
     "x-max-age", "x-stream-max-segment-size-bytes",
@@ -314,7 +317,16 @@ class Consumer:
 
 
 class Queue:
+    """A classic queue. Another type (quorum_queue.py) is a subclass with its own argument
+    table, declaration rules and what it does differently."""
+
     kind = "queue"      # as a binding's destination, beside exchanges
+    queue_type = "classic"                  # as x-queue-type, the listings and definitions name it
+    rabbit_type = "rabbit_classic_queue"    # as RabbitMQ's refusals name it
+    accepted_arguments = QUEUE_ARGUMENTS
+    refused_arguments = CLASSIC_REFUSED_ARGUMENTS
+    keeps_every_message = False     # True: transient messages go to the store too
+    global_qos = True               # consumers may share a channel-wide prefetch window
 
     def __init__(self, vhost_name, name, durable=False, exclusive_owner=None, auto_delete=False,
                  arguments=None, on_expired=None, store=None, dead_letter=None, memory=None):
@@ -521,21 +533,26 @@ class Queue:
                 del (channel.unacked_gets if consumer is None else consumer.unacked)[tag]
             messages.append(delivery.message)
         if requeue and not self.deleted:
-            ready = self.ready
-            for delivery in deliveries:
-                message = delivery.message
-                ready.put_back(message if message.order is not None
-                               else message.placed(True, message.expires_at, delivery.order))
-            if self.limited and self.overflow == "drop-head":
-                self._drop_head_over_limit()
-            if self._ttl_timer is None and ready:
-                self._arm_ttl_timer()
+            self._requeue([message if message.order is not None
+                           else message.placed(True, message.expires_at, delivery.order)
+                           for delivery, message in zip(deliveries, messages)])
         else:
             self.acked += len(messages)
             self._forget(messages, REJECTED if rejected and not self.deleted else None)
         ready = self.ready
         if ready.fresh or ready.returned:   # the windows these deliveries held are open again
             self.dispatch()
+
+    def _requeue(self, messages):
+        """Requeued messages (each this queue's copy, flagged redelivered and ranked by its
+        `order`) back in their places."""
+        ready = self.ready
+        for message in messages:
+            ready.put_back(message)
+        if self.limited and self.overflow == "drop-head":
+            self._drop_head_over_limit()
+        if self._ttl_timer is None and ready:
+            self._arm_ttl_timer()
 
     def purge(self):
         """Drop every ready message (unacked ones stay, as in RabbitMQ, and nothing is
@@ -691,19 +708,18 @@ class Queue:
             self._ttl_timer = None
 
 
-def validate_queue_arguments(arguments, queue_name, vhost_name):
-    """Refuse, with RabbitMQ's sentence, a queue argument this broker would not honour."""
-    what = f"queue '{queue_name}' in vhost '{vhost_name}'"
-    if "x-dead-letter-exchange" in arguments and type(arguments["x-dead-letter-exchange"]) is not str:
-        raise PreconditionFailed(f"invalid type '{amqp_type(arguments['x-dead-letter-exchange'])}' "
-                                 f"for arg 'x-dead-letter-exchange' in {what}")
-    for name, check in QUEUE_ARGUMENTS.items():
-        if name in arguments:
-            reason = check(arguments[name], arguments)
-            if reason is not None:
-                raise PreconditionFailed(f"invalid arg '{name}' for {what}: {reason}")
-    for name in OTHER_QUEUE_TYPES_ARGUMENTS:
-        if name in arguments:
-            raise PreconditionFailed(
-                f"invalid arg '{name}' for {what} of queue type rabbit_classic_queue; GreenMQ has "
-                "classic queues only, which cannot honour it: leave it out")
+    @classmethod
+    def validate(cls, arguments, durable, exclusive, auto_delete, what):
+        """Refuse, with RabbitMQ's sentence, a declaration of this type of queue that this
+        broker would not honour; `what` names the queue as the sentences do."""
+        if "x-dead-letter-exchange" in arguments and type(arguments["x-dead-letter-exchange"]) is not str:
+            raise PreconditionFailed(f"invalid type '{amqp_type(arguments['x-dead-letter-exchange'])}' "
+                                     f"for arg 'x-dead-letter-exchange' in {what}")
+        for name, check in cls.accepted_arguments.items():
+            if name in arguments:
+                reason = check(arguments[name], arguments)
+                if reason is not None:
+                    raise PreconditionFailed(f"invalid arg '{name}' for {what}: {reason}")
+        for name in cls.refused_arguments:
+            if name in arguments:
+                raise PreconditionFailed(f"invalid arg '{name}' for {what} of queue type {cls.rabbit_type}")

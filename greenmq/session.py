@@ -23,7 +23,7 @@ import os
 from collections import deque
 
 from .access import check_user_id
-from .errors import BrokerError, ChannelNotOpen, NotAllowed, PreconditionFailed, PublishRefused, StoreUnavailable
+from .errors import BrokerError, ChannelNotOpen, NotAllowed, PreconditionFailed, PublishRefused, StoreUnavailable, Unsupported
 from .message import Message, new_message
 from .queue_store import Consumer
 from .vhost import DIRECT_REPLY_TO
@@ -258,6 +258,8 @@ class Channel:
             return consumer_tag
         self.session.check("read", "queue", queue_name)
         queue = self.vhost.queue(queue_name, self.session)
+        if self.global_prefetch_count and not queue.global_qos:
+            raise Unsupported(f"queue '{queue_name}' in vhost '{self.vhost.name}' does not support global qos")
         consumer = Consumer(consumer_tag, queue, self, no_ack, exclusive, arguments,
                             self.consumer_prefetch_count)
         queue.add_consumer(consumer)

@@ -16,8 +16,23 @@ from .dead_letter import REJECTED, dead_lettered, is_cycle
 from .errors import AccessRefused, NotFound, PreconditionFailed, PublishRefused, ResourceLocked, StoreUnavailable
 from .exchange import DefaultExchange, exchange_class
 from .message import MAX_NAME_BYTES
-from .queue_store import QUEUE_ARGUMENTS, Queue, amqp_type, validate_queue_arguments
+from .queue_store import Queue, amqp_type, queue_type_refusal
+from .quorum_queue import QuorumQueue
 from .stats import MESSAGE_COUNTERS
+
+
+# The queue types a declaration may name in x-queue-type (none: classic), each with the
+# class whose queues are of that type (and whose argument table checks the declaration).
+QUEUE_TYPES = {"classic": Queue, "quorum": QuorumQueue}
+
+
+def queue_class(arguments, what):
+    """The class of queue a declaration's x-queue-type asks for; 406 when there is none."""
+    queue_type = arguments.get("x-queue-type", "classic")
+    cls = QUEUE_TYPES.get(queue_type) if type(queue_type) is str else None
+    if cls is None:
+        raise PreconditionFailed(f"invalid arg 'x-queue-type' for {what}: {queue_type_refusal(queue_type)}")
+    return cls
 
 
 PREDECLARED_EXCHANGES = (
@@ -57,6 +72,9 @@ class VirtualHost:
         self.reply_channels = {}    # direct reply-to name -> the Channel consuming its replies
         # What deleted queues had counted, so node-wide totals never go backwards.
         self.deleted_queue_counts = dict.fromkeys(MESSAGE_COUNTERS, 0)
+        # How many queues keep every message in the store (quorum queues): while there are
+        # none, a transient publish skips the store's path altogether.
+        self.queues_keeping_every_message = 0
         for exchange_name, type_name in PREDECLARED_EXCHANGES:
             self.exchanges[exchange_name] = exchange_class(type_name)(exchange_name, durable=True)
 
@@ -167,7 +185,8 @@ class VirtualHost:
             if limit is not None:
                 raise PreconditionFailed(f"cannot declare queue '{name}': queue limit in vhost '{self.name}' "
                                          f"({limit}) is reached")
-            validate_queue_arguments(arguments, name, self.name)
+            what = f"queue '{name}' in vhost '{self.name}'"
+            queue_class(arguments, what).validate(arguments, durable, exclusive, auto_delete, what)
             queue = self._add_queue(name, durable, owner if exclusive else None, auto_delete, arguments)
             if queue.store is not None:
                 self.store.put_queue(self.name, name, auto_delete, queue.arguments)
@@ -179,16 +198,22 @@ class VirtualHost:
         what = f"queue '{name}' in vhost '{self.name}'"
         _equivalent(what, "durable", durable, queue.durable)
         _equivalent(what, "auto_delete", auto_delete, queue.auto_delete)
-        for argument in QUEUE_ARGUMENTS:
-            _equivalent(what, argument, arguments.get(argument), queue.arguments.get(argument))
+        if queue_class(arguments, what) is not type(queue):     # none and 'classic' are one type
+            _equivalent(what, "x-queue-type", arguments.get("x-queue-type"), queue.arguments.get("x-queue-type"))
+        for argument in queue.accepted_arguments:
+            if argument != "x-queue-type":
+                _equivalent(what, argument, arguments.get(argument), queue.arguments.get(argument))
         queue.touch()
         queue.drop_expired()
         return queue
 
     def _add_queue(self, name, durable, exclusive_owner, auto_delete, arguments):
-        queue = self.queues[name] = Queue(self.name, name, durable, exclusive_owner, auto_delete,
-                                          arguments, on_expired=self.remove_queue, store=self.store,
-                                          dead_letter=self.dead_letter, memory=self.memory)
+        cls = queue_class(arguments, f"queue '{name}' in vhost '{self.name}'")
+        queue = self.queues[name] = cls(self.name, name, durable, exclusive_owner, auto_delete,
+                                        arguments, on_expired=self.remove_queue, store=self.store,
+                                        dead_letter=self.dead_letter, memory=self.memory)
+        if queue.keeps_every_message and queue.store is not None:
+            self.queues_keeping_every_message += 1
         return queue
 
     def delete_queue(self, name, if_unused=False, if_empty=False, owner=None):
@@ -227,6 +252,8 @@ class VirtualHost:
             self.deleted_queue_counts[counter] += getattr(queue, counter)
         if queue.store is not None:
             self.store.delete_queue(self.name, queue.name)
+            if queue.keeps_every_message:
+                self.queues_keeping_every_message -= 1
         for consumer in list(queue.consumers):
             consumer.channel.consumer_cancelled(consumer)
         self._unbind_from_all(queue)
@@ -363,7 +390,7 @@ class VirtualHost:
             check_name(message.routing_key, "routing key")
         self.published += 1
         properties = message.properties
-        if (exchange.forwards or exchange.alternate is not None
+        if (exchange.forwards or exchange.alternate is not None or self.queues_keeping_every_message
                 or (properties is not None and properties.get("delivery_mode") == 2)):
             return self._deliver(exchange, message)
         # The common case inline, as it runs per message: a transient message through an
@@ -381,9 +408,11 @@ class VirtualHost:
 
     def _deliver(self, exchange, message, died_for=None):
         """Route `message` from `exchange`, keep it in the store for the durable queues
-        among them if it is persistent, and give it to each; returns how many. A published
-        message is refused when the store cannot take it; a dead-lettered one (`died_for`
-        a reason) is not, and skips the queues it would go round a cycle through."""
+        among them if it is persistent (for quorum queues whatever its delivery mode), and
+        give it to each; returns how many. A published message is refused when the store
+        cannot take it; a dead-lettered one (`died_for` a reason) is not, and skips the
+        queues it would go round a cycle through. PublishRefused once every queue has had
+        it, when one refused it (x-overflow reject-publish)."""
         if exchange.forwards or exchange.alternate is not None:
             queues = self._route_on(exchange, message)
         else:
@@ -393,8 +422,10 @@ class VirtualHost:
         if died_for is not None and died_for != REJECTED:
             queues = [queue for queue in queues if not is_cycle(queue.name, message)]
         properties = message.properties
-        if properties is not None and properties.get("delivery_mode") == 2:
-            durable = [queue for queue in queues if queue.store is not None]
+        persistent = properties is not None and properties.get("delivery_mode") == 2
+        if persistent or self.queues_keeping_every_message:
+            durable = [queue for queue in queues
+                       if queue.store is not None and (persistent or queue.keeps_every_message)]
             if durable:
                 if died_for is None and not self.store.available:
                     raise StoreUnavailable("the message store cannot be written: persistent message refused")
@@ -403,7 +434,7 @@ class VirtualHost:
         for queue in queues:
             if not queue.enqueue(message):
                 refused = True
-        if refused and died_for is None:
+        if refused:
             raise PublishRefused()
         return len(queues)
 
@@ -434,15 +465,25 @@ class VirtualHost:
 
     def dead_letter(self, queue, messages, reason):
         """Republish what died in `queue` to its dead-letter exchange, through that
-        exchange's normal routing (dead_letter.py says what the new messages carry). With
-        no such exchange they are dropped, as in RabbitMQ; copies that would go round an
-        automatic cycle are dropped too."""
+        exchange's normal routing (dead_letter.py says what the new messages carry), as
+        each was published (`origin`: a queue's copy may carry delivery state of its own,
+        a quorum queue's x-delivery-count). With no such exchange they are dropped, as in
+        RabbitMQ; copies that would go round an automatic cycle are dropped too. Returns
+        those no queue took whole (routed nowhere, or refused by a length limit), which a
+        queue dead-lettering at least once keeps."""
         exchange = self.exchanges.get(queue.dead_letter_exchange)
         if exchange is None:
-            return
+            return messages
+        refused = []
         for message in messages:
-            self._deliver(exchange, dead_lettered(message, reason, queue.name, exchange.name,
-                                                  queue.dead_letter_routing_key), reason)
+            try:
+                routed = self._deliver(exchange, dead_lettered(message.origin or message, reason, queue.name,
+                                                               exchange.name, queue.dead_letter_routing_key), reason)
+            except PublishRefused:
+                routed = 0
+            if not routed:
+                refused.append(message)
+        return refused
 
     def publishable(self, exchange_name):
         """The exchange a publish names, if it may be published to."""
@@ -523,7 +564,7 @@ def exchange_row(exchange):
 
 def queue_row(queue):
     ready, unacked = queue.message_count, queue.unacked_count
-    return {"name": queue.name, "durable": queue.durable, "exclusive": queue.exclusive,
+    return {"name": queue.name, "type": queue.queue_type, "durable": queue.durable, "exclusive": queue.exclusive,
             "auto_delete": queue.auto_delete, "arguments": queue.arguments,
             "messages_ready": ready, "messages_unacknowledged": unacked,
             "messages": ready + unacked, "consumers": len(queue.consumers)}
@@ -537,8 +578,10 @@ def check_name(name, kind):
 
 def _equivalent(what, argument, received, current):
     if received != current or type(received) is not type(current):
+        # RabbitMQ names the type too when only one side has the argument.
+        show = _show_typed if received is None or current is None else _show
         raise PreconditionFailed(
-            f"inequivalent arg '{argument}' for {what}: received {_show(received)} but current is {_show(current)}")
+            f"inequivalent arg '{argument}' for {what}: received {show(received)} but current is {show(current)}")
 
 
 def _show(value):
@@ -547,3 +590,7 @@ def _show(value):
     if isinstance(value, bool):
         return f"'{str(value).lower()}'"
     return f"'{value}'"
+
+
+def _show_typed(value):
+    return "none" if value is None else f"the value {_show(value)} of type '{amqp_type(value)}'"

@@ -48,6 +48,7 @@ def test_the_page_loads_without_console_errors_and_shows_a_queue_with_its_count(
     browser.find_element(By.ID, "tab-queues").click()
     cells = wait_until(lambda: queue_row(browser, name).find_elements(By.TAG_NAME, "td"))
     assert cells[2].text == "7"                          # Ready
+    assert cells[-1].text == "classic"                   # Type
     publish(dashboard_broker, name, 2)                   # the table refreshes by itself
     wait_until(lambda: queue_row(browser, name).find_elements(By.TAG_NAME, "td")[2].text == "9")
     wait_until(lambda: queue_row(browser, "a-queue-the-filter-hides"))
