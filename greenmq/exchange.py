@@ -42,13 +42,21 @@ class Exchange:
         self.auto_delete = auto_delete
         self.internal = internal
         self.arguments = arguments or {}
-        # Where a message goes that this exchange's bindings route nowhere (its name).
-        self.alternate = self.arguments.get("alternate-exchange")
+        self.configure(self.arguments)
+        # The policy and operator policy that apply (policy.Policy, or None), and the
+        # definition they make together.
+        self.policy = self.operator_policy = None
+        self.policy_definition = {}
         # (destination, routing_key, arguments_key) -> arguments, in binding order.
         self.bindings = {}
         self.forwards = 0               # bindings whose destination is an exchange
         self.bound_exchanges = set()    # exchanges with a binding to this one, to unbind on delete
         self._routes = {}
+
+    def configure(self, settings):
+        """Take what a policy may change, by argument name: at declaration the arguments."""
+        # Where a message goes that this exchange's bindings route nowhere (its name).
+        self.alternate = settings.get("alternate-exchange")
 
     def bind(self, destination, routing_key, arguments=None):
         """Add a binding; False if an identical one already exists (binding is idempotent)."""
