@@ -189,7 +189,7 @@ _POLICY_KINDS = {"policy": ("policy", "policies"),
 
 
 def _policy_kind(command):
-    return "operator_policy" if "operator_policy" in command else "policy"
+    return "operator_policy" if "_operator_" in command else "policy"
 
 
 def run_set_policy(conn, args, out):
