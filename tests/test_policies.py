@@ -192,6 +192,19 @@ def test_an_expires_policy_deletes_an_unused_queue(target, name):
     eventually(lambda: call(target.http_port, "GET", path("queues", "/", name))[0] == 404)
 
 
+def test_setting_an_unrelated_policy_does_not_restart_a_queues_expiry_clock(target, name):
+    channel = target.channel()
+    channel.queue_declare(name)
+    assert target.put(name, exactly(name), {"expires": 300})[0] == 201
+    deadline = time.monotonic() + SETTLE_SECONDS
+    for round in range(10 ** 6):      # another policy every 50 ms, each a change that matches nothing
+        if call(target.http_port, "GET", path("queues", "/", name))[0] == 404:
+            break
+        assert time.monotonic() < deadline, "the queue never expired"
+        assert target.put(name + "-other", "^nothing-here$", {"max-length": round + 1})[0] in (201, 204)
+        time.sleep(0.05)
+
+
 def test_the_lower_of_operator_policy_and_policy_wins_for_limits(target, name):
     channel = target.channel()
     channel.queue_declare(name)
@@ -212,21 +225,22 @@ def test_the_lower_of_operator_policy_and_policy_wins_for_limits(target, name):
 
 def test_a_queue_argument_wins_over_a_policy_for_dead_lettering_and_the_lower_for_limits(target, name):
     channel = target.channel()
-    channel.queue_declare(name + ".argument-dlq")
-    channel.queue_declare(name + ".policy-dlq")
+    # The policy's routing key sorts first, so that taking the lower would pick it.
+    channel.queue_declare(name + ".b-argument-dlq")
+    channel.queue_declare(name + ".a-policy-dlq")
     channel.queue_declare(name, arguments={"x-max-length": 3, "x-dead-letter-exchange": "",
-                                           "x-dead-letter-routing-key": name + ".argument-dlq"})
+                                           "x-dead-letter-routing-key": name + ".b-argument-dlq"})
     try:
         assert target.put(name, exactly(name), {"max-length": 10, "dead-letter-exchange": "",
-                                                "dead-letter-routing-key": name + ".policy-dlq"})[0] == 201
+                                                "dead-letter-routing-key": name + ".a-policy-dlq"})[0] == 201
         assert target.put(name + "-op", exactly(name), {"max-length": 2}, kind="operator-policies")[0] == 201
         publish(channel, name, 4)       # the operator policy's 2 is the lowest: two drop, dead-lettered
-        eventually(lambda: target.ready(name + ".argument-dlq") == 2)
-        assert target.ready(name) == 2 and target.ready(name + ".policy-dlq") == 0
+        eventually(lambda: target.ready(name + ".b-argument-dlq") == 2)
+        assert target.ready(name) == 2 and target.ready(name + ".a-policy-dlq") == 0
         assert target.clear(name + "-op", kind="operator-policies") == 204
         eventually(lambda: (publish(channel, name, 1), target.ready(name))[1] == 3)   # the argument's 3 now
     finally:
-        for queue in (name, name + ".argument-dlq", name + ".policy-dlq"):
+        for queue in (name, name + ".b-argument-dlq", name + ".a-policy-dlq"):
             channel.queue_delete(queue)
 
 
@@ -483,4 +497,5 @@ def test_definitions_carry_policies_but_not_operator_policies_as_rabbitmq_310(br
     assert call(broker.http_port, "GET", path("policies", "/", name)) == (200, row)
     mine["policies"] = [dict(row, definition={"message-ttl": -5})]
     status, reply = call(broker.http_port, "POST", "/api/definitions", mine)
-    assert status == 400 and "-5 is not a valid message TTL" in reply["reason"]
+    assert (status, reply["reason"]) == (400, "PRECONDITION_FAILED - definitions: policies[0]: Validation failed: "
+                                              "-5 is not a valid message TTL")
