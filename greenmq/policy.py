@@ -14,9 +14,17 @@ that is what operators search for.
 
 import re
 
+import regex
+
 from .errors import NotFound, PreconditionFailed
 
 APPLY_TO = ("queues", "exchanges", "all")
+
+# A policy's pattern may spend this long on one name before it is taken not to match: a
+# backtracking pattern such as ^(a|aa)+$ doubles its time with each character of a name,
+# and the hub waits while it runs (as for the API's name filters, management.py; the
+# `regex` module keeps `re`'s syntax and takes a timeout). Plain patterns take microseconds.
+MATCH_BUDGET_SECONDS = 0.01
 POLICY, OPERATOR_POLICY = "policy", "operator_policy"     # RabbitMQ's component names
 KINDS = (POLICY, OPERATOR_POLICY)
 
@@ -202,13 +210,13 @@ class Policy:
     __slots__ = ("vhost", "kind", "name", "pattern", "apply_to", "priority", "definition", "_regex")
 
     def __init__(self, vhost, kind, name, pattern, definition, priority=0, apply_to="all"):
-        if type(priority) is not int:
+        if type(priority) not in (int, float):
             raise _invalid(f"priority should be a number, actually was {erlang(priority)}")
         if type(pattern) is not str:
             raise _invalid(f"pattern should be regular expression but is invalid: {erlang(pattern)}")
         try:
-            self._regex = re.compile(pattern)
-        except re.error as exc:
+            self._regex = regex.compile(pattern)
+        except regex.error as exc:
             raise _invalid(f"pattern should be regular expression but is invalid: {exc}") from None
         if apply_to not in APPLY_TO:
             raise _invalid(f"apply-to '{apply_to}' unrecognised; should be 'queues', 'exchanges' or 'all'")
@@ -223,9 +231,13 @@ class Policy:
 
     def matches(self, target, inapplicable):
         """Whether it applies to `target` (a queue or an exchange), none of whose
-        `inapplicable` keys it may hold."""
-        return (self.apply_to in ("all", target.kind + "s") and self._regex.search(target.name) is not None
-                and not inapplicable.intersection(self.definition))
+        `inapplicable` keys it may hold; a pattern over MATCH_BUDGET_SECONDS does not match."""
+        if self.apply_to not in ("all", target.kind + "s") or inapplicable.intersection(self.definition):
+            return False
+        try:
+            return self._regex.search(target.name, timeout=MATCH_BUDGET_SECONDS) is not None
+        except TimeoutError:
+            return False
 
 
 class Policies:

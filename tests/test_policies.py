@@ -499,3 +499,18 @@ def test_definitions_carry_policies_but_not_operator_policies_as_rabbitmq_310(br
     status, reply = call(broker.http_port, "POST", "/api/definitions", mine)
     assert (status, reply["reason"]) == (400, "PRECONDITION_FAILED - definitions: policies[0]: Validation failed: "
                                               "-5 is not a valid message TTL")
+
+
+def test_a_backtracking_pattern_costs_a_declare_milliseconds_and_matches_nothing_it_would_hang_on(greenmq, name):
+    assert greenmq.put(name, r"^(a|aa)+$", {"max-length": 1})[0] == 201
+    channel = greenmq.channel()
+    started = time.monotonic()
+    channel.queue_declare("a" * 60 + "b" + name)      # 2^60 ways to fail without the time limit
+    channel.queue_declare("aaaa")                     # a name it matches at once
+    assert time.monotonic() - started < 2
+    try:
+        assert queue_json(greenmq, "a" * 60 + "b" + name)["policy"] is None
+        assert queue_json(greenmq, "aaaa")["policy"] == name
+    finally:
+        channel.queue_delete("a" * 60 + "b" + name)
+        channel.queue_delete("aaaa")
