@@ -15,6 +15,8 @@ import pika
 import pytest
 
 from tests.broker_process import BrokerProcess
+from tests.test_amqp_queue_features import bodies
+from tests.test_limits import user  # noqa: F401 - a fixture: a user with rights in /
 from tests.greenmqctl_process import greenmqctl as ctl, greenmqctl_json as ctl_json
 from tests.http_api import call, path
 
@@ -80,6 +82,15 @@ def greenmq(broker):
     t.close()
 
 
+@pytest.fixture
+def queue(target, name):
+    """A queue named `name` on the target, deleted after the test; yields a channel."""
+    channel = target.channel()
+    channel.queue_declare(name)
+    yield channel
+    target.channel().queue_delete(name)
+
+
 def exactly(name):
     return "^" + re.escape(name) + "$"
 
@@ -96,15 +107,6 @@ def eventually(condition, seconds=SETTLE_SECONDS):
 def publish(channel, queue, count, prefix="m"):
     for i in range(count):
         channel.basic_publish("", queue, f"{prefix}{i}".encode())
-
-
-def bodies(channel, queue):
-    got = []
-    while True:
-        method, _, body = channel.basic_get(queue, auto_ack=True)
-        if method is None:
-            return got
-        got.append(body.decode())
 
 
 def queue_json(target, queue):
@@ -125,46 +127,34 @@ def test_a_message_ttl_policy_expires_messages_and_clearing_it_keeps_them(target
         channel.queue_delete(name)
 
 
-def test_messages_queued_before_a_message_ttl_policy_keep_theirs(target, name):
+def test_messages_queued_before_a_message_ttl_policy_keep_theirs(target, name, queue):
     """RabbitMQ gives a message its expiry as it is queued; a later TTL is for later messages."""
-    channel = target.channel()
-    channel.queue_declare(name)
-    try:
-        publish(channel, name, 1, "before")
-        assert target.put(name, exactly(name), {"message-ttl": 20})[0] == 201
-        time.sleep(0.3)
-        assert bodies(channel, name) == ["before0"]
-    finally:
-        channel.queue_delete(name)
+    channel = queue
+    publish(channel, name, 1, "before")
+    assert target.put(name, exactly(name), {"message-ttl": 20})[0] == 201
+    time.sleep(0.3)
+    assert bodies(channel, name) == [b"before0"]
 
 
-def test_a_lowered_max_length_drops_the_oldest_at_once_and_clearing_it_lifts_the_limit(target, name):
-    channel = target.channel()
-    channel.queue_declare(name)
-    try:
-        publish(channel, name, 5)
-        assert target.put(name, exactly(name), {"max-length": 2})[0] == 201
-        eventually(lambda: target.ready(name) == 2)
-        publish(channel, name, 1, "new")
-        assert bodies(channel, name) == ["m4", "new0"]
-        assert target.clear(name) == 204
-        eventually(lambda: (publish(channel, name, 1, "more"), target.ready(name))[1] >= 3)
-    finally:
-        channel.queue_delete(name)
+def test_a_lowered_max_length_drops_the_oldest_at_once_and_clearing_it_lifts_the_limit(target, name, queue):
+    channel = queue
+    publish(channel, name, 5)
+    assert target.put(name, exactly(name), {"max-length": 2})[0] == 201
+    eventually(lambda: target.ready(name) == 2)
+    publish(channel, name, 1, "new")
+    assert bodies(channel, name) == [b"m4", b"new0"]
+    assert target.clear(name) == 204
+    eventually(lambda: (publish(channel, name, 1, "more"), target.ready(name))[1] >= 3)
 
 
-def test_a_max_length_bytes_policy_counts_the_bytes_of_a_plain_queue(target, name):
-    channel = target.channel()
-    channel.queue_declare(name)
-    try:
-        for body in (b"a" * 10, b"b" * 10, b"c" * 10):
-            channel.basic_publish("", name, body)
-        assert target.put(name, exactly(name), {"max-length-bytes": 15})[0] == 201
-        eventually(lambda: target.ready(name) == 1)
-        channel.basic_publish("", name, b"d" * 10)
-        assert bodies(channel, name) == ["d" * 10]
-    finally:
-        channel.queue_delete(name)
+def test_a_max_length_bytes_policy_counts_the_bytes_of_a_plain_queue(target, name, queue):
+    channel = queue
+    for body in (b"a" * 10, b"b" * 10, b"c" * 10):
+        channel.basic_publish("", name, body)
+    assert target.put(name, exactly(name), {"max-length-bytes": 15})[0] == 201
+    eventually(lambda: target.ready(name) == 1)
+    channel.basic_publish("", name, b"d" * 10)
+    assert bodies(channel, name) == [b"d" * 10]
 
 
 def test_a_policys_dead_letter_exchange_takes_rejected_messages(target, name):
@@ -205,22 +195,18 @@ def test_setting_an_unrelated_policy_does_not_restart_a_queues_expiry_clock(targ
         time.sleep(0.05)
 
 
-def test_the_lower_of_operator_policy_and_policy_wins_for_limits(target, name):
-    channel = target.channel()
-    channel.queue_declare(name)
-    try:
-        assert target.put(name, exactly(name), {"max-length": 4, "message-ttl": 600000})[0] == 201
-        assert target.put(name, exactly(name), {"max-length": 2}, kind="operator-policies")[0] == 201
-        publish(channel, name, 5)
-        eventually(lambda: target.ready(name) == 2)
-        assert target.put(name, exactly(name), {"max-length": 9}, kind="operator-policies")[0] == 204
-        eventually(lambda: (publish(channel, name, 1), target.ready(name))[1] == 4)
-        if target.greenmq:
-            shown = queue_json(target, name)
-            assert (shown["policy"], shown["operator_policy"]) == (name, name)
-            assert shown["effective_policy_definition"] == {"max-length": 4, "message-ttl": 600000}
-    finally:
-        channel.queue_delete(name)
+def test_the_lower_of_operator_policy_and_policy_wins_for_limits(target, name, queue):
+    channel = queue
+    assert target.put(name, exactly(name), {"max-length": 4, "message-ttl": 600000})[0] == 201
+    assert target.put(name, exactly(name), {"max-length": 2}, kind="operator-policies")[0] == 201
+    publish(channel, name, 5)
+    eventually(lambda: target.ready(name) == 2)
+    assert target.put(name, exactly(name), {"max-length": 9}, kind="operator-policies")[0] == 204
+    eventually(lambda: (publish(channel, name, 1), target.ready(name))[1] == 4)
+    if target.greenmq:
+        shown = queue_json(target, name)
+        assert (shown["policy"], shown["operator_policy"]) == (name, name)
+        assert shown["effective_policy_definition"] == {"max-length": 4, "message-ttl": 600000}
 
 
 def test_a_queue_argument_wins_over_a_policy_for_dead_lettering_and_the_lower_for_limits(target, name):
@@ -244,19 +230,15 @@ def test_a_queue_argument_wins_over_a_policy_for_dead_lettering_and_the_lower_fo
             channel.queue_delete(queue)
 
 
-def test_of_the_matching_policies_the_highest_priority_applies_alone(target, name):
-    channel = target.channel()
-    channel.queue_declare(name)
-    try:
-        assert target.put(name + "-low", exactly(name), {"max-length": 1, "message-ttl": 1}, priority=1)[0] == 201
-        assert target.put(name + "-high", exactly(name), {"max-length": 3}, priority=2)[0] == 201
-        eventually(lambda: (publish(channel, name, 1), target.ready(name))[1] == 3)
-        if target.greenmq:
-            shown = queue_json(target, name)
-            assert shown["policy"] == name + "-high"
-            assert shown["effective_policy_definition"] == {"max-length": 3}
-    finally:
-        channel.queue_delete(name)
+def test_of_the_matching_policies_the_highest_priority_applies_alone(target, name, queue):
+    channel = queue
+    assert target.put(name + "-low", exactly(name), {"max-length": 1, "message-ttl": 1}, priority=1)[0] == 201
+    assert target.put(name + "-high", exactly(name), {"max-length": 3}, priority=2)[0] == 201
+    eventually(lambda: (publish(channel, name, 1), target.ready(name))[1] == 3)
+    if target.greenmq:
+        shown = queue_json(target, name)
+        assert shown["policy"] == name + "-high"
+        assert shown["effective_policy_definition"] == {"max-length": 3}
 
 
 def test_a_policy_applies_to_queues_declared_later_and_only_to_what_apply_to_names(target, name):
@@ -277,18 +259,14 @@ def test_a_policy_applies_to_queues_declared_later_and_only_to_what_apply_to_nam
         channel.queue_delete(name + ".other")
 
 
-def test_a_policy_holding_a_quorum_queue_key_does_not_apply_to_a_classic_queue(target, name):
-    channel = target.channel()
-    channel.queue_declare(name)
-    try:
-        assert target.put(name, exactly(name), {"max-length": 1, "delivery-limit": 5})[0] == 201
-        time.sleep(0.2 if not target.greenmq else 0)
-        publish(channel, name, 3)
-        assert target.ready(name) == 3
-        if target.greenmq:
-            assert queue_json(target, name)["policy"] is None
-    finally:
-        channel.queue_delete(name)
+def test_a_policy_holding_a_quorum_queue_key_does_not_apply_to_a_classic_queue(target, name, queue):
+    channel = queue
+    assert target.put(name, exactly(name), {"max-length": 1, "delivery-limit": 5})[0] == 201
+    time.sleep(0.2 if not target.greenmq else 0)
+    publish(channel, name, 3)
+    assert target.ready(name) == 3
+    if target.greenmq:
+        assert queue_json(target, name)["policy"] is None
 
 
 def test_an_alternate_exchange_by_policy_takes_what_the_exchange_routes_nowhere(target, name):
@@ -389,15 +367,6 @@ def test_policies_of_a_vhost_that_is_not_there_are_not_found(target, name):
 
 
 # -- who may -----------------------------------------------------------------------------------
-
-@pytest.fixture
-def user(broker, name):
-    """A user (password "secret") with full rights in / and the tags a test gives it."""
-    assert ctl(broker.port, "add_user", name, "secret").returncode == 0
-    assert ctl(broker.port, "set_permissions", name, ".*", ".*", ".*").returncode == 0
-    yield name
-    ctl(broker.port, "delete_user", name)
-
 
 def test_a_policymaker_manages_policies_of_its_vhosts_and_no_operator_policies(broker, greenmq, user, name):
     as_user = (user, "secret")
