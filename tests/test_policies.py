@@ -147,6 +147,28 @@ def test_a_lowered_max_length_drops_the_oldest_at_once_and_clearing_it_lifts_the
     eventually(lambda: (publish(channel, name, 1, "more"), target.ready(name))[1] >= 3)
 
 
+def test_a_lowered_max_length_drops_nothing_from_a_reject_publish_queue(target, name):
+    """RabbitMQ drops over a new limit only when overflow is drop-head; reject-publish refuses new messages."""
+    channel = target.channel()
+    channel.queue_declare(name, arguments={"x-overflow": "reject-publish"})
+    try:
+        publish(channel, name, 5)
+        assert target.put(name, exactly(name), {"max-length": 2})[0] == 201
+        channel.confirm_delivery()
+        eventually(lambda: not _published(channel, name))
+        assert target.ready(name) == 5
+    finally:
+        channel.queue_delete(name)
+
+
+def _published(channel, queue):
+    try:
+        channel.basic_publish("", queue, b"one more")
+        return True
+    except pika.exceptions.NackError:
+        return False
+
+
 def test_a_max_length_bytes_policy_counts_the_bytes_of_a_plain_queue(target, name, queue):
     channel = queue
     for body in (b"a" * 10, b"b" * 10, b"c" * 10):
@@ -180,6 +202,13 @@ def test_an_expires_policy_deletes_an_unused_queue(target, name):
     assert target.put(name, exactly(name), {"expires": 100})[0] == 201
     # Asked over HTTP: a passive declare would be a use, which restarts the clock.
     eventually(lambda: call(target.http_port, "GET", path("queues", "/", name))[0] == 404)
+
+
+def test_clearing_an_expires_policy_stops_the_queues_clock(target, name, queue):
+    assert target.put(name, exactly(name), {"expires": 300})[0] == 201
+    assert target.clear(name) == 204
+    time.sleep(0.6)
+    assert call(target.http_port, "GET", path("queues", "/", name))[0] == 200
 
 
 def test_setting_an_unrelated_policy_does_not_restart_a_queues_expiry_clock(target, name):
