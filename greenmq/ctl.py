@@ -370,7 +370,7 @@ COMMANDS = {
     "clear_password": ("remove a user's password: they can no longer log in with one", [("username", {})],
                        _simple('Clearing password for user "{username}"', "user.clear_password",
                                user="username"), False),
-    "set_user_tags": ("set a user's tags (administrator, monitoring, management); none clears them",
+    "set_user_tags": ("set a user's tags (administrator, monitoring, management, policymaker); none clears them",
                       [("username", {}), ("tags", {"nargs": "*"})],
                       _simple('Setting tags for user "{username}" to {tags}', "user.set_tags",
                               user="username", tags="tags"), False),

@@ -257,7 +257,8 @@ class Policies:
             raise NotFound(f"no {kind.replace('_', ' ')} '{name}' in vhost '{self.vhost}'")
 
     def list(self, kind):
-        return [policy.row() for policy in self._of(kind).values()]
+        """By name, the same before and after a restart."""
+        return [policy.row() for policy in sorted(self._of(kind).values(), key=lambda policy: policy.name)]
 
     def _of(self, kind):
         policies = self.by_kind.get(kind)

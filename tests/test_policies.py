@@ -259,6 +259,16 @@ def test_a_queue_argument_wins_over_a_policy_for_dead_lettering_and_the_lower_fo
             channel.queue_delete(queue)
 
 
+def test_the_lower_of_a_queues_message_ttl_argument_and_a_policys_wins(target, name):
+    channel = target.channel()
+    channel.queue_declare(name, arguments={"x-message-ttl": 600000})
+    try:
+        assert target.put(name, exactly(name), {"message-ttl": 50})[0] == 201
+        eventually(lambda: (publish(channel, name, 1), time.sleep(0.1), target.ready(name))[2] == 0)
+    finally:
+        channel.queue_delete(name)
+
+
 def test_of_the_matching_policies_the_highest_priority_applies_alone(target, name, queue):
     channel = queue
     assert target.put(name + "-low", exactly(name), {"max-length": 1, "message-ttl": 1}, priority=1)[0] == 201
