@@ -35,6 +35,7 @@ class Exchange:
 
     type = None
     kind = "exchange"       # as a binding's destination, beside queues
+    inapplicable_policy_keys = frozenset()      # every policy may apply to an exchange
 
     def __init__(self, name, durable=False, auto_delete=False, internal=False, arguments=None):
         self.name = name

@@ -229,10 +229,11 @@ class Policy:
         return {"vhost": self.vhost, "name": self.name, "pattern": self.pattern, "apply-to": self.apply_to,
                 "definition": self.definition, "priority": self.priority}
 
-    def matches(self, target, inapplicable):
+    def matches(self, target):
         """Whether it applies to `target` (a queue or an exchange), none of whose
-        `inapplicable` keys it may hold; a pattern over MATCH_BUDGET_SECONDS does not match."""
-        if self.apply_to not in ("all", target.kind + "s") or inapplicable.intersection(self.definition):
+        `inapplicable_policy_keys` it may hold; a pattern over MATCH_BUDGET_SECONDS does not match."""
+        if (self.apply_to not in ("all", target.kind + "s")
+                or target.inapplicable_policy_keys.intersection(self.definition)):
             return False
         try:
             return self._regex.search(target.name, timeout=MATCH_BUDGET_SECONDS) is not None
@@ -266,13 +267,13 @@ class Policies:
             raise NotFound(f"no kind of policy '{kind}'; the kinds are {', '.join(KINDS)}")
         return policies
 
-    def winner(self, kind, target, inapplicable=frozenset()):
+    def winner(self, kind, target):
         """The policy of `kind` that applies to `target`: the highest priority among those
         matching. RabbitMQ breaks a tie by its table's internal order, which nobody can
         rely on; here the name that sorts first wins, the same after every restart."""
         best = None
         for policy in self.by_kind[kind].values():
-            if policy.matches(target, inapplicable) and (
+            if policy.matches(target) and (
                     best is None or (-policy.priority, policy.name) < (-best.priority, best.name)):
                 best = policy
         return best

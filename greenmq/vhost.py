@@ -358,9 +358,8 @@ class VirtualHost:
         """Which policy and operator policy apply to a queue or an exchange; its settings
         change only when the definition they make does, so setting an unrelated policy
         restarts no queue's x-expires clock."""
-        inapplicable = getattr(target, "inapplicable_policy_keys", frozenset())
-        policy = self.policies.winner(POLICY, target, inapplicable)
-        operator_policy = self.policies.winner(OPERATOR_POLICY, target, inapplicable)
+        policy = self.policies.winner(POLICY, target)
+        operator_policy = self.policies.winner(OPERATOR_POLICY, target)
         definition = effective_definition(policy, operator_policy)
         target.policy, target.operator_policy = policy, operator_policy
         if definition != target.policy_definition:
