@@ -39,7 +39,9 @@ RABBITMQ_HASHES = {
 }
 
 # The tags RabbitMQ gives meaning to; any other tag is kept and shown but grants nothing.
-ADMINISTRATOR, MONITORING, MANAGEMENT = "administrator", "monitoring", "management"
+# A policymaker may do what a management user may, and manage the policies of the vhosts
+# it has permissions in.
+ADMINISTRATOR, MONITORING, MANAGEMENT, POLICYMAKER = "administrator", "monitoring", "management", "policymaker"
 
 FULL_ACCESS = ".*"
 

@@ -56,10 +56,12 @@ _DERIVED = {
 
 LISTINGS = {
     "list_exchanges": ("list_exchanges", "exchanges", True,
-                       ["name", "type", "durable", "auto_delete", "internal", "arguments"], ["name", "type"]),
+                       ["name", "type", "durable", "auto_delete", "internal", "arguments", "policy"],
+                       ["name", "type"]),
     "list_queues": ("list_queues", "queues", True,
                     ["name", "type", "messages", "messages_ready", "messages_unacknowledged", "consumers", "durable",
-                     "auto_delete", "exclusive", "arguments"], ["name", "messages"]),
+                     "auto_delete", "exclusive", "arguments", "policy", "operator_policy",
+                     "effective_policy_definition"], ["name", "messages"]),
     "list_bindings": ("list_bindings", "bindings", True,
                       ["source_name", "source_kind", "destination_name", "destination_kind", "routing_key",
                        "arguments"],
@@ -83,6 +85,8 @@ LISTINGS = {
 
 
 def _cell(value):
+    if value is None:
+        return ""       # as rabbitmqctl shows a queue under no policy
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (dict, list)):
@@ -177,6 +181,56 @@ def run_list_limits(conn, args, out):
     if not args.quiet:
         out(f'Listing limits for {kind} "{name}" ...' if name is not None else f"Listing limits for all {kind}s ...")
     out(_table([kind, "value"], rows))
+
+
+# Policies and operator policies, as rabbitmqctl names them in its commands and lines.
+_POLICY_KINDS = {"policy": ("policy", "policies"),
+                 "operator_policy": ("operator policy override", "operator policy overrides")}
+
+
+def _policy_kind(command):
+    return "operator_policy" if "_operator_" in command else "policy"
+
+
+def run_set_policy(conn, args, out):
+    kind = _policy_kind(args.command)
+    try:
+        definition = json.loads(args.definition)
+    except ValueError as exc:
+        raise CommandFailed(f"Error: the definition must be JSON such as '{{\"max-length\": 1000}}': {exc}",
+                            EXIT_USAGE) from None
+    if not args.quiet and not args.json:
+        out(f'Setting {_POLICY_KINDS[kind][0]} "{args.name}" for pattern "{args.pattern}" to "{args.definition}" '
+            f'with priority "{args.priority}" for vhost "{args.vhost}" ...')
+    conn.call("policy.set", kind=kind, vhost=args.vhost, name=args.name, pattern=args.pattern,
+              definition=definition, priority=args.priority, apply_to=args.apply_to)
+
+
+def run_clear_policy(conn, args, out):
+    kind = _policy_kind(args.command)
+    if not args.quiet and not args.json:
+        out(f'Clearing {kind.replace("_", " ")} "{args.name}" on vhost "{args.vhost}" ...')
+    conn.call("policy.clear", kind=kind, vhost=args.vhost, name=args.name)
+
+
+def run_list_policies(conn, args, out):
+    kind = _policy_kind(args.command)
+    rows = conn.call("list_policies", kind=kind, vhost=args.vhost)["items"]
+    if args.json:
+        out(json.dumps(rows))
+        return
+    if not args.quiet:
+        out(f'Listing {_POLICY_KINDS[kind][1]} for vhost "{args.vhost}" ...')
+    if rows:
+        out(_table(["vhost", "name", "pattern", "apply-to", "definition", "priority"], rows))
+
+
+_SET_POLICY_ARGUMENTS = [
+    ("name", {}), ("pattern", {"help": "a regular expression over queue and exchange names"}),
+    ("definition", {"help": "JSON such as '{\"max-length\": 1000}'"}),
+    ("--priority", {"type": int, "default": 0, "help": "of several matching, the highest applies (default 0)"}),
+    ("--apply-to", {"choices": ("queues", "exchanges", "all"), "default": "all", "dest": "apply_to",
+                    "help": "what it applies to (default all)"})]
 
 
 def _password(args):
@@ -316,7 +370,7 @@ COMMANDS = {
     "clear_password": ("remove a user's password: they can no longer log in with one", [("username", {})],
                        _simple('Clearing password for user "{username}"', "user.clear_password",
                                user="username"), False),
-    "set_user_tags": ("set a user's tags (administrator, monitoring, management); none clears them",
+    "set_user_tags": ("set a user's tags (administrator, monitoring, management, policymaker); none clears them",
                       [("username", {}), ("tags", {"nargs": "*"})],
                       _simple('Setting tags for user "{username}" to {tags}', "user.set_tags",
                               user="username", tags="tags"), False),
@@ -357,6 +411,16 @@ COMMANDS = {
                           run_clear_user_limits, False),
     "list_user_limits": ("a user's limits, or every user's that has some",
                          [("username", {"nargs": "?", "metavar": "user"})], run_list_limits, False),
+    "set_policy": ("set a policy in a vhost (-p): settings (message-ttl, max-length, dead-letter-exchange...) "
+                   "for the queues and exchanges whose names match", _SET_POLICY_ARGUMENTS, run_set_policy, False),
+    "clear_policy": ("remove a policy from a vhost (-p)", [("name", {})], run_clear_policy, False),
+    "list_policies": ("a vhost's (-p) policies", [], run_list_policies, False),
+    "set_operator_policy": ("set an operator policy in a vhost (-p): caps (max-length, message-ttl, expires...) "
+                            "that win over policies and queue arguments asking more",
+                            _SET_POLICY_ARGUMENTS, run_set_policy, False),
+    "clear_operator_policy": ("remove an operator policy from a vhost (-p)", [("name", {})], run_clear_policy,
+                              False),
+    "list_operator_policies": ("a vhost's (-p) operator policies", [], run_list_policies, False),
     "purge_queue": ("remove a queue's ready messages (-p vhost; logs in to it, so the user needs "
                     "read permission there)", [("queue", {})],
                     _simple('Purging queue "{queue}" in vhost "{vhost}"', "queue.purge", queue="queue"), True),
@@ -500,9 +564,11 @@ def _port(args):
 
 
 def _refused(exc):
+    # A text of several lines (a policy's "Validation failed") starts on a line of its own, as rabbitmqctl's.
+    text = f"Error:\n{exc.text.rstrip()}" if "\n" in exc.text else f"Error: {exc.text}"
     if exc.code is None:
-        return CommandFailed(f"Error: {exc.text}", EXIT_UNAVAILABLE)
-    return CommandFailed(f"Error: {exc.text}", EXIT_NO_PERMISSION if exc.code == 403 else EXIT_REFUSED)
+        return CommandFailed(text, EXIT_UNAVAILABLE)
+    return CommandFailed(text, EXIT_NO_PERMISSION if exc.code == 403 else EXIT_REFUSED)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ changes nothing the second time.
 from .access import HASHING_ALGORITHM, RABBITMQ_HASHES, Permission, check_password_hash, checked_limits
 from .errors import BadSyntax, BrokerError, NotFound, PreconditionFailed
 from .exchange import exchange_class
+from .policy import POLICY, Policy
 from .vhost import check_name, queue_class
 
 # The RabbitMQ release whose definitions format this is; RabbitMQ reads it as the file's
@@ -18,7 +19,7 @@ DEFINITIONS_FORMAT_VERSION = "3.10.8"
 
 # What a RabbitMQ file holds that GreenMQ has no counterpart for yet. Accepted when empty,
 # refused otherwise, so nothing a user relies on is dropped without a word.
-UNSUPPORTED_SECTIONS = ("policies", "global_parameters", "topic_permissions")
+UNSUPPORTED_SECTIONS = ("global_parameters", "topic_permissions")
 
 # RabbitMQ keeps a vhost's limits as a runtime parameter of this component and name; of
 # the parameters, GreenMQ has these only.
@@ -26,7 +27,7 @@ VHOST_LIMITS_COMPONENT, VHOST_LIMITS_PARAMETER = "vhost-limits", "limits"
 
 _KNOWN_SECTIONS = frozenset({"rabbit_version", "rabbitmq_version", "product_name", "product_version",
                              "users", "vhosts", "permissions", "queues", "exchanges", "bindings",
-                             "parameters", "explanation"} | set(UNSUPPORTED_SECTIONS))
+                             "parameters", "policies", "explanation"} | set(UNSUPPORTED_SECTIONS))
 
 
 def export_definitions(node, product, version, rabbitmq_hashes_only=False):
@@ -54,7 +55,9 @@ def export_definitions(node, product, version, rabbitmq_hashes_only=False):
         "topic_permissions": [],
         "parameters": [{"value": vhost.limits, "vhost": vhost.name, "component": VHOST_LIMITS_COMPONENT,
                         "name": VHOST_LIMITS_PARAMETER} for vhost in vhosts if vhost.limits],
-        "global_parameters": [], "policies": [],
+        "global_parameters": [],
+        # Operator policies are not in RabbitMQ 3.10's definitions, so not here either.
+        "policies": [policy for vhost in vhosts for policy in vhost.list_policies(POLICY)],
         "queues": [{"name": q.name, "vhost": vhost.name, "durable": q.durable, "auto_delete": q.auto_delete,
                     "arguments": q.arguments, "type": q.queue_type}
                    for vhost in vhosts for q in vhost.queues.values() if q.exclusive_owner is None],
@@ -77,7 +80,7 @@ def import_definitions(node, definitions):
     for change in changes:
         change()
     return {section: len(definitions.get(section) or []) for section in
-            ("users", "vhosts", "permissions", "parameters", "exchanges", "queues", "bindings")}
+            ("users", "vhosts", "permissions", "parameters", "policies", "exchanges", "queues", "bindings")}
 
 
 def _predeclared(name):
@@ -126,8 +129,10 @@ class _Entry:
         return value
 
     def refuse(self, error):
-        """The core's error for this entry, with the entry named."""
-        return type(error)(f"definitions: {self.where}: {error.text[len(error.name) + 3:]}")   # less "NAME - "
+        """The core's error for this entry, with the entry named, on one line (a policy's
+        "Validation failed" has its reason on lines of their own)."""
+        text = error.text[len(error.name) + 3:].strip().replace("\n\n", ": ")    # less "NAME - "
+        return type(error)(f"definitions: {self.where}: {text}")
 
 
 def _plan(node, definitions):
@@ -178,6 +183,18 @@ def _plan(node, definitions):
         _known(entry, vhost, vhosts, "vhost")
         limits = _limits(entry, "vhost", entry.get("value", dict))
         changes.append(lambda vhost=vhost, limits=limits: node.set_limits("vhost", vhost, limits))
+    for entry in _Entries(definitions, "policies"):
+        vhost, name = entry.get("vhost", str), entry.get("name", str)
+        _known(entry, vhost, vhosts, "vhost")
+        _check_name(entry, name, "policy name")
+        fields = {"pattern": entry.get("pattern", str), "definition": entry.get("definition", dict),
+                  "priority": entry.fields.get("priority", 0), "apply_to": entry.fields.get("apply-to", "all")}
+        try:
+            Policy(vhost, POLICY, name, **fields)
+        except PreconditionFailed as exc:
+            raise entry.refuse(exc) from None
+        changes.append(lambda vhost=vhost, name=name, fields=fields:
+                       node.vhosts[vhost].set_policy(POLICY, name, **fields))
     for entry in _Entries(definitions, "permissions"):
         user, vhost = entry.get("user", str), entry.get("vhost", str)
         _known(entry, user, users, "user")

@@ -35,6 +35,7 @@ class Exchange:
 
     type = None
     kind = "exchange"       # as a binding's destination, beside queues
+    inapplicable_policy_keys = frozenset()      # every policy may apply to an exchange
 
     def __init__(self, name, durable=False, auto_delete=False, internal=False, arguments=None):
         self.name = name
@@ -42,13 +43,21 @@ class Exchange:
         self.auto_delete = auto_delete
         self.internal = internal
         self.arguments = arguments or {}
-        # Where a message goes that this exchange's bindings route nowhere (its name).
-        self.alternate = self.arguments.get("alternate-exchange")
+        self.configure(self.arguments)
+        # The policy and operator policy that apply (policy.Policy, or None), and the
+        # definition they make together.
+        self.policy = self.operator_policy = None
+        self.policy_definition = {}
         # (destination, routing_key, arguments_key) -> arguments, in binding order.
         self.bindings = {}
         self.forwards = 0               # bindings whose destination is an exchange
         self.bound_exchanges = set()    # exchanges with a binding to this one, to unbind on delete
         self._routes = {}
+
+    def configure(self, settings):
+        """Take what a policy may change, by argument name: at declaration the arguments."""
+        # Where a message goes that this exchange's bindings route nowhere (its name).
+        self.alternate = settings.get("alternate-exchange")
 
     def bind(self, destination, routing_key, arguments=None):
         """Add a binding; False if an identical one already exists (binding is idempotent)."""

@@ -38,11 +38,12 @@ import regex
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
-from .access import ADMINISTRATOR, LIMITS, MANAGEMENT, MONITORING, check_password_hash, check_user_id
+from .access import ADMINISTRATOR, LIMITS, MANAGEMENT, MONITORING, POLICYMAKER, check_password_hash, check_user_id
 from .errors import AccessRefused, BadSyntax, BrokerError, NotFound, PublishRefused
 from .memory import MESSAGE_OVERHEAD_BYTES
 from .message import json_value, new_message, properties_from_request
 from .node import SERVER_NAME, VERSION
+from .policy import OPERATOR_POLICY, POLICY
 from .prometheus import prometheus_text, resident_bytes
 from .request_fields import base64_bytes, field, string_list
 from .stats import MESSAGE_COUNTERS, totals
@@ -230,7 +231,7 @@ class ManagementApi:
             user = self.node.authenticate(username, password, peer, mechanism="HTTP basic")
         except AccessRefused as exc:
             raise HttpError(401, exc.text) from None
-        if not user.has_tag(ADMINISTRATOR, MONITORING, MANAGEMENT):
+        if not user.has_tag(ADMINISTRATOR, MONITORING, MANAGEMENT, POLICYMAKER):
             raise HttpError(403, f"Not_Authorized: user '{username}' has no management, monitoring "
                                  "or administrator tag")
         return user
@@ -826,6 +827,44 @@ def delete_limit(api, request, kind, holder, name):
     return 204, None
 
 
+def policies(api, request, kind, vhost=None):
+    """The policies (or operator policies: `kind`) of one vhost, or of every vhost the
+    user may manage them in."""
+    if vhost is not None:
+        api.node.check_policy_access(request.user.name, vhost, kind)
+        return api.node.vhost(vhost).list_policies(kind)
+    api.node.check_tag(request.user.name, *(() if kind == OPERATOR_POLICY else (POLICYMAKER,)))
+    everywhere = kind == OPERATOR_POLICY or request.user.has_tag(ADMINISTRATOR)
+    return [row for v in api.node.vhosts.values() if everywhere or (request.user.name, v.name) in api.node.permissions
+            for row in v.list_policies(kind)]
+
+
+def policy_detail(api, request, kind, vhost, name):
+    for row in policies(api, request, kind, vhost):
+        if row["name"] == name:
+            return row
+    raise NotFound(f"no {kind.replace('_', ' ')} '{name}' in vhost '{vhost}'")
+
+
+def put_policy(api, request, kind, vhost, name):
+    """RabbitMQ's body: pattern and definition, optionally priority and apply-to."""
+    api.node.check_policy_access(request.user.name, vhost, kind)
+    body = request.body()
+    missing = [key for key in ("pattern", "definition") if key not in body]
+    if missing:
+        raise BadSyntax(f"[{{key_missing,{missing[0]}}}]")
+    v = api.node.vhost(vhost)
+    existed = name in v.policies.by_kind[kind]
+    v.set_policy(kind, name, body["pattern"], body["definition"], body.get("priority", 0), body.get("apply-to", "all"))
+    return (204 if existed else 201), None
+
+
+def delete_policy(api, request, kind, vhost, name):
+    api.node.check_policy_access(request.user.name, vhost, kind)
+    api.node.vhost(vhost).clear_policy(kind, name)
+    return 204, None
+
+
 def get_definitions(api, request):
     api.require_administrator(request)
     return api.node.export_definitions()
@@ -889,6 +928,11 @@ _ROUTES = [
       for method, path, handler in (("GET", "", limits), ("GET", "/{holder}", limits),
                                     ("PUT", "/{holder}/{name}", put_limit),
                                     ("DELETE", "/{holder}/{name}", delete_limit))),
+    *((method, f"/api/{prefix}{path}", functools.partial(handler, kind=kind))
+      for prefix, kind in (("policies", POLICY), ("operator-policies", OPERATOR_POLICY))
+      for method, path, handler in (("GET", "", policies), ("GET", "/{vhost}", policies),
+                                    ("GET", "/{vhost}/{name}", policy_detail), ("PUT", "/{vhost}/{name}", put_policy),
+                                    ("DELETE", "/{vhost}/{name}", delete_policy))),
     ("GET", "/api/definitions", get_definitions),
     ("POST", "/api/definitions", post_definitions),
 ]

@@ -15,11 +15,12 @@ import time
 import gevent
 
 from . import definitions
-from .access import (ADMINISTRATOR, FULL_ACCESS, HASHING_ALGORITHM, LIMITS, Permission, User, checked_limits,
-                     hash_password, limit_reached)
+from .access import (ADMINISTRATOR, FULL_ACCESS, HASHING_ALGORITHM, LIMITS, POLICYMAKER, Permission, User,
+                     checked_limits, hash_password, limit_reached)
 from .store.memory import MemoryStore
 from .errors import AccessRefused, BadSyntax, ConnectionForced, NotAllowed, NotFound, PreconditionFailed
 from .memory import DEFAULT_MEMORY_FRACTION, MemoryBudget, parse_memory_limit
+from .policy import OPERATOR_POLICY
 from .session import Session
 from .vhost import VirtualHost, check_name
 
@@ -162,6 +163,17 @@ class Node:
         user = self.users.get(username)
         if user is None or not user.has_tag(ADMINISTRATOR, *tags):
             raise AccessRefused(f"user '{username}' has none of the tags {', '.join((ADMINISTRATOR,) + tags)}")
+
+    def check_policy_access(self, username, vhost_name, kind):
+        """As RabbitMQ: operator policies are administrators' alone; policies are also
+        policymakers', in the vhosts they hold permissions in."""
+        if kind == OPERATOR_POLICY:
+            self.check_tag(username)
+            return
+        self.check_tag(username, POLICYMAKER)
+        self.vhost(vhost_name)
+        if not self.users[username].has_tag(ADMINISTRATOR) and (username, vhost_name) not in self.permissions:
+            raise AccessRefused(f"access to vhost '{vhost_name}' refused for user '{username}'")
 
     # -- users and permissions -----------------------------------------------------------
 

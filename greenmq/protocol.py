@@ -19,6 +19,7 @@ from .errors import (BadSyntax, BrokerError, CommandInvalid, ConnectionForced, F
 from .lines import max_line_bytes_for, whole_lines
 from .message import DEFAULT_MAX_MESSAGE_BYTES, json_value, message_too_large, properties_from_request
 from .node import SERVER_NAME, VERSION
+from .policy import POLICY
 from .request_fields import base64_bytes, field, flag, string_list
 from .transport import FrontEndConnection
 
@@ -528,6 +529,26 @@ class JsonLinesProtocol(FrontEndConnection):
         self.node.check_tag(self.session.user)
         return {"items": self.node.list_limits(field(request, "kind", str), field(request, "name", str, None))}
 
+    def op_policy_set(self, request):
+        """A policy (`kind` "policy", the default) or operator policy ("operator_policy")."""
+        kind, vhost = field(request, "kind", str, POLICY), field(request, "vhost", str)
+        self.node.check_policy_access(self.session.user, vhost, kind)
+        self.node.vhost(vhost).set_policy(kind, field(request, "name", str), request.get("pattern"),
+                                          request.get("definition"), request.get("priority", 0),
+                                          request.get("apply_to", "all"))
+        return {}
+
+    def op_policy_clear(self, request):
+        kind, vhost = field(request, "kind", str, POLICY), field(request, "vhost", str)
+        self.node.check_policy_access(self.session.user, vhost, kind)
+        self.node.vhost(vhost).clear_policy(kind, field(request, "name", str))
+        return {}
+
+    def op_list_policies(self, request):
+        kind, vhost = field(request, "kind", str, POLICY), field(request, "vhost", str)
+        self.node.check_policy_access(self.session.user, vhost, kind)
+        return {"items": self.node.vhost(vhost).list_policies(kind)}
+
     def op_connection_close(self, request):
         self.node.check_tag(self.session.user)
         self.node.close_connection(field(request, "name", str),
@@ -594,6 +615,9 @@ _HANDLERS = {
     "permissions.clear": JsonLinesProtocol.op_permissions_clear,
     "limits.set": JsonLinesProtocol.op_limits_set,
     "list_limits": JsonLinesProtocol.op_list_limits,
+    "policy.set": JsonLinesProtocol.op_policy_set,
+    "policy.clear": JsonLinesProtocol.op_policy_clear,
+    "list_policies": JsonLinesProtocol.op_list_policies,
     "connection.close": JsonLinesProtocol.op_connection_close,
     "definitions.export": JsonLinesProtocol.op_definitions_export,
     "definitions.import": JsonLinesProtocol.op_definitions_import,

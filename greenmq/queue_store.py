@@ -27,6 +27,7 @@ from .dead_letter import EXPIRED, MAXLEN, REJECTED
 from .errors import AccessRefused, PreconditionFailed
 from .memory import MESSAGE_OVERHEAD_BYTES, QUEUE_ENTRY_BYTES
 from .message import MAX_EXPIRY_MS
+from .policy import NOT_FOR_CLASSIC_QUEUES
 
 # RabbitMQ's cap on x-max-priority: each priority is a list of its own, so more would cost
 # memory and dispatch time for no use (RabbitMQ itself recommends at most 10).
@@ -206,6 +207,16 @@ class ReadyLevels:
         self.fresh = self
         self.returned = ()
 
+    @classmethod
+    def of(cls, ready):
+        """The messages of a ReadyList, each in its place (requeued ones too), counted."""
+        levels = cls()
+        for _, message in ready.returned:
+            levels.put_back(message)
+        for message in ready.fresh:
+            levels.append(message)
+        return levels
+
     def __len__(self):
         return self.count
 
@@ -327,6 +338,8 @@ class Queue:
     refused_arguments = CLASSIC_REFUSED_ARGUMENTS
     keeps_every_message = False     # True: transient messages go to the store too
     global_qos = True               # consumers may share a channel-wide prefetch window
+    # A policy holding one of these keys does not apply to this type of queue at all.
+    inapplicable_policy_keys = NOT_FOR_CLASSIC_QUEUES
 
     def __init__(self, vhost_name, name, durable=False, exclusive_owner=None, auto_delete=False,
                  arguments=None, on_expired=None, store=None, dead_letter=None, memory=None):
@@ -338,15 +351,15 @@ class Queue:
         self.auto_delete = auto_delete
         self.arguments = arguments or {}    # as declared: a redeclare must repeat them
         max_priority = self.arguments.get("x-max-priority")
-        if max_priority or self.arguments.get("x-max-length-bytes") is not None:
-            self.ready = ReadyLevels(max_priority or 0)
-        else:
-            self.ready = ReadyList()
+        self.ready = ReadyLevels(max_priority) if max_priority else ReadyList()
         self.consumers = deque()
         self.single_active_consumer = self.arguments.get("x-single-active-consumer") is True
         # Consumers are not simply served in turn: one is active alone, or some have priority.
         self.ordered_consumers = self.single_active_consumer
-        self.configure(self.arguments)
+        # The policy and operator policy that apply (policy.Policy, or None) and the
+        # definition they make together, which `configure` was given merged with the arguments.
+        self.policy = self.operator_policy = None
+        self.policy_definition = {}
         self.unacked = set()        # the Deliveries handed out and not yet settled
         # Plain counters for the management API and /metrics (sampled into rates there).
         # `delivered` also ranks requeued messages (see settle), so it only ever grows.
@@ -360,7 +373,7 @@ class Queue:
         self._dead_letter = dead_letter     # dead_letter(queue, messages, reason), the vhost's
         self._expiry_timer = None
         self._ttl_timer = None
-        self.touch()
+        self.configure(self.arguments)
 
     def __repr__(self):
         return f"<Queue {self.name!r} in vhost {self.vhost_name!r}>"
@@ -368,7 +381,11 @@ class Queue:
     def configure(self, settings):
         """Take the settings that may change while the queue lives (TTLs, expiry, dead
         lettering, length limits), by their argument names: at declaration its arguments,
-        later what policies make of them. The one place these attributes are set."""
+        later what policies make of them. The one place these attributes are set, and
+        they take effect at once, as RabbitMQ applies a changed policy: the x-expires
+        clock restarts, a lowered limit drops (dead-letters) the oldest messages over it.
+        A new x-message-ttl counts for messages from now on; those queued keep the expiry
+        they were given (RabbitMQ's too)."""
         self.message_ttl = settings.get("x-message-ttl")
         self.expires = settings.get("x-expires")
         self.dead_letter_exchange = settings.get("x-dead-letter-exchange")
@@ -377,6 +394,14 @@ class Queue:
         self.max_length_bytes = settings.get("x-max-length-bytes")
         self.limited = self.max_length is not None or self.max_length_bytes is not None
         self.overflow = settings.get("x-overflow", "drop-head")
+        if self.max_length_bytes is not None and not isinstance(self.ready, ReadyLevels):
+            self.ready = ReadyLevels.of(self.ready)     # a plain list cannot count bytes
+        if self.expires is None:
+            self._cancel_expiry()
+        else:
+            self.touch()
+        if self.limited:
+            self._drop_head_over_limit()
 
     @property
     def exclusive(self):

@@ -14,6 +14,7 @@ import gevent
 from .dead_letter import DELIVERY_LIMIT
 from .errors import PreconditionFailed
 from .message import PlacedMessage
+from .policy import NOT_FOR_QUORUM_QUEUES
 from .queue_store import QUEUE_ARGUMENTS, Queue, _accepted, _integer, _string
 
 DEAD_LETTER_STRATEGIES = ("at-most-once", "at-least-once")
@@ -82,6 +83,7 @@ class QuorumQueue(Queue):
     refused_arguments = QUORUM_REFUSED_ARGUMENTS
     keeps_every_message = True
     global_qos = False
+    inapplicable_policy_keys = NOT_FOR_QUORUM_QUEUES
     publish_blocked = False     # x-overflow reject-publish: over the limit, not yet back under it
 
     def __init__(self, *args, **kwargs):

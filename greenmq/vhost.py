@@ -16,6 +16,7 @@ from .dead_letter import REJECTED, dead_lettered, is_cycle
 from .errors import AccessRefused, NotFound, PreconditionFailed, PublishRefused, ResourceLocked, StoreUnavailable
 from .exchange import DefaultExchange, exchange_class
 from .message import MAX_NAME_BYTES
+from .policy import OPERATOR_POLICY, POLICY, Policies, effective_definition, settings
 from .queue_store import Queue, amqp_type, queue_type_refusal
 from .quorum_queue import QuorumQueue
 from .stats import MESSAGE_COUNTERS
@@ -70,6 +71,7 @@ class VirtualHost:
         self.published = 0          # messages accepted for routing, for the management API
         self.limits = {}            # max-connections, max-queues (access.LIMITS), set by the node
         self.reply_channels = {}    # direct reply-to name -> the Channel consuming its replies
+        self.policies = Policies(name)
         # What deleted queues had counted, so node-wide totals never go backwards.
         self.deleted_queue_counts = dict.fromkeys(MESSAGE_COUNTERS, 0)
         # How many queues keep every message in the store (quorum queues): while there are
@@ -108,6 +110,7 @@ class VirtualHost:
             if name.startswith("amq."):
                 raise AccessRefused(f"exchange name '{name}' contains reserved prefix 'amq.*'")
             exchange = self.exchanges[name] = cls(name, durable, auto_delete, internal, arguments)
+            self._apply_policies_to(exchange)
             if durable:
                 self.store.put_exchange(self.name, name, type_name, auto_delete, internal, exchange.arguments)
             return exchange
@@ -115,7 +118,7 @@ class VirtualHost:
         _equivalent(what, "durable", durable, exchange.durable)
         _equivalent(what, "auto_delete", auto_delete, exchange.auto_delete)
         _equivalent(what, "internal", internal, exchange.internal)
-        _equivalent(what, "alternate-exchange", alternate, exchange.alternate)
+        _equivalent(what, "alternate-exchange", alternate, exchange.arguments.get("alternate-exchange"))
         return exchange
 
     def delete_exchange(self, name, if_unused=False, owner=None):
@@ -214,6 +217,7 @@ class VirtualHost:
                                         dead_letter=self.dead_letter, memory=self.memory)
         if queue.keeps_every_message and queue.store is not None:
             self.queues_keeping_every_message += 1
+        self._apply_policies_to(queue)
         return queue
 
     def delete_queue(self, name, if_unused=False, if_empty=False, owner=None):
@@ -352,6 +356,45 @@ class VirtualHost:
     def _auto_delete_exchange(self, exchange):
         if exchange.auto_delete and not exchange.bindings and self.exchanges.get(exchange.name) is exchange:
             self._remove_exchange(exchange)
+
+    # -- policies --------------------------------------------------------------------
+
+    def set_policy(self, kind, name, pattern, definition, priority=0, apply_to="all"):
+        """Add or replace a policy or operator policy (`kind`); it applies at once to the
+        queues and exchanges there are, and to those declared later."""
+        check_name(name, "policy name")
+        self.policies.put(kind, name, pattern, definition, priority, apply_to)
+        self.store.put_policy(self.name, kind, name, pattern, apply_to, priority, definition)
+        self._apply_policies()
+
+    def clear_policy(self, kind, name):
+        """What it set goes at once: each queue and exchange falls back to the next policy
+        matching it, or to its own arguments."""
+        self.policies.delete(kind, name)
+        self.store.delete_policy(self.name, kind, name)
+        self._apply_policies()
+
+    def _apply_policies(self):
+        for queue in self.queues.values():
+            self._apply_policies_to(queue)
+        for exchange in self.exchanges.values():
+            if exchange.name:
+                self._apply_policies_to(exchange)
+
+    def _apply_policies_to(self, target):
+        """Which policy and operator policy apply to a queue or an exchange; its settings
+        change only when the definition they make does, so setting an unrelated policy
+        restarts no queue's x-expires clock."""
+        policy = self.policies.winner(POLICY, target)
+        operator_policy = self.policies.winner(OPERATOR_POLICY, target)
+        definition = effective_definition(policy, operator_policy)
+        target.policy, target.operator_policy = policy, operator_policy
+        if definition != target.policy_definition:
+            target.policy_definition = definition
+            target.configure(settings(target.arguments, definition))
+
+    def list_policies(self, kind):
+        return self.policies.list(kind)
 
     # -- direct reply-to ---------------------------------------------------------------
 
@@ -500,9 +543,13 @@ class VirtualHost:
         """Durable exchanges, queues, bindings and messages of this virtual host from the
         store, before any client can see them."""
         now_wall, now = time.time(), time.monotonic()
+        for vhost, kind, name, pattern, apply_to, priority, definition in recovered.policies:
+            if vhost == self.name:
+                self.policies.put(kind, name, pattern, definition, priority, apply_to)
         for vhost, name, type_name, auto_delete, internal, arguments in recovered.exchanges:
             if vhost == self.name:
                 self.exchanges[name] = exchange_class(type_name)(name, True, auto_delete, internal, arguments)
+        self._apply_policies()      # to the predeclared exchanges too
         restored = []
         for vhost, name, auto_delete, arguments, messages in recovered.queues:
             if vhost != self.name:
@@ -559,7 +606,8 @@ class VirtualHost:
 
 def exchange_row(exchange):
     return {"name": exchange.name, "type": exchange.type, "durable": exchange.durable,
-            "auto_delete": exchange.auto_delete, "internal": exchange.internal, "arguments": exchange.arguments}
+            "auto_delete": exchange.auto_delete, "internal": exchange.internal, "arguments": exchange.arguments,
+            **policy_columns(exchange)}
 
 
 def queue_row(queue):
@@ -567,7 +615,14 @@ def queue_row(queue):
     return {"name": queue.name, "type": queue.queue_type, "durable": queue.durable, "exclusive": queue.exclusive,
             "auto_delete": queue.auto_delete, "arguments": queue.arguments,
             "messages_ready": ready, "messages_unacknowledged": unacked,
-            "messages": ready + unacked, "consumers": len(queue.consumers)}
+            "messages": ready + unacked, "consumers": len(queue.consumers), **policy_columns(queue)}
+
+
+def policy_columns(target):
+    """The policies a queue or an exchange is under, with RabbitMQ's names (null: none)."""
+    return {"policy": target.policy.name if target.policy is not None else None,
+            "operator_policy": target.operator_policy.name if target.operator_policy is not None else None,
+            "effective_policy_definition": target.policy_definition}
 
 
 def check_name(name, kind):

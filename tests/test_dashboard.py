@@ -145,3 +145,26 @@ def test_wrong_credentials_show_the_reason_and_the_login_form_again(dashboard_br
     error = wait_until(lambda: browser.find_element(By.ID, "error").text)
     assert "ACCESS_REFUSED" in error
     assert browser.find_element(By.ID, "login").is_displayed()
+
+
+def test_the_policies_tab_lists_policies_and_operator_policies_and_queues_show_theirs(dashboard_broker, browser, name):
+    port = dashboard_broker.http_port
+    call(port, "PUT", path("queues", "/", name), {"durable": False})
+    assert call(port, "PUT", path("policies", "/", name), {"pattern": f"^{name}$", "definition": {"max-length": 9},
+                                                           "priority": 4})[0] == 201
+    assert call(port, "PUT", path("operator-policies", "/", name + "-op"),
+                {"pattern": f"^{name}$", "definition": {"max-length": 5}})[0] == 201
+    console_errors(browser)         # reading the log empties it: what earlier tests left (a refused login) goes
+    try:
+        open_dashboard(browser, port)
+        browser.find_element(By.ID, "tab-queues").click()
+        wait_until(lambda: queue_row(browser, name).find_elements(By.TAG_NAME, "td")[6].text == f"{name} + {name}-op")
+        browser.find_element(By.ID, "tab-policies").click()
+        cells = wait_until(lambda: browser.find_element(
+            By.CSS_SELECTOR, f'#policies-table tr[data-name="{name}"]').find_elements(By.TAG_NAME, "td"))
+        assert [cell.text for cell in cells] == [name, "policy", "/", f"^{name}$", "all", '{"max-length":9}', "4"]
+        wait_until(lambda: browser.find_element(By.CSS_SELECTOR, f'#policies-table tr[data-name="{name}-op"]'))
+        assert console_errors(browser) == []
+    finally:
+        call(port, "DELETE", path("policies", "/", name))
+        call(port, "DELETE", path("operator-policies", "/", name + "-op"))

@@ -1,5 +1,5 @@
 """What survives a restart: durable exchanges, queues and bindings, users, permissions,
-virtual hosts, their limits, and the persistent messages in durable queues, behind one
+virtual hosts, their limits and policies, and the persistent messages in durable queues, behind one
 small interface.
 
 The core writes through a `Store` on the hub and never waits for it: writes are accepted at
@@ -54,6 +54,7 @@ class Recovered:
         self.users = []       # (name, password_hash, hashing_algorithm, tags)
         self.permissions = [] # (user, vhost, configure, write, read)
         self.limits = []      # ("vhost" or "user", its name, {limit name: value})
+        self.policies = []    # (vhost, kind, name, pattern, apply_to, priority, definition)
         self.exchanges = []   # (vhost, name, type, auto_delete, internal, arguments)
         self.queues = []      # (vhost, name, auto_delete, arguments, [(message, published_at)])
         self.bindings = []    # (vhost, source, destination, routing_key, arguments, destination_kind)
@@ -114,6 +115,14 @@ class Store(abc.ABC):
     def put_limits(self, kind, name, limits):
         """Keep a vhost's or a user's (`kind`) limits; {} forgets them. Deleting the vhost
         or the user forgets them too."""
+
+    @abc.abstractmethod
+    def put_policy(self, vhost, kind, name, pattern, apply_to, priority, definition):
+        """Keep a policy or an operator policy (`kind`), or its new version."""
+
+    @abc.abstractmethod
+    def delete_policy(self, vhost, kind, name):
+        """Forget a policy. Deleting the vhost forgets its policies too."""
 
     @abc.abstractmethod
     def put_exchange(self, vhost, name, type_name, auto_delete, internal, arguments):

@@ -17,6 +17,7 @@ class MemoryStore(Store):
         self.users = {}
         self.permissions = {}
         self.limits = {}           # (kind, name) -> limits
+        self.policies = {}         # (vhost, kind, name) -> the Recovered row
         self.exchanges = {}
         self.queues = {}
         self.bindings = {}
@@ -28,7 +29,7 @@ class MemoryStore(Store):
 
     def delete_vhost(self, name):
         self.vhosts.pop(name, None)
-        for table in (self.exchanges, self.queues, self.messages, self.bindings):
+        for table in (self.exchanges, self.queues, self.messages, self.bindings, self.policies):
             for key in [key for key in table if key[0] == name]:
                 del table[key]
         for key in [key for key in self.permissions if key[1] == name]:
@@ -55,6 +56,12 @@ class MemoryStore(Store):
             self.limits[kind, name] = dict(limits)
         else:
             self.limits.pop((kind, name), None)
+
+    def put_policy(self, vhost, kind, name, pattern, apply_to, priority, definition):
+        self.policies[vhost, kind, name] = (vhost, kind, name, pattern, apply_to, priority, definition)
+
+    def delete_policy(self, vhost, kind, name):
+        self.policies.pop((vhost, kind, name), None)
 
     def put_exchange(self, vhost, name, type_name, auto_delete, internal, arguments):
         self.exchanges[vhost, name] = (vhost, name, type_name, auto_delete, internal, arguments)
@@ -112,6 +119,7 @@ class MemoryStore(Store):
         recovered.users = list(self.users.values())
         recovered.permissions = list(self.permissions.values())
         recovered.limits = [(kind, name, dict(limits)) for (kind, name), limits in self.limits.items()]
+        recovered.policies = list(self.policies.values())
         recovered.exchanges = list(self.exchanges.values())
         recovered.bindings = [key[:4] + (arguments, key[5]) for key, arguments in self.bindings.items()]
         for key, (vhost, name, auto_delete, arguments) in self.queues.items():

@@ -69,6 +69,11 @@ CREATE TABLE queue_messages (queue_id INTEGER, seq INTEGER, redelivered INTEGER,
 _LIMITS_TABLE = """CREATE TABLE IF NOT EXISTS limits (kind TEXT, name TEXT, limits TEXT,
                                                    PRIMARY KEY (kind, name)) WITHOUT ROWID"""
 
+# Added later still, as the limits table was.
+_POLICIES_TABLE = """CREATE TABLE IF NOT EXISTS policies (vhost TEXT, kind TEXT, name TEXT, pattern TEXT,
+                                                       apply_to TEXT, priority INTEGER, definition TEXT,
+                                                       PRIMARY KEY (vhost, kind, name)) WITHOUT ROWID"""
+
 _INSERT_MESSAGE = "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)"
 _INSERT_PLACE = "INSERT INTO queue_messages VALUES (?, ?, 0)"
 _DELETE_PLACE = "DELETE FROM queue_messages WHERE queue_id = ? AND seq = ?"
@@ -150,6 +155,7 @@ class SqliteStore(Store):
                 f"reads version {FORMAT_VERSION}; use the GreenMQ that wrote it or another --data-dir")
         try:
             self._db.execute(_LIMITS_TABLE)
+            self._db.execute(_POLICIES_TABLE)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the message store {self.path}: {_reason(exc)}") from None
         self._inode = os.stat(self.path).st_ino
@@ -180,6 +186,7 @@ class SqliteStore(Store):
         for name_of_queue in [queue for vhost, queue in self._queue_ids if vhost == name]:
             self.delete_queue(name, name_of_queue)
         self._define("DELETE FROM limits WHERE kind = 'vhost' AND name = ?", (name,))
+        self._define("DELETE FROM policies WHERE vhost = ?", (name,))
         for sql in ("DELETE FROM vhosts WHERE name = ?", "DELETE FROM permissions WHERE vhost = ?",
                     "DELETE FROM exchanges WHERE vhost = ?", "DELETE FROM bindings WHERE vhost = ?"):
             self._define(sql, (name,))
@@ -204,6 +211,13 @@ class SqliteStore(Store):
             self._define("INSERT OR REPLACE INTO limits VALUES (?, ?, ?)", (kind, name, properties_to_json(limits)))
         else:
             self._define("DELETE FROM limits WHERE kind = ? AND name = ?", (kind, name))
+
+    def put_policy(self, vhost, kind, name, pattern, apply_to, priority, definition):
+        self._define("INSERT OR REPLACE INTO policies VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     (vhost, kind, name, pattern, apply_to, priority, properties_to_json(definition)))
+
+    def delete_policy(self, vhost, kind, name):
+        self._define("DELETE FROM policies WHERE vhost = ? AND kind = ? AND name = ?", (vhost, kind, name))
 
     def put_exchange(self, vhost, name, type_name, auto_delete, internal, arguments):
         self._define("INSERT OR REPLACE INTO exchanges VALUES (?, ?, ?, ?, ?, ?)",
@@ -398,6 +412,8 @@ class SqliteStore(Store):
             recovered.permissions = list(db.execute("SELECT user, vhost, configure, write, read FROM permissions"))
             recovered.limits = [(kind, name, properties_from_json(limits))
                                 for kind, name, limits in db.execute("SELECT kind, name, limits FROM limits")]
+            recovered.policies = [row[:6] + (properties_from_json(row[6]),) for row in db.execute(
+                "SELECT vhost, kind, name, pattern, apply_to, priority, definition FROM policies")]
             for vhost, name, type_name, auto_delete, internal, arguments in db.execute(
                     "SELECT vhost, name, type, auto_delete, internal, arguments FROM exchanges"):
                 recovered.exchanges.append((vhost, name, type_name, bool(auto_delete), bool(internal),
