@@ -57,7 +57,7 @@ def export_definitions(node, product, version, rabbitmq_hashes_only=False):
                         "name": VHOST_LIMITS_PARAMETER} for vhost in vhosts if vhost.limits],
         "global_parameters": [], "policies": [],
         "queues": [{"name": q.name, "vhost": vhost.name, "durable": q.durable, "auto_delete": q.auto_delete,
-                    "arguments": q.arguments, "type": "classic"}
+                    "arguments": q.arguments, "type": q.type_name}
                    for vhost in vhosts for q in vhost.queues.values() if q.exclusive_owner is None],
         "exchanges": [{"name": x.name, "vhost": vhost.name, "type": x.type, "durable": x.durable,
                        "auto_delete": x.auto_delete, "internal": x.internal, "arguments": x.arguments}

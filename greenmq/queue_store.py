@@ -81,10 +81,10 @@ def _dead_letter_routing_key(value, arguments):
 
 
 def _queue_type(value, arguments):
-    if value in ("quorum", "stream"):
-        return (f"{value} queues are not supported; GreenMQ has classic queues only "
-                "(leave out x-queue-type, or set it to 'classic')")
-    return _string(("classic",), "\"unsupported queue type '{}'\"")(value, arguments)
+    if value == "quorum":
+        return (f"{value} queues are not supported; GreenMQ has classic queues and streams only "
+                "(leave out x-queue-type, or set it to 'classic' or 'stream')")
+    return _string(("classic", "stream"), "\"unsupported queue type '{}'\"")(value, arguments)
 
 
 def _accepted(value, arguments):
@@ -315,6 +315,11 @@ class Consumer:
 
 class Queue:
     kind = "queue"      # as a binding's destination, beside exchanges
+    type_name = "classic"       # x-queue-type, as listings show it
+    # A stream keeps every message it takes in a copy of its own (stream.py); the vhost keeps
+    # persistent messages in the store for the other durable queues.
+    keeps_own_copies = False
+    argument_checks = QUEUE_ARGUMENTS   # what a redeclare must repeat alike
 
     def __init__(self, vhost_name, name, durable=False, exclusive_owner=None, auto_delete=False,
                  arguments=None, on_expired=None, store=None, dead_letter=None, memory=None):
@@ -352,6 +357,11 @@ class Queue:
 
     def __repr__(self):
         return f"<Queue {self.name!r} in vhost {self.vhost_name!r}>"
+
+    @staticmethod
+    def check_declaration(arguments, queue_name, vhost_name, durable, exclusive, auto_delete):
+        """Refuse what this type of queue cannot be declared with."""
+        validate_queue_arguments(arguments, queue_name, vhost_name)
 
     def configure(self, settings):
         """Take the settings that may change while the queue lives (TTLs, expiry, dead
@@ -537,6 +547,21 @@ class Queue:
         if ready.fresh or ready.returned:   # the windows these deliveries held are open again
             self.dispatch()
 
+    def _end_deliveries(self, deliveries):
+        """Take the deliveries out of their queue's, channel's and consumer's sets of
+        deliveries outstanding; returns their messages."""
+        unacked, messages = self.unacked, []
+        for delivery in deliveries:
+            unacked.remove(delivery)
+            channel = delivery.channel
+            if channel is not None:
+                tag = delivery.delivery_tag
+                del channel.unacked[tag]
+                consumer = delivery.consumer
+                del (channel.unacked_gets if consumer is None else consumer.unacked)[tag]
+            messages.append(delivery.message)
+        return messages
+
     def purge(self):
         """Drop every ready message (unacked ones stay, as in RabbitMQ, and nothing is
         dead-lettered); returns how many."""
@@ -697,13 +722,18 @@ def validate_queue_arguments(arguments, queue_name, vhost_name):
     if "x-dead-letter-exchange" in arguments and type(arguments["x-dead-letter-exchange"]) is not str:
         raise PreconditionFailed(f"invalid type '{amqp_type(arguments['x-dead-letter-exchange'])}' "
                                  f"for arg 'x-dead-letter-exchange' in {what}")
-    for name, check in QUEUE_ARGUMENTS.items():
-        if name in arguments:
-            reason = check(arguments[name], arguments)
-            if reason is not None:
-                raise PreconditionFailed(f"invalid arg '{name}' for {what}: {reason}")
+    check_arguments(QUEUE_ARGUMENTS, arguments, what)
     for name in OTHER_QUEUE_TYPES_ARGUMENTS:
         if name in arguments:
             raise PreconditionFailed(
                 f"invalid arg '{name}' for {what} of queue type rabbit_classic_queue; GreenMQ has "
                 "classic queues only, which cannot honour it: leave it out")
+
+
+def check_arguments(checks, arguments, what):
+    """Refuse the first of `arguments` whose check in `checks` gives a reason."""
+    for name, check in checks.items():
+        if name in arguments:
+            reason = check(arguments[name], arguments)
+            if reason is not None:
+                raise PreconditionFailed(f"invalid arg '{name}' for {what}: {reason}")

@@ -16,8 +16,9 @@ from .dead_letter import REJECTED, dead_lettered, is_cycle
 from .errors import AccessRefused, NotFound, PreconditionFailed, PublishRefused, ResourceLocked, StoreUnavailable
 from .exchange import DefaultExchange, exchange_class
 from .message import MAX_NAME_BYTES
-from .queue_store import QUEUE_ARGUMENTS, Queue, amqp_type, validate_queue_arguments
+from .queue_store import Queue, amqp_type
 from .stats import MESSAGE_COUNTERS
+from .stream import StreamQueue
 
 
 PREDECLARED_EXCHANGES = (
@@ -31,6 +32,13 @@ PREDECLARED_EXCHANGES = (
 # to the channel's reply consumer, with no queue in between.
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 REPLY_NAME_PREFIX = DIRECT_REPLY_TO + "."
+
+# x-queue-type -> the class of its queues; classic queues (no x-queue-type) are Queues.
+QUEUE_TYPES = {"classic": Queue, "stream": StreamQueue}
+
+
+def queue_class(arguments):
+    return QUEUE_TYPES.get(arguments.get("x-queue-type"), Queue)
 
 
 class ReplyPseudoQueue:
@@ -167,7 +175,7 @@ class VirtualHost:
             if limit is not None:
                 raise PreconditionFailed(f"cannot declare queue '{name}': queue limit in vhost '{self.name}' "
                                          f"({limit}) is reached")
-            validate_queue_arguments(arguments, name, self.name)
+            queue_class(arguments).check_declaration(arguments, name, self.name, durable, exclusive, auto_delete)
             queue = self._add_queue(name, durable, owner if exclusive else None, auto_delete, arguments)
             if queue.store is not None:
                 self.store.put_queue(self.name, name, auto_delete, queue.arguments)
@@ -179,14 +187,14 @@ class VirtualHost:
         what = f"queue '{name}' in vhost '{self.name}'"
         _equivalent(what, "durable", durable, queue.durable)
         _equivalent(what, "auto_delete", auto_delete, queue.auto_delete)
-        for argument in QUEUE_ARGUMENTS:
+        for argument in queue.argument_checks:
             _equivalent(what, argument, arguments.get(argument), queue.arguments.get(argument))
         queue.touch()
         queue.drop_expired()
         return queue
 
     def _add_queue(self, name, durable, exclusive_owner, auto_delete, arguments):
-        queue = self.queues[name] = Queue(self.name, name, durable, exclusive_owner, auto_delete,
+        queue = self.queues[name] = queue_class(arguments)(self.name, name, durable, exclusive_owner, auto_delete,
                                           arguments, on_expired=self.remove_queue, store=self.store,
                                           dead_letter=self.dead_letter, memory=self.memory)
         return queue
@@ -394,7 +402,7 @@ class VirtualHost:
             queues = [queue for queue in queues if not is_cycle(queue.name, message)]
         properties = message.properties
         if properties is not None and properties.get("delivery_mode") == 2:
-            durable = [queue for queue in queues if queue.store is not None]
+            durable = [queue for queue in queues if queue.store is not None and not queue.keeps_own_copies]
             if durable:
                 if died_for is None and not self.store.available:
                     raise StoreUnavailable("the message store cannot be written: persistent message refused")
@@ -474,6 +482,8 @@ class VirtualHost:
                     # Expiry is wall-clock time: the clock ran on while the broker was down.
                     message.expires_at = now + (published_at + ttl / 1000.0 - now_wall)
                 queue.restore(message)
+            if queue.keeps_own_copies:
+                queue.recover(recovered.stream_starts.get((vhost, name)))
         for vhost, source, destination, routing_key, arguments, destination_kind in recovered.bindings:
             if vhost != self.name:
                 continue
@@ -523,7 +533,7 @@ def exchange_row(exchange):
 
 def queue_row(queue):
     ready, unacked = queue.message_count, queue.unacked_count
-    return {"name": queue.name, "durable": queue.durable, "exclusive": queue.exclusive,
+    return {"name": queue.name, "type": queue.type_name, "durable": queue.durable, "exclusive": queue.exclusive,
             "auto_delete": queue.auto_delete, "arguments": queue.arguments,
             "messages_ready": ready, "messages_unacknowledged": unacked,
             "messages": ready + unacked, "consumers": len(queue.consumers)}
