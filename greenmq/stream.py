@@ -72,9 +72,9 @@ def _max_age(value, arguments):
 # The arguments a stream takes, each with RabbitMQ's check of its value; a redeclare must
 # repeat them alike. Leader locator and cluster size only matter in a cluster: accepted,
 # checked, no effect here.
-STREAM_ARGUMENTS = {
-    "x-queue-type": QUEUE_ARGUMENTS["x-queue-type"],
+STREAM_ARGUMENTS = {     # in the order RabbitMQ compares them on a redeclare
     "x-max-length-bytes": _integer(),
+    "x-queue-type": QUEUE_ARGUMENTS["x-queue-type"],
     "x-max-age": _max_age,
     "x-stream-max-segment-size-bytes": _integer(zero=False),
     "x-queue-leader-locator": _string(LEADER_LOCATORS, "invalid_queue_locator_arg"),
