@@ -480,15 +480,13 @@ def test_arguments_of_other_queue_types_are_refused(channel, connection, name, a
     assert f"invalid arg '{argument}' for queue '{name}' in vhost '/' of queue type rabbit_classic_queue" in text
 
 
-def test_quorum_and_stream_queues_are_refused_with_what_to_do_instead(channel, connection, name):
+def test_quorum_queues_are_refused_with_what_to_do_instead(channel, connection, name):
     greenmq_only()      # RabbitMQ makes one
-    for queue_type in ("quorum", "stream"):
-        channel = connection.channel()
-        with pytest.raises(ChannelClosedByBroker) as closed:
-            channel.queue_declare(name, durable=True, arguments={"x-queue-type": queue_type})
-        assert closed.value.reply_code == 406
-        assert f"{queue_type} queues are not supported" in closed.value.reply_text
-        assert "classic" in closed.value.reply_text
+    with pytest.raises(ChannelClosedByBroker) as closed:
+        channel.queue_declare(name, durable=True, arguments={"x-queue-type": "quorum"})
+    assert closed.value.reply_code == 406
+    assert "quorum queues are not supported" in closed.value.reply_text
+    assert "classic" in closed.value.reply_text
 
 
 def test_tuning_arguments_are_accepted_and_a_redeclare_must_repeat_the_limits(channel, connection, name):
