@@ -58,7 +58,7 @@ LISTINGS = {
     "list_exchanges": ("list_exchanges", "exchanges", True,
                        ["name", "type", "durable", "auto_delete", "internal", "arguments"], ["name", "type"]),
     "list_queues": ("list_queues", "queues", True,
-                    ["name", "messages", "messages_ready", "messages_unacknowledged", "consumers", "durable",
+                    ["name", "type", "messages", "messages_ready", "messages_unacknowledged", "consumers", "durable",
                      "auto_delete", "exclusive", "arguments"], ["name", "messages"]),
     "list_bindings": ("list_bindings", "bindings", True,
                       ["source_name", "source_kind", "destination_name", "destination_kind", "routing_key",

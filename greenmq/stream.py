@@ -379,7 +379,7 @@ class StreamQueue(Queue):
                 if published_at < position.not_before:
                     continue
                 position.not_before = None
-            self._hand_out(_with_offset(message, offset), channel, consumer, False)
+            self._hand_out(message.at_offset(offset), channel, consumer, False)
 
     def _read_ahead(self, consumer, position):
         """Read the next batch of the log for `consumer` from the store, then go on feeding it."""
@@ -419,15 +419,3 @@ class StreamQueue(Queue):
     def mark_deleted(self):
         super().mark_deleted()
         self.positions.clear()
-
-
-def _with_offset(message, offset):
-    """The message as a stream delivers it: its headers carry its offset."""
-    properties = message.properties
-    if properties:
-        headers = properties.get("headers")
-        headers = {**headers, "x-stream-offset": offset} if headers else {"x-stream-offset": offset}
-        properties = {**properties, "headers": headers}
-    else:
-        properties = {"headers": {"x-stream-offset": offset}}
-    return Message(message.exchange, message.routing_key, message.body, properties)

@@ -16,6 +16,7 @@ from pika.exceptions import ChannelClosedByBroker, ConnectionClosedByBroker
 from greenmq import connection as greenmq_connection
 from greenmq.stream import READ_BATCH, TAIL_MESSAGES
 from tests.broker_process import BrokerProcess
+from tests.greenmqctl_process import greenmqctl_json as ctl_json
 from tests.http_api import call, path
 
 WAIT = 10.0
@@ -432,6 +433,8 @@ def test_listings_show_the_type_stream_and_the_messages_it_holds(broker, against
     row = next(row for row in client.list_queues() if row["name"] == queue)
     client.close()
     assert (row["type"], row["messages"]) == ("stream", 3)
+    row = next(row for row in ctl_json(broker.port, "list_queues", "name", "type", "messages") if row["name"] == queue)
+    assert row == {"name": queue, "type": "stream", "messages": 3}
 
 
 def test_a_json_lines_consumer_passes_x_stream_offset(broker, against_greenmq):
