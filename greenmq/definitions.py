@@ -10,8 +10,7 @@ changes nothing the second time.
 from .access import HASHING_ALGORITHM, RABBITMQ_HASHES, Permission, check_password_hash, checked_limits
 from .errors import BadSyntax, BrokerError, NotFound, PreconditionFailed
 from .exchange import exchange_class
-from .queue_store import QUEUE_ARGUMENTS, validate_queue_arguments
-from .vhost import check_name
+from .vhost import QUEUE_TYPES, check_name
 
 # The RabbitMQ release whose definitions format this is; RabbitMQ reads it as the file's
 # format version, GreenMQ's own version goes in product_version.
@@ -222,18 +221,23 @@ def _plan(node, definitions):
         kind = entry.get("type", str, "classic")
         durable, auto_delete = entry.get("durable", bool, True), entry.get("auto_delete", bool, False)
         arguments = entry.get("arguments", dict, {})
-        if kind != "classic" or arguments.get("x-queue-type", "classic") != "classic":
-            raise PreconditionFailed(f"definitions: {entry.where}: queue type '{arguments.get('x-queue-type', kind)}'"
-                                     " is not supported by GreenMQ; only classic queues")
+        queue_type = arguments.get("x-queue-type", kind)
+        queue_class = QUEUE_TYPES.get(queue_type)
+        if queue_class is None:
+            raise PreconditionFailed(f"definitions: {entry.where}: queue type '{queue_type}'"
+                                     " is not supported by GreenMQ; only classic queues and streams")
+        if queue_type != "classic" and "x-queue-type" not in arguments:
+            arguments = {**arguments, "x-queue-type": queue_type}     # as declared: a redeclare repeats it
         _check_name(entry, name, "queue name")
         if not name or (name.startswith("amq.") and not name.startswith("amq.gen-")):
             raise PreconditionFailed(f"definitions: {entry.where}: queue name '{name}' is not allowed")
         try:
-            validate_queue_arguments(arguments, name, vhost)
+            queue_class.check_declaration(arguments, name, vhost, durable, False, auto_delete)
         except PreconditionFailed as exc:
             raise entry.refuse(exc) from None
         what = f"queue '{name}' in vhost '{vhost}'"
-        properties = (durable, auto_delete) + tuple(arguments.get(a) for a in QUEUE_ARGUMENTS)
+        checked = queue_class.argument_checks
+        properties = (durable, auto_delete) + tuple(arguments.get(a) for a in checked)
         current = node.vhosts[vhost].queues.get(name) if vhost in node.vhosts else None
         if (vhost, name) in queues:             # twice in the file
             _same(entry, what, properties, queues[vhost, name])
@@ -241,7 +245,7 @@ def _plan(node, definitions):
             if current.exclusive_owner is not None:
                 raise PreconditionFailed(f"definitions: {entry.where}: {what} is an exclusive queue of a connection")
             _same(entry, what, properties,
-                  (current.durable, current.auto_delete) + tuple(current.arguments.get(a) for a in QUEUE_ARGUMENTS))
+                  (current.durable, current.auto_delete) + tuple(current.arguments.get(a) for a in checked))
         else:
             changes.append(lambda vhost=vhost, name=name, durable=durable, auto_delete=auto_delete,
                            arguments=arguments:

@@ -193,10 +193,7 @@ class StreamQueue(Queue):
         offset = self.next_offset
         if self._append(kept.stored.key, len(message.body), published_at):
             self._apply_retention()
-        tail = self.tail
-        tail.append((offset, kept, published_at))
-        if len(tail) > TAIL_MESSAGES and tail[0][0] < self.committed_offset:
-            tail.popleft()
+        self.tail.append((offset, kept, published_at))     # until committed, and while among the newest
         commits = self._commits
         if commits and commits[-1][0] == store.open_batch:
             commits[-1][1] = offset + 1

@@ -9,14 +9,18 @@ import os
 import signal
 import time
 
+import gevent
 import pika
 import pytest
 from pika.exceptions import ChannelClosedByBroker, ConnectionClosedByBroker
 
 from greenmq import connection as greenmq_connection
-from greenmq.stream import READ_BATCH, TAIL_MESSAGES
+from greenmq.node import Node
+from greenmq.store.memory import MemoryStore
+from greenmq.stream import INDEX_INTERVAL, READ_BATCH, TAIL_MESSAGES
 from tests.broker_process import BrokerProcess
 from tests.greenmqctl_process import greenmqctl_json as ctl_json
+from tests.test_core_queues import RecordingSink, login
 from tests.http_api import call, path
 
 WAIT = 10.0
@@ -457,3 +461,58 @@ def test_a_json_lines_consumer_passes_x_stream_offset(broker, against_greenmq):
     channel.start_consuming()
     client.close()
     assert got == [(1, b"m1"), (2, b"m2")]
+
+
+def test_definitions_export_a_stream_and_bring_it_back(broker, against_greenmq):
+    connection = pika_connection(broker)
+    queue = f"defined-{time.monotonic_ns()}"
+    connection.channel().queue_declare(queue, durable=True, arguments={**STREAM, "x-max-age": "7D"})
+    status, definitions = call(broker.http_port, "GET", "/api/definitions")
+    entry = next(entry for entry in definitions["queues"] if entry["name"] == queue)
+    assert (status, entry["type"], entry["arguments"]) == (200, "stream", {**STREAM, "x-max-age": "7D"})
+    connection.channel().queue_delete(queue)
+    del entry["arguments"]["x-queue-type"]      # RabbitMQ's exports may say it with `type` alone
+    assert call(broker.http_port, "POST", "/api/definitions", {"queues": [entry]})[0] == 204
+    status, rows = call(broker.http_port, "GET", path("queues", "/"))
+    assert next(row["type"] for row in rows if row["name"] == queue) == "stream"
+    channel = connection.channel()
+    channel.queue_declare(queue, durable=True, arguments={**STREAM, "x-max-age": "7D"})    # equivalent
+    channel.queue_delete(queue)
+    connection.close()
+
+
+class CountingStore(MemoryStore):
+    """Counts the rows read back, and the most one read asked for."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows_read = self.largest_read = 0
+
+    def read_queue(self, queue, after_key, limit):
+        rows = super().read_queue(queue, after_key, limit)
+        self.rows_read += len(rows)
+        self.largest_read = max(self.largest_read, limit)
+        return rows
+
+
+def test_a_consumer_from_first_reads_each_stored_message_once_a_batch_at_a_time():
+    store = CountingStore()
+    node = Node(store=store)
+    sink = RecordingSink()
+    channel = login(node, sink).open_channel(1)
+    channel.vhost.declare_queue("log", durable=True, arguments=STREAM)
+    count = TAIL_MESSAGES + 4 * READ_BATCH + 3
+    for n in range(count):
+        channel.publish("", "log", b"%d" % n)
+    channel.qos(100)
+    channel.consume("log", "reader", arguments={"x-stream-offset": "first"})
+    stream = channel.vhost.queues["log"]
+    while len(sink.deliveries) < count:
+        gevent.sleep(0)     # the reads from the store run in greenlets of their own
+        assert len(stream.positions[channel.consumers["reader"]].read_ahead) <= READ_BATCH
+        assert len(stream.tail) <= TAIL_MESSAGES
+        if sink.deliveries:
+            channel.ack(sink.deliveries[-1][2], multiple=True)
+    assert sink.bodies() == [b"%d" % n for n in range(count)]
+    assert store.rows_read <= count - TAIL_MESSAGES + READ_BATCH
+    assert store.largest_read <= INDEX_INTERVAL + READ_BATCH
