@@ -41,12 +41,16 @@ INDEX_INTERVAL = 1024
 
 # Messages read from the store at once for a consumer behind the tail: enough that the
 # thread-pool hop costs little per message, few enough that three consumers reading a
-# long stream hold a few MB at most.
+# long stream hold a few MB at most; fewer when the stream's messages are large, so
+# that a batch holds about READ_BATCH_BYTES.
 READ_BATCH = 1000
+READ_BATCH_BYTES = 4 * 1024 * 1024
 
 # The newest messages kept in memory once committed, so consumers keeping up never read
-# the store; the uncommitted ones are kept whatever their number.
+# the store: at most this many, and about this many bytes of bodies; the uncommitted ones
+# are kept whatever their number.
 TAIL_MESSAGES = 1000
+TAIL_BYTES = 8 * 1024 * 1024
 
 # x-max-age and x-stream-offset intervals: a number and one unit, as RabbitMQ takes them.
 AGE_UNITS = {"Y": 365 * 86400, "M": 30 * 86400, "D": 86400, "h": 3600, "m": 60, "s": 1}
@@ -143,6 +147,7 @@ class StreamQueue(Queue):
         self.segments = deque()
         self.index = []                 # (offset, key, published_at), in offset order
         self.tail = deque()             # (offset, message, published_at): the newest messages
+        self.tail_bytes = 0             # of their bodies
         self.committed_offset = 0       # the offsets below it are committed in the store
         self._commits = deque()         # [store batch, offsets below this end in it] not yet committed
         self.positions = {}             # consumer -> its ReadPosition
@@ -194,6 +199,7 @@ class StreamQueue(Queue):
         if self._append(kept.stored.key, len(message.body), published_at):
             self._apply_retention()
         self.tail.append((offset, kept, published_at))     # until committed, and while among the newest
+        self.tail_bytes += len(message.body)
         commits = self._commits
         if commits and commits[-1][0] == store.open_batch:
             commits[-1][1] = offset + 1
@@ -229,8 +235,9 @@ class StreamQueue(Queue):
         while commits and commits[0][0] <= batch:
             self.committed_offset = commits.popleft()[1]
         tail = self.tail
-        while len(tail) > TAIL_MESSAGES and tail[0][0] < self.committed_offset:
-            tail.popleft()
+        while ((len(tail) > TAIL_MESSAGES or self.tail_bytes > TAIL_BYTES)
+               and tail[0][0] < self.committed_offset):
+            self.tail_bytes -= len(tail.popleft()[1].body)
 
     def _apply_retention(self):
         """Drop the oldest segments, never the newest, while the log is over its bytes or
@@ -250,7 +257,7 @@ class StreamQueue(Queue):
         del index[:bisect.bisect_left(index, start.first_offset, key=_offset_of)]
         tail = self.tail
         while tail and tail[0][0] < start.first_offset:
-            tail.popleft()
+            self.tail_bytes -= len(tail.popleft()[1].body)
         for position in self.positions.values():
             if position.offset < start.first_offset:
                 position.seek(start.first_offset)
@@ -386,7 +393,7 @@ class StreamQueue(Queue):
                 index = self.index
                 entry = index[max(0, bisect.bisect_right(index, position.offset, key=_offset_of) - 1)]
                 after_key, skip = entry[1] - 1, position.offset - entry[0]
-            rows = self.store.read_queue(self, after_key, skip + READ_BATCH)
+            rows = self.store.read_queue(self, after_key, skip + self._read_batch())
         finally:
             position.reading = False
         if position.generation != generation or self.positions.get(consumer) is not position:
@@ -394,6 +401,13 @@ class StreamQueue(Queue):
         position.read_ahead.extend(rows[skip:])
         if len(rows) > skip:
             self._feed(consumer, position)
+
+    def _read_batch(self):
+        """How many messages to read at once: READ_BATCH, fewer for large messages."""
+        count = self.next_offset - self.first_offset
+        if not count or self.log_bytes <= READ_BATCH_BYTES:
+            return READ_BATCH
+        return max(1, min(READ_BATCH, READ_BATCH_BYTES * count // self.log_bytes))
 
     # -- settling and what streams refuse --------------------------------------------------
 

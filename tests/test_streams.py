@@ -17,7 +17,7 @@ from pika.exceptions import ChannelClosedByBroker, ConnectionClosedByBroker
 from greenmq import connection as greenmq_connection
 from greenmq.node import Node
 from greenmq.store.memory import MemoryStore
-from greenmq.stream import INDEX_INTERVAL, READ_BATCH, TAIL_MESSAGES
+from greenmq.stream import INDEX_INTERVAL, READ_BATCH, READ_BATCH_BYTES, TAIL_BYTES, TAIL_MESSAGES
 from tests.broker_process import BrokerProcess
 from tests.greenmqctl_process import greenmqctl_json as ctl_json
 from tests.test_core_queues import RecordingSink, login
@@ -516,3 +516,25 @@ def test_a_consumer_from_first_reads_each_stored_message_once_a_batch_at_a_time(
     assert sink.bodies() == [b"%d" % n for n in range(count)]
     assert store.rows_read <= count - TAIL_MESSAGES + READ_BATCH
     assert store.largest_read <= INDEX_INTERVAL + READ_BATCH
+
+
+def test_large_messages_are_read_back_and_kept_in_fewer_to_a_batch_by_their_bytes():
+    store = CountingStore()
+    node = Node(store=store)
+    sink = RecordingSink()
+    channel = login(node, sink).open_channel(1)
+    channel.vhost.declare_queue("log", durable=True, arguments=STREAM)
+    body = b"x" * 100_000
+    count = 300
+    for _ in range(count):
+        channel.publish("", "log", body)
+    stream = channel.vhost.queues["log"]
+    assert sum(len(message.body) for _, message, _ in stream.tail) <= TAIL_BYTES
+    channel.qos(1000)
+    channel.consume("log", "reader", arguments={"x-stream-offset": "first"})
+    while len(sink.deliveries) < count:
+        gevent.sleep(0)
+        assert len(stream.positions[channel.consumers["reader"]].read_ahead) * len(body) <= READ_BATCH_BYTES
+        if sink.deliveries:
+            channel.ack(sink.deliveries[-1][2], multiple=True)
+    assert store.largest_read * len(body) <= READ_BATCH_BYTES
