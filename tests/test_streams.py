@@ -1,15 +1,18 @@
-"""Streams (x-queue-type stream) over AMQP 0-9-1 with pika, as RabbitMQ 3.10 has them: the
-declaration and its refusals, offsets and the x-stream-offset consume argument, acks that
-keep the log, retention by whole segments, what streams refuse, and the log across restarts
-and kill -9. Each test body runs against GreenMQ, or $GREENMQ_TEST_AMQP_URL (a RabbitMQ
+"""Streams (x-queue-type stream) over AMQP 0-9-1 with pika (and kombu and aio-pika), as
+RabbitMQ 3.10 has them: the declaration and its refusals, offsets and the x-stream-offset
+consume argument, acks that keep the log, retention by whole segments, what streams
+refuse, and the log across restarts and kill -9. Each test body runs against GreenMQ, or $GREENMQ_TEST_AMQP_URL (a RabbitMQ
 3.10); those marked `against_greenmq` look inside GreenMQ (its store, its listings)."""
 
+import asyncio
 import datetime
 import os
 import signal
 import time
 
+import aio_pika
 import gevent
+import kombu
 import pika
 import pytest
 from pika.exceptions import ChannelClosedByBroker, ConnectionClosedByBroker
@@ -538,3 +541,53 @@ def test_large_messages_are_read_back_and_kept_in_fewer_to_a_batch_by_their_byte
         if sink.deliveries:
             channel.ack(sink.deliveries[-1][2], multiple=True)
     assert store.largest_read * len(body) <= READ_BATCH_BYTES
+
+
+# -- other clients ------------------------------------------------------------------------------
+
+def test_kombu_declares_publishes_and_consumes_a_stream_from_an_offset(amqp_url, connect, name):
+    exchange = kombu.Exchange("", type="direct")
+    queue = kombu.Queue(name, exchange, routing_key=name, durable=True,
+                        queue_arguments=STREAM, consumer_arguments={"x-stream-offset": 1})
+    connect.declared.append(name)
+    got = []
+
+    def on_message(body, message):
+        got.append((message.headers["x-stream-offset"], body))
+        message.ack()
+
+    with kombu.Connection(amqp_url) as client:
+        producer = client.Producer()
+        for n in range(3):
+            producer.publish(f"m{n}", exchange=exchange, routing_key=name, declare=[queue], retry=True)
+        client.default_channel.basic_qos(0, 10, False)
+        with client.Consumer(queue, callbacks=[on_message]):
+            deadline = time.monotonic() + WAIT
+            while len(got) < 2 and time.monotonic() < deadline:
+                try:
+                    client.drain_events(timeout=0.1)
+                except TimeoutError:
+                    pass
+    assert got == [(1, "m1"), (2, "m2")]
+
+
+def test_aio_pika_consumes_a_stream_from_first(amqp_url, connect, name):
+    async def run():
+        client = await aio_pika.connect(amqp_url)
+        async with client:
+            channel = await client.channel(publisher_confirms=True)
+            await channel.set_qos(prefetch_count=10)
+            queue = await channel.declare_queue(name, durable=True, arguments=STREAM)
+            connect.declared.append(name)
+            for n in range(3):
+                await channel.default_exchange.publish(aio_pika.Message(b"m%d" % n), routing_key=name)
+            got = []
+            async with queue.iterator(arguments={"x-stream-offset": "first"}) as messages:
+                async for message in messages:
+                    got.append((message.headers["x-stream-offset"], message.body))
+                    await message.ack()
+                    if len(got) == 3:
+                        break
+            return got
+
+    assert asyncio.run(asyncio.wait_for(run(), WAIT)) == [(0, b"m0"), (1, b"m1"), (2, b"m2")]
