@@ -145,10 +145,9 @@ class Channel:
         sequence number and is acked or nacked in order; a message the store keeps is
         acked once it is on disk."""
         seq = 0
-        store = self.vhost.store
         if self.confirming:
             seq = self.publish_seq = self.publish_seq + 1
-            writes = store.message_writes
+            writes = self.vhost.store.message_writes
         try:
             if exchange not in self.session.permission.writable_exchanges:
                 self.session.check("write", "exchange", exchange)
@@ -179,6 +178,7 @@ class Channel:
         if seq:
             # Whatever the publish kept in the store (a persistent message for durable
             # queues, any message for a stream) is confirmed once it is on disk.
+            store = self.vhost.store
             if store.message_writes != writes:
                 self.unconfirmed.append((seq, True, store.open_batch))
                 store.after_commit(self._committed)
