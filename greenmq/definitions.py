@@ -56,7 +56,7 @@ def export_definitions(node, product, version, rabbitmq_hashes_only=False):
                         "name": VHOST_LIMITS_PARAMETER} for vhost in vhosts if vhost.limits],
         "global_parameters": [], "policies": [],
         "queues": [{"name": q.name, "vhost": vhost.name, "durable": q.durable, "auto_delete": q.auto_delete,
-                    "arguments": q.arguments, "type": q.type_name}
+                    "arguments": q.arguments, "type": q.queue_type}
                    for vhost in vhosts for q in vhost.queues.values() if q.exclusive_owner is None],
         "exchanges": [{"name": x.name, "vhost": vhost.name, "type": x.type, "durable": x.durable,
                        "auto_delete": x.auto_delete, "internal": x.internal, "arguments": x.arguments}
@@ -231,12 +231,12 @@ def _plan(node, definitions):
         _check_name(entry, name, "queue name")
         if not name or (name.startswith("amq.") and not name.startswith("amq.gen-")):
             raise PreconditionFailed(f"definitions: {entry.where}: queue name '{name}' is not allowed")
+        what = f"queue '{name}' in vhost '{vhost}'"
         try:
-            queue_class.check_declaration(arguments, name, vhost, durable, False, auto_delete)
+            queue_class.validate(arguments, durable, False, auto_delete, what)
         except PreconditionFailed as exc:
             raise entry.refuse(exc) from None
-        what = f"queue '{name}' in vhost '{vhost}'"
-        checked = queue_class.argument_checks
+        checked = queue_class.accepted_arguments
         properties = (durable, auto_delete) + tuple(arguments.get(a) for a in checked)
         current = node.vhosts[vhost].queues.get(name) if vhost in node.vhosts else None
         if (vhost, name) in queues:             # twice in the file

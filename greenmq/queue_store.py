@@ -315,11 +315,13 @@ class Consumer:
 
 class Queue:
     kind = "queue"      # as a binding's destination, beside exchanges
-    type_name = "classic"       # x-queue-type, as listings show it
+    queue_type = "classic"                  # as x-queue-type, the listings and definitions name it
+    rabbit_type = "rabbit_classic_queue"    # as RabbitMQ's refusals name it
     # A stream keeps every message it takes in a copy of its own (stream.py); the vhost keeps
     # persistent messages in the store for the other durable queues.
     keeps_own_copies = False
-    argument_checks = QUEUE_ARGUMENTS   # what a redeclare must repeat alike
+    accepted_arguments = QUEUE_ARGUMENTS    # each with its check; a redeclare must repeat them alike
+    refused_arguments = OTHER_QUEUE_TYPES_ARGUMENTS
 
     def __init__(self, vhost_name, name, durable=False, exclusive_owner=None, auto_delete=False,
                  arguments=None, on_expired=None, store=None, dead_letter=None, memory=None):
@@ -358,10 +360,21 @@ class Queue:
     def __repr__(self):
         return f"<Queue {self.name!r} in vhost {self.vhost_name!r}>"
 
-    @staticmethod
-    def check_declaration(arguments, queue_name, vhost_name, durable, exclusive, auto_delete):
-        """Refuse what this type of queue cannot be declared with."""
-        validate_queue_arguments(arguments, queue_name, vhost_name)
+    @classmethod
+    def validate(cls, arguments, durable, exclusive, auto_delete, what):
+        """Refuse, with RabbitMQ's sentence, a declaration of this type of queue that this
+        broker would not honour; `what` names the queue as the sentences do."""
+        if "x-dead-letter-exchange" in arguments and type(arguments["x-dead-letter-exchange"]) is not str:
+            raise PreconditionFailed(f"invalid type '{amqp_type(arguments['x-dead-letter-exchange'])}' "
+                                     f"for arg 'x-dead-letter-exchange' in {what}")
+        for name, check in cls.accepted_arguments.items():
+            if name in arguments:
+                reason = check(arguments[name], arguments)
+                if reason is not None:
+                    raise PreconditionFailed(f"invalid arg '{name}' for {what}: {reason}")
+        for name in cls.refused_arguments:
+            if name in arguments:
+                raise PreconditionFailed(f"invalid arg '{name}' for {what} of queue type {cls.rabbit_type}")
 
     def configure(self, settings):
         """Take the settings that may change while the queue lives (TTLs, expiry, dead
@@ -714,26 +727,3 @@ class Queue:
         if self._ttl_timer is not None:
             self._ttl_timer.kill(block=False)
             self._ttl_timer = None
-
-
-def validate_queue_arguments(arguments, queue_name, vhost_name):
-    """Refuse, with RabbitMQ's sentence, a queue argument this broker would not honour."""
-    what = f"queue '{queue_name}' in vhost '{vhost_name}'"
-    if "x-dead-letter-exchange" in arguments and type(arguments["x-dead-letter-exchange"]) is not str:
-        raise PreconditionFailed(f"invalid type '{amqp_type(arguments['x-dead-letter-exchange'])}' "
-                                 f"for arg 'x-dead-letter-exchange' in {what}")
-    check_arguments(QUEUE_ARGUMENTS, arguments, what)
-    for name in OTHER_QUEUE_TYPES_ARGUMENTS:
-        if name in arguments:
-            raise PreconditionFailed(
-                f"invalid arg '{name}' for {what} of queue type rabbit_classic_queue; GreenMQ has "
-                "classic queues only, which cannot honour it: leave it out")
-
-
-def check_arguments(checks, arguments, what):
-    """Refuse the first of `arguments` whose check in `checks` gives a reason."""
-    for name, check in checks.items():
-        if name in arguments:
-            reason = check(arguments[name], arguments)
-            if reason is not None:
-                raise PreconditionFailed(f"invalid arg '{name}' for {what}: {reason}")

@@ -28,8 +28,7 @@ from gevent.event import AsyncResult
 
 from .errors import PreconditionFailed, Unsupported
 from .message import Message
-from .queue_store import (OTHER_QUEUE_TYPES_ARGUMENTS, QUEUE_ARGUMENTS, Queue, _integer, _string, amqp_type,
-                          check_arguments)
+from .queue_store import OTHER_QUEUE_TYPES_ARGUMENTS, QUEUE_ARGUMENTS, Queue, _integer, _string, amqp_type
 from .store import Stored
 
 # RabbitMQ's default x-stream-max-segment-size-bytes: 500 MB per segment.
@@ -136,9 +135,11 @@ _published_at = operator.itemgetter(2)
 
 
 class StreamQueue(Queue):
-    type_name = "stream"
+    queue_type = "stream"
+    rabbit_type = "rabbit_stream_queue"
+    accepted_arguments = STREAM_ARGUMENTS
+    refused_arguments = REFUSED_ARGUMENTS
     keeps_own_copies = True
-    argument_checks = STREAM_ARGUMENTS
 
     def __init__(self, vhost_name, name, durable=True, exclusive_owner=None, auto_delete=False,
                  arguments=None, on_expired=None, store=None, dead_letter=None, memory=None):
@@ -156,18 +157,18 @@ class StreamQueue(Queue):
                          on_expired, store, dead_letter, memory)
         self.what = f"queue '{name}' in vhost '{vhost_name}'"
 
-    @staticmethod
-    def check_declaration(arguments, queue_name, vhost_name, durable, exclusive, auto_delete):
-        """RabbitMQ's refusals of a stream's declaration, in its words."""
-        what = f"queue '{queue_name}' in vhost '{vhost_name}'"
+    @classmethod
+    def validate(cls, arguments, durable, exclusive, auto_delete, what):
+        """RabbitMQ's refusals of a stream's declaration: its properties first, then the
+        arguments other queue types take, then the values of its own."""
         for refused, name in ((exclusive, "exclusive-owner"), (not durable, "non-durable"),
                               (auto_delete, "auto-delete")):
             if refused:
                 raise PreconditionFailed(f"invalid property '{name}' for {what}")
-        for name in REFUSED_ARGUMENTS:
+        for name in cls.refused_arguments:
             if name in arguments:
-                raise PreconditionFailed(f"invalid arg '{name}' for {what} of queue type rabbit_stream_queue")
-        check_arguments(STREAM_ARGUMENTS, arguments, what)
+                raise PreconditionFailed(f"invalid arg '{name}' for {what} of queue type {cls.rabbit_type}")
+        super().validate(arguments, durable, exclusive, auto_delete, what)
 
     def configure(self, settings):
         """Retention and segment size, which policies may change too; a classic queue's

@@ -175,7 +175,8 @@ class VirtualHost:
             if limit is not None:
                 raise PreconditionFailed(f"cannot declare queue '{name}': queue limit in vhost '{self.name}' "
                                          f"({limit}) is reached")
-            queue_class(arguments).check_declaration(arguments, name, self.name, durable, exclusive, auto_delete)
+            what = f"queue '{name}' in vhost '{self.name}'"
+            queue_class(arguments).validate(arguments, durable, exclusive, auto_delete, what)
             queue = self._add_queue(name, durable, owner if exclusive else None, auto_delete, arguments)
             if queue.store is not None:
                 self.store.put_queue(self.name, name, auto_delete, queue.arguments)
@@ -187,7 +188,7 @@ class VirtualHost:
         what = f"queue '{name}' in vhost '{self.name}'"
         _equivalent(what, "durable", durable, queue.durable)
         _equivalent(what, "auto_delete", auto_delete, queue.auto_delete)
-        for argument in queue.argument_checks:
+        for argument in queue.accepted_arguments:
             _equivalent(what, argument, arguments.get(argument), queue.arguments.get(argument))
         queue.touch()
         queue.drop_expired()
@@ -533,7 +534,7 @@ def exchange_row(exchange):
 
 def queue_row(queue):
     ready, unacked = queue.message_count, queue.unacked_count
-    return {"name": queue.name, "type": queue.type_name, "durable": queue.durable, "exclusive": queue.exclusive,
+    return {"name": queue.name, "type": queue.queue_type, "durable": queue.durable, "exclusive": queue.exclusive,
             "auto_delete": queue.auto_delete, "arguments": queue.arguments,
             "messages_ready": ready, "messages_unacknowledged": unacked,
             "messages": ready + unacked, "consumers": len(queue.consumers)}
