@@ -58,6 +58,7 @@ bench: $(VENV)/.test-installed
 	$(PY) bench/watching.py
 	$(PY) bench/queue_features.py $(if $(BENCH_URL),--url "$(BENCH_URL)")
 	$(PY) bench/quorum.py $(if $(BENCH_URL),--url "$(BENCH_URL)")
+	$(PY) bench/streams.py $(if $(BENCH_URL),--url "$(BENCH_URL)")
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -317,7 +317,7 @@ def queue_json(api, vhost, row):
     counts = {counter: getattr(queue, counter) for counter in MESSAGE_COUNTERS}
     return {**row, "vhost": vhost.name, "node": NODE_NAME, "state": "running",
             "memory": QUEUE_OVERHEAD_BYTES
-            + row["messages_ready"] * (MESSAGE_OVERHEAD_BYTES + (len(head.body) if head else 0)),
+            + len(queue.ready) * (MESSAGE_OVERHEAD_BYTES + (len(head.body) if head else 0)),
             "message_stats": _rate_details(counts, api.sampler.queue_rates(queue))}
 
 

@@ -55,6 +55,7 @@ class Message:
     expires_at = None
     order = None
     origin = None
+    stream_offset = None
 
     def __init__(self, exchange, routing_key, body, properties=None, encoded_properties=None):
         shared = _shared_names          # the one copy of each name (see MAX_SHARED_NAMES)
@@ -85,6 +86,38 @@ class Message:
         copy.order = order
         copy.origin = self.origin or self
         return copy
+
+
+    def at_offset(self, offset):
+        """The message as a stream delivers it, at `offset`: each front end adds the offset
+        to the headers it sends (STREAM_OFFSET_HEADER) in its own encoding, so neither the
+        properties nor their encoding are copied and made anew per delivery."""
+        copy = OffsetMessage.__new__(OffsetMessage)
+        copy.exchange = self.exchange
+        copy.routing_key = self.routing_key
+        copy.body = self.body
+        copy.properties = self.properties
+        copy.encoded_properties = self.encoded_properties
+        copy.stored = None
+        copy.holders = 0
+        copy.stream_offset = offset
+        return copy
+
+
+# The header a stream's deliveries carry their offset in, as RabbitMQ names it.
+STREAM_OFFSET_HEADER = "x-stream-offset"
+
+
+class OffsetMessage(Message):
+    """A stream's delivery of a message, with its offset in the stream."""
+
+    __slots__ = ("stream_offset",)
+
+
+def properties_with_stream_offset(message):
+    """A stream delivery's properties as a dict, its offset among the headers."""
+    properties = message.properties or {}
+    return {**properties, "headers": {**(properties.get("headers") or {}), STREAM_OFFSET_HEADER: message.stream_offset}}
 
 
 class PlacedMessage(Message):

@@ -162,6 +162,10 @@ NOT_FOR_QUORUM_QUEUES = frozenset({
     "queue-mode", "queue-master-locator", "ha-mode", "ha-params", "ha-sync-mode", "ha-sync-batch-size",
     "ha-promote-on-shutdown", "ha-promote-on-failure", "max-age", "stream-max-segment-size-bytes",
     "initial-cluster-size"})
+# And a stream: every key but these four (read off RabbitMQ 3.10, by whether its management
+# API names the policy on a stream).
+NOT_FOR_STREAMS = frozenset(KEYS) - {"max-length-bytes", "max-age", "stream-max-segment-size-bytes",
+                                     "queue-leader-locator"}
 
 
 def _invalid(reason):

@@ -17,7 +17,8 @@ from .config import HELLO_TIMEOUT_SECONDS
 from .errors import (BadSyntax, BrokerError, CommandInvalid, ConnectionForced, FrameError,
                     InternalError, PreconditionFailed, Unsupported)
 from .lines import max_line_bytes_for, whole_lines
-from .message import DEFAULT_MAX_MESSAGE_BYTES, json_value, message_too_large, properties_from_request
+from .message import (DEFAULT_MAX_MESSAGE_BYTES, json_value, message_too_large, properties_from_request,
+                      properties_with_stream_offset)
 from .node import SERVER_NAME, VERSION
 from .policy import POLICY
 from .request_fields import base64_bytes, field, flag, string_list
@@ -675,7 +676,8 @@ def _message_json(message):
             text, encoding = body.decode("utf-8"), ""
         except UnicodeDecodeError:
             text, encoding = base64.b64encode(body).decode("ascii"), ',"body_encoding":"base64"'
-    properties = f',"properties":{_encode(message.properties)}' if message.properties else ""
+    properties = message.properties if message.stream_offset is None else properties_with_stream_offset(message)
+    properties = f',"properties":{_encode(properties)}' if properties else ""
     return (f'"exchange":{_quote(message.exchange)},"routing_key":{_quote(message.routing_key)},'
             f'"body":{_quote(text)}{encoding}{properties}')
 

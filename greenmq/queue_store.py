@@ -84,9 +84,6 @@ def _dead_letter_routing_key(value, arguments):
 def queue_type_refusal(value):
     """Why x-queue-type `value` is refused: the vhost asks only for a value its table of
     queue types (vhost.QUEUE_TYPES) lacks."""
-    if value == "stream":
-        return ("stream queues are not supported; GreenMQ has classic and quorum queues "
-                "(leave out x-queue-type, or set it to 'classic' or 'quorum')")
     return _string((), "\"unsupported queue type '{}'\"")(value, {})
 
 
@@ -340,6 +337,9 @@ class Queue:
     global_qos = True               # consumers may share a channel-wide prefetch window
     # A policy holding one of these keys does not apply to this type of queue at all.
     inapplicable_policy_keys = NOT_FOR_CLASSIC_QUEUES
+    # A stream keeps every message it takes in a copy of its own (stream.py); the vhost keeps
+    # persistent messages in the store for the other durable queues.
+    keeps_own_copies = False
 
     def __init__(self, vhost_name, name, durable=False, exclusive_owner=None, auto_delete=False,
                  arguments=None, on_expired=None, store=None, dead_letter=None, memory=None):
@@ -377,6 +377,22 @@ class Queue:
 
     def __repr__(self):
         return f"<Queue {self.name!r} in vhost {self.vhost_name!r}>"
+
+    @classmethod
+    def validate(cls, arguments, durable, exclusive, auto_delete, what):
+        """Refuse, with RabbitMQ's sentence, a declaration of this type of queue that this
+        broker would not honour; `what` names the queue as the sentences do."""
+        if "x-dead-letter-exchange" in arguments and type(arguments["x-dead-letter-exchange"]) is not str:
+            raise PreconditionFailed(f"invalid type '{amqp_type(arguments['x-dead-letter-exchange'])}' "
+                                     f"for arg 'x-dead-letter-exchange' in {what}")
+        for name, check in cls.accepted_arguments.items():
+            if name in arguments:
+                reason = check(arguments[name], arguments)
+                if reason is not None:
+                    raise PreconditionFailed(f"invalid arg '{name}' for {what}: {reason}")
+        for name in cls.refused_arguments:
+            if name in arguments:
+                raise PreconditionFailed(f"invalid arg '{name}' for {what} of queue type {cls.rabbit_type}")
 
     def configure(self, settings):
         """Take the settings that may change while the queue lives (TTLs, expiry, dead
@@ -547,16 +563,7 @@ class Queue:
         left it, ranks them as they were published, since messages leave a queue in that
         order. The rest are done with: acked, or `rejected` (nack or reject without
         requeue), which dead-letters them. Then consumers fill the windows that opened."""
-        unacked, messages = self.unacked, []
-        for delivery in deliveries:
-            unacked.remove(delivery)
-            channel = delivery.channel
-            if channel is not None:
-                tag = delivery.delivery_tag
-                del channel.unacked[tag]
-                consumer = delivery.consumer
-                del (channel.unacked_gets if consumer is None else consumer.unacked)[tag]
-            messages.append(delivery.message)
+        messages = self._end_deliveries(deliveries)
         if requeue and not self.deleted:
             self._requeue([message if message.order is not None
                            else message.placed(True, message.expires_at, delivery.order)
@@ -578,6 +585,21 @@ class Queue:
             self._drop_head_over_limit()
         if self._ttl_timer is None and ready:
             self._arm_ttl_timer()
+
+    def _end_deliveries(self, deliveries):
+        """Take the deliveries out of their queue's, channel's and consumer's sets of
+        deliveries outstanding; returns their messages."""
+        unacked, messages = self.unacked, []
+        for delivery in deliveries:
+            unacked.remove(delivery)
+            channel = delivery.channel
+            if channel is not None:
+                tag = delivery.delivery_tag
+                del channel.unacked[tag]
+                consumer = delivery.consumer
+                del (channel.unacked_gets if consumer is None else consumer.unacked)[tag]
+            messages.append(delivery.message)
+        return messages
 
     def purge(self):
         """Drop every ready message (unacked ones stay, as in RabbitMQ, and nothing is
@@ -732,19 +754,3 @@ class Queue:
             self._ttl_timer.kill(block=False)
             self._ttl_timer = None
 
-
-    @classmethod
-    def validate(cls, arguments, durable, exclusive, auto_delete, what):
-        """Refuse, with RabbitMQ's sentence, a declaration of this type of queue that this
-        broker would not honour; `what` names the queue as the sentences do."""
-        if "x-dead-letter-exchange" in arguments and type(arguments["x-dead-letter-exchange"]) is not str:
-            raise PreconditionFailed(f"invalid type '{amqp_type(arguments['x-dead-letter-exchange'])}' "
-                                     f"for arg 'x-dead-letter-exchange' in {what}")
-        for name, check in cls.accepted_arguments.items():
-            if name in arguments:
-                reason = check(arguments[name], arguments)
-                if reason is not None:
-                    raise PreconditionFailed(f"invalid arg '{name}' for {what}: {reason}")
-        for name in cls.refused_arguments:
-            if name in arguments:
-                raise PreconditionFailed(f"invalid arg '{name}' for {what} of queue type {cls.rabbit_type}")

@@ -147,6 +147,7 @@ class Channel:
         seq = 0
         if self.confirming:
             seq = self.publish_seq = self.publish_seq + 1
+            writes = self.vhost.store.message_writes
         try:
             if exchange not in self.session.permission.writable_exchanges:
                 self.session.check("write", "exchange", exchange)
@@ -175,8 +176,10 @@ class Channel:
         if not routed and mandatory:
             self.sink.message_returned(self.number, 312, "NO_ROUTE", message)
         if seq:
-            if message.stored is not None:
-                store = self.vhost.store
+            # Whatever the publish kept in the store (a persistent message for durable
+            # queues, any message for a stream) is confirmed once it is on disk.
+            store = self.vhost.store
+            if store.message_writes != writes:
                 self.unconfirmed.append((seq, True, store.open_batch))
                 store.after_commit(self._committed)
             else:

@@ -20,11 +20,12 @@ from .policy import OPERATOR_POLICY, POLICY, Policies, effective_definition, set
 from .queue_store import Queue, amqp_type, queue_type_refusal
 from .quorum_queue import QuorumQueue
 from .stats import MESSAGE_COUNTERS
+from .stream import StreamQueue
 
 
 # The queue types a declaration may name in x-queue-type (none: classic), each with the
 # class whose queues are of that type (and whose argument table checks the declaration).
-QUEUE_TYPES = {"classic": Queue, "quorum": QuorumQueue}
+QUEUE_TYPES = {"classic": Queue, "quorum": QuorumQueue, "stream": StreamQueue}
 
 
 def queue_class(arguments, what):
@@ -48,7 +49,7 @@ PREDECLARED_EXCHANGES = (
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 REPLY_NAME_PREFIX = DIRECT_REPLY_TO + "."
 
-
+# x-queue-type -> the class of its queues; classic queues (no x-queue-type) are Queues.
 class ReplyPseudoQueue:
     """What queue.declare answers for direct reply-to's names, which are no queues:
     0 messages and 1 consumer, as RabbitMQ answers."""
@@ -468,7 +469,8 @@ class VirtualHost:
         persistent = properties is not None and properties.get("delivery_mode") == 2
         if persistent or self.queues_keeping_every_message:
             durable = [queue for queue in queues
-                       if queue.store is not None and (persistent or queue.keeps_every_message)]
+                       if queue.store is not None and (persistent or queue.keeps_every_message)
+                       and not queue.keeps_own_copies]
             if durable:
                 if died_for is None and not self.store.available:
                     raise StoreUnavailable("the message store cannot be written: persistent message refused")
@@ -562,6 +564,8 @@ class VirtualHost:
                     # Expiry is wall-clock time: the clock ran on while the broker was down.
                     message.expires_at = now + (published_at + ttl / 1000.0 - now_wall)
                 queue.restore(message)
+            if queue.keeps_own_copies:
+                queue.recover(recovered.stream_starts.get((vhost, name)))
         for vhost, source, destination, routing_key, arguments, destination_kind in recovered.bindings:
             if vhost != self.name:
                 continue

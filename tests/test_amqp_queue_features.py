@@ -480,15 +480,6 @@ def test_arguments_of_other_queue_types_are_refused(channel, connection, name, a
     assert f"invalid arg '{argument}' for queue '{name}' in vhost '/' of queue type rabbit_classic_queue" in text
 
 
-def test_stream_queues_are_refused_with_what_to_do_instead(channel, connection, name):
-    greenmq_only()      # RabbitMQ makes one
-    with pytest.raises(ChannelClosedByBroker) as closed:
-        channel.queue_declare(name, durable=True, arguments={"x-queue-type": "stream"})
-    assert closed.value.reply_code == 406
-    assert "stream queues are not supported" in closed.value.reply_text
-    assert "classic" in closed.value.reply_text
-
-
 def test_tuning_arguments_are_accepted_and_a_redeclare_must_repeat_the_limits(channel, connection, name):
     declare(channel, name, **{"x-queue-mode": "lazy", "x-queue-master-locator": "min-masters",
                               "x-queue-type": "classic", "x-max-length": 3})

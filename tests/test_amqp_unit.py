@@ -417,3 +417,17 @@ def test_nothing_a_client_sends_makes_the_connection_leave_its_table(steps, inpu
     by the first `steps` of a good handshake), may reach one."""
     moves, _ = _moves(HANDSHAKE[:steps] + inputs)
     assert _allowed(moves) == moves
+
+
+@pytest.mark.parametrize("properties", [
+    None, {"content_type": "text/plain"}, {"delivery_mode": 2, "priority": 3},
+    {"content_type": "a", "content_encoding": "gzip", "headers": {"n": 1, "s": "x"}, "message_id": "m"},
+])
+def test_a_stream_delivery_carries_its_offset_in_the_headers_spliced_as_pamqp_would_marshal_it(properties):
+    message = Message("", "q", b"body", properties)
+    frames = amqp_codec.content_frames(amqp_codec.deliver_method(1, "ctag", 7, False, "", "q"), 1,
+                                       message.at_offset(2**40 + 5), 131072)
+    expected = dict(properties or {})
+    expected["headers"] = {**expected.get("headers", {}), "x-stream-offset": 2**40 + 5}
+    header = amqp_frame.marshal(amqp_header.ContentHeader(0, 4, amqp_properties.to_amqp(expected)), 1)
+    assert header in frames

@@ -168,7 +168,7 @@ def broken(change):
      "PRECONDITION_FAILED - definitions: exchanges[1]: unknown exchange type 'fancy'"),
     (broken(lambda d: d["queues"][0]["arguments"].update({"x-message-ttl": "long"})),
      "PRECONDITION_FAILED - definitions: queues[0]: invalid arg 'x-message-ttl'"),
-    (broken(lambda d: d["queues"][1].update(type="stream")),
+    (broken(lambda d: d["queues"][1].update(type="lazy")),
      "PRECONDITION_FAILED - definitions: queues[1]: invalid arg 'x-queue-type'"),
     (broken(lambda d: d["queues"][1].update(type="quorum", auto_delete=True)),
      "PRECONDITION_FAILED - definitions: queues[1]: invalid property 'auto-delete'"),

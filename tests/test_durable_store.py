@@ -444,3 +444,66 @@ def test_requeueing_costs_the_same_at_any_depth_and_grows_with_the_requeued_alon
     twice = nack_one_by_one(2000, 0)
     assert deep <= shallow * 1.05
     assert twice <= shallow * 2.5        # O(k log k); the old scan made this 4x
+
+
+def test_read_queue_gives_a_queues_committed_messages_in_key_order_from_after_a_key(store):
+    q1, q2 = FakeQueue("/", "q1"), FakeQueue("/", "q2")
+    store.put_queue("/", "q1", False, {})
+    store.put_queue("/", "q2", False, {})
+    messages = [persistent(b"%d" % i, headers={"n": i}) for i in range(6)]
+    for message in messages:
+        store.add_message(message, [q1] if message.body != b"3" else [q2])
+    committed(store)
+    store.remove_messages(q1, messages[1:2])
+    committed(store)
+    keys = [message.stored.key for message in messages]
+    rows = store.read_queue(q1, 0, 10)
+    assert [(key, message.body) for key, message, _ in rows] == [
+        (keys[0], b"0"), (keys[2], b"2"), (keys[4], b"4"), (keys[5], b"5")]
+    assert rows[2][1].properties == {"delivery_mode": 2, "headers": {"n": 4}}
+    assert all(abs(published_at - time.time()) < 60 for _, _, published_at in rows)
+    assert [key for key, _, _ in store.read_queue(q1, keys[2], 2)] == [keys[4], keys[5]]
+    assert store.read_queue(q1, keys[5], 10) == []
+    assert [message.body for _, message, _ in store.read_queue(q2, 0, 10)] == [b"3"]
+
+
+def test_read_queue_sees_only_what_is_committed(tmp_path):
+    store = SqliteStore(str(tmp_path))
+    queue = FakeQueue("/", "q")
+    store.put_queue("/", "q", False, {})
+    store.add_message(persistent(b"committed"), [queue])
+    committed(store)
+    wake, store._wake = store._wake, lambda: None       # the open batch stays open, unwritten
+    store.add_message(persistent(b"open"), [queue])
+    assert [message.body for _, message, _ in store.read_queue(queue, 0, 10)] == [b"committed"]
+    store._wake = wake
+    committed(store)
+    assert [message.body for _, message, _ in store.read_queue(queue, 0, 10)] == [b"committed", b"open"]
+    store.close()
+
+
+def test_a_stream_comes_back_without_its_messages_and_with_where_its_log_starts(store):
+    stream = FakeQueue("/", "s")
+    store.put_queue("/", "s", False, {"x-queue-type": "stream"})
+    messages = [persistent(b"%d" % i) for i in range(3)]
+    for message in messages:
+        store.add_message(message, [stream])
+    store.put_stream_start("/", "s", 7, messages[1].stored.key)
+    committed(store)
+    store = reopened(store)
+    recovered = store.load()
+    assert [(name, held) for _, name, _, _, held in recovered.queues] == [("s", [])]
+    assert recovered.stream_starts == {("/", "s"): (7, messages[1].stored.key)}
+    assert store.last_key == messages[-1].stored.key
+    assert [message.body for _, message, _ in store.read_queue(stream, 0, 10)] == [b"0", b"1", b"2"]
+
+
+def test_a_transient_message_to_a_stream_is_confirmed_once_its_commit_is_done():
+    store = HeldCommitStore()
+    channel, session, sink = confirming_channel(store)
+    channel.vhost.declare_queue("log", durable=True, arguments={"x-queue-type": "stream"})
+    channel.publish("", "log", b"1")
+    session.flush_confirms()
+    assert sink.confirms == []
+    store.commit()
+    assert sink.confirms == [(1, False, True)]

@@ -328,6 +328,20 @@ def test_a_delivery_limit_policy_applies_to_a_quorum_queue(target, name):
         channel.queue_delete(name)
 
 
+def test_a_stream_takes_its_retention_by_policy_and_no_classic_queue_key(target, name):
+    """RabbitMQ 3.10 applies max-length-bytes, max-age, segment size and the leader locator
+    to a stream; a policy holding any other key (max-length here) passes it by."""
+    channel = target.channel()
+    channel.queue_declare(name, durable=True, arguments={"x-queue-type": "stream"})
+    try:
+        assert target.put(name, exactly(name), {"max-length": 5})[0] == 201
+        assert target.put(name + ".bytes", exactly(name), {"max-length-bytes": 1000000}, priority=-1)[0] == 201
+        eventually(lambda: queue_json(target, name).get("policy") == name + ".bytes")
+        assert queue_json(target, name)["effective_policy_definition"] == {"max-length-bytes": 1000000}
+    finally:
+        channel.queue_delete(name)
+
+
 def test_an_alternate_exchange_by_policy_takes_what_the_exchange_routes_nowhere(target, name):
     channel = target.channel()
     channel.exchange_declare(name, "direct")

@@ -112,7 +112,8 @@ def test_consumer_priority_and_single_active_consumer(conn, channel, name):
 
 
 @pytest.mark.parametrize("arguments, text", [
-    ({"x-queue-type": "stream"}, "stream queues are not supported"),
+    ({"x-queue-type": "stream"}, "invalid property 'non-durable'"),
+    ({"x-queue-type": "lazy"}, "unsupported queue type 'lazy'"),
     ({"x-queue-type": "quorum"}, "invalid property 'non-durable'"),
     ({"x-delivery-limit": 3}, "of queue type rabbit_classic_queue"),
     ({"x-max-priority": 300}, "{max_value_exceeded,300}"),

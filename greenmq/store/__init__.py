@@ -57,8 +57,17 @@ class Recovered:
         self.policies = []    # (vhost, kind, name, pattern, apply_to, priority, definition)
         self.exchanges = []   # (vhost, name, type, auto_delete, internal, arguments)
         self.queues = []      # (vhost, name, auto_delete, arguments, [(message, published_at)])
+        # (vhost, name) -> (first offset, its message's key) of a stream retention truncated
+        self.stream_starts = {}
         self.bindings = []    # (vhost, source, destination, routing_key, arguments, destination_kind)
         self.clean = True     # the last run ended with a clean stop
+
+
+def reads_own_messages(arguments):
+    """Whether a queue with these arguments reads its stored messages back itself, in
+    batches (`Store.read_queue`), rather than all of them at start: a stream's log may be
+    far larger than memory. `load` recovers such a queue without its messages."""
+    return arguments.get("x-queue-type") == "stream"
 
 
 def open_store(data_dir):
@@ -165,6 +174,19 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def remove_messages(self, queue, messages):
         """`queue` is done with `messages` (all `stored`)."""
+
+    @abc.abstractmethod
+    def read_queue(self, queue, after_key, limit):
+        """Up to `limit` committed messages of `queue` with keys above `after_key`, in key
+        order, as [(key, message, published_at)] (time.time() when it was kept). Blocks the
+        calling greenlet, never the hub. What is not committed yet is not there: a reader
+        keeps the newest messages in memory until `after_commit` says they are."""
+
+    @abc.abstractmethod
+    def put_stream_start(self, vhost, name, first_offset, first_key):
+        """Keep where a stream's log starts now that retention dropped what came before:
+        the offset of its first message, and that message's key. `load` gives it back in
+        `stream_starts`; deleting the queue forgets it."""
 
     @abc.abstractmethod
     def mark_redelivered(self, queue, messages):

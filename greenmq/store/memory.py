@@ -1,10 +1,11 @@
 """The store of a broker that keeps nothing on disk (--in-memory), and of a core made
 without one (unit tests): a restart starts empty."""
 
+import bisect
 import time
 
 from ..message import Message
-from . import Recovered, Store, Stored, canonical_arguments
+from . import Recovered, Store, Stored, canonical_arguments, reads_own_messages
 
 
 class MemoryStore(Store):
@@ -22,6 +23,10 @@ class MemoryStore(Store):
         self.queues = {}
         self.bindings = {}
         self.messages = {}         # (vhost, queue) -> {key: (message, published_at, redelivered)}
+        # (vhost, queue) -> the keys kept for it in key order, removed ones included until
+        # they are more than half: what read_queue finds its place in by bisection.
+        self.keys = {}
+        self.stream_starts = {}    # (vhost, queue) -> (first offset, first key)
         self._loaded = False
 
     def put_vhost(self, name):
@@ -29,7 +34,8 @@ class MemoryStore(Store):
 
     def delete_vhost(self, name):
         self.vhosts.pop(name, None)
-        for table in (self.exchanges, self.queues, self.messages, self.bindings, self.policies):
+        for table in (self.exchanges, self.queues, self.messages, self.keys, self.stream_starts, self.bindings,
+                      self.policies):
             for key in [key for key in table if key[0] == name]:
                 del table[key]
         for key in [key for key in self.permissions if key[1] == name]:
@@ -75,10 +81,13 @@ class MemoryStore(Store):
     def put_queue(self, vhost, name, auto_delete, arguments):
         self.queues[vhost, name] = (vhost, name, auto_delete, arguments)
         self.messages[vhost, name] = {}
+        self.keys[vhost, name] = []
 
     def delete_queue(self, vhost, name):
         self.queues.pop((vhost, name), None)
         self.messages.pop((vhost, name), None)
+        self.keys.pop((vhost, name), None)
+        self.stream_starts.pop((vhost, name), None)
         for key in [key for key in self.bindings if (key[0], key[2], key[5]) == (vhost, name, "queue")]:
             del self.bindings[key]
 
@@ -93,6 +102,7 @@ class MemoryStore(Store):
         now = time.time()
         for queue in queues:
             self.messages[queue.vhost_name, queue.name][key] = (message, now, False)
+            self.keys[queue.vhost_name, queue.name].append(key)
 
     def remove_messages(self, queue, messages):
         self.message_writes += 1
@@ -100,6 +110,24 @@ class MemoryStore(Store):
         for message in messages:
             message.stored.refs -= 1
             held.pop(message.stored.key, None)
+        keys = self.keys.get((queue.vhost_name, queue.name))
+        if keys is not None and len(keys) > 2 * len(held) + 64:
+            keys[:] = [key for key in keys if key in held]
+
+    def read_queue(self, queue, after_key, limit):
+        held = self.messages.get((queue.vhost_name, queue.name), {})
+        keys = self.keys.get((queue.vhost_name, queue.name), [])
+        rows = []
+        for at in range(bisect.bisect_right(keys, after_key), len(keys)):
+            kept = held.get(keys[at])
+            if kept is not None:
+                rows.append((keys[at], kept[0], kept[1]))
+                if len(rows) == limit:
+                    break
+        return rows
+
+    def put_stream_start(self, vhost, name, first_offset, first_key):
+        self.stream_starts[vhost, name] = (first_offset, first_key)
 
     def mark_redelivered(self, queue, messages):
         held = self.messages.get((queue.vhost_name, queue.name), {})
@@ -122,8 +150,12 @@ class MemoryStore(Store):
         recovered.policies = list(self.policies.values())
         recovered.exchanges = list(self.exchanges.values())
         recovered.bindings = [key[:4] + (arguments, key[5]) for key, arguments in self.bindings.items()]
+        recovered.stream_starts = dict(self.stream_starts)
         for key, (vhost, name, auto_delete, arguments) in self.queues.items():
             messages = []
+            if reads_own_messages(arguments):
+                recovered.queues.append((vhost, name, auto_delete, arguments, messages))
+                continue
             for message_key, (message, published_at, redelivered) in sorted(self.messages[key].items()):
                 copy = Message(message.exchange, message.routing_key, message.body, message.properties,
                                message.encoded_properties).placed(redelivered, None)

@@ -6,6 +6,7 @@ commit is in flight shares the next one (group commit), so the commit rate follo
 load; acks alone wait a little for a commit that happens anyway.
 """
 
+import fcntl
 import logging
 import os
 import sqlite3
@@ -13,9 +14,10 @@ import time
 
 import gevent
 from gevent.event import Event
+from gevent.lock import Semaphore
 
 from ..message import Message, properties_from_json, properties_to_json, ttl_of
-from . import Recovered, Store, StoreError, Stored, canonical_arguments
+from . import Recovered, Store, StoreError, Stored, canonical_arguments, reads_own_messages
 from .writer import WriterThread
 
 log = logging.getLogger("greenmq.store")
@@ -24,6 +26,9 @@ log = logging.getLogger("greenmq.store")
 # rather than misread.
 FORMAT_VERSION = 1
 DATABASE_FILE = "greenmq.sqlite3"
+# Held (flock) by the broker using the data directory. Not SQLite's exclusive locking
+# mode, which would also shut out the store's own read connection (read_queue).
+LOCK_FILE = "greenmq.lock"
 
 # After a failed commit (full disk, read-only or vanished data directory) the committer
 # tries again on this schedule, doubling up to the cap: soon enough that publishers get
@@ -68,6 +73,12 @@ CREATE TABLE queue_messages (queue_id INTEGER, seq INTEGER, redelivered INTEGER,
 # when opened, so limits need no new format version.
 _LIMITS_TABLE = """CREATE TABLE IF NOT EXISTS limits (kind TEXT, name TEXT, limits TEXT,
                                                    PRIMARY KEY (kind, name)) WITHOUT ROWID"""
+# Likewise added later: where each truncated stream's log starts (put_stream_start).
+_STREAM_STARTS_TABLE = """CREATE TABLE IF NOT EXISTS stream_starts (queue_id INTEGER PRIMARY KEY,
+                                                                 first_offset INTEGER, first_key INTEGER)"""
+_READ_QUEUE = ("SELECT q.seq, m.exchange, m.routing_key, m.properties, m.amqp_properties, m.body, "
+               "m.published_at FROM queue_messages q JOIN messages m ON m.seq = q.seq "
+               "WHERE q.queue_id = ? AND q.seq > ? ORDER BY q.seq LIMIT ?")
 
 # Added later still, as the limits table was.
 _POLICIES_TABLE = """CREATE TABLE IF NOT EXISTS policies (vhost TEXT, kind TEXT, name TEXT, pattern TEXT,
@@ -131,9 +142,15 @@ class SqliteStore(Store):
         self.path = os.path.join(data_dir, DATABASE_FILE)
         try:
             os.makedirs(data_dir, exist_ok=True)
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             # One broker per data directory: the first one holds the lock until it stops.
-            self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            self._lock = open(os.path.join(data_dir, LOCK_FILE), "a")
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._lock.close()
+                raise StoreError(f"the message store {self.path} is in use by another process "
+                                 "(another GreenMQ with the same --data-dir?)") from None
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -156,6 +173,7 @@ class SqliteStore(Store):
         try:
             self._db.execute(_LIMITS_TABLE)
             self._db.execute(_POLICIES_TABLE)
+            self._db.execute(_STREAM_STARTS_TABLE)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the message store {self.path}: {_reason(exc)}") from None
         self._inode = os.stat(self.path).st_ino
@@ -172,6 +190,9 @@ class SqliteStore(Store):
         self._committer = None
         self._writer = None
         self._closed = False
+        self._reader = None          # read_queue's connection, opened on first use
+        self._reading = Semaphore()  # one read at a time on it
+        self._read_properties = {}   # properties text -> properties, as load decodes them
 
     # -- definitions ---------------------------------------------------------------------
 
@@ -240,6 +261,7 @@ class SqliteStore(Store):
             return
         self._define("DELETE FROM queues WHERE id = ?", (queue_id,))
         self._define("DELETE FROM queue_messages WHERE queue_id = ?", (queue_id,))
+        self._define("DELETE FROM stream_starts WHERE queue_id = ?", (queue_id,))
         self._define("DELETE FROM bindings WHERE vhost = ? AND destination = ? AND destination_kind = 'queue'",
                      (vhost, name))
 
@@ -297,6 +319,37 @@ class SqliteStore(Store):
             if stored.refs == 0:
                 batch.removed_messages.append((seq,))
         self._wake_soon()
+
+    def read_queue(self, queue, after_key, limit):
+        """On a connection of its own in the hub's thread pool: WAL lets it read while the
+        writer thread commits."""
+        queue_id = self._queue_ids.get((queue.vhost_name, queue.name))
+        if queue_id is None:
+            return []
+        with self._reading:
+            rows = gevent.get_hub().threadpool.apply(self._read_rows, (queue_id, after_key, limit))
+        decoded = self._read_properties
+        if len(decoded) >= PROPERTIES_TEXT_CACHE_SIZE:
+            decoded.clear()
+        messages = []
+        for seq, exchange, routing_key, properties, amqp_properties, body, published_at in rows:
+            if properties is not None:
+                text, properties = properties, decoded.get(properties)
+                if properties is None:
+                    properties = decoded[text] = properties_from_json(text)
+            messages.append((seq, Message(exchange, routing_key, body, properties, amqp_properties), published_at))
+        return messages
+
+    def _read_rows(self, queue_id, after_key, limit):
+        """In a pool thread."""
+        if self._reader is None:
+            self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._reader.execute("PRAGMA query_only=1")
+        return self._reader.execute(_READ_QUEUE, (queue_id, after_key, limit)).fetchall()
+
+    def put_stream_start(self, vhost, name, first_offset, first_key):
+        self._define("INSERT OR REPLACE INTO stream_starts VALUES (?, ?, ?)",
+                     (self._queue_ids[vhost, name], first_offset, first_key))
 
     def mark_redelivered(self, queue, messages):
         queue_id = self._queue_ids.get((queue.vhost_name, queue.name))
@@ -424,6 +477,13 @@ class SqliteStore(Store):
                 self._queue_ids[vhost, name] = queue_id
                 self._next_queue_id = queue_id + 1
                 queues[queue_id] = (vhost, name, bool(auto_delete), properties_from_json(arguments), [])
+            # Streams read their messages back themselves (read_queue), in batches.
+            own_readers = ",".join(str(queue_id) for queue_id, queue in queues.items()
+                                   if reads_own_messages(queue[3]))
+            for queue_id, first_offset, first_key in db.execute("SELECT * FROM stream_starts"):
+                if queue_id in queues:
+                    vhost, name = queues[queue_id][:2]
+                    recovered.stream_starts[vhost, name] = (first_offset, first_key)
             for row in db.execute("SELECT vhost, source, destination, routing_key, arguments, destination_kind "
                                   "FROM bindings"):
                 recovered.bindings.append(row[:4] + (properties_from_json(row[4]), row[5]))
@@ -434,7 +494,8 @@ class SqliteStore(Store):
                     published_at in db.execute(
                         "SELECT q.queue_id, q.seq, q.redelivered, m.exchange, m.routing_key, m.properties, "
                         "m.amqp_properties, m.body, m.published_at FROM queue_messages q "
-                        "JOIN messages m ON m.seq = q.seq ORDER BY q.queue_id, q.seq"):
+                        f"JOIN messages m ON m.seq = q.seq WHERE q.queue_id NOT IN ({own_readers}) "
+                        "ORDER BY q.queue_id, q.seq"):
                 first = shared.get(seq)
                 if first is None:
                     if properties is None:
@@ -456,7 +517,7 @@ class SqliteStore(Store):
                 # flags written then say which were.
                 message.redelivered = crashed or redelivered == 1
                 queues[queue_id][4].append((message, published_at))
-            self.last_key = max(shared, default=0)
+            self.last_key = db.execute("SELECT MAX(seq) FROM messages").fetchone()[0] or 0
             recovered.queues = list(queues.values())
         except (sqlite3.Error, ValueError, TypeError) as exc:
             raise StoreError(f"cannot read the message store {self.path}: {_reason(exc)}") from None
@@ -484,6 +545,9 @@ class SqliteStore(Store):
                 log.error("stopping with writes the message store %s could not take; they are lost, "
                           "and messages may return after the next start", self.path)
             self._db.close()
+            if self._reader is not None:
+                self._reader.close()
+            self._lock.close()
         except sqlite3.Error as exc:
             log.error("cannot close the message store %s cleanly: %s", self.path, _reason(exc))
 
