@@ -1,15 +1,22 @@
 """The store in an SQLite database in WAL mode, one file in the data directory.
 
-Writes collect in an open batch, and one committer greenlet hands each batch to the
-store's writer thread as one transaction ending in one fsync. Whatever arrives while a
-commit is in flight shares the next one (group commit), so the commit rate follows the
-load; acks alone wait a little for a commit that happens anyway.
+Writes collect in an open batch on the hub. Once per round of the hub's loop (after every
+connection with input has been read) the open batch is sealed and handed to the store's
+writer thread, which commits all the batches sealed since its last commit as one
+transaction ending in one fsync, as soon as that commit is done. So whatever arrives
+while a commit is in flight shares the next one (group commit), the commit rate follows
+the load, and a commit's confirms go back to the hub the moment it ends. Acks alone wait
+a little for a commit that happens anyway.
 """
 
+import functools
 import logging
 import os
 import sqlite3
 import time
+
+from collections import deque
+from itertools import chain
 
 import gevent
 from gevent.event import Event
@@ -69,10 +76,17 @@ CREATE TABLE queue_messages (queue_id INTEGER, seq INTEGER, redelivered INTEGER,
 _LIMITS_TABLE = """CREATE TABLE IF NOT EXISTS limits (kind TEXT, name TEXT, limits TEXT,
                                                    PRIMARY KEY (kind, name)) WITHOUT ROWID"""
 
-_INSERT_MESSAGE = "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)"
-_INSERT_PLACE = "INSERT INTO queue_messages VALUES (?, ?, 0)"
-_DELETE_PLACE = "DELETE FROM queue_messages WHERE queue_id = ? AND seq = ?"
-_DELETE_MESSAGE = "DELETE FROM messages WHERE seq = ?"
+# Messages, their places and removals are written several rows to a statement: the writer
+# thread gives up the GIL around every statement (executemany: every row), and under a busy
+# hub each time it wants it back it may wait for the hub's next system call. Runs of 256,
+# 128, ... 1 rows: a batch of n rows takes at most log2(n) + n / 256 statements, from few
+# texts, which SQLite keeps prepared; 256 rows of a message are 1,792 variables, far under
+# SQLite's limit of 32,766.
+MAX_ROWS_PER_STATEMENT = 256
+_INSERT_MESSAGES = ("INSERT INTO messages VALUES ", "(?, ?, ?, ?, ?, ?, ?)", "")
+_INSERT_PLACES = ("INSERT INTO queue_messages VALUES ", "(?, ?, 0)", "")
+_DELETE_PLACES = ("DELETE FROM queue_messages WHERE queue_id = ? AND seq IN (", "?", ")")
+_DELETE_MESSAGES = ("DELETE FROM messages WHERE seq IN (", "?", ")")
 _MARK_REDELIVERED = "UPDATE queue_messages SET redelivered = 1 WHERE queue_id = ? AND seq = ?"
 
 
@@ -98,18 +112,21 @@ class _Batch:
         return bool(self.new_messages or self.removed_places or self.removed_messages or self.definitions)
 
     def statements(self):
-        """(sql, parameters, executemany?) in the order they must run."""
+        """(sql, parameters) in the order they must run."""
         statements = []
         if self.new_messages:
-            statements.append((_INSERT_MESSAGE, [row for row, _ in self.new_messages.values()], True))
-            statements.append((_INSERT_PLACE, [(queue_id, seq) for seq, (_, queue_ids) in self.new_messages.items()
-                                               for queue_id in queue_ids], True))
+            statements += _rows_at_once(_INSERT_MESSAGES, [row for row, _ in self.new_messages.values()])
+            statements += _rows_at_once(_INSERT_PLACES, [(queue_id, seq) for seq, (_, queue_ids)
+                                                         in self.new_messages.items() for queue_id in queue_ids])
         if self.removed_places:
-            statements.append((_DELETE_PLACE, self.removed_places, True))
+            by_queue = {}
+            for queue_id, seq in self.removed_places:
+                by_queue.setdefault(queue_id, []).append((seq,))
+            for queue_id, seqs in by_queue.items():
+                statements += _rows_at_once(_DELETE_PLACES, seqs, (queue_id,))
         if self.removed_messages:
-            statements.append((_DELETE_MESSAGE, self.removed_messages, True))
-        statements += [(sql, parameters, False) for sql, parameters in self.definitions]
-        return statements
+            statements += _rows_at_once(_DELETE_MESSAGES, self.removed_messages)
+        return statements + self.definitions
 
     def must_sync(self):
         """Only what ended may wait for a later fsync: an ack lost in a crash brings its
@@ -157,13 +174,17 @@ class SqliteStore(Store):
         self._properties_text = {}   # a message's encoded properties -> their JSON text
         self._next_queue_id = 1
         self._batch = _Batch(self.open_batch)
-        self._failed = None          # the batch that could not be committed, to try again
-        self._wakeup = Event()
-        self._woken = False
+        self._sealing = False        # the open batch is sealed at the end of this round of the hub's loop
+        self._sealed = deque()       # batches the writer thread has not taken yet (the one thing both touch)
+        self._sealed_count = 0
+        self._reported = 0           # sealed batches whose commit the hub has heard of
+        self._failed = []            # in the writer: batches that could not be committed, to try again
+        self._retry_in = RETRY_FIRST_SECONDS
+        self._synchronous_full = True  # in the writer: the connection's synchronous setting
+        self._failing = False        # on the hub: the last commit failed
         self._removals_timer = None  # wakes the committer for removals nothing else took
         self._idle = Event()         # set while nothing waits to be committed
         self._idle.set()
-        self._committer = None
         self._writer = None
         self._closed = False
 
@@ -297,65 +318,84 @@ class SqliteStore(Store):
         self._wake()
 
     def _wake(self):
-        if not self._woken:
-            self._woken = True
-            if self._committer is None:
-                self._committer = gevent.spawn(self._commit_loop)
+        """Have the open batch committed: sealed once the hub has read every connection
+        with input, so a publish and its confirm's callback always share a batch, and
+        every publish read in this round goes with them."""
+        if not self._sealing:
+            self._sealing = True
             self._idle.clear()
-            self._wakeup.set()
+            gevent.get_hub().loop.run_callback(self._seal)
 
     def _wake_soon(self):
         """Removals need no fsync and nobody waits for them: they go with the next commit
         something else asks for, or on their own REMOVALS_DELAY_SECONDS later. A publisher
         waiting for each confirm then rarely waits behind a commit of acks alone."""
         self._idle.clear()
-        if not self._woken and self._removals_timer is None:
+        if not self._sealing and self._removals_timer is None:
             self._removals_timer = gevent.get_hub().loop.timer(REMOVALS_DELAY_SECONDS)
             self._removals_timer.start(self._wake)
 
-    def _commit_loop(self):
-        """One commit at a time; what arrives meanwhile waits for the next."""
-        self._writer = WriterThread()
-        retry_in = RETRY_FIRST_SECONDS
-        while True:
-            if self._failed is None:
-                self._wakeup.wait()
-            else:
-                self._wakeup.wait(retry_in)
-            self._wakeup.clear()
-            self._woken = False
-            if self._removals_timer is not None:
-                self._removals_timer.close()
-                self._removals_timer = None
-            batch, self._batch = self._batch, _Batch(self.open_batch + 1)
-            self.open_batch += 1
-            if self._failed is not None:
-                batch = _merged(self._failed, batch)
-            # The rows are made here, so the thread runs little Python (and waits little for the GIL).
-            error = None
-            if batch.writes():
-                started = time.monotonic()
-                error = self._writer.run(self._write, batch.statements(), batch.must_sync())
-                self.commit_seconds.observe(time.monotonic() - started)
-            if error is None:
-                if self._failed is not None:
-                    log.warning("the message store %s is writable again", self.path)
-                    self._failed = None
-                    self.available = True
-                    retry_in = RETRY_FIRST_SECONDS
-            else:
-                if self._failed is None:
-                    log.error("cannot write the message store %s: %s; persistent messages are "
-                              "refused until it is writable again", self.path, error)
-                else:
-                    retry_in = min(retry_in * 2, RETRY_MAX_SECONDS)
-                self._failed = batch
-                self.available = False
-            for callback in batch.callbacks:
-                callback(batch.number, error is None)
-            batch.callbacks = {}
-            if not self._batch:
-                self._idle.set()
+    def _seal(self):
+        self._sealing = False
+        if self._removals_timer is not None:
+            self._removals_timer.close()
+            self._removals_timer = None
+        if not self._batch:
+            return
+        self._sealed.append(self._batch)
+        self._sealed_count += 1
+        self._batch = _Batch(self.open_batch + 1)
+        self.open_batch += 1
+        if self._writer is None:
+            self._writer = WriterThread(self._commit_sealed, self._committed)
+        self._writer.wake()
+
+    def _commit_sealed(self):
+        """In the writer thread: every batch sealed so far, after those that failed, as one
+        transaction. Returns (outcome for `_committed`, seconds before trying again)."""
+        batches = []
+        while self._sealed:
+            batches.append(self._sealed.popleft())
+        if not batches and not self._failed:
+            return None, None
+        written = self._failed + batches
+        # The rows were made on the hub, so this thread runs little Python (and waits little for the GIL).
+        error = seconds = None
+        if any(batch.writes() for batch in written):
+            started = time.monotonic()
+            error = self._write([statement for batch in written for statement in batch.statements()],
+                                any(batch.must_sync() for batch in written))
+            seconds = time.monotonic() - started
+        outcome = ([(batch.number, batch.callbacks) for batch in batches], error, seconds)
+        if error is None:
+            self._failed = []
+            self._retry_in = RETRY_FIRST_SECONDS
+            return outcome, None
+        self._failed = written
+        retry_in, self._retry_in = self._retry_in, min(self._retry_in * 2, RETRY_MAX_SECONDS)
+        return outcome, retry_in
+
+    def _committed(self, outcome):
+        """On the hub: a commit is done, or failed; its confirms go out now."""
+        batches, error, seconds = outcome
+        if seconds is not None:
+            self.commit_seconds.observe(seconds)
+        if error is None:
+            if self._failing:
+                log.warning("the message store %s is writable again", self.path)
+                self._failing = False
+                self.available = True
+        elif not self._failing:
+            log.error("cannot write the message store %s: %s; persistent messages are "
+                      "refused until it is writable again", self.path, error)
+            self._failing = True
+            self.available = False
+        for number, callbacks in batches:
+            self._reported += 1
+            for callback in callbacks:
+                callback(number, error is None)
+        if self._reported == self._sealed_count and not self._batch:
+            self._idle.set()
 
     def _write(self, statements, sync):
         """In the writer thread: `statements` as one transaction. Returns None, or why it failed."""
@@ -364,14 +404,14 @@ class SqliteStore(Store):
             if os.stat(self.path).st_ino != self._inode:
                 raise OSError("the database file was replaced")
             # WAL is written in order, so the next synced commit also syncs this one's frames.
-            db.execute("PRAGMA synchronous=" + ("FULL" if sync else "NORMAL"))
+            # Set only when it changes: each statement costs the thread the GIL twice more.
+            if sync != self._synchronous_full:
+                db.execute("PRAGMA synchronous=" + ("FULL" if sync else "NORMAL"))
+                self._synchronous_full = sync
             db.execute("BEGIN IMMEDIATE")
             try:
-                for sql, parameters, many in statements:
-                    if many:
-                        db.executemany(sql, parameters)
-                    else:
-                        db.execute(sql, parameters)
+                for sql, parameters in statements:
+                    db.execute(sql, parameters)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -457,12 +497,10 @@ class SqliteStore(Store):
             return
         self._closed = True
         self.flush()
-        if self._committer is not None:
-            self._committer.kill()
         if self._writer is not None:
             self._writer.stop()
         try:
-            if self._failed is None:
+            if not self._failed:
                 self._db.execute("UPDATE meta SET value = 1 WHERE key = 'clean_stop'")
             else:
                 log.error("stopping with writes the message store %s could not take; they are lost, "
@@ -472,16 +510,22 @@ class SqliteStore(Store):
             log.error("cannot close the message store %s cleanly: %s", self.path, _reason(exc))
 
 
-def _merged(first, second):
-    """A failed batch and the one after it, to be tried as one."""
-    first.number = second.number
-    for seq, pending in second.new_messages.items():
-        first.new_messages[seq] = pending
-    first.removed_places += second.removed_places
-    first.removed_messages += second.removed_messages
-    first.definitions += second.definitions
-    first.callbacks = second.callbacks
-    return first
+def _rows_at_once(statement, rows, first=()):
+    """(sql, parameters) writing `rows` (tuples) in runs of MAX_ROWS_PER_STATEMENT, then
+    halves, down to 1; `statement` is (start, one row's placeholders, end), and `first`
+    the parameters of `start`."""
+    statements, start, size = [], 0, MAX_ROWS_PER_STATEMENT
+    while start < len(rows):
+        while size > len(rows) - start:
+            size //= 2
+        statements.append((_rows_sql(*statement, size), [*first, *chain.from_iterable(rows[start:start + size])]))
+        start += size
+    return statements
+
+
+@functools.lru_cache(maxsize=None)      # four kinds of statement, nine sizes each
+def _rows_sql(start, row, end, count):
+    return start + ", ".join([row] * count) + end
 
 
 def _reason(exc):
