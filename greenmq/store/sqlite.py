@@ -14,7 +14,6 @@ import logging
 import os
 import sqlite3
 import time
-
 from collections import deque
 from itertools import chain
 
@@ -182,7 +181,7 @@ class SqliteStore(Store):
         self._retry_in = RETRY_FIRST_SECONDS
         self._synchronous_full = True  # in the writer: the connection's synchronous setting
         self._failing = False        # on the hub: the last commit failed
-        self._removals_timer = None  # wakes the committer for removals nothing else took
+        self._removals_timer = None  # seals the open batch for removals nothing else took
         self._idle = Event()         # set while nothing waits to be committed
         self._idle.set()
         self._writer = None
