@@ -216,55 +216,12 @@ def test_a_commit_of_hundreds_of_messages_and_removals_writes_each_row_once(tmp_
     assert rows_after_stop(store, "messages") == 4
 
 
-def test_the_writer_thread_commits_off_the_hub_and_hands_outcomes_back_in_order():
-    hub_thread = threading.get_ident()
-    work, threads, outcomes = [], [], []
-    in_commit, release = threading.Event(), threading.Event()
-
-    def commit():
-        if not work:
-            return None, None
-        threads.append(threading.get_ident())
-        if work[0] == 1:
-            in_commit.set()
-            assert release.wait(10)
-        return work.pop(0), None
-
-    writer = WriterThread(commit, lambda outcome: outcomes.append((outcome, threading.get_ident())))
-    writer.wake()                   # nothing to do
-    work.append(1)
-    writer.wake()
-    assert in_commit.wait(10)
-    work.extend([2, 3])             # given while it commits: done next, without a wait
-    writer.wake()
-    release.set()
-    deadline = time.monotonic() + 10
-    while len(outcomes) < 3 and time.monotonic() < deadline:
-        gevent.sleep(0.01)
-    assert outcomes == [(1, hub_thread), (2, hub_thread), (3, hub_thread)]
-    assert hub_thread not in threads
-    work.append(4)                  # and when it sleeps again, wake() wakes it
-    writer.wake()
-    deadline = time.monotonic() + 10
-    while len(outcomes) < 4 and time.monotonic() < deadline:
-        gevent.sleep(0.01)
-    assert outcomes[3] == (4, hub_thread)
-    writer.stop()
-
-
-def test_the_writer_thread_tries_a_failed_commit_again_unwoken():
-    calls, outcomes = [], []
-
-    def commit():
-        calls.append(None)
-        return ("failed", 0.01) if len(calls) <= 3 else (None, None)
-
-    writer = WriterThread(commit, outcomes.append)
-    writer.wake()
-    deadline = time.monotonic() + 10
-    while len(outcomes) < 3 and time.monotonic() < deadline:
-        gevent.sleep(0.01)
-    assert outcomes == ["failed"] * 3
+def test_the_writer_thread_runs_calls_off_the_hub_and_raises_their_errors():
+    writer = WriterThread()
+    assert writer.run(threading.get_ident) != threading.get_ident()
+    assert writer.run(divmod, 7, 2) == (3, 1)
+    with pytest.raises(ZeroDivisionError):
+        writer.run(divmod, 1, 0)
     writer.stop()
 
 

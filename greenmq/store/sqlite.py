@@ -1,12 +1,9 @@
 """The store in an SQLite database in WAL mode, one file in the data directory.
 
-Writes collect in an open batch on the hub. Once per round of the hub's loop (after every
-connection with input has been read) the open batch is sealed and handed to the store's
-writer thread, which commits all the batches sealed since its last commit as one
-transaction ending in one fsync, as soon as that commit is done. So whatever arrives
-while a commit is in flight shares the next one (group commit), the commit rate follows
-the load, and a commit's confirms go back to the hub the moment it ends. Acks alone wait
-a little for a commit that happens anyway.
+Writes collect in an open batch, and one committer greenlet hands each batch to the
+store's writer thread as one transaction ending in one fsync. Whatever arrives while a
+commit is in flight shares the next one (group commit), so the commit rate follows the
+load; acks alone wait a little for a commit that happens anyway.
 """
 
 import functools
@@ -14,7 +11,6 @@ import logging
 import os
 import sqlite3
 import time
-from collections import deque
 from itertools import chain
 
 import gevent
@@ -173,18 +169,15 @@ class SqliteStore(Store):
         self._properties_text = {}   # a message's encoded properties -> their JSON text
         self._next_queue_id = 1
         self._batch = _Batch(self.open_batch)
-        self._sealing = False        # the open batch is sealed at the end of this round of the hub's loop
-        self._sealed = deque()       # batches the writer thread has not taken yet (the one thing both touch)
-        self._sealed_count = 0
-        self._reported = 0           # sealed batches whose commit the hub has heard of
-        self._failed = []            # in the writer: batches that could not be committed, to try again
-        self._retry_in = RETRY_FIRST_SECONDS
-        self._synchronous_full = True  # in the writer: the connection's synchronous setting
-        self._failing = False        # on the hub: the last commit failed
-        self._removals_timer = None  # seals the open batch for removals nothing else took
+        self._failed = None          # the batch that could not be committed, to try again
+        self._wakeup = Event()
+        self._woken = False
+        self._removals_timer = None  # wakes the committer for removals nothing else took
         self._idle = Event()         # set while nothing waits to be committed
         self._idle.set()
+        self._committer = None
         self._writer = None
+        self._synchronous_full = True  # the connection's synchronous setting, as the writer thread left it
         self._closed = False
 
     # -- definitions ---------------------------------------------------------------------
@@ -317,84 +310,65 @@ class SqliteStore(Store):
         self._wake()
 
     def _wake(self):
-        """Have the open batch committed: sealed once the hub has read every connection
-        with input, so a publish and its confirm's callback always share a batch, and
-        every publish read in this round goes with them."""
-        if not self._sealing:
-            self._sealing = True
+        if not self._woken:
+            self._woken = True
+            if self._committer is None:
+                self._committer = gevent.spawn(self._commit_loop)
             self._idle.clear()
-            gevent.get_hub().loop.run_callback(self._seal)
+            self._wakeup.set()
 
     def _wake_soon(self):
         """Removals need no fsync and nobody waits for them: they go with the next commit
         something else asks for, or on their own REMOVALS_DELAY_SECONDS later. A publisher
         waiting for each confirm then rarely waits behind a commit of acks alone."""
         self._idle.clear()
-        if not self._sealing and self._removals_timer is None:
+        if not self._woken and self._removals_timer is None:
             self._removals_timer = gevent.get_hub().loop.timer(REMOVALS_DELAY_SECONDS)
             self._removals_timer.start(self._wake)
 
-    def _seal(self):
-        self._sealing = False
-        if self._removals_timer is not None:
-            self._removals_timer.close()
-            self._removals_timer = None
-        if not self._batch:
-            return
-        self._sealed.append(self._batch)
-        self._sealed_count += 1
-        self._batch = _Batch(self.open_batch + 1)
-        self.open_batch += 1
-        if self._writer is None:
-            self._writer = WriterThread(self._commit_sealed, self._committed)
-        self._writer.wake()
-
-    def _commit_sealed(self):
-        """In the writer thread: every batch sealed so far, after those that failed, as one
-        transaction. Returns (outcome for `_committed`, seconds before trying again)."""
-        batches = []
-        while self._sealed:
-            batches.append(self._sealed.popleft())
-        if not batches and not self._failed:
-            return None, None
-        written = self._failed + batches
-        # The rows were made on the hub, so this thread runs little Python (and waits little for the GIL).
-        error = seconds = None
-        if any(batch.writes() for batch in written):
-            started = time.monotonic()
-            error = self._write([statement for batch in written for statement in batch.statements()],
-                                any(batch.must_sync() for batch in written))
-            seconds = time.monotonic() - started
-        outcome = ([(batch.number, batch.callbacks) for batch in batches], error, seconds)
-        if error is None:
-            self._failed = []
-            self._retry_in = RETRY_FIRST_SECONDS
-            return outcome, None
-        self._failed = written
-        retry_in, self._retry_in = self._retry_in, min(self._retry_in * 2, RETRY_MAX_SECONDS)
-        return outcome, retry_in
-
-    def _committed(self, outcome):
-        """On the hub: a commit is done, or failed; its confirms go out now."""
-        batches, error, seconds = outcome
-        if seconds is not None:
-            self.commit_seconds.observe(seconds)
-        if error is None:
-            if self._failing:
-                log.warning("the message store %s is writable again", self.path)
-                self._failing = False
-                self.available = True
-        elif not self._failing:
-            log.error("cannot write the message store %s: %s; persistent messages are "
-                      "refused until it is writable again", self.path, error)
-            self._failing = True
-            self.available = False
-        for number, callbacks in batches:
-            self._reported += 1
-            for callback in callbacks:
-                callback(number, error is None)
-        if self._reported == self._sealed_count and not self._batch:
-            self._idle.set()
+    def _commit_loop(self):
+        """One commit at a time; what arrives meanwhile waits for the next."""
+        self._writer = WriterThread()
+        retry_in = RETRY_FIRST_SECONDS
+        while True:
+            if self._failed is None:
+                self._wakeup.wait()
+            else:
+                self._wakeup.wait(retry_in)
+            self._wakeup.clear()
+            self._woken = False
+            if self._removals_timer is not None:
+                self._removals_timer.close()
+                self._removals_timer = None
+            batch, self._batch = self._batch, _Batch(self.open_batch + 1)
+            self.open_batch += 1
+            if self._failed is not None:
+                batch = _merged(self._failed, batch)
+            # The rows are made here, so the thread runs little Python (and waits little for the GIL).
+            error = None
+            if batch.writes():
+                started = time.monotonic()
+                error = self._writer.run(self._write, batch.statements(), batch.must_sync())
+                self.commit_seconds.observe(time.monotonic() - started)
+            if error is None:
+                if self._failed is not None:
+                    log.warning("the message store %s is writable again", self.path)
+                    self._failed = None
+                    self.available = True
+                    retry_in = RETRY_FIRST_SECONDS
+            else:
+                if self._failed is None:
+                    log.error("cannot write the message store %s: %s; persistent messages are "
+                              "refused until it is writable again", self.path, error)
+                else:
+                    retry_in = min(retry_in * 2, RETRY_MAX_SECONDS)
+                self._failed = batch
+                self.available = False
+            for callback in batch.callbacks:
+                callback(batch.number, error is None)
+            batch.callbacks = {}
+            if not self._batch:
+                self._idle.set()
 
     def _write(self, statements, sync):
         """In the writer thread: `statements` as one transaction. Returns None, or why it failed."""
@@ -496,10 +470,12 @@ class SqliteStore(Store):
             return
         self._closed = True
         self.flush()
+        if self._committer is not None:
+            self._committer.kill()
         if self._writer is not None:
             self._writer.stop()
         try:
-            if not self._failed:
+            if self._failed is None:
                 self._db.execute("UPDATE meta SET value = 1 WHERE key = 'clean_stop'")
             else:
                 log.error("stopping with writes the message store %s could not take; they are lost, "
@@ -507,6 +483,18 @@ class SqliteStore(Store):
             self._db.close()
         except sqlite3.Error as exc:
             log.error("cannot close the message store %s cleanly: %s", self.path, _reason(exc))
+
+
+def _merged(first, second):
+    """A failed batch and the one after it, to be tried as one."""
+    first.number = second.number
+    for seq, pending in second.new_messages.items():
+        first.new_messages[seq] = pending
+    first.removed_places += second.removed_places
+    first.removed_messages += second.removed_messages
+    first.definitions += second.definitions
+    first.callbacks = second.callbacks
+    return first
 
 
 def _rows_at_once(statement, rows, first=()):
