@@ -10,21 +10,32 @@ Workloads (100-byte persistent messages, a durable queue, one consumer that acks
 - "pipelined AMQP": a raw AMQP publisher keeping `--window` confirms outstanding, and a
   raw consumer acking (multiple) what each read brought;
 - "pipelined connection.py": connection.py's confirm window (GreenMQ only);
-- "confirm each, N raw publishers": `--publishers` processes (16 by default, a web
-  application's workers), each a raw AMQP publisher waiting for every confirm, so the
-  clients cost little and the broker's group commit across connections is what is measured.
+- "confirm each, N raw publishers": for each count in `--publishers` (16 by default, a
+  web application's workers), that many raw AMQP connections, each waiting for every
+  confirm, dealt out to `--publisher-processes` processes (2) that serve theirs through a
+  selector, so the clients cost little and the broker's group commit across connections
+  is what is measured. They connect first and start publishing together.
 Then, GreenMQ only: recovery of `--recovery-messages` stored messages after a clean stop
 and after kill -9, and the broker's memory per queued persistent message.
+
+`--workloads` picks some of them (each, pipelined, publishers, connection) and `--rounds N`
+measures every broker N times, taking turns, as the machine's load drifts.
+
+    python bench/durable.py --workloads publishers pipelined --publishers 1 4 16 --rounds 3 \
+        --recovery-messages 0 --url amqp://guest:guest@127.0.0.1:5682/%2f
 """
 
 import argparse
 import multiprocessing
 import os
+import math
 import re
+import selectors
 import signal
 import struct
 import sys
 import time
+from functools import partial
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -78,24 +89,45 @@ def publish_frames(queue):
         amqp_body.ContentBody(BODY)))
 
 
-def raw_publisher(url, queue, count, window, started):
-    channel = RawChannel(url)
-    channel.call(spec.Confirm.Select(), spec.Confirm.SelectOk)
-    frames, sock, buffer = publish_frames(queue), channel.sock, channel.buffer
-    sent = confirmed = 0
+def raw_publisher(url, queue, count, window, started, go=None, connections=1):
+    """Publishes `count` messages on each of `connections` connections, keeping up to
+    `window` confirms outstanding on each; with `go`, connected first and started when it
+    is set. One process serves them all through a selector: a process per connection costs
+    a context switch per confirm, about as much CPU as the broker spends on the message."""
+    channels = [RawChannel(url) for _ in range(connections)]
+    for channel in channels:
+        channel.call(spec.Confirm.Select(), spec.Confirm.SelectOk)
+    frames = publish_frames(queue)
+    if go is not None:
+        started.put(None)
+        go.wait()
     started.put(time.monotonic())
-    while confirmed < count:
-        room = min(window - (sent - confirmed), count - sent)
-        if room > 0:
-            sock.sendall(frames * room)
-            sent += room
-        buffer, methods = method_frames(sock, buffer)
-        for class_id, method_id, arguments in methods:
-            if (class_id, method_id) == ACK_IDS:
-                confirmed = struct.unpack_from(">Q", arguments)[0]
-            elif class_id == 60 and method_id == 120:
-                raise RuntimeError("the broker nacked a message")
-    sock.close()
+    selector = selectors.DefaultSelector()
+    for channel in channels:
+        channel.sent = channel.confirmed = 0
+        selector.register(channel.sock, selectors.EVENT_READ, channel)
+        publish_more(channel, frames, count, window)
+    while selector.get_map():
+        for key, _ in selector.select():
+            channel = key.data
+            channel.buffer, methods = method_frames(channel.sock, channel.buffer)
+            for class_id, method_id, arguments in methods:
+                if (class_id, method_id) == ACK_IDS:
+                    channel.confirmed = struct.unpack_from(">Q", arguments)[0]
+                elif class_id == 60 and method_id == 120:
+                    raise RuntimeError("the broker nacked a message")
+            if channel.confirmed == count:
+                selector.unregister(channel.sock)
+                channel.sock.close()
+            else:
+                publish_more(channel, frames, count, window)
+
+
+def publish_more(channel, frames, count, window):
+    room = min(window - (channel.sent - channel.confirmed), count - channel.sent)
+    if room > 0:
+        channel.sock.sendall(frames * room)
+        channel.sent += room
 
 
 def raw_consumer(url, queue, count, ready, finished):
@@ -161,17 +193,24 @@ def json_publisher(port, queue, count, window, started):
     conn.close()
 
 
-def timed(publisher, publisher_args, consumer, consumer_args, count, publishers=1):
-    """Messages per second from the first publish to the consumer's last delivery, with
-    `publishers` processes each running `publisher` (whose arguments give its own count)."""
+def timed(publisher, publisher_args, consumer, consumer_args, count, publishers=None):
+    """Messages per second from the first publish to the consumer's last delivery. With
+    `publishers`, that many processes run `publisher` (whose arguments give its own count),
+    connected before any starts, so a late process start does not thin the first commits."""
     ready, started, finished = multiprocessing.Queue(), multiprocessing.Queue(), multiprocessing.Queue()
     consumer_process = multiprocessing.Process(target=consumer, args=(*consumer_args, count, ready, finished))
     consumer_process.start()
     ready.get(timeout=60)
-    publisher_processes = [multiprocessing.Process(target=publisher, args=(*publisher_args, started))
-                           for _ in range(publishers)]
+    go = multiprocessing.Event() if publishers else None
+    publisher_processes = [
+        multiprocessing.Process(target=publisher, args=(*publisher_args, started) + ((go,) if go else ()))
+        for _ in range(publishers or 1)]
     for process in publisher_processes:
         process.start()
+    if go is not None:
+        for _ in publisher_processes:
+            started.get(timeout=60)     # connected
+        go.set()
     start = min(started.get(timeout=60) for _ in publisher_processes)
     end = finished.get(timeout=900)
     for process in publisher_processes:
@@ -183,18 +222,22 @@ def timed(publisher, publisher_args, consumer, consumer_args, count, publishers=
 def throughputs(url, args, json_port=None):
     results = {}
     queue = "bench.durable"
-    declare(url, queue)
-    results["confirm each (pika), msg/s"] = timed(
-        pika_publisher, (url, queue, args.each_messages), pika_consumer, (url, queue), args.each_messages)
-    declare(url, queue)
-    results[f"pipelined AMQP (window {args.window}), msg/s"] = timed(
-        raw_publisher, (url, queue, args.messages, args.window), raw_consumer, (url, queue), args.messages)
-    declare(url, queue)
-    each = args.each_messages // args.publishers
-    results[f"confirm each, {args.publishers} raw publishers, msg/s"] = timed(
-        raw_publisher, (url, queue, each, 1), raw_consumer, (url, queue), each * args.publishers,
-        publishers=args.publishers)
-    if json_port is not None:
+    if "each" in args.workloads:
+        declare(url, queue)
+        results["confirm each (pika), msg/s"] = timed(
+            pika_publisher, (url, queue, args.each_messages), pika_consumer, (url, queue), args.each_messages)
+    if "pipelined" in args.workloads:
+        declare(url, queue)
+        results[f"pipelined AMQP (window {args.window}), msg/s"] = timed(
+            raw_publisher, (url, queue, args.messages, args.window), raw_consumer, (url, queue), args.messages)
+    for publishers in args.publishers if "publishers" in args.workloads else ():
+        declare(url, queue)
+        each = args.each_messages // publishers
+        processes = math.gcd(publishers, args.publisher_processes)
+        results[f"confirm each, {publishers} raw publishers, msg/s"] = timed(
+            partial(raw_publisher, connections=publishers // processes), (url, queue, each, 1), raw_consumer,
+            (url, queue), each * publishers, publishers=processes)
+    if json_port is not None and "connection" in args.workloads:
         declare(url, queue)
         results[f"pipelined connection.py (window {args.window}), msg/s"] = timed(
             json_publisher, (json_port, queue, args.messages, args.window), raw_consumer, (url, queue),
@@ -237,28 +280,40 @@ def recovery_and_memory(args):
         return figures
 
 
+WORKLOADS = ("each", "pipelined", "publishers", "connection")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", action="append", default=[], help="also measure the broker at this AMQP URL")
     parser.add_argument("--each-messages", type=int, default=5_000)
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--window", type=int, default=1000)
-    parser.add_argument("--publishers", type=int, default=16,
-                        help="raw publishers waiting for every confirm, each in its own process")
+    parser.add_argument("--publishers", type=int, nargs="+", default=[16],
+                        help="raw publishers waiting for every confirm, each in its own process; "
+                             "several counts measure each")
+    parser.add_argument("--publisher-processes", type=int, default=2,
+                        help="processes the raw publishers are dealt out to (a divisor of their number)")
+    parser.add_argument("--workloads", nargs="+", default=WORKLOADS, choices=WORKLOADS)
+    parser.add_argument("--rounds", type=int, default=1, help="measure every broker this many times, taking turns")
     parser.add_argument("--recovery-messages", type=int, default=1_000_000)
     args = parser.parse_args()
-    results = {}
-    with BrokerProcess() as broker:
-        results["GreenMQ"] = throughputs(f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f", args, broker.port)
-    for url in args.url:
-        results[url] = throughputs(url, args)
-    for key in results["GreenMQ"]:
-        row = f"{key:48}{results['GreenMQ'][key]:>12,.0f}"
+    for round_number in range(1, args.rounds + 1):
+        results = {}
+        with BrokerProcess() as broker:
+            results["GreenMQ"] = throughputs(f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f", args,
+                                             broker.port)
         for url in args.url:
-            if key in results[url]:
-                other = results[url][key]
-                row += f"   {url[:30]}: {other:,.0f} (GreenMQ x{results['GreenMQ'][key] / other:.2f})"
-        print(row)
+            results[url] = throughputs(url, args)
+        if args.rounds > 1:
+            print(f"round {round_number} (load average {os.getloadavg()[0]:.1f})")
+        for key in results["GreenMQ"]:
+            row = f"{key:48}{results['GreenMQ'][key]:>12,.0f}"
+            for url in args.url:
+                if key in results[url]:
+                    other = results[url][key]
+                    row += f"   {url[:30]}: {other:,.0f} (GreenMQ x{results['GreenMQ'][key] / other:.2f})"
+            print(row, flush=True)
     if args.recovery_messages:
         for key, value in recovery_and_memory(args).items():
             print(f"{key:48}{value:>12,.2f}")

@@ -160,6 +160,18 @@ def decode_ack(buffer, start, frame_end):
     return method
 
 
+_CONFIRM_FRAME = struct.Struct(">BHIIQ?B")    # head, class and method, tag, the multiple bit, end
+_BASIC_NACK = spec.Basic.Nack.index
+
+
+def confirm_frame(channel_number, delivery_tag, multiple, ack):
+    """A publisher confirm: basic.ack, or basic.nack without requeue, as pamqp encodes it
+    (a test holds the two equal). One goes out per channel per commit, and pamqp took
+    about 20 us of the hub's time for each."""
+    return _CONFIRM_FRAME.pack(FRAME_METHOD, channel_number, 13, _BASIC_ACK if ack else _BASIC_NACK,
+                               delivery_tag, multiple, FRAME_END)
+
+
 def amqplain_credentials(response):
     """The LOGIN and PASSWORD of an AMQPLAIN response (a field table without its length);
     ValueError when it is not one."""

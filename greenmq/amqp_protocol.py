@@ -15,7 +15,7 @@ from pamqp import commands as spec
 
 from .amqp_codec import (BARE_HEADER_END, FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
                          HEARTBEAT_FRAME, NO_PROPERTY_FLAGS, PROPERTIES_AT, PROTOCOL_HEADER, UNDECODED,
-                         MethodDecoder, amqplain_credentials, content_frames, decode_content_header,
+                         MethodDecoder, amqplain_credentials, confirm_frame, content_frames, decode_content_header,
                          decode_properties, deliver_method, method_frame, method_ids, method_parts,
                          undecoded_method, unmarshal_content_header, unpack_frame_head, unpack_header_start)
 from .errors import (AccessRefused, BrokerError, ChannelNotOpen, CommandInvalid,
@@ -683,11 +683,7 @@ class AmqpConnection(FrontEndConnection):
         channel = self.channels.get(channel_number)
         if channel is None or channel.closing:
             return      # the publish closed its channel: RabbitMQ confirms nothing more on it
-        if ack:
-            self._send_method(channel_number, spec.Basic.Ack(delivery_tag=delivery_tag, multiple=multiple))
-        else:
-            self._send_method(channel_number, spec.Basic.Nack(delivery_tag=delivery_tag, multiple=multiple,
-                                                              requeue=False))
+        self._write(confirm_frame(channel_number, delivery_tag, multiple, ack))
 
     # -- frames out ----------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from pamqp import heartbeat as amqp_heartbeat
 from pamqp.exceptions import UnmarshalingException
 
 from greenmq import amqp_codec
-from greenmq.amqp_codec import (SHORT_STRING_CACHE_SIZE, decode_ack, decode_content_header,
+from greenmq.amqp_codec import (SHORT_STRING_CACHE_SIZE, confirm_frame, decode_ack, decode_content_header,
                                 decode_publish, deliver_method)
 from greenmq.amqp_protocol import (CLOSED, FRAME_MIN, HEADER, RUNNING, TRANSITIONS, _Channel, AmqpConnection,
                                    ConnectionState, ForbiddenTransition)
@@ -199,6 +199,13 @@ def test_basic_ack_frames_decode_as_pamqp_decodes_them(delivery_tag, multiple):
     method = decode_ack(frame, 0, len(frame) - 1)
     assert isinstance(method, spec.Basic.Ack)
     assert _slots(method) == _slots(amqp_frame.unmarshal(frame)[2])
+
+
+@given(st.integers(0, 2047), st.integers(0, 2**63 - 1), st.booleans(), st.booleans())
+def test_confirm_frames_are_what_pamqp_makes(channel, delivery_tag, multiple, ack):
+    method = (spec.Basic.Ack(delivery_tag=delivery_tag, multiple=multiple) if ack else
+              spec.Basic.Nack(delivery_tag=delivery_tag, multiple=multiple, requeue=False))
+    assert confirm_frame(channel, delivery_tag, multiple, ack) == amqp_frame.marshal(method, channel)
 
 
 class _RecordingChannel:

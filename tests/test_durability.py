@@ -19,10 +19,16 @@ import pika
 import pytest
 from pika.exceptions import NackError
 
+from pamqp import body as amqp_body
+from pamqp import commands as spec
+from pamqp import frame as amqp_frame
+from pamqp import header as amqp_header
+
 from greenmq import connection
 from greenmq.store.sqlite import DATABASE_FILE
 from tests import http_api
 from tests.broker_process import BrokerProcess
+from tests.test_amqp_wire import RawClient
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)
 
@@ -538,6 +544,78 @@ def test_no_confirm_reaches_the_client_before_its_message_is_synced_to_disk(data
                                lambda call: '\\"event\\":\\"ack\\"' in call) == 5
 
 
+_SOCKET_CALL = re.compile(r"(?:recvfrom|read|sendto|write)\((\d+)<")
+
+
+def answers_after_their_own_syncs(lines, request, answer):
+    """How many answers the trace `lines` shows, each after a sync of the database that
+    began after the last request read from the same connection and ended before the
+    answer: with several clients at once, each answer must wait for a sync of its own
+    request, however the requests of others and the syncs interleave."""
+    unfinished = {}             # thread -> its call cut by another thread's line
+    sync_started = {}           # thread -> where its database sync began
+    last_synced_from = -1       # where the last finished sync began
+    last_request = {}           # descriptor -> where its last request was read
+    answers = 0
+    for position, line in enumerate(lines):
+        thread, _, call = line.partition(" ")
+        call = call.lstrip()
+        if call.endswith("<unfinished ...>"):
+            unfinished[thread] = call
+            if DATABASE_SYNC.match(call):
+                sync_started[thread] = position
+            elif call.startswith(("sendto(", "write(")) and answer(call):
+                answers += 1
+                descriptor = _SOCKET_CALL.match(call).group(1)
+                assert last_synced_from > last_request.get(descriptor, -1), \
+                    f"answer {answers} was sent before its message was synced:\n" + "\n".join(lines)
+            continue
+        if call.startswith("<... "):
+            begun = unfinished.pop(thread, "")
+            if DATABASE_SYNC.match(begun):
+                if call.endswith("= 0"):
+                    last_synced_from = max(last_synced_from, sync_started.pop(thread))
+            elif begun.startswith(("recvfrom(", "read(")) and request(call):
+                last_request[_SOCKET_CALL.match(begun).group(1)] = position
+            continue
+        if DATABASE_SYNC.match(call):
+            if call.endswith("= 0"):
+                last_synced_from = position
+        elif call.startswith(("recvfrom(", "read(")) and request(call):
+            last_request[_SOCKET_CALL.match(call).group(1)] = position
+        elif call.startswith(("sendto(", "write(")) and answer(call):
+            answers += 1
+            descriptor = _SOCKET_CALL.match(call).group(1)
+            assert last_synced_from > last_request.get(descriptor, -1), \
+                f"answer {answers} was sent before its message was synced:\n" + "\n".join(lines)
+    return answers
+
+
+def test_no_confirm_reaches_any_of_several_clients_before_its_message_is_synced(data_dir):
+    broker = BrokerProcess(data_dir=data_dir).start()
+    clients, messages = 4, 10
+
+    def publish_each_confirmed(channel):
+        for i in range(messages):
+            channel.basic_publish("", "synced", b"%d" % i, connection.BasicProperties(delivery_mode=2))
+            channel.wait_for_confirms(timeout=30)
+
+    try:
+        channels = [json_lines_channel(broker, "synced") for _ in range(clients)]
+        with syscalls_traced(broker.pid, SYNCS_AND_SOCKETS) as lines:
+            threads = [threading.Thread(target=publish_each_confirmed, args=(channel,)) for _, channel in channels]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+        for conn, _ in channels:
+            conn.close()
+    finally:
+        broker.close()
+    assert answers_after_their_own_syncs(lines, lambda call: '\\"op\\":\\"publish\\"' in call,
+                                         lambda call: '\\"event\\":\\"ack\\"' in call) == clients * messages
+
+
 def amqp_method(class_id, method_id):
     """An argument-less AMQP method's last bytes as strace -xx shows them: class, method, frame end."""
     return "".join(f"\\x{byte:02x}" for byte in (class_id >> 8, class_id & 255, method_id >> 8, method_id & 255, 0xCE))
@@ -614,6 +692,55 @@ def test_an_ack_alone_reaches_the_disk_within_a_quarter_second(data_dir):
         conn, ch = pika_channel(broker)
         assert drain(ch, "acked") == [], f"the ack was not on disk {ACK_ON_DISK_SECONDS} s after it was sent"
         conn.close()
+    finally:
+        broker.close()
+
+
+def confirming_raw_publishers(broker, queue, count):
+    """`count` raw AMQP connections in confirm mode on channel 1, and the frames of one
+    persistent publish to `queue`, with everything before them committed."""
+    url = f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f"
+    publishers = [RawClient(url).open() for _ in range(count)]
+    for publisher in publishers:
+        publisher.open_channel()
+        publisher.send_method(1, spec.Confirm.Select())
+        publisher.expect(spec.Confirm.SelectOk, 1)
+    publishers[0].send_method(1, spec.Queue.Declare(queue=queue, durable=True))
+    publishers[0].expect(spec.Queue.DeclareOk, 1)
+    body = b"persistent"
+    frames = b"".join(amqp_frame.marshal(frame, 1) for frame in (
+        spec.Basic.Publish(exchange="", routing_key=queue),
+        amqp_header.ContentHeader(0, len(body), spec.Basic.Properties(delivery_mode=2)),
+        amqp_body.ContentBody(body)))
+    publishers[0].send(frames)              # confirmed once it and the declare are on disk
+    assert publishers[0].expect(spec.Basic.Ack, 1).delivery_tag == 1
+    return publishers, frames
+
+
+# Connections publishing at once, each waiting for its confirm (a web application's workers).
+PUBLISHERS = 16
+
+
+def test_publishers_on_many_connections_waiting_for_their_confirms_share_one_commit(data_dir):
+    broker = BrokerProcess(data_dir=data_dir).start()
+    try:
+        publishers, frames = confirming_raw_publishers(broker, "shared", PUBLISHERS)
+        before = stored_commits(broker)
+        # Stopped, the broker finds every publish waiting when it goes on: they arrived
+        # during one commit, as they would while the disk syncs one.
+        os.kill(broker.pid, signal.SIGSTOP)
+        try:
+            for publisher in publishers:
+                publisher.send(frames)
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+        for number, publisher in enumerate(publishers):
+            assert publisher.expect(spec.Basic.Ack, 1).delivery_tag == (2 if number == 0 else 1)
+        assert stored_commits(broker) - before == 1
+        for publisher in publishers:
+            publisher.close()
+        broker = restarted(data_dir, broker, signal.SIGKILL)
+        assert f"and {PUBLISHERS + 1} messages" in broker.log()
     finally:
         broker.close()
 

@@ -197,6 +197,25 @@ def test_a_message_acked_before_its_commit_is_never_written(tmp_path):
     assert rows_after_stop(store, "queue_messages") == 0
 
 
+def test_a_commit_of_hundreds_of_messages_and_removals_writes_each_row_once(tmp_path):
+    store = SqliteStore(str(tmp_path))
+    q1, q2 = FakeQueue("/", "q1"), FakeQueue("/", "q2")
+    store.put_queue("/", "q1", False, {})
+    store.put_queue("/", "q2", False, {})
+    count = sqlite_store.MAX_ROWS_PER_STATEMENT + 45       # a full run of rows, then 32 + 8 + 4 + 1
+    messages = [persistent(b"%d" % i) for i in range(count)]
+    for message in messages:
+        store.add_message(message, [q1, q2])
+    assert committed(store) == [True]
+    store.remove_messages(q1, messages[:count - 3])
+    store.remove_messages(q2, messages[1:])
+    assert committed(store) == [True]
+    store = reopened(store)
+    held = {name: [m.body for m, _ in ms] for _, name, _, _, ms in store.load().queues}
+    assert held == {"q1": [b"%d" % i for i in range(count - 3, count)], "q2": [b"0"]}
+    assert rows_after_stop(store, "messages") == 4
+
+
 def test_the_writer_thread_runs_calls_off_the_hub_and_raises_their_errors():
     writer = WriterThread()
     assert writer.run(threading.get_ident) != threading.get_ident()
@@ -233,6 +252,18 @@ def test_acks_go_with_the_next_confirmed_commit_rather_than_one_of_their_own(tmp
     assert rows_after_stop(store, "messages") == 1
 
 
+def test_a_commit_of_acks_alone_is_not_synced_and_the_next_commit_of_a_message_is(tmp_path):
+    store, queue, acked = stored_message(tmp_path)
+    synchronous = lambda: store._db.execute("PRAGMA synchronous").fetchone()[0]     # noqa: E731
+    store.remove_messages(queue, [acked])
+    store.flush()
+    assert synchronous() == 1       # NORMAL: no fsync at commit
+    store.add_message(persistent(b"next"), [queue])
+    assert committed(store) == [True]
+    assert synchronous() == 2       # FULL: synced before its confirm
+    store.close()
+
+
 def test_acks_alone_are_committed_after_the_removals_delay_each_time(tmp_path):
     store, queue, first = stored_message(tmp_path)
     second = persistent(b"second")
@@ -246,6 +277,54 @@ def test_acks_alone_are_committed_after_the_removals_delay_each_time(tmp_path):
             gevent.sleep(0.01)
         assert commits(store) == before + 1
     assert rows_after_stop(store, "messages") == 0
+
+
+def wait_for(condition, what):
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within 10 s"
+        gevent.sleep(0.001)
+
+
+def test_what_arrives_during_a_commit_shares_the_next_commit_and_is_confirmed_only_after_it(tmp_path, monkeypatch):
+    store = SqliteStore(str(tmp_path))
+    queue = FakeQueue("/", "q")
+    store.put_queue("/", "q", False, {})
+    assert committed(store) == [True]
+    writes, may_finish = [], threading.Semaphore(0)
+    write = store._write
+
+    def held_write(statements, sync):
+        """Each commit waits in the writer thread until the test lets it finish."""
+        writes.append(statements)
+        assert may_finish.acquire(timeout=10)
+        return write(statements, sync)
+
+    monkeypatch.setattr(store, "_write", held_write)
+    confirmed = []                  # (publisher, ok), as the hub hears of commits
+
+    def publish(publisher):
+        store.add_message(persistent(b"%d" % publisher), [queue])
+        store.after_commit(lambda batch, ok: confirmed.append((publisher, ok)))
+
+    publish(0)
+    wait_for(lambda: len(writes) == 1, "commit")
+    for publisher in range(1, 6):   # five connections, each read in a round of the hub's loop of its own
+        publish(publisher)
+        gevent.sleep(0)
+    gevent.sleep(0.05)
+    assert confirmed == []          # the first commit is not done yet
+    may_finish.release()
+    wait_for(lambda: confirmed, "confirm")
+    wait_for(lambda: len(writes) == 2, "second commit")
+    gevent.sleep(0.05)
+    assert confirmed == [(0, True)]         # the rest are in the second commit, which is not done
+    assert sum(len(values) // 7 for sql, values in writes[1] if sql.startswith("INSERT INTO messages")) == 5
+    may_finish.release()
+    wait_for(lambda: len(confirmed) == 6, "confirms")
+    assert confirmed == [(publisher, True) for publisher in range(6)]
+    assert len(writes) == 2
+    store.close()
 
 
 # -- the core's use of the store -----------------------------------------------------------

@@ -7,10 +7,12 @@ load; acks alone wait a little for a commit that happens anyway.
 """
 
 import fcntl
+import functools
 import logging
 import os
 import sqlite3
 import time
+from itertools import chain
 
 import gevent
 from gevent.event import Event
@@ -85,10 +87,17 @@ _POLICIES_TABLE = """CREATE TABLE IF NOT EXISTS policies (vhost TEXT, kind TEXT,
                                                        apply_to TEXT, priority INTEGER, definition TEXT,
                                                        PRIMARY KEY (vhost, kind, name)) WITHOUT ROWID"""
 
-_INSERT_MESSAGE = "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)"
-_INSERT_PLACE = "INSERT INTO queue_messages VALUES (?, ?, 0)"
-_DELETE_PLACE = "DELETE FROM queue_messages WHERE queue_id = ? AND seq = ?"
-_DELETE_MESSAGE = "DELETE FROM messages WHERE seq = ?"
+# Messages, their places and removals are written several rows to a statement: the writer
+# thread gives up the GIL around every statement (executemany: every row), and under a busy
+# hub each time it wants it back it may wait for the hub's next system call. Runs of 256,
+# 128, ... 1 rows: a batch of n rows takes at most log2(n) + n / 256 statements, from few
+# texts, which SQLite keeps prepared; 256 rows of a message are 1,792 variables, far under
+# SQLite's limit of 32,766.
+MAX_ROWS_PER_STATEMENT = 256
+_INSERT_MESSAGES = ("INSERT INTO messages VALUES ", "(?, ?, ?, ?, ?, ?, ?)", "")
+_INSERT_PLACES = ("INSERT INTO queue_messages VALUES ", "(?, ?, 0)", "")
+_DELETE_PLACES = ("DELETE FROM queue_messages WHERE queue_id = ? AND seq IN (", "?", ")")
+_DELETE_MESSAGES = ("DELETE FROM messages WHERE seq IN (", "?", ")")
 _MARK_REDELIVERED = "UPDATE queue_messages SET redelivered = 1 WHERE queue_id = ? AND seq = ?"
 
 
@@ -114,18 +123,21 @@ class _Batch:
         return bool(self.new_messages or self.removed_places or self.removed_messages or self.definitions)
 
     def statements(self):
-        """(sql, parameters, executemany?) in the order they must run."""
+        """(sql, parameters) in the order they must run."""
         statements = []
         if self.new_messages:
-            statements.append((_INSERT_MESSAGE, [row for row, _ in self.new_messages.values()], True))
-            statements.append((_INSERT_PLACE, [(queue_id, seq) for seq, (_, queue_ids) in self.new_messages.items()
-                                               for queue_id in queue_ids], True))
+            statements += _rows_at_once(_INSERT_MESSAGES, [row for row, _ in self.new_messages.values()])
+            statements += _rows_at_once(_INSERT_PLACES, [(queue_id, seq) for seq, (_, queue_ids)
+                                                         in self.new_messages.items() for queue_id in queue_ids])
         if self.removed_places:
-            statements.append((_DELETE_PLACE, self.removed_places, True))
+            by_queue = {}
+            for queue_id, seq in self.removed_places:
+                by_queue.setdefault(queue_id, []).append((seq,))
+            for queue_id, seqs in by_queue.items():
+                statements += _rows_at_once(_DELETE_PLACES, seqs, (queue_id,))
         if self.removed_messages:
-            statements.append((_DELETE_MESSAGE, self.removed_messages, True))
-        statements += [(sql, parameters, False) for sql, parameters in self.definitions]
-        return statements
+            statements += _rows_at_once(_DELETE_MESSAGES, self.removed_messages)
+        return statements + self.definitions
 
     def must_sync(self):
         """Only what ended may wait for a later fsync: an ack lost in a crash brings its
@@ -189,6 +201,7 @@ class SqliteStore(Store):
         self._idle.set()
         self._committer = None
         self._writer = None
+        self._synchronous_full = True  # the connection's synchronous setting, as the writer thread left it
         self._closed = False
         self._reader = None          # read_queue's connection, opened on first use
         self._reading = Semaphore()  # one read at a time on it
@@ -431,14 +444,14 @@ class SqliteStore(Store):
             if os.stat(self.path).st_ino != self._inode:
                 raise OSError("the database file was replaced")
             # WAL is written in order, so the next synced commit also syncs this one's frames.
-            db.execute("PRAGMA synchronous=" + ("FULL" if sync else "NORMAL"))
+            # Set only when it changes: each statement costs the thread the GIL twice more.
+            if sync != self._synchronous_full:
+                db.execute("PRAGMA synchronous=" + ("FULL" if sync else "NORMAL"))
+                self._synchronous_full = sync
             db.execute("BEGIN IMMEDIATE")
             try:
-                for sql, parameters, many in statements:
-                    if many:
-                        db.executemany(sql, parameters)
-                    else:
-                        db.execute(sql, parameters)
+                for sql, parameters in statements:
+                    db.execute(sql, parameters)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -562,6 +575,24 @@ def _merged(first, second):
     first.definitions += second.definitions
     first.callbacks = second.callbacks
     return first
+
+
+def _rows_at_once(statement, rows, first=()):
+    """(sql, parameters) writing `rows` (tuples) in runs of MAX_ROWS_PER_STATEMENT, then
+    halves, down to 1; `statement` is (start, one row's placeholders, end), and `first`
+    the parameters of `start`."""
+    statements, start, size = [], 0, MAX_ROWS_PER_STATEMENT
+    while start < len(rows):
+        while size > len(rows) - start:
+            size //= 2
+        statements.append((_rows_sql(*statement, size), [*first, *chain.from_iterable(rows[start:start + size])]))
+        start += size
+    return statements
+
+
+@functools.lru_cache(maxsize=None)      # four kinds of statement, nine sizes each
+def _rows_sql(start, row, end, count):
+    return start + ", ".join([row] * count) + end
 
 
 def _reason(exc):
