@@ -100,4 +100,4 @@ class JsonLinesWire:
         lines, self._received = whole_lines(self._received, data)
         for line in lines:
             if line:                    # an empty line is a heartbeat
-                yield _decode(line.decode())
+                yield _decode(str(line, "utf-8"))
