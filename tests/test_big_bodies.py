@@ -13,7 +13,7 @@ from pamqp import commands as spec
 from pamqp import frame as amqp_frame
 from pamqp import header as amqp_header
 
-from greenmq import transport
+from greenmq import lines, transport
 from greenmq.amqp_protocol import FRAME_MAX, AmqpConnection
 from greenmq.node import Node
 from greenmq.protocol import JsonLinesProtocol
@@ -57,12 +57,13 @@ def test_big_bodies_arrive_byte_exact_in_every_queue_of_a_fanout(connect, name, 
 
 
 def test_small_and_big_deliveries_interleaved_keep_their_order(connect, name):
-    """A small delivery joined into one buffer and a big one sent as several go out in
-    the order they were made."""
+    """Small deliveries, each a buffer of its own, and big ones sent as several go out in
+    the order they were made, more of them at once than one writev may gather."""
     conn = connect()
     channel = conn.channel()
     channel.queue_declare(name)
-    bodies = [b"small %d" % n if n % 2 else os.urandom(transport.SCATTERED_BODY_BYTES + n) for n in range(12)]
+    bodies = [os.urandom(transport.SCATTERED_BODY_BYTES + n) if n % 500 == 0 else b"small %d" % n
+              for n in range(2 * transport.MAX_WRITE_BUFFERS + 1)]
     for body in bodies:
         channel.basic_publish("", name, body)
     received = []
@@ -191,11 +192,13 @@ def _in_pieces(data, piece):
 
 
 def _fanout_queues(node, exchange, count):
+    """`count` queues bound to a new fanout exchange; every other one with a message TTL,
+    so that it holds a copy of its own of each message (Message.placed), its body shared."""
     vhost = node.vhosts["/"]
     vhost.declare_exchange(exchange, "fanout")
     queues = []
     for number in range(count):
-        queue = vhost.declare_queue(f"{exchange}-{number}")
+        queue = vhost.declare_queue(f"{exchange}-{number}", arguments={"x-message-ttl": 60_000} if number % 2 else None)
         vhost.bind(queue.name, exchange, "", None)
         queues.append(queue)
     return queues
@@ -250,3 +253,18 @@ def test_a_json_lines_body_is_one_object_in_every_queue_and_in_every_delivery():
         protocol.data_received(json.dumps({"op": "consume", "queue": queue.name, "no_ack": True}).encode() + b"\n")
         assert sum(buffer is held for buffer in protocol.take_output_buffers()) == 1
         protocol.output_drained()
+
+
+def test_long_json_lines_in_one_read_are_each_taken_whole():
+    """Lines long enough to be taken as memoryviews of the read (lines.VIEWED_LINE_BYTES),
+    several in one read, after the end of a line begun in the read before."""
+    node = Node()
+    node.vhosts["/"].declare_queue("q")
+    protocol = JsonLinesProtocol(node, PEER)
+    bodies = [(b"%d" % n) * (lines.VIEWED_LINE_BYTES + n) for n in range(1, 5)]
+    data = b"".join(json.dumps(request).encode() + b"\n" for request in [{"op": "hello"}] + [
+        {"op": "publish", "routing_key": "q", "body": body.decode()} for body in bodies])
+    first_line_end = data.index(b"\n") + 1
+    protocol.data_received(data[:first_line_end + 10])
+    protocol.data_received(data[first_line_end + 10:])
+    assert [message.body for message in node.vhosts["/"].queues["q"].ready] == bodies
