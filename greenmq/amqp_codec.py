@@ -317,10 +317,10 @@ def method_parts(method, channel_number):
 
 def content_frames(method_frame, channel_number, message, frame_max):
     """`method_frame` (parts as deliver_method gives them), then the content header and
-    body frames of `message` as pamqp marshals them (a test holds them equal), as a list
-    of buffers to write in this order: one for a small body, the frames joined once (this
-    runs for every delivery); for a body of SCATTERED_BODY_BYTES or more, the frame heads
-    between the body's own bytes, uncopied."""
+    body frames of `message` as pamqp marshals them (a test holds them equal): for a
+    small body, bytes, the frames joined once (this runs for every delivery); for a body
+    of SCATTERED_BODY_BYTES or more, a list of buffers to write in this order, the frame
+    heads between the body's own bytes, uncopied."""
     body = message.body
     size = len(body)
     encoded = message.encoded_properties
@@ -338,7 +338,7 @@ def content_frames(method_frame, channel_number, message, frame_max):
         elif size:      # one body frame or, for an empty body, none
             method_frame += (_END_AND_BODY_HEAD.pack(FRAME_END, FRAME_BODY, channel_number, size), body)
         method_frame.append(_FRAME_END_BYTE)
-        return [b"".join(method_frame)]
+        return b"".join(method_frame)
     if size <= chunk:
         method_frame.append(_END_AND_BODY_HEAD.pack(FRAME_END, FRAME_BODY, channel_number, size))
         return [b"".join(method_frame), body, _FRAME_END_BYTE]

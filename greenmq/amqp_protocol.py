@@ -648,7 +648,7 @@ class AmqpConnection(FrontEndConnection):
             self._send_method(number, spec.Basic.GetEmpty())
             return
         delivery_tag, message, message_count = got
-        self._write_buffers(content_frames(method_parts(spec.Basic.GetOk(
+        self._write_content(content_frames(method_parts(spec.Basic.GetOk(
             delivery_tag=delivery_tag, redelivered=message.redelivered, exchange=message.exchange,
             routing_key=message.routing_key, message_count=message_count), number), number, message,
             self.frame_max))
@@ -713,7 +713,7 @@ class AmqpConnection(FrontEndConnection):
     # -- the core's sink -----------------------------------------------------------------
 
     def deliver(self, channel_number, consumer_tag, delivery_tag, message):
-        self._write_buffers(content_frames(deliver_method(
+        self._write_content(content_frames(deliver_method(
             channel_number, consumer_tag, delivery_tag, message.redelivered, message.exchange,
             message.routing_key), channel_number, message, self.frame_max))
 
@@ -725,7 +725,7 @@ class AmqpConnection(FrontEndConnection):
         self._channel_error(channel_number, exc, None)
 
     def message_returned(self, channel_number, reply_code, reply_text, message):
-        self._write_buffers(content_frames(method_parts(spec.Basic.Return(
+        self._write_content(content_frames(method_parts(spec.Basic.Return(
             reply_code=reply_code, reply_text=reply_text, exchange=message.exchange,
             routing_key=message.routing_key), channel_number), channel_number, message, self.frame_max))
 
@@ -747,6 +747,13 @@ class AmqpConnection(FrontEndConnection):
 
     def _send_method(self, number, method):
         self._write(method_frame(method, number))
+
+    def _write_content(self, frames):
+        """A message's frames as content_frames gives them: bytes, or a big body's buffers."""
+        if frames.__class__ is bytes:
+            self._write(frames)
+        else:
+            self._write_buffers(frames)
 
     def take_output_buffers(self):
         buffers = super().take_output_buffers()
