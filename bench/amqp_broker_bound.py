@@ -9,6 +9,13 @@ Every URL given is measured in the same run, workload by workload in turn, and c
 with GreenMQ. Workloads: one producer to one consumer, no-ack; the same with manual acks
 (prefetch 1000, one multiple basic.ack per read); fanout to four queues with four no-ack
 consumers (deliveries per second); and the raw RPC round trip of amqp_workloads.py.
+
+    python bench/amqp_broker_bound.py --size 64KiB --size 256KiB --size 1MiB --only no-ack \
+        --only acked --only fanout --url amqp://guest:guest@127.0.0.1:5682/%2f
+
+Each --size is a run of its own (bytes, or with KiB or MiB); bodies larger than a frame
+are sent in frame_max pieces, as clients send them, and without --messages a size gets
+BYTES_PER_WORKLOAD of bodies (at most MESSAGES messages).
 """
 
 import argparse
@@ -35,6 +42,8 @@ BATCH = 500
 PREFETCH = 1000
 FANOUT_WIDTH = 4
 READ_BYTES = 256 * 1024
+# Big bodies: about this many bytes per workload, a few seconds at RabbitMQ's rate.
+BYTES_PER_WORKLOAD = 2 * 1024**3
 
 _FRAME_HEAD = struct.Struct(">BHI")
 _METHOD_INDEX = struct.Struct(">I")
@@ -42,20 +51,23 @@ _DELIVERY_TAG = struct.Struct(">Q")
 _BASIC_DELIVER = (spec.Basic.frame_id << 16) | spec.Basic.Deliver.frame_id
 
 
-def _publish_batch(exchange, routing_key, size, count):
+def _publish_batch(exchange, routing_key, size, count, frame_max):
+    body, chunk = b"x" * size, frame_max - 8
     one = b"".join(amqp_frame.marshal(frame, 1) for frame in (
         spec.Basic.Publish(exchange=exchange, routing_key=routing_key),
         amqp_header.ContentHeader(0, size, spec.Basic.Properties()),
-        amqp_body.ContentBody(b"x" * size)))
+        *(amqp_body.ContentBody(body[at:at + chunk]) for at in range(0, size, chunk))))
     return one * count
 
 
 def _produce(url, exchange, routing_key, count, size, started):
     channel = RawChannel(url)
-    batch = _publish_batch(exchange, routing_key, size, BATCH)
-    rest = _publish_batch(exchange, routing_key, size, count % BATCH)
+    # Big bodies in batches of about the same bytes as 500 small ones: not 500 MiB at once.
+    batch_count = max(1, min(BATCH, BATCH * 4096 // size))
+    batch = _publish_batch(exchange, routing_key, size, batch_count, channel.frame_max)
+    rest = _publish_batch(exchange, routing_key, size, count % batch_count, channel.frame_max)
     started.put(time.monotonic())
-    for _ in range(count // BATCH):
+    for _ in range(count // batch_count):
         channel.sock.sendall(batch)
     if rest:
         channel.sock.sendall(rest)
@@ -66,25 +78,32 @@ def _produce(url, exchange, routing_key, count, size, started):
 
 
 def _consume(url, queue, count, ready, finished, acked):
-    """Count basic.deliver frames until `count`; with `acked`, one multiple ack per read."""
+    """Count basic.deliver frames until `count`; with `acked`, one multiple ack per read.
+    Body frames are skipped as they arrive, not buffered, so that big bodies cost the
+    consumer no more than reading them."""
     channel = RawChannel(url)
     if acked:
         channel.call(spec.Basic.Qos(prefetch_count=PREFETCH), spec.Basic.QosOk)
     channel.call(spec.Basic.Consume(queue=queue, no_ack=not acked), spec.Basic.ConsumeOk)
     ready.put(True)
     sock, data = channel.sock, channel.buffer
-    received = last_tag = offset = 0
+    received = last_tag = offset = skip = 0
     unpack_head, unpack_index, unpack_tag = _FRAME_HEAD.unpack_from, _METHOD_INDEX.unpack_from, _DELIVERY_TAG.unpack_from
     while received < count:
         chunk = sock.recv(READ_BYTES)
         if not chunk:
             raise RuntimeError(f"broker closed the connection after {received} deliveries")
-        data = data[offset:] + chunk
-        offset, end, before = 0, len(data), received
+        if skip >= len(chunk):
+            skip -= len(chunk)
+            continue
+        data = data[offset:] + chunk[skip:] if offset < len(data) else chunk[skip:]
+        offset, end, before, skip = 0, len(data), received, 0
         while end - offset >= 7:
             frame_type, _, size = unpack_head(data, offset)
             frame_end = offset + 8 + size
             if frame_end > end:
+                if frame_type == 3:       # a body frame: skip the rest of it unread
+                    skip, offset = frame_end - end, end
                 break
             if frame_type == 1 and unpack_index(data, offset + 7)[0] == _BASIC_DELIVER:
                 received += 1
@@ -154,12 +173,12 @@ def main():
     parser.add_argument("--url", action="append", default=[],
                         help="also measure the broker at this AMQP URL (repeatable), e.g. a reference RabbitMQ")
     parser.add_argument("--greenmq-url", help="measure this running GreenMQ (to profile it) instead of starting one")
-    parser.add_argument("--messages", type=int, default=MESSAGES)
-    parser.add_argument("--size", type=int, default=100)
+    parser.add_argument("--messages", type=int, help=f"per workload (default: {MESSAGES:,}, fewer for big bodies)")
+    parser.add_argument("--size", type=byte_size, action="append",
+                        help="body size, e.g. 100, 64KiB, 1MiB (repeatable: one run each; default 100)")
     parser.add_argument("--rpc-calls", type=int, default=3_000)
     parser.add_argument("--only", choices=list(WORKLOADS), action="append", help="run only this workload (repeatable)")
     args = parser.parse_args()
-    print(f"{args.messages:,} x {args.size} B transient messages per workload; {args.rpc_calls:,} raw RPC calls")
     broker = None
     if args.greenmq_url:
         greenmq = args.greenmq_url
@@ -167,15 +186,32 @@ def main():
         broker = BrokerProcess().start()
         greenmq = f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f"
     urls = {"GreenMQ": greenmq, **{url: url for url in args.url}}
-    results = {name: {} for name in urls}
+    messages = args.messages
     try:
-        for workload in args.only or WORKLOADS:
-            for name, url in urls.items():
-                results[name].update(WORKLOADS[workload](url, args))
+        for size in args.size or [100]:
+            args.size, args.messages = size, messages or messages_for(size)
+            print(f"{args.messages:,} x {size:,} B transient messages per workload; {args.rpc_calls:,} raw RPC calls")
+            results = {name: {} for name in urls}
+            for workload in args.only or WORKLOADS:
+                for name, url in urls.items():
+                    results[name].update(WORKLOADS[workload](url, args))
+            print_comparison(results)
     finally:
         if broker is not None:
             broker.close()
-    print_comparison(results)
+
+
+def byte_size(text):
+    """A --size: bytes, or a number with KiB or MiB."""
+    for suffix, unit in (("KiB", 1024), ("MiB", 1024**2)):
+        if text.endswith(suffix):
+            return int(text[:-len(suffix)]) * unit
+    return int(text)
+
+
+def messages_for(size):
+    """The default message count for bodies of `size` bytes."""
+    return max(1, min(MESSAGES, BYTES_PER_WORKLOAD // size))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from amqp_broker_bound import MESSAGES, WORKLOADS  # noqa: E402
+from amqp_broker_bound import WORKLOADS, byte_size, messages_for  # noqa: E402
 from tests.broker_process import BrokerProcess  # noqa: E402
 
 # Stages by the functions that own them, most specific first.
@@ -113,9 +113,10 @@ def measure(broker, url, workload, args, py_spy, directory):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--messages", type=int, default=MESSAGES)
-    parser.add_argument("--size", type=int, default=100)
+    parser.add_argument("--messages", type=int, help="per workload (default: fewer for big bodies)")
+    parser.add_argument("--size", type=byte_size, default=100, help="body size, e.g. 100, 64KiB, 1MiB")
     args = parser.parse_args()
+    args.messages = args.messages or messages_for(args.size)
     py_spy = find_py_spy()
     with BrokerProcess() as broker, tempfile.TemporaryDirectory(prefix="greenmq-budget-") as directory:
         url = f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f"

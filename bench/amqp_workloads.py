@@ -164,6 +164,7 @@ class RawChannel:
         credentials = f"\0{unquote(parts.username or 'guest')}\0{unquote(parts.password or 'guest')}"
         self.send(spec.Connection.StartOk(client_properties={}, mechanism="PLAIN", response=credentials), 0)
         tune = self.expect(spec.Connection.Tune)
+        self.frame_max = tune.frame_max
         self.send(spec.Connection.TuneOk(channel_max=tune.channel_max, frame_max=tune.frame_max, heartbeat=0), 0)
         self.send(spec.Connection.Open(virtual_host=unquote(parts.path[1:]) or "/"), 0)
         self.expect(spec.Connection.OpenOk)

@@ -18,6 +18,7 @@ from pamqp.exceptions import UnmarshalingException
 from .errors import FrameError, Unsupported
 from .message import STREAM_OFFSET_HEADER
 from .properties import AMQP_NAMES, from_amqp, to_amqp
+from .transport import SCATTERED_BODY_BYTES
 
 log = logging.getLogger("greenmq.amqp")
 
@@ -329,8 +330,10 @@ def method_parts(method, channel_number):
 
 def content_frames(method_frame, channel_number, message, frame_max):
     """`method_frame` (parts as deliver_method gives them), then the content header and
-    body frames of `message` as pamqp marshals them (a test holds them equal), joined
-    once: this runs for every delivery."""
+    body frames of `message` as pamqp marshals them (a test holds them equal): for a
+    small body, bytes, the frames joined once (this runs for every delivery); for a body
+    of SCATTERED_BODY_BYTES or more, a list of buffers to write in this order, the frame
+    heads between the body's own bytes, uncopied."""
     body = message.body
     size = len(body)
     encoded = message.encoded_properties
@@ -342,15 +345,26 @@ def content_frames(method_frame, channel_number, message, frame_max):
         FRAME_END, FRAME_HEADER, channel_number, _HEADER_PREFIX_BYTES + len(encoded), spec.Basic.frame_id, 0, size),
         encoded)
     chunk = frame_max - 8
-    if size <= chunk:       # one body frame or, for an empty body, none
-        if size:
+    if size < SCATTERED_BODY_BYTES:
+        if size > chunk:
+            for start in range(0, size, chunk):
+                piece = body[start:start + chunk]
+                method_frame += (_END_AND_BODY_HEAD.pack(FRAME_END, FRAME_BODY, channel_number, len(piece)), piece)
+        elif size:      # one body frame or, for an empty body, none
             method_frame += (_END_AND_BODY_HEAD.pack(FRAME_END, FRAME_BODY, channel_number, size), body)
-    else:
-        for start in range(0, size, chunk):
-            piece = body[start:start + chunk]
-            method_frame += (_END_AND_BODY_HEAD.pack(FRAME_END, FRAME_BODY, channel_number, len(piece)), piece)
-    method_frame.append(_FRAME_END_BYTE)
-    return b"".join(method_frame)
+        method_frame.append(_FRAME_END_BYTE)
+        return b"".join(method_frame)
+    if size <= chunk:
+        method_frame.append(_END_AND_BODY_HEAD.pack(FRAME_END, FRAME_BODY, channel_number, size))
+        return [b"".join(method_frame), body, _FRAME_END_BYTE]
+    view = memoryview(body)
+    method_frame.append(_END_AND_BODY_HEAD.pack(FRAME_END, FRAME_BODY, channel_number, chunk))
+    buffers = [b"".join(method_frame), view[:chunk]]
+    for start in range(chunk, size, chunk):
+        piece = view[start:start + chunk]
+        buffers += (_END_AND_BODY_HEAD.pack(FRAME_END, FRAME_BODY, channel_number, len(piece)), piece)
+    buffers.append(_FRAME_END_BYTE)
+    return buffers
 
 
 # Property flags of the properties before `headers`, and of `headers` itself.

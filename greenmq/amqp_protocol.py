@@ -136,6 +136,11 @@ class AmqpConnection(FrontEndConnection):
         self.channels = {}
         self._buffer = b""
         self._content_bytes = 0     # bodies of publishes still arriving, frame by frame
+        # A body frame longer than the reads so far is taken piece by piece as reads bring
+        # it, never buffered whole: what of it is still to come (its end byte included),
+        # and its channel.
+        self._body_left = 0
+        self._body_channel = 0
         self._decode_method = MethodDecoder().decode      # keeps this connection's last publish
         self._started = self._last_received = self._last_sent = time.monotonic()
         self._close_deadline = None
@@ -143,9 +148,13 @@ class AmqpConnection(FrontEndConnection):
     # -- bytes in ----------------------------------------------------------------------
 
     def data_received(self, data):
+        """`data` must be bytes its reader never changes (as socket.recv gives): the pieces
+        of a body still arriving are memoryview slices of it, kept until the body is whole."""
         self._last_received = time.monotonic()
-        buffer = self._buffer + data if self._buffer else data
         offset = 0
+        if self._body_left:
+            offset = self._rest_of_body(data)
+        buffer = self._buffer + data if self._buffer else data
         if self.state is HEADER:
             if len(buffer) < 8:
                 self._buffer = buffer
@@ -168,17 +177,43 @@ class AmqpConnection(FrontEndConnection):
                 break
             frame_end = offset + 7 + size
             if frame_end >= end:
-                break
-            if buffer[frame_end] != FRAME_END:
+                if frame_type != FRAME_BODY:
+                    break
+                # The body frame's first piece now, the rest with the reads to come.
+                self._body_left, self._body_channel = frame_end + 1 - end, channel
+            elif buffer[frame_end] != FRAME_END:
                 self._framing_lost(FrameError(f"frame end byte {buffer[frame_end]:#x} is not {FRAME_END:#x}"))
                 break
             offset = self._frame(frame_type, channel, buffer, offset, frame_end, end)
-        self._buffer = buffer[offset:]
+        self._buffer = buffer[offset:] if offset < end else b""
         if self.session is not None:
             self.session.flush_confirms()
 
     def unfinished_input_bytes(self):
         return len(self._buffer) + self._content_bytes
+
+    def _rest_of_body(self, data):
+        """Takes from `data` what it holds of the body frame a read left unfinished; returns
+        where the next frame starts in it (its length when the body frame goes on)."""
+        left, number = self._body_left, self._body_channel
+        if len(data) < left:
+            self._body_left = left - len(data)
+            self._body_piece(number, memoryview(data))
+            return len(data)
+        self._body_left = 0
+        if left > 1:
+            self._body_piece(number, memoryview(data)[:left - 1])
+        if data[left - 1] != FRAME_END:
+            self._framing_lost(FrameError(f"frame end byte {data[left - 1]:#x} is not {FRAME_END:#x}"))
+            return len(data)
+        try:
+            self._body_frame_end(number)
+        except MemoryError:
+            raise
+        except Exception:
+            log.exception("error handling a content body from %s", self.peer)
+            self._connection_error(InternalError("internal error"))
+        return left
 
     def _frame(self, frame_type, channel, buffer, start, frame_end, end):
         """Handles the frame at buffer[start:frame_end + 1] of buffer[:end]; returns where the
@@ -201,7 +236,7 @@ class AmqpConnection(FrontEndConnection):
             elif frame_type == FRAME_HEADER:
                 self._content_header(channel, buffer, start, frame_end)
             elif frame_type == FRAME_BODY:
-                self._content_body(channel, buffer[start + 7:frame_end])
+                self._content_body(channel, buffer, start, frame_end, end)
             elif frame_type != FRAME_HEARTBEAT:
                 raise FrameError(f"unknown frame type {frame_type}")
         except BrokerError as exc:
@@ -499,19 +534,35 @@ class AmqpConnection(FrontEndConnection):
         if content.size == 0:
             self._content_complete(channel, number)
 
-    def _content_body(self, number, payload):
+    def _content_body(self, number, buffer, start, frame_end, end):
+        """The body frame at buffer[start:frame_end + 1], of which buffer[:end] holds a
+        first piece when frame_end >= end. Its payload is kept as a memoryview of the read
+        buffer, and copied once, when the whole body is joined."""
         channel = self.channels.get(number)
         if channel is None or channel.closing:
             return self._ignore_content(number, "content body")
         content = channel.content
         if content is None or content.size is None:
             raise UnexpectedFrame("content body frame without a content header before it")
-        content.parts.append(payload)
-        content.received += len(payload)
-        self._content_bytes += len(payload)
-        if content.received > content.size:
-            raise FrameError(f"content body of {content.received} bytes exceeds the {content.size} announced")
-        if content.received == content.size:
+        if content.received + frame_end - start - 7 > content.size:
+            raise FrameError(f"content body of {content.received + frame_end - start - 7} bytes exceeds "
+                             f"the {content.size} announced")
+        self._body_piece(number, memoryview(buffer)[start + 7:frame_end])
+        if frame_end < end:
+            self._body_frame_end(number)
+
+    def _body_piece(self, number, payload):
+        """Part of a body frame whose start was accepted; dropped if the channel has been
+        closed since (by the broker, or the connection for an error)."""
+        channel = self.channels.get(number)
+        if channel is not None and channel.content is not None:
+            channel.content.parts.append(payload)
+            channel.content.received += len(payload)
+            self._content_bytes += len(payload)
+
+    def _body_frame_end(self, number):
+        channel = self.channels.get(number)
+        if channel is not None and channel.content is not None and channel.content.received == channel.content.size:
             self._content_complete(channel, number)
 
     def _ignore_content(self, number, what):
@@ -555,8 +606,7 @@ class AmqpConnection(FrontEndConnection):
     def _content_complete(self, channel, number):
         content, channel.content = channel.content, None
         self._content_bytes -= content.received
-        parts = content.parts
-        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        body = b"".join(content.parts)       # the one copy: pieces of the reads into the message's body
         self._publish(channel, number, content.method, body, content.properties, content.encoded_properties)
 
     def _publish(self, channel, number, method, body, properties, encoded_properties):
@@ -598,7 +648,7 @@ class AmqpConnection(FrontEndConnection):
             self._send_method(number, spec.Basic.GetEmpty())
             return
         delivery_tag, message, message_count = got
-        self._write(content_frames(method_parts(spec.Basic.GetOk(
+        self._write_content(content_frames(method_parts(spec.Basic.GetOk(
             delivery_tag=delivery_tag, redelivered=message.redelivered, exchange=message.exchange,
             routing_key=message.routing_key, message_count=message_count), number), number, message,
             self.frame_max))
@@ -663,7 +713,7 @@ class AmqpConnection(FrontEndConnection):
     # -- the core's sink -----------------------------------------------------------------
 
     def deliver(self, channel_number, consumer_tag, delivery_tag, message):
-        self._write(content_frames(deliver_method(
+        self._write_content(content_frames(deliver_method(
             channel_number, consumer_tag, delivery_tag, message.redelivered, message.exchange,
             message.routing_key), channel_number, message, self.frame_max))
 
@@ -675,7 +725,7 @@ class AmqpConnection(FrontEndConnection):
         self._channel_error(channel_number, exc, None)
 
     def message_returned(self, channel_number, reply_code, reply_text, message):
-        self._write(content_frames(method_parts(spec.Basic.Return(
+        self._write_content(content_frames(method_parts(spec.Basic.Return(
             reply_code=reply_code, reply_text=reply_text, exchange=message.exchange,
             routing_key=message.routing_key), channel_number), channel_number, message, self.frame_max))
 
@@ -694,11 +744,18 @@ class AmqpConnection(FrontEndConnection):
     def _send_method(self, number, method):
         self._write(method_frame(method, number))
 
-    def take_output(self):
-        data = super().take_output()
-        if data:
+    def _write_content(self, frames):
+        """A message's frames as content_frames gives them: bytes, or a big body's buffers."""
+        if frames.__class__ is bytes:
+            self._write(frames)
+        else:
+            self._write_buffers(frames)
+
+    def take_output_buffers(self):
+        buffers = super().take_output_buffers()
+        if buffers:
             self._last_sent = time.monotonic()
-        return data
+        return buffers
 
 
 _CHANNEL_METHODS = {

@@ -108,7 +108,7 @@ class JsonLinesWire:
         channels = self._channels
         for line in lines:
             if line:                    # an empty line is a heartbeat
-                event = _decode(line.decode())
+                event = _decode(str(line, "utf-8"))
                 kind = event.get("event")
                 if kind == "ack" or kind == "nack":
                     if channels.tag_offset:

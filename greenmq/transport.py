@@ -19,6 +19,7 @@ the listeners go on.
 """
 
 import logging
+import os
 import socket
 import time
 
@@ -56,6 +57,15 @@ STREAMING_INPUT_BYTES = 64 * 1024
 # takes effect about at once.
 PAUSED_CHECK_SECONDS = 1.0
 
+# A body this large is not copied into its delivery's output: what a front end puts around
+# it goes to the socket in buffers of its own, with the body (or memoryview slices of it)
+# between them, in one writev. Below it, one copy into a single buffer costs less than the
+# kernel gathering more buffers, and the outbox of small deliveries stays one join.
+SCATTERED_BODY_BYTES = 16 * 1024
+
+# The most buffers one sendmsg (writev) may gather: the system's IOV_MAX (1024 on Linux).
+MAX_WRITE_BUFFERS = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+
 # How long the last words of a closing connection may take to send.
 FINAL_SEND_SECONDS = 5
 
@@ -78,6 +88,7 @@ class FrontEndConnection:
         self.closed = False          # no more input is read once set
         self.outbox = []
         self.outbox_bytes = 0
+        self.outbox_scattered = False   # holds a big body's buffers: sent as they are, not joined
         self.publisher = False       # has published: not read while the memory budget is exceeded
         self.paused = False          # the broker stopped reading it: its silence is not the peer's
 
@@ -90,19 +101,38 @@ class FrontEndConnection:
         if self.outbox_bytes > OUTBOX_HIGH_WATER and self.session is not None:
             self.session.set_writable(False)
 
-    def take_output(self):
-        """Everything written since the last call, as bytes for the socket."""
-        data = b"".join(self.outbox)
+    def _write_buffers(self, buffers):
+        """Output in several buffers (a big body between its frame heads), left as they
+        are for one writev: the body is not copied on its way to the socket."""
+        if len(buffers) > 1:
+            self.outbox_scattered = True
+        for buffer in buffers:
+            self._write(buffer)
+
+    def take_output_buffers(self):
+        """Everything written since the last call, as a list of buffers for the socket, in
+        order: small output joined into one, the buffers of a big body as they were written."""
+        outbox = self.outbox
+        if not outbox:
+            return []
         self.outbox = []
         self.budget.held_bytes -= self.outbox_bytes
         self.outbox_bytes = 0
-        return data
+        if self.outbox_scattered:
+            self.outbox_scattered = False
+            return outbox
+        return [b"".join(outbox)]
+
+    def take_output(self):
+        """Everything written since the last call, as bytes."""
+        return b"".join(self.take_output_buffers())
 
     def out_of_memory(self):
         """An allocation failed serving this connection: drop its output (perhaps what
         could not be allocated) and close it with 541, the last output it gets."""
         log.error("out of memory serving %s connection from %s; closing it", self.name, self.peer)
         self.outbox = []
+        self.outbox_scattered = False
         self.budget.held_bytes -= self.outbox_bytes
         self.outbox_bytes = 0
         self.close(InternalError("out of memory"))
@@ -181,7 +211,7 @@ def connection_handler(make_protocol, tls=None):
             budget.held_bytes -= unfinished + output.held
             output.held = 0
             try:
-                rest = output.pending + protocol.take_output()
+                rest = b"".join(output.pending + protocol.take_output_buffers())
             except MemoryError:
                 rest = b""
             _send_rest(sock, rest)
@@ -241,7 +271,7 @@ class _Output:
         # whatever the timeout): its writer greenlet sends everything.
         self.direct = direct
         self.protocol = protocol
-        self.pending = b""        # taken from the protocol, not yet accepted by the socket
+        self.pending = []         # buffers taken from the protocol, not yet accepted by the socket
         self.held = 0             # bytes taken from the protocol and not yet sent, counted in the budget
         self.writing = False      # the writer greenlet owns the socket
         self.wakeup = Event()
@@ -257,22 +287,21 @@ class _Output:
         if self.writing or self.pending:
             return                # the writer is on it and will take the new output too
         try:
-            data = self.protocol.take_output()
+            buffers = self.protocol.take_output_buffers()
         except MemoryError:
             self.out_of_memory()
             return
-        if not data:
+        if not buffers:
             return
         try:
-            sent = self.sock.send(data, 0, 0.0) if self.direct else 0    # timeout 0: never wait here
-        except BlockingIOError:
-            sent = 0
+            sent = _send_without_waiting(self.sock, buffers) if self.direct else 0
         except OSError:
             self.sock.close()     # the reader's recv fails and the connection ends
             return
-        if sent < len(data):
-            self.pending = data[sent:]
-            self.held = len(self.pending)
+        pending = _unsent(buffers, sent)
+        if pending:
+            self.pending = pending
+            self.held = _size(pending)
             self.protocol.budget.held_bytes += self.held
             self.wakeup.set()
         else:
@@ -285,14 +314,15 @@ class _Output:
                 self.wakeup.clear()
                 self.writing = True
                 try:
-                    data, self.pending = self.pending + self.protocol.take_output(), b""
+                    buffers, self.pending = self.pending + self.protocol.take_output_buffers(), []
                 except MemoryError:
                     return self.out_of_memory()
                 budget = self.protocol.budget       # counted until the socket has taken it all
-                budget.held_bytes += len(data) - self.held
-                self.held = len(data)
-                if data:
-                    self.sock.sendall(data)
+                size = _size(buffers)
+                budget.held_bytes += size - self.held
+                self.held = size
+                if buffers:
+                    self._send_all(buffers)
                 budget.held_bytes -= self.held
                 self.held = 0
                 self.writing = False
@@ -301,6 +331,15 @@ class _Output:
                     self.wakeup.set()
         except OSError:
             self.sock.close()
+
+    def _send_all(self, buffers):
+        """Send `buffers` in order, waiting for the socket as long as it takes: gathered by
+        sendmsg, or joined for a TLS socket (which has none, and copies to encrypt anyway)."""
+        if len(buffers) == 1 or not self.direct:
+            self.sock.sendall(buffers[0] if len(buffers) == 1 else b"".join(buffers))
+            return
+        while buffers:
+            buffers = _unsent(buffers, self.sock.sendmsg(buffers[:MAX_WRITE_BUFFERS]))
 
     def drained(self):
         """All output is sent. A protocol closed by the core (its vhost deleted) has said
@@ -311,11 +350,41 @@ class _Output:
             self.protocol.output_drained()
 
     def out_of_memory(self):
-        self.pending = b""
+        self.pending = []
         self.protocol.budget.held_bytes -= self.held
         self.held = 0
         self.protocol.out_of_memory()
         end_reading(self.sock)
+
+
+def _send_without_waiting(sock, buffers):
+    """How many bytes of `buffers` the socket takes at once, without waiting."""
+    try:
+        if len(buffers) == 1:
+            return sock.send(buffers[0], 0, 0.0)      # gevent's timeout 0: never wait here
+        return sock.sendmsg(buffers[:MAX_WRITE_BUFFERS], (), socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return 0
+
+
+def _unsent(buffers, sent):
+    """What of `buffers` a send that took their first `sent` bytes left to send: the
+    buffers after it, and a memoryview of the rest of the one it ended in (no copy)."""
+    if not sent:
+        return buffers
+    for index, buffer in enumerate(buffers):
+        size = len(buffer)
+        if sent < size:
+            return [memoryview(buffer)[sent:], *buffers[index + 1:]]
+        sent -= size
+    return []
+
+
+def _size(buffers):
+    size = 0
+    for buffer in buffers:
+        size += len(buffer)
+    return size
 
 
 def end_reading(sock):

@@ -36,18 +36,18 @@ def _failing_on_publish(make_message):
     return patched
 
 
-def _failing_on_write(take_output):
+def _failing_on_write(take_output_buffers):
     def patched(self):
-        if any(WRITE_TRIGGER in chunk for chunk in self.outbox):
+        if any(WRITE_TRIGGER in bytes(chunk) for chunk in self.outbox):
             raise MemoryError
-        return take_output(self)
+        return take_output_buffers(self)
     return patched
 
 
 for front_end in (protocol.JsonLinesProtocol, amqp_protocol.AmqpConnection):
     front_end.data_received = _failing_on_read(front_end.data_received)
 message.Message.__init__ = _failing_on_publish(message.Message.__init__)
-transport.FrontEndConnection.take_output = _failing_on_write(transport.FrontEndConnection.take_output)
+transport.FrontEndConnection.take_output_buffers = _failing_on_write(transport.FrontEndConnection.take_output_buffers)
 
 if __name__ == "__main__":
     sys.exit(broker.main())
