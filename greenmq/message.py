@@ -69,16 +69,20 @@ class Message:
         self.stored = None
         self.holders = 0    # the queues holding it: its body counts in the memory budget once
 
-    def placed(self, redelivered, expires_at, order=None, kind=None):
-        """A copy for one queue's use, sharing body and properties; `kind`: a subclass of
-        PlacedMessage for a queue type that keeps more per message."""
-        kind = kind or PlacedMessage
+    def _sharing(self, kind):
+        """A new `kind` of message holding this one's body and properties (not copies)."""
         copy = kind.__new__(kind)
         copy.exchange = self.exchange
         copy.routing_key = self.routing_key
         copy.body = self.body
         copy.properties = self.properties
         copy.encoded_properties = self.encoded_properties
+        return copy
+
+    def placed(self, redelivered, expires_at, order=None, kind=None):
+        """A copy for one queue's use, sharing body and properties; `kind`: a subclass of
+        PlacedMessage for a queue type that keeps more per message."""
+        copy = self._sharing(kind or PlacedMessage)
         copy.stored = self.stored
         copy.ttl = self.ttl
         copy.redelivered = redelivered
@@ -87,17 +91,11 @@ class Message:
         copy.origin = self.origin or self
         return copy
 
-
     def at_offset(self, offset):
         """The message as a stream delivers it, at `offset`: each front end adds the offset
         to the headers it sends (STREAM_OFFSET_HEADER) in its own encoding, so neither the
         properties nor their encoding are copied and made anew per delivery."""
-        copy = OffsetMessage.__new__(OffsetMessage)
-        copy.exchange = self.exchange
-        copy.routing_key = self.routing_key
-        copy.body = self.body
-        copy.properties = self.properties
-        copy.encoded_properties = self.encoded_properties
+        copy = self._sharing(OffsetMessage)
         copy.stored = None
         copy.holders = 0
         copy.stream_offset = offset

@@ -240,15 +240,22 @@ def test_a_consumer_waiting_at_next_gets_what_is_published_later(connect, stream
     assert got == [(2, b"m2"), (3, b"m3"), (4, b"m4")]
 
 
-def test_the_prefetch_window_bounds_what_a_stream_consumer_has_unacked(connect, stream):
-    queue = stream()
-    publish(connect(), queue, numbered(5))
+def consuming_from_first(connect, queue, prefetch):
+    """A connection, its channel consuming `queue` from `first`, and the delivery tags the
+    consumer has had so far."""
     consumer = connect()
     channel = consumer.channel()
-    channel.basic_qos(prefetch_count=2)
+    channel.basic_qos(prefetch_count=prefetch)
     tags = []
     channel.basic_consume(queue, lambda ch, method, properties, body: tags.append(method.delivery_tag),
                           arguments={"x-stream-offset": "first"})
+    return consumer, channel, tags
+
+
+def test_the_prefetch_window_bounds_what_a_stream_consumer_has_unacked(connect, stream):
+    queue = stream()
+    publish(connect(), queue, numbered(5))
+    consumer, channel, tags = consuming_from_first(connect, queue, 2)
     deadline = time.monotonic() + QUIET
     while time.monotonic() < deadline:
         consumer.process_data_events(0.05)
@@ -309,12 +316,7 @@ def test_basic_get_and_purge_are_refused(connect, stream):
 def test_nack_and_reject_are_refused(connect, stream, settle):
     queue = stream()
     publish(connect(), queue, numbered(1))
-    consumer = connect()
-    channel = consumer.channel()
-    channel.basic_qos(prefetch_count=1)
-    tags = []
-    channel.basic_consume(queue, lambda ch, method, properties, body: tags.append(method.delivery_tag),
-                          arguments={"x-stream-offset": "first"})
+    consumer, channel, tags = consuming_from_first(connect, queue, 1)
     deadline = time.monotonic() + WAIT
     while not tags and time.monotonic() < deadline:
         consumer.process_data_events(0.05)
