@@ -348,12 +348,13 @@ def test_max_length_bytes_drops_whole_old_segments_and_offsets_are_never_reused(
     first = first_offset(connect(), queue)
     assert first > 0
     left = [offset for offset, _ in read(connect(), queue, "first", None)]
-    assert left[0] == first and left == sorted(set(left)) and len(left) <= 80
+    # RabbitMQ truncates in the background, so its log may start later by the time it is read.
+    assert left[0] >= first and left == sorted(set(left)) and len(left) <= 80
     publish(connect(), queue, [b"after"])
     assert [(offset > left[-1], body) for offset, body in read(connect(), queue, "last", 1)] == [(True, b"after")]
     if not os.environ.get("GREENMQ_TEST_AMQP_URL"):
         # Dense offsets are GreenMQ's: RabbitMQ begins each segment with a chunk of its own
-        # (its tracking snapshot), which takes an offset.
+        # (its tracking snapshot), which takes an offset. GreenMQ truncates as it appends.
         assert left == list(range(first, 100))
 
 
