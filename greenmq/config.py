@@ -107,9 +107,10 @@ def _log_format(value):
 
 
 def _level(value):
-    if value not in LOG_LEVELS:
+    """RabbitMQ's level names are lower case, Python's upper case: either is taken."""
+    if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
         raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
-    return value
+    return value.lower()
 
 
 # name: (check, default, flag help). The flag is --name-with-dashes; a bool that is true by

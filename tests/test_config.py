@@ -112,3 +112,8 @@ def test_help_lists_every_setting_as_a_flag():
     for name, (check, default, _) in config.SETTINGS.items():
         flag = ("--no-" if default is True else "--") + name.replace("_", "-")
         assert flag in result.stdout, flag
+
+
+def test_log_levels_are_taken_in_either_case_and_kept_lower_case():
+    assert config.load_settings(["--log-level", "WARNING"], environ={}).log_level == "warning"
+    assert config.load_settings([], environ={"GREENMQ_LOG_LEVEL": "Debug"}).log_level == "debug"
