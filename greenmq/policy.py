@@ -28,7 +28,8 @@ MATCH_BUDGET_SECONDS = 0.01
 POLICY, OPERATOR_POLICY = "policy", "operator_policy"     # RabbitMQ's component names
 KINDS = (POLICY, OPERATOR_POLICY)
 
-# The units RabbitMQ's max-age takes (check_max_age), in seconds.
+# A max-age (policy, x-max-age, a stream's x-stream-offset interval): a number and one of
+# these units, in seconds, as RabbitMQ's check_max_age takes it.
 _AGE_UNITS = {"Y": 365 * 86400, "M": 30 * 86400, "D": 86400, "h": 3600, "m": 60, "s": 1}
 _AGE = re.compile(r"([0-9]+)([YMDhms])")
 

@@ -19,7 +19,6 @@ newest one, as RabbitMQ truncates its logs; x-stream-max-segment-size-bytes size
 import bisect
 import datetime
 import operator
-import re
 import time
 from collections import deque
 
@@ -28,7 +27,7 @@ from gevent.event import AsyncResult
 
 from .errors import PreconditionFailed, Unsupported
 from .message import Message
-from .policy import NOT_FOR_STREAMS
+from .policy import NOT_FOR_STREAMS, age_seconds
 from .queue_store import CLASSIC_REFUSED_ARGUMENTS, QUEUE_ARGUMENTS, Queue, _integer, _string, amqp_type
 from .store import Stored
 
@@ -52,17 +51,8 @@ READ_BATCH_BYTES = 4 * 1024 * 1024
 TAIL_MESSAGES = 1000
 TAIL_BYTES = 8 * 1024 * 1024
 
-# x-max-age and x-stream-offset intervals: a number and one unit, as RabbitMQ takes them.
-AGE_UNITS = {"Y": 365 * 86400, "M": 30 * 86400, "D": 86400, "h": 3600, "m": 60, "s": 1}
-_AGE = re.compile(r"([0-9]+)([YMDhms])")
 
 LEADER_LOCATORS = ("client-local", "balanced", "random", "least-leaders")
-
-
-def parse_age(text):
-    """Seconds in an age such as "7D" or "30m", or None if it is not one."""
-    match = _AGE.fullmatch(text) if isinstance(text, str) else None
-    return None if match is None else int(match.group(1)) * AGE_UNITS[match.group(2)]
 
 
 def _max_age(value, arguments):
@@ -70,7 +60,7 @@ def _max_age(value, arguments):
         return f"{{unacceptable_type,{amqp_type(value)}}}"
     # RabbitMQ 3.10 closes the connection with 541 INTERNAL_ERROR for some malformed ages
     # ("bad"); GreenMQ refuses them all as it refuses "10x".
-    return None if parse_age(value) is not None else "invalid_max_age"
+    return None if age_seconds(value) is not None else "invalid_max_age"
 
 
 # The arguments a stream takes, each with RabbitMQ's check of its value; a redeclare must
@@ -177,7 +167,7 @@ class StreamQueue(Queue):
         settings mean nothing to a stream."""
         super().configure({})
         self.retention_bytes = settings.get("x-max-length-bytes")
-        self.retention_seconds = parse_age(settings.get("x-max-age"))
+        self.retention_seconds = age_seconds(settings.get("x-max-age"))
         self.segment_bytes = settings.get("x-stream-max-segment-size-bytes", DEFAULT_SEGMENT_BYTES)
         self._apply_retention()
 
@@ -339,7 +329,7 @@ class StreamQueue(Queue):
             if start.tzinfo is None:
                 start = start.replace(tzinfo=datetime.timezone.utc)
             return self._position_at(start.timestamp())
-        seconds = parse_age(start)
+        seconds = age_seconds(start)
         if seconds is None:
             # RabbitMQ 3.10 closes the connection with 541 INTERNAL_ERROR here.
             raise PreconditionFailed(
