@@ -134,20 +134,25 @@ def raw_consumer(url, queue, count, ready, finished):
     channel = RawChannel(url)
     channel.call(spec.Basic.Qos(prefetch_count=5000), spec.Basic.QosOk)
     channel.call(spec.Basic.Consume(queue=queue), spec.Basic.ConsumeOk)
-    sock, buffer, received = channel.sock, channel.buffer, 0
     ready.put(True)
+    drain(channel, count)
+    finished.put(time.monotonic())
+    channel.sock.close()
+
+
+def drain(channel, count):
+    """Receive `count` deliveries on a consuming RawChannel, acking each read's last tag
+    (multiple)."""
+    sock, buffer, received = channel.sock, channel.buffer, 0
     while received < count:
         buffer, methods = method_frames(sock, buffer)
         last_tag = None
         for class_id, method_id, arguments in methods:
             if (class_id, method_id) == DELIVER_IDS:
-                tag_offset = 1 + arguments[0]
-                last_tag = struct.unpack_from(">Q", arguments, tag_offset)[0]
+                last_tag = struct.unpack_from(">Q", arguments, 1 + arguments[0])[0]
                 received += 1
         if last_tag is not None:
             sock.sendall(amqp_frame.marshal(spec.Basic.Ack(delivery_tag=last_tag, multiple=True), 1))
-    finished.put(time.monotonic())
-    sock.close()
 
 
 def pika_publisher(url, queue, count, started):

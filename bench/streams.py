@@ -16,7 +16,6 @@ store in batches, so the peak should not grow with the stream.
 import argparse
 import multiprocessing
 import os
-import struct
 import sys
 import threading
 import time
@@ -27,10 +26,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import pika  # noqa: E402
 from pamqp import commands as spec  # noqa: E402
-from pamqp import frame as amqp_frame  # noqa: E402
 
 from amqp_workloads import RawChannel, print_comparison  # noqa: E402
-from durable import DELIVER_IDS, method_frames, raw_publisher  # noqa: E402
+from durable import drain, raw_publisher  # noqa: E402
 from tests.broker_process import BrokerProcess  # noqa: E402
 from throughput import rss_bytes  # noqa: E402
 
@@ -61,18 +59,9 @@ def stream_consumer(url, queue, count, prefetch, ready, finished):
     channel.call(spec.Basic.Qos(prefetch_count=prefetch), spec.Basic.QosOk)
     ready.put(True)
     channel.call(spec.Basic.Consume(queue=queue, arguments={"x-stream-offset": "first"}), spec.Basic.ConsumeOk)
-    sock, buffer, received = channel.sock, channel.buffer, 0
-    while received < count:
-        buffer, methods = method_frames(sock, buffer)
-        last_tag = None
-        for class_id, method_id, arguments in methods:
-            if (class_id, method_id) == DELIVER_IDS:
-                last_tag = struct.unpack_from(">Q", arguments, 1 + arguments[0])[0]
-                received += 1
-        if last_tag is not None:
-            sock.sendall(amqp_frame.marshal(spec.Basic.Ack(delivery_tag=last_tag, multiple=True), 1))
+    drain(channel, count)
     finished.put(time.monotonic())
-    sock.close()
+    channel.sock.close()
 
 
 def publish(url, queue, count, window):
