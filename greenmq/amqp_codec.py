@@ -7,9 +7,11 @@ took most of a message's cost. What a frame means is amqp_protocol.py's business
 """
 
 import logging
+import re
 import struct
 
 from pamqp import commands as spec
+from pamqp import constants as amqp_constants
 from pamqp import decode
 from pamqp import frame as amqp_frame
 from pamqp import heartbeat as amqp_heartbeat
@@ -21,6 +23,13 @@ from .properties import AMQP_NAMES, from_amqp, to_amqp
 from .transport import SCATTERED_BODY_BYTES
 
 log = logging.getLogger("greenmq.amqp")
+
+# pamqp holds queue and exchange names to the spec's pattern (letters, digits and "-_.:"
+# with a few more), and raises on any other when it builds or reads a method. RabbitMQ
+# takes any name of up to 255 bytes ("orders!", "café"), and the core checks names as it
+# does (vhost.check_name), so in the broker's process pamqp takes any name too.
+for _name_domain in ("queue-name", "exchange-name"):
+    amqp_constants.DOMAIN_REGEX[_name_domain] = re.compile(".*", re.DOTALL)
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 

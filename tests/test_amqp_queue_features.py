@@ -497,3 +497,23 @@ def test_a_consumer_priority_must_be_an_integer(channel, connection, name):
     assert closed.value.reply_code == 406
     assert closed.value.reply_text == (f"PRECONDITION_FAILED - invalid arg 'x-priority' for queue '{name}' "
                                        "in vhost '/': \"expected integer, got longstr\"")
+
+
+def test_queue_and_exchange_names_outside_the_specs_pattern_work_as_in_rabbitmq(channel, connection, name):
+    """RabbitMQ takes any name up to 255 bytes; the spec's pattern ("-_.:" and alphanumerics)
+    is not a rule it keeps, and applications use names such as these."""
+    queue, exchange = declare(channel, name + " orders! café/*"), name + " x!é"
+    channel.exchange_declare(exchange, "direct", auto_delete=True)
+    channel.queue_bind(queue, exchange, "k")
+    channel.basic_publish(exchange, "k", b"got")
+    method, _, body = get(channel, queue)
+    assert (method.exchange, body) == (exchange, b"got")
+    delivered = []
+    channel.basic_consume(queue, lambda ch, method, properties, body: delivered.append(method.exchange),
+                          auto_ack=True)
+    channel.basic_publish(exchange, "k", b"delivered")
+    deadline = time.monotonic() + WAIT
+    while not delivered and time.monotonic() < deadline:
+        connection.process_data_events(0.05)
+    assert delivered == [exchange]
+    channel.exchange_delete(exchange)
