@@ -525,6 +525,22 @@ def test_policies_survive_a_restart_and_apply_to_the_recovered_queues(tmp_path):
         assert call(broker.http_port, "GET", path("queues", "/", "kept"))[1]["messages_ready"] == 2
 
 
+def test_numbers_beyond_64_bits_in_a_policy_are_kept_as_given_and_the_store_goes_on(tmp_path):
+    """RabbitMQ takes any integer as a priority or a limit; SQLite's integers hold 64 bits."""
+    data_dir = str(tmp_path / "data")
+    huge = {"pattern": "^big$", "definition": {"max-length": 10 ** 26}, "priority": 2 ** 70}
+    with BrokerProcess(data_dir=data_dir) as broker:
+        assert call(broker.http_port, "PUT", path("policies", "/", "huge"), huge)[0] == 201
+        assert call(broker.http_port, "PUT", path("queues", "/", "big"), {"durable": True})[0] == 201
+        published = call(broker.http_port, "POST", path("exchanges", "/", "amq.default", "publish"),
+                         {"routing_key": "big", "payload": "kept", "properties": {"delivery_mode": 2}})
+        assert published == (200, {"routed": True})     # answered once on disk: the store took the policy
+    with BrokerProcess(data_dir=data_dir) as broker:
+        kept = call(broker.http_port, "GET", path("policies", "/", "huge"))[1]
+        assert (kept["priority"], kept["definition"]) == (2 ** 70, {"max-length": 10 ** 26})
+        assert call(broker.http_port, "GET", path("queues", "/", "big"))[1]["messages_ready"] == 1
+
+
 def test_definitions_carry_policies_but_not_operator_policies_as_rabbitmq_310(broker, greenmq, name):
     assert greenmq.put(name, "^def", {"message-ttl": 1000}, priority=4)[0] == 201
     assert greenmq.put(name, "^def", {"max-length": 9}, kind="operator-policies")[0] == 201

@@ -83,8 +83,10 @@ _READ_QUEUE = ("SELECT q.seq, m.exchange, m.routing_key, m.properties, m.amqp_pr
                "WHERE q.queue_id = ? AND q.seq > ? ORDER BY q.seq LIMIT ?")
 
 # Added later still, as the limits table was.
+# A policy's priority is kept as JSON text: RabbitMQ takes any number there, and SQLite's
+# INTEGER holds 64 bits.
 _POLICIES_TABLE = """CREATE TABLE IF NOT EXISTS policies (vhost TEXT, kind TEXT, name TEXT, pattern TEXT,
-                                                       apply_to TEXT, priority INTEGER, definition TEXT,
+                                                       apply_to TEXT, priority TEXT, definition TEXT,
                                                        PRIMARY KEY (vhost, kind, name)) WITHOUT ROWID"""
 
 # Messages, their places and removals are written several rows to a statement: the writer
@@ -248,7 +250,8 @@ class SqliteStore(Store):
 
     def put_policy(self, vhost, kind, name, pattern, apply_to, priority, definition):
         self._define("INSERT OR REPLACE INTO policies VALUES (?, ?, ?, ?, ?, ?, ?)",
-                     (vhost, kind, name, pattern, apply_to, priority, properties_to_json(definition)))
+                     (vhost, kind, name, pattern, apply_to, properties_to_json(priority),
+                      properties_to_json(definition)))
 
     def delete_policy(self, vhost, kind, name):
         self._define("DELETE FROM policies WHERE vhost = ? AND kind = ? AND name = ?", (vhost, kind, name))
@@ -456,7 +459,10 @@ class SqliteStore(Store):
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, OverflowError) as exc:
+            # OverflowError: a number SQLite cannot hold; the writes that carry numbers from
+            # outside keep them as JSON text, so this is a bug, reported as a failed commit
+            # rather than a writer that dies.
             return _reason(exc)
         return None
 
@@ -478,7 +484,8 @@ class SqliteStore(Store):
             recovered.permissions = list(db.execute("SELECT user, vhost, configure, write, read FROM permissions"))
             recovered.limits = [(kind, name, properties_from_json(limits))
                                 for kind, name, limits in db.execute("SELECT kind, name, limits FROM limits")]
-            recovered.policies = [row[:6] + (properties_from_json(row[6]),) for row in db.execute(
+            recovered.policies = [row[:5] + (properties_from_json(row[5]), properties_from_json(row[6]))
+                                  for row in db.execute(
                 "SELECT vhost, kind, name, pattern, apply_to, priority, definition FROM policies")]
             for vhost, name, type_name, auto_delete, internal, arguments in db.execute(
                     "SELECT vhost, name, type, auto_delete, internal, arguments FROM exchanges"):
