@@ -67,6 +67,18 @@ TRIM_AFTER_DROP_BYTES = 64 * 1024 * 1024
 # second costs nothing, and memory is given back about a second after a queue empties.
 TRIM_CHECK_SECONDS = 1.0
 
+# glibc serves each allocation of 128 KiB and up (a big body, a read of one) with an mmap of
+# its own and unmaps it when freed, so every big message costs page faults for fresh pages:
+# at 1 MiB bodies, half the broker's system time. Below this size allocations come from the
+# heap instead, whose freed pages the next message reuses, and which the trimmer gives back
+# after large drops as it does for small messages. 32 MiB is the ceiling glibc's own
+# adjustment of the threshold stops at (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit systems).
+HEAP_ALLOCATION_MAX_BYTES = 32 * 1024 * 1024
+# Nor does glibc shrink the heap whenever this much is free at its top (by default twice
+# the largest buffer freed: a message or two of big bodies, given back and faulted in again
+# at the next): that is the trimmer's to do, after a drop of TRIM_AFTER_DROP_BYTES.
+HEAP_TOP_KEPT_BYTES = TRIM_AFTER_DROP_BYTES
+
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
@@ -165,8 +177,10 @@ class MemoryBudget:
     # -- giving memory back ---------------------------------------------------------------
 
     def start_trimming(self):
-        """Return freed memory to the system after large drops, where glibc allows."""
+        """Return freed memory to the system after large drops, where glibc allows, and
+        leave freed big buffers in the heap for reuse until then."""
         if _malloc_trim is not None and self._trimmer is None:
+            _keep_freed_buffers()
             self._trimmer = gevent.spawn(self._trim_after_drops)
 
     def _trim_after_drops(self):
@@ -182,12 +196,25 @@ class MemoryBudget:
                 self._peak_since_trim = held
 
 
-def _find_malloc_trim():
-    """glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def _keep_freed_buffers():
+    """Big allocations from the heap, and no trim of it but the trimmer's (for the whole
+    process: a second node in it sets the same)."""
+    _mallopt(_M_MMAP_THRESHOLD, HEAP_ALLOCATION_MAX_BYTES)
+    _mallopt(_M_TRIM_THRESHOLD, HEAP_TOP_KEPT_BYTES)
+
+
+def _find_libc(function):
+    """glibc's `function`, or None where the C library has none (musl, macOS)."""
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), function)
     except (OSError, AttributeError):
         return None
 
 
-_malloc_trim = _find_malloc_trim()
+_malloc_trim = _find_libc("malloc_trim")
+_mallopt = _find_libc("mallopt")

@@ -269,11 +269,12 @@ def test_a_publisher_blocked_by_a_broker_that_dies_fails_over_unblocked(name):
 
 # -- memory given back ---------------------------------------------------------------------------
 
-# Messages the size of a small document: glibc takes them from its heap (mmap serves 128 KiB
-# and up, and gives those back at once), where only malloc_trim returns freed pages. Together
-# they pass the drop that starts a trim, quickly published.
-TRIM_BODY_BYTES = 16 * 1024
-TRIM_MESSAGES = (memory.TRIM_AFTER_DROP_BYTES + 32 * 1024 * 1024) // TRIM_BODY_BYTES
+# Messages the size of a small document, and big ones (which glibc would serve with mmaps of
+# their own, given back at once, but for memory.HEAP_ALLOCATION_MAX_BYTES): both from the
+# heap, where only malloc_trim returns freed pages. Together they pass the drop that starts
+# a trim, quickly published.
+TRIM_BODY_SIZES = [16 * 1024, 1024 * 1024]
+TRIM_BYTES = memory.TRIM_AFTER_DROP_BYTES + 32 * 1024 * 1024
 
 
 def resident_bytes(pid):
@@ -286,15 +287,17 @@ def resident_bytes(pid):
 
 @pytest.mark.skipif(memory._malloc_trim is None or not os.path.exists("/proc/self/status"),
                     reason="needs glibc's malloc_trim and Linux's /proc")
-def test_memory_of_a_purged_queue_is_given_back_to_the_system(name):
+@pytest.mark.parametrize("body_bytes", TRIM_BODY_SIZES)
+def test_memory_of_a_purged_queue_is_given_back_to_the_system(name, body_bytes):
     with BrokerProcess("--in-memory") as broker:
         client = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", broker.amqp_port))
         channel = client.channel()
         channel.queue_declare(name)
         baseline = resident_bytes(broker.pid)
-        for number in range(TRIM_MESSAGES):
-            channel.basic_publish("", name, body(number).ljust(TRIM_BODY_BYTES, b"."))
-        assert channel.queue_declare(name, passive=True).method.message_count == TRIM_MESSAGES
+        messages = TRIM_BYTES // body_bytes
+        for number in range(messages):
+            channel.basic_publish("", name, body(number).ljust(body_bytes, b"."))
+        assert channel.queue_declare(name, passive=True).method.message_count == messages
         peak = resident_bytes(broker.pid)
         assert peak - baseline > memory.TRIM_AFTER_DROP_BYTES
         channel.queue_purge(name)
