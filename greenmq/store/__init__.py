@@ -36,7 +36,9 @@ class StoreError(Exception):
 
 class Stored:
     """The store's record of one persistent message: its key, which orders stored messages
-    as they were published, and how many durable queues hold it."""
+    as they were published, and how many durable queues hold it in memory. `refs` None:
+    some queue paged it (queue_store.ReadyList), so the count is unknown and the store asks
+    its own places whether the message is still held when a queue lets it go."""
 
     __slots__ = ("key", "refs")
 
@@ -183,6 +185,12 @@ class Store(abc.ABC):
         keeps the newest messages in memory until `after_commit` says they are."""
 
     @abc.abstractmethod
+    def remove_paged(self, queue, after_key):
+        """`queue` is done with every stored message of its own with a key above
+        `after_key`: its paged messages, purged or deleted without being read back. The
+        messages no other queue holds go too."""
+
+    @abc.abstractmethod
     def put_stream_start(self, vhost, name, first_offset, first_key):
         """Keep where a stream's log starts now that retention dropped what came before:
         the offset of its first message, and that message's key. `load` gives it back in
@@ -209,12 +217,17 @@ class Store(abc.ABC):
         writes = self.message_writes
         result = operation(*arguments)
         if self.message_writes != writes:
-            committed = AsyncResult()
-            self.after_commit(lambda batch, ok: committed.set(ok))
-            if not committed.get():
+            if not self.committed():
                 raise StoreUnavailable(
                     "the message store cannot be written: what was just published or acked is not on disk")
         return result
+
+    def committed(self):
+        """Whether everything written so far is committed, once it is (or could not be):
+        blocks the calling greenlet, which must not be the hub."""
+        done = AsyncResult()
+        self.after_commit(lambda batch, ok: done.set(ok))
+        return done.get()
 
     @abc.abstractmethod
     def load(self):

@@ -108,7 +108,8 @@ class MemoryStore(Store):
         self.message_writes += 1
         held = self.messages.get((queue.vhost_name, queue.name), {})
         for message in messages:
-            message.stored.refs -= 1
+            if message.stored.refs is not None:
+                message.stored.refs -= 1
             held.pop(message.stored.key, None)
         keys = self.keys.get((queue.vhost_name, queue.name))
         if keys is not None and len(keys) > 2 * len(held) + 64:
@@ -125,6 +126,12 @@ class MemoryStore(Store):
                 if len(rows) == limit:
                     break
         return rows
+
+    def remove_paged(self, queue, after_key):
+        self.message_writes += 1
+        held = self.messages.get((queue.vhost_name, queue.name), {})
+        for key in [key for key in held if key > after_key]:
+            del held[key]
 
     def put_stream_start(self, vhost, name, first_offset, first_key):
         self.stream_starts[vhost, name] = (first_offset, first_key)

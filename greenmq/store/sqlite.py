@@ -98,6 +98,11 @@ _INSERT_MESSAGES = ("INSERT INTO messages VALUES ", "(?, ?, ?, ?, ?, ?, ?)", "")
 _INSERT_PLACES = ("INSERT INTO queue_messages VALUES ", "(?, ?, 0)", "")
 _DELETE_PLACES = ("DELETE FROM queue_messages WHERE queue_id = ? AND seq IN (", "?", ")")
 _DELETE_MESSAGES = ("DELETE FROM messages WHERE seq IN (", "?", ")")
+# A message no queue's place holds any more; each place is looked up by its primary key
+# (queue_id, seq), one per queue, rather than by scanning the places.
+_UNHELD = ("NOT EXISTS (SELECT 1 FROM queue_messages q WHERE q.queue_id IN (SELECT id FROM queues) "
+           "AND q.seq = messages.seq)")
+_DELETE_UNHELD_MESSAGES = ("DELETE FROM messages WHERE seq IN (", "?", ") AND " + _UNHELD)
 _MARK_REDELIVERED = "UPDATE queue_messages SET redelivered = 1 WHERE queue_id = ? AND seq = ?"
 
 
@@ -105,14 +110,15 @@ class _Batch:
     """Writes waiting for one commit, in the order they must run: messages and their
     places first, then what ended, then definitions in the order they were made."""
 
-    __slots__ = ("number", "new_messages", "removed_places", "removed_messages", "definitions",
-                 "callbacks")
+    __slots__ = ("number", "new_messages", "removed_places", "removed_messages", "removed_if_unheld",
+                 "definitions", "callbacks")
 
     def __init__(self, number):
         self.number = number
         self.new_messages = {}      # seq -> [row, queue ids]; dropped again if acked in time
         self.removed_places = []    # (queue id, seq)
         self.removed_messages = []  # (seq,)
+        self.removed_if_unheld = [] # (seq,) of messages some queue paged: gone once no place holds them
         self.definitions = []       # (sql, parameters)
         self.callbacks = {}
 
@@ -120,7 +126,8 @@ class _Batch:
         return bool(self.writes() or self.callbacks)
 
     def writes(self):
-        return bool(self.new_messages or self.removed_places or self.removed_messages or self.definitions)
+        return bool(self.new_messages or self.removed_places or self.removed_messages or self.removed_if_unheld
+                    or self.definitions)
 
     def statements(self):
         """(sql, parameters) in the order they must run."""
@@ -137,6 +144,8 @@ class _Batch:
                 statements += _rows_at_once(_DELETE_PLACES, seqs, (queue_id,))
         if self.removed_messages:
             statements += _rows_at_once(_DELETE_MESSAGES, self.removed_messages)
+        if self.removed_if_unheld:
+            statements += _rows_at_once(_DELETE_UNHELD_MESSAGES, self.removed_if_unheld)
         return statements + self.definitions
 
     def must_sync(self):
@@ -317,7 +326,8 @@ class SqliteStore(Store):
         queue_id = None if queue.deleted else self._queue_ids.get((queue.vhost_name, queue.name))
         for message in messages:
             stored = message.stored
-            stored.refs -= 1
+            if stored.refs is not None:
+                stored.refs -= 1
             seq = stored.key
             pending = new_messages.get(seq)
             if pending is not None:
@@ -326,11 +336,15 @@ class SqliteStore(Store):
                     del new_messages[seq]
                 elif queue_id is not None:
                     pending[1].remove(queue_id)
+                    if not pending[1]:
+                        del new_messages[seq]
                 continue
             if queue_id is not None:
                 batch.removed_places.append((queue_id, seq))
             if stored.refs == 0:
                 batch.removed_messages.append((seq,))
+            elif stored.refs is None:
+                batch.removed_if_unheld.append((seq,))
         self._wake_soon()
 
     def read_queue(self, queue, after_key, limit):
@@ -359,6 +373,14 @@ class SqliteStore(Store):
             self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._reader.execute("PRAGMA query_only=1")
         return self._reader.execute(_READ_QUEUE, (queue_id, after_key, limit)).fetchall()
+
+    def remove_paged(self, queue, after_key):
+        """As definitions, so they run in order with a deletion of the queue."""
+        self.message_writes += 1
+        queue_id = self._queue_ids.get((queue.vhost_name, queue.name))
+        if queue_id is not None:
+            self._define("DELETE FROM queue_messages WHERE queue_id = ? AND seq > ?", (queue_id, after_key))
+        self._define("DELETE FROM messages WHERE seq > ? AND " + _UNHELD, (after_key,))
 
     def put_stream_start(self, vhost, name, first_offset, first_key):
         self._define("INSERT OR REPLACE INTO stream_starts VALUES (?, ?, ?)",
@@ -572,6 +594,7 @@ def _merged(first, second):
         first.new_messages[seq] = pending
     first.removed_places += second.removed_places
     first.removed_messages += second.removed_messages
+    first.removed_if_unheld += second.removed_if_unheld
     first.definitions += second.definitions
     first.callbacks = second.callbacks
     return first
