@@ -29,7 +29,6 @@ from .errors import AccessRefused, PreconditionFailed
 from .memory import MESSAGE_OVERHEAD_BYTES, QUEUE_ENTRY_BYTES
 from .message import MAX_EXPIRY_MS
 from .policy import NOT_FOR_CLASSIC_QUEUES
-from .store import Stored
 
 log = logging.getLogger("greenmq.queue")
 
@@ -43,6 +42,10 @@ OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
 # it runs dry, so a consumer is not fed one store read per message; few enough that a lazy
 # queue holds next to nothing ahead.
 PAGE_IN_MIN = 64
+
+# Messages read at once at start by a queue that keeps all of its messages in memory (a
+# priority or length-limited one): the thread-pool hop costs little per message.
+RECOVER_BATCH = 1000
 
 
 def amqp_type(value):
@@ -181,6 +184,11 @@ class ReadyList:
         else:
             tail.append(PagedRun(key - 1, 1))
         self.tail_count += 1
+
+    def recovered(self, count):
+        """At start: the queue's `count` stored messages, all paged."""
+        self.tail.append(PagedRun(0, count))
+        self.tail_count += count
 
     def next_run(self):
         """The tail's first PagedRun, once the messages in memory before it are in
@@ -577,12 +585,38 @@ class Queue:
             self._arm_ttl_timer()
         return True
 
-    def restore(self, message):
-        """A message recovered from the store, in publish order, before any consumer."""
-        self._hold(message)
-        self.ready.append(message)
-        if message.expires_at is not None and self._ttl_timer is None:
+    def recover_backlog(self, count):
+        """At start, before any client: the queue's `count` stored messages. A queue that
+        pages has them back as its paged tail, with only its head window read now, so a
+        start costs the same with any backlog; one that does not reads them all."""
+        if not count:
+            return
+        store, ready = self.store, self.ready
+        if self.window is not None:
+            ready.recovered(count)
+            self._start_page_in().join()
+            return
+        after_key = 0
+        while True:
+            rows = store.read_queue(self, after_key, RECOVER_BATCH)
+            if not rows:
+                break
+            for _, message, published_at in rows:
+                message = self._from_store(message, published_at)
+                self._hold(message)
+                ready.append(message)
+            after_key = rows[-1][0]
+        if self._ttl_timer is None:
             self._arm_ttl_timer()
+
+    def _from_store(self, message, published_at):
+        """A message read back from the store, with its expiry here (wall-clock time: the
+        clock ran on while it was on disk, or while the broker was down)."""
+        ttl = self.effective_ttl(message)
+        if ttl is None:
+            return message
+        return message.placed(message.redelivered,
+                              time.monotonic() + (published_at + ttl / 1000.0 - time.time()))
 
     def _hold(self, message):
         """Count a message this queue now holds, as enqueue counts it."""
@@ -621,12 +655,13 @@ class Queue:
                     ready.paged_in(run, [], run.after_key, run.count)
                     continue
                 messages = []
-                for key, message, _ in rows:
-                    if message.stored is None:
-                        message.stored = Stored(key, None)
+                for _, message, published_at in rows:
+                    message = self._from_store(message, published_at)
                     self._hold(message)
                     messages.append(message)
                 ready.paged_in(run, messages, rows[-1][0], len(messages))
+                if self._ttl_timer is None:
+                    self._arm_ttl_timer()
                 self.dispatch()
         finally:
             self._pager = None

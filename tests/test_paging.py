@@ -6,12 +6,14 @@ with a tiny window so that every backlog here is mostly paged."""
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 
 import pika
 import pytest
 
 from greenmq import connection
-from tests.broker_process import BrokerProcess
+from tests.broker_process import ROOT, BrokerProcess
 
 WINDOW = 4
 BACKLOG = 10 * WINDOW + 3       # ten windows and a part one
@@ -197,3 +199,13 @@ def test_a_paged_backlog_keeps_its_order_and_count_across_a_restart(paging_broke
         assert left == BACKLOG - 5 if stop == signal.SIGTERM else BACKLOG - 5 <= left <= BACKLOG
         assert consume(channel, "kept", left) == expected[BACKLOG - left:]
         conn.close()
+
+
+def test_the_queue_feature_and_durability_tests_pass_with_paging_forced_on():
+    """The existing tests again, each durable queue with a window of two messages: every
+    feature (dead-lettering, limits, TTL, requeue, purge, recovery) on paged messages too."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/test_durability.py",
+         "tests/test_queue_features.py", "tests/test_amqp_queue_features.py", "tests/test_core_queues.py"],
+        cwd=ROOT, env={**os.environ, "GREENMQ_QUEUE_WINDOW": "2"}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-5000:]

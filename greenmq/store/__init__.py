@@ -58,18 +58,13 @@ class Recovered:
         self.limits = []      # ("vhost" or "user", its name, {limit name: value})
         self.policies = []    # (vhost, kind, name, pattern, apply_to, priority, definition)
         self.exchanges = []   # (vhost, name, type, auto_delete, internal, arguments)
-        self.queues = []      # (vhost, name, auto_delete, arguments, [(message, published_at)])
+        # (vhost, name, auto_delete, arguments, how many messages it holds): each queue reads
+        # its messages back itself (`Store.read_queue`), so a start costs no more with a backlog.
+        self.queues = []
         # (vhost, name) -> (first offset, its message's key) of a stream retention truncated
         self.stream_starts = {}
         self.bindings = []    # (vhost, source, destination, routing_key, arguments, destination_kind)
         self.clean = True     # the last run ended with a clean stop
-
-
-def reads_own_messages(arguments):
-    """Whether a queue with these arguments reads its stored messages back itself, in
-    batches (`Store.read_queue`), rather than all of them at start: a stream's log may be
-    far larger than memory. `load` recovers such a queue without its messages."""
-    return arguments.get("x-queue-type") == "stream"
 
 
 def open_store(data_dir):
