@@ -182,6 +182,26 @@ def test_a_message_paged_in_one_queue_and_acked_in_another_leaves_the_store_once
     database.close()
 
 
+def test_a_message_held_in_memory_by_one_queue_and_paged_by_another_leaves_the_store_after_both(paging_broker):
+    conn, channel = channel_of(paging_broker)
+    channel.exchange_declare("fan2", "fanout", durable=True)
+    for queue in ("in-memory", "paging"):
+        channel.queue_declare(queue, durable=True)
+        channel.queue_bind(queue, "fan2")
+    publish(channel, "paging", bodies_of(BACKLOG))     # "paging" is past its window
+    channel.basic_publish("fan2", "", b"shared", PERSISTENT)
+    assert drain(channel, "paging")[-1] == b"shared"    # let go there first, while "in-memory" holds it
+    channel.queue_declare("sync", durable=True)
+    publish(channel, "sync", [b"s"])     # confirmed: that removal is committed before the next
+    assert drain(channel, "in-memory") == [b"shared"]
+    assert drain(channel, "sync") == [b"s"]
+    conn.close()
+    paging_broker.stop()
+    database = sqlite3.connect(os.path.join(paging_broker.data_dir, "greenmq.sqlite3"))
+    assert database.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0
+    database.close()
+
+
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["clean-stop", "kill-9"])
 def test_a_paged_backlog_keeps_its_order_and_count_across_a_restart(paging_broker, stop):
     conn, channel = channel_of(paging_broker)
