@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 
 import pika
 import pytest
@@ -229,3 +230,23 @@ def test_the_queue_feature_and_durability_tests_pass_with_paging_forced_on():
          "tests/test_queue_features.py", "tests/test_amqp_queue_features.py", "tests/test_core_queues.py"],
         cwd=ROOT, env={**os.environ, "GREENMQ_QUEUE_WINDOW": "2"}, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-5000:]
+
+
+@pytest.mark.parametrize("arguments", [{}, {"x-max-priority": 3}], ids=["paged", "kept-in-memory"])
+def test_messages_read_back_at_start_expire_on_their_timer_unread(paging_broker, arguments):
+    """Their TTL counts from their publish, and they go (dead-lettered) with nobody reading
+    the queue after the restart."""
+    conn, channel = channel_of(paging_broker)
+    channel.queue_declare("dead", durable=True)
+    channel.queue_declare("ttl", durable=True, arguments={
+        "x-message-ttl": 1500, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dead", **arguments})
+    publish(channel, "ttl", bodies_of(BACKLOG))
+    conn.close()
+    paging_broker.stop()
+    with BrokerProcess("--queue-window", str(WINDOW), data_dir=paging_broker.data_dir) as again:
+        conn, channel = channel_of(again)
+        deadline = time.monotonic() + 10
+        while count(channel, "dead") < WINDOW and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert count(channel, "dead") >= WINDOW
+        conn.close()
