@@ -15,6 +15,7 @@ import pytest
 
 from greenmq import connection
 from tests.broker_process import ROOT, BrokerProcess
+from tests.greenmqctl_process import greenmqctl as ctl
 
 WINDOW = 4
 BACKLOG = 10 * WINDOW + 3       # ten windows and a part one
@@ -112,6 +113,32 @@ def test_lazy_queues_keep_nothing_ahead_in_memory(paging_broker):
     publish(channel, "lazy", [b"y" * 10_000] * 20)
     assert held_bytes(paging_broker) - before < 10_000
     assert drain(channel, "lazy") == [b"y" * 10_000] * 20
+    conn.close()
+
+
+def test_a_queue_mode_lazy_policy_makes_a_queue_lazy(paging_broker):
+    assert ctl(paging_broker.port, "set_policy", "lazy-by-policy", "^by-policy$",
+               '{"queue-mode": "lazy"}').returncode == 0
+    conn, channel = channel_of(paging_broker)
+    channel.queue_declare("by-policy", durable=True)
+    before = held_bytes(paging_broker)
+    publish(channel, "by-policy", [b"z" * 10_000] * 20)
+    assert held_bytes(paging_broker) - before < 10_000
+    assert len(drain(channel, "by-policy")) == 20
+    conn.close()
+
+
+@pytest.mark.parametrize("limit", ["max-length", "max-length-bytes"])
+def test_a_length_limit_by_policy_reads_the_paged_tail_back_and_drops_the_oldest(paging_broker, limit):
+    conn, channel = channel_of(paging_broker)
+    queue = "limited-" + limit
+    channel.queue_declare(queue, durable=True)
+    expected = bodies_of(BACKLOG)
+    publish(channel, queue, expected)
+    assert ctl(paging_broker.port, "set_policy", queue, f"^{queue}$", f'{{"{limit}": {5 * 4}}}').returncode == 0
+    kept = 5 if limit == "max-length-bytes" else 20      # bodies are four bytes
+    assert count(channel, queue) == kept
+    assert drain(channel, queue) == expected[-kept:]
     conn.close()
 
 
