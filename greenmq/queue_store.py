@@ -43,8 +43,9 @@ OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
 # queue holds next to nothing ahead.
 PAGE_IN_MIN = 64
 
-# Messages read at once at start by a queue that keeps all of its messages in memory (a
-# priority or length-limited one): the thread-pool hop costs little per message.
+# Messages read at once by a queue that keeps all of its messages in memory (a priority or
+# length-limited one) at start or when a policy limits it: the thread-pool hop costs little
+# per message.
 RECOVER_BATCH = 1000
 
 
@@ -105,8 +106,9 @@ def _accepted(value, arguments):
 
 # The arguments of a classic queue, each with RabbitMQ's check of its value (a function
 # giving the refusal's reason, or None). A redeclare must repeat them all alike.
-# x-queue-type is checked before a type is chosen (by the vhost); the last group only
-# tunes RabbitMQ's internals, so it is accepted and has no effect here.
+# x-queue-type is checked before a type is chosen (by the vhost); x-queue-mode lazy pages
+# a durable queue with no window (see `configure`); the others of the last group only tune
+# RabbitMQ's internals, so they are accepted and have no effect here.
 QUEUE_ARGUMENTS = {
     "x-message-ttl": _integer(maximum=MAX_EXPIRY_MS),
     "x-expires": _integer(maximum=MAX_EXPIRY_MS, zero=False),
@@ -500,14 +502,16 @@ class Queue:
         self.max_length_bytes = settings.get("x-max-length-bytes")
         self.limited = self.max_length is not None or self.max_length_bytes is not None
         self.overflow = settings.get("x-overflow", "drop-head")
-        if self.max_length_bytes is not None and not isinstance(self.ready, ReadyLevels):
-            self.ready = ReadyLevels.of(self.ready)     # a plain list cannot count bytes
         # How many ready messages stay in memory before stored ones wait on disk only (None:
         # all stay). A priority or length-limited queue keeps them all: its levels and limits
-        # read every message.
+        # read every message, so one that a policy limits reads its paged tail back now.
         self.window = (None if self.store is None or not self.pages or self.limited
                        or type(self.ready) is not ReadyList
                        else 0 if settings.get("x-queue-mode") == "lazy" else self.memory.queue_window)
+        while self.window is None and self.ready.tail and not self.deleted:
+            self._start_page_in().join()
+        if self.max_length_bytes is not None and not isinstance(self.ready, ReadyLevels):
+            self.ready = ReadyLevels.of(self.ready)     # a plain list cannot count bytes
         if self.expires is None:
             self._cancel_expiry()
         else:
@@ -641,10 +645,11 @@ class Queue:
             while not self.deleted:
                 ready = self.ready
                 run = ready.next_run()
-                window = self.window or 0
-                if run is None or len(ready.fresh) > window // 2:
-                    break
-                count = min(run.count, max(window - len(ready.fresh), PAGE_IN_MIN))
+                window = self.window
+                if run is None or window is not None and len(ready.fresh) > window // 2:
+                    break       # (no window: the queue keeps all in memory now, so all come back)
+                count = min(run.count, RECOVER_BATCH if window is None
+                            else max(window - len(ready.fresh), PAGE_IN_MIN))
                 if not store.committed():
                     continue    # tried again with the store's next commit
                 rows = store.read_queue(self, run.after_key, count)
