@@ -560,8 +560,10 @@ class Queue:
                 consumer.channel.deliver(consumer, message, None)
                 return True
         if (consumer is None and not full and self.window is not None and message.stored is not None
-                and message.expires_at is None and (ready.tail or len(ready.fresh) >= self.window)):
-            # Beyond the window a stored message waits on disk only: not held, not counted.
+                and message.expires_at is None and (ready.tail or len(ready.fresh) >= self.window)
+                and message.properties.get("delivery_mode") == 2):
+            # Beyond the window a persistent message (so stored for this queue too: a transient
+            # one may be stored for a quorum queue only) waits on disk only: not held, not counted.
             stored = message.stored
             if stored.refs is not None and stored.refs > 1:
                 stored.refs = None      # the queues holding it in memory no longer know them all

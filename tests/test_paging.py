@@ -155,6 +155,21 @@ def test_transient_messages_between_paged_ones_keep_their_place(paging_broker):
     conn.close()
 
 
+def test_transient_messages_stored_for_a_quorum_queue_stay_in_memory_in_a_classic_one(paging_broker):
+    conn, channel = channel_of(paging_broker)
+    channel.exchange_declare("fan-q", "fanout", durable=True)
+    channel.queue_declare("quorum", durable=True, arguments={"x-queue-type": "quorum"})
+    channel.queue_declare("classic", durable=True)
+    for queue in ("quorum", "classic"):
+        channel.queue_bind(queue, "fan-q")
+    expected = bodies_of(BACKLOG)
+    for body in expected:
+        channel.basic_publish("fan-q", "", body, pika.BasicProperties(delivery_mode=1))
+    assert drain(channel, "classic") == expected
+    assert drain(channel, "quorum") == expected
+    conn.close()
+
+
 def test_requeued_messages_return_to_the_head_before_paged_ones(paging_broker):
     conn, channel = channel_of(paging_broker)
     channel.queue_declare("requeue", durable=True)
