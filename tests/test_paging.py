@@ -80,6 +80,22 @@ def held_bytes(broker):
         return admin.call("status")["memory"]["held_bytes"]
 
 
+def fanout_to(channel, exchange, queues):
+    channel.exchange_declare(exchange, "fanout", durable=True)
+    for queue in queues:
+        channel.queue_declare(queue, durable=True)
+        channel.queue_bind(queue, exchange)
+
+
+def stored_rows(broker, table):
+    """Rows in the stopped broker's store."""
+    database = sqlite3.connect(os.path.join(broker.data_dir, "greenmq.sqlite3"))
+    try:
+        return database.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+    finally:
+        database.close()
+
+
 def bodies_of(n, prefix=b"m"):
     return [prefix + b"%03d" % i for i in range(n)]
 
@@ -157,11 +173,9 @@ def test_transient_messages_between_paged_ones_keep_their_place(paging_broker):
 
 def test_transient_messages_stored_for_a_quorum_queue_stay_in_memory_in_a_classic_one(paging_broker):
     conn, channel = channel_of(paging_broker)
-    channel.exchange_declare("fan-q", "fanout", durable=True)
+    fanout_to(channel, "fan-q", ("classic",))
     channel.queue_declare("quorum", durable=True, arguments={"x-queue-type": "quorum"})
-    channel.queue_declare("classic", durable=True)
-    for queue in ("quorum", "classic"):
-        channel.queue_bind(queue, "fan-q")
+    channel.queue_bind("quorum", "fan-q")
     expected = bodies_of(BACKLOG)
     for body in expected:
         channel.basic_publish("fan-q", "", body, pika.BasicProperties(delivery_mode=1))
@@ -192,10 +206,7 @@ def test_purge_and_delete_drop_paged_messages_from_the_store(paging_broker):
     publish(channel, "purged", [b"after"])
     conn.close()
     paging_broker.stop()
-    database = sqlite3.connect(os.path.join(paging_broker.data_dir, "greenmq.sqlite3"))
-    assert database.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 1
-    assert database.execute("SELECT COUNT(*) FROM queue_messages").fetchone()[0] == 1
-    database.close()
+    assert stored_rows(paging_broker, "messages") == stored_rows(paging_broker, "queue_messages") == 1
     with BrokerProcess("--queue-window", str(WINDOW), data_dir=paging_broker.data_dir) as again:
         conn, channel = channel_of(again)
         assert drain(channel, "purged") == [b"after"]
@@ -204,10 +215,7 @@ def test_purge_and_delete_drop_paged_messages_from_the_store(paging_broker):
 
 def test_a_message_paged_in_one_queue_and_acked_in_another_leaves_the_store_once_both_are_done(paging_broker):
     conn, channel = channel_of(paging_broker)
-    channel.exchange_declare("fan", "fanout", durable=True)
-    for queue in ("fast", "slow"):
-        channel.queue_declare(queue, durable=True)
-        channel.queue_bind(queue, "fan")
+    fanout_to(channel, "fan", ("fast", "slow"))
     expected = bodies_of(BACKLOG)
     for body in expected:
         channel.basic_publish("fan", "", body, PERSISTENT)
@@ -220,17 +228,12 @@ def test_a_message_paged_in_one_queue_and_acked_in_another_leaves_the_store_once
         assert drain(channel, "slow") == expected
         conn.close()
         again.stop()
-    database = sqlite3.connect(os.path.join(paging_broker.data_dir, "greenmq.sqlite3"))
-    assert database.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0
-    database.close()
+    assert stored_rows(paging_broker, "messages") == 0
 
 
 def test_a_message_held_in_memory_by_one_queue_and_paged_by_another_leaves_the_store_after_both(paging_broker):
     conn, channel = channel_of(paging_broker)
-    channel.exchange_declare("fan2", "fanout", durable=True)
-    for queue in ("in-memory", "paging"):
-        channel.queue_declare(queue, durable=True)
-        channel.queue_bind(queue, "fan2")
+    fanout_to(channel, "fan2", ("in-memory", "paging"))
     publish(channel, "paging", bodies_of(BACKLOG))     # "paging" is past its window
     channel.basic_publish("fan2", "", b"shared", PERSISTENT)
     assert drain(channel, "paging")[-1] == b"shared"    # let go there first, while "in-memory" holds it
@@ -240,9 +243,7 @@ def test_a_message_held_in_memory_by_one_queue_and_paged_by_another_leaves_the_s
     assert drain(channel, "sync") == [b"s"]
     conn.close()
     paging_broker.stop()
-    database = sqlite3.connect(os.path.join(paging_broker.data_dir, "greenmq.sqlite3"))
-    assert database.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0
-    database.close()
+    assert stored_rows(paging_broker, "messages") == 0
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["clean-stop", "kill-9"])
