@@ -595,3 +595,20 @@ def test_a_transient_message_to_a_stream_is_confirmed_once_its_commit_is_done():
     assert sink.confirms == []
     store.commit()
     assert sink.confirms == [(1, False, True)]
+
+
+def test_a_deleted_queues_messages_leave_the_store_with_it_unless_another_queue_holds_them(tmp_path):
+    """Even with their deliveries still out: nothing outlives every queue, so a start after
+    a crash has no leftovers to scan for."""
+    store = SqliteStore(str(tmp_path))
+    q1, q2 = FakeQueue("/", "q1"), FakeQueue("/", "q2")
+    store.put_queue("/", "q1", False, {})
+    store.put_queue("/", "q2", False, {})
+    store.add_message(persistent(b"only-q1"), [q1])
+    store.add_message(persistent(b"both"), [q1, q2])
+    committed(store)
+    store.delete_queue("/", "q1")
+    committed(store)
+    store = reopened(store)
+    assert [m.body for m in held(store, store.load())["q2"]] == [b"both"]
+    assert rows_after_stop(store, "messages") == 1

@@ -102,6 +102,8 @@ _DELETE_MESSAGES = ("DELETE FROM messages WHERE seq IN (", "?", ")")
 # (queue_id, seq), one per queue, rather than by scanning the places.
 _UNHELD = ("NOT EXISTS (SELECT 1 FROM queue_messages q WHERE q.queue_id IN (SELECT id FROM queues) "
            "AND q.seq = messages.seq)")
+_UNHELD_ELSEWHERE = ("NOT EXISTS (SELECT 1 FROM queue_messages q WHERE q.queue_id IN (SELECT id FROM queues) "
+                     "AND q.queue_id != ? AND q.seq = messages.seq)")
 _DELETE_UNHELD_MESSAGES = ("DELETE FROM messages WHERE seq IN (", "?", ") AND " + _UNHELD)
 _MARK_REDELIVERED = "UPDATE queue_messages SET redelivered = 1 WHERE queue_id = ? AND seq = ?"
 
@@ -285,6 +287,11 @@ class SqliteStore(Store):
         if queue_id is None:
             return
         self._define("DELETE FROM queues WHERE id = ?", (queue_id,))
+        # Its messages no other queue holds go with it, even those whose deliveries are still
+        # out (they can only end now): so no message outlives every queue, and a start after
+        # a crash has nothing to look for.
+        self._define("DELETE FROM messages WHERE seq IN (SELECT seq FROM queue_messages WHERE queue_id = ?) "
+                     "AND " + _UNHELD_ELSEWHERE, (queue_id, queue_id))
         self._define("DELETE FROM queue_messages WHERE queue_id = ?", (queue_id,))
         self._define("DELETE FROM stream_starts WHERE queue_id = ?", (queue_id,))
         self._define("DELETE FROM bindings WHERE vhost = ? AND destination = ? AND destination_kind = 'queue'",
@@ -503,11 +510,6 @@ class SqliteStore(Store):
             meta = dict(db.execute("SELECT key, value FROM meta"))
             recovered.clean = meta.get("clean_stop") == 1
             db.execute("UPDATE meta SET value = 0 WHERE key = 'clean_stop'")
-            if not recovered.clean:
-                # Messages whose every queue went while deliveries were out and the broker
-                # died before they were settled: only a crash leaves any (a scan of every
-                # message, so not at every start).
-                db.execute("DELETE FROM messages WHERE seq NOT IN (SELECT seq FROM queue_messages)")
             recovered.first_start = self._created
             recovered.vhosts = [name for name, in db.execute("SELECT name FROM vhosts")]
             recovered.users = [(name, password_hash, algorithm, tuple(properties_from_json(tags)))
