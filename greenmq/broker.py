@@ -144,7 +144,7 @@ def main(argv=None):
             log.info("keeping messages in memory only (in_memory)")
         else:
             log.info("keeping durable entities and persistent messages in %s", store.path)
-        node = Node(store=store, memory_limit=settings.memory_limit)
+        node = Node(store=store, memory_limit=settings.memory_limit, queue_window=settings.queue_window)
     except StoreError as exc:
         log.error("%s", exc)
         return 1

@@ -17,7 +17,7 @@ except ImportError:             # Python < 3.11: the same parser, from PyPI
 from .lines import max_line_bytes_for
 from .message import DEFAULT_MAX_MESSAGE_BYTES
 from .node import DEFAULT_CONSUMER_TIMEOUT_MS
-from .memory import DEFAULT_MEMORY_FRACTION, parse_memory_limit
+from .memory import DEFAULT_MEMORY_FRACTION, DEFAULT_QUEUE_WINDOW, parse_memory_limit
 from .stats import DEFAULT_SAMPLE_INTERVAL_SECONDS
 
 DEFAULT_HOST = "127.0.0.1"
@@ -76,8 +76,14 @@ def _milliseconds_or_off(value):
     return value
 
 
+def _window(value):
+    if type(value) is not int or value < 0:
+        raise ValueError("must be a whole number of messages, 0 or more")
+    return value
+
+
 # The checks whose flags and environment values are read as integers.
-_INTEGER_CHECKS = (_port, _line_bytes, _message_bytes, _milliseconds_or_off)
+_INTEGER_CHECKS = (_port, _line_bytes, _message_bytes, _milliseconds_or_off, _window)
 
 
 def _text(value):
@@ -152,6 +158,10 @@ SETTINGS = {
                      "above this many bytes of messages and output held, publishers are not read until "
                      "consumers make room: bytes, with a unit (512MiB, 2GB) or a fraction of the machine's "
                      f"memory (default {DEFAULT_MEMORY_FRACTION}, RabbitMQ's vm_memory_high_watermark)"),
+    "queue_window": (_window, DEFAULT_QUEUE_WINDOW,
+                     "ready messages a durable queue keeps in memory ahead of its consumers; persistent "
+                     "messages beyond them wait on disk only (default "
+                     f"{DEFAULT_QUEUE_WINDOW}; x-queue-mode lazy keeps none)"),
     "data_dir": (_text, DEFAULT_DATA_DIR, "where durable exchanges, queues, bindings, persistent messages, "
                                           f"users and vhosts are kept (default ./{DEFAULT_DATA_DIR})"),
     "in_memory": (_bool, False, "keep nothing on disk: everything lasts only as long as the process"),

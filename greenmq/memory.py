@@ -40,6 +40,13 @@ MESSAGE_OVERHEAD_BYTES = 160
 # queue; 16 rounds it up for the deque's blocks.
 QUEUE_ENTRY_BYTES = 16
 
+# The ready messages a queue keeps in memory ahead of its consumers when more are queued:
+# persistent messages of a durable queue beyond them stay only in the store (their bodies
+# leave memory) and are read back in order as the window empties, so a backlog costs disk,
+# not memory. 2,048 messages keep a consumer fed across a read of the next batch (a read
+# takes a few milliseconds) while 10 queues of 4 KiB messages hold 80 MiB at most ahead.
+DEFAULT_QUEUE_WINDOW = 2048
+
 # RabbitMQ's default vm_memory_high_watermark: 0.4 of the machine's memory, leaving room
 # for the interpreter, the allocator's slack and what the accounting does not see.
 DEFAULT_MEMORY_FRACTION = 0.4
@@ -120,9 +127,10 @@ class MemoryBudget:
     publishers are blocked by it. One per node, so two brokers in one process (tests, an
     embedding program) each count their own."""
 
-    def __init__(self, limit):
+    def __init__(self, limit, queue_window=DEFAULT_QUEUE_WINDOW):
         self.held_bytes = 0
         self.limit = limit
+        self.queue_window = queue_window    # see DEFAULT_QUEUE_WINDOW; queue_store.py reads it
         self.resume_below = int(limit * RESUME_FRACTION)
         self.blocked = False
         self._unblocked = Event()

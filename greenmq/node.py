@@ -19,7 +19,7 @@ from .access import (ADMINISTRATOR, FULL_ACCESS, HASHING_ALGORITHM, LIMITS, POLI
                      checked_limits, hash_password, limit_reached)
 from .store.memory import MemoryStore
 from .errors import AccessRefused, BadSyntax, ConnectionForced, NotAllowed, NotFound, PreconditionFailed
-from .memory import DEFAULT_MEMORY_FRACTION, MemoryBudget, parse_memory_limit
+from .memory import DEFAULT_MEMORY_FRACTION, DEFAULT_QUEUE_WINDOW, MemoryBudget, parse_memory_limit
 from .policy import OPERATOR_POLICY
 from .session import Session
 from .vhost import VirtualHost, check_name
@@ -56,10 +56,10 @@ VERIFIED_LOGINS_KEPT = 10_000
 
 
 class Node:
-    def __init__(self, store=None, memory_limit=None):
+    def __init__(self, store=None, memory_limit=None, queue_window=DEFAULT_QUEUE_WINDOW):
         self.store = store if store is not None else MemoryStore()
         self.memory = MemoryBudget(parse_memory_limit(DEFAULT_MEMORY_FRACTION) if memory_limit is None
-                                   else memory_limit)
+                                   else memory_limit, queue_window)
         self.users = {}             # name -> User
         self.permissions = {}       # (user name, vhost name) -> Permission
         self.vhosts = {}

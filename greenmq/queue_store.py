@@ -18,6 +18,7 @@ Nothing here parses or encodes anything.
 
 import heapq
 import itertools
+import logging
 import time
 from collections import deque
 
@@ -29,11 +30,23 @@ from .memory import MESSAGE_OVERHEAD_BYTES, QUEUE_ENTRY_BYTES
 from .message import MAX_EXPIRY_MS
 from .policy import NOT_FOR_CLASSIC_QUEUES
 
+log = logging.getLogger("greenmq.queue")
+
 # RabbitMQ's cap on x-max-priority: each priority is a list of its own, so more would cost
 # memory and dispatch time for no use (RabbitMQ itself recommends at most 10).
 MAX_PRIORITY = 255
 
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
+
+# The fewest paged messages read back at once: a lazy queue (window 0) reads this many when
+# it runs dry, so a consumer is not fed one store read per message; few enough that a lazy
+# queue holds next to nothing ahead.
+PAGE_IN_MIN = 64
+
+# Messages read at once by a queue that keeps all of its messages in memory (a priority or
+# length-limited one) at start or when a policy limits it: the thread-pool hop costs little
+# per message.
+RECOVER_BATCH = 1000
 
 
 def amqp_type(value):
@@ -93,8 +106,9 @@ def _accepted(value, arguments):
 
 # The arguments of a classic queue, each with RabbitMQ's check of its value (a function
 # giving the refusal's reason, or None). A redeclare must repeat them all alike.
-# x-queue-type is checked before a type is chosen (by the vhost); the last group only
-# tunes RabbitMQ's internals, so it is accepted and has no effect here.
+# x-queue-type is checked before a type is chosen (by the vhost); x-queue-mode lazy pages
+# a durable queue with no window (see `configure`); the others of the last group only tune
+# RabbitMQ's internals, so they are accepted and have no effect here.
 QUEUE_ARGUMENTS = {
     "x-message-ttl": _integer(maximum=MAX_EXPIRY_MS),
     "x-expires": _integer(maximum=MAX_EXPIRY_MS, zero=False),
@@ -120,25 +134,90 @@ CLASSIC_REFUSED_ARGUMENTS = (
 )
 
 
+class PagedRun:
+    """Ready messages held by the store alone (see Queue.enqueue): the next `count` stored
+    messages of the queue with keys above `after_key`, read back with `Store.read_queue`.
+    One per stretch of pageable messages, however long, so a paged message costs no memory."""
+
+    __slots__ = ("after_key", "count")
+
+    def __init__(self, after_key, count):
+        self.after_key = after_key
+        self.count = count
+
+
 class ReadyList:
     """Ready messages in publish order. Published messages join at the tail; requeued ones
     return to their original place through a heap keyed by their `order`, so putting back
     k messages costs O(k log k) however many wait behind them (the old way, popping every
     older waiting message per requeue, held the hub for seconds at depth). Every requeued
     message is older than every fresh one (messages leave in order, so those still fresh
-    came later), which is why the heap is simply taken first."""
+    came later), which is why the heap is simply taken first.
 
-    __slots__ = ("fresh", "returned")
+    Behind `fresh` (the window in memory) a durable queue may have a paged `tail`: PagedRuns
+    of messages on disk only, and between them the messages that cannot be paged (transient,
+    or with an expiry), in order. While the tail holds anything every new message joins it,
+    so the order stays; the queue reads runs back into `fresh` as it empties (Queue._page_in)."""
+
+    __slots__ = ("fresh", "returned", "tail", "tail_count")
 
     def __init__(self):
         self.fresh = deque()        # never delivered, in publish order
         self.returned = []          # heap of (order, message): delivered and requeued
+        self.tail = deque()         # after `fresh`: PagedRuns and messages kept in memory
+        self.tail_count = 0         # the messages in `tail`, paged or not
 
     def __len__(self):
-        return len(self.fresh) + len(self.returned)
+        return len(self.fresh) + len(self.returned) + self.tail_count
 
     def append(self, message):
-        self.fresh.append(message)
+        if self.tail:
+            self.tail.append(message)
+            self.tail_count += 1
+        else:
+            self.fresh.append(message)
+
+    def page(self, key):
+        """The stored message `key` joins the tail on disk only."""
+        tail = self.tail
+        run = tail[-1] if tail else None
+        if type(run) is PagedRun:
+            run.count += 1
+        else:
+            tail.append(PagedRun(key - 1, 1))
+        self.tail_count += 1
+
+    def recovered(self, count):
+        """At start: the queue's `count` stored messages, all paged."""
+        self.tail.append(PagedRun(0, count))
+        self.tail_count += count
+
+    def next_run(self):
+        """The tail's first PagedRun, once the messages in memory before it are in
+        `fresh`; None when the tail is empty."""
+        tail, fresh = self.tail, self.fresh
+        while tail and type(tail[0]) is not PagedRun:
+            fresh.append(tail.popleft())
+            self.tail_count -= 1
+        return tail[0] if tail else None
+
+    def paged_in(self, run, messages, last_key, count):
+        """The first `count` messages of `run` (the last with `last_key`) left it: `messages`
+        are them, in memory now (fewer only if the store lost some)."""
+        self.fresh.extend(messages)
+        run.after_key = last_key
+        run.count -= count
+        self.tail_count -= count
+        if not run.count:
+            self.tail.popleft()
+            self.next_run()
+
+    def first_paged_key(self):
+        """Every paged message has a key above this; None when none is paged."""
+        for item in self.tail:
+            if type(item) is PagedRun:
+                return item.after_key
+        return None
 
     def put_back(self, message):
         heapq.heappush(self.returned, (message.order, message))
@@ -155,10 +234,13 @@ class ReadyList:
         return self.fresh.popleft()
 
     def take_all(self):
-        """Empty the list; returns what it held, in order."""
+        """Empty the list; returns what it held in memory, in order (the paged messages
+        are the store's to drop: see `first_paged_key`)."""
         messages = list(self)
         self.fresh.clear()
         self.returned.clear()
+        self.tail.clear()
+        self.tail_count = 0
         return messages
 
     def take_expired(self, now):
@@ -179,9 +261,11 @@ class ReadyList:
         return None if head is None else head.expires_at
 
     def __iter__(self):
-        if not self.returned:
+        """The messages in memory, in order."""
+        in_tail = [item for item in self.tail if type(item) is not PagedRun] if self.tail else ()
+        if not self.returned and not in_tail:
             return iter(self.fresh)
-        return itertools.chain([message for _, message in sorted(self.returned)], self.fresh)
+        return itertools.chain([message for _, message in sorted(self.returned)], self.fresh, in_tail)
 
 
 class ReadyLevels:
@@ -203,6 +287,11 @@ class ReadyLevels:
         # whole is `fresh` (taken with popleft) and nothing is `returned`.
         self.fresh = self
         self.returned = ()
+
+    tail = ()       # nothing paged: a priority or length-limited queue keeps its messages in memory
+
+    def first_paged_key(self):
+        return None
 
     @classmethod
     def of(cls, ready):
@@ -340,6 +429,8 @@ class Queue:
     # A stream keeps every message it takes in a copy of its own (stream.py); the vhost keeps
     # persistent messages in the store for the other durable queues.
     keeps_own_copies = False
+    # Whether its stored messages beyond the window may wait on disk only (ReadyList's tail).
+    pages = True
 
     def __init__(self, vhost_name, name, durable=False, exclusive_owner=None, auto_delete=False,
                  arguments=None, on_expired=None, store=None, dead_letter=None, memory=None):
@@ -373,6 +464,7 @@ class Queue:
         self._dead_letter = dead_letter     # dead_letter(queue, messages, reason), the vhost's
         self._expiry_timer = None
         self._ttl_timer = None
+        self._pager = None          # the greenlet reading the paged tail back (_page_in)
         self.configure(self.arguments)
 
     def __repr__(self):
@@ -410,6 +502,14 @@ class Queue:
         self.max_length_bytes = settings.get("x-max-length-bytes")
         self.limited = self.max_length is not None or self.max_length_bytes is not None
         self.overflow = settings.get("x-overflow", "drop-head")
+        # How many ready messages stay in memory before stored ones wait on disk only (None:
+        # all stay). A priority or length-limited queue keeps them all: its levels and limits
+        # read every message, so one that a policy limits reads its paged tail back now.
+        self.window = (None if self.store is None or not self.pages or self.limited
+                       or type(self.ready) is not ReadyList
+                       else 0 if settings.get("x-queue-mode") == "lazy" else self.memory.queue_window)
+        while self.window is None and self.ready.tail and not self.deleted:
+            self._start_page_in().join()
         if self.max_length_bytes is not None and not isinstance(self.ready, ReadyLevels):
             self.ready = ReadyLevels.of(self.ready)     # a plain list cannot count bytes
         if self.expires is None:
@@ -451,7 +551,7 @@ class Queue:
         ready = self.ready
         consumer = None
         full = self.limited and self.overflow != "drop-head" and self._full_for(message)
-        if not full and self.consumers and not ready.fresh and not ready.returned:
+        if not full and self.consumers and not ready.fresh and not ready.returned and not ready.tail:
             consumer = self._next_consumer()
             if consumer is not None and consumer.no_ack and message.stored is None:
                 # Straight through, never held (so not counted in the memory budget):
@@ -459,6 +559,16 @@ class Queue:
                 self.delivered += 1
                 consumer.channel.deliver(consumer, message, None)
                 return True
+        if (consumer is None and not full and self.window is not None and message.stored is not None
+                and message.expires_at is None and (ready.tail or len(ready.fresh) >= self.window)
+                and message.properties.get("delivery_mode") == 2):
+            # Beyond the window a persistent message (so stored for this queue too: a transient
+            # one may be stored for a quorum queue only) waits on disk only: not held, not counted.
+            stored = message.stored
+            if stored.refs is not None and stored.refs > 1:
+                stored.refs = None      # the queues holding it in memory no longer know them all
+            ready.page(stored.key)
+            return True
         # Held from here on: the message counts once, with its body, however many queues
         # hold it (they share it), and each further queue its place (see `_forget`).
         source = message.origin or message
@@ -481,20 +591,99 @@ class Queue:
             self._arm_ttl_timer()
         return True
 
-    def restore(self, message):
-        """A message recovered from the store, in publish order, before any consumer."""
-        source = message.origin or message      # counted as enqueue counts it
+    def recover_backlog(self, count):
+        """At start, before any client: the queue's `count` stored messages. A queue that
+        pages has them back as its paged tail, with only its head window read now, so a
+        start costs the same with any backlog; one that does not reads them all."""
+        if not count:
+            return
+        store, ready = self.store, self.ready
+        if self.window is not None:
+            ready.recovered(count)
+            self._start_page_in().join()
+            return
+        after_key = 0
+        while True:
+            rows = store.read_queue(self, after_key, RECOVER_BATCH)
+            if not rows:
+                break
+            for _, message, published_at in rows:
+                message = self._from_store(message, published_at)
+                self._hold(message)
+                ready.append(message)
+            after_key = rows[-1][0]
+        if self._ttl_timer is None:
+            self._arm_ttl_timer()
+
+    def _from_store(self, message, published_at):
+        """A message read back from the store, with its expiry here (wall-clock time: the
+        clock ran on while it was on disk, or while the broker was down)."""
+        ttl = self.effective_ttl(message)
+        if ttl is None:
+            return message
+        return message.placed(message.redelivered,
+                              time.monotonic() + (published_at + ttl / 1000.0 - time.time()))
+
+    def _hold(self, message):
+        """Count a message this queue now holds, as enqueue counts it."""
+        source = message.origin or message
         source.holders += 1
         self.memory.held_bytes += (QUEUE_ENTRY_BYTES if source.holders > 1
                                    else MESSAGE_OVERHEAD_BYTES + len(message.body))
-        self.ready.append(message)
-        if message.expires_at is not None and self._ttl_timer is None:
-            self._arm_ttl_timer()
+
+    # -- the paged tail ------------------------------------------------------------------
+
+    def _start_page_in(self):
+        if self._pager is None:
+            self._pager = gevent.spawn(self._page_in)
+        return self._pager
+
+    def _page_in(self):
+        """Read the paged tail back into the window while the window is at most half full,
+        a batch at a time once the store has committed it (it reads committed messages
+        only), and deliver. Runs in a greenlet of its own: a read blocks it, not the hub."""
+        store = self.store
+        try:
+            while not self.deleted:
+                ready = self.ready
+                run = ready.next_run()
+                window = self.window
+                if run is None or window is not None and len(ready.fresh) > window // 2:
+                    break       # (no window: the queue keeps all in memory now, so all come back)
+                count = min(run.count, RECOVER_BATCH if window is None
+                            else max(window - len(ready.fresh), PAGE_IN_MIN))
+                if not store.committed():
+                    continue    # tried again with the store's next commit
+                rows = store.read_queue(self, run.after_key, count)
+                if self.deleted or self.ready is not ready or not ready.tail or ready.tail[0] is not run:
+                    continue    # purged meanwhile
+                if not rows:
+                    log.error("the store lost %d messages of %r", run.count, self)
+                    ready.paged_in(run, [], run.after_key, run.count)
+                    continue
+                messages = []
+                for _, message, published_at in rows:
+                    message = self._from_store(message, published_at)
+                    self._hold(message)
+                    messages.append(message)
+                ready.paged_in(run, messages, rows[-1][0], len(messages))
+                if self._ttl_timer is None:
+                    self._arm_ttl_timer()
+                self.dispatch()
+        finally:
+            self._pager = None
 
     # -- messages out ------------------------------------------------------------------
 
     def dispatch(self):
-        """Deliver ready messages while some consumer has room."""
+        """Deliver ready messages while some consumer has room; read the paged tail back
+        as the window empties."""
+        self._deliver_ready()
+        ready = self.ready
+        if ready.tail and self._pager is None and len(ready.fresh) <= (self.window or 0) // 2:
+            self._start_page_in()
+
+    def _deliver_ready(self):
         ready, consumers = self.ready, self.consumers
         # The ready list's two parts are read directly here and in _next_live and enqueue:
         # these run per message, and a Python-level len() each time cost a tenth of a delivery.
@@ -550,6 +739,9 @@ class Queue:
         The answer says how many are left, so the expired ones now at the head go too."""
         self.touch()
         message = self._next_live()
+        while message is None and self.ready.tail and not self.deleted:
+            self._start_page_in().join()
+            message = self._next_live()
         if message is None:
             return None
         delivery = self._hand_out(message, channel, None, no_ack)
@@ -604,9 +796,16 @@ class Queue:
     def purge(self):
         """Drop every ready message (unacked ones stay, as in RabbitMQ, and nothing is
         dead-lettered); returns how many."""
-        messages = self.ready.take_all()
-        self._forget(messages)
-        return len(messages)
+        return self._drop_ready()
+
+    def _drop_ready(self):
+        """End every ready message, paged ones too; returns how many."""
+        ready = self.ready
+        count, after_key = len(ready), ready.first_paged_key()
+        self._forget(ready.take_all())
+        if after_key is not None:
+            self.store.remove_paged(self, after_key)
+        return count
 
     # -- length limits (x-max-length, x-max-length-bytes, x-overflow) -------------------
 
@@ -624,7 +823,7 @@ class Queue:
             return
         ready, max_length, max_bytes = self.ready, self.max_length, self.max_length_bytes
         dropped = []
-        while ready and ((max_length is not None and len(ready) > max_length)
+        while (ready.fresh or ready.returned) and ((max_length is not None and len(ready) > max_length)
                          or (max_bytes is not None and ready.bytes > max_bytes)):
             dropped.append(ready.popleft())
         if dropped:
@@ -748,7 +947,7 @@ class Queue:
         """The queue is gone: its ready messages end with it. Deliveries still unacked end
         when their channel settles them (a requeue then has nowhere to go)."""
         self.deleted = True
-        self._forget(self.ready.take_all())
+        self._drop_ready()
         self._cancel_expiry()
         if self._ttl_timer is not None:
             self._ttl_timer.kill(block=False)

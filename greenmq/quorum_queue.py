@@ -85,6 +85,9 @@ class QuorumQueue(Queue):
     global_qos = False
     inapplicable_policy_keys = NOT_FOR_QUORUM_QUEUES
     publish_blocked = False     # x-overflow reject-publish: over the limit, not yet back under it
+    # Not paged: each message's delivery count lives on its copy in memory, which the store
+    # does not keep (RabbitMQ's x-max-in-memory-length is accepted and has no effect).
+    pages = False
 
     def __init__(self, *args, **kwargs):
         self.pending_dead_letters = []     # at-least-once: (message, reason) no queue took yet

@@ -23,7 +23,6 @@ import time
 from collections import deque
 
 import gevent
-from gevent.event import AsyncResult
 
 from .errors import PreconditionFailed, Unsupported
 from .message import Message
@@ -263,9 +262,7 @@ class StreamQueue(Queue):
         back committed messages only), in batches, until it has caught up."""
         store = self.store
         while not self.deleted:
-            committed = AsyncResult()
-            store.after_commit(lambda batch, ok: committed.set(ok))
-            committed.get()
+            store.committed()
             start_key = self.segments[0].first_key
             while not self.deleted:
                 keys = [key for key, _, _ in store.read_queue(self, 0, READ_BATCH) if key < start_key]

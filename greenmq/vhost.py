@@ -9,7 +9,6 @@ pass no owner.
 
 import base64
 import os
-import time
 
 from .access import limit_reached
 from .dead_letter import REJECTED, dead_lettered, is_cycle
@@ -544,7 +543,6 @@ class VirtualHost:
     def restore(self, recovered):
         """Durable exchanges, queues, bindings and messages of this virtual host from the
         store, before any client can see them."""
-        now_wall, now = time.time(), time.monotonic()
         for vhost, kind, name, pattern, apply_to, priority, definition in recovered.policies:
             if vhost == self.name:
                 self.policies.put(kind, name, pattern, definition, priority, apply_to)
@@ -553,19 +551,15 @@ class VirtualHost:
                 self.exchanges[name] = exchange_class(type_name)(name, True, auto_delete, internal, arguments)
         self._apply_policies()      # to the predeclared exchanges too
         restored = []
-        for vhost, name, auto_delete, arguments, messages in recovered.queues:
+        for vhost, name, auto_delete, arguments, count in recovered.queues:
             if vhost != self.name:
                 continue
             queue = self._add_queue(name, True, None, auto_delete, arguments)
             restored.append(queue)
-            for message, published_at in messages:
-                ttl = queue.effective_ttl(message)
-                if ttl is not None:
-                    # Expiry is wall-clock time: the clock ran on while the broker was down.
-                    message.expires_at = now + (published_at + ttl / 1000.0 - now_wall)
-                queue.restore(message)
             if queue.keeps_own_copies:
                 queue.recover(recovered.stream_starts.get((vhost, name)))
+            else:
+                queue.recover_backlog(count)
         for vhost, source, destination, routing_key, arguments, destination_kind in recovered.bindings:
             if vhost != self.name:
                 continue

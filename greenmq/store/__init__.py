@@ -36,7 +36,9 @@ class StoreError(Exception):
 
 class Stored:
     """The store's record of one persistent message: its key, which orders stored messages
-    as they were published, and how many durable queues hold it."""
+    as they were published, and how many durable queues hold it in memory. `refs` None:
+    some queue paged it (queue_store.ReadyList), so the count is unknown and the store asks
+    its own places whether the message is still held when a queue lets it go."""
 
     __slots__ = ("key", "refs")
 
@@ -56,18 +58,13 @@ class Recovered:
         self.limits = []      # ("vhost" or "user", its name, {limit name: value})
         self.policies = []    # (vhost, kind, name, pattern, apply_to, priority, definition)
         self.exchanges = []   # (vhost, name, type, auto_delete, internal, arguments)
-        self.queues = []      # (vhost, name, auto_delete, arguments, [(message, published_at)])
+        # (vhost, name, auto_delete, arguments, how many messages it holds): each queue reads
+        # its messages back itself (`Store.read_queue`), so a start costs no more with a backlog.
+        self.queues = []
         # (vhost, name) -> (first offset, its message's key) of a stream retention truncated
         self.stream_starts = {}
         self.bindings = []    # (vhost, source, destination, routing_key, arguments, destination_kind)
         self.clean = True     # the last run ended with a clean stop
-
-
-def reads_own_messages(arguments):
-    """Whether a queue with these arguments reads its stored messages back itself, in
-    batches (`Store.read_queue`), rather than all of them at start: a stream's log may be
-    far larger than memory. `load` recovers such a queue without its messages."""
-    return arguments.get("x-queue-type") == "stream"
 
 
 def open_store(data_dir):
@@ -183,6 +180,12 @@ class Store(abc.ABC):
         keeps the newest messages in memory until `after_commit` says they are."""
 
     @abc.abstractmethod
+    def remove_paged(self, queue, after_key):
+        """`queue` is done with every stored message of its own with a key above
+        `after_key`: its paged messages, purged or deleted without being read back. The
+        messages no other queue holds go too."""
+
+    @abc.abstractmethod
     def put_stream_start(self, vhost, name, first_offset, first_key):
         """Keep where a stream's log starts now that retention dropped what came before:
         the offset of its first message, and that message's key. `load` gives it back in
@@ -209,12 +212,17 @@ class Store(abc.ABC):
         writes = self.message_writes
         result = operation(*arguments)
         if self.message_writes != writes:
-            committed = AsyncResult()
-            self.after_commit(lambda batch, ok: committed.set(ok))
-            if not committed.get():
+            if not self.committed():
                 raise StoreUnavailable(
                     "the message store cannot be written: what was just published or acked is not on disk")
         return result
+
+    def committed(self):
+        """Whether everything written so far is committed, once it is (or could not be):
+        blocks the calling greenlet, which must not be the hub."""
+        done = AsyncResult()
+        self.after_commit(lambda batch, ok: done.set(ok))
+        return done.get()
 
     @abc.abstractmethod
     def load(self):

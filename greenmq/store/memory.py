@@ -4,8 +4,7 @@ without one (unit tests): a restart starts empty."""
 import bisect
 import time
 
-from ..message import Message
-from . import Recovered, Store, Stored, canonical_arguments, reads_own_messages
+from . import Recovered, Store, canonical_arguments
 
 
 class MemoryStore(Store):
@@ -108,7 +107,8 @@ class MemoryStore(Store):
         self.message_writes += 1
         held = self.messages.get((queue.vhost_name, queue.name), {})
         for message in messages:
-            message.stored.refs -= 1
+            if message.stored.refs is not None:
+                message.stored.refs -= 1
             held.pop(message.stored.key, None)
         keys = self.keys.get((queue.vhost_name, queue.name))
         if keys is not None and len(keys) > 2 * len(held) + 64:
@@ -121,10 +121,17 @@ class MemoryStore(Store):
         for at in range(bisect.bisect_right(keys, after_key), len(keys)):
             kept = held.get(keys[at])
             if kept is not None:
-                rows.append((keys[at], kept[0], kept[1]))
+                message, published_at, redelivered = kept
+                rows.append((keys[at], message.placed(True, None) if redelivered else message, published_at))
                 if len(rows) == limit:
                     break
         return rows
+
+    def remove_paged(self, queue, after_key):
+        self.message_writes += 1
+        held = self.messages.get((queue.vhost_name, queue.name), {})
+        for key in [key for key in held if key > after_key]:
+            del held[key]
 
     def put_stream_start(self, vhost, name, first_offset, first_key):
         self.stream_starts[vhost, name] = (first_offset, first_key)
@@ -151,34 +158,10 @@ class MemoryStore(Store):
         recovered.exchanges = list(self.exchanges.values())
         recovered.bindings = [key[:4] + (arguments, key[5]) for key, arguments in self.bindings.items()]
         recovered.stream_starts = dict(self.stream_starts)
-        for key, (vhost, name, auto_delete, arguments) in self.queues.items():
-            messages = []
-            if reads_own_messages(arguments):
-                recovered.queues.append((vhost, name, auto_delete, arguments, messages))
-                continue
-            for message_key, (message, published_at, redelivered) in sorted(self.messages[key].items()):
-                copy = Message(message.exchange, message.routing_key, message.body, message.properties,
-                               message.encoded_properties).placed(redelivered, None)
-                copy.ttl = message.ttl
-                copy.stored = message_key       # replaced by the shared record below
-                messages.append((copy, published_at))
-            recovered.queues.append((vhost, name, auto_delete, arguments, messages))
-        _share_records(recovered)
+        recovered.queues = [(vhost, name, auto_delete, arguments, len(self.messages[key]))
+                            for key, (vhost, name, auto_delete, arguments) in self.queues.items()]
         return recovered
 
     def close(self):
         pass
 
-
-def _share_records(recovered):
-    """Copies of one message in several queues share one `Stored` record counting them;
-    each copy comes with its key in `stored`."""
-    records = {}
-    for *_, messages in recovered.queues:
-        for message, _ in messages:
-            key = message.stored
-            record = records.get(key)
-            if record is None:
-                record = records[key] = Stored(key, 0)
-            record.refs += 1
-            message.stored = record

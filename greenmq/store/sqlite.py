@@ -19,7 +19,7 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 
 from ..message import Message, properties_from_json, properties_to_json, ttl_of
-from . import Recovered, Store, StoreError, Stored, canonical_arguments, reads_own_messages
+from . import Recovered, Store, StoreError, Stored, canonical_arguments
 from .writer import WriterThread
 
 log = logging.getLogger("greenmq.store")
@@ -79,7 +79,7 @@ _LIMITS_TABLE = """CREATE TABLE IF NOT EXISTS limits (kind TEXT, name TEXT, limi
 _STREAM_STARTS_TABLE = """CREATE TABLE IF NOT EXISTS stream_starts (queue_id INTEGER PRIMARY KEY,
                                                                  first_offset INTEGER, first_key INTEGER)"""
 _READ_QUEUE = ("SELECT q.seq, m.exchange, m.routing_key, m.properties, m.amqp_properties, m.body, "
-               "m.published_at FROM queue_messages q JOIN messages m ON m.seq = q.seq "
+               "m.published_at, q.redelivered FROM queue_messages q JOIN messages m ON m.seq = q.seq "
                "WHERE q.queue_id = ? AND q.seq > ? ORDER BY q.seq LIMIT ?")
 
 # Added later still, as the limits table was.
@@ -100,6 +100,13 @@ _INSERT_MESSAGES = ("INSERT INTO messages VALUES ", "(?, ?, ?, ?, ?, ?, ?)", "")
 _INSERT_PLACES = ("INSERT INTO queue_messages VALUES ", "(?, ?, 0)", "")
 _DELETE_PLACES = ("DELETE FROM queue_messages WHERE queue_id = ? AND seq IN (", "?", ")")
 _DELETE_MESSAGES = ("DELETE FROM messages WHERE seq IN (", "?", ")")
+# A message no queue's place holds any more; each place is looked up by its primary key
+# (queue_id, seq), one per queue, rather than by scanning the places.
+_UNHELD = ("NOT EXISTS (SELECT 1 FROM queue_messages q WHERE q.queue_id IN (SELECT id FROM queues) "
+           "AND q.seq = messages.seq)")
+_UNHELD_ELSEWHERE = ("NOT EXISTS (SELECT 1 FROM queue_messages q WHERE q.queue_id IN (SELECT id FROM queues) "
+                     "AND q.queue_id != ? AND q.seq = messages.seq)")
+_DELETE_UNHELD_MESSAGES = ("DELETE FROM messages WHERE seq IN (", "?", ") AND " + _UNHELD)
 _MARK_REDELIVERED = "UPDATE queue_messages SET redelivered = 1 WHERE queue_id = ? AND seq = ?"
 
 
@@ -107,14 +114,15 @@ class _Batch:
     """Writes waiting for one commit, in the order they must run: messages and their
     places first, then what ended, then definitions in the order they were made."""
 
-    __slots__ = ("number", "new_messages", "removed_places", "removed_messages", "definitions",
-                 "callbacks")
+    __slots__ = ("number", "new_messages", "removed_places", "removed_messages", "removed_if_unheld",
+                 "definitions", "callbacks")
 
     def __init__(self, number):
         self.number = number
         self.new_messages = {}      # seq -> [row, queue ids]; dropped again if acked in time
         self.removed_places = []    # (queue id, seq)
         self.removed_messages = []  # (seq,)
+        self.removed_if_unheld = [] # (seq,) of messages some queue paged: gone once no place holds them
         self.definitions = []       # (sql, parameters)
         self.callbacks = {}
 
@@ -122,7 +130,8 @@ class _Batch:
         return bool(self.writes() or self.callbacks)
 
     def writes(self):
-        return bool(self.new_messages or self.removed_places or self.removed_messages or self.definitions)
+        return bool(self.new_messages or self.removed_places or self.removed_messages or self.removed_if_unheld
+                    or self.definitions)
 
     def statements(self):
         """(sql, parameters) in the order they must run."""
@@ -139,6 +148,8 @@ class _Batch:
                 statements += _rows_at_once(_DELETE_PLACES, seqs, (queue_id,))
         if self.removed_messages:
             statements += _rows_at_once(_DELETE_MESSAGES, self.removed_messages)
+        if self.removed_if_unheld:
+            statements += _rows_at_once(_DELETE_UNHELD_MESSAGES, self.removed_if_unheld)
         return statements + self.definitions
 
     def must_sync(self):
@@ -207,7 +218,10 @@ class SqliteStore(Store):
         self._closed = False
         self._reader = None          # read_queue's connection, opened on first use
         self._reading = Semaphore()  # one read at a time on it
-        self._read_properties = {}   # properties text -> properties, as load decodes them
+        self._read_properties = {}   # properties text -> (properties, their TTL)
+        # After a crash any message stored before it may have been delivered: read_queue
+        # flags those with keys up to this one redelivered (0: none).
+        self._redelivered_up_to = 0
 
     # -- definitions ---------------------------------------------------------------------
 
@@ -276,6 +290,11 @@ class SqliteStore(Store):
         if queue_id is None:
             return
         self._define("DELETE FROM queues WHERE id = ?", (queue_id,))
+        # Its messages no other queue holds go with it, even those whose deliveries are still
+        # out (they can only end now): so no message outlives every queue, and a start after
+        # a crash has nothing to look for.
+        self._define("DELETE FROM messages WHERE seq IN (SELECT seq FROM queue_messages WHERE queue_id = ?) "
+                     "AND " + _UNHELD_ELSEWHERE, (queue_id, queue_id))
         self._define("DELETE FROM queue_messages WHERE queue_id = ?", (queue_id,))
         self._define("DELETE FROM stream_starts WHERE queue_id = ?", (queue_id,))
         self._define("DELETE FROM bindings WHERE vhost = ? AND destination = ? AND destination_kind = 'queue'",
@@ -320,7 +339,8 @@ class SqliteStore(Store):
         queue_id = None if queue.deleted else self._queue_ids.get((queue.vhost_name, queue.name))
         for message in messages:
             stored = message.stored
-            stored.refs -= 1
+            if stored.refs is not None:
+                stored.refs -= 1
             seq = stored.key
             pending = new_messages.get(seq)
             if pending is not None:
@@ -329,11 +349,15 @@ class SqliteStore(Store):
                     del new_messages[seq]
                 elif queue_id is not None:
                     pending[1].remove(queue_id)
+                    if not pending[1]:
+                        del new_messages[seq]
                 continue
             if queue_id is not None:
                 batch.removed_places.append((queue_id, seq))
             if stored.refs == 0:
                 batch.removed_messages.append((seq,))
+            elif stored.refs is None:
+                batch.removed_if_unheld.append((seq,))
         self._wake_soon()
 
     def read_queue(self, queue, after_key, limit):
@@ -347,13 +371,22 @@ class SqliteStore(Store):
         decoded = self._read_properties
         if len(decoded) >= PROPERTIES_TEXT_CACHE_SIZE:
             decoded.clear()
-        messages = []
-        for seq, exchange, routing_key, properties, amqp_properties, body, published_at in rows:
+        messages, crashed_up_to = [], self._redelivered_up_to
+        for seq, exchange, routing_key, properties, amqp_properties, body, published_at, redelivered in rows:
+            ttl = None
             if properties is not None:
-                text, properties = properties, decoded.get(properties)
-                if properties is None:
-                    properties = decoded[text] = properties_from_json(text)
-            messages.append((seq, Message(exchange, routing_key, body, properties, amqp_properties), published_at))
+                properties_and_ttl = decoded.get(properties)
+                if properties_and_ttl is None:
+                    value = properties_from_json(properties)
+                    properties_and_ttl = decoded[properties] = (value, ttl_of(value))
+                properties, ttl = properties_and_ttl
+            message = Message(exchange, routing_key, body, properties, amqp_properties)
+            redelivered = redelivered == 1 or seq <= crashed_up_to
+            if ttl is not None or redelivered:
+                message = message.placed(redelivered, None)
+                message.ttl = ttl
+            message.stored = Stored(seq, None)     # other queues may hold it: the places say
+            messages.append((seq, message, published_at))
         return messages
 
     def _read_rows(self, queue_id, after_key, limit):
@@ -362,6 +395,14 @@ class SqliteStore(Store):
             self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._reader.execute("PRAGMA query_only=1")
         return self._reader.execute(_READ_QUEUE, (queue_id, after_key, limit)).fetchall()
+
+    def remove_paged(self, queue, after_key):
+        """As definitions, so they run in order with a deletion of the queue."""
+        self.message_writes += 1
+        queue_id = self._queue_ids.get((queue.vhost_name, queue.name))
+        if queue_id is not None:
+            self._define("DELETE FROM queue_messages WHERE queue_id = ? AND seq > ?", (queue_id, after_key))
+        self._define("DELETE FROM messages WHERE seq > ? AND " + _UNHELD, (after_key,))
 
     def put_stream_start(self, vhost, name, first_offset, first_key):
         self._define("INSERT OR REPLACE INTO stream_starts VALUES (?, ?, ?)",
@@ -475,8 +516,6 @@ class SqliteStore(Store):
             meta = dict(db.execute("SELECT key, value FROM meta"))
             recovered.clean = meta.get("clean_stop") == 1
             db.execute("UPDATE meta SET value = 0 WHERE key = 'clean_stop'")
-            # Messages whose every queue went while deliveries were out.
-            db.execute("DELETE FROM messages WHERE seq NOT IN (SELECT seq FROM queue_messages)")
             recovered.first_start = self._created
             recovered.vhosts = [name for name, in db.execute("SELECT name FROM vhosts")]
             recovered.users = [(name, password_hash, algorithm, tuple(properties_from_json(tags)))
@@ -496,10 +535,7 @@ class SqliteStore(Store):
                     "SELECT id, vhost, name, auto_delete, arguments FROM queues ORDER BY id"):
                 self._queue_ids[vhost, name] = queue_id
                 self._next_queue_id = queue_id + 1
-                queues[queue_id] = (vhost, name, bool(auto_delete), properties_from_json(arguments), [])
-            # Streams read their messages back themselves (read_queue), in batches.
-            own_readers = ",".join(str(queue_id) for queue_id, queue in queues.items()
-                                   if reads_own_messages(queue[3]))
+                queues[queue_id] = [vhost, name, bool(auto_delete), properties_from_json(arguments), 0]
             for queue_id, first_offset, first_key in db.execute("SELECT * FROM stream_starts"):
                 if queue_id in queues:
                     vhost, name = queues[queue_id][:2]
@@ -507,38 +543,15 @@ class SqliteStore(Store):
             for row in db.execute("SELECT vhost, source, destination, routing_key, arguments, destination_kind "
                                   "FROM bindings"):
                 recovered.bindings.append(row[:4] + (properties_from_json(row[4]), row[5]))
-            shared = {}         # seq -> the first copy, which the others share a record with
-            decoded = {}        # properties text -> (properties, ttl): messages mostly share them
-            crashed = not recovered.clean
-            for queue_id, seq, redelivered, exchange, routing_key, properties, amqp_properties, body, \
-                    published_at in db.execute(
-                        "SELECT q.queue_id, q.seq, q.redelivered, m.exchange, m.routing_key, m.properties, "
-                        "m.amqp_properties, m.body, m.published_at FROM queue_messages q "
-                        f"JOIN messages m ON m.seq = q.seq WHERE q.queue_id NOT IN ({own_readers}) "
-                        "ORDER BY q.queue_id, q.seq"):
-                first = shared.get(seq)
-                if first is None:
-                    if properties is None:
-                        properties, ttl = None, None
-                    else:
-                        properties_and_ttl = decoded.get(properties)
-                        if properties_and_ttl is None:
-                            value = properties_from_json(properties)
-                            properties_and_ttl = decoded[properties] = (value, ttl_of(value))
-                        properties, ttl = properties_and_ttl
-                    message = shared[seq] = Message(exchange, routing_key, body, properties,
-                                                    amqp_properties).placed(False, None)
-                    message.ttl = ttl
-                    message.stored = Stored(seq, 1)
-                else:
-                    message = first.placed(False, None)
-                    message.stored.refs += 1
-                # After a crash any message may have been delivered; after a clean stop the
-                # flags written then say which were.
-                message.redelivered = crashed or redelivered == 1
-                queues[queue_id][4].append((message, published_at))
+            # A count per queue, each a range of the places' primary key; the messages
+            # stay on disk, read back by each queue as it needs them (read_queue).
+            for queue_id, queue in queues.items():
+                queue[4] = db.execute("SELECT COUNT(*) FROM queue_messages WHERE queue_id = ?",
+                                      (queue_id,)).fetchone()[0]
             self.last_key = db.execute("SELECT MAX(seq) FROM messages").fetchone()[0] or 0
-            recovered.queues = list(queues.values())
+            if not recovered.clean:
+                self._redelivered_up_to = self.last_key
+            recovered.queues = [tuple(queue) for queue in queues.values()]
         except (sqlite3.Error, ValueError, TypeError) as exc:
             raise StoreError(f"cannot read the message store {self.path}: {_reason(exc)}") from None
         return recovered
@@ -579,6 +592,7 @@ def _merged(first, second):
         first.new_messages[seq] = pending
     first.removed_places += second.removed_places
     first.removed_messages += second.removed_messages
+    first.removed_if_unheld += second.removed_if_unheld
     first.definitions += second.definitions
     first.callbacks = second.callbacks
     return first

@@ -1,0 +1,114 @@
+"""A backlog ten times the memory limit: persistent messages into one durable queue with
+nobody consuming, then drained by one consumer; GreenMQ (started here with --memory-limit)
+beside RabbitMQ on the same backlog.
+
+    python bench/paging.py                                   # 64 MiB limit, 640 MiB of 4 KiB messages
+    python bench/paging.py --memory-limit-mib 256            # 2.5 GiB, as issue 23 asks
+    python bench/paging.py --url amqp://guest:guest@127.0.0.1:5682/%2f   # and RabbitMQ in the same run
+
+Printed per broker: the publish rate over the first and the last tenth of the backlog, the
+drain's rate, whether every message came back once and in order, and for GreenMQ its peak
+RSS (VmHWM) against the limit and its RSS growth per queued message while the backlog is
+paged (RSS after publishing less RSS before, over the count).
+"""
+
+import argparse
+import os
+import struct
+import sys
+import time
+import urllib.parse
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import pika  # noqa: E402
+
+from tests.broker_process import BrokerProcess  # noqa: E402
+
+PERSISTENT = pika.BasicProperties(delivery_mode=2)
+
+
+def proc_kib(pid, field):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+
+
+def publish(url, queue, count, size):
+    """Seconds taken by the first and the last tenth of `count` publishes; the last publish
+    is confirmed, and confirms come in order, so all are stored when this returns."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    channel.queue_declare(queue, durable=True)
+    filler = b"x" * (size - 8)
+    tenth = max(1, count // 10)
+    marks = [time.perf_counter()]
+    for number in range(count):
+        if number == count - 1:
+            channel.confirm_delivery()
+        channel.basic_publish("", queue, struct.pack(">Q", number) + filler, PERSISTENT)
+        if (number + 1) % tenth == 0:
+            marks.append(time.perf_counter())
+    connection.close()
+    return tenth / (marks[1] - marks[0]), tenth / (marks[-1] - marks[-2])
+
+
+def drain(url, queue, count):
+    """Messages per second consuming all `count`, and whether they came once and in order."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    channel.basic_qos(prefetch_count=1000)
+    expected, in_order = 0, True
+    began = time.perf_counter()
+    for method, _, body in channel.consume(queue, inactivity_timeout=30):
+        if method is None:
+            break
+        in_order = in_order and struct.unpack(">Q", body[:8])[0] == expected
+        expected += 1
+        if expected % 500 == 0 or expected == count:
+            channel.basic_ack(method.delivery_tag, multiple=True)
+        if expected == count:
+            break
+    seconds = time.perf_counter() - began
+    channel.cancel()
+    left = channel.queue_declare(queue, passive=True).method.message_count
+    channel.queue_delete(queue)
+    connection.close()
+    return count / seconds, expected == count and in_order and left == 0
+
+
+def run(name, url, count, size, pid=None):
+    queue = f"paging-{uuid.uuid4().hex[:8]}"
+    before = proc_kib(pid, "VmRSS") if pid else None
+    first_rate, last_rate = publish(url, queue, count, size)
+    line = f"{name:<10} publish {first_rate:9,.0f} msg/s first tenth, {last_rate:9,.0f} last tenth"
+    if pid:
+        grown = proc_kib(pid, "VmRSS") - before
+        line += f"; RSS +{grown / 1024:.0f} MiB for the backlog ({grown * 1024 / count:.0f} B a message)"
+    rate, complete = drain(url, queue, count)
+    line += f"\n{'':<10} drain {rate:9,.0f} msg/s, {'complete and in order' if complete else 'LOST OR OUT OF ORDER'}"
+    if pid:
+        line += f"; peak RSS {proc_kib(pid, 'VmHWM') / 1024:.0f} MiB"
+    print(line, flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--memory-limit-mib", type=int, default=64)
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--backlog-factor", type=int, default=10, help="backlog bytes over the limit")
+    parser.add_argument("--url", action="append", default=[], help="another broker to run the same backlog on")
+    args = parser.parse_args()
+    count = args.backlog_factor * args.memory_limit_mib * 2**20 // args.size
+    print(f"{count:,} persistent messages of {args.size} B ({count * args.size / 2**30:.2f} GiB) into one "
+          f"durable queue, GreenMQ with --memory-limit {args.memory_limit_mib}MiB")
+    with BrokerProcess("--memory-limit", f"{args.memory_limit_mib}MiB") as broker:
+        run("GreenMQ", f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f", count, args.size, broker.pid)
+    for url in args.url:
+        run(urllib.parse.urlparse(url).netloc.split("@")[-1], url, count, args.size)
+
+
+if __name__ == "__main__":
+    main()
