@@ -424,6 +424,11 @@ class Queue:
     refused_arguments = CLASSIC_REFUSED_ARGUMENTS
     keeps_every_message = False     # True: transient messages go to the store too
     global_qos = True               # consumers may share a channel-wide prefetch window
+    overflow = "drop-head"          # until `configure` says otherwise
+    # RabbitMQ's classic queues take a changed policy's max-length before its overflow, so
+    # a new limit drops the oldest messages over it when the queue dropped heads until
+    # then, even where the policy moves it to reject-publish; its quorum queues do not.
+    trims_under_previous_overflow = True
     # A policy holding one of these keys does not apply to this type of queue at all.
     inapplicable_policy_keys = NOT_FOR_CLASSIC_QUEUES
     # A stream keeps every message it takes in a copy of its own (stream.py); the vhost keeps
@@ -494,6 +499,7 @@ class Queue:
         clock restarts, a lowered limit drops (dead-letters) the oldest messages over it.
         A new x-message-ttl counts for messages from now on; those queued keep the expiry
         they were given (RabbitMQ's too)."""
+        previous_overflow = self.overflow
         self.message_ttl = settings.get("x-message-ttl")
         self.expires = settings.get("x-expires")
         self.dead_letter_exchange = settings.get("x-dead-letter-exchange")
@@ -516,8 +522,9 @@ class Queue:
             self._cancel_expiry()
         else:
             self.touch()
-        if self.limited:
-            self._drop_head_over_limit()
+        if self.limited and (self.overflow == "drop-head" or (
+                previous_overflow == "drop-head" and self.trims_under_previous_overflow)):
+            self._drop_over_limit()
 
     @property
     def exclusive(self):
@@ -581,6 +588,11 @@ class Queue:
         if full:
             self._forget((message,), MAXLEN if self.overflow == "reject-publish-dlx" else None)
             return False
+        if consumer is None and self.message_ttl == 0 and self.dead_letter_exchange is None:
+            # RabbitMQ drops at once what a TTL of 0 lets no consumer take, even behind
+            # messages that have not expired (a TTL set by a policy, say).
+            self._forget((message,))
+            return True
         if consumer is not None:
             self._hand_out(message, consumer.channel, consumer, consumer.no_ack)
             return True
@@ -819,8 +831,10 @@ class Queue:
     def _drop_head_over_limit(self):
         """x-overflow drop-head: the oldest ready messages go (dead-lettered as maxlen)
         until the queue is within its limits again."""
-        if self.overflow != "drop-head":
-            return
+        if self.overflow == "drop-head":
+            self._drop_over_limit()
+
+    def _drop_over_limit(self):
         ready, max_length, max_bytes = self.ready, self.max_length, self.max_length_bytes
         dropped = []
         while (ready.fresh or ready.returned) and ((max_length is not None and len(ready) > max_length)

@@ -83,6 +83,7 @@ class QuorumQueue(Queue):
     refused_arguments = QUORUM_REFUSED_ARGUMENTS
     keeps_every_message = True
     global_qos = False
+    trims_under_previous_overflow = False
     inapplicable_policy_keys = NOT_FOR_QUORUM_QUEUES
     publish_blocked = False     # x-overflow reject-publish: over the limit, not yet back under it
     # Not paged: each message's delivery count lives on its copy in memory, which the store

@@ -299,11 +299,12 @@ class StreamQueue(Queue):
     # -- consumers -----------------------------------------------------------------------
 
     def add_consumer(self, consumer):
-        """RabbitMQ's stream consumers ack, with a prefetch window of their own."""
-        if consumer.no_ack:
-            raise Unsupported(f"automatic acknowledgement not supported by stream queues {self.what}")
+        """RabbitMQ's stream consumers ack, with a prefetch window of their own (checked
+        first, as RabbitMQ 3.10 does)."""
         if not consumer.prefetch_count:
             raise PreconditionFailed(f"consumer prefetch count is not set for '{self.what}'")
+        if consumer.no_ack:
+            raise Unsupported(f"automatic acknowledgement not supported by stream queues {self.what}")
         if consumer.channel.global_prefetch_count:
             raise Unsupported(f"{self.what} does not support global qos")
         position = self._position(consumer.arguments.get("x-stream-offset", "next"))

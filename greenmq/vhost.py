@@ -12,7 +12,7 @@ import os
 
 from .access import limit_reached
 from .dead_letter import REJECTED, dead_lettered, is_cycle
-from .errors import AccessRefused, NotFound, PreconditionFailed, PublishRefused, ResourceLocked, StoreUnavailable
+from .errors import AccessRefused, NotFound, PreconditionFailed, PublishRefused, ResourceLocked, StoreUnavailable, Unsupported
 from .exchange import DefaultExchange, exchange_class
 from .message import MAX_NAME_BYTES
 from .policy import OPERATOR_POLICY, POLICY, Policies, effective_definition, settings
@@ -178,6 +178,9 @@ class VirtualHost:
         durable = durable and not exclusive
         if not name:
             name = "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+            cls = queue_class(arguments, f"queue '{name}' in vhost '{self.name}'")
+            if cls is not Queue:    # a replicated queue's name is its identity in a cluster
+                raise PreconditionFailed(f"Cannot declare a server-named queue for type {cls.rabbit_type}")
         if owner is not None:
             owner.check("configure", "queue", name)
         queue = self.queues.get(name)
@@ -229,6 +232,14 @@ class VirtualHost:
         if name not in self.queues:
             return 0
         queue = self.queue(name, owner)
+        if isinstance(queue, QuorumQueue) and (if_unused or if_empty):
+            flag = "if-unused" if if_unused else "if-empty"
+            raise Unsupported(f"cannot delete queue '{name}' in vhost '{self.name}'. queue.delete operations "
+                              f"with {flag} flag set are not supported by quorum queues")
+        if isinstance(queue, StreamQueue):
+            # RabbitMQ 3.10 deletes a stream whatever they say, and counts none of its messages
+            self.remove_queue(queue)
+            return 0
         if if_unused and queue.consumers:
             raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' in use")
         if if_empty:

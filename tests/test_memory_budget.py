@@ -335,7 +335,7 @@ def test_a_queue_filled_and_emptied_between_two_looks_of_the_trimmer_is_trimmed(
 def test_every_way_a_message_ends_gives_its_bytes_back(node):
     """Held bytes return to where they were whichever door the messages leave by: ack,
     no-ack delivery and get, reject (dead-lettered to a queue that is then purged), expiry,
-    drop-head and reject-publish overflow, purge, and deletion of a queue with unacked ones."""
+    a queue TTL of 0 with no consumer, drop-head and reject-publish overflow, purge, and deletion of a queue with unacked ones."""
     channel, sink = open_channel(node)
     vhost = channel.vhost
     before = node.memory.held_bytes
@@ -343,7 +343,8 @@ def test_every_way_a_message_ends_gives_its_bytes_back(node):
     vhost.declare_queue("q", arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dead"})
     vhost.declare_queue("short", arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
     vhost.declare_queue("head", arguments={"x-max-length": 1})
-    vhost.declare_queue("expiring", arguments={"x-message-ttl": 0})
+    vhost.declare_queue("expiring")
+    vhost.declare_queue("ttl0", arguments={"x-message-ttl": 0})
     publish(channel, "q", *[b"m%d" % number for number in range(6)])
     assert node.memory.held_bytes == before + 6 * memory.MESSAGE_OVERHEAD_BYTES + sum(len(b"m%d" % n) for n in range(6))
     first = channel.get("q")
@@ -355,7 +356,8 @@ def test_every_way_a_message_ends_gives_its_bytes_back(node):
     channel.cancel("acker")
     publish(channel, "short", b"kept", b"refused")
     publish(channel, "head", b"dropped", b"kept")
-    publish(channel, "expiring", b"gone")
+    channel.publish("", "expiring", b"gone", {"expiration": "0"})   # a queue TTL of 0 would drop it at once:
+    publish(channel, "ttl0", b"dropped at once")
     channel.consume("dead", "eater", no_ack=True)
     vhost.purge_queue("short")
     vhost.purge_queue("head")

@@ -161,6 +161,28 @@ def test_a_lowered_max_length_drops_nothing_from_a_reject_publish_queue(target, 
         channel.queue_delete(name)
 
 
+def test_a_policy_moving_a_queue_to_reject_publish_drops_over_its_limit_once(target, name, queue):
+    """RabbitMQ takes the policy's max-length under the overflow the queue had (drop-head),
+    then its overflow: the oldest go down to the limit, and later publishes are refused."""
+    channel = queue
+    publish(channel, name, 5)
+    assert target.put(name, exactly(name), {"max-length": 2, "overflow": "reject-publish"})[0] == 201
+    eventually(lambda: target.ready(name) == 2)
+    channel.confirm_delivery()
+    eventually(lambda: not _published(channel, name))
+    assert bodies(channel, name) == [b"m3", b"m4"]
+
+
+def test_a_message_ttl_policy_of_0_drops_a_new_message_behind_older_ones(target, name, queue):
+    """RabbitMQ drops at once what a queue TTL of 0 gives no consumer, wherever the head is;
+    the messages queued before the policy keep theirs."""
+    channel = queue
+    publish(channel, name, 2, "before")
+    assert target.put(name, exactly(name), {"message-ttl": 0})[0] == 201
+    eventually(lambda: (publish(channel, name, 1, "after"), target.ready(name))[1] == 2)
+    assert bodies(channel, name) == [b"before0", b"before1"]
+
+
 def _published(channel, queue):
     try:
         channel.basic_publish("", queue, b"one more")

@@ -11,6 +11,16 @@ arrived by then on either broker. Server-generated names are numbered in order o
 appearance. Reply texts are recorded but compared only with --texts: the codes, methods,
 counts and flags are what clients act on.
 
+Beside classic queues, q4 is a quorum queue (x-delivery-limit 1, so deliveries carry
+x-delivery-count and a second return drops a message) and s0 a stream; declarations may
+ask for either type, with what they refuse. Some steps set or clear a policy (the run's own
+names, over some of its queues) through the broker's management API, by default beside its
+AMQP port as RabbitMQ's is (--management-url otherwise); the step waits until the API shows
+every queue with the policy it should have. RabbitMQ 3.10's counts of a quorum queue's
+consumers and of a stream's messages and consumers are not what clients act on (a basic.get
+not yet settled counts as a consumer there; a stream counts nothing), so the barrier
+records a quorum queue's message count only and a stream's existence.
+
 Re-record the reference answers from a RabbitMQ 3.10 on 127.0.0.1:5682 (for example
 Debian's rabbitmq-server) with:
 
@@ -19,11 +29,13 @@ Debian's rabbitmq-server) with:
 
 Compare a broker with the recording, or with a live reference, or run longer:
 
-    .venv/bin/python -m tests.differential.amqp_diff --url URL --compare tests/differential/rabbitmq-3.10.json
+    .venv/bin/python -m tests.differential.amqp_diff --url URL --management-url http://guest:guest@HOST:PORT \\
+        --compare tests/differential/rabbitmq-3.10.json
     .venv/bin/python -m tests.differential.amqp_diff --url URL --reference REFERENCE_URL --sequences 200
 """
 
 import argparse
+import base64
 import collections
 import datetime
 import json
@@ -33,7 +45,9 @@ import socket
 import struct
 import sys
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 
 from pamqp import body as amqp_body
 from pamqp import commands as spec
@@ -51,10 +65,14 @@ REPLY_TIMEOUT_SECONDS = 5.0
 # barrier waits that long at most for the queues it probes to stop changing.
 SETTLE_SECONDS = 2.0
 SETTLE_POLL_SECONDS = 0.01
+# RabbitMQ's quorum queues and streams count, deliver and confirm a message once its log
+# entry is written (0.5 to 2 ms measured on the reference), which nothing over AMQP awaits
+# without changing the queue: on RabbitMQ the barrier probes again after this long.
+RABBITMQ_COMMIT_SECONDS = 0.02
 
-CHANNELS = {"a": (1, 2, 3, 4), "b": (1, 2, 3)}
+CHANNELS = {"a": (1, 2, 3, 4, 5), "b": (1, 2, 3, 4)}
 PROBE_CHANNEL = 10      # on connection "a", the first of the barrier's: one per name probed
-QUEUES = ("q0", "q1", "q2", "q3")
+QUEUES = ("q0", "q1", "q2", "q3", "q4", "s0")
 EXCHANGES = ("x0", "x1", "x2")
 EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
 EXCHANGE_TYPE = {"x0": "direct", "x1": "fanout", "x2": "topic"}     # as the prelude declares them
@@ -63,7 +81,8 @@ ROUTING_KEYS = ("", "k1", "k2", "k1.k2", "#", "*.k2")
 # deliver to a channel concurrently (which queue's message comes first, or takes a shared
 # prefetch window, depends on timing there), but two consumers for some queues.
 CONSUMER_CHANNELS = {"q0": (("a", 1), ("b", 3)), "q1": (("a", 2),), "q2": (("a", 3), ("a", 4)),
-                     "q3": (("b", 1),), "gen": (("b", 2),), "missing": (("a", 1),)}
+                     "q3": (("b", 1),), "q4": (("a", 5),), "s0": (("b", 4),), "gen": (("b", 2),),
+                     "missing": (("a", 1),)}
 CONSUMER_TAGS = tuple(f"c-{queue}" for queue in CONSUMER_CHANNELS)
 # The broker's own exchanges are shared with whoever else uses it (a reference broker is
 # shared): only amq.direct, with routing keys of this sequence's own, which no one else's
@@ -75,7 +94,37 @@ SERVER_NAMED = "gen"     # a step's queue "gen" means the last server-named queu
 # overflow behaviours, and priorities (publishes carry priorities now and then).
 # Dead-letter exchanges are left out: their names would have to be this run's own.
 QUEUE_ARGUMENTS = ({}, {}, {}, {"x-message-ttl": 0}, {"x-message-ttl": 600000}, {"x-max-length": 2},
-                   {"x-max-length": 1, "x-overflow": "reject-publish"}, {"x-max-priority": 5})
+                   {"x-max-length": 1, "x-overflow": "reject-publish"}, {"x-max-priority": 5},
+                   {"x-queue-type": "classic"})
+# A quorum queue's and a stream's, with some of what each refuses (priorities,
+# reject-publish-dlx, classic-only and stream-only arguments); x-queue-type is added.
+QUORUM_ARGUMENTS = ({}, {"x-delivery-limit": 1}, {"x-delivery-limit": 0}, {"x-max-length": 1, "x-overflow": "reject-publish"},
+                    {"x-message-ttl": 0}, {"x-max-priority": 5}, {"x-overflow": "reject-publish-dlx"},
+                    {"x-queue-mode": "lazy"}, {"x-max-age": "1D"})
+STREAM_ARGUMENTS = ({}, {"x-max-length-bytes": 1000000}, {"x-max-age": "1D"}, {"x-max-priority": 5},
+                    {"x-message-ttl": 0}, {"x-overflow": "reject-publish"}, {"x-delivery-limit": 1})
+QUEUE_TYPE_WEIGHTS = {"classic": 6, "quorum": 3, "stream": 1}
+# The prelude's queues beside the classic ones: a quorum queue that drops a message at its
+# second return, and a stream.
+PRELUDE_QUEUES = {"q4": {"durable": True, "arguments": {"x-queue-type": "quorum", "x-delivery-limit": 1}},
+                  "s0": {"durable": True, "arguments": {"x-queue-type": "stream"}}}
+# Where a stream consumer starts (absent: "next"); it needs a prefetch window, which its
+# step sets on the channel before consuming (0: none, refused).
+STREAM_OFFSETS = (None, "first", "next", "last", 0, 2)
+# Policies the sequences set and clear, each with a priority of its own (which of two
+# equal ones applies is not promised), over some of the sequence's queues.
+POLICIES = {"p0": 0, "p1": 1}
+POLICY_DEFINITIONS = ({"message-ttl": 0}, {"max-length": 1}, {"max-length": 2, "overflow": "reject-publish"},
+                      {"max-length": 1, "overflow": "reject-publish"}, {"delivery-limit": 0},
+                      {"delivery-limit": 2}, {"max-length-bytes": 0}, {"overflow": "drop-head", "max-length": 0})
+# How long the barrier waits for a policy change to show on every queue it matches: the
+# reference's API shows a queue's policy from the statistics the queue emits (every 5 s for
+# a classic queue, 10 s for a quorum queue; a stream's never shows, so streams are left out).
+POLICY_SETTLE_SECONDS = 20.0
+# The keys of POLICY_DEFINITIONS a type of queue does not take: a policy holding one does
+# not apply to it, and the next matching one does (RabbitMQ 3.10's is_policy_applicable).
+INAPPLICABLE_POLICY_KEYS = {"classic": {"delivery-limit"}, "quorum": set()}
+POLICY_POLL_SECONDS = 0.2
 
 _FRAME_HEAD = struct.Struct(">BHI")
 FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT = 1, 2, 3, 8
@@ -106,8 +155,12 @@ def _declared(**step):
 
 # Every sequence starts from a populated world, so that most steps find something to act on.
 _PLAIN_QUEUE = {"passive": False, "durable": False, "exclusive": False, "auto_delete": False, "arguments": {}}
+def _prelude_declaration(queue):
+    return {**_PLAIN_QUEUE, **PRELUDE_QUEUES.get(queue, {})}
+
+
 PRELUDE = (
-    [_declared(op="queue.declare", queue=queue, **_PLAIN_QUEUE) for queue in QUEUES]
+    [_declared(op="queue.declare", queue=queue, **_prelude_declaration(queue)) for queue in QUEUES]
     + [_declared(op="exchange.declare", exchange=exchange, type=EXCHANGE_TYPE[exchange], passive=False,
                  durable=False, auto_delete=False, internal=False) for exchange in EXCHANGES]
     + [_declared(op="queue.bind", queue=queue, exchange=exchange, routing_key=key, arguments={})
@@ -155,8 +208,11 @@ def _settle(rng, can_be_multiple=True):
 
 def _consume(rng, queue):
     conn, channel = rng.choice(CONSUMER_CHANNELS[queue])
-    return {"conn": conn, "ch": channel, "queue": queue, "tag": f"c-{queue}", "no_ack": rng.random() < 0.3,
+    step = {"conn": conn, "ch": channel, "queue": queue, "tag": f"c-{queue}", "no_ack": rng.random() < 0.3,
             "exclusive": rng.random() < 0.15}
+    if queue == "s0":
+        step.update(offset=rng.choice(STREAM_OFFSETS), prefetch=rng.choice((0, 1, 2, 2)))
+    return step
 
 
 def _exchange_declare(rng, exchange):
@@ -169,11 +225,25 @@ def _exchange_declare(rng, exchange):
 
 def _queue_declare(rng):
     """Server-named, or one of the prelude's names: mostly as the prelude declared it,
-    sometimes exclusive, auto-delete, durable or with a TTL."""
-    plain = rng.random() < 0.6
-    return {"queue": rng.choice(("",) + QUEUES), "passive": rng.random() < 0.1,
-            "durable": not plain and rng.random() < 0.3, "exclusive": not plain and rng.random() < 0.4,
-            "auto_delete": not plain and rng.random() < 0.4, "arguments": {} if plain else rng.choice(QUEUE_ARGUMENTS)}
+    sometimes of a type chosen at random: classic exclusive, auto-delete, durable or with a
+    TTL; quorum or stream mostly durable, now and then with what they refuse."""
+    queue = rng.choice(("",) + QUEUES)
+    passive = rng.random() < 0.1
+    if rng.random() < 0.6:
+        return {"queue": queue, "passive": passive, **_prelude_declaration(queue)}
+    queue_type = rng.choices(list(QUEUE_TYPE_WEIGHTS), list(QUEUE_TYPE_WEIGHTS.values()))[0]
+    if queue_type == "classic":
+        return {"queue": queue, "passive": passive, "durable": rng.random() < 0.3, "exclusive": rng.random() < 0.4,
+                "auto_delete": rng.random() < 0.4, "arguments": rng.choice(QUEUE_ARGUMENTS)}
+    arguments = rng.choice(QUORUM_ARGUMENTS if queue_type == "quorum" else STREAM_ARGUMENTS)
+    return {"queue": queue, "passive": passive, "durable": rng.random() < 0.8, "exclusive": rng.random() < 0.15,
+            "auto_delete": rng.random() < 0.15, "arguments": {"x-queue-type": queue_type, **arguments}}
+
+
+def _policy_set(rng):
+    """A policy over one to three of the sequence's queues (exchanges are not its concern)."""
+    return {"policy": rng.choice(list(POLICIES)), "queues": sorted(rng.sample(QUEUES, rng.randint(1, 3))),
+            "definition": rng.choice(POLICY_DEFINITIONS)}
 
 
 def _properties(rng):
@@ -222,6 +292,8 @@ _ARGUMENTS = {
     "tx.rollback": lambda rng: {},
     "channel.close": lambda rng: {},
     "connection.close": lambda rng: {},
+    "policy.set": _policy_set,
+    "policy.clear": lambda rng: {"policy": rng.choice(list(POLICIES))},
 }
 
 _WEIGHTS = {
@@ -229,7 +301,7 @@ _WEIGHTS = {
     "queue.unbind": 4, "queue.purge": 2, "queue.delete": 3, "basic.publish": 28, "basic.get": 10,
     "basic.consume": 6, "basic.cancel": 3, "basic.ack": 10, "basic.nack": 4, "basic.reject": 3,
     "basic.recover": 1, "basic.qos": 3, "confirm.select": 2, "tx.select": 1, "tx.commit": 1,
-    "tx.rollback": 1, "channel.close": 1, "connection.close": 1,
+    "tx.rollback": 1, "channel.close": 1, "connection.close": 1, "policy.set": 3, "policy.clear": 1,
 }
 
 
@@ -404,6 +476,37 @@ class Connection:
         self.drop()
 
 
+class Management:
+    """The broker's HTTP API, for what AMQP cannot do (policies): `call` gives the status
+    and the decoded answer."""
+
+    def __init__(self, url):
+        parsed = urllib.parse.urlparse(url)
+        self.base = f"{parsed.scheme}://{parsed.hostname}:{parsed.port}"
+        credentials = f"{urllib.parse.unquote(parsed.username or 'guest')}:{urllib.parse.unquote(parsed.password or 'guest')}"
+        self.authorization = "Basic " + base64.b64encode(credentials.encode()).decode()
+
+    def call(self, method, path, body=None):
+        request = urllib.request.Request(self.base + path, method=method,
+                                         data=None if body is None else json.dumps(body).encode(),
+                                         headers={"Authorization": self.authorization,
+                                                  "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=REPLY_TIMEOUT_SECONDS) as response:
+                status, text = response.status, response.read()
+        except urllib.error.HTTPError as error:
+            status, text = error.code, error.read()
+        return status, json.loads(text) if text else None
+
+
+def management_url(amqp_url):
+    """A RabbitMQ's management API beside its AMQP port: 15672 for 5672 (and 15682 for the
+    reference's 5682), with the same user."""
+    parsed = urllib.parse.urlparse(amqp_url)
+    return (f"http://{parsed.username or 'guest'}:{parsed.password or 'guest'}@{parsed.hostname or 'localhost'}:"
+            f"{(parsed.port or 5672) + 10000}")
+
+
 # -- running a sequence ------------------------------------------------------------------------
 
 _PING = spec.Exchange.Declare(exchange="amq.direct", exchange_type="direct", passive=True)
@@ -412,9 +515,14 @@ _PING = spec.Exchange.Declare(exchange="amq.direct", exchange_type="direct", pas
 class Runner:
     """Runs one sequence's steps on a broker and writes down the answers."""
 
-    def __init__(self, url, seed):
+    def __init__(self, url, seed, management=None):
         self.url = url
+        self.management = Management(management or management_url(url))
+        self.vhost = urllib.parse.quote(Connection(url).vhost, safe="")
         self.prefix = f"greenmq-diff{seed}."
+        self.policies = {}            # name of a policy in effect -> (the queues it matches, its definition)
+        self.queue_types = {}         # real name -> "classic", "quorum" or "stream", as declared
+        self.commit_seconds = 0.0     # how long a quorum queue may take to count what it took
         self.connections = {"a": Connection(url), "b": Connection(url)}
         self.server_names = {}        # real server-generated name -> its number in this run
         self.last_server_queue = None
@@ -423,6 +531,7 @@ class Runner:
         self.delivery_tags = {}       # (conn, channel) -> tags seen, in order
         self.consumers = {}           # (conn, channel) -> {tag of its consumer: real queue name}
         self.confirmed = {}           # (conn, channel) -> the highest publish it had confirmed
+        self.published = {}           # (conn, channel) in confirm mode -> publishes it made there
         self.closed_in_step = set()   # connections the current step saw closed
         self.last_probe = None
         self.body_counter = 0
@@ -444,12 +553,16 @@ class Runner:
         conn = Connection(self.url)
         conn.connect()
         self._open_channel(conn, 1)
+        self.commit_seconds = RABBITMQ_COMMIT_SECONDS if _text(conn.server_properties.get("product")) == "RabbitMQ" else 0.0
         for queue in [self.prefix + q for q in QUEUES] + sorted(self.queues_seen):
             if conn.call(1, spec.Queue.Delete(queue=queue), (spec.Queue.DeleteOk,)).name != "Queue.DeleteOk":
                 self._open_channel(conn, 1)
         for exchange in EXCHANGES:
             conn.call(1, spec.Exchange.Delete(exchange=self.prefix + exchange), (spec.Exchange.DeleteOk,))
         conn.close()
+        for policy in POLICIES:
+            self.management.call("DELETE", self._policy_path(policy))
+        self.policies = {}
 
     def _open_channel(self, conn, number):
         conn.call(number, spec.Channel.Open(), (spec.Channel.OpenOk,))
@@ -467,6 +580,7 @@ class Runner:
                 self.delivery_tags[(step["conn"], step["ch"])] = []
                 self.consumers[(step["conn"], step["ch"])] = {}
                 self.confirmed[(step["conn"], step["ch"])] = 0
+                self.published.pop((step["conn"], step["ch"]), None)
             self.closed_in_step = set()
             reply = getattr(self, "_" + step["op"].replace(".", "_"))(conn, step)
             if reply is not None:
@@ -526,6 +640,7 @@ class Runner:
         self._ping_all()
         probe = self._probe()
         settle_until = time.monotonic() + SETTLE_SECONDS
+        time.sleep(self.commit_seconds)
         while True:
             self._ping_all()
             again = self._probe()
@@ -535,9 +650,9 @@ class Runner:
             time.sleep(SETTLE_POLL_SECONDS)
         # RabbitMQ answers queue.delete before the consumers' channels hear that the queue
         # went (they learn it from the queue process's exit), so their basic.cancel may come
-        # after the pings above; wait for it, up to the same bound.
+        # after the pings above; wait for it, and for every confirm due, up to the same bound.
         cancel_until = time.monotonic() + SETTLE_SECONDS
-        while self._cancels_due(probe) and time.monotonic() < cancel_until:
+        while (self._cancels_due(probe) or self._confirms_due()) and time.monotonic() < cancel_until:
             time.sleep(SETTLE_POLL_SECONDS)
             self._ping_all()
         for name in ("a", "b"):
@@ -581,6 +696,19 @@ class Runner:
                     return True
         return False
 
+    def _confirms_due(self):
+        """Whether a channel in confirm mode has publishes not yet confirmed: a durable
+        message or a quorum queue's is confirmed once it is written, after the pings."""
+        for (name, number), published in self.published.items():
+            conn = self.connections[name]
+            if not conn.open or number not in conn.channels:
+                continue
+            tags = [item.delivery_tag for at, item in conn.events
+                    if at == number and isinstance(item, (spec.Basic.Ack, spec.Basic.Nack))]
+            if max(tags, default=self.confirmed.get((name, number), 0)) < published:
+                return True
+        return False
+
     def _ping_all(self):
         for name in ("a", "b"):
             conn = self.connections[name]
@@ -601,7 +729,8 @@ class Runner:
         found = {}
         for (kind, name), reply in zip(names, self._passive_declares(names)):
             if reply.name == "Queue.DeclareOk":
-                found[self._name(name)] = [reply.message_count, reply.consumer_count]
+                counts = self._counts(reply)
+                found[self._name(name)] = counts[0] if len(counts) == 1 else counts
             elif reply.name == "Exchange.DeclareOk":
                 found[self._name(name)] = "exchange"
             elif reply.reply_code != 404:
@@ -609,6 +738,17 @@ class Runner:
         return found
 
     # -- answers as comparable lists ------------------------------------------------------------
+
+    def _counts(self, declare_ok):
+        """A queue's counts as clients may rely on them: RabbitMQ 3.10 counts a basic.get not
+        yet settled as a quorum queue's consumer, and counts neither a stream's messages
+        nor its consumers, so those are left out."""
+        queue_type = self.queue_types.get(declare_ok.queue, "classic")
+        if queue_type == "stream":
+            return ["stream"]
+        if queue_type == "quorum":
+            return [declare_ok.message_count, "quorum"]
+        return [declare_ok.message_count, declare_ok.consumer_count]
 
     def _name(self, value):
         """A name or text as both brokers would say it: prefix off, server names numbered."""
@@ -626,7 +766,7 @@ class Runner:
         if isinstance(frame, (spec.Channel.Close, spec.Connection.Close)):
             return [name, frame.reply_code, frame.class_id, frame.method_id, self._name(frame.reply_text)]
         if isinstance(frame, spec.Queue.DeclareOk):
-            return [name, self._name(frame.queue), frame.message_count, frame.consumer_count]
+            return [name, self._name(frame.queue), *self._counts(frame)]
         if isinstance(frame, (spec.Queue.PurgeOk, spec.Queue.DeleteOk)):
             return [name, frame.message_count]
         if isinstance(frame, (spec.Basic.ConsumeOk, spec.Basic.CancelOk, spec.Basic.Cancel)):
@@ -683,6 +823,8 @@ class Runner:
             if not queue:
                 self.last_server_queue = reply.queue
                 self.queues_seen.add(reply.queue)
+            if not step["passive"] and self._name(reply.queue) not in (self.last_probe or {}):
+                self.queue_types[reply.queue] = step["arguments"].get("x-queue-type", "classic")
             if step["exclusive"] and not step["passive"]:
                 self.exclusive[step["conn"]].add(reply.queue)
         return reply
@@ -707,6 +849,8 @@ class Runner:
 
     def _basic_publish(self, conn, step):
         self.body_counter += 1
+        if (step["conn"], step["ch"]) in self.published:
+            self.published[(step["conn"], step["ch"])] += 1
         exchange = "" if step["exchange"] == "" else self._real_exchange(step["exchange"])
         conn.publish(step["ch"], spec.Basic.Publish(exchange=exchange, routing_key=self._real_key(step),
                                                     mandatory=step["mandatory"]),
@@ -720,9 +864,17 @@ class Runner:
         return reply
 
     def _basic_consume(self, conn, step):
+        arguments = {}
+        if "offset" in step:
+            # A stream consumer needs a prefetch window: set on its channel if it has no
+            # consumer yet (otherwise it would change the window of the one it has).
+            if step["prefetch"] and not self.consumers[(step["conn"], step["ch"])]:
+                conn.call(step["ch"], spec.Basic.Qos(prefetch_count=step["prefetch"]), (spec.Basic.QosOk,))
+            if step["offset"] is not None:
+                arguments["x-stream-offset"] = step["offset"]
         reply = conn.call(step["ch"], spec.Basic.Consume(
             queue=self._real_queue(step["queue"]), consumer_tag=step["tag"], no_ack=step["no_ack"],
-            exclusive=step["exclusive"]), (spec.Basic.ConsumeOk,))
+            exclusive=step["exclusive"], arguments=arguments), (spec.Basic.ConsumeOk,))
         if reply.name == "Basic.ConsumeOk":
             self.consumers[(step["conn"], step["ch"])][reply.consumer_tag] = self._real_queue(step["queue"])
         return reply
@@ -763,7 +915,10 @@ class Runner:
                          (spec.Basic.QosOk,))
 
     def _confirm_select(self, conn, step):
-        return conn.call(step["ch"], spec.Confirm.Select(), (spec.Confirm.SelectOk,))
+        reply = conn.call(step["ch"], spec.Confirm.Select(), (spec.Confirm.SelectOk,))
+        if reply.name == "Confirm.SelectOk":
+            self.published.setdefault((step["conn"], step["ch"]), 0)
+        return reply
 
     def _tx_select(self, conn, step):
         return conn.call(step["ch"], spec.Tx.Select(), (spec.Tx.SelectOk,))
@@ -779,6 +934,53 @@ class Runner:
                           (spec.Channel.CloseOk,))
         conn.channels.discard(step["ch"])
         return reply
+
+    def _policy_path(self, policy):
+        return f"/api/policies/{self.vhost}/{urllib.parse.quote(self.prefix + policy, safe='')}"
+
+    def _policy_set(self, conn, step):
+        queues = step["queues"]
+        pattern = "^" + re.escape(self.prefix) + "(" + "|".join(re.escape(queue) for queue in queues) + ")$"
+        status, _ = self.management.call("PUT", self._policy_path(step["policy"]), {
+            "pattern": pattern, "definition": step["definition"], "priority": POLICIES[step["policy"]],
+            "apply-to": "queues"})
+        if status in (201, 204):
+            self.policies[step["policy"]] = (set(queues), step["definition"])
+        return ["policy.set", status, self._policies_in_effect()]
+
+    def _policy_clear(self, conn, step):
+        status, _ = self.management.call("DELETE", self._policy_path(step["policy"]))
+        self.policies.pop(step["policy"], None)
+        return ["policy.clear", status, self._policies_in_effect()]
+
+    def _policies_in_effect(self):
+        """{queue: the policy applied to it} for the sequence's queues that exist, once each
+        shows the policy it should (the matching one of highest priority), or the time
+        allowed has passed: RabbitMQ answers the request before the queues hear of it."""
+        deadline = time.monotonic() + POLICY_SETTLE_SECONDS
+        while True:
+            found = {}
+            for queue in QUEUES:
+                if self.queue_types.get(self.prefix + queue) == "stream":
+                    continue
+                status, details = self.management.call("GET", f"/api/queues/{self.vhost}/"
+                                                       f"{urllib.parse.quote(self.prefix + queue, safe='')}")
+                if status == 200:
+                    name = (details.get("policy") or "").replace(self.prefix, "") or None
+                    found[queue] = [name, details.get("effective_policy_definition") or {}] if name else None
+            expected = {queue: self._policy_for(queue) for queue in found}
+            if found == expected or time.monotonic() > deadline:
+                return found
+            time.sleep(POLICY_POLL_SECONDS)
+
+    def _policy_for(self, queue):
+        inapplicable = INAPPLICABLE_POLICY_KEYS[self.queue_types.get(self.prefix + queue, "classic")]
+        matching = [policy for policy, (queues, definition) in self.policies.items()
+                    if queue in queues and not inapplicable.intersection(definition)]
+        if not matching:
+            return None
+        policy = max(matching, key=POLICIES.get)
+        return [policy, self.policies[policy][1]]
 
     def _connection_close(self, conn, step):
         reply = conn.call(0, spec.Connection.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0), (spec.Connection.CloseOk,))
@@ -806,12 +1008,13 @@ def _received_properties(properties):
 
 # -- recording and comparing ----------------------------------------------------------------------
 
-def run_sequences(url, seeds, steps=STEPS_PER_SEQUENCE):
-    """{seed: [[description, answer], ...]} for `seeds` on the broker at `url`."""
+def run_sequences(url, seeds, steps=STEPS_PER_SEQUENCE, management=None):
+    """{seed: [[description, answer], ...]} for `seeds` on the broker at `url`, whose
+    management API is at `management` (by default beside it, as RabbitMQ's)."""
     results = {}
     for seed in seeds:
         plan = generate(seed, steps)
-        answers = Runner(url, seed).run(plan)
+        answers = Runner(url, seed, management).run(plan)
         results[str(seed)] = [[describe(step), answer] for step, answer in zip(plan, answers)]
     return results
 
@@ -881,6 +1084,9 @@ def main(argv=None):
     parser.add_argument("--record", metavar="FILE", help="write the answers to FILE (as reference answers)")
     parser.add_argument("--compare", metavar="FILE", help="compare with the answers recorded in FILE")
     parser.add_argument("--reference", metavar="URL", help="compare with a live reference broker")
+    parser.add_argument("--management-url", metavar="URL",
+                        help="the HTTP API of the broker at --url (default: its AMQP port + 10000, as RabbitMQ's)")
+    parser.add_argument("--reference-management-url", metavar="URL", help="likewise for --reference")
     parser.add_argument("--sequences", type=int, default=SEQUENCES)
     parser.add_argument("--steps", type=int, default=STEPS_PER_SEQUENCE)
     parser.add_argument("--first-seed", type=int, default=FIRST_SEED)
@@ -888,7 +1094,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     seeds = range(args.first_seed, args.first_seed + args.sequences)
     started = time.monotonic()
-    answers = run_sequences(args.url, seeds, args.steps)
+    answers = run_sequences(args.url, seeds, args.steps, args.management_url)
     print(f"{len(seeds)} sequences of {args.steps} steps in {time.monotonic() - started:.1f} s", file=sys.stderr)
     if args.record:
         record(args.record, answers, args.url)
@@ -896,7 +1102,7 @@ def main(argv=None):
     if args.compare:
         expected = recorded(args.compare)
     elif args.reference:
-        expected = run_sequences(args.reference, seeds, args.steps)
+        expected = run_sequences(args.reference, seeds, args.steps, args.reference_management_url)
     if expected is not None:
         found = differences(expected, answers, args.texts)
         for line in found:
