@@ -135,13 +135,14 @@ CLASSIC_REFUSED_ARGUMENTS = (
 
 
 class PagedRun:
-    """Ready messages held by the store alone (see Queue.enqueue): the next `count` stored
-    messages of the queue with keys above `after_key`, read back with `Store.read_queue`.
+    """Ready messages held by a store alone (see Queue.enqueue): the next `count` messages
+    of the queue in `store` with keys above `after_key`, read back with `Store.read_queue`.
     One per stretch of pageable messages, however long, so a paged message costs no memory."""
 
-    __slots__ = ("after_key", "count")
+    __slots__ = ("store", "after_key", "count")
 
-    def __init__(self, after_key, count):
+    def __init__(self, store, after_key, count):
+        self.store = store
         self.after_key = after_key
         self.count = count
 
@@ -177,19 +178,19 @@ class ReadyList:
         else:
             self.fresh.append(message)
 
-    def page(self, key):
-        """The stored message `key` joins the tail on disk only."""
+    def page(self, store, key):
+        """The message `key` of `store` joins the tail on disk only."""
         tail = self.tail
         run = tail[-1] if tail else None
-        if type(run) is PagedRun:
+        if type(run) is PagedRun and run.store is store:
             run.count += 1
         else:
-            tail.append(PagedRun(key - 1, 1))
+            tail.append(PagedRun(store, key - 1, 1))
         self.tail_count += 1
 
-    def recovered(self, count):
-        """At start: the queue's `count` stored messages, all paged."""
-        self.tail.append(PagedRun(0, count))
+    def recovered(self, store, count):
+        """At start: the queue's `count` messages in `store`, all paged."""
+        self.tail.append(PagedRun(store, 0, count))
         self.tail_count += count
 
     def next_run(self):
@@ -212,12 +213,13 @@ class ReadyList:
             self.tail.popleft()
             self.next_run()
 
-    def first_paged_key(self):
-        """Every paged message has a key above this; None when none is paged."""
+    def first_paged_keys(self):
+        """{store: a key every message paged in it has a key above}; empty when none is paged."""
+        keys = {}
         for item in self.tail:
             if type(item) is PagedRun:
-                return item.after_key
-        return None
+                keys.setdefault(item.store, item.after_key)
+        return keys
 
     def put_back(self, message):
         heapq.heappush(self.returned, (message.order, message))
@@ -235,7 +237,7 @@ class ReadyList:
 
     def take_all(self):
         """Empty the list; returns what it held in memory, in order (the paged messages
-        are the store's to drop: see `first_paged_key`)."""
+        are their stores' to drop: see `first_paged_keys`)."""
         messages = list(self)
         self.fresh.clear()
         self.returned.clear()
@@ -290,8 +292,8 @@ class ReadyLevels:
 
     tail = ()       # nothing paged: a priority or length-limited queue keeps its messages in memory
 
-    def first_paged_key(self):
-        return None
+    def first_paged_keys(self):
+        return {}
 
     @classmethod
     def of(cls, ready):
@@ -574,7 +576,7 @@ class Queue:
             stored = message.stored
             if stored.refs is not None and stored.refs > 1:
                 stored.refs = None      # the queues holding it in memory no longer know them all
-            ready.page(stored.key)
+            ready.page(self.store, stored.key)
             return True
         # Held from here on: the message counts once, with its body, however many queues
         # hold it (they share it), and each further queue its place (see `_forget`).
@@ -611,7 +613,7 @@ class Queue:
             return
         store, ready = self.store, self.ready
         if self.window is not None:
-            ready.recovered(count)
+            ready.recovered(store, count)
             self._start_page_in().join()
             return
         after_key = 0
@@ -654,7 +656,6 @@ class Queue:
         """Read the paged tail back into the window while the window is at most half full,
         a batch at a time once the store has committed it (it reads committed messages
         only), and deliver. Runs in a greenlet of its own: a read blocks it, not the hub."""
-        store = self.store
         try:
             while not self.deleted:
                 ready = self.ready
@@ -664,6 +665,7 @@ class Queue:
                     break       # (no window: the queue keeps all in memory now, so all come back)
                 count = min(run.count, RECOVER_BATCH if window is None
                             else max(window - len(ready.fresh), PAGE_IN_MIN))
+                store = run.store
                 if not store.committed():
                     continue    # tried again with the store's next commit
                 rows = store.read_queue(self, run.after_key, count)
@@ -813,10 +815,10 @@ class Queue:
     def _drop_ready(self):
         """End every ready message, paged ones too; returns how many."""
         ready = self.ready
-        count, after_key = len(ready), ready.first_paged_key()
+        count, paged = len(ready), ready.first_paged_keys()
         self._forget(ready.take_all())
-        if after_key is not None:
-            self.store.remove_paged(self, after_key)
+        for store, after_key in paged.items():
+            store.remove_paged(self, after_key)
         return count
 
     # -- length limits (x-max-length, x-max-length-bytes, x-overflow) -------------------
