@@ -43,9 +43,8 @@ OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
 # queue holds next to nothing ahead.
 PAGE_IN_MIN = 64
 
-# Messages read at once by a queue that keeps all of its messages in memory (a priority or
-# length-limited one) at start or when a policy limits it: the thread-pool hop costs little
-# per message.
+# Messages read at once by a queue that keeps all of its messages in memory (one that does
+# not page: a quorum queue) at start: the thread-pool hop costs little per message.
 RECOVER_BATCH = 1000
 
 
@@ -136,15 +135,19 @@ CLASSIC_REFUSED_ARGUMENTS = (
 
 class PagedRun:
     """Ready messages held by a store alone (see Queue.enqueue): the next `count` messages
-    of the queue in `store` with keys above `after_key`, read back with `Store.read_queue`.
-    One per stretch of pageable messages, however long, so a paged message costs no memory."""
+    of the queue in `store` with keys above `after_key` (of one priority, when the list
+    holding the run is a priority's: see ReadyList.priority), read back with
+    `Store.read_queue`, their bodies `bytes` long in all (None: not known, a backlog
+    recovered by a queue that does not count bytes). One per stretch of pageable messages,
+    however long, so a paged message costs no memory."""
 
-    __slots__ = ("store", "after_key", "count")
+    __slots__ = ("store", "after_key", "count", "bytes")
 
-    def __init__(self, store, after_key, count):
+    def __init__(self, store, after_key, count, bytes):
         self.store = store
         self.after_key = after_key
         self.count = count
+        self.bytes = bytes
 
 
 class ReadyList:
@@ -156,17 +159,20 @@ class ReadyList:
     came later), which is why the heap is simply taken first.
 
     Behind `fresh` (the window in memory) a durable queue may have a paged `tail`: PagedRuns
-    of messages on disk only, and between them the messages that cannot be paged (transient,
-    or with an expiry), in order. While the tail holds anything every new message joins it,
-    so the order stays; the queue reads runs back into `fresh` as it empties (Queue._page_in)."""
+    of messages on disk only, and between them the messages that cannot be paged (transient
+    ones), in order. While the tail holds anything every new message joins it, so the order
+    stays; the queue reads runs back into `fresh` as it empties (Queue._page_in). A
+    priority's list (in ReadyLevels) knows its `priority`, which the store reads its runs
+    by; a plain queue's is None: its runs are all its stored messages above a key."""
 
-    __slots__ = ("fresh", "returned", "tail", "tail_count")
+    __slots__ = ("fresh", "returned", "tail", "tail_count", "priority")
 
-    def __init__(self):
+    def __init__(self, priority=None):
         self.fresh = deque()        # never delivered, in publish order
         self.returned = []          # heap of (order, message): delivered and requeued
         self.tail = deque()         # after `fresh`: PagedRuns and messages kept in memory
         self.tail_count = 0         # the messages in `tail`, paged or not
+        self.priority = priority
 
     def __len__(self):
         return len(self.fresh) + len(self.returned) + self.tail_count
@@ -178,20 +184,27 @@ class ReadyList:
         else:
             self.fresh.append(message)
 
-    def page(self, store, key):
-        """The message `key` of `store` joins the tail on disk only."""
+    def beyond_window(self, message, window):
+        """Whether `message` would join this list beyond its window of `window` messages."""
+        return self.tail or len(self.fresh) >= window
+
+    def page(self, store, message):
+        """`message`, kept in `store`, joins the tail on disk only."""
         tail = self.tail
         run = tail[-1] if tail else None
-        if type(run) is PagedRun and run.store is store:
-            run.count += 1
-        else:
-            tail.append(PagedRun(store, key - 1, 1))
+        if type(run) is not PagedRun or run.store is not store:
+            run = PagedRun(store, message.stored.key - 1, 0, 0)
+            tail.append(run)
+        run.count += 1
+        if run.bytes is not None:
+            run.bytes += len(message.body)
         self.tail_count += 1
 
-    def recovered(self, store, count):
-        """At start: the queue's `count` messages in `store`, all paged."""
-        self.tail.append(PagedRun(store, 0, count))
-        self.tail_count += count
+    def recovered(self, store, count, bytes=None):
+        """At start: the list's `count` messages in `store` (`bytes` long), all paged."""
+        if count:
+            self.tail.append(PagedRun(store, 0, count, bytes))
+            self.tail_count += count
 
     def next_run(self):
         """The tail's first PagedRun, once the messages in memory before it are in
@@ -202,24 +215,45 @@ class ReadyList:
             self.tail_count -= 1
         return tail[0] if tail else None
 
+    def wants_page_in(self, window):
+        """Whether the tail is due to be read back: the window is at most half full."""
+        return bool(self.tail) and len(self.fresh) <= window // 2
+
+    def due_run(self, window):
+        """(this list, the PagedRun to read back now) or None: see `wants_page_in`."""
+        run = self.next_run()
+        if run is None or len(self.fresh) > window // 2:
+            return None
+        return self, run
+
     def paged_in(self, run, messages, last_key, count):
         """The first `count` messages of `run` (the last with `last_key`) left it: `messages`
         are them, in memory now (fewer only if the store lost some)."""
         self.fresh.extend(messages)
         run.after_key = last_key
         run.count -= count
+        if run.bytes is not None:
+            run.bytes -= sum(len(message.body) for message in messages)
         self.tail_count -= count
         if not run.count:
             self.tail.popleft()
             self.next_run()
 
+    def lose_run(self, level, run):
+        """`run` of `level` (this list) is not in its store any more."""
+        self.paged_in(run, [], run.after_key, run.count)
+
+    def paged_runs(self):
+        """The PagedRuns of the tail, in order."""
+        return [item for item in self.tail if type(item) is PagedRun]
+
     def first_paged_keys(self):
-        """{store: a key every message paged in it has a key above}; empty when none is paged."""
+        """[(store, priority, a key every message of this list paged in that store has a
+        key above)]; empty when none is paged."""
         keys = {}
-        for item in self.tail:
-            if type(item) is PagedRun:
-                keys.setdefault(item.store, item.after_key)
-        return keys
+        for run in self.paged_runs():
+            keys.setdefault(run.store, run.after_key)
+        return [(store, self.priority, key) for store, key in keys.items()]
 
     def put_back(self, message):
         heapq.heappush(self.returned, (message.order, message))
@@ -247,7 +281,8 @@ class ReadyList:
 
     def take_expired(self, now):
         """Take the messages expired by `now` at the head: as in RabbitMQ, a message expires
-        on reaching the head, so one with a short TTL waits behind one without."""
+        on reaching the head, so one with a short TTL waits behind one without. A paged
+        head waits to be read back (Queue.drop_expired has it read)."""
         head = self.head()
         if head is None or head.expires_at is None or head.expires_at > now:
             return ()
@@ -270,43 +305,63 @@ class ReadyList:
         return itertools.chain([message for _, message in sorted(self.returned)], self.fresh, in_tail)
 
 
+class _HeadInMemory:
+    """ReadyLevels' `fresh`, as the queue's per-message loops read a ReadyList's: true
+    while the next message to go (the highest priority's head) is in memory, taken with
+    popleft. A priority whose head is paged holds up the lower ones until it is read back."""
+
+    __slots__ = ("levels",)
+
+    def __init__(self, levels):
+        self.levels = levels
+
+    def __bool__(self):
+        return self.levels.head() is not None
+
+    def popleft(self):
+        return self.levels.popleft()
+
+
 class ReadyLevels:
     """Ready messages of a priority queue (x-max-priority), or of a queue limited in bytes:
     a ReadyList per priority, taken highest first, FIFO within one priority, requeued
     messages back in their place within theirs. A message's priority is its `priority`
     property capped at the queue's maximum (none: 0), as in RabbitMQ. Also counts the ready
-    bodies' bytes, which x-max-length-bytes bounds. A plain queue has a ReadyList alone,
-    so neither costs it anything."""
+    bodies' bytes, which x-max-length-bytes bounds, paged ones too. Each priority has its
+    own window and paged tail, read back by its priority (see `due_run`). A plain queue has
+    a ReadyList alone, so neither costs it anything."""
 
     __slots__ = ("levels", "top", "count", "bytes", "fresh", "returned")
 
     def __init__(self, max_priority=0):
-        self.levels = [ReadyList() for _ in range(max_priority + 1)]
+        self.levels = [ReadyList(level if max_priority else None) for level in range(max_priority + 1)]
         self.top = 0            # no level above this one holds a message
         self.count = 0
-        self.bytes = 0
-        # The queue's per-message loops read a ReadyList's two parts directly; here the
-        # whole is `fresh` (taken with popleft) and nothing is `returned`.
-        self.fresh = self
-        self.returned = ()
-
-    tail = ()       # nothing paged: a priority or length-limited queue keeps its messages in memory
-
-    def first_paged_keys(self):
-        return {}
+        self.bytes = 0          # of the bodies, paged ones too
+        self.fresh = _HeadInMemory(self)
+        self.returned = ()      # requeued messages are in their levels' heaps
 
     @classmethod
-    def of(cls, ready):
-        """The messages of a ReadyList, each in its place (requeued ones too), counted."""
+    def of(cls, ready, paged_bytes):
+        """A ReadyList's messages as one level, counted; `paged_bytes(run)` gives the
+        bytes of a PagedRun that does not know them."""
         levels = cls()
-        for _, message in ready.returned:
-            levels.put_back(message)
-        for message in ready.fresh:
-            levels.append(message)
+        levels.levels[0] = ready
+        levels.count = len(ready)
+        for run in ready.paged_runs():
+            if run.bytes is None:
+                run.bytes = paged_bytes(run, ready.priority)
+            levels.bytes += run.bytes
+        levels.bytes += sum(len(message.body) for message in ready)
         return levels
 
     def __len__(self):
         return self.count
+
+    @property
+    def tail(self):
+        """Whether some priority has a tail."""
+        return any(level.tail for level in self.levels)
 
     def _level(self, message):
         properties = message.properties
@@ -319,7 +374,7 @@ class ReadyLevels:
         return self.levels[level]
 
     def _highest(self):
-        """The highest level holding a message (level 0 when none does)."""
+        """The highest level holding a message, paged or not (level 0 when none does)."""
         levels, top = self.levels, self.top
         while top and not levels[top]:
             top -= 1
@@ -330,6 +385,43 @@ class ReadyLevels:
         self._level(message).append(message)
         self.count += 1
         self.bytes += len(message.body)
+
+    def beyond_window(self, message, window):
+        return self._level(message).beyond_window(message, window)
+
+    def page(self, store, message):
+        self._level(message).page(store, message)
+        self.count += 1
+        self.bytes += len(message.body)
+
+    def recovered(self, store, sizes):
+        """At start: {priority: (count, bytes)} of the queue's messages in `store`, all paged."""
+        for priority, (count, bytes) in sizes.items():
+            level = min(priority, len(self.levels) - 1)
+            self.levels[level].recovered(store, count, bytes)
+            self.count += count
+            self.bytes += bytes
+            self.top = max(self.top, level)
+
+    def wants_page_in(self, window):
+        return any(level.wants_page_in(window) for level in self.levels)
+
+    def due_run(self, window):
+        """The highest priority's run due to be read back, as (its list, the run)."""
+        for level in reversed(self.levels):
+            if level.tail:
+                due = level.due_run(window)
+                if due is not None:
+                    return due
+        return None
+
+    def lose_run(self, level, run):
+        self.count -= run.count
+        self.bytes -= run.bytes or 0
+        level.lose_run(level, run)
+
+    def first_paged_keys(self):
+        return [keys for level in self.levels for keys in level.first_paged_keys()]
 
     def put_back(self, message):
         self._level(message).put_back(message)
@@ -450,6 +542,9 @@ class Queue:
         self.arguments = arguments or {}    # as declared: a redeclare must repeat them
         max_priority = self.arguments.get("x-max-priority")
         self.ready = ReadyLevels(max_priority) if max_priority else ReadyList()
+        # A drop-head over a length limit waits for the paged head to be read back (it is
+        # dead-lettered or dropped as it arrives, see `_drop_over_limit`).
+        self._paged_drop_due = False
         self.consumers = deque()
         self.single_active_consumer = self.arguments.get("x-single-active-consumer") is True
         # Consumers are not simply served in turn: one is active alone, or some have priority.
@@ -510,16 +605,13 @@ class Queue:
         self.max_length_bytes = settings.get("x-max-length-bytes")
         self.limited = self.max_length is not None or self.max_length_bytes is not None
         self.overflow = settings.get("x-overflow", "drop-head")
-        # How many ready messages stay in memory before stored ones wait on disk only (None:
-        # all stay). A priority or length-limited queue keeps them all: its levels and limits
-        # read every message, so one that a policy limits reads its paged tail back now.
-        self.window = (None if self.store is None or not self.pages or self.limited
-                       or type(self.ready) is not ReadyList
+        # How many ready messages (of each priority) stay in memory before stored ones wait
+        # on disk only (None: all stay).
+        self.window = (None if self.store is None or not self.pages
                        else 0 if settings.get("x-queue-mode") == "lazy" else self.memory.queue_window)
-        while self.window is None and self.ready.tail and not self.deleted:
-            self._start_page_in().join()
         if self.max_length_bytes is not None and not isinstance(self.ready, ReadyLevels):
-            self.ready = ReadyLevels.of(self.ready)     # a plain list cannot count bytes
+            # a plain list cannot count bytes
+            self.ready = ReadyLevels.of(self.ready, self._paged_bytes)
         if self.expires is None:
             self._cancel_expiry()
         else:
@@ -527,6 +619,8 @@ class Queue:
         if self.limited and (self.overflow == "drop-head" or (
                 previous_overflow == "drop-head" and self.trims_under_previous_overflow)):
             self._drop_over_limit()
+            while self._paged_drop_due and self._pager is not None:
+                self._pager.join()      # the new limit holds once configure returns
 
     @property
     def exclusive(self):
@@ -534,8 +628,12 @@ class Queue:
 
     @property
     def message_count(self):
-        """The ready messages, expired ones not yet dropped included (see `drop_expired`)."""
-        return len(self.ready)
+        """The ready messages, expired ones not yet dropped included (see `drop_expired`),
+        dropped ones over x-max-length still to be read back left out."""
+        count = len(self.ready)
+        if self._paged_drop_due and self.max_length is not None and count > self.max_length:
+            return self.max_length
+        return count
 
     @property
     def unacked_count(self):
@@ -569,14 +667,20 @@ class Queue:
                 consumer.channel.deliver(consumer, message, None)
                 return True
         if (consumer is None and not full and self.window is not None and message.stored is not None
-                and message.expires_at is None and (ready.tail or len(ready.fresh) >= self.window)
-                and message.properties.get("delivery_mode") == 2):
+                and ready.beyond_window(message, self.window) and message.properties.get("delivery_mode") == 2
+                and self.message_ttl != 0):
             # Beyond the window a persistent message (so stored for this queue too: a transient
             # one may be stored for a quorum queue only) waits on disk only: not held, not counted.
+            # (With a TTL of 0 it goes at once, below.) Its expiry is worked out again when
+            # it is read back (`_from_store`), and its limits count it meanwhile.
             stored = message.stored
             if stored.refs is not None and stored.refs > 1:
                 stored.refs = None      # the queues holding it in memory no longer know them all
-            ready.page(self.store, stored.key)
+            ready.page(self.store, message)
+            if self.limited:
+                self._drop_head_over_limit()
+            if message.expires_at is not None and self._ttl_timer is None:
+                self._page_in_if_due()      # the head must be in memory to expire on time
             return True
         # Held from here on: the message counts once, with its body, however many queues
         # hold it (they share it), and each further queue its place (see `_forget`).
@@ -613,7 +717,10 @@ class Queue:
             return
         store, ready = self.store, self.ready
         if self.window is not None:
-            ready.recovered(store, count)
+            if type(ready) is ReadyList:
+                ready.recovered(store, count)
+            else:
+                ready.recovered(store, store.paged_sizes(self))
             self._start_page_in().join()
             return
         after_key = 0
@@ -638,6 +745,19 @@ class Queue:
         return message.placed(message.redelivered,
                               time.monotonic() + (published_at + ttl / 1000.0 - time.time()))
 
+    def _paged_bytes(self, run, priority):
+        """The bytes of a PagedRun that does not know them, asked of its store."""
+        return run.store.paged_bytes(self, run.after_key, run.count, priority)
+
+    def level_of(self, message):
+        """The priority `message` has in this queue, which the store keeps it under."""
+        levels = self.ready.levels if type(self.ready) is ReadyLevels else None
+        properties = message.properties
+        priority = properties.get("priority") if properties else None
+        if not priority or levels is None:
+            return 0
+        return min(priority, len(levels) - 1)
+
     def _hold(self, message):
         """Count a message this queue now holds, as enqueue counts it."""
         source = message.origin or message
@@ -659,33 +779,43 @@ class Queue:
         try:
             while not self.deleted:
                 ready = self.ready
-                run = ready.next_run()
-                window = self.window
-                if run is None or window is not None and len(ready.fresh) > window // 2:
-                    break       # (no window: the queue keeps all in memory now, so all come back)
-                count = min(run.count, RECOVER_BATCH if window is None
-                            else max(window - len(ready.fresh), PAGE_IN_MIN))
+                due = ready.due_run(self.window)
+                if due is None:
+                    break
+                level, run = due
+                count = min(run.count, max(self.window - len(level.fresh), PAGE_IN_MIN))
                 store = run.store
                 if not store.committed():
                     continue    # tried again with the store's next commit
-                rows = store.read_queue(self, run.after_key, count)
-                if self.deleted or self.ready is not ready or not ready.tail or ready.tail[0] is not run:
+                rows = store.read_queue(self, run.after_key, count, level.priority)
+                if self.deleted or self.ready is not ready or not level.tail or level.tail[0] is not run:
                     continue    # purged meanwhile
                 if not rows:
                     log.error("the store lost %d messages of %r", run.count, self)
-                    ready.paged_in(run, [], run.after_key, run.count)
+                    ready.lose_run(level, run)
                     continue
                 messages = []
                 for _, message, published_at in rows:
                     message = self._from_store(message, published_at)
                     self._hold(message)
                     messages.append(message)
-                ready.paged_in(run, messages, rows[-1][0], len(messages))
+                level.paged_in(run, messages, rows[-1][0], len(messages))
+                if self._paged_drop_due:
+                    self._paged_drop_due = False
+                    self._drop_over_limit()
                 if self._ttl_timer is None:
                     self._arm_ttl_timer()
-                self.dispatch()
+                self._deliver_ready()
         finally:
             self._pager = None
+        if self.deleted:
+            return
+        if self._paged_drop_due:    # the tail's head was in memory after all
+            self._paged_drop_due = False
+            self._drop_over_limit()
+        ready = self.ready
+        if ready.fresh or ready.returned:
+            self._deliver_ready()   # what the tail held in memory came forward
 
     # -- messages out ------------------------------------------------------------------
 
@@ -693,8 +823,11 @@ class Queue:
         """Deliver ready messages while some consumer has room; read the paged tail back
         as the window empties."""
         self._deliver_ready()
+        self._page_in_if_due()
+
+    def _page_in_if_due(self):
         ready = self.ready
-        if ready.tail and self._pager is None and len(ready.fresh) <= (self.window or 0) // 2:
+        if self.window is not None and ready.tail and self._pager is None and ready.wants_page_in(self.window):
             self._start_page_in()
 
     def _deliver_ready(self):
@@ -816,9 +949,10 @@ class Queue:
         """End every ready message, paged ones too; returns how many."""
         ready = self.ready
         count, paged = len(ready), ready.first_paged_keys()
+        self._paged_drop_due = False
         self._forget(ready.take_all())
-        for store, after_key in paged.items():
-            store.remove_paged(self, after_key)
+        for store, priority, after_key in paged:
+            store.remove_paged(self, after_key, priority)
         return count
 
     # -- length limits (x-max-length, x-max-length-bytes, x-overflow) -------------------
@@ -837,10 +971,17 @@ class Queue:
             self._drop_over_limit()
 
     def _drop_over_limit(self):
+        """Drop the oldest ready messages while over a limit. When the head is paged, it is
+        read back first (`_page_in` drops on, and dead-letters in order): `_paged_drop_due`
+        says so meanwhile."""
         ready, max_length, max_bytes = self.ready, self.max_length, self.max_length_bytes
         dropped = []
-        while (ready.fresh or ready.returned) and ((max_length is not None and len(ready) > max_length)
-                         or (max_bytes is not None and ready.bytes > max_bytes)):
+        while (max_length is not None and len(ready) > max_length) or (max_bytes is not None and ready.bytes > max_bytes):
+            if not (ready.fresh or ready.returned):
+                if ready.tail:
+                    self._paged_drop_due = True
+                    self._start_page_in()
+                break
             dropped.append(ready.popleft())
         if dropped:
             self._forget(dropped, MAXLEN)
@@ -943,6 +1084,7 @@ class Queue:
         expired = self.ready.take_expired(time.monotonic())
         if expired:
             self._forget(expired, EXPIRED)
+            self._page_in_if_due()     # the next heads may be paged, and expired too
         return len(expired)
 
     def _arm_ttl_timer(self):

@@ -25,6 +25,9 @@ class FakeQueue:
     def __init__(self, vhost_name, name):
         self.vhost_name, self.name, self.deleted = vhost_name, name, False
 
+    def level_of(self, message):
+        return 0
+
 
 def persistent(body, **properties):
     return Message("", "q", body, {"delivery_mode": 2, **properties})

@@ -293,3 +293,217 @@ def test_messages_read_back_at_start_expire_on_their_timer_unread(paging_broker,
             time.sleep(0.05)
         assert count(channel, "dead") >= WINDOW
         conn.close()
+
+
+# -- queue features on paged messages: each scenario on a broker whose queues page beyond a
+# window of two messages, and on one with the default window (nothing here pages), which
+# must see the same --------------------------------------------------------------------------
+
+SMALL_WINDOW = 2
+BIG = b"b" * 2000       # a body whose memory shows in held_bytes
+# Long enough for a backlog to be published and counted first; short enough to wait for.
+SHORT_TTL_MS = 400
+
+
+@pytest.fixture
+def brokers():
+    """(a broker paging beyond SMALL_WINDOW, one with the default window); neither log may
+    hold a traceback."""
+    with BrokerProcess("--queue-window", str(SMALL_WINDOW)) as paging, BrokerProcess() as plain:
+        yield paging, plain
+        logs = paging.log() + plain.log()
+    assert "Traceback" not in logs, logs
+
+
+def alike(brokers, scenario):
+    """`scenario(broker, channel)` on both brokers, giving (whether most of its backlog was
+    paged, what it saw); what they saw, the same on each, once the paging broker paged and
+    the other did not."""
+    seen = []
+    for broker in brokers:
+        conn, channel = channel_of(broker)
+        seen.append(scenario(broker, channel))
+        conn.close()
+    assert [pages for pages, _ in seen] == [True, False]
+    assert seen[0][1] == seen[1][1]
+    return seen[0][1]
+
+
+def wait_for_count(channel, queue, at_least):
+    """The queue's count once it reaches `at_least` (dead-lettering a paged message waits
+    for its read back), or what it is after ten seconds."""
+    deadline = time.monotonic() + 10
+    while count(channel, queue) < at_least and time.monotonic() < deadline:
+        channel.connection.sleep(0.02)
+    return count(channel, queue)
+
+
+def publish_tagged(channel, queue, tags, **properties):
+    """A persistent BIG message per tag (the tag leads the body)."""
+    for tag in tags:
+        channel.basic_publish("", queue, tag + b":" + BIG, pika.BasicProperties(delivery_mode=2, **properties))
+
+
+def tags_of(bodies):
+    return [body.split(b":")[0] for body in bodies]
+
+
+def paged(broker, held_before, messages):
+    """Whether the broker holds much less than `messages` BIG bodies: most wait on disk."""
+    return held_bytes(broker) - held_before < messages * len(BIG) // 2
+
+
+PRIORITIES = [None, 1, 5, 3, 9, 0, 2, 5, 1, None, 4, 5, 2, 3, 9, 1] * 4    # 9 counts as 5
+
+
+def priority_tags(priorities):
+    return [b"%03d-%s" % (n, str(priority).encode()) for n, priority in enumerate(priorities)]
+
+
+def test_a_priority_queue_pages_each_priority_and_delivers_as_unpaged(brokers):
+    def scenario(broker, channel):
+        channel.queue_declare("prio", durable=True, arguments={"x-max-priority": 5})
+        before = held_bytes(broker)
+        for tag, priority in zip(priority_tags(PRIORITIES), PRIORITIES):
+            publish_tagged(channel, "prio", [tag], priority=priority)
+        pages = paged(broker, before, len(PRIORITIES))
+        taken = [channel.basic_get("prio")[0] for _ in range(5)]
+        channel.basic_nack(taken[1].delivery_tag, requeue=True)
+        channel.basic_nack(taken[-1].delivery_tag, multiple=True, requeue=True)
+        return pages, (count(channel, "prio"), tags_of(drain(channel, "prio")))
+
+    counted, order = alike(brokers, scenario)
+    level = [min(p or 0, 5) for p in PRIORITIES]
+    assert counted == len(PRIORITIES)
+    assert order == [priority_tags(PRIORITIES)[n] for n in sorted(range(len(PRIORITIES)), key=lambda n: (-level[n], n))]
+
+
+def tags(n, prefix=b"t"):
+    return [prefix + b"%03d" % i for i in range(n)]
+
+
+def dead_letter_arguments(dead, **arguments):
+    return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead, **arguments}
+
+
+def test_drop_head_dead_letters_paged_heads_in_order_as_unpaged(brokers):
+    def scenario(broker, channel):
+        channel.queue_declare("dropped", durable=True)
+        channel.queue_declare("limited", durable=True, arguments=dead_letter_arguments("dropped", **{"x-max-length": 10}))
+        before = held_bytes(broker)
+        publish_tagged(channel, "limited", tags(20))
+        pages = paged(broker, before, 20)
+        counted = count(channel, "limited")     # right at once, dead-lettered or not yet
+        publish_tagged(channel, "limited", tags(30, b"u")[20:])
+        return pages, (counted, count(channel, "limited"), tags_of(drain(channel, "limited")),
+                       wait_for_count(channel, "dropped", 20), tags_of(drain(channel, "dropped")))
+
+    assert alike(brokers, scenario) == (10, 10, tags(30, b"u")[20:], 20, tags(20))
+
+
+def test_reject_publish_counts_paged_messages_as_unpaged(brokers):
+    def scenario(broker, channel):
+        channel.queue_declare("refusing", durable=True, arguments={"x-max-length": 10, "x-overflow": "reject-publish"})
+        before = held_bytes(broker)
+        refused = []
+        for tag in tags(15):
+            try:
+                publish_tagged(channel, "refusing", [tag])
+            except pika.exceptions.NackError:
+                refused.append(tag)
+        pages = paged(broker, before, 10)
+        return pages, (refused, count(channel, "refusing"), tags_of(drain(channel, "refusing")))
+
+    assert alike(brokers, scenario) == (tags(15)[10:], 10, tags(10))
+
+
+def test_max_length_bytes_counts_paged_bodies_and_drops_paged_heads_as_unpaged(brokers):
+    sizes = [100, 2500, 700, 4000, 10, 3000, 1200, 900, 5000, 60] * 3
+
+    def scenario(broker, channel):
+        channel.queue_declare("dropped", durable=True)
+        channel.queue_declare("bytes", durable=True, arguments=dead_letter_arguments(
+            "dropped", **{"x-max-length-bytes": 12_000}))
+        before = held_bytes(broker)
+        for n, size in enumerate(sizes):
+            channel.basic_publish("", "bytes", b"%02d:" % n + b"x" * size, PERSISTENT)
+        pages = held_bytes(broker) - before < 12_000 // 2
+        kept = tags_of(drain(channel, "bytes"))
+        return pages, (kept, wait_for_count(channel, "dropped", len(sizes) - len(kept)),
+                       tags_of(drain(channel, "dropped")))
+
+    kept, dropped, dead = alike(brokers, scenario)
+    bodies = [3 + size for size in sizes]
+    first = next(n for n in range(len(sizes)) if sum(bodies[n:]) <= 12_000)
+    assert kept == [b"%02d" % n for n in range(first, len(sizes))]
+    assert dead == [b"%02d" % n for n in range(first)] and dropped == first
+
+
+def test_a_queue_ttl_expires_and_dead_letters_paged_messages_in_order_as_unpaged(brokers):
+    def scenario(broker, channel):
+        channel.queue_declare("expired", durable=True)
+        channel.queue_declare("ttl", durable=True, arguments=dead_letter_arguments(
+            "expired", **{"x-message-ttl": SHORT_TTL_MS}))
+        before = held_bytes(broker)
+        publish_tagged(channel, "ttl", tags(20))
+        pages = paged(broker, before, 20)
+        counted = count(channel, "ttl")     # paged ones count until they go
+        return pages, (counted, wait_for_count(channel, "expired", 20), count(channel, "ttl"),
+                       tags_of(drain(channel, "expired")))
+
+    assert alike(brokers, scenario) == (20, 20, 0, tags(20))
+
+
+def test_per_message_expiry_at_the_head_on_paged_messages_as_unpaged(brokers):
+    """RabbitMQ expires a message at the head: those behind one that does not expire wait
+    for it to go, then expire as they reach the head."""
+    def scenario(broker, channel):
+        channel.queue_declare("expired", durable=True)
+        channel.queue_declare("expiring", durable=True, arguments=dead_letter_arguments("expired"))
+        before = held_bytes(broker)
+        publish_tagged(channel, "expiring", tags(12, b"a"), expiration=str(SHORT_TTL_MS))
+        publish_tagged(channel, "expiring", tags(3, b"k"))
+        publish_tagged(channel, "expiring", tags(12, b"b"), expiration="0")     # expired behind them
+        pages = paged(broker, before, 27)
+        first = wait_for_count(channel, "expired", 12)
+        waiting = count(channel, "expiring")
+        kept = tags_of(drain(channel, "expiring"))
+        return pages, (first, waiting, kept, wait_for_count(channel, "expired", 24),
+                       tags_of(drain(channel, "expired")))
+
+    assert alike(brokers, scenario) == (12, 15, tags(3, b"k"), 24, tags(12, b"a") + tags(12, b"b"))
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["clean-stop", "kill-9"])
+def test_paged_priority_limited_and_expiring_backlogs_keep_order_and_counts_across_a_restart(stop):
+    """At start each queue reads back the head of each priority only (at least PAGE_IN_MIN
+    messages), counted at once, bytes too; then they drain as before the stop."""
+    backlog = 300
+    priorities = PRIORITIES * 10
+    queues = {"prio": {"x-max-priority": 5}, "bytes": {"x-max-length-bytes": 250 * len(b"t000:" + BIG)},
+              "limited": {"x-max-length": 200}, "ttl": {"x-message-ttl": 600_000}}
+    with BrokerProcess("--queue-window", str(SMALL_WINDOW)) as broker:
+        conn, channel = channel_of(broker)
+        for queue, arguments in queues.items():
+            channel.queue_declare(queue, durable=True, arguments=arguments)
+        for tag, priority in zip(priority_tags(priorities), priorities):
+            publish_tagged(channel, "prio", [tag], priority=priority)
+        for queue in ("bytes", "limited", "ttl"):
+            publish_tagged(channel, queue, tags(backlog))
+        conn.close()
+        broker.stop(stop)
+        with BrokerProcess("--queue-window", str(SMALL_WINDOW), data_dir=broker.data_dir) as again:
+            assert held_bytes(again) < (len(priorities) + 3 * backlog) * len(BIG) // 2
+            conn, channel = channel_of(again)
+            assert [count(channel, queue) for queue in queues] == [len(priorities), 250, 200, backlog]
+            publish_tagged(channel, "bytes", [b"new"])      # the recovered bytes count: the head goes
+            assert count(channel, "bytes") == 250
+            level = [min(p or 0, 5) for p in priorities]
+            assert tags_of(drain(channel, "prio")) == [
+                priority_tags(priorities)[n] for n in sorted(range(len(priorities)), key=lambda n: (-level[n], n))]
+            assert tags_of(drain(channel, "bytes")) == tags(backlog)[51:] + [b"new"]
+            assert tags_of(drain(channel, "limited")) == tags(backlog)[100:]
+            assert tags_of(drain(channel, "ttl")) == tags(backlog)
+            conn.close()
+            log = again.log()
+    assert "Traceback" not in log, log

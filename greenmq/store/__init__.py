@@ -173,17 +173,28 @@ class Store(abc.ABC):
         """`queue` is done with `messages` (all `stored`)."""
 
     @abc.abstractmethod
-    def read_queue(self, queue, after_key, limit):
+    def read_queue(self, queue, after_key, limit, priority=None):
         """Up to `limit` committed messages of `queue` with keys above `after_key`, in key
-        order, as [(key, message, published_at)] (time.time() when it was kept). Blocks the
-        calling greenlet, never the hub. What is not committed yet is not there: a reader
-        keeps the newest messages in memory until `after_commit` says they are."""
+        order, as [(key, message, published_at)] (time.time() when it was kept); only those
+        of `priority` (`queue.level_of(message)` when it was kept) unless that is None.
+        Blocks the calling greenlet, never the hub. What is not committed yet is not there:
+        a reader keeps the newest messages in memory until `after_commit` says they are."""
 
     @abc.abstractmethod
-    def remove_paged(self, queue, after_key):
+    def paged_bytes(self, queue, after_key, count, priority=None):
+        """The bodies' bytes of the next `count` messages `read_queue` would give, all
+        committed first. Blocks the calling greenlet, never the hub."""
+
+    @abc.abstractmethod
+    def paged_sizes(self, queue):
+        """At start: {priority: (count, bytes of the bodies)} of `queue`'s messages, for a
+        queue that pages by priority or counts bytes. Blocks the calling greenlet."""
+
+    @abc.abstractmethod
+    def remove_paged(self, queue, after_key, priority=None):
         """`queue` is done with every stored message of its own with a key above
-        `after_key`: its paged messages, purged or deleted without being read back. The
-        messages no other queue holds go too."""
+        `after_key` (of `priority`, unless None): its paged messages, purged or deleted
+        without being read back. The messages no other queue holds go too."""
 
     @abc.abstractmethod
     def put_stream_start(self, vhost, name, first_offset, first_key):

@@ -2,6 +2,7 @@
 without one (unit tests): a restart starts empty."""
 
 import bisect
+import itertools
 import time
 
 from . import Recovered, Store, canonical_arguments
@@ -21,7 +22,8 @@ class MemoryStore(Store):
         self.exchanges = {}
         self.queues = {}
         self.bindings = {}
-        self.messages = {}         # (vhost, queue) -> {key: (message, published_at, redelivered)}
+        # (vhost, queue) -> {key: (message, published_at, redelivered, its priority there)}
+        self.messages = {}
         # (vhost, queue) -> the keys kept for it in key order, removed ones included until
         # they are more than half: what read_queue finds its place in by bisection.
         self.keys = {}
@@ -99,8 +101,10 @@ class MemoryStore(Store):
     def add_message(self, message, queues):
         key = self._record(message, queues).key
         now = time.time()
+        prioritised = message.properties and message.properties.get("priority")
         for queue in queues:
-            self.messages[queue.vhost_name, queue.name][key] = (message, now, False)
+            self.messages[queue.vhost_name, queue.name][key] = (
+                message, now, False, queue.level_of(message) if prioritised else 0)
             self.keys[queue.vhost_name, queue.name].append(key)
 
     def remove_messages(self, queue, messages):
@@ -114,23 +118,38 @@ class MemoryStore(Store):
         if keys is not None and len(keys) > 2 * len(held) + 64:
             keys[:] = [key for key in keys if key in held]
 
-    def read_queue(self, queue, after_key, limit):
+    def _places(self, queue, after_key, priority):
+        """(key, what is kept for it) of `queue` above `after_key` (of `priority`), in key order."""
         held = self.messages.get((queue.vhost_name, queue.name), {})
         keys = self.keys.get((queue.vhost_name, queue.name), [])
-        rows = []
         for at in range(bisect.bisect_right(keys, after_key), len(keys)):
             kept = held.get(keys[at])
-            if kept is not None:
-                message, published_at, redelivered = kept
-                rows.append((keys[at], message.placed(True, None) if redelivered else message, published_at))
-                if len(rows) == limit:
-                    break
+            if kept is not None and (priority is None or kept[3] == priority):
+                yield keys[at], kept
+
+    def read_queue(self, queue, after_key, limit, priority=None):
+        rows = []
+        for key, (message, published_at, redelivered, _) in self._places(queue, after_key, priority):
+            rows.append((key, message.placed(True, None) if redelivered else message, published_at))
+            if len(rows) == limit:
+                break
         return rows
 
-    def remove_paged(self, queue, after_key):
+    def paged_bytes(self, queue, after_key, count, priority=None):
+        places = itertools.islice(self._places(queue, after_key, priority), count)
+        return sum(len(kept[0].body) for _, kept in places)
+
+    def paged_sizes(self, queue):
+        sizes = {}
+        for _, (message, _, _, priority) in self._places(queue, 0, None):
+            count, size = sizes.get(priority, (0, 0))
+            sizes[priority] = (count + 1, size + len(message.body))
+        return sizes
+
+    def remove_paged(self, queue, after_key, priority=None):
         self.message_writes += 1
         held = self.messages.get((queue.vhost_name, queue.name), {})
-        for key in [key for key in held if key > after_key]:
+        for key in [key for key, _ in self._places(queue, after_key, priority)]:
             del held[key]
 
     def put_stream_start(self, vhost, name, first_offset, first_key):
@@ -140,8 +159,8 @@ class MemoryStore(Store):
         held = self.messages.get((queue.vhost_name, queue.name), {})
         for message in messages:
             key = message.stored.key
-            stored_message, published_at, _ = held[key]
-            held[key] = (stored_message, published_at, True)
+            stored_message, published_at, _, priority = held[key]
+            held[key] = (stored_message, published_at, True, priority)
 
     def after_commit(self, callback):
         callback(self.open_batch, True)

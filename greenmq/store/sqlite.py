@@ -68,8 +68,18 @@ CREATE TABLE bindings (vhost TEXT, source TEXT, destination TEXT, routing_key TE
 CREATE TABLE messages (seq INTEGER PRIMARY KEY, exchange TEXT, routing_key TEXT, properties TEXT,
                        amqp_properties BLOB, body BLOB, published_at REAL);
 CREATE TABLE queue_messages (queue_id INTEGER, seq INTEGER, redelivered INTEGER,
+                             priority INTEGER NOT NULL DEFAULT 0,
                              PRIMARY KEY (queue_id, seq)) WITHOUT ROWID;
 """
+
+# Added later, as the tables below were: a message's priority in a priority queue (its
+# `priority` capped at the queue's x-max-priority; 0 elsewhere), so a priority's paged
+# messages are read back on their own (read_queue). A store written before gains it when
+# opened, filled in from the messages' properties for the priority queues (see `load`).
+_PLACES_PRIORITY_COLUMN = "ALTER TABLE queue_messages ADD COLUMN priority INTEGER NOT NULL DEFAULT 0"
+_FILL_PLACES_PRIORITY = ("UPDATE queue_messages SET priority = MIN(?, COALESCE((SELECT json_extract("
+                         "m.properties, '$.priority') FROM messages m WHERE m.seq = queue_messages.seq), 0)) "
+                         "WHERE queue_id = ?")
 
 # Added after format 1 was out: a store written before has no such table, and gains it
 # when opened, so limits need no new format version.
@@ -80,7 +90,14 @@ _STREAM_STARTS_TABLE = """CREATE TABLE IF NOT EXISTS stream_starts (queue_id INT
                                                                  first_offset INTEGER, first_key INTEGER)"""
 _READ_QUEUE = ("SELECT q.seq, m.exchange, m.routing_key, m.properties, m.amqp_properties, m.body, "
                "m.published_at, q.redelivered FROM queue_messages q JOIN messages m ON m.seq = q.seq "
-               "WHERE q.queue_id = ? AND q.seq > ? ORDER BY q.seq LIMIT ?")
+               "WHERE q.queue_id = ? AND q.seq > ? {} ORDER BY q.seq LIMIT ?")
+# A priority's places only; SQLite walks the queue's places in key order and skips the
+# other priorities' (small rows, no bodies read).
+_OF_PRIORITY = "AND q.priority = ?"
+_PAGED_BYTES = ("SELECT COALESCE(SUM(LENGTH(m.body)), 0) FROM (SELECT q.seq FROM queue_messages q "
+                "WHERE q.queue_id = ? AND q.seq > ? {} ORDER BY q.seq LIMIT ?) q JOIN messages m ON m.seq = q.seq")
+_PAGED_SIZES = ("SELECT q.priority, COUNT(*), COALESCE(SUM(LENGTH(m.body)), 0) FROM queue_messages q "
+                "JOIN messages m ON m.seq = q.seq WHERE q.queue_id = ? GROUP BY q.priority")
 
 # Added later still, as the limits table was.
 # A policy's priority is kept as JSON text: RabbitMQ takes any number there, and SQLite's
@@ -97,7 +114,7 @@ _POLICIES_TABLE = """CREATE TABLE IF NOT EXISTS policies (vhost TEXT, kind TEXT,
 # SQLite's limit of 32,766.
 MAX_ROWS_PER_STATEMENT = 256
 _INSERT_MESSAGES = ("INSERT INTO messages VALUES ", "(?, ?, ?, ?, ?, ?, ?)", "")
-_INSERT_PLACES = ("INSERT INTO queue_messages VALUES ", "(?, ?, 0)", "")
+_INSERT_PLACES = ("INSERT INTO queue_messages VALUES ", "(?, ?, 0, ?)", "")
 _DELETE_PLACES = ("DELETE FROM queue_messages WHERE queue_id = ? AND seq IN (", "?", ")")
 _DELETE_MESSAGES = ("DELETE FROM messages WHERE seq IN (", "?", ")")
 # A message no queue's place holds any more; each place is looked up by its primary key
@@ -119,7 +136,9 @@ class _Batch:
 
     def __init__(self, number):
         self.number = number
-        self.new_messages = {}      # seq -> [row, queue ids]; dropped again if acked in time
+        # seq -> [row, queue ids, None or {queue id: its priority there}]; dropped again if
+        # acked in time
+        self.new_messages = {}
         self.removed_places = []    # (queue id, seq)
         self.removed_messages = []  # (seq,)
         self.removed_if_unheld = [] # (seq,) of messages some queue paged: gone once no place holds them
@@ -137,9 +156,10 @@ class _Batch:
         """(sql, parameters) in the order they must run."""
         statements = []
         if self.new_messages:
-            statements += _rows_at_once(_INSERT_MESSAGES, [row for row, _ in self.new_messages.values()])
-            statements += _rows_at_once(_INSERT_PLACES, [(queue_id, seq) for seq, (_, queue_ids)
-                                                         in self.new_messages.items() for queue_id in queue_ids])
+            statements += _rows_at_once(_INSERT_MESSAGES, [row for row, _, _ in self.new_messages.values()])
+            statements += _rows_at_once(_INSERT_PLACES, [
+                (queue_id, seq, priorities[queue_id] if priorities else 0)
+                for seq, (_, queue_ids, priorities) in self.new_messages.items() for queue_id in queue_ids])
         if self.removed_places:
             by_queue = {}
             for queue_id, seq in self.removed_places:
@@ -199,6 +219,11 @@ class SqliteStore(Store):
             self._db.execute(_LIMITS_TABLE)
             self._db.execute(_POLICIES_TABLE)
             self._db.execute(_STREAM_STARTS_TABLE)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(queue_messages)")}
+            # A store from before: its priority queues' places get their priorities in `load`.
+            self._places_lack_priorities = "priority" not in columns
+            if self._places_lack_priorities:
+                self._db.execute(_PLACES_PRIORITY_COLUMN)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the message store {self.path}: {_reason(exc)}") from None
         self._inode = os.stat(self.path).st_ino
@@ -313,10 +338,13 @@ class SqliteStore(Store):
 
     def add_message(self, message, queues):
         key = self._record(message, queues).key
+        properties = message.properties
         self._batch.new_messages[key] = [
             (key, message.exchange, message.routing_key, self._properties_json(message),
              message.encoded_properties, message.body, time.time()),
-            [self._queue_ids[queue.vhost_name, queue.name] for queue in queues]]
+            [self._queue_ids[queue.vhost_name, queue.name] for queue in queues],
+            {self._queue_ids[queue.vhost_name, queue.name]: queue.level_of(message) for queue in queues}
+            if properties and properties.get("priority") else None]
         self._wake()
 
     def _properties_json(self, message):
@@ -360,14 +388,13 @@ class SqliteStore(Store):
                 batch.removed_if_unheld.append((seq,))
         self._wake_soon()
 
-    def read_queue(self, queue, after_key, limit):
+    def read_queue(self, queue, after_key, limit, priority=None):
         """On a connection of its own in the hub's thread pool: WAL lets it read while the
         writer thread commits."""
         queue_id = self._queue_ids.get((queue.vhost_name, queue.name))
         if queue_id is None:
             return []
-        with self._reading:
-            rows = gevent.get_hub().threadpool.apply(self._read_rows, (queue_id, after_key, limit))
+        rows = self._read(_READ_QUEUE, queue_id, after_key, priority, limit)
         decoded = self._read_properties
         if len(decoded) >= PROPERTIES_TEXT_CACHE_SIZE:
             decoded.clear()
@@ -389,19 +416,47 @@ class SqliteStore(Store):
             messages.append((seq, message, published_at))
         return messages
 
-    def _read_rows(self, queue_id, after_key, limit):
+    def _read(self, sql, queue_id, after_key, priority, *more):
+        """`sql` (with a {} where a priority's filter goes) on the read connection, one
+        read at a time, in the hub's thread pool; its rows."""
+        if priority is None:
+            sql, parameters = sql.format(""), (queue_id, after_key, *more)
+        else:
+            sql, parameters = sql.format(_OF_PRIORITY), (queue_id, after_key, priority, *more)
+        with self._reading:
+            return gevent.get_hub().threadpool.apply(self._read_rows, (sql, parameters))
+
+    def _read_rows(self, sql, parameters):
         """In a pool thread."""
         if self._reader is None:
             self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._reader.execute("PRAGMA query_only=1")
-        return self._reader.execute(_READ_QUEUE, (queue_id, after_key, limit)).fetchall()
+        return self._reader.execute(sql, parameters).fetchall()
 
-    def remove_paged(self, queue, after_key):
+    def paged_bytes(self, queue, after_key, count, priority=None):
+        queue_id = self._queue_ids.get((queue.vhost_name, queue.name))
+        if queue_id is None or not self.committed():
+            return 0
+        return self._read(_PAGED_BYTES, queue_id, after_key, priority, count)[0][0]
+
+    def paged_sizes(self, queue):
+        queue_id = self._queue_ids.get((queue.vhost_name, queue.name))
+        if queue_id is None:
+            return {}
+        with self._reading:
+            rows = gevent.get_hub().threadpool.apply(self._read_rows, (_PAGED_SIZES, (queue_id,)))
+        return {priority: (count, size) for priority, count, size in rows}
+
+    def remove_paged(self, queue, after_key, priority=None):
         """As definitions, so they run in order with a deletion of the queue."""
         self.message_writes += 1
         queue_id = self._queue_ids.get((queue.vhost_name, queue.name))
         if queue_id is not None:
-            self._define("DELETE FROM queue_messages WHERE queue_id = ? AND seq > ?", (queue_id, after_key))
+            if priority is None:
+                self._define("DELETE FROM queue_messages WHERE queue_id = ? AND seq > ?", (queue_id, after_key))
+            else:
+                self._define("DELETE FROM queue_messages WHERE queue_id = ? AND seq > ? AND priority = ?",
+                             (queue_id, after_key, priority))
         self._define("DELETE FROM messages WHERE seq > ? AND " + _UNHELD, (after_key,))
 
     def put_stream_start(self, vhost, name, first_offset, first_key):
@@ -536,6 +591,9 @@ class SqliteStore(Store):
                 self._queue_ids[vhost, name] = queue_id
                 self._next_queue_id = queue_id + 1
                 queues[queue_id] = [vhost, name, bool(auto_delete), properties_from_json(arguments), 0]
+                max_priority = queues[queue_id][3].get("x-max-priority")
+                if self._places_lack_priorities and type(max_priority) is int and max_priority > 0:
+                    db.execute(_FILL_PLACES_PRIORITY, (max_priority, queue_id))
             for queue_id, first_offset, first_key in db.execute("SELECT * FROM stream_starts"):
                 if queue_id in queues:
                     vhost, name = queues[queue_id][:2]
