@@ -363,12 +363,14 @@ class ReadyLevels:
         """Whether some priority has a tail."""
         return any(level.tail for level in self.levels)
 
-    def _level(self, message):
+    def priority_of(self, message):
+        """The priority `message` has here: its own, capped at the maximum; none is 0."""
         properties = message.properties
         priority = properties.get("priority") if properties else None
-        if not priority:
-            return self.levels[0]
-        level = min(priority, len(self.levels) - 1)
+        return min(priority, len(self.levels) - 1) if priority else 0
+
+    def _level(self, message):
+        level = self.priority_of(message)
         if level > self.top:
             self.top = level
         return self.levels[level]
@@ -751,12 +753,7 @@ class Queue:
 
     def level_of(self, message):
         """The priority `message` has in this queue, which the store keeps it under."""
-        levels = self.ready.levels if type(self.ready) is ReadyLevels else None
-        properties = message.properties
-        priority = properties.get("priority") if properties else None
-        if not priority or levels is None:
-            return 0
-        return min(priority, len(levels) - 1)
+        return self.ready.priority_of(message) if type(self.ready) is ReadyLevels else 0
 
     def _hold(self, message):
         """Count a message this queue now holds, as enqueue counts it."""

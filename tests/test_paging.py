@@ -507,3 +507,25 @@ def test_paged_priority_limited_and_expiring_backlogs_keep_order_and_counts_acro
             conn.close()
             log = again.log()
     assert "Traceback" not in log, log
+
+
+def test_a_store_from_before_priorities_were_kept_pages_its_priority_queues_in_order():
+    """A store written before the places knew their priority gains them from the messages'
+    properties when opened, so its priority backlog comes back in order."""
+    with BrokerProcess("--queue-window", str(SMALL_WINDOW)) as broker:
+        conn, channel = channel_of(broker)
+        channel.queue_declare("prio", durable=True, arguments={"x-max-priority": 5})
+        for tag, priority in zip(priority_tags(PRIORITIES), PRIORITIES):
+            publish_tagged(channel, "prio", [tag], priority=priority)
+        conn.close()
+        broker.stop()
+        database = sqlite3.connect(os.path.join(broker.data_dir, "greenmq.sqlite3"))
+        database.execute("ALTER TABLE queue_messages DROP COLUMN priority")
+        database.commit()
+        database.close()
+        with BrokerProcess("--queue-window", str(SMALL_WINDOW), data_dir=broker.data_dir) as again:
+            conn, channel = channel_of(again)
+            level = [min(p or 0, 5) for p in PRIORITIES]
+            assert tags_of(drain(channel, "prio")) == [
+                priority_tags(PRIORITIES)[n] for n in sorted(range(len(PRIORITIES)), key=lambda n: (-level[n], n))]
+            conn.close()
