@@ -529,3 +529,19 @@ def test_a_store_from_before_priorities_were_kept_pages_its_priority_queues_in_o
             assert tags_of(drain(channel, "prio")) == [
                 priority_tags(PRIORITIES)[n] for n in sorted(range(len(PRIORITIES)), key=lambda n: (-level[n], n))]
             conn.close()
+
+
+def test_a_lazy_queue_reads_its_head_back_to_expire_it_unread(paging_broker):
+    """Nothing of a lazy queue waits in memory, yet its messages expire on time with no
+    consumer, and a TTL of 0 drops at once as in any queue."""
+    conn, channel = channel_of(paging_broker)
+    channel.queue_declare("expired", durable=True)
+    channel.queue_declare("lazy-ttl", durable=True, arguments=dead_letter_arguments(
+        "expired", **{"x-queue-mode": "lazy", "x-message-ttl": SHORT_TTL_MS}))
+    channel.queue_declare("lazy-now", durable=True, arguments={"x-queue-mode": "lazy", "x-message-ttl": 0})
+    publish_tagged(channel, "lazy-ttl", tags(10))
+    publish_tagged(channel, "lazy-now", tags(10))
+    assert count(channel, "lazy-now") == 0
+    assert wait_for_count(channel, "expired", 10) == 10
+    assert tags_of(drain(channel, "expired")) == tags(10)
+    conn.close()
