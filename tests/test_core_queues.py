@@ -422,3 +422,35 @@ def test_messages_that_expired_while_the_broker_was_down_are_dead_lettered_at_st
     assert queues["short"].message_count == 0 and store.messages["/", "short"] == {}
     assert [m.body for m in queues["dead"].ready] == [b"gone while down"]
     assert len(store.messages["/", "dead"]) == 1
+
+
+# -- paged queues: the pager is a greenlet of its own, so until the test yields, a paged
+# head has not been read back ----------------------------------------------------------------
+
+def paging_channel():
+    return open_channel(Node(store=MemoryStore(), queue_window=2))
+
+
+def publish_persistent(ch, queue, bodies):
+    for body in bodies:
+        ch.publish("", queue, body, {"delivery_mode": 2})
+
+
+def test_drop_head_on_a_paged_head_counts_at_once_and_drops_before_it_delivers():
+    ch, sink = paging_channel()
+    dead = ch.vhost.declare_queue("dead")       # holds all in memory
+    limited = ch.vhost.declare_queue("limited", durable=True, arguments={
+        "x-max-length": 3, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dead"})
+    publish_persistent(ch, "limited", [b"%d" % n for n in range(10)])
+    assert limited.ready.tail and limited.message_count == 3     # the paged head is not read back yet
+    ch.consume("limited", "c", no_ack=True)
+    gevent.idle()       # the pager reads the head back, drops it, then delivers
+    assert sink.bodies("c") == [b"7", b"8", b"9"]
+    assert [m.body for m in dead.ready] == [b"%d" % n for n in range(7)]
+
+
+def test_a_ttl_of_0_drops_at_once_in_a_lazy_queue():
+    ch, _ = paging_channel()
+    lazy = ch.vhost.declare_queue("lazy", durable=True, arguments={"x-queue-mode": "lazy", "x-message-ttl": 0})
+    publish_persistent(ch, "lazy", [b"a", b"b"])
+    assert lazy.message_count == 0 and not lazy.ready.tail
