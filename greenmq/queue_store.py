@@ -820,11 +820,12 @@ class Queue:
         """Deliver ready messages while some consumer has room; read the paged tail back
         as the window empties."""
         self._deliver_ready()
-        self._page_in_if_due()
+        if self.window is not None and self.ready.tail:
+            self._page_in_if_due()
 
     def _page_in_if_due(self):
         ready = self.ready
-        if self.window is not None and ready.tail and self._pager is None and ready.wants_page_in(self.window):
+        if self.window is not None and self._pager is None and ready.tail and ready.wants_page_in(self.window):
             self._start_page_in()
 
     def _deliver_ready(self):
