@@ -188,6 +188,10 @@ class ReadyList:
         """Whether `message` would join this list beyond its window of `window` messages."""
         return self.tail or len(self.fresh) >= window
 
+    def level_window(self, window):
+        """The window of each of its lists, for a queue's window of `window` messages."""
+        return window
+
     def page(self, store, message):
         """`message`, kept in `store`, joins the tail on disk only."""
         tail = self.tail
@@ -389,7 +393,12 @@ class ReadyLevels:
         self.bytes += len(message.body)
 
     def beyond_window(self, message, window):
-        return self._level(message).beyond_window(message, window)
+        return self._level(message).beyond_window(message, self.level_window(window))
+
+    def level_window(self, window):
+        """The queue's window shared by its priorities, so that a priority queue holds no
+        more ahead than a plain one (reads bring PAGE_IN_MIN at least, though)."""
+        return max(1, window // len(self.levels)) if window else 0
 
     def page(self, store, message):
         self._level(message).page(store, message)
@@ -406,10 +415,12 @@ class ReadyLevels:
             self.top = max(self.top, level)
 
     def wants_page_in(self, window):
+        window = self.level_window(window)
         return any(level.wants_page_in(window) for level in self.levels)
 
     def due_run(self, window):
         """The highest priority's run due to be read back, as (its list, the run)."""
+        window = self.level_window(window)
         for level in reversed(self.levels):
             if level.tail:
                 due = level.due_run(window)
@@ -607,8 +618,8 @@ class Queue:
         self.max_length_bytes = settings.get("x-max-length-bytes")
         self.limited = self.max_length is not None or self.max_length_bytes is not None
         self.overflow = settings.get("x-overflow", "drop-head")
-        # How many ready messages (of each priority) stay in memory before stored ones wait
-        # on disk only (None: all stay).
+        # How many ready messages stay in memory before stored ones wait on disk only (None:
+        # all stay); a priority queue's priorities share them (ReadyLevels.level_window).
         self.window = (None if self.store is None or not self.pages
                        else 0 if settings.get("x-queue-mode") == "lazy" else self.memory.queue_window)
         if self.max_length_bytes is not None and not isinstance(self.ready, ReadyLevels):
@@ -780,7 +791,7 @@ class Queue:
                 if due is None:
                     break
                 level, run = due
-                count = min(run.count, max(self.window - len(level.fresh), PAGE_IN_MIN))
+                count = min(run.count, max(ready.level_window(self.window) - len(level.fresh), PAGE_IN_MIN))
                 store = run.store
                 if not store.committed():
                     continue    # tried again with the store's next commit
