@@ -454,3 +454,11 @@ def test_a_ttl_of_0_drops_at_once_in_a_lazy_queue():
     lazy = ch.vhost.declare_queue("lazy", durable=True, arguments={"x-queue-mode": "lazy", "x-message-ttl": 0})
     publish_persistent(ch, "lazy", [b"a", b"b"])
     assert lazy.message_count == 0 and not lazy.ready.tail
+
+
+def test_a_priority_queue_holds_no_more_ahead_than_its_window_whatever_its_priorities():
+    ch, _ = open_channel(Node(store=MemoryStore(), queue_window=12))
+    queue = ch.vhost.declare_queue("prio", durable=True, arguments={"x-max-priority": 5})
+    for n in range(60):
+        ch.publish("", "prio", b"%d" % n, {"delivery_mode": 2, "priority": n % 6})
+    assert len(list(queue.ready)) <= 12 and queue.message_count == 60

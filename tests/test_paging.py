@@ -545,3 +545,22 @@ def test_a_lazy_queue_reads_its_head_back_to_expire_it_unread(paging_broker):
     assert wait_for_count(channel, "expired", 10) == 10
     assert tags_of(drain(channel, "expired")) == tags(10)
     conn.close()
+
+
+def test_purging_a_paged_priority_leaves_another_prioritys_unacked_message_in_the_store(paging_broker):
+    """A purge drops each priority's paged messages by key, that priority's only: an
+    unacked message of a higher priority, published after them, is still kept."""
+    conn, channel = channel_of(paging_broker)
+    channel.queue_declare("prio-purge", durable=True, arguments={"x-max-priority": 5})
+    publish_tagged(channel, "prio-purge", tags(6))                          # mostly paged, priority 0
+    publish_tagged(channel, "prio-purge", [b"high"], priority=5)
+    method, _, body = channel.basic_get("prio-purge")
+    assert tags_of([body]) == [b"high"]
+    assert channel.queue_purge("prio-purge").method.message_count == 6
+    channel.basic_nack(method.delivery_tag, requeue=True)
+    conn.close()
+    paging_broker.stop()
+    with BrokerProcess("--queue-window", str(WINDOW), data_dir=paging_broker.data_dir) as again:
+        conn, channel = channel_of(again)
+        assert tags_of(drain(channel, "prio-purge")) == [b"high"]
+        conn.close()
