@@ -243,6 +243,15 @@ class ReadyList:
             self.tail.popleft()
             self.next_run()
 
+    def drop_paged_head(self, run, count):
+        """The first `count` messages of `run`, the tail's first item, left its store
+        unread; their bytes are not known, so neither are the run's any more."""
+        run.count -= count
+        run.bytes = None
+        self.tail_count -= count
+        if not run.count:
+            self.tail.popleft()
+
     def lose_run(self, level, run):
         """`run` of `level` (this list) is not in its store any more."""
         self.paged_in(run, [], run.after_key, run.count)
@@ -558,6 +567,7 @@ class Queue:
         # A drop-head over a length limit waits for the paged head to be read back (it is
         # dead-lettered or dropped as it arrives, see `_drop_over_limit`).
         self._paged_drop_due = False
+        self._paged_drops = 0       # how many times paged heads left a store unread (`_page_in`)
         self.consumers = deque()
         self.single_active_consumer = self.arguments.get("x-single-active-consumer") is True
         # Consumers are not simply served in turn: one is active alone, or some have priority.
@@ -795,9 +805,11 @@ class Queue:
                 store = run.store
                 if not store.committed():
                     continue    # tried again with the store's next commit
+                drops = self._paged_drops
                 rows = store.read_queue(self, run.after_key, count, level.priority)
-                if self.deleted or self.ready is not ready or not level.tail or level.tail[0] is not run:
-                    continue    # purged meanwhile
+                if (self.deleted or self.ready is not ready or not level.tail or level.tail[0] is not run
+                        or self._paged_drops != drops):
+                    continue    # purged meanwhile, or its head dropped (the read may have seen it)
                 if not rows:
                     log.error("the store lost %d messages of %r", run.count, self)
                     ready.lose_run(level, run)
@@ -980,17 +992,27 @@ class Queue:
             self._drop_over_limit()
 
     def _drop_over_limit(self):
-        """Drop the oldest ready messages while over a limit. When the head is paged, it is
-        read back first (`_page_in` drops on, and dead-letters in order): `_paged_drop_due`
-        says so meanwhile."""
+        """Drop the oldest ready messages while over a limit. A paged head that nothing
+        needs read (a plain queue limited by count, with no dead-letter exchange) leaves
+        its store by count at once; otherwise it is read back first (`_page_in` drops on,
+        and dead-letters in order), and `_paged_drop_due` says so meanwhile."""
         ready, max_length, max_bytes = self.ready, self.max_length, self.max_length_bytes
         dropped = []
         while (max_length is not None and len(ready) > max_length) or (max_bytes is not None and ready.bytes > max_bytes):
             if not (ready.fresh or ready.returned):
-                if ready.tail:
+                if not ready.tail:
+                    break
+                if type(ready) is not ReadyList or max_bytes is not None or self.dead_letter_exchange is not None:
                     self._paged_drop_due = True
                     self._start_page_in()
-                break
+                    break
+                run = ready.next_run()
+                if not ready.fresh:
+                    count = min(run.count, len(ready) - max_length)
+                    run.store.remove_paged_head(self, run.after_key, count)
+                    ready.drop_paged_head(run, count)
+                    self._paged_drops += 1
+                continue
             dropped.append(ready.popleft())
         if dropped:
             self._forget(dropped, MAXLEN)

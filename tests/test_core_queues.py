@@ -462,3 +462,13 @@ def test_a_priority_queue_holds_no_more_ahead_than_its_window_whatever_its_prior
     for n in range(60):
         ch.publish("", "prio", b"%d" % n, {"delivery_mode": 2, "priority": n % 6})
     assert len(list(queue.ready)) <= 12 and queue.message_count == 60
+
+
+def test_drop_head_without_a_dead_letter_exchange_drops_paged_heads_from_the_store_unread():
+    store = MemoryStore()
+    ch, _ = open_channel(Node(store=store, queue_window=2))
+    limited = ch.vhost.declare_queue("limited", durable=True, arguments={"x-max-length": 3})
+    publish_persistent(ch, "limited", [b"%d" % n for n in range(10)])
+    # Gone from the store at once, with no read back (no pager started).
+    assert limited.message_count == 3 and len(store.messages["/", "limited"]) == 3 and limited._pager is None
+    assert [ch.get("limited", no_ack=True)[1].body for _ in range(3)] == [b"7", b"8", b"9"]

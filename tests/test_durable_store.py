@@ -615,3 +615,33 @@ def test_a_deleted_queues_messages_leave_the_store_with_it_unless_another_queue_
     store = reopened(store)
     assert [m.body for m in held(store, store.load())["q2"]] == [b"both"]
     assert rows_after_stop(store, "messages") == 1
+
+
+class FakePriorityQueue(FakeQueue):
+    def level_of(self, message):
+        return min(message.properties.get("priority") or 0, 3)
+
+
+def test_a_queues_places_keep_its_priorities_sizes_and_leave_by_priority_or_by_count(store):
+    """What paging a priority or length-limited queue asks of the store (queue_store.py)."""
+    prio, plain = FakePriorityQueue("/", "prio"), FakeQueue("/", "plain")
+    store.put_queue("/", "prio", False, {"x-max-priority": 3})
+    store.put_queue("/", "plain", False, {})
+    messages = [persistent(b"x" * (n + 1), priority=n % 5) for n in range(10)]   # priorities 0..4: 4 counts as 3
+    for message in messages:
+        store.add_message(message, [prio, plain])
+    committed(store)
+    keys = [message.stored.key for message in messages]
+    assert store.paged_sizes(prio) == {0: (2, 1 + 6), 1: (2, 2 + 7), 2: (2, 3 + 8), 3: (4, 4 + 5 + 9 + 10)}
+    assert [key for key, _, _ in store.read_queue(prio, 0, 10, 3)] == [keys[3], keys[4], keys[8], keys[9]]
+    assert [key for key, _, _ in store.read_queue(prio, keys[3], 2, 3)] == [keys[4], keys[8]]
+    assert store.paged_bytes(prio, keys[3], 2, 3) == 5 + 9
+    assert store.paged_bytes(plain, keys[1], 3) == 3 + 4 + 5
+    store.remove_paged(prio, keys[0], 3)        # priority 3's from the second on: all four
+    store.remove_paged_head(plain, keys[1], 3)  # the third to the fifth
+    committed(store)
+    assert [key for key, _, _ in store.read_queue(prio, 0, 10)] == [keys[n] for n in (0, 1, 2, 5, 6, 7)]
+    assert [key for key, _, _ in store.read_queue(plain, 0, 10)] == [keys[n] for n in (0, 1, 5, 6, 7, 8, 9)]
+    store = reopened(store)
+    store.load()
+    assert store.paged_sizes(FakePriorityQueue("/", "prio")) == {0: (2, 1 + 6), 1: (2, 2 + 7), 2: (2, 3 + 8)}

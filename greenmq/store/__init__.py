@@ -197,6 +197,12 @@ class Store(abc.ABC):
         without being read back. The messages no other queue holds go too."""
 
     @abc.abstractmethod
+    def remove_paged_head(self, queue, after_key, count):
+        """`queue` is done with the first `count` of its stored messages with keys above
+        `after_key`: paged messages dropped unread (x-overflow drop-head). The messages no
+        other queue holds go too. Later reads do not see them."""
+
+    @abc.abstractmethod
     def put_stream_start(self, vhost, name, first_offset, first_key):
         """Keep where a stream's log starts now that retention dropped what came before:
         the offset of its first message, and that message's key. `load` gives it back in

@@ -152,6 +152,12 @@ class MemoryStore(Store):
         for key in [key for key, _ in self._places(queue, after_key, priority)]:
             del held[key]
 
+    def remove_paged_head(self, queue, after_key, count):
+        self.message_writes += 1
+        held = self.messages.get((queue.vhost_name, queue.name), {})
+        for key in [key for key, _ in itertools.islice(self._places(queue, after_key, None), count)]:
+            del held[key]
+
     def put_stream_start(self, vhost, name, first_offset, first_key):
         self.stream_starts[vhost, name] = (first_offset, first_key)
 

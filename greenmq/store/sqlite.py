@@ -123,6 +123,8 @@ _UNHELD = ("NOT EXISTS (SELECT 1 FROM queue_messages q WHERE q.queue_id IN (SELE
            "AND q.seq = messages.seq)")
 _UNHELD_ELSEWHERE = ("NOT EXISTS (SELECT 1 FROM queue_messages q WHERE q.queue_id IN (SELECT id FROM queues) "
                      "AND q.queue_id != ? AND q.seq = messages.seq)")
+# The keys of a queue's first places above a key (remove_paged_head).
+_FIRST_PLACES = "SELECT seq FROM queue_messages WHERE queue_id = ? AND seq > ? ORDER BY seq LIMIT ?"
 _DELETE_UNHELD_MESSAGES = ("DELETE FROM messages WHERE seq IN (", "?", ") AND " + _UNHELD)
 _MARK_REDELIVERED = "UPDATE queue_messages SET redelivered = 1 WHERE queue_id = ? AND seq = ?"
 
@@ -458,6 +460,17 @@ class SqliteStore(Store):
                 self._define("DELETE FROM queue_messages WHERE queue_id = ? AND seq > ? AND priority = ?",
                              (queue_id, after_key, priority))
         self._define("DELETE FROM messages WHERE seq > ? AND " + _UNHELD, (after_key,))
+
+    def remove_paged_head(self, queue, after_key, count):
+        """As definitions, as remove_paged: the messages no other queue holds, then the places."""
+        self.message_writes += 1
+        queue_id = self._queue_ids.get((queue.vhost_name, queue.name))
+        if queue_id is None:
+            return
+        self._define("DELETE FROM messages WHERE seq IN (" + _FIRST_PLACES + ") AND " + _UNHELD_ELSEWHERE,
+                     (queue_id, after_key, count, queue_id))
+        self._define("DELETE FROM queue_messages WHERE queue_id = ? AND seq IN (" + _FIRST_PLACES + ")",
+                     (queue_id, queue_id, after_key, count))
 
     def put_stream_start(self, vhost, name, first_offset, first_key):
         self._define("INSERT OR REPLACE INTO stream_starts VALUES (?, ?, ?)",
