@@ -341,8 +341,9 @@ class ReadyLevels:
     messages back in their place within theirs. A message's priority is its `priority`
     property capped at the queue's maximum (none: 0), as in RabbitMQ. Also counts the ready
     bodies' bytes, which x-max-length-bytes bounds, paged ones too. Each priority has its
-    own window and paged tail, read back by its priority (see `due_run`). A plain queue has
-    a ReadyList alone, so neither costs it anything."""
+    share of the queue's window (`level_window`) and a paged tail of its own, read back by
+    its priority (`due_run`). A plain queue has a ReadyList alone, so neither costs it
+    anything."""
 
     __slots__ = ("levels", "top", "count", "bytes", "fresh", "returned")
 
@@ -356,8 +357,8 @@ class ReadyLevels:
 
     @classmethod
     def of(cls, ready, paged_bytes):
-        """A ReadyList's messages as one level, counted; `paged_bytes(run)` gives the
-        bytes of a PagedRun that does not know them."""
+        """A ReadyList's messages as one level, counted; `paged_bytes(run, priority)` gives
+        the bytes of a PagedRun that does not know them."""
         levels = cls()
         levels.levels[0] = ready
         levels.count = len(ready)
