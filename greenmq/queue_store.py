@@ -352,8 +352,16 @@ class ReadyLevels:
         self.top = 0            # no level above this one holds a message
         self.count = 0
         self.bytes = 0          # of the bodies, paged ones too
-        self.fresh = _HeadInMemory(self)
-        self.returned = ()      # requeued messages are in their levels' heaps
+        # The queue's per-message loops read a ReadyList's `fresh` and `returned`: here
+        # `fresh` is the whole, taken with popleft (see `pages`), nothing is `returned`
+        # (requeued messages are in their levels' heaps).
+        self.fresh = self
+        self.returned = ()
+
+    def pages(self, paging):
+        """Whether the queue pages: then a priority's head may be on disk, and `fresh` is
+        true only while the next message is in memory; otherwise any message is."""
+        self.fresh = _HeadInMemory(self) if paging else self
 
     @classmethod
     def of(cls, ready, paged_bytes):
@@ -636,6 +644,8 @@ class Queue:
         if self.max_length_bytes is not None and not isinstance(self.ready, ReadyLevels):
             # a plain list cannot count bytes
             self.ready = ReadyLevels.of(self.ready, self._paged_bytes)
+        if type(self.ready) is ReadyLevels:
+            self.ready.pages(self.window is not None)
         if self.expires is None:
             self._cancel_expiry()
         else:
