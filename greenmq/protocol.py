@@ -105,7 +105,9 @@ class JsonLinesProtocol(FrontEndConnection):
 
     def _handle_line(self, line):
         try:
-            text = str(line, "utf-8")     # a line may be a memoryview of the read (lines.whole_lines)
+            # bytes.decode costs half of str(line, "utf-8") (40 ns a line), which only a
+            # memoryview of the read (a long line, lines.whole_lines) needs.
+            text = line.decode() if line.__class__ is not memoryview else str(line, "utf-8")
         except UnicodeDecodeError as exc:
             self._send_error({}, BadSyntax(f"line is not valid UTF-8: {exc.reason} at byte {exc.start}"))
             return

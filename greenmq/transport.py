@@ -181,12 +181,31 @@ def connection_handler(make_protocol, tls=None):
         log.info("accepted %s connection from %s:%s", protocol.name, *address[:2])
         budget = protocol.budget
         unfinished = 0      # input not yet whole, as last counted in the budget
+        hub = gevent.get_hub()
+        # The reader's yield between reads (below); a TLS socket may hold decrypted input
+        # its file descriptor does not show, so it yields with gevent.sleep(0) instead.
+        readable = hub.loop.io(sock.fileno(), 1) if tls is None else None
         try:
+            read = False        # a read was handled since the last yield
             while not protocol.closed:
                 if ((protocol.publisher or unfinished > STREAMING_INPUT_BYTES)
                         and not budget.admits_publishers()):
                     _pause_reading(protocol, budget)
                     continue
+                if read:
+                    # recv returns at once while data is waiting: yield so that writers and
+                    # other clients run between batches, through the hub's poll of the
+                    # sockets. gevent.sleep(0) alone runs the next reader at once, and the
+                    # hub polls only every few milliseconds (sys.getswitchinterval) while
+                    # readers are busy: a writer waiting for its socket to take more sat
+                    # idle that long while its publisher's input piled up in the queues (at
+                    # 1 MiB bodies, 5 MiB between two polls, memory the heap grew for).
+                    read = False
+                    if readable is None:
+                        gevent.sleep(0)
+                    else:
+                        hub.wait(readable)
+                    continue        # closed, or the budget exceeded, meanwhile?
                 data = sock.recv(RECV_BYTES)
                 if not data:
                     break
@@ -195,9 +214,7 @@ def connection_handler(make_protocol, tls=None):
                 budget.held_bytes += held - unfinished
                 unfinished = held
                 _send_ready()
-                # recv returns at once while data is waiting: yield so that writers and
-                # other clients run between batches.
-                gevent.sleep(0)
+                read = True
         except OSError as exc:
             if not protocol.closed:   # else: drained() ended the read (gevent raises EBADF)
                 log.info("%s connection from %s:%s failed: %s", protocol.name, address[0], address[1], exc)
@@ -206,6 +223,8 @@ def connection_handler(make_protocol, tls=None):
         except MemoryError:
             protocol.out_of_memory()
         finally:
+            if readable is not None:
+                readable.close()
             protocol.connection_lost()
             gevent.killall(helpers)
             budget.held_bytes -= unfinished + output.held
@@ -296,7 +315,9 @@ class _Output:
         try:
             sent = _send_without_waiting(self.sock, buffers) if self.direct else 0
         except OSError:
-            self.sock.close()     # the reader's recv fails and the connection ends
+            # The reader's wait or recv fails (gevent wakes every watcher of a socket it
+            # closes, the reader's own between reads too) and the connection ends.
+            self.sock.close()
             return
         pending = _unsent(buffers, sent)
         if pending:

@@ -11,6 +11,8 @@ import sys
 import threading
 import time
 
+import gevent
+import gevent.socket
 import pika
 import pytest
 from pamqp import body as amqp_body
@@ -18,7 +20,7 @@ from pamqp import commands as spec
 from pamqp import frame as amqp_frame
 from pamqp import header as amqp_header
 
-from greenmq import connection
+from greenmq import connection, transport
 from greenmq import message
 from greenmq.message import Message
 from greenmq.protocol import MAX_NESTING_DEPTH, JsonLinesProtocol, _nesting_depth
@@ -409,3 +411,54 @@ def test_a_memory_error_writing_closes_only_that_connection_and_new_ones_are_acc
     with connection.Connection("127.0.0.1", failing_broker.port) as conn:
         assert conn.default_channel.queue_declare("doomed", passive=True).message_count == 0
     _assert_logged_without_traceback(failing_broker, "AMQP")
+
+
+# -- a send that fails while the reader waits -----------------------------------------------
+
+class _BreakingSocket(gevent.socket.socket):
+    """A server-side socket whose sends fail once `broken` is set, as one whose peer
+    vanished, though nothing arrives to make it readable."""
+
+    broken = False
+
+    def send(self, *args):
+        if self.broken:
+            raise BrokenPipeError("broken pipe")
+        return super().send(*args)
+
+    def sendmsg(self, *args):
+        if self.broken:
+            raise BrokenPipeError("broken pipe")
+        return super().sendmsg(*args)
+
+
+def test_a_send_failing_while_the_reader_waits_between_reads_ends_the_connection(node):
+    """The send of output made elsewhere (a delivery from another connection's publish)
+    fails while this connection's reader waits between reads, on a watcher of its own,
+    with nothing arriving to make the socket readable: the connection still ends."""
+    listener = gevent.socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = gevent.socket.create_connection(listener.getsockname())
+    accepted, address = listener.accept()
+    sock = _BreakingSocket(fileno=accepted.detach())
+    protocols = []
+
+    def make_protocol(peer):
+        protocols.append(JsonLinesProtocol(node, peer))
+        return protocols[-1]
+
+    reader = gevent.spawn(transport.connection_handler(make_protocol), sock, address)
+    try:
+        client.sendall(b'{"op":"hello","id":1}\n')
+        assert b'"ok":true' in client.recv(4096)      # read, answered: the reader waits for more
+        sock.broken = True
+        protocols[0]._write(b"output made elsewhere\n")
+        deadline = time.monotonic() + TIMEOUT
+        while protocols[0].session is not None:     # its end: the session let go
+            assert time.monotonic() < deadline, "the connection's reader still waits after its send failed"
+            gevent.sleep(0.01)
+    finally:
+        reader.kill()
+        client.close()
+        listener.close()
