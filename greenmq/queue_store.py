@@ -137,7 +137,12 @@ CLASSIC_REFUSED_ARGUMENTS = (
 class PagedRun:
     """Ready messages held by a store alone (see Queue.enqueue): the next `count` messages
     of the queue in `store` with keys above `after_key`, read back with `Store.read_queue`.
-    One per stretch of pageable messages, however long, so a paged message costs no memory."""
+    One per stretch of pageable messages, however long, so a paged message costs no memory.
+
+    A run's messages have the lowest keys of its queue's above `after_key` when its turn
+    comes: a store gives keys in the order messages are kept, a run grows only while it is
+    last in the tail, and the scratch store, whose runs made by `ReadyList.page_out` may
+    come before runs with lower keys, forgets a row as it is read back."""
 
     __slots__ = ("store", "after_key", "count")
 
@@ -155,9 +160,10 @@ class ReadyList:
     message is older than every fresh one (messages leave in order, so those still fresh
     came later), which is why the heap is simply taken first.
 
-    Behind `fresh` (the window in memory) a durable queue may have a paged `tail`: PagedRuns
-    of messages on disk only, and between them the messages that cannot be paged (transient,
-    or with an expiry), in order. While the tail holds anything every new message joins it,
+    Behind `fresh` (the window in memory) a queue may have a paged `tail`: PagedRuns of
+    messages on disk only (persistent ones in the durable store, others in the scratch store
+    while memory is short), and between them the messages kept in memory (with an expiry, or
+    taken while memory was not short), in order. While the tail holds anything every new message joins it,
     so the order stays; the queue reads runs back into `fresh` as it empties (Queue._page_in)."""
 
     __slots__ = ("fresh", "returned", "tail", "tail_count")
@@ -187,6 +193,11 @@ class ReadyList:
         else:
             tail.append(PagedRun(store, key - 1, 1))
         self.tail_count += 1
+
+    def ends_in_run_of(self, store):
+        """Whether the tail's last item is a PagedRun in `store`."""
+        tail = self.tail
+        return bool(tail) and type(tail[-1]) is PagedRun and tail[-1].store is store
 
     def recovered(self, store, count):
         """At start: the queue's `count` messages in `store`, all paged."""
@@ -218,8 +229,32 @@ class ReadyList:
         keys = {}
         for item in self.tail:
             if type(item) is PagedRun:
-                keys.setdefault(item.store, item.after_key)
+                keys[item.store] = min(item.after_key, keys.get(item.store, item.after_key))
         return keys
+
+    def page_out(self, window, store, page):
+        """Memory is short: the messages in memory beyond the first `window` of `fresh`
+        that `page(message)` keeps in `store` (it returns their key there, or None for one
+        that stays in memory) join the paged tail in their places, each stretch of them a
+        new PagedRun; the runs already there stay as they are."""
+        fresh, tail = self.fresh, self.tail
+        beyond = [fresh.pop() for _ in range(len(fresh) - window)]
+        beyond.reverse()
+        items = beyond + list(tail)
+        tail.clear()
+        run = None
+        for item in items:
+            if type(item) is not PagedRun:
+                key = page(item)
+                if key is not None:
+                    if run is None:
+                        run = PagedRun(store, key - 1, 0)
+                        tail.append(run)
+                    run.count += 1
+                    continue
+            tail.append(item)
+            run = None
+        self.tail_count += len(beyond)
 
     def put_back(self, message):
         heapq.heappush(self.returned, (message.order, message))
@@ -436,11 +471,11 @@ class Queue:
     # A stream keeps every message it takes in a copy of its own (stream.py); the vhost keeps
     # persistent messages in the store for the other durable queues.
     keeps_own_copies = False
-    # Whether its stored messages beyond the window may wait on disk only (ReadyList's tail).
+    # Whether its messages beyond the window may wait on disk only (ReadyList's tail).
     pages = True
 
     def __init__(self, vhost_name, name, durable=False, exclusive_owner=None, auto_delete=False,
-                 arguments=None, on_expired=None, store=None, dead_letter=None, memory=None):
+                 arguments=None, on_expired=None, store=None, dead_letter=None, memory=None, scratch=None):
         self.vhost_name = vhost_name
         self.memory = memory        # the node's MemoryBudget, which held messages count in
         self.name = name
@@ -467,6 +502,8 @@ class Queue:
         # The durable store, for a queue whose persistent messages outlive the process;
         # exclusive queues end with their connection, so none is kept.
         self.store = store if durable and exclusive_owner is None else None
+        # Where the messages the store does not keep wait while memory is short (store/scratch.py).
+        self.scratch = scratch
         self._on_expired = on_expired
         self._dead_letter = dead_letter     # dead_letter(queue, messages, reason), the vhost's
         self._expiry_timer = None
@@ -510,10 +547,11 @@ class Queue:
         self.max_length_bytes = settings.get("x-max-length-bytes")
         self.limited = self.max_length is not None or self.max_length_bytes is not None
         self.overflow = settings.get("x-overflow", "drop-head")
-        # How many ready messages stay in memory before stored ones wait on disk only (None:
-        # all stay). A priority or length-limited queue keeps them all: its levels and limits
-        # read every message, so one that a policy limits reads its paged tail back now.
-        self.window = (None if self.store is None or not self.pages or self.limited
+        # How many ready messages stay in memory before stored ones wait on disk only, and
+        # others too while memory is short (None: all stay). A priority or length-limited
+        # queue keeps them all: its levels and limits read every message, so one that a
+        # policy limits reads its paged tail back now.
+        self.window = (None if self.scratch is None or not self.pages or self.limited
                        or type(self.ready) is not ReadyList
                        else 0 if settings.get("x-queue-mode") == "lazy" else self.memory.queue_window)
         while self.window is None and self.ready.tail and not self.deleted:
@@ -568,16 +606,24 @@ class Queue:
                 self.delivered += 1
                 consumer.channel.deliver(consumer, message, None)
                 return True
-        if (consumer is None and not full and self.window is not None and message.stored is not None
-                and message.expires_at is None and (ready.tail or len(ready.fresh) >= self.window)
-                and message.properties.get("delivery_mode") == 2):
-            # Beyond the window a persistent message (so stored for this queue too: a transient
-            # one may be stored for a quorum queue only) waits on disk only: not held, not counted.
-            stored = message.stored
-            if stored.refs is not None and stored.refs > 1:
-                stored.refs = None      # the queues holding it in memory no longer know them all
-            ready.page(self.store, stored.key)
-            return True
+        if (consumer is None and not full and self.window is not None and message.expires_at is None
+                and (ready.tail or len(ready.fresh) >= self.window)):
+            if self.store is not None and message.stored is not None:
+                if message.properties.get("delivery_mode") == 2:
+                    # Beyond the window a persistent message (so stored for this queue too: a
+                    # transient one may be stored for a quorum queue only) waits on disk only:
+                    # not held, not counted.
+                    stored = message.stored
+                    if stored.refs is not None and stored.refs > 1:
+                        stored.refs = None      # the queues holding it in memory no longer know them all
+                    ready.page(self.store, stored.key)
+                    return True
+            elif self.memory.paging or ready.ends_in_run_of(self.scratch):
+                # Memory is short, or was when this queue's tail began to go to the scratch
+                # store, which the rest of the tail then follows, so that the queue does not
+                # fill memory again for the next page-out to write.
+                ready.page(self.scratch, self.scratch.page(self, message))
+                return True
         # Held from here on: the message counts once, with its body, however many queues
         # hold it (they share it), and each further queue its place (see `_forget`).
         source = message.origin or message
@@ -628,6 +674,26 @@ class Queue:
             after_key = rows[-1][0]
         if self._ttl_timer is None:
             self._arm_ttl_timer()
+
+    def page_out(self):
+        """Memory is short: the ready messages beyond the window that the durable store
+        does not hold and that do not expire go to the scratch store; returns the bytes
+        that frees. Not while the tail is being read back: the read expects its run first."""
+        if self.window is None or self.deleted or self._pager is not None:
+            return 0
+        scratch, durable, released = self.scratch, self.store is not None, 0
+
+        def page(message):
+            nonlocal released
+            if message.expires_at is not None or durable and message.stored is not None:
+                return None
+            key = scratch.page(self, message)
+            released += self._let_go(message)
+            return key
+
+        self.ready.page_out(self.window, scratch, page)
+        self.memory.held_bytes -= released
+        return released
 
     def _from_store(self, message, published_at):
         """A message read back from the store, with its expiry here (wall-clock time: the
@@ -850,18 +916,21 @@ class Queue:
         expired, maxlen) they are dead-lettered when the queue has a dead-letter exchange:
         before their removal from the store, in the same open batch, so a persistent
         message is kept in its new queues by the transaction that lets it go here."""
-        released = 0
-        for message in messages:
-            source = message.origin or message
-            source.holders -= 1         # the last queue holding it lets the message go
-            released += QUEUE_ENTRY_BYTES if source.holders else MESSAGE_OVERHEAD_BYTES + len(message.body)
-        self.memory.held_bytes -= released
+        self.memory.held_bytes -= sum(map(self._let_go, messages))
         if reason is not None and self.dead_letter_exchange is not None and messages:
             self._dead_letter(self, messages, reason)
         if self.store is not None:
             stored = [message for message in messages if message.stored is not None]
             if stored:
                 self.store.remove_messages(self, stored)
+
+    @staticmethod
+    def _let_go(message):
+        """This queue holds `message` no more; returns the bytes the budget counts no more:
+        its place, and its body once the last queue holding it lets it go."""
+        source = message.origin or message
+        source.holders -= 1
+        return QUEUE_ENTRY_BYTES if source.holders else MESSAGE_OVERHEAD_BYTES + len(message.body)
 
     def _next_consumer(self):
         consumers = self.consumers
