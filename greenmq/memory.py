@@ -213,7 +213,8 @@ class MemoryBudget:
         self.paging = False
 
     def status(self):
-        return {"held_bytes": self.held_bytes, "limit_bytes": self.limit, "publishers_blocked": self.blocked}
+        return {"held_bytes": self.held_bytes, "limit_bytes": self.limit, "publishers_blocked": self.blocked,
+                "paging": self.paging}
 
     # -- giving memory back ---------------------------------------------------------------
 

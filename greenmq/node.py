@@ -330,7 +330,8 @@ class Node:
                 "queues": sum(len(vhost.queues) for vhost in self.vhosts.values()),
                 "messages": sum(queue.message_count + queue.unacked_count
                                 for vhost in self.vhosts.values() for queue in vhost.queues.values()),
-                "data_dir": getattr(self.store, "path", None), "memory": self.memory.status()}
+                "data_dir": getattr(self.store, "path", None), "memory": self.memory.status(),
+                "scratch": self.scratch.status()}
 
     def list_users(self):
         return [{"user": user.name, "tags": list(user.tags)} for user in self.users.values()]

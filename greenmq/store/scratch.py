@@ -70,6 +70,7 @@ class ScratchStore:
         self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         self._db.executescript(_SCHEMA)
         self.last_key = 0
+        self.messages = 0           # paged and not yet read back nor removed
         self._queue_ids = weakref.WeakKeyDictionary()
         self._next_queue_id = count(1)
         self._rows = []             # written by the next flush, in key order
@@ -90,6 +91,7 @@ class ScratchStore:
         """Keep `message` (not expiring, not the durable store's) for `queue` until it is
         read back; returns its key, above every key given before."""
         self.last_key += 1
+        self.messages += 1
         head = (message.exchange, message.routing_key, message.properties, message.encoded_properties,
                 message.redelivered)
         self._rows.append((self.last_key, self._queue_id(queue), pickle.dumps(head), message.body, time.time()))
@@ -115,6 +117,7 @@ class ScratchStore:
                                   in self._rows if owner == queue_id and key > after_key])[:limit]
             taken = {row[0] for row in rows}
             self._keep_rows(lambda row: row[0] not in taken)
+        self.messages -= len(rows)
         messages = []
         for key, head, body, published_at in rows:
             exchange, routing_key, properties, encoded_properties, redelivered = pickle.loads(head)
@@ -137,9 +140,13 @@ class ScratchStore:
         """Drop the rows waiting to be written that `keep` refuses: no longer wanted."""
         kept = [row for row in self._rows if keep(row)]
         if len(kept) != len(self._rows):
+            self.messages -= len(self._rows) - len(kept)
             dropped = self._rows_bytes - _held_by(kept)
             self._rows, self._rows_bytes = kept, self._rows_bytes - dropped
             self.memory.held_bytes -= dropped
+
+    def status(self):
+        return {"messages": self.messages, "path": self.path}
 
     def committed(self):
         """Everything paged so far can be read back (`read_queue` reads it anyway)."""
@@ -164,8 +171,9 @@ class ScratchStore:
             return
         rows, removals, rows_bytes = self._rows, self._removals, self._rows_bytes
         self._rows, self._removals, self._rows_bytes = [], [], 0
-        error = self._writer.run(self._write, rows, removals)
+        error, removed = self._writer.run(self._write, rows, removals)
         if error is None:
+            self.messages -= removed
             self.memory.held_bytes -= rows_bytes
             if self._failing:
                 log.warning("the scratch store %s is writable again", self.path or "(temporary)")
@@ -180,20 +188,20 @@ class ScratchStore:
 
     def _write(self, rows, removals):
         """In the writer thread: the rows, then the removals (which never reach rows paged
-        after them). Returns None, or why it failed."""
+        after them). Returns (None, how many rows the removals deleted), or (why it failed, 0)."""
         db = self._db
         try:
             db.execute("BEGIN")
             try:
                 db.executemany(_INSERT, rows)
-                db.executemany(_DELETE, removals)
+                removed = db.executemany(_DELETE, removals).rowcount if removals else 0
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            return str(exc)
-        return None
+            return str(exc), 0
+        return None, removed
 
     def _take(self, queue_id, after_key, limit):
         """In the writer thread: read the rows and delete them."""
