@@ -255,6 +255,7 @@ class ReadyList:
             tail.append(item)
             run = None
         self.tail_count += len(beyond)
+        self.next_run()     # the tail starts with a run: what stays in memory before it is fresh again
 
     def put_back(self, message):
         heapq.heappush(self.returned, (message.order, message))

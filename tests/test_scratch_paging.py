@@ -3,7 +3,8 @@ scratch store (store/scratch.py) while memory is short: a queue takes many times
 limit of them with its publisher going on, drains complete and in order, gives its memory
 back to the last byte, and none of them comes back after a restart or a kill -9, while the
 persistent messages of durable queues beside them all do. Through pika, against brokers of
-their own with a small limit and window."""
+their own with a small limit and window; the paged tail's order and the scratch store's
+contract directly, as state machines."""
 
 import os
 import signal
@@ -12,8 +13,14 @@ import time
 
 import pika
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from greenmq import connection
+from greenmq.memory import MESSAGE_OVERHEAD_BYTES, MemoryBudget, MIN_MEMORY_LIMIT_BYTES
+from greenmq.message import Message
+from greenmq.queue_store import PagedRun, ReadyList
+from greenmq.store.scratch import ScratchStore
 from tests.broker_process import BrokerProcess
 
 LIMIT = 4 * 1024 * 1024
@@ -37,7 +44,9 @@ def broker():
 
 
 def open_channel(broker):
-    conn = pika.BlockingConnection(pika.URLParameters(f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f"))
+    """A publisher blocked for longer than the deadline is closed by pika: stopped for good."""
+    conn = pika.BlockingConnection(pika.URLParameters(
+        f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f?blocked_connection_timeout={DEADLINE_SECONDS}"))
     return conn, conn.channel()
 
 
@@ -50,12 +59,10 @@ def number_of(message_body):
 
 
 def publish(channel, queue, numbers, persistent_if=lambda number: False):
-    """Without confirms but the last's: confirms come in order, so all are routed then."""
-    numbers = list(numbers)
-    for number in numbers[:-1]:
+    """A flood, then a request answered once the broker has routed every one of them."""
+    for number in numbers:
         channel.basic_publish("", queue, body(number), PERSISTENT if persistent_if(number) else TRANSIENT)
-    channel.confirm_delivery()
-    channel.basic_publish("", queue, body(numbers[-1]), PERSISTENT if persistent_if(numbers[-1]) else TRANSIENT)
+    channel.queue_declare(queue, passive=True)
 
 
 def consume(channel, queue, count):
@@ -160,6 +167,10 @@ def test_after_a_restart_no_transient_message_is_back_and_every_persistent_one_i
     publish(channel, "non-durable", range(BACKLOG))
     publish(channel, "transient-only", range(BACKLOG))
     publish(channel, "durable", range(BACKLOG), persistent_if=lambda number: number % 3 == 0)
+    # Confirmed once committed, and the store commits in order: every persistent one is on disk.
+    channel.queue_declare("sync", durable=True)
+    channel.confirm_delivery()
+    channel.basic_publish("", "sync", b"sync", PERSISTENT)
     assert status(broker)["scratch"]["messages"] > BACKLOG
     scratch_bytes = os.path.getsize(scratch_file(broker))
     assert scratch_bytes > LIMIT
@@ -179,3 +190,136 @@ def test_after_a_restart_no_transient_message_is_back_and_every_persistent_one_i
         conn.close()
         again.stop()
     assert not os.path.exists(scratch_file(broker))     # a clean stop leaves nothing of it
+
+
+# -- the paged tail as a state machine -----------------------------------------------------
+
+class ScratchModel:
+    """The scratch store's contract: keys in the order messages are paged, a row gone once
+    it is read back."""
+
+    def __init__(self):
+        self.rows = {}
+        self.last_key = 0
+
+    def page(self, message):
+        self.last_key += 1
+        self.rows[self.last_key] = message
+        return self.last_key
+
+    def read(self, after_key, limit):
+        return [(key, self.rows.pop(key)) for key in sorted(key for key in self.rows if key > after_key)[:limit]]
+
+    def remove_paged(self, after_key):
+        for key in [key for key in self.rows if key > after_key]:
+            del self.rows[key]
+
+
+class DurableModel(ScratchModel):
+    """The durable store's: rows stay until acked (never, here)."""
+
+    def read(self, after_key, limit):
+        return [(key, self.rows[key]) for key in sorted(key for key in self.rows if key > after_key)[:limit]]
+
+
+steps = st.lists(st.one_of(
+    st.tuples(st.just("in memory"), st.booleans()),     # True: with an expiry, never paged out
+    st.tuples(st.just("to scratch")),
+    st.tuples(st.just("to store")),
+    st.tuples(st.just("page out"), st.integers(0, 4)),
+    st.tuples(st.just("read back"), st.integers(1, 5)),
+    st.tuples(st.just("take")),
+), max_size=80)
+
+
+@settings(max_examples=500, deadline=None)
+@given(steps, st.booleans())
+def test_a_tail_of_runs_in_two_stores_and_messages_in_memory_gives_them_back_in_publish_order(steps, purge):
+    """Whatever the mix of messages kept in memory, paged to either store as they come, and
+    paged out later in front of runs with lower keys: read back run by run as the queue
+    does (Queue._page_in), they come in publish order, and a purge finds every row."""
+    ready, scratch, durable = ReadyList(), ScratchModel(), DurableModel()
+    published, taken = 0, []
+
+    def take():
+        taken.append(ready.popleft().body)
+
+    def read_back(limit):
+        run = ready.next_run()
+        if run is None:
+            return False
+        rows = run.store.read(run.after_key, min(limit, run.count))
+        ready.paged_in(run, [message for _, message in rows], rows[-1][0], len(rows))
+        return True
+
+    for step in steps:
+        if step[0] in ("in memory", "to scratch", "to store"):
+            message = Message("", "q", published)
+            published += 1
+            if step[0] == "in memory":
+                ready.append(message.placed(False, 1.0) if step[1] else message)
+            else:
+                store = scratch if step[0] == "to scratch" else durable
+                ready.page(store, store.page(message))
+        elif step[0] == "page out":
+            ready.page_out(step[1], scratch, lambda message: None if message.expires_at else scratch.page(message))
+        elif step[0] == "read back":
+            read_back(step[1])
+        elif ready.fresh:
+            take()
+        assert len(ready) == published - len(taken)
+        assert not ready.tail or type(ready.tail[0]) is PagedRun     # what leads the tail is read back
+    if purge:
+        for store, after_key in ready.first_paged_keys().items():
+            store.remove_paged(after_key)
+        assert not scratch.rows
+        return
+    while ready.fresh or read_back(3) or ready.fresh:     # reading back may find memory items alone
+        while ready.fresh:
+            take()
+    assert taken == list(range(published))
+    assert not ready.tail and not scratch.rows
+
+
+class FakeQueue:
+    """What the scratch store knows of a queue: an object it can name weakly."""
+
+
+def test_the_scratch_store_forgets_a_row_once_read_and_removes_only_what_was_paged_before():
+    memory = MemoryBudget(MIN_MEMORY_LIMIT_BYTES)
+    scratch = ScratchStore(None, memory)
+    queue, other = FakeQueue(), FakeQueue()
+
+    def read(after_key, limit):
+        return [message.body for _, message, _ in scratch.read_queue(queue, after_key, limit)]
+
+    try:
+        keys = [scratch.page(queue, Message("", "q", b"%d" % number, {"delivery_mode": 1})) for number in range(4)]
+        scratch.page(other, Message("", "q", b"other"))
+        assert keys == sorted(keys)
+        assert memory.held_bytes == 5 * MESSAGE_OVERHEAD_BYTES + 4 + len(b"other")   # until written
+        assert read(keys[0] - 1, 2) == [b"0", b"1"]
+        assert memory.held_bytes == 0
+        assert read(keys[0] - 1, 10) == [b"2", b"3"]        # the first two were forgotten
+        assert scratch.messages == 1
+        scratch.page(queue, Message("", "q", b"later"))
+        scratch.remove_paged(queue, 0)      # a purge: what the queue pages next stays
+        scratch.page(queue, Message("", "q", b"after"))
+        assert read(0, 10) == [b"after"]
+        assert scratch.messages == 1 and memory.held_bytes == 0
+    finally:
+        scratch.close()
+
+
+def test_messages_with_a_ttl_stay_in_memory_and_expire_while_memory_is_short():
+    """Paging them would lose their deadline; memory is short here from the first publish."""
+    with BrokerProcess("--queue-window", "2", "--memory-paging-ratio", "0", "--in-memory") as broker:
+        conn, channel = open_channel(broker)
+        channel.queue_declare("ttl")
+        for number in range(20):
+            channel.basic_publish("", "ttl", body(number), pika.BasicProperties(expiration="300"))
+        wait_for(lambda: status(broker)["memory"]["paging"], "memory to be short")
+        wait_for(lambda: channel.queue_declare("ttl", passive=True).method.message_count == 0,
+                 "the messages to expire")
+        assert status(broker)["scratch"]["messages"] == 0
+        conn.close()
