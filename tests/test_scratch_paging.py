@@ -242,7 +242,7 @@ def test_a_tail_of_runs_in_two_stores_and_messages_in_memory_gives_them_back_in_
     published, taken = 0, []
 
     def take():
-        taken.append(ready.popleft().body)
+        taken.append(int(ready.popleft().body))
 
     def read_back(limit):
         run = ready.next_run()
@@ -254,7 +254,7 @@ def test_a_tail_of_runs_in_two_stores_and_messages_in_memory_gives_them_back_in_
 
     for step in steps:
         if step[0] in ("in memory", "to scratch", "to store"):
-            message = Message("", "q", published)
+            message = Message("", "q", b"%d" % published)
             published += 1
             if step[0] == "in memory":
                 ready.append(message.placed(False, 1.0) if step[1] else message)

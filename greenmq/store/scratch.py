@@ -12,10 +12,12 @@ go to the disk in batches on a thread of the store's own (writer.WriterThread), 
 reads, so the hub never waits for the disk. A row read back is deleted in the same call:
 from then on the queue holds its message in memory.
 
-An append-only file per queue read back by offset costs less per write but needs segments
-and compaction to give space back while a queue never empties; SQLite reuses the pages
-of rows read back, and a batch of 4 KiB rows costs its thread about 10 us a row
-(bench/paging.py --transient measures the whole path).
+SQLite reuses the pages of rows read back and finds a queue's next rows by its index. An
+append-only file of records costs less (bench/scratch_store.py, 4 KiB rows: about 1 us a
+row written and 2 read back, against SQLite's 9 and 9) but needs segments, an index per
+queue and their reclaiming to give space back while a queue never empties; with SQLite a
+backlog of ten times the limit already goes in and out faster than RabbitMQ's
+(bench/paging.py --transient, README).
 """
 
 import logging
@@ -80,6 +82,7 @@ class ScratchStore:
         self._using_writer = Semaphore()
         self._flusher = None
         self._failing = False
+        self._closed = False
 
     def _queue_id(self, queue):
         queue_id = self._queue_ids.get(queue)
@@ -110,6 +113,8 @@ class ScratchStore:
         if queue_id is None:
             return []
         with self._using_writer:
+            if self._closed:
+                return []       # stopping: nothing in it is kept anyway
             self._flush()
             rows = self._writer.run(self._take, queue_id, after_key, limit)
         if self._failing:     # some rows are in memory still; they may come first
@@ -165,10 +170,10 @@ class ScratchStore:
     def _flush(self):
         """Write the rows and removals waiting, with the writer in hand. On failure the
         rows stay in memory, still counted, and are tried again."""
+        if self._closed or not self._rows and not self._removals:
+            return
         if self._writer is None:
             self._writer = WriterThread()
-        if not self._rows and not self._removals:
-            return
         rows, removals, rows_bytes = self._rows, self._removals, self._rows_bytes
         self._rows, self._removals, self._rows_bytes = [], [], 0
         error, removed = self._writer.run(self._write, rows, removals)
@@ -216,8 +221,9 @@ class ScratchStore:
 
     def close(self):
         """At a clean stop: nothing in it is kept."""
-        if self._writer is not None:
-            with self._using_writer:
+        self._closed = True
+        with self._using_writer:        # a write in hand ends first
+            if self._writer is not None:
                 self._writer.stop()
         self._db.close()
         if self.path is not None and os.path.exists(self.path):
