@@ -111,14 +111,16 @@ class Node:
 
     def _page_out(self, excess):
         """Memory is short (the budget asks): queues page what they hold beyond their
-        windows, the longest first, until `excess` bytes are freed or none is left."""
+        windows, the longest first, until `excess` bytes are freed; if that is not enough,
+        they page most of their windows too (Queue.page_out's `deep`)."""
         queues = sorted((queue for vhost in self.vhosts.values() for queue in vhost.queues.values()),
                         key=lambda queue: len(queue.ready), reverse=True)
         freed = 0
-        for queue in queues:
-            if freed >= excess:
-                break
-            freed += queue.page_out()
+        for deep in (False, True):
+            for queue in queues:
+                if freed >= excess:
+                    return
+                freed += queue.page_out(deep)
 
     # -- logging in ----------------------------------------------------------------------
 

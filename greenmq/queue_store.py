@@ -163,8 +163,9 @@ class ReadyList:
     Behind `fresh` (the window in memory) a queue may have a paged `tail`: PagedRuns of
     messages on disk only (persistent ones in the durable store, others in the scratch store
     while memory is short), and between them the messages kept in memory (with an expiry, or
-    taken while memory was not short), in order. While the tail holds anything every new message joins it,
-    so the order stays; the queue reads runs back into `fresh` as it empties (Queue._page_in)."""
+    taken while memory was not short), in order. While the tail holds anything every new
+    message joins it, so the order stays; the queue reads runs back into `fresh` as it
+    empties (Queue._page_in)."""
 
     __slots__ = ("fresh", "returned", "tail", "tail_count")
 
@@ -676,10 +677,13 @@ class Queue:
         if self._ttl_timer is None:
             self._arm_ttl_timer()
 
-    def page_out(self):
+    def page_out(self, deep=False):
         """Memory is short: the ready messages beyond the window that the durable store
         does not hold and that do not expire go to the scratch store; returns the bytes
-        that frees. Not while the tail is being read back: the read expects its run first."""
+        that frees. `deep`: memory is short still with every queue paged beyond its window
+        (many queues' windows fill it), so the window goes too, as a lazy queue's; it fills
+        again as consumers come. Not while the tail is being read back: the read expects its run
+        first."""
         if self.window is None or self.deleted or self._pager is not None:
             return 0
         scratch, durable, released = self.scratch, self.store is not None, 0
@@ -692,7 +696,7 @@ class Queue:
             released += self._let_go(message)
             return key
 
-        self.ready.page_out(self.window, scratch, page)
+        self.ready.page_out(0 if deep else self.window, scratch, page)
         self.memory.held_bytes -= released
         return released
 

@@ -118,6 +118,26 @@ def test_a_queue_takes_five_times_the_limit_and_drains_complete_and_in_order(bro
     assert status(broker)["scratch"]["messages"] == 0
 
 
+def test_queues_whose_windows_together_pass_the_limit_page_within_them_and_their_publisher_goes_on(broker):
+    """Twenty windows of 64 messages of 4 KiB are 5 MiB, more than the 4 MiB limit."""
+    queues = [f"many-{number}" for number in range(20)]
+    conn, channel = open_channel(broker)
+    for queue in queues:
+        channel.queue_declare(queue)
+    for number in range(BACKLOG):
+        channel.basic_publish("", queues[number % len(queues)], body(number))
+    for queue in queues:
+        assert channel.queue_declare(queue, passive=True).method.message_count == BACKLOG // len(queues)
+    assert status(broker)["memory"]["held_bytes"] < LIMIT
+    conn.close()
+    conn, channel = open_channel(broker)
+    for offset, queue in enumerate(queues):
+        expected = list(range(offset, BACKLOG, len(queues)))
+        assert consume(channel, queue, len(expected)) == expected
+    conn.close()
+    wait_for(lambda: status(broker)["memory"]["held_bytes"] == 0, "the accounted memory to return to 0")
+
+
 def test_an_exclusive_queue_pages_too_and_basic_get_reads_back_with_requeue_to_the_head(broker):
     conn, channel = open_channel(broker)
     queue = channel.queue_declare("", exclusive=True).method.queue
