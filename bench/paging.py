@@ -1,11 +1,13 @@
 """A backlog ten times the memory limit: persistent messages into one durable queue with
-nobody consuming, then drained by one consumer; GreenMQ (started here with --memory-limit)
-beside RabbitMQ on the same backlog.
+nobody consuming (or, with --transient, transient ones into a non-durable queue, which page
+to the scratch store once memory is short), then drained by one consumer; GreenMQ (started
+here with --memory-limit) beside RabbitMQ on the same backlog.
 
     python bench/paging.py                                   # 64 MiB limit, 640 MiB of 4 KiB messages
     python bench/paging.py --memory-limit-mib 256            # 2.5 GiB, as issue 23 asks
     python bench/paging.py --url amqp://guest:guest@127.0.0.1:5682/%2f   # and RabbitMQ in the same run
     python bench/paging.py --priorities 10 --message-ttl-ms 3600000     # a priority queue with a TTL
+    python bench/paging.py --transient                       # transient messages, non-durable queue
 
 Printed per broker: the publish rate over the first and the last tenth of the backlog, the
 drain's rate, whether every message came back once and in order, and for GreenMQ its peak
@@ -30,8 +32,6 @@ import pika  # noqa: E402
 
 from tests.broker_process import BrokerProcess  # noqa: E402
 
-PERSISTENT = pika.BasicProperties(delivery_mode=2)
-
 
 def proc_kib(pid, field):
     with open(f"/proc/{pid}/status") as status:
@@ -40,16 +40,18 @@ def proc_kib(pid, field):
                 return int(line.split()[1])
 
 
-def publish(url, queue, count, size, priorities, arguments):
+def publish(url, queue, count, size, priorities, arguments, transient):
     """Seconds taken by the first and the last tenth of `count` publishes; the last publish
     is confirmed, and confirms come in order, so all are stored when this returns."""
     connection = pika.BlockingConnection(pika.URLParameters(url))
     channel = connection.channel()
-    channel.queue_declare(queue, durable=True, arguments=arguments)
+    channel.queue_declare(queue, durable=not transient, arguments=arguments)
     filler = b"x" * (size - 8)
     tenth = max(1, count // 10)
     marks = [time.perf_counter()]
-    properties = [pika.BasicProperties(delivery_mode=2, priority=priority) for priority in range(priorities)] or [PERSISTENT]
+    delivery_mode = 1 if transient else 2
+    properties = [pika.BasicProperties(delivery_mode=delivery_mode, priority=priority)
+                  for priority in range(max(priorities, 1))]
     for number in range(count):
         if number == count - 1:
             channel.confirm_delivery()
@@ -91,10 +93,10 @@ def drain(url, queue, count, priorities):
     return count / seconds, received == count and in_order and left == 0
 
 
-def run(name, url, count, size, priorities, arguments, pid=None):
+def run(name, url, count, size, priorities, arguments, transient, pid=None):
     queue = f"paging-{uuid.uuid4().hex[:8]}"
     before = proc_kib(pid, "VmRSS") if pid else None
-    first_rate, last_rate = publish(url, queue, count, size, priorities, arguments)
+    first_rate, last_rate = publish(url, queue, count, size, priorities, arguments, transient)
     line = f"{name:<10} publish {first_rate:9,.0f} msg/s first tenth, {last_rate:9,.0f} last tenth"
     if pid:
         grown = proc_kib(pid, "VmRSS") - before
@@ -114,6 +116,7 @@ def main():
     parser.add_argument("--url", action="append", default=[], help="another broker to run the same backlog on")
     parser.add_argument("--priorities", type=int, default=0, help="a priority queue with this many priorities")
     parser.add_argument("--message-ttl-ms", type=int, help="the queue's x-message-ttl")
+    parser.add_argument("--transient", action="store_true", help="transient messages into a non-durable queue")
     args = parser.parse_args()
     count = args.backlog_factor * args.memory_limit_mib * 2**20 // args.size
     arguments = {}
@@ -121,13 +124,15 @@ def main():
         arguments["x-max-priority"] = args.priorities - 1
     if args.message_ttl_ms is not None:
         arguments["x-message-ttl"] = args.message_ttl_ms
-    print(f"{count:,} persistent messages of {args.size} B ({count * args.size / 2**30:.2f} GiB) into one "
-          f"durable queue {arguments or ''}, GreenMQ with --memory-limit {args.memory_limit_mib}MiB")
+    print(f"{count:,} {'transient' if args.transient else 'persistent'} messages of {args.size} B "
+          f"({count * args.size / 2**30:.2f} GiB) into one {'non-durable' if args.transient else 'durable'} "
+          f"queue {arguments or ''}, GreenMQ with --memory-limit {args.memory_limit_mib}MiB")
     with BrokerProcess("--memory-limit", f"{args.memory_limit_mib}MiB") as broker:
         run("GreenMQ", f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f", count, args.size,
-            args.priorities, arguments, broker.pid)
+            args.priorities, arguments, args.transient, broker.pid)
     for url in args.url:
-        run(urllib.parse.urlparse(url).netloc.split("@")[-1], url, count, args.size, args.priorities, arguments)
+        run(urllib.parse.urlparse(url).netloc.split("@")[-1], url, count, args.size, args.priorities, arguments,
+            args.transient)
 
 
 if __name__ == "__main__":

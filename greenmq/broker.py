@@ -144,7 +144,9 @@ def main(argv=None):
             log.info("keeping messages in memory only (in_memory)")
         else:
             log.info("keeping durable entities and persistent messages in %s", store.path)
-        node = Node(store=store, memory_limit=settings.memory_limit, queue_window=settings.queue_window)
+        node = Node(store=store, memory_limit=settings.memory_limit, queue_window=settings.queue_window,
+                    paging_ratio=settings.memory_paging_ratio,
+                    scratch_dir=None if settings.in_memory else os.path.abspath(settings.data_dir))
     except StoreError as exc:
         log.error("%s", exc)
         return 1

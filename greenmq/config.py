@@ -17,7 +17,7 @@ except ImportError:             # Python < 3.11: the same parser, from PyPI
 from .lines import max_line_bytes_for
 from .message import DEFAULT_MAX_MESSAGE_BYTES
 from .node import DEFAULT_CONSUMER_TIMEOUT_MS
-from .memory import DEFAULT_MEMORY_FRACTION, DEFAULT_QUEUE_WINDOW, parse_memory_limit
+from .memory import DEFAULT_MEMORY_FRACTION, DEFAULT_PAGING_RATIO, DEFAULT_QUEUE_WINDOW, parse_memory_limit
 from .stats import DEFAULT_SAMPLE_INTERVAL_SECONDS
 
 DEFAULT_HOST = "127.0.0.1"
@@ -68,6 +68,12 @@ def _seconds(value):
 # RabbitMQ's consumer_timeout takes 0 (none) up to this many milliseconds (a signed 32-bit
 # integer) and refuses negative values; so does this.
 MAX_CONSUMER_TIMEOUT_MS = 2**31 - 1
+
+
+def _ratio(value):
+    if type(value) not in (int, float) or not value >= 0:
+        raise ValueError("must be a number, 0 or more")
+    return value
 
 
 def _milliseconds_or_off(value):
@@ -158,9 +164,15 @@ SETTINGS = {
                      "above this many bytes of messages and output held, publishers are not read until "
                      "consumers make room: bytes, with a unit (512MiB, 2GB) or a fraction of the machine's "
                      f"memory (default {DEFAULT_MEMORY_FRACTION}, RabbitMQ's vm_memory_high_watermark)"),
+    "memory_paging_ratio": (_ratio, DEFAULT_PAGING_RATIO,
+                            "share of memory_limit above which queues page the ready messages beyond "
+                            "their windows to disk, transient ones too, as RabbitMQ's "
+                            f"vm_memory_high_watermark_paging_ratio (default {DEFAULT_PAGING_RATIO}; 0 pages "
+                            "always, above 1 never)"),
     "queue_window": (_window, DEFAULT_QUEUE_WINDOW,
-                     "ready messages a durable queue keeps in memory ahead of its consumers; persistent "
-                     "messages beyond them wait on disk only (default "
+                     "ready messages a queue keeps in memory ahead of its consumers; persistent messages "
+                     "of a durable queue beyond them wait on disk only, and others too while memory is "
+                     "short (see memory_paging_ratio; default "
                      f"{DEFAULT_QUEUE_WINDOW}; x-queue-mode lazy keeps none)"),
     "data_dir": (_text, DEFAULT_DATA_DIR, "where durable exchanges, queues, bindings, persistent messages, "
                                           f"users and vhosts are kept (default ./{DEFAULT_DATA_DIR})"),
@@ -190,7 +202,7 @@ def make_parser():
             parser.add_argument(flag, dest=name, action="store_const", const=True, help=help_text)
         elif check in _INTEGER_CHECKS:
             parser.add_argument(flag, dest=name, type=int, help=help_text)
-        elif check is _seconds:
+        elif check in (_seconds, _ratio):
             parser.add_argument(flag, dest=name, type=float, help=help_text)
         else:
             parser.add_argument(flag, dest=name, help=help_text)
@@ -260,7 +272,7 @@ def _from_environment(check, text):
             return int(text)
         except ValueError:
             return text
-    if check is _seconds:
+    if check in (_seconds, _ratio):
         try:
             return float(text)
         except ValueError:

@@ -9,6 +9,10 @@ being read (management.py). Above the limit, connections that publish are not re
 count falls below RESUME_FRACTION of it, while consumers go on draining, as RabbitMQ does
 above its vm_memory_high_watermark. The budget decides; transport.py stops reading and
 each front end tells its client in its own words.
+
+Above DEFAULT_PAGING_RATIO of the limit memory is short: the budget asks its `page_out`
+(the node's, which knows the queues; nothing here does) to free bytes by paging queues to
+disk, until the count falls below RESUME_FRACTION of that mark.
 """
 
 import contextlib
@@ -46,6 +50,16 @@ QUEUE_ENTRY_BYTES = 16
 # not memory. 2,048 messages keep a consumer fed across a read of the next batch (a read
 # takes a few milliseconds) while 10 queues of 4 KiB messages hold 80 MiB at most ahead.
 DEFAULT_QUEUE_WINDOW = 2048
+
+# RabbitMQ's vm_memory_high_watermark_paging_ratio: once the held bytes pass this share of
+# the limit, memory is short and queues page the ready messages beyond their windows to disk
+# (transient ones and those of queues the durable store does not keep go to the scratch
+# store, store/scratch.py), long before publishers have to be stopped at the limit itself.
+DEFAULT_PAGING_RATIO = 0.5
+
+# While memory is short, how often the count is compared with the paging mark and queues
+# asked to page out what they took since: a look per tick, not per message.
+PAGING_CHECK_SECONDS = 0.05
 
 # RabbitMQ's default vm_memory_high_watermark: 0.4 of the machine's memory, leaving room
 # for the interpreter, the allocator's slack and what the accounting does not see.
@@ -127,10 +141,16 @@ class MemoryBudget:
     publishers are blocked by it. One per node, so two brokers in one process (tests, an
     embedding program) each count their own."""
 
-    def __init__(self, limit, queue_window=DEFAULT_QUEUE_WINDOW):
+    def __init__(self, limit, queue_window=DEFAULT_QUEUE_WINDOW, paging_ratio=DEFAULT_PAGING_RATIO):
         self.held_bytes = 0
         self.limit = limit
         self.queue_window = queue_window    # see DEFAULT_QUEUE_WINDOW; queue_store.py reads it
+        # Above 1, never (RabbitMQ's way to turn paging off): publishers stop at the limit.
+        self.paging_mark = int(limit * paging_ratio) if paging_ratio <= 1 else float("inf")
+        self.paging = False                 # memory is short: queues page beyond their windows
+        # page_out(bytes): page queues out until about that many bytes are freed; set by the
+        # node, which knows the queues (None: nothing pages).
+        self.page_out = None
         self.resume_below = int(limit * RESUME_FRACTION)
         self.blocked = False
         self._unblocked = Event()
@@ -148,6 +168,9 @@ class MemoryBudget:
         held_bytes = self.held_bytes
         if held_bytes > self._peak_since_trim:
             self._peak_since_trim = held_bytes
+        if held_bytes > self.paging_mark and not self.paging and self.page_out is not None:
+            self.paging = True
+            gevent.spawn(self._page_while_short)
         if held_bytes <= self.limit:
             return True
         self.blocked = True
@@ -179,8 +202,19 @@ class MemoryBudget:
         log.warning("memory held (%d bytes) is below %d again: publishers are read again",
                     self.held_bytes, self.resume_below)
 
+    def _page_while_short(self):
+        """Page out while the count is above the paging mark; memory is short until it
+        falls below RESUME_FRACTION of the mark (with a mark of 0, for ever)."""
+        paging_below = int(self.paging_mark * RESUME_FRACTION)
+        while self.held_bytes >= paging_below:
+            if self.held_bytes > self.paging_mark:
+                self.page_out(self.held_bytes - paging_below)
+            gevent.sleep(PAGING_CHECK_SECONDS)
+        self.paging = False
+
     def status(self):
-        return {"held_bytes": self.held_bytes, "limit_bytes": self.limit, "publishers_blocked": self.blocked}
+        return {"held_bytes": self.held_bytes, "limit_bytes": self.limit, "publishers_blocked": self.blocked,
+                "paging": self.paging}
 
     # -- giving memory back ---------------------------------------------------------------
 

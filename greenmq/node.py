@@ -18,8 +18,10 @@ from . import definitions
 from .access import (ADMINISTRATOR, FULL_ACCESS, HASHING_ALGORITHM, LIMITS, POLICYMAKER, Permission, User,
                      checked_limits, hash_password, limit_reached)
 from .store.memory import MemoryStore
+from .store.scratch import ScratchStore
 from .errors import AccessRefused, BadSyntax, ConnectionForced, NotAllowed, NotFound, PreconditionFailed
-from .memory import DEFAULT_MEMORY_FRACTION, DEFAULT_QUEUE_WINDOW, MemoryBudget, parse_memory_limit
+from .memory import (DEFAULT_MEMORY_FRACTION, DEFAULT_PAGING_RATIO, DEFAULT_QUEUE_WINDOW, MemoryBudget,
+                     parse_memory_limit)
 from .policy import OPERATOR_POLICY
 from .session import Session
 from .vhost import VirtualHost, check_name
@@ -56,10 +58,14 @@ VERIFIED_LOGINS_KEPT = 10_000
 
 
 class Node:
-    def __init__(self, store=None, memory_limit=None, queue_window=DEFAULT_QUEUE_WINDOW):
+    def __init__(self, store=None, memory_limit=None, queue_window=DEFAULT_QUEUE_WINDOW,
+                 paging_ratio=DEFAULT_PAGING_RATIO, scratch_dir=None):
+        """`scratch_dir`: where the scratch store's file goes (None: a temporary one)."""
         self.store = store if store is not None else MemoryStore()
         self.memory = MemoryBudget(parse_memory_limit(DEFAULT_MEMORY_FRACTION) if memory_limit is None
-                                   else memory_limit, queue_window)
+                                   else memory_limit, queue_window, paging_ratio)
+        self.memory.page_out = self._page_out
+        self.scratch = ScratchStore(scratch_dir, self.memory)
         self.users = {}             # name -> User
         self.permissions = {}       # (user name, vhost name) -> Permission
         self.vhosts = {}
@@ -84,7 +90,7 @@ class Node:
         for name, password_hash, algorithm, tags in recovered.users:
             self.users[name] = User(name, password_hash, algorithm, tags)
         for name in recovered.vhosts:
-            self.vhosts[name] = VirtualHost(name, self.store, self.memory)
+            self.vhosts[name] = VirtualHost(name, self.store, self.memory, self.scratch)
         for user, vhost, configure, write, read in recovered.permissions:
             self.permissions[user, vhost] = Permission(configure, write, read)
         for kind, name, limits in recovered.limits:
@@ -100,6 +106,21 @@ class Node:
                  time.monotonic() - started, f"; {expired} expired while the broker was down" if expired else "",
                  "" if recovered.clean else "; the last run did not stop cleanly, so every message "
                  "comes back flagged redelivered")
+
+    # -- memory ----------------------------------------------------------------------------
+
+    def _page_out(self, excess):
+        """Memory is short (the budget asks): queues page what they hold beyond their
+        windows, the longest first, until `excess` bytes are freed; if that is not enough,
+        they page most of their windows too (Queue.page_out's `deep`)."""
+        queues = sorted((queue for vhost in self.vhosts.values() for queue in vhost.queues.values()),
+                        key=lambda queue: len(queue.ready), reverse=True)
+        freed = 0
+        for deep in (False, True):
+            for queue in queues:
+                if freed >= excess:
+                    return
+                freed += queue.page_out(deep)
 
     # -- logging in ----------------------------------------------------------------------
 
@@ -252,7 +273,7 @@ class Node:
             raise PreconditionFailed("a vhost name must not be empty")
         if name in self.vhosts:
             raise PreconditionFailed(f"vhost '{name}' already exists")
-        self.vhosts[name] = VirtualHost(name, self.store, self.memory)
+        self.vhosts[name] = VirtualHost(name, self.store, self.memory, self.scratch)
         self.store.put_vhost(name)
 
     def delete_vhost(self, name):
@@ -311,7 +332,8 @@ class Node:
                 "queues": sum(len(vhost.queues) for vhost in self.vhosts.values()),
                 "messages": sum(queue.message_count + queue.unacked_count
                                 for vhost in self.vhosts.values() for queue in vhost.queues.values()),
-                "data_dir": getattr(self.store, "path", None), "memory": self.memory.status()}
+                "data_dir": getattr(self.store, "path", None), "memory": self.memory.status(),
+                "scratch": self.scratch.status()}
 
     def list_users(self):
         return [{"user": user.name, "tags": list(user.tags)} for user in self.users.values()]
@@ -404,6 +426,7 @@ class Node:
                     if redelivered:
                         self.store.mark_redelivered(queue, redelivered)
         self.store.close()
+        self.scratch.close()
 
 
 def _check_limits_kind(kind):

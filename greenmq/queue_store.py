@@ -139,7 +139,12 @@ class PagedRun:
     holding the run is a priority's: see ReadyList.priority), read back with
     `Store.read_queue`, their bodies `bytes` long in all (None: not known, a backlog
     recovered by a queue that does not count bytes). One per stretch of pageable messages,
-    however long, so a paged message costs no memory."""
+    however long, so a paged message costs no memory.
+
+    A run's messages have the lowest keys of its queue's above `after_key` when its turn
+    comes: a store gives keys in the order messages are kept, a run grows only while it is
+    last in the tail, and the scratch store, whose runs made by `ReadyList.page_out` may
+    come before runs with lower keys, forgets a row as it is read back."""
 
     __slots__ = ("store", "after_key", "count", "bytes")
 
@@ -158,9 +163,10 @@ class ReadyList:
     message is older than every fresh one (messages leave in order, so those still fresh
     came later), which is why the heap is simply taken first.
 
-    Behind `fresh` (the window in memory) a durable queue may have a paged `tail`: PagedRuns
-    of messages on disk only, and between them the messages that cannot be paged (transient
-    ones), in order. While the tail holds anything every new message joins it, so the order
+    Behind `fresh` (the window in memory) a queue may have a paged `tail`: PagedRuns of
+    messages on disk only (persistent ones of a durable queue in the durable store, others
+    in the scratch store while memory is short), and between them the messages kept in
+    memory, in order. While the tail holds anything every new message joins it, so the order
     stays; the queue reads runs back into `fresh` as it empties (Queue._page_in). A
     priority's list (in ReadyLevels) knows its `priority`, which the store reads its runs
     by; a plain queue's is None: its runs are all its stored messages above a key."""
@@ -192,17 +198,22 @@ class ReadyList:
         """The window of each of its lists, for a queue's window of `window` messages."""
         return window
 
-    def page(self, store, message):
-        """`message`, kept in `store`, joins the tail on disk only."""
+    def page(self, store, key, message):
+        """`message`, kept in `store` as `key`, joins the tail on disk only."""
         tail = self.tail
         run = tail[-1] if tail else None
         if type(run) is not PagedRun or run.store is not store:
-            run = PagedRun(store, message.stored.key - 1, 0, 0)
+            run = PagedRun(store, key - 1, 0, 0)
             tail.append(run)
         run.count += 1
         if run.bytes is not None:
             run.bytes += len(message.body)
         self.tail_count += 1
+
+    def ends_in_run_of(self, store):
+        """Whether the tail's last item is a PagedRun in `store`."""
+        tail = self.tail
+        return bool(tail) and type(tail[-1]) is PagedRun and tail[-1].store is store
 
     def recovered(self, store, count, bytes=None):
         """At start: the list's `count` messages in `store` (`bytes` long), all paged."""
@@ -265,8 +276,34 @@ class ReadyList:
         key above)]; empty when none is paged."""
         keys = {}
         for run in self.paged_runs():
-            keys.setdefault(run.store, run.after_key)
+            keys[run.store] = min(run.after_key, keys.get(run.store, run.after_key))
         return [(store, self.priority, key) for store, key in keys.items()]
+
+    def page_out(self, window, store, page):
+        """Memory is short: the messages in memory beyond the first `window` of `fresh`
+        that `page(message)` keeps in `store` (it returns their key there, or None for one
+        that stays in memory) join the paged tail in their places, each stretch of them a
+        new PagedRun; the runs already there stay as they are."""
+        fresh, tail = self.fresh, self.tail
+        beyond = [fresh.pop() for _ in range(len(fresh) - window)]
+        beyond.reverse()
+        items = beyond + list(tail)
+        tail.clear()
+        run = None
+        for item in items:
+            if type(item) is not PagedRun:
+                key = page(item)
+                if key is not None:
+                    if run is None:
+                        run = PagedRun(store, key - 1, 0, 0)
+                        tail.append(run)
+                    run.count += 1
+                    run.bytes += len(item.body)
+                    continue
+            tail.append(item)
+            run = None
+        self.tail_count += len(beyond)
+        self.next_run()     # the tail starts with a run: what stays in memory before it is fresh again
 
     def put_back(self, message):
         heapq.heappush(self.returned, (message.order, message))
@@ -418,8 +455,8 @@ class ReadyLevels:
         more ahead than a plain one (reads bring PAGE_IN_MIN at least, though)."""
         return max(1, window // len(self.levels)) if window else 0
 
-    def page(self, store, message):
-        self._level(message).page(store, message)
+    def page(self, store, key, message):
+        self._level(message).page(store, key, message)
         self.count += 1
         self.bytes += len(message.body)
 
@@ -559,11 +596,11 @@ class Queue:
     # A stream keeps every message it takes in a copy of its own (stream.py); the vhost keeps
     # persistent messages in the store for the other durable queues.
     keeps_own_copies = False
-    # Whether its stored messages beyond the window may wait on disk only (ReadyList's tail).
+    # Whether its messages beyond the window may wait on disk only (ReadyList's tail).
     pages = True
 
     def __init__(self, vhost_name, name, durable=False, exclusive_owner=None, auto_delete=False,
-                 arguments=None, on_expired=None, store=None, dead_letter=None, memory=None):
+                 arguments=None, on_expired=None, store=None, dead_letter=None, memory=None, scratch=None):
         self.vhost_name = vhost_name
         self.memory = memory        # the node's MemoryBudget, which held messages count in
         self.name = name
@@ -594,6 +631,8 @@ class Queue:
         # The durable store, for a queue whose persistent messages outlive the process;
         # exclusive queues end with their connection, so none is kept.
         self.store = store if durable and exclusive_owner is None else None
+        # Where the messages the store does not keep wait while memory is short (store/scratch.py).
+        self.scratch = scratch
         self._on_expired = on_expired
         self._dead_letter = dead_letter     # dead_letter(queue, messages, reason), the vhost's
         self._expiry_timer = None
@@ -637,9 +676,11 @@ class Queue:
         self.max_length_bytes = settings.get("x-max-length-bytes")
         self.limited = self.max_length is not None or self.max_length_bytes is not None
         self.overflow = settings.get("x-overflow", "drop-head")
-        # How many ready messages stay in memory before stored ones wait on disk only (None:
-        # all stay); a priority queue's priorities share them (ReadyLevels.level_window).
-        self.window = (None if self.store is None or not self.pages
+        # How many ready messages stay in memory before others wait on disk only: stored
+        # ones of a durable queue in its store, others in the scratch store while memory is
+        # short (None: all stay); a priority queue's priorities share them
+        # (ReadyLevels.level_window).
+        self.window = (None if self.store is None and self.scratch is None or not self.pages
                        else 0 if settings.get("x-queue-mode") == "lazy" else self.memory.queue_window)
         if self.max_length_bytes is not None and not isinstance(self.ready, ReadyLevels):
             # a plain list cannot count bytes
@@ -700,22 +741,33 @@ class Queue:
                 self.delivered += 1
                 consumer.channel.deliver(consumer, message, None)
                 return True
-        if (consumer is None and not full and self.window is not None and message.stored is not None
-                and ready.beyond_window(message, self.window) and message.properties.get("delivery_mode") == 2
-                and self.message_ttl != 0):
-            # Beyond the window a persistent message (so stored for this queue too: a transient
-            # one may be stored for a quorum queue only) waits on disk only: not held, not counted.
-            # (With a TTL of 0 it goes at once, below.) Its expiry is worked out again when
-            # it is read back (`_from_store`), and its limits count it meanwhile.
-            stored = message.stored
-            if stored.refs is not None and stored.refs > 1:
-                stored.refs = None      # the queues holding it in memory no longer know them all
-            ready.page(self.store, message)
-            if self.limited:
-                self._drop_head_over_limit()
-            if message.expires_at is not None and self._ttl_timer is None:
-                self._page_in_if_due()      # the head must be in memory to expire on time
-            return True
+        if (consumer is None and not full and self.window is not None and self.message_ttl != 0
+                and ready.beyond_window(message, self.window)):
+            # (With a TTL of 0 a message goes at once, below.)
+            if self.store is not None and message.stored is not None:
+                if message.properties.get("delivery_mode") == 2:
+                    # Beyond the window a persistent message (so stored for this queue too: a
+                    # transient one may be stored for a quorum queue only) waits on disk only:
+                    # not held, not counted. Its expiry is worked out again when it is read
+                    # back (`_from_store`), and its limits count it meanwhile.
+                    stored = message.stored
+                    if stored.refs is not None and stored.refs > 1:
+                        stored.refs = None      # the queues holding it in memory no longer know them all
+                    ready.page(self.store, stored.key, message)
+                    if self.limited:
+                        self._drop_head_over_limit()
+                    if message.expires_at is not None and self._ttl_timer is None:
+                        self._page_in_if_due()      # the head must be in memory to expire on time
+                    return True
+            elif (message.expires_at is None and type(ready) is ReadyList
+                  and (self.memory.paging or ready.ends_in_run_of(self.scratch))):
+                # Memory is short, or was when this queue's tail began to go to the scratch
+                # store, which the rest of the tail then follows, so that the queue does not
+                # fill memory again for the next page-out to write.
+                ready.page(self.scratch, self.scratch.page(self, message), message)
+                if self.limited:
+                    self._drop_head_over_limit()
+                return True
         # Held from here on: the message counts once, with its body, however many queues
         # hold it (they share it), and each further queue its place (see `_forget`).
         source = message.origin or message
@@ -769,6 +821,29 @@ class Queue:
             after_key = rows[-1][0]
         if self._ttl_timer is None:
             self._arm_ttl_timer()
+
+    def page_out(self, deep=False):
+        """Memory is short: the ready messages beyond the window that the durable store
+        does not hold and that do not expire go to the scratch store; returns the bytes
+        that frees. `deep`: memory is short still with every queue paged beyond its window
+        (many queues' windows fill it), so the window goes too, as a lazy queue's; it fills
+        again as consumers come. Not while the tail is being read back: the read expects its run
+        first."""
+        if self.window is None or self.deleted or self._pager is not None or type(self.ready) is not ReadyList:
+            return 0        # (a priority queue's levels, or one limited in bytes, stay in memory)
+        scratch, durable, released = self.scratch, self.store is not None, 0
+
+        def page(message):
+            nonlocal released
+            if message.expires_at is not None or durable and message.stored is not None:
+                return None
+            key = scratch.page(self, message)
+            released += self._let_go(message)
+            return key
+
+        self.ready.page_out(0 if deep else self.window, scratch, page)
+        self.memory.held_bytes -= released
+        return released
 
     def _from_store(self, message, published_at):
         """A message read back from the store, with its expiry here (wall-clock time: the
@@ -1013,16 +1088,18 @@ class Queue:
             if not (ready.fresh or ready.returned):
                 if not ready.tail:
                     break
-                if type(ready) is not ReadyList or max_bytes is not None or self.dead_letter_exchange is not None:
+                run = None if type(ready) is not ReadyList else ready.next_run()
+                if ready.fresh:
+                    continue        # the tail began with messages in memory
+                if (run is None or max_bytes is not None or self.dead_letter_exchange is not None
+                        or run.store is not self.store):    # (the scratch store forgets rows as it reads them)
                     self._paged_drop_due = True
                     self._start_page_in()
                     break
-                run = ready.next_run()
-                if not ready.fresh:
-                    count = min(run.count, len(ready) - max_length)
-                    run.store.remove_paged_head(self, run.after_key, count)
-                    ready.drop_paged_head(run, count)
-                    self._paged_drops += 1
+                count = min(run.count, len(ready) - max_length)
+                run.store.remove_paged_head(self, run.after_key, count)
+                ready.drop_paged_head(run, count)
+                self._paged_drops += 1
                 continue
             dropped.append(ready.popleft())
         if dropped:
@@ -1033,18 +1110,21 @@ class Queue:
         expired, maxlen) they are dead-lettered when the queue has a dead-letter exchange:
         before their removal from the store, in the same open batch, so a persistent
         message is kept in its new queues by the transaction that lets it go here."""
-        released = 0
-        for message in messages:
-            source = message.origin or message
-            source.holders -= 1         # the last queue holding it lets the message go
-            released += QUEUE_ENTRY_BYTES if source.holders else MESSAGE_OVERHEAD_BYTES + len(message.body)
-        self.memory.held_bytes -= released
+        self.memory.held_bytes -= sum(map(self._let_go, messages))
         if reason is not None and self.dead_letter_exchange is not None and messages:
             self._dead_letter(self, messages, reason)
         if self.store is not None:
             stored = [message for message in messages if message.stored is not None]
             if stored:
                 self.store.remove_messages(self, stored)
+
+    @staticmethod
+    def _let_go(message):
+        """This queue holds `message` no more; returns the bytes the budget counts no more:
+        its place, and its body once the last queue holding it lets it go."""
+        source = message.origin or message
+        source.holders -= 1
+        return QUEUE_ENTRY_BYTES if source.holders else MESSAGE_OVERHEAD_BYTES + len(message.body)
 
     def _next_consumer(self):
         consumers = self.consumers

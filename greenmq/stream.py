@@ -133,7 +133,7 @@ class StreamQueue(Queue):
     inapplicable_policy_keys = NOT_FOR_STREAMS
 
     def __init__(self, vhost_name, name, durable=True, exclusive_owner=None, auto_delete=False,
-                 arguments=None, on_expired=None, store=None, dead_letter=None, memory=None):
+                 arguments=None, on_expired=None, store=None, dead_letter=None, memory=None, scratch=None):
         self.first_offset = self.next_offset = 0
         self.log_bytes = 0
         self.segments = deque()
@@ -145,7 +145,7 @@ class StreamQueue(Queue):
         self.positions = {}             # consumer -> its ReadPosition
         self._remover = None            # the greenlet removing what retention dropped
         super().__init__(vhost_name, name, durable, exclusive_owner, auto_delete, arguments,
-                         on_expired, store, dead_letter, memory)
+                         on_expired, store, dead_letter, memory, scratch)
         self.what = f"queue '{name}' in vhost '{vhost_name}'"
 
     @classmethod

@@ -62,10 +62,11 @@ class ReplyPseudoQueue:
 
 
 class VirtualHost:
-    def __init__(self, name, store, memory):
+    def __init__(self, name, store, memory, scratch):
         self.name = name
         self.store = store          # where durable definitions and persistent messages go
         self.memory = memory        # the node's MemoryBudget, which its queues' messages count in
+        self.scratch = scratch      # where its queues page what the store does not keep
         self.queues = {}
         self.exchanges = {"": DefaultExchange(self.queues)}
         self.published = 0          # messages accepted for routing, for the management API
@@ -217,7 +218,8 @@ class VirtualHost:
         cls = queue_class(arguments, f"queue '{name}' in vhost '{self.name}'")
         queue = self.queues[name] = cls(self.name, name, durable, exclusive_owner, auto_delete,
                                         arguments, on_expired=self.remove_queue, store=self.store,
-                                        dead_letter=self.dead_letter, memory=self.memory)
+                                        dead_letter=self.dead_letter, memory=self.memory,
+                                        scratch=self.scratch)
         if queue.keeps_every_message and queue.store is not None:
             self.queues_keeping_every_message += 1
         self._apply_policies_to(queue)

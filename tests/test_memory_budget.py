@@ -38,11 +38,15 @@ SLACK = 1024 * 1024
 BODY_BYTES = 1024
 MESSAGES = 3 * LIMIT // BODY_BYTES          # three times what the limit holds
 DEADLINE_SECONDS = 60
+# The brokers here do not page (a paging ratio above 1, RabbitMQ's way to turn it off), so
+# that a flood fills memory: these tests are about the limit itself (paging:
+# tests/test_scratch_paging.py).
+NOT_PAGING = ("--memory-paging-ratio", "2")
 
 
 @pytest.fixture(scope="module")
 def small_broker():
-    with BrokerProcess("--memory-limit", "4MiB", "--in-memory") as broker:
+    with BrokerProcess("--memory-limit", "4MiB", "--in-memory", *NOT_PAGING) as broker:
         yield broker
 
 
@@ -246,7 +250,7 @@ def test_a_blocked_publisher_closed_by_an_operator_hears_why_at_once(small_broke
 
 def test_a_publisher_blocked_by_a_broker_that_dies_fails_over_unblocked(name):
     """The next broker of the list has blocked nothing: the flood goes on there."""
-    with BrokerProcess("--memory-limit", "4MiB", "--in-memory") as first, BrokerProcess("--in-memory") as second:
+    with BrokerProcess("--memory-limit", "4MiB", "--in-memory", *NOT_PAGING) as first, BrokerProcess("--in-memory") as second:
         urls = [f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f" for broker in (first, second)]
         publisher = connection.Connection(urls)
         channel = publisher.channel()
@@ -378,7 +382,7 @@ STAYS_BLOCKED_SECONDS = 20 * memory.BLOCKED_CHECK_SECONDS
 
 
 def test_a_blocked_publisher_is_resumed_only_below_nine_tenths_of_the_limit(name):
-    with BrokerProcess("--memory-limit", "4MiB", "--in-memory") as broker, \
+    with BrokerProcess("--memory-limit", "4MiB", "--in-memory", *NOT_PAGING) as broker, \
             connection.Connection(port=broker.port) as publisher, \
             connection.Connection(port=broker.port) as getter:
         publisher.channel().queue_declare(name)
@@ -488,7 +492,7 @@ def test_a_message_still_arriving_counts_and_its_sender_is_paused_over_the_limit
     """Input not yet whole (an AMQP content, a JSON line) counts as it arrives, and a
     connection streaming a message is paused like a publisher above the limit, before its
     first publish is whole: it cannot stream a message of many times the limit unpaused."""
-    with BrokerProcess("--memory-limit", "4MiB", "--in-memory") as broker:
+    with BrokerProcess("--memory-limit", "4MiB", "--in-memory", *NOT_PAGING) as broker:
         sock, send = stream(broker)
         send(LIMIT // 2)
         wait_for(lambda: memory_status(broker)["held_bytes"] >= LIMIT // 2, "the partial message to count")

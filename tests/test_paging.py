@@ -266,12 +266,15 @@ def test_a_paged_backlog_keeps_its_order_and_count_across_a_restart(paging_broke
 
 
 def test_the_queue_feature_and_durability_tests_pass_with_paging_forced_on():
-    """The existing tests again, each durable queue with a window of two messages: every
-    feature (dead-lettering, limits, TTL, requeue, purge, recovery) on paged messages too."""
+    """The existing tests again, each queue with a window of two messages and memory short
+    from the first publish on (a paging ratio of 0), so persistent messages of durable queues
+    page to the store and all others to the scratch store: every feature (dead-lettering,
+    limits, TTL, requeue, purge, recovery) on paged messages too."""
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/test_durability.py",
          "tests/test_queue_features.py", "tests/test_amqp_queue_features.py", "tests/test_core_queues.py"],
-        cwd=ROOT, env={**os.environ, "GREENMQ_QUEUE_WINDOW": "2"}, capture_output=True, text=True)
+        cwd=ROOT, env={**os.environ, "GREENMQ_QUEUE_WINDOW": "2", "GREENMQ_MEMORY_PAGING_RATIO": "0"},
+        capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-5000:]
 
 

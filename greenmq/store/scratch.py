@@ -1,0 +1,237 @@
+"""The scratch store: where messages that must not outlive the process wait on disk while
+memory is short (memory.py's paging mark): transient messages, and every message of a queue
+the durable store does not keep (non-durable and exclusive queues). A queue pages them
+into its ready list's tail (queue_store.PagedRun) and reads them back in order as their
+turn comes, through the same `read_queue` and `remove_paged` as the durable store.
+
+Nothing in it is promised, so it is an SQLite database with no journal and no syncs,
+removed at a clean stop and wiped at start: a transient message never survives a restart.
+It lives in the data directory, or, with none, in SQLite's private temporary database
+(a file in the temp directory that SQLite unlinks at once). Writes collect on the hub and
+go to the disk in batches on a thread of the store's own (writer.WriterThread), as do
+reads, so the hub never waits for the disk. A row read back is deleted in the same call:
+from then on the queue holds its message in memory.
+
+SQLite reuses the pages of rows read back and finds a queue's next rows by its index. An
+append-only file of records costs less (bench/scratch_store.py, 4 KiB rows: about 1 us a
+row written and 2 read back, against SQLite's 9 and 9) but needs segments, an index per
+queue and their reclaiming to give space back while a queue never empties; with SQLite a
+backlog of ten times the limit already goes in and out faster than RabbitMQ's
+(bench/paging.py --transient, README).
+"""
+
+import logging
+import os
+import pickle
+import sqlite3
+import time
+import weakref
+from itertools import count
+
+import gevent
+from gevent.lock import Semaphore
+
+from ..memory import MESSAGE_OVERHEAD_BYTES
+from ..message import Message
+from .writer import WriterThread
+
+log = logging.getLogger("greenmq.store")
+
+SCRATCH_FILE = "scratch.sqlite3"
+
+# SQLite's page cache for the scratch database: rows are written once and read once, so a
+# cache only holds what is about to be read back; SQLite's 2 MiB default is plenty.
+CACHE_KIB = 2048
+
+# After a failed write (full disk) the rows stay in memory, counted in the memory budget so
+# that publishers stop before they pile up, and the write is tried again this often.
+RETRY_SECONDS = 1.0
+
+_SCHEMA = """
+CREATE TABLE paged (key INTEGER PRIMARY KEY, queue INTEGER, head BLOB, body BLOB, published_at REAL);
+CREATE INDEX paged_by_queue ON paged (queue, key);
+"""
+_INSERT = "INSERT INTO paged VALUES (?, ?, ?, ?, ?)"
+_READ = "SELECT key, head, body, published_at FROM paged WHERE queue = ? AND key > ? ORDER BY key LIMIT ?"
+_DELETE = "DELETE FROM paged WHERE queue = ? AND key > ? AND key <= ?"
+
+
+class ScratchStore:
+    """Messages paged by queues while memory is short, keyed in the order they were paged
+    (`page`), so that a queue's PagedRun finds its messages as the next ones above a key."""
+
+    def __init__(self, data_dir, memory):
+        self.memory = memory            # the node's MemoryBudget: rows not yet written count in it
+        self.path = None if data_dir is None else os.path.join(data_dir, SCRATCH_FILE)
+        if self.path is not None and os.path.exists(self.path):
+            os.unlink(self.path)        # what the last run left, after a kill -9
+        self._db = sqlite3.connect("" if self.path is None else self.path, isolation_level=None,
+                                   check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=OFF")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+        self._db.executescript(_SCHEMA)
+        self.last_key = 0
+        self.messages = 0           # paged and not yet read back nor removed
+        self._queue_ids = weakref.WeakKeyDictionary()
+        self._next_queue_id = count(1)
+        self._rows = []             # written by the next flush, in key order
+        self._rows_bytes = 0        # what they count in the memory budget
+        self._removals = []         # (queue id, above key, up to key)
+        self._writer = None
+        self._using_writer = Semaphore()
+        self._flusher = None
+        self._failing = False
+        self._closed = False
+
+    def _queue_id(self, queue):
+        queue_id = self._queue_ids.get(queue)
+        if queue_id is None:
+            queue_id = self._queue_ids[queue] = next(self._next_queue_id)
+        return queue_id
+
+    def page(self, queue, message):
+        """Keep `message` (not expiring, not the durable store's) for `queue` until it is
+        read back; returns its key, above every key given before."""
+        self.last_key += 1
+        self.messages += 1
+        head = (message.exchange, message.routing_key, message.properties, message.encoded_properties,
+                message.redelivered)
+        self._rows.append((self.last_key, self._queue_id(queue), pickle.dumps(head), message.body, time.time()))
+        size = MESSAGE_OVERHEAD_BYTES + len(message.body)     # as _held_by counts it
+        self._rows_bytes += size
+        self.memory.held_bytes += size
+        if self._flusher is None:
+            self._flusher = gevent.spawn(self._flush_while_pending)
+        return self.last_key
+
+    def read_queue(self, queue, after_key, limit, priority=None):
+        """Up to `limit` messages of `queue` with keys above `after_key`, in key order, as
+        [(key, message, published_at)], gone from here once read. Blocks the calling
+        greenlet, never the hub. Only plain queues page here (Queue.enqueue), so there is
+        never a `priority` to read by."""
+        queue_id = self._queue_ids.get(queue)
+        if queue_id is None:
+            return []
+        with self._using_writer:
+            if self._closed:
+                return []       # stopping: nothing in it is kept anyway
+            self._flush()
+            rows = self._writer.run(self._take, queue_id, after_key, limit)
+        if self._failing:     # some rows are in memory still; they may come first
+            rows = sorted(rows + [(key, head, body, published_at) for key, owner, head, body, published_at
+                                  in self._rows if owner == queue_id and key > after_key])[:limit]
+            taken = {row[0] for row in rows}
+            self._keep_rows(lambda row: row[0] not in taken)
+        self.messages -= len(rows)
+        messages = []
+        for key, head, body, published_at in rows:
+            exchange, routing_key, properties, encoded_properties, redelivered = pickle.loads(head)
+            message = Message(exchange, routing_key, body, properties, encoded_properties)
+            messages.append((key, message.placed(True, None) if redelivered else message, published_at))
+        return messages
+
+    def remove_paged(self, queue, after_key, priority=None):
+        """`queue` is done with its messages here above `after_key` (purged or deleted);
+        those it pages from now on stay."""
+        queue_id = self._queue_ids.get(queue)
+        if queue_id is None:
+            return
+        self._removals.append((queue_id, after_key, self.last_key))
+        self._keep_rows(lambda row: row[1] != queue_id or row[0] <= after_key)
+        if self._flusher is None:
+            self._flusher = gevent.spawn(self._flush_while_pending)
+
+    def _keep_rows(self, keep):
+        """Drop the rows waiting to be written that `keep` refuses: no longer wanted."""
+        kept = [row for row in self._rows if keep(row)]
+        if len(kept) != len(self._rows):
+            self.messages -= len(self._rows) - len(kept)
+            dropped = self._rows_bytes - _held_by(kept)
+            self._rows, self._rows_bytes = kept, self._rows_bytes - dropped
+            self.memory.held_bytes -= dropped
+
+    def status(self):
+        return {"messages": self.messages, "path": self.path}
+
+    def committed(self):
+        """Everything paged so far can be read back (`read_queue` reads it anyway)."""
+        return True
+
+    def _flush_while_pending(self):
+        try:
+            while self._rows or self._removals:
+                with self._using_writer:
+                    self._flush()
+                if self._failing:
+                    gevent.sleep(RETRY_SECONDS)
+        finally:
+            self._flusher = None
+
+    def _flush(self):
+        """Write the rows and removals waiting, with the writer in hand. On failure the
+        rows stay in memory, still counted, and are tried again."""
+        if self._closed or not self._rows and not self._removals:
+            return
+        if self._writer is None:
+            self._writer = WriterThread()
+        rows, removals, rows_bytes = self._rows, self._removals, self._rows_bytes
+        self._rows, self._removals, self._rows_bytes = [], [], 0
+        error, removed = self._writer.run(self._write, rows, removals)
+        if error is None:
+            self.messages -= removed
+            self.memory.held_bytes -= rows_bytes
+            if self._failing:
+                log.warning("the scratch store %s is writable again", self.path or "(temporary)")
+                self._failing = False
+            return
+        if not self._failing:
+            log.error("cannot write the scratch store %s: %s; paged messages stay in memory until it is",
+                      self.path or "(temporary)", error)
+            self._failing = True
+        self._rows, self._removals = rows + self._rows, removals + self._removals
+        self._rows_bytes += rows_bytes
+
+    def _write(self, rows, removals):
+        """In the writer thread: the rows, then the removals (which never reach rows paged
+        after them). Returns (None, how many rows the removals deleted), or (why it failed, 0)."""
+        db = self._db
+        try:
+            db.execute("BEGIN")
+            try:
+                db.executemany(_INSERT, rows)
+                removed = db.executemany(_DELETE, removals).rowcount if removals else 0
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            return str(exc), 0
+        return None, removed
+
+    def _take(self, queue_id, after_key, limit):
+        """In the writer thread: read the rows and delete them."""
+        try:
+            rows = self._db.execute(_READ, (queue_id, after_key, limit)).fetchall()
+            if rows:
+                self._db.execute(_DELETE, (queue_id, after_key, rows[-1][0]))
+        except sqlite3.Error as exc:
+            log.error("cannot read the scratch store %s: %s", self.path or "(temporary)", exc)
+            return []
+        return rows
+
+    def close(self):
+        """At a clean stop: nothing in it is kept."""
+        self._closed = True
+        with self._using_writer:        # a write in hand ends first
+            if self._writer is not None:
+                self._writer.stop()
+        self._db.close()
+        if self.path is not None and os.path.exists(self.path):
+            os.unlink(self.path)
+
+
+def _held_by(rows):
+    """What rows waiting to be written count in the memory budget: their messages' bodies
+    and overhead, as the queues counted them."""
+    return sum(MESSAGE_OVERHEAD_BYTES + len(row[3]) for row in rows)
