@@ -60,6 +60,7 @@ class Node:
         self.store = store if store is not None else MemoryStore()
         self.memory = MemoryBudget(parse_memory_limit(DEFAULT_MEMORY_FRACTION) if memory_limit is None
                                    else memory_limit, queue_window)
+        self.store.counts_in(self.memory)
         self.users = {}             # name -> User
         self.permissions = {}       # (user name, vhost name) -> Permission
         self.vhosts = {}
