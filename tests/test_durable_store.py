@@ -345,7 +345,7 @@ class HeldCommitStore(MemoryStore):
         super().__init__()
         self.waiting = {}           # batch -> callbacks
 
-    def after_commit(self, callback):
+    def after_commit(self, callback, again=False):
         self.waiting.setdefault(self.open_batch, {})[callback] = None
 
     def start_commit(self):
@@ -567,6 +567,23 @@ def test_read_queue_sees_only_what_is_committed(tmp_path):
     store._wake = wake
     committed(store)
     assert [message.body for _, message, _ in store.read_queue(queue, 0, 10)] == [b"committed", b"open"]
+    store.close()
+
+
+def test_a_message_kept_after_a_purge_of_paged_messages_stays_when_both_share_a_commit(tmp_path):
+    """A batch writes its new messages before its definitions (remove_paged is one): the
+    purge drops only what was kept before it, not the message published after it."""
+    store = SqliteStore(str(tmp_path))
+    queue = FakeQueue("/", "q")
+    store.put_queue("/", "q", False, {})
+    store.add_message(persistent(b"paged"), [queue])
+    committed(store)
+    wake, store._wake = store._wake, lambda: None       # one batch for both
+    store.remove_paged(queue, 0)
+    store.add_message(persistent(b"after"), [queue])
+    store._wake = wake
+    committed(store)
+    assert [message.body for _, message, _ in store.read_queue(queue, 0, 10)] == [b"after"]
     store.close()
 
 

@@ -408,12 +408,15 @@ class SqliteStore(Store):
         return self._reader.execute(_READ_QUEUE, (queue_id, after_key, limit)).fetchall()
 
     def remove_paged(self, queue, after_key):
-        """As definitions, so they run in order with a deletion of the queue."""
+        """As definitions, so they run in order with a deletion of the queue; up to the last
+        key kept so far, as a batch writes its new messages before its definitions and a
+        message published after the purge may share its commit."""
         self.message_writes += 1
+        keys = (after_key, self.last_key)
         queue_id = self._queue_ids.get((queue.vhost_name, queue.name))
         if queue_id is not None:
-            self._define("DELETE FROM queue_messages WHERE queue_id = ? AND seq > ?", (queue_id, after_key))
-        self._define("DELETE FROM messages WHERE seq > ? AND " + _UNHELD, (after_key,))
+            self._define("DELETE FROM queue_messages WHERE queue_id = ? AND seq > ? AND seq <= ?", (queue_id, *keys))
+        self._define("DELETE FROM messages WHERE seq > ? AND seq <= ? AND " + _UNHELD, keys)
 
     def put_stream_start(self, vhost, name, first_offset, first_key):
         self._define("INSERT OR REPLACE INTO stream_starts VALUES (?, ?, ?)",
