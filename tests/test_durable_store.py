@@ -587,6 +587,33 @@ def test_a_message_kept_after_a_purge_of_paged_messages_stays_when_both_share_a_
     store.close()
 
 
+def test_publishers_one_commit_confirmed_share_the_next_as_they_publish_again(tmp_path, monkeypatch):
+    """Once one of the publishers the last commit confirmed publishes again, the next commit
+    waits for the others (the wait is made long here, so the test does not depend on the
+    machine's speed) and starts as soon as they are all back."""
+    monkeypatch.setattr(sqlite_store, "RETURNING_PUBLISHERS_WAIT_SECONDS", 60)
+    store = SqliteStore(str(tmp_path))
+    queue = FakeQueue("/", "q")
+    store.put_queue("/", "q", False, {})
+    confirmed_in = {"a": [], "b": []}
+    confirm = {name: (lambda batch, ok, name=name: confirmed_in[name].append(batch)) for name in confirmed_in}
+
+    def publish(name):
+        store.add_message(persistent(name.encode()), [queue])
+        store.after_commit(confirm[name], again=True)
+    publish("a")
+    publish("b")
+    store.flush()
+    publish("a")
+    gevent.sleep(0)         # the committer wakes with "a" alone in the open batch
+    publish("b")
+    with gevent.Timeout(10):
+        store.flush()
+    assert confirmed_in["a"][0] == confirmed_in["b"][0]
+    assert confirmed_in["a"][1] == confirmed_in["b"][1]
+    store.close()
+
+
 def test_a_stream_comes_back_with_its_count_and_where_its_log_starts(store):
     stream = FakeQueue("/", "s")
     store.put_queue("/", "s", False, {"x-queue-type": "stream"})

@@ -219,11 +219,13 @@ class Store(abc.ABC):
     # -- commits -------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def after_commit(self, callback):
+    def after_commit(self, callback, again=False):
         """Run `callback(batch, ok)` on the hub once everything written so far is committed
         (ok True) or could not be written (ok False); once per batch however often asked.
         Committed means synced to disk for new messages and definitions; removals (acks)
-        may reach the disk only with the next synced commit (see sqlite.py)."""
+        may reach the disk only with the next synced commit (see sqlite.py). `again`: the
+        caller is likely to write and ask again once called back (a publisher waiting for
+        each confirm), so the next commit may wait a little for it and share its fsync."""
 
     def durably(self, operation, *arguments):
         """`operation(*arguments)`, returned once the messages it kept or removed are

@@ -143,7 +143,7 @@ class MemoryStore(Store):
             stored_message, published_at, _ = held[key]
             held[key] = (stored_message, published_at, True)
 
-    def after_commit(self, callback):
+    def after_commit(self, callback, again=False):
         callback(self.open_batch, True)
         self.open_batch += 1
 
