@@ -34,6 +34,13 @@ DATABASE_FILE = "greenmq.sqlite3"
 # mode, which would also shut out the store's own read connection (read_queue).
 LOCK_FILE = "greenmq.lock"
 
+# SQLite's page cache, per connection (the writer thread's and read_queue's), in KiB: its
+# default of 2,000 KiB, named here as the bound it is. Both connections keep theirs full, and
+# the memory budget does not count them (the room under the limit does); a commit appends to
+# the last pages of two b-trees and a read walks one queue's places in key order, so a larger
+# cache would buy little.
+CACHE_KIB = 2048
+
 # After a failed commit (full disk, read-only or vanished data directory) the committer
 # tries again on this schedule, doubling up to the cap: soon enough that publishers get
 # going again within seconds of the disk coming back, rarely enough not to spin.
@@ -197,6 +204,7 @@ class SqliteStore(Store):
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             self._created = not tables
             if not tables:
@@ -421,6 +429,7 @@ class SqliteStore(Store):
         if self._reader is None:
             self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._reader.execute("PRAGMA query_only=1")
+            self._reader.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         return self._reader.execute(_READ_QUEUE, (queue_id, after_key, limit)).fetchall()
 
     def remove_paged(self, queue, after_key):
