@@ -1,7 +1,12 @@
-"""The broker with its store's commits stalled on cue, for tests: `python tests/stalled_commit_broker.py
---port 0 ...` with $STALLED_COMMIT_GATE naming a path. While a FIFO is at that path each commit
-waits in the store's writer thread, before it writes, until the test calls `release`: a disk
-that stops and starts again when the test says, with no timing in it.
+"""The broker with its store's commits on cue, for tests: `python tests/stalled_commit_broker.py
+--port 0 ...`.
+
+- With $STALLED_COMMIT_GATE naming a path: while a FIFO is at that path each commit waits in
+  the store's writer thread, before it writes, until the test calls `release`: a disk that
+  stops and starts again when the test says, with no timing in it.
+- With $RETURNING_PUBLISHERS_WAIT_SECONDS: the store waits that long at most for the
+  publishers a commit confirmed (sqlite.RETURNING_PUBLISHERS_WAIT_SECONDS), so a test of
+  that wait does not depend on the machine's speed.
 """
 
 import errno
@@ -15,13 +20,12 @@ from greenmq import broker  # noqa: E402
 from greenmq.store import sqlite  # noqa: E402
 
 GATE_VARIABLE = "STALLED_COMMIT_GATE"
+RETURNING_WAIT_VARIABLE = "RETURNING_PUBLISHERS_WAIT_SECONDS"
 # How long `release` waits for a commit to reach the gate before the test fails.
 RELEASE_DEADLINE_SECONDS = 60
 
 
-def _stalled_while_gated(write):
-    gate = os.environ[GATE_VARIABLE]
-
+def _stalled_while_gated(write, gate):
     def patched(self, statements, sync):
         if os.path.exists(gate):
             # Opening a FIFO to read waits for a writer (the test's `release`); its close
@@ -50,5 +54,8 @@ def release(gate):
 
 
 if __name__ == "__main__":
-    sqlite.SqliteStore._write = _stalled_while_gated(sqlite.SqliteStore._write)
+    if GATE_VARIABLE in os.environ:
+        sqlite.SqliteStore._write = _stalled_while_gated(sqlite.SqliteStore._write, os.environ[GATE_VARIABLE])
+    if RETURNING_WAIT_VARIABLE in os.environ:
+        sqlite.RETURNING_PUBLISHERS_WAIT_SECONDS = float(os.environ[RETURNING_WAIT_VARIABLE])
     sys.exit(broker.main())

@@ -70,8 +70,9 @@ UNWRITTEN_MESSAGE_OVERHEAD_BYTES = 480
 # publish) are given this long to publish again before the next commit starts, so that
 # publishers woken together share one commit: without it the first publish back started
 # the next commit alone, and 16 such publishers settled into two groups of about 8 sharing
-# alternate commits (bench/durable.py --publishers 16: 7.5 confirmed channels a commit,
-# 15 with it, and 13% less broker CPU a message). A raw publisher answers its confirm in
+# alternate commits (bench/durable.py --publishers 16: 7 confirmed channels a commit, 15
+# to 16 with it, and a third of the commits; 4 publishers: a fifth of the commits and a
+# third less broker CPU a message). A raw publisher answers its confirm in
 # 0.1-0.3 ms here; 1 ms bounds what one that does not come back (done, or busy) costs the
 # others, under a typical commit of 0.5-2 ms.
 RETURNING_PUBLISHERS_WAIT_SECONDS = 0.001
