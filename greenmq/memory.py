@@ -3,9 +3,11 @@ seldom gives memory back, so RSS stays high long after the messages are gone).
 
 A node's `MemoryBudget.held_bytes` counts what that node holds: its queues' messages
 (ready or unacked: queue_store.py adds at enqueue and restore, subtracts where a message
-ends; a body shared by several queues counts once), input still arriving (a JSON line or an
-AMQP content not yet whole), output waiting for sockets (transport.py) and HTTP publishes
-being read (management.py). Above the limit, connections that publish are not read until the
+ends; a body shared by several queues counts once), persistent messages the store has
+accepted and not yet committed (store/sqlite.py, until the commit is done: a paged message
+is held by the store's batch alone), input still arriving (a JSON line or an AMQP content
+not yet whole), output waiting for sockets (transport.py) and HTTP publishes being read
+(management.py). Above the limit, connections that publish are not read until the
 count falls below RESUME_FRACTION of it, while consumers go on draining, as RabbitMQ does
 above its vm_memory_high_watermark. The budget decides; transport.py stops reading and
 each front end tells its client in its own words.

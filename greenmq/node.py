@@ -65,6 +65,7 @@ class Node:
         self.memory = MemoryBudget(parse_memory_limit(DEFAULT_MEMORY_FRACTION) if memory_limit is None
                                    else memory_limit, queue_window, paging_ratio)
         self.memory.page_out = self._page_out
+        self.store.counts_in(self.memory)
         self.scratch = ScratchStore(scratch_dir, self.memory)
         self.users = {}             # name -> User
         self.permissions = {}       # (user name, vhost name) -> Permission

@@ -181,7 +181,7 @@ class Channel:
             store = self.vhost.store
             if store.message_writes != writes:
                 self.unconfirmed.append((seq, True, store.open_batch))
-                store.after_commit(self._committed)
+                store.after_commit(self._committed, again=True)
             else:
                 self._confirm(seq, True)
 

@@ -27,6 +27,7 @@ from pamqp import header as amqp_header
 from greenmq import connection
 from greenmq.store.sqlite import DATABASE_FILE
 from tests import http_api
+from tests import stalled_commit_broker
 from tests.broker_process import BrokerProcess
 from tests.test_amqp_wire import RawClient
 
@@ -743,6 +744,44 @@ def test_publishers_on_many_connections_waiting_for_their_confirms_share_one_com
             publisher.close()
         broker = restarted(data_dir, broker, signal.SIGKILL)
         assert f"and {PUBLISHERS + 1} messages" in broker.log()
+    finally:
+        broker.close()
+
+
+def test_publishers_confirmed_by_one_commit_share_the_next_as_each_publishes_on_its_confirm(data_dir, tmp_path):
+    """Publishers confirmed by one commit each publish again on hearing their confirm, one
+    after another (this test answers them in turn, with a look at the commit count before
+    the last): the next commit waits for them all (the wait is lengthened here, so the test
+    does not depend on the machine's speed) instead of starting with the first one back."""
+    gate = str(tmp_path / "commit-gate")
+    broker = BrokerProcess(data_dir=data_dir, script="tests/stalled_commit_broker.py", env={
+        **os.environ, stalled_commit_broker.GATE_VARIABLE: gate,
+        stalled_commit_broker.RETURNING_WAIT_VARIABLE: "60"}).start()
+    try:
+        publishers, frames = confirming_raw_publishers(broker, "shared", PUBLISHERS)
+        # A commit stalled by a publisher that wants no confirm, so every publish of the
+        # first round waits in one batch behind it.
+        os.mkfifo(gate)
+        conn = connection.Connection("127.0.0.1", broker.port)
+        channel = conn.channel()
+        channel.basic_publish("", "shared", b"staller", connection.BasicProperties(delivery_mode=2))
+        for publisher in publishers:
+            publisher.send(frames)
+        deadline = time.monotonic() + 60
+        while channel.queue_declare("shared", durable=True, passive=True).method.message_count < PUBLISHERS + 2:
+            assert time.monotonic() < deadline, "the first round never arrived"
+        stalled_commit_broker.release(gate)
+        for number, publisher in enumerate(publishers):
+            assert publisher.expect(spec.Basic.Ack, 1).delivery_tag == (2 if number == 0 else 1)
+            if number == PUBLISHERS - 1:
+                second_round_starts = stored_commits(broker)
+            publisher.send(frames)
+        for number, publisher in enumerate(publishers):
+            assert publisher.expect(spec.Basic.Ack, 1).delivery_tag == (3 if number == 0 else 2)
+        assert stored_commits(broker) - second_round_starts == 1
+        for publisher in publishers:
+            publisher.close()
+        conn.close()
     finally:
         broker.close()
 

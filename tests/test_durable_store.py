@@ -348,7 +348,7 @@ class HeldCommitStore(MemoryStore):
         super().__init__()
         self.waiting = {}           # batch -> callbacks
 
-    def after_commit(self, callback):
+    def after_commit(self, callback, again=False):
         self.waiting.setdefault(self.open_batch, {})[callback] = None
 
     def start_commit(self):
@@ -570,6 +570,50 @@ def test_read_queue_sees_only_what_is_committed(tmp_path):
     store._wake = wake
     committed(store)
     assert [message.body for _, message, _ in store.read_queue(queue, 0, 10)] == [b"committed", b"open"]
+    store.close()
+
+
+def test_a_message_kept_after_a_purge_of_paged_messages_stays_when_both_share_a_commit(tmp_path):
+    """A batch writes its new messages before its definitions (remove_paged is one): the
+    purge drops only what was kept before it, not the message published after it."""
+    store = SqliteStore(str(tmp_path))
+    queue = FakeQueue("/", "q")
+    store.put_queue("/", "q", False, {})
+    store.add_message(persistent(b"paged"), [queue])
+    committed(store)
+    wake, store._wake = store._wake, lambda: None       # one batch for both
+    store.remove_paged(queue, 0)
+    store.add_message(persistent(b"after"), [queue])
+    store._wake = wake
+    committed(store)
+    assert [message.body for _, message, _ in store.read_queue(queue, 0, 10)] == [b"after"]
+    store.close()
+
+
+def test_publishers_one_commit_confirmed_share_the_next_as_they_publish_again(tmp_path, monkeypatch):
+    """Once one of the publishers the last commit confirmed publishes again, the next commit
+    waits for the others (the wait is made long here, so the test does not depend on the
+    machine's speed) and starts as soon as they are all back."""
+    monkeypatch.setattr(sqlite_store, "RETURNING_PUBLISHERS_WAIT_SECONDS", 60)
+    store = SqliteStore(str(tmp_path))
+    queue = FakeQueue("/", "q")
+    store.put_queue("/", "q", False, {})
+    confirmed_in = {"a": [], "b": []}
+    confirm = {name: (lambda batch, ok, name=name: confirmed_in[name].append(batch)) for name in confirmed_in}
+
+    def publish(name):
+        store.add_message(persistent(name.encode()), [queue])
+        store.after_commit(confirm[name], again=True)
+    publish("a")
+    publish("b")
+    store.flush()
+    publish("a")
+    gevent.sleep(0)         # the committer wakes with "a" alone in the open batch
+    publish("b")
+    with gevent.Timeout(10):
+        store.flush()
+    assert confirmed_in["a"][0] == confirmed_in["b"][0]
+    assert confirmed_in["a"][1] == confirmed_in["b"][1]
     store.close()
 
 

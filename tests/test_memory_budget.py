@@ -25,6 +25,7 @@ from greenmq import memory
 from greenmq import transport
 from greenmq.node import Node
 from greenmq.protocol import JsonLinesProtocol
+from tests import stalled_commit_broker
 from tests.broker_process import BrokerProcess
 from tests.test_amqp_wire import RawClient as AmqpRawClient
 from tests.test_bad_input import RawClient
@@ -587,3 +588,61 @@ def test_a_message_left_unfinished_by_its_connection_is_given_back(stream):
         wait_for(lambda: memory_status(broker)["held_bytes"] >= before + LIMIT // 2, "the partial message to count")
         sock.close()
         wait_for(lambda: memory_status(broker)["held_bytes"] == before, "its bytes to be given back")
+
+
+# -- what the store holds until its commit -----------------------------------------------------
+
+PAGED_BODY_BYTES = 4096
+# Twice what the limit holds: a lazy queue keeps none of them in memory, so only the store's
+# uncommitted batch can stop the publisher before it sends them all.
+PAGED_MESSAGES = 2 * LIMIT // PAGED_BODY_BYTES
+
+
+def test_messages_waiting_for_a_stalled_commit_count_and_block_publishers_and_none_is_lost(name, tmp_path):
+    """A disk that stops: persistent messages to a lazy queue are held by the store's open
+    batch alone until it commits, and they count, so publishers are blocked near the limit
+    instead of the batch growing without bound; once the disk goes on, every message is
+    confirmed and arrives once, in order."""
+    gate = str(tmp_path / "commit-gate")
+    with BrokerProcess("--memory-limit", "4MiB", script="tests/stalled_commit_broker.py",
+                       env={**os.environ, stalled_commit_broker.GATE_VARIABLE: gate}) as broker, \
+            connection.Connection(port=broker.port) as admin:
+        # Closed only once it is unblocked: a broker that never unblocks it ends it by stopping.
+        publisher = connection.Connection(port=broker.port)
+        admin.channel().queue_declare(name, durable=True, arguments={"x-queue-mode": "lazy"})
+        os.mkfifo(gate)
+        channel = publisher.channel()
+        channel.confirm_delivery(window=PAGED_MESSAGES)
+
+        failures = []
+
+        def publish_all():
+            try:
+                for number in range(PAGED_MESSAGES):
+                    channel.basic_publish("", name, f"{number:08d}".encode().ljust(PAGED_BODY_BYTES, b"."),
+                                          {"delivery_mode": 2})
+                channel.wait_for_confirms()
+            except Exception as exc:     # a nack included: reported below
+                failures.append(exc)
+        publishing = threading.Thread(target=publish_all, daemon=True)
+        publishing.start()
+
+        def queued():
+            return admin.channel().queue_declare(name, passive=True).method.message_count
+        wait_for(lambda: memory_status(broker)["publishers_blocked"] or queued() == PAGED_MESSAGES,
+                 "the publisher blocked or every message accepted")
+        status = memory_status(broker)
+        assert status["publishers_blocked"] and status["held_bytes"] > LIMIT, status
+        assert queued() < PAGED_MESSAGES
+        stalled_commit_broker.release(gate)
+        publishing.join(DEADLINE_SECONDS)
+        assert not publishing.is_alive() and not failures, failures
+        publisher.close()
+        received = []
+        consumer = admin.channel()
+        while len(received) < PAGED_MESSAGES:
+            method, _, body = consumer.basic_get(name, auto_ack=True)
+            assert method is not None, f"{len(received)} of {PAGED_MESSAGES} messages arrived"
+            received.append(int(body[:8]))
+        assert received == list(range(PAGED_MESSAGES))
+        assert "Traceback" not in broker.log()

@@ -15,6 +15,11 @@ or `sqlite.SqliteStore` (an SQLite database, committed in groups by a thread of 
 
 A message routed to several durable queues is stored once, with a place per queue; the
 `Stored` record on the message counts the queues still holding it.
+
+Until its commit a message is held by the store too (a paged one by the store alone), so a
+store counts what it has accepted but not yet written in the node's memory budget
+(`counts_in`): when the disk falls behind, publishers are blocked rather than the
+uncommitted batch growing without bound.
 """
 
 import abc
@@ -67,6 +72,16 @@ class Recovered:
         self.clean = True     # the last run ended with a clean stop
 
 
+class _Uncounted:
+    """Where a store made without a node (a test of the store alone) counts its unwritten
+    bytes: nowhere that anyone reads."""
+
+    __slots__ = ("held_bytes",)
+
+    def __init__(self):
+        self.held_bytes = 0
+
+
 def open_store(data_dir):
     """The store for `data_dir`, or a MemoryStore when it is None."""
     # Imported here: both implement the interface below, so they import this module.
@@ -90,6 +105,12 @@ class Store(abc.ABC):
         # after, so a path that wrote nothing never waits.
         self.message_writes = 0
         self.commit_seconds = LatencyHistogram(COMMIT_SECONDS_BUCKETS)
+        self.memory = _Uncounted()  # the budget unwritten messages count in (`counts_in`)
+
+    def counts_in(self, memory):
+        """Count the bytes of messages accepted and not yet committed in `memory` (the
+        node's MemoryBudget, or anything with `held_bytes`) from now on."""
+        self.memory = memory
 
     # -- definitions ---------------------------------------------------------------------
 
@@ -215,11 +236,13 @@ class Store(abc.ABC):
     # -- commits -------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def after_commit(self, callback):
+    def after_commit(self, callback, again=False):
         """Run `callback(batch, ok)` on the hub once everything written so far is committed
         (ok True) or could not be written (ok False); once per batch however often asked.
         Committed means synced to disk for new messages and definitions; removals (acks)
-        may reach the disk only with the next synced commit (see sqlite.py)."""
+        may reach the disk only with the next synced commit (see sqlite.py). `again`: the
+        caller is likely to write and ask again once called back (a publisher waiting for
+        each confirm), so the next commit may wait a little for it and share its fsync."""
 
     def durably(self, operation, *arguments):
         """`operation(*arguments)`, returned once the messages it kept or removed are

@@ -168,7 +168,7 @@ class MemoryStore(Store):
             stored_message, published_at, _, priority = held[key]
             held[key] = (stored_message, published_at, True, priority)
 
-    def after_commit(self, callback):
+    def after_commit(self, callback, again=False):
         callback(self.open_batch, True)
         self.open_batch += 1
 
