@@ -2,8 +2,8 @@
 --port 0 ...`.
 
 - With $STALLED_COMMIT_GATE naming a path: while a FIFO is at that path each commit waits in
-  the store's writer thread, before it writes, until the test calls `release`: a disk that
-  stops and starts again when the test says, with no timing in it.
+  the store's writer thread, before it writes, until the test releases it (`hold`, then
+  `release`): a disk that stops and starts again when the test says, with no timing in it.
 - With $RETURNING_PUBLISHERS_WAIT_SECONDS: the store waits that long at most for the
   publishers a commit confirmed (sqlite.RETURNING_PUBLISHERS_WAIT_SECONDS), so a test of
   that wait does not depend on the machine's speed.
@@ -21,36 +21,39 @@ from greenmq.store import sqlite  # noqa: E402
 
 GATE_VARIABLE = "STALLED_COMMIT_GATE"
 RETURNING_WAIT_VARIABLE = "RETURNING_PUBLISHERS_WAIT_SECONDS"
-# How long `release` waits for a commit to reach the gate before the test fails.
-RELEASE_DEADLINE_SECONDS = 60
+# How long `hold` waits for a commit to reach the gate before the test fails.
+STALL_DEADLINE_SECONDS = 60
 
 
 def _stalled_while_gated(write, gate):
     def patched(self, statements, sync):
         if os.path.exists(gate):
-            # Opening a FIFO to read waits for a writer (the test's `release`); its close
-            # ends the read.
+            # Opening a FIFO to read waits for a writer (the test's `hold`); the read ends
+            # when `release` closes it.
             with open(gate, "rb") as waiting:
                 waiting.read()
         return write(self, statements, sync)
     return patched
 
 
-def release(gate):
-    """In the test: let the commit waiting at `gate` go on, and no later one stop there.
-    Opening the FIFO to write meets the writer thread inside it, so the gate is removed
-    only once that commit is past the check."""
-    deadline = time.monotonic() + RELEASE_DEADLINE_SECONDS
+def hold(gate):
+    """In the test: wait until a commit waits at `gate`, and keep it waiting; returns what
+    `release` takes. Opening the FIFO to write meets the writer thread inside it, and its
+    read ends only when that end is closed."""
+    deadline = time.monotonic() + STALL_DEADLINE_SECONDS
     while True:
         try:
-            writing = os.open(gate, os.O_WRONLY | os.O_NONBLOCK)
-            break
+            return os.open(gate, os.O_WRONLY | os.O_NONBLOCK)
         except OSError as exc:      # ENXIO: no commit waits there yet
             if exc.errno != errno.ENXIO or time.monotonic() > deadline:
                 raise
             time.sleep(0.01)
+
+
+def release(gate, held):
+    """In the test: let the commit `hold` kept go on, and no later one stop at `gate`."""
     os.unlink(gate)
-    os.close(writing)
+    os.close(held)
 
 
 if __name__ == "__main__":

@@ -634,7 +634,7 @@ def test_messages_waiting_for_a_stalled_commit_count_and_block_publishers_and_no
         status = memory_status(broker)
         assert status["publishers_blocked"] and status["held_bytes"] > LIMIT, status
         assert queued() < PAGED_MESSAGES
-        stalled_commit_broker.release(gate)
+        stalled_commit_broker.release(gate, stalled_commit_broker.hold(gate))
         publishing.join(DEADLINE_SECONDS)
         assert not publishing.is_alive() and not failures, failures
         publisher.close()

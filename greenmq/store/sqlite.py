@@ -694,6 +694,8 @@ class SqliteStore(Store):
         if self._closed:
             return
         self._closed = True
+        self._returning = None      # no publisher comes back to a broker that stops
+        self._returned.set()
         self.flush()
         if self._committer is not None:
             self._committer.kill()
