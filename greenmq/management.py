@@ -61,8 +61,8 @@ MAX_GET_COUNT = 10_000
 # A queue's `memory` is an estimate: the core counts the bytes it holds node-wide (memory.py,
 # for the memory limit) but per queue only the ready bodies of queues with priorities or
 # x-max-length-bytes, as a count for every queue would cost on every message. The estimate
-# is the ready depth times (the budget's per-message overhead plus the head message's body),
-# plus this for the queue itself.
+# is the ready messages in memory (paged ones cost next to nothing) times (the budget's
+# per-message overhead plus the head message's body), plus this for the queue itself.
 QUEUE_OVERHEAD_BYTES = 2_000
 
 # A `use_regex` name filter may spend this much of the hub, all names together, before the
@@ -313,11 +313,12 @@ def _rate_details(counts, rates):
 def queue_json(api, vhost, row):
     """A queue's row as JSON lines lists it, with what the API adds: rates and memory."""
     queue = vhost.queues[row["name"]]
-    head = queue.ready.head()
+    ready = queue.ready
+    head = ready.head()
     counts = {counter: getattr(queue, counter) for counter in MESSAGE_COUNTERS}
     return {**row, "vhost": vhost.name, "node": NODE_NAME, "state": "running",
             "memory": QUEUE_OVERHEAD_BYTES
-            + len(queue.ready) * (MESSAGE_OVERHEAD_BYTES + (len(head.body) if head else 0)),
+            + (len(ready) - ready.paged_count()) * (MESSAGE_OVERHEAD_BYTES + (len(head.body) if head else 0)),
             "message_stats": _rate_details(counts, api.sampler.queue_rates(queue))}
 
 

@@ -271,6 +271,10 @@ class ReadyList:
         """The PagedRuns of the tail, in order."""
         return [item for item in self.tail if type(item) is PagedRun]
 
+    def paged_count(self):
+        """How many of its messages are on disk only (a look for the management API)."""
+        return sum(run.count for run in self.paged_runs())
+
     def first_paged_keys(self):
         """[(store, priority, a key every message of this list paged in that store has a
         key above)]; empty when none is paged."""
@@ -490,6 +494,9 @@ class ReadyLevels:
 
     def first_paged_keys(self):
         return [keys for level in self.levels for keys in level.first_paged_keys()]
+
+    def paged_count(self):
+        return sum(level.paged_count() for level in self.levels)
 
     def put_back(self, message):
         self._level(message).put_back(message)

@@ -14,8 +14,10 @@ import pika
 import pytest
 
 from greenmq import connection
+from greenmq.memory import MESSAGE_OVERHEAD_BYTES
 from tests.broker_process import ROOT, BrokerProcess
 from tests.greenmqctl_process import greenmqctl as ctl
+from tests.http_api import call, path
 
 WINDOW = 4
 BACKLOG = 10 * WINDOW + 3       # ten windows and a part one
@@ -567,3 +569,17 @@ def test_purging_a_paged_priority_leaves_another_prioritys_unacked_message_in_th
         conn, channel = channel_of(again)
         assert tags_of(drain(channel, "prio-purge")) == [b"high"]
         conn.close()
+
+
+def test_the_management_api_estimates_a_paged_queues_memory_from_what_it_holds_in_memory(paging_broker):
+    """Paged messages cost next to nothing, so a backlog mostly on disk is not reported as
+    if every body were held."""
+    conn, channel = channel_of(paging_broker)
+    channel.queue_declare("estimated", durable=True)
+    publish(channel, "estimated", [b"x" * 4096] * BACKLOG)
+    assert count(channel, "estimated") == BACKLOG
+    conn.close()
+    status, queue = call(paging_broker.http_port, "GET", path("queues", "/", "estimated"), None, ("guest", "guest"))
+    assert status == 200 and queue["messages"] == BACKLOG
+    held_estimate = (MESSAGE_OVERHEAD_BYTES + 4096) * WINDOW
+    assert held_estimate <= queue["memory"] < held_estimate + (MESSAGE_OVERHEAD_BYTES + 4096)
