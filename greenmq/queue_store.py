@@ -875,7 +875,8 @@ class Queue:
                               time.monotonic() + (published_at + ttl / 1000.0 - time.time()))
 
     def _paged_bytes(self, run, priority):
-        """The bytes of a PagedRun that does not know them, asked of its store."""
+        """The bytes of a PagedRun that does not know them, asked of its store: a durable
+        store's (a scratch run always knows them: it is never recovered nor dropped unread)."""
         return run.store.paged_bytes(self, run.after_key, run.count, priority)
 
     def level_of(self, message):

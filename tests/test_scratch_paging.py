@@ -332,18 +332,45 @@ def test_the_scratch_store_forgets_a_row_once_read_and_removes_only_what_was_pag
         scratch.close()
 
 
-def test_messages_with_a_ttl_page_and_expire_while_memory_is_short():
-    """Memory is short here from the first publish, so every one goes to the scratch store;
-    with nobody consuming, the TTL timer still reads the head back to end them."""
+def test_the_scratch_store_reads_and_removes_a_priority_s_rows_only():
+    memory = MemoryBudget(MIN_MEMORY_LIMIT_BYTES)
+    scratch = ScratchStore(None, memory)
+    queue = FakeQueue()
+    try:
+        for number in range(6):
+            scratch.page(queue, Message("", "q", b"%d" % number), number % 2, 0.0)
+        scratch.remove_paged(queue, 0, 1)      # before they are written, then after
+        scratch.page(queue, Message("", "q", b"6"), 1, 0.0)
+        assert [message.body for _, message, _ in scratch.read_queue(queue, 0, 10, 0)] == [b"0", b"2", b"4"]
+        assert [message.body for _, message, _ in scratch.read_queue(queue, 0, 10, 1)] == [b"6"]
+        scratch.page(queue, Message("", "q", b"7"), 0, 0.0)
+        scratch.page(queue, Message("", "q", b"8"), 1, 0.0)
+        assert scratch.read_queue(queue, 0, 10, 1) and scratch.messages == 1
+        scratch.remove_paged(queue, 0, 1)
+        assert [message.body for _, message, _ in scratch.read_queue(queue, 0, 10, 0)] == [b"7"]
+    finally:
+        scratch.close()
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["window", "lazy"])
+def test_messages_with_a_ttl_page_and_expire_while_memory_is_short(lazy):
+    """Memory is short here from the first publish, so they go to the scratch store (a lazy
+    queue's every one, with no head in memory to time); with nobody consuming, the head is
+    read back to end them."""
     with BrokerProcess("--queue-window", "2", "--memory-paging-ratio", "0", "--in-memory") as broker:
         conn, channel = open_channel(broker)
-        channel.queue_declare("ttl")
+        channel.queue_declare("filler")
+        publish(channel, "filler", range(1))
+        wait_for(lambda: status(broker)["memory"]["paging"], "memory to be short")
+        channel.queue_declare("ttl", arguments={"x-queue-mode": "lazy"} if lazy else {})
         for number in range(20):
             channel.basic_publish("", "ttl", body(number), pika.BasicProperties(expiration="300"))
-        wait_for(lambda: status(broker)["memory"]["paging"], "memory to be short")
+        channel.queue_declare("ttl", passive=True)
+        assert status(broker)["scratch"]["messages"] > 0
         wait_for(lambda: channel.queue_declare("ttl", passive=True).method.message_count == 0,
                  "the messages to expire")
-        assert status(broker)["scratch"]["messages"] == 0
+        channel.queue_purge("filler")
+        wait_for(lambda: status(broker)["scratch"]["messages"] == 0, "the scratch store to empty")
         conn.close()
 
 
@@ -453,5 +480,28 @@ def test_a_message_paged_out_comes_back_with_the_expiry_it_had_and_by_priority(m
         assert [int(message.body) for message in taken] == [2, 5, 8, 11, 1, 4, 7, 10, 0, 3, 6, 9]
         assert [message.expires_at for message in taken] == pytest.approx(
             [expiries[message.body] for message in taken], abs=1e-6)
+    finally:
+        node.close()
+
+
+@pytest.mark.parametrize("arguments, in_memory", [({"x-max-priority": 2}, 3), ({"x-max-length-bytes": 10 ** 6}, 3)],
+                         ids=["priority", "bytes-limited"])
+def test_while_memory_is_short_a_queue_of_levels_pages_what_it_takes_beyond_each_window(arguments, in_memory):
+    """Straight to the scratch store, not held first for a page-out to write: a window of 3
+    for the plain queue's one level, a third of it for each of three priorities; and so
+    on behind what went there once memory is no longer short."""
+    node = Node(queue_window=3, paging_ratio=2)
+    try:
+        vhost = node.vhosts["/"]
+        queue = vhost.declare_queue("q", arguments=arguments)
+        node.memory.paging = True       # as memory.py says when the paging mark is passed
+        for number in range(12):
+            vhost.publish("", new_message("", "q", b"%d" % number, {"priority": number % 3}))
+        assert node.scratch.messages == 12 - in_memory and len(queue.ready) == 12
+        assert sorted(int(message.body) for message in queue.ready) == list(range(in_memory))
+        node.memory.paging = False      # each level's paged tail goes on, so the next page-out has less to write
+        for number in range(12, 15):
+            vhost.publish("", new_message("", "q", b"%d" % number, {"priority": number % 3}))
+        assert node.scratch.messages == 15 - in_memory
     finally:
         node.close()
