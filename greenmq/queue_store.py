@@ -835,8 +835,8 @@ class Queue:
             self._arm_ttl_timer()
 
     def page_out(self, deep=False):
-        """Memory is short: the ready messages beyond the window that the durable store
-        does not hold go to the scratch store; returns the bytes
+        """Memory is short: the ready messages beyond the window (each priority's share of
+        it) that the durable store does not hold go to the scratch store; returns the bytes
         that frees. `deep`: memory is short still with every queue paged beyond its window
         (many queues' windows fill it), so the window goes too, as a lazy queue's; it fills
         again as consumers come. Not while the tail is being read back: the read expects its run

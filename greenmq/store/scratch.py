@@ -115,12 +115,12 @@ class ScratchStore:
 
     def read_queue(self, queue, after_key, limit, priority=None):
         """Up to `limit` messages of `queue` with keys above `after_key`, in key order, as
-        [(key, message, published_at)], gone from here once read; of `priority` only, when
-        not None. Blocks the calling greenlet, never the hub."""
+        [(key, message, published_at)], gone from here once read; of `priority` only (None:
+        a queue without priorities, see _SCHEMA). Blocks the calling greenlet, never the hub."""
         queue_id = self._queue_ids.get(queue)
         if queue_id is None:
             return []
-        priority = priority or 0    # (see _SCHEMA)
+        priority = priority or 0
         with self._using_writer:
             if self._closed:
                 return []       # stopping: nothing in it is kept anyway
@@ -145,11 +145,12 @@ class ScratchStore:
 
     def remove_paged(self, queue, after_key, priority=None):
         """`queue` is done with its messages here above `after_key` (purged or deleted),
-        those of `priority` when not None; those it pages from now on stay."""
+        those of `priority` (None: all, in a queue without priorities); those it pages from
+        now on stay."""
         queue_id = self._queue_ids.get(queue)
         if queue_id is None:
             return
-        priority = priority or 0    # (see _SCHEMA)
+        priority = priority or 0
         self._removals.append((queue_id, priority, after_key, self.last_key))
         self._keep_rows(lambda row: row[1] != queue_id or row[2] != priority or row[0] <= after_key)
         if self._flusher is None:
@@ -173,7 +174,7 @@ class ScratchStore:
 
     def _flush_while_pending(self):
         try:
-            while self._rows or self._removals:
+            while (self._rows or self._removals) and not self._closed:     # (closed: none is written)
                 with self._using_writer:
                     self._flush()
                 if self._failing:
