@@ -210,8 +210,8 @@ class ReadyList:
             run.bytes += len(message.body)
         self.tail_count += 1
 
-    def ends_in_run_of(self, store):
-        """Whether the tail's last item is a PagedRun in `store`."""
+    def ends_in_run_of(self, store, message):
+        """Whether the tail `message` would join ends in a PagedRun in `store`."""
         tail = self.tail
         return bool(tail) and type(tail[-1]) is PagedRun and tail[-1].store is store
 
@@ -463,6 +463,17 @@ class ReadyLevels:
         self._level(message).page(store, key, message)
         self.count += 1
         self.bytes += len(message.body)
+
+    def ends_in_run_of(self, store, message):
+        return self._level(message).ends_in_run_of(store, message)
+
+    def page_out(self, window, store, page):
+        """Each priority's messages beyond its share of `window`, as ReadyList.page_out:
+        still counted here (with their bytes), on disk only."""
+        window = self.level_window(window)
+        for level in self.levels:
+            if level:
+                level.page_out(window, store, page)
 
     def recovered(self, store, sizes):
         """At start: {priority: (count, bytes)} of the queue's messages in `store`, all paged."""
@@ -766,14 +777,15 @@ class Queue:
                     if message.expires_at is not None and self._ttl_timer is None:
                         self._page_in_if_due()      # the head must be in memory to expire on time
                     return True
-            elif (message.expires_at is None and type(ready) is ReadyList
-                  and (self.memory.paging or ready.ends_in_run_of(self.scratch))):
+            elif self.memory.paging or ready.ends_in_run_of(self.scratch, message):
                 # Memory is short, or was when this queue's tail began to go to the scratch
                 # store, which the rest of the tail then follows, so that the queue does not
                 # fill memory again for the next page-out to write.
-                ready.page(self.scratch, self.scratch.page(self, message), message)
+                ready.page(self.scratch, self._to_scratch(message), message)
                 if self.limited:
                     self._drop_head_over_limit()
+                if message.expires_at is not None and self._ttl_timer is None:
+                    self._page_in_if_due()      # the head must be in memory to expire on time
                 return True
         # Held from here on: the message counts once, with its body, however many queues
         # hold it (they share it), and each further queue its place (see `_forget`).
@@ -830,27 +842,35 @@ class Queue:
             self._arm_ttl_timer()
 
     def page_out(self, deep=False):
-        """Memory is short: the ready messages beyond the window that the durable store
-        does not hold and that do not expire go to the scratch store; returns the bytes
+        """Memory is short: the ready messages beyond the window (each priority's share of
+        it) that the durable store does not hold go to the scratch store; returns the bytes
         that frees. `deep`: memory is short still with every queue paged beyond its window
         (many queues' windows fill it), so the window goes too, as a lazy queue's; it fills
         again as consumers come. Not while the tail is being read back: the read expects its run
         first."""
-        if self.window is None or self.deleted or self._pager is not None or type(self.ready) is not ReadyList:
-            return 0        # (a priority queue's levels, or one limited in bytes, stay in memory)
+        if self.window is None or self.deleted or self._pager is not None:
+            return 0
         scratch, durable, released = self.scratch, self.store is not None, 0
 
         def page(message):
             nonlocal released
-            if message.expires_at is not None or durable and message.stored is not None:
+            if durable and message.stored is not None:
                 return None
-            key = scratch.page(self, message)
+            key = self._to_scratch(message)
             released += self._let_go(message)
             return key
 
         self.ready.page_out(0 if deep else self.window, scratch, page)
         self.memory.held_bytes -= released
         return released
+
+    def _to_scratch(self, message):
+        """Page `message` to the scratch store, under its priority here, with the wall time
+        its expiry counts from, so that `_from_store` gives it back the same expiry; its key."""
+        published_at = time.time()
+        if message.expires_at is not None:
+            published_at -= time.monotonic() - (message.expires_at - self.effective_ttl(message) / 1000.0)
+        return self.scratch.page(self, message, self.level_of(message), published_at)
 
     def _from_store(self, message, published_at):
         """A message read back from the store, with its expiry here (wall-clock time: the
@@ -862,7 +882,8 @@ class Queue:
                               time.monotonic() + (published_at + ttl / 1000.0 - time.time()))
 
     def _paged_bytes(self, run, priority):
-        """The bytes of a PagedRun that does not know them, asked of its store."""
+        """The bytes of a PagedRun that does not know them, asked of its store: a durable
+        store's (a scratch run always knows them: it is never recovered nor dropped unread)."""
         return run.store.paged_bytes(self, run.after_key, run.count, priority)
 
     def level_of(self, message):
@@ -1229,6 +1250,8 @@ class Queue:
         self.drop_expired()
         if self.ready:
             self._arm_ttl_timer()
+            if self._ttl_timer is None:
+                self._page_in_if_due()      # the head went to disk (page_out) before it expired
 
     def mark_deleted(self):
         """The queue is gone: its ready messages end with it. Deliveries still unacked end

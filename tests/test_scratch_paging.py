@@ -16,9 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from greenmq import connection
+from greenmq import connection, queue_store
 from greenmq.memory import MESSAGE_OVERHEAD_BYTES, MemoryBudget, MIN_MEMORY_LIMIT_BYTES
-from greenmq.message import Message
+from greenmq.message import Message, new_message
+from greenmq.node import Node
 from greenmq.queue_store import PagedRun, ReadyList
 from greenmq.store.scratch import ScratchStore
 from tests.broker_process import BrokerProcess
@@ -314,32 +315,193 @@ def test_the_scratch_store_forgets_a_row_once_read_and_removes_only_what_was_pag
         return [message.body for _, message, _ in scratch.read_queue(queue, after_key, limit)]
 
     try:
-        keys = [scratch.page(queue, Message("", "q", b"%d" % number, {"delivery_mode": 1})) for number in range(4)]
-        scratch.page(other, Message("", "q", b"other"))
+        keys = [scratch.page(queue, Message("", "q", b"%d" % number, {"delivery_mode": 1}), 0, 0.0) for number in range(4)]
+        scratch.page(other, Message("", "q", b"other"), 0, 0.0)
         assert keys == sorted(keys)
         assert memory.held_bytes == 5 * MESSAGE_OVERHEAD_BYTES + 4 + len(b"other")   # until written
         assert read(keys[0] - 1, 2) == [b"0", b"1"]
         assert memory.held_bytes == 0
         assert read(keys[0] - 1, 10) == [b"2", b"3"]        # the first two were forgotten
         assert scratch.messages == 1
-        scratch.page(queue, Message("", "q", b"later"))
+        scratch.page(queue, Message("", "q", b"later"), 0, 0.0)
         scratch.remove_paged(queue, 0)      # a purge: what the queue pages next stays
-        scratch.page(queue, Message("", "q", b"after"))
+        scratch.page(queue, Message("", "q", b"after"), 0, 0.0)
         assert read(0, 10) == [b"after"]
         assert scratch.messages == 1 and memory.held_bytes == 0
     finally:
         scratch.close()
 
 
-def test_messages_with_a_ttl_stay_in_memory_and_expire_while_memory_is_short():
-    """Paging them would lose their deadline; memory is short here from the first publish."""
+def test_the_scratch_store_reads_and_removes_a_priority_s_rows_only():
+    memory = MemoryBudget(MIN_MEMORY_LIMIT_BYTES)
+    scratch = ScratchStore(None, memory)
+    queue = FakeQueue()
+    try:
+        for number in range(6):
+            scratch.page(queue, Message("", "q", b"%d" % number), number % 2, 0.0)
+        scratch.remove_paged(queue, 0, 1)      # before they are written, then after
+        scratch.page(queue, Message("", "q", b"6"), 1, 0.0)
+        assert [message.body for _, message, _ in scratch.read_queue(queue, 0, 10, 0)] == [b"0", b"2", b"4"]
+        assert [message.body for _, message, _ in scratch.read_queue(queue, 0, 10, 1)] == [b"6"]
+        scratch.page(queue, Message("", "q", b"7"), 0, 0.0)
+        scratch.page(queue, Message("", "q", b"8"), 1, 0.0)
+        assert scratch.read_queue(queue, 0, 10, 1) and scratch.messages == 1
+        scratch.remove_paged(queue, 0, 1)
+        assert [message.body for _, message, _ in scratch.read_queue(queue, 0, 10, 0)] == [b"7"]
+    finally:
+        scratch.close()
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["window", "lazy"])
+def test_messages_with_a_ttl_page_and_expire_while_memory_is_short(lazy):
+    """Memory is short here from the first publish, so they go to the scratch store (a lazy
+    queue's every one, with no head in memory to time); with nobody consuming, the head is
+    read back to end them."""
     with BrokerProcess("--queue-window", "2", "--memory-paging-ratio", "0", "--in-memory") as broker:
         conn, channel = open_channel(broker)
-        channel.queue_declare("ttl")
+        channel.queue_declare("filler")
+        publish(channel, "filler", range(1))
+        wait_for(lambda: status(broker)["memory"]["paging"], "memory to be short")
+        channel.queue_declare("ttl", arguments={"x-queue-mode": "lazy"} if lazy else {})
         for number in range(20):
             channel.basic_publish("", "ttl", body(number), pika.BasicProperties(expiration="300"))
-        wait_for(lambda: status(broker)["memory"]["paging"], "memory to be short")
+        channel.queue_declare("ttl", passive=True)
+        assert status(broker)["scratch"]["messages"] > 0
         wait_for(lambda: channel.queue_declare("ttl", passive=True).method.message_count == 0,
                  "the messages to expire")
-        assert status(broker)["scratch"]["messages"] == 0
+        channel.queue_purge("filler")
+        wait_for(lambda: status(broker)["scratch"]["messages"] == 0, "the scratch store to empty")
         conn.close()
+
+
+# -- priority, bytes-limited and TTL queues, against what they do in memory ----------------
+
+def declare_with_dead_letters(channel, queue, arguments):
+    channel.queue_declare("dead")
+    channel.queue_declare(queue, arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dead",
+                                            **arguments})
+
+
+def test_a_transient_priority_queue_pages_each_priority_and_delivers_highest_first_in_order(broker):
+    conn, channel = open_channel(broker)
+    channel.queue_declare("prioritised", arguments={"x-max-priority": 5})
+    priority = {number: number % 8 for number in range(BACKLOG)}    # 6 and 7 count as 5
+    for number in range(BACKLOG):
+        channel.basic_publish("", "prioritised", body(number), pika.BasicProperties(priority=priority[number]))
+    assert channel.queue_declare("prioritised", passive=True).method.message_count == BACKLOG
+    assert status(broker)["scratch"]["messages"] > BACKLOG // 2
+    expected = sorted(range(BACKLOG), key=lambda number: (-min(priority[number], 5), number))
+    assert consume(channel, "prioritised", BACKLOG) == expected
+    conn.close()
+    wait_for(lambda: status(broker)["memory"]["held_bytes"] == 0, "the accounted memory to return to 0")
+    assert status(broker)["scratch"]["messages"] == 0
+
+
+def test_a_transient_queue_limited_in_bytes_drops_its_paged_head_dead_lettered_in_order(broker):
+    kept = 2 * LIMIT // BODY_BYTES      # twice the memory limit: most of it paged
+    conn, channel = open_channel(broker)
+    declare_with_dead_letters(channel, "limited", {"x-max-length-bytes": kept * BODY_BYTES})
+    publish(channel, "limited", range(BACKLOG))
+    assert status(broker)["scratch"]["messages"] > kept // 2
+    wait_for(lambda: channel.queue_declare("dead", passive=True).method.message_count == BACKLOG - kept,
+             "the dropped heads to be dead-lettered")
+    assert channel.queue_declare("limited", passive=True).method.message_count == kept
+    assert consume(channel, "limited", kept) == list(range(BACKLOG - kept, BACKLOG))
+    assert consume(channel, "dead", BACKLOG - kept) == list(range(BACKLOG - kept))
+    conn.close()
+    wait_for(lambda: status(broker)["memory"]["held_bytes"] == 0, "the accounted memory to return to 0")
+
+
+def test_a_non_durable_queue_with_a_ttl_pages_and_dead_letters_every_message_in_order_unread(broker):
+    """Expiring at the head, as in memory: one with a short TTL waits behind one with a
+    longer one, so they are dead-lettered in publish order."""
+    conn, channel = open_channel(broker)
+    declare_with_dead_letters(channel, "expiring", {"x-message-ttl": 4000})
+    for number in range(BACKLOG):
+        properties = pika.BasicProperties(delivery_mode=1, expiration="1500" if number % 4 == 0 else None)
+        channel.basic_publish("", "expiring", body(number), properties)
+    channel.queue_declare("expiring", passive=True)
+    assert status(broker)["scratch"]["messages"] > 0
+    wait_for(lambda: channel.queue_declare("dead", passive=True).method.message_count == BACKLOG,
+             "every message to be dead-lettered")
+    assert channel.queue_declare("expiring", passive=True).method.message_count == 0
+    channel.basic_qos(prefetch_count=50)
+    numbers = []
+    for method, properties, message_body in channel.consume("dead", inactivity_timeout=DEADLINE_SECONDS):
+        assert properties.headers["x-death"][0]["reason"] == "expired"
+        numbers.append(number_of(message_body))
+        channel.basic_ack(method.delivery_tag)
+        if len(numbers) == BACKLOG:
+            break
+    assert numbers == list(range(BACKLOG))
+    conn.close()
+    wait_for(lambda: status(broker)["memory"]["held_bytes"] == 0, "the accounted memory to return to 0")
+    assert status(broker)["scratch"]["messages"] == 0
+
+
+class Clock:
+    """queue_store's `time`, moved on by hand: the two clocks a paged message's expiry is
+    carried across."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self):
+        return 1000.0 + self.now
+
+    def time(self):
+        return 5000.0 + self.now
+
+
+def test_a_message_paged_out_comes_back_with_the_expiry_it_had_and_by_priority(monkeypatch):
+    """In one process: a priority queue with a TTL pages all its ready messages out (as when
+    many queues' windows fill memory), and reads them back later."""
+    clock = Clock()
+    monkeypatch.setattr(queue_store, "time", clock)
+    node = Node(queue_window=4, paging_ratio=2)      # pages only when told here
+    try:
+        vhost = node.vhosts["/"]
+        queue = vhost.declare_queue("q", arguments={"x-max-priority": 2, "x-message-ttl": 60000})
+        for number in range(12):
+            properties = {"priority": number % 3, "expiration": "30000" if number % 2 else None}
+            vhost.publish("", new_message("", "q", b"%d" % number, {k: v for k, v in properties.items() if v}))
+            clock.now += 0.25
+        expiries = {message.body: message.expires_at for message in queue.ready}
+        clock.now += 5      # in memory for a while, then paged
+        assert queue.page_out(deep=True) > 0
+        assert node.scratch.messages == 12 and len(queue.ready) == 12
+        clock.now += 5      # and on disk for a while
+        taken = []
+        while True:
+            got = queue.get(no_ack=True)
+            if got is None:
+                break
+            taken.append(got[0])
+        assert [int(message.body) for message in taken] == [2, 5, 8, 11, 1, 4, 7, 10, 0, 3, 6, 9]
+        assert [message.expires_at for message in taken] == pytest.approx(
+            [expiries[message.body] for message in taken], abs=1e-6)
+    finally:
+        node.close()
+
+
+@pytest.mark.parametrize("arguments, in_memory", [({"x-max-priority": 2}, 3), ({"x-max-length-bytes": 10 ** 6}, 3)],
+                         ids=["priority", "bytes-limited"])
+def test_while_memory_is_short_a_queue_of_levels_pages_what_it_takes_beyond_each_window(arguments, in_memory):
+    """Straight to the scratch store, not held first for a page-out to write: a window of 3
+    for the plain queue's one level, a third of it for each of three priorities; and so
+    on behind what went there once memory is no longer short."""
+    node = Node(queue_window=3, paging_ratio=2)
+    try:
+        vhost = node.vhosts["/"]
+        queue = vhost.declare_queue("q", arguments=arguments)
+        node.memory.paging = True       # as memory.py says when the paging mark is passed
+        for number in range(12):
+            vhost.publish("", new_message("", "q", b"%d" % number, {"priority": number % 3}))
+        assert node.scratch.messages == 12 - in_memory and len(queue.ready) == 12
+        assert sorted(int(message.body) for message in queue.ready) == list(range(in_memory))
+        node.memory.paging = False      # each level's paged tail goes on, so the next page-out has less to write
+        for number in range(12, 15):
+            vhost.publish("", new_message("", "q", b"%d" % number, {"priority": number % 3}))
+        assert node.scratch.messages == 15 - in_memory
+    finally:
+        node.close()

@@ -2,7 +2,9 @@
 memory is short (memory.py's paging mark): transient messages, and every message of a queue
 the durable store does not keep (non-durable and exclusive queues). A queue pages them
 into its ready list's tail (queue_store.PagedRun) and reads them back in order as their
-turn comes, through the same `read_queue` and `remove_paged` as the durable store.
+turn comes, through the same `read_queue` and `remove_paged` as the durable store: by
+priority in a priority queue (each row keeps its priority there), with the wall time the
+message's expiry counts from (`published_at`), so that it comes back with the same expiry.
 
 Nothing in it is promised, so it is an SQLite database with no journal and no syncs,
 removed at a clean stop and wiped at start: a transient message never survives a restart.
@@ -24,7 +26,6 @@ import logging
 import os
 import pickle
 import sqlite3
-import time
 import weakref
 from itertools import count
 
@@ -47,13 +48,18 @@ CACHE_KIB = 2048
 # that publishers stop before they pile up, and the write is tried again this often.
 RETRY_SECONDS = 1.0
 
+# A row's priority is its queue's level for it (Queue.level_of): 0 in every queue but a
+# priority queue, so reading a queue's rows of priority 0 is reading them all there, and one
+# index serves both.
 _SCHEMA = """
-CREATE TABLE paged (key INTEGER PRIMARY KEY, queue INTEGER, head BLOB, body BLOB, published_at REAL);
-CREATE INDEX paged_by_queue ON paged (queue, key);
+CREATE TABLE paged (key INTEGER PRIMARY KEY, queue INTEGER, priority INTEGER, head BLOB, body BLOB,
+                    published_at REAL);
+CREATE INDEX paged_by_queue ON paged (queue, priority, key);
 """
-_INSERT = "INSERT INTO paged VALUES (?, ?, ?, ?, ?)"
-_READ = "SELECT key, head, body, published_at FROM paged WHERE queue = ? AND key > ? ORDER BY key LIMIT ?"
-_DELETE = "DELETE FROM paged WHERE queue = ? AND key > ? AND key <= ?"
+_INSERT = "INSERT INTO paged VALUES (?, ?, ?, ?, ?, ?)"
+_READ = ("SELECT key, head, body, published_at FROM paged WHERE queue = ? AND priority = ? AND key > ? "
+         "ORDER BY key LIMIT ?")
+_DELETE = "DELETE FROM paged WHERE queue = ? AND priority = ? AND key > ? AND key <= ?"
 
 
 class ScratchStore:
@@ -90,14 +96,16 @@ class ScratchStore:
             queue_id = self._queue_ids[queue] = next(self._next_queue_id)
         return queue_id
 
-    def page(self, queue, message):
-        """Keep `message` (not expiring, not the durable store's) for `queue` until it is
-        read back; returns its key, above every key given before."""
+    def page(self, queue, message, priority, published_at):
+        """Keep `message` (not the durable store's) for `queue`, under `priority` there, until
+        it is read back with `published_at` (wall time); returns its key, above every key
+        given before."""
         self.last_key += 1
         self.messages += 1
         head = (message.exchange, message.routing_key, message.properties, message.encoded_properties,
-                message.redelivered)
-        self._rows.append((self.last_key, self._queue_id(queue), pickle.dumps(head), message.body, time.time()))
+                message.redelivered, message.ttl)
+        self._rows.append((self.last_key, self._queue_id(queue), priority, pickle.dumps(head), message.body,
+                           published_at))
         size = MESSAGE_OVERHEAD_BYTES + len(message.body)     # as _held_by counts it
         self._rows_bytes += size
         self.memory.held_bytes += size
@@ -107,38 +115,44 @@ class ScratchStore:
 
     def read_queue(self, queue, after_key, limit, priority=None):
         """Up to `limit` messages of `queue` with keys above `after_key`, in key order, as
-        [(key, message, published_at)], gone from here once read. Blocks the calling
-        greenlet, never the hub. Only plain queues page here (Queue.enqueue), so there is
-        never a `priority` to read by."""
+        [(key, message, published_at)], gone from here once read; of `priority` only (None:
+        a queue without priorities, see _SCHEMA). Blocks the calling greenlet, never the hub."""
         queue_id = self._queue_ids.get(queue)
         if queue_id is None:
             return []
+        priority = priority or 0
         with self._using_writer:
             if self._closed:
                 return []       # stopping: nothing in it is kept anyway
             self._flush()
-            rows = self._writer.run(self._take, queue_id, after_key, limit)
+            rows = self._writer.run(self._take, queue_id, priority, after_key, limit)
         if self._failing:     # some rows are in memory still; they may come first
-            rows = sorted(rows + [(key, head, body, published_at) for key, owner, head, body, published_at
-                                  in self._rows if owner == queue_id and key > after_key])[:limit]
+            rows = sorted(rows + [(key, head, body, published_at)
+                                  for key, owner, level, head, body, published_at in self._rows
+                                  if owner == queue_id and level == priority and key > after_key])[:limit]
             taken = {row[0] for row in rows}
             self._keep_rows(lambda row: row[0] not in taken)
         self.messages -= len(rows)
         messages = []
         for key, head, body, published_at in rows:
-            exchange, routing_key, properties, encoded_properties, redelivered = pickle.loads(head)
+            exchange, routing_key, properties, encoded_properties, redelivered, ttl = pickle.loads(head)
             message = Message(exchange, routing_key, body, properties, encoded_properties)
-            messages.append((key, message.placed(True, None) if redelivered else message, published_at))
+            if ttl is not None or redelivered:
+                message = message.placed(redelivered, None)
+                message.ttl = ttl
+            messages.append((key, message, published_at))
         return messages
 
     def remove_paged(self, queue, after_key, priority=None):
-        """`queue` is done with its messages here above `after_key` (purged or deleted);
-        those it pages from now on stay."""
+        """`queue` is done with its messages here above `after_key` (purged or deleted),
+        those of `priority` (None: all, in a queue without priorities); those it pages from
+        now on stay."""
         queue_id = self._queue_ids.get(queue)
         if queue_id is None:
             return
-        self._removals.append((queue_id, after_key, self.last_key))
-        self._keep_rows(lambda row: row[1] != queue_id or row[0] <= after_key)
+        priority = priority or 0
+        self._removals.append((queue_id, priority, after_key, self.last_key))
+        self._keep_rows(lambda row: row[1] != queue_id or row[2] != priority or row[0] <= after_key)
         if self._flusher is None:
             self._flusher = gevent.spawn(self._flush_while_pending)
 
@@ -160,7 +174,7 @@ class ScratchStore:
 
     def _flush_while_pending(self):
         try:
-            while self._rows or self._removals:
+            while (self._rows or self._removals) and not self._closed:     # (closed: none is written)
                 with self._using_writer:
                     self._flush()
                 if self._failing:
@@ -209,12 +223,12 @@ class ScratchStore:
             return str(exc), 0
         return None, removed
 
-    def _take(self, queue_id, after_key, limit):
+    def _take(self, queue_id, priority, after_key, limit):
         """In the writer thread: read the rows and delete them."""
         try:
-            rows = self._db.execute(_READ, (queue_id, after_key, limit)).fetchall()
+            rows = self._db.execute(_READ, (queue_id, priority, after_key, limit)).fetchall()
             if rows:
-                self._db.execute(_DELETE, (queue_id, after_key, rows[-1][0]))
+                self._db.execute(_DELETE, (queue_id, priority, after_key, rows[-1][0]))
         except sqlite3.Error as exc:
             log.error("cannot read the scratch store %s: %s", self.path or "(temporary)", exc)
             return []
@@ -234,4 +248,4 @@ class ScratchStore:
 def _held_by(rows):
     """What rows waiting to be written count in the memory budget: their messages' bodies
     and overhead, as the queues counted them."""
-    return sum(MESSAGE_OVERHEAD_BYTES + len(row[3]) for row in rows)
+    return sum(MESSAGE_OVERHEAD_BYTES + len(row[4]) for row in rows)
