@@ -761,27 +761,26 @@ class Queue:
                 return True
         if (consumer is None and not full and self.window is not None and self.message_ttl != 0
                 and ready.beyond_window(message, self.window)):
-            # (With a TTL of 0 a message goes at once, below.)
+            # (With a TTL of 0 a message goes at once, below.) A paged message waits on disk
+            # only: not held, not counted. Its expiry is worked out again when it is read back
+            # (`_from_store`), and its limits count it meanwhile.
+            paged = False
             if self.store is not None and message.stored is not None:
                 if message.properties.get("delivery_mode") == 2:
-                    # Beyond the window a persistent message (so stored for this queue too: a
-                    # transient one may be stored for a quorum queue only) waits on disk only:
-                    # not held, not counted. Its expiry is worked out again when it is read
-                    # back (`_from_store`), and its limits count it meanwhile.
+                    # A persistent message, so stored for this queue too (a transient one may
+                    # be stored for a quorum queue only).
                     stored = message.stored
                     if stored.refs is not None and stored.refs > 1:
                         stored.refs = None      # the queues holding it in memory no longer know them all
                     ready.page(self.store, stored.key, message)
-                    if self.limited:
-                        self._drop_head_over_limit()
-                    if message.expires_at is not None and self._ttl_timer is None:
-                        self._page_in_if_due()      # the head must be in memory to expire on time
-                    return True
+                    paged = True
             elif self.memory.paging or ready.ends_in_run_of(self.scratch, message):
                 # Memory is short, or was when this queue's tail began to go to the scratch
                 # store, which the rest of the tail then follows, so that the queue does not
                 # fill memory again for the next page-out to write.
                 ready.page(self.scratch, self._to_scratch(message), message)
+                paged = True
+            if paged:
                 if self.limited:
                     self._drop_head_over_limit()
                 if message.expires_at is not None and self._ttl_timer is None:
