@@ -14,7 +14,10 @@ Workloads (100-byte persistent messages, a durable queue, one consumer that acks
   web application's workers), that many raw AMQP connections, each waiting for every
   confirm, dealt out to `--publisher-processes` processes (2) that serve theirs through a
   selector, so the clients cost little and the broker's group commit across connections
-  is what is measured. They connect first and start publishing together.
+  is what is measured. They connect first and start publishing together. With
+  `--c-publishers` a small C program (confirm_publishers.c, built with the machine's cc)
+  serves each process's connections: a send and a read per message, where the Python
+  selector loop costs about as much CPU as the broker does.
 Then, GreenMQ only: recovery of `--recovery-messages` stored messages after a clean stop
 and after kill -9, and the broker's memory per queued persistent message.
 
@@ -33,7 +36,9 @@ import re
 import selectors
 import signal
 import struct
+import subprocess
 import sys
+import tempfile
 import time
 from functools import partial
 
@@ -121,6 +126,32 @@ def raw_publisher(url, queue, count, window, started, go=None, connections=1):
                 channel.sock.close()
             else:
                 publish_more(channel, frames, count, window)
+
+
+def c_publisher(program, url, queue, count, window, started, go=None, connections=1):
+    """raw_publisher's work done by `program` (built from confirm_publishers.c) on the
+    connections opened here, started before `go` and given its frames after."""
+    channels = [RawChannel(url) for _ in range(connections)]
+    for channel in channels:
+        channel.call(spec.Confirm.Select(), spec.Confirm.SelectOk)
+    descriptors = [channel.sock.fileno() for channel in channels]
+    process = subprocess.Popen([program, str(count), str(window), *map(str, descriptors)],
+                               stdin=subprocess.PIPE, pass_fds=descriptors)
+    if go is not None:
+        started.put(None)
+        go.wait()
+    started.put(time.monotonic())
+    process.communicate(publish_frames(queue))
+    if process.returncode:
+        raise RuntimeError(f"{program} failed with exit code {process.returncode}")
+
+
+def build_c_publishers():
+    """confirm_publishers.c built into a temporary directory; a C compiler is needed."""
+    program = os.path.join(tempfile.mkdtemp(prefix="greenmq-bench-"), "confirm_publishers")
+    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "confirm_publishers.c")
+    subprocess.run([os.environ.get("CC", "cc"), "-O2", "-o", program, source], check=True)
+    return program
 
 
 def publish_more(channel, frames, count, window):
@@ -239,8 +270,9 @@ def throughputs(url, args, json_port=None):
         declare(url, queue)
         each = args.each_messages // publishers
         processes = math.gcd(publishers, args.publisher_processes)
+        publisher = partial(c_publisher, args.c_publishers) if args.c_publishers else raw_publisher
         results[f"confirm each, {publishers} raw publishers, msg/s"] = timed(
-            partial(raw_publisher, connections=publishers // processes), (url, queue, each, 1), raw_consumer,
+            partial(publisher, connections=publishers // processes), (url, queue, each, 1), raw_consumer,
             (url, queue), each * publishers, publishers=processes)
     if json_port is not None and "connection" in args.workloads:
         declare(url, queue)
@@ -299,10 +331,14 @@ def main():
                              "several counts measure each")
     parser.add_argument("--publisher-processes", type=int, default=2,
                         help="processes the raw publishers are dealt out to (a divisor of their number)")
+    parser.add_argument("--c-publishers", action="store_true",
+                        help="serve the raw publishers with confirm_publishers.c (needs cc)")
     parser.add_argument("--workloads", nargs="+", default=WORKLOADS, choices=WORKLOADS)
     parser.add_argument("--rounds", type=int, default=1, help="measure every broker this many times, taking turns")
     parser.add_argument("--recovery-messages", type=int, default=1_000_000)
     args = parser.parse_args()
+    if args.c_publishers:
+        args.c_publishers = build_c_publishers()
     for round_number in range(1, args.rounds + 1):
         results = {}
         with BrokerProcess() as broker:
