@@ -617,6 +617,48 @@ def test_publishers_one_commit_confirmed_share_the_next_as_they_publish_again(tm
     store.close()
 
 
+def test_a_publisher_that_did_not_come_back_is_not_waited_for_until_it_comes_back_promptly(tmp_path, monkeypatch):
+    """"b" publishes now and then beside "a", who publishes again after each confirm: once
+    the store has waited for "b" in vain, its later commits do not wait for it (the wait is
+    made long then, so a wait would hold the test up to its timeout), until "b" publishes
+    again within the wait of a confirm, when it is waited for as before."""
+    store = SqliteStore(str(tmp_path))
+    queue = FakeQueue("/", "q")
+    store.put_queue("/", "q", False, {})
+    confirmed_in = {"a": [], "b": []}
+    confirm = {name: (lambda batch, ok, name=name: confirmed_in[name].append(batch)) for name in confirmed_in}
+
+    def publish(*names):
+        for name in names:
+            store.add_message(persistent(name.encode()), [queue])
+            store.after_commit(confirm[name], again=True)
+
+    def flushed():
+        with gevent.Timeout(10):
+            store.flush()
+    publish("a", "b")
+    flushed()
+    monkeypatch.setattr(sqlite_store, "RETURNING_PUBLISHERS_WAIT_SECONDS", 0.001)
+    publish("a")            # "b" does not come back: the store waits for it once, in vain
+    flushed()
+    monkeypatch.setattr(sqlite_store, "RETURNING_PUBLISHERS_WAIT_SECONDS", 60)
+    publish("a", "b")
+    flushed()
+    publish("a")            # "b" stays away, and the commit does not wait for it
+    flushed()
+    assert len(confirmed_in["a"]) == 4 and len(confirmed_in["b"]) == 2
+    publish("a", "b")
+    flushed()
+    publish("b", "a")       # "b" back within the wait of its confirm: waited for again
+    flushed()
+    publish("a")
+    gevent.sleep(0)         # the committer wakes with "a" alone in the open batch
+    publish("b")
+    flushed()
+    assert confirmed_in["a"][-1] == confirmed_in["b"][-1]
+    store.close()
+
+
 def test_a_stream_comes_back_with_its_count_and_where_its_log_starts(store):
     stream = FakeQueue("/", "s")
     store.put_queue("/", "s", False, {"x-queue-type": "stream"})

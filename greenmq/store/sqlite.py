@@ -76,6 +76,11 @@ UNWRITTEN_MESSAGE_OVERHEAD_BYTES = 480
 # 0.1-0.3 ms here; 1 ms bounds what one that does not come back (done, or busy) costs the
 # others, under a typical commit of 0.5-2 ms.
 RETURNING_PUBLISHERS_WAIT_SECONDS = 0.001
+# A publisher that did not come back within that wait is not waited for again until it
+# publishes within the wait of its confirm once more: an occasional publisher beside busy
+# ones would otherwise cost each of its commits' successors the whole wait. The hashes of
+# this many such publishers are kept, the oldest forgotten first.
+LATE_PUBLISHERS_KEPT = 4096
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -272,6 +277,8 @@ class SqliteStore(Store):
         # event set once they all have (after_commit(again=True)).
         self._returning = None
         self._returned = Event()
+        # hash(callback) -> when the last commit confirmed it, of the publishers not waited for
+        self._late = {}
         self._writer = None
         self._synchronous_full = True  # the connection's synchronous setting, as the writer thread left it
         self._closed = False
@@ -534,6 +541,10 @@ class SqliteStore(Store):
                 returning.discard(callback)
                 if not returning:
                     self._returned.set()
+            elif again and self._late:
+                confirmed_at = self._late.get(hash(callback))
+                if confirmed_at is not None and time.monotonic() - confirmed_at < RETURNING_PUBLISHERS_WAIT_SECONDS:
+                    del self._late[hash(callback)]
         self._wake()
 
     def _wake(self):
@@ -563,8 +574,10 @@ class SqliteStore(Store):
                 self._wakeup.wait()
             else:
                 self._wakeup.wait(retry_in)
-            if self._returning:
-                self._returned.wait(RETURNING_PUBLISHERS_WAIT_SECONDS)
+            if self._returning and not self._returned.wait(RETURNING_PUBLISHERS_WAIT_SECONDS):
+                self._late.update(dict.fromkeys(map(hash, self._returning)))
+                while len(self._late) > LATE_PUBLISHERS_KEPT:
+                    del self._late[next(iter(self._late))]
             self._returning = None
             self._returned.clear()
             self._wakeup.clear()
@@ -597,9 +610,14 @@ class SqliteStore(Store):
                     retry_in = min(retry_in * 2, RETRY_MAX_SECONDS)
                 self._failed = batch
                 self.available = False
-            waiting = self._batch.callbacks
-            self._returning = {callback for callback, again in batch.callbacks.items()
-                               if again and callback not in waiting}
+            waiting, late, now = self._batch.callbacks, self._late, time.monotonic()
+            self._returning = returning = set()
+            for callback, again in batch.callbacks.items():
+                if again and callback not in waiting:
+                    if hash(callback) in late:
+                        late[hash(callback)] = now
+                    else:
+                        returning.add(callback)
             for callback in batch.callbacks:
                 callback(batch.number, error is None)
             batch.callbacks = {}
