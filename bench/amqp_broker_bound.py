@@ -13,6 +13,11 @@ consumers (deliveries per second); and the raw RPC round trip of amqp_workloads.
     python bench/amqp_broker_bound.py --size 64KiB --size 256KiB --size 1MiB --only no-ack \
         --only acked --only fanout --url amqp://guest:guest@127.0.0.1:5682/%2f
 
+After each size come the CPU seconds a message (a delivery, for fanout) took on each side:
+the clients' (this process and its children), and GreenMQ's when this bench started it.
+With big bodies the clients' kernel copies cost about as much as the broker's, so the
+machine's cores, not the broker, bound the rate: the line says where.
+
 Each --size is a run of its own (bytes, or with KiB or MiB); bodies larger than a frame
 are sent in frame_max pieces, as clients send them, and without --messages a size gets
 BYTES_PER_WORKLOAD of bodies (at most MESSAGES messages).
@@ -20,6 +25,7 @@ BYTES_PER_WORKLOAD of bodies (at most MESSAGES messages).
 
 import argparse
 import os
+import resource
 import struct
 import sys
 import time
@@ -168,6 +174,34 @@ WORKLOADS = {
 }
 
 
+# Messages (deliveries, for fanout) per workload run, for the CPU a message.
+DELIVERIES = {"no-ack": 1, "acked": 1, "fanout": FANOUT_WIDTH}
+
+
+def clients_cpu_seconds():
+    """User and system CPU of this process and its finished children (the clients)."""
+    return sum(usage.ru_utime + usage.ru_stime
+               for usage in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
+
+
+def process_cpu_seconds(pid):
+    """User and system CPU of process `pid`, all its threads (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def print_cpu(workload, cpu, deliveries):
+    """The CPU a delivery took, per side, and the rate at which they would fill every core."""
+    clients = cpu["clients"] / deliveries
+    row = f"{workload} CPU a delivery: clients {clients * 1e6:,.0f} us"
+    if "broker" in cpu:
+        broker = cpu["broker"] / deliveries
+        row += (f", GreenMQ {broker * 1e6:,.0f} us; all {os.cpu_count()} cores busy at about "
+                f"{os.cpu_count() / (clients + broker):,.0f}/s")
+    print(row)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", action="append", default=[],
@@ -192,10 +226,19 @@ def main():
             args.size, args.messages = size, messages or messages_for(size)
             print(f"{args.messages:,} x {size:,} B transient messages per workload; {args.rpc_calls:,} raw RPC calls")
             results = {name: {} for name in urls}
+            cpu_rows = []
             for workload in args.only or WORKLOADS:
                 for name, url in urls.items():
+                    clients, broker_cpu = clients_cpu_seconds(), broker and process_cpu_seconds(broker.pid)
                     results[name].update(WORKLOADS[workload](url, args))
+                    if workload in DELIVERIES:
+                        cpu = {"clients": clients_cpu_seconds() - clients}
+                        if broker and name == "GreenMQ":
+                            cpu["broker"] = process_cpu_seconds(broker.pid) - broker_cpu
+                        cpu_rows.append((f"{workload} ({name[:30]})", cpu, args.messages * DELIVERIES[workload]))
             print_comparison(results)
+            for row in cpu_rows:
+                print_cpu(*row)
     finally:
         if broker is not None:
             broker.close()
