@@ -513,6 +513,14 @@ def test_paged_priority_limited_and_expiring_backlogs_keep_order_and_counts_acro
     assert "Traceback" not in log, log
 
 
+def as_written_before(broker, column):
+    """The stopped broker's store as a GreenMQ wrote it whose places had no `column`."""
+    database = sqlite3.connect(os.path.join(broker.data_dir, "greenmq.sqlite3"))
+    database.execute(f"ALTER TABLE queue_messages DROP COLUMN {column}")
+    database.commit()
+    database.close()
+
+
 def test_a_store_from_before_priorities_were_kept_pages_its_priority_queues_in_order():
     """A store written before the places knew their priority gains them from the messages'
     properties when opened, so its priority backlog comes back in order."""
@@ -523,10 +531,7 @@ def test_a_store_from_before_priorities_were_kept_pages_its_priority_queues_in_o
             publish_tagged(channel, "prio", [tag], priority=priority)
         conn.close()
         broker.stop()
-        database = sqlite3.connect(os.path.join(broker.data_dir, "greenmq.sqlite3"))
-        database.execute("ALTER TABLE queue_messages DROP COLUMN priority")
-        database.commit()
-        database.close()
+        as_written_before(broker, "priority")
         with BrokerProcess("--queue-window", str(SMALL_WINDOW), data_dir=broker.data_dir) as again:
             conn, channel = channel_of(again)
             level = [min(p or 0, 5) for p in PRIORITIES]
@@ -549,10 +554,7 @@ def test_a_store_from_before_expiries_were_kept_counts_them_from_the_publish_tim
     publish_tagged(channel, "expiring", tags(BACKLOG))
     conn.close()
     paging_broker.stop()
-    database = sqlite3.connect(os.path.join(paging_broker.data_dir, "greenmq.sqlite3"))
-    database.execute("ALTER TABLE queue_messages DROP COLUMN expires_at")
-    database.commit()
-    database.close()
+    as_written_before(paging_broker, "expires_at")
     with BrokerProcess("--queue-window", str(WINDOW), data_dir=paging_broker.data_dir) as again:
         conn, channel = channel_of(again)
         assert wait_for_count(channel, "dead", BACKLOG) == BACKLOG
