@@ -22,13 +22,16 @@ from tests.test_core_queues import RecordingSink, login
 
 
 class FakeQueue:
-    message_ttl = None      # so what it is given keeps no expiry
+    message_ttl = None      # its TTL for every message (ms), as a queue's x-message-ttl
 
     def __init__(self, vhost_name, name):
         self.vhost_name, self.name, self.deleted = vhost_name, name, False
 
     def level_of(self, message):
         return 0
+
+    def effective_ttl(self, message):
+        return self.message_ttl
 
 
 def persistent(body, **properties):
@@ -558,6 +561,25 @@ def test_read_queue_gives_a_queues_committed_messages_in_key_order_from_after_a_
     assert [key for key, _, _, _ in store.read_queue(q1, keys[2], 2)] == [keys[4], keys[5]]
     assert store.read_queue(q1, keys[5], 10) == []
     assert [message.body for _, message, _, _ in store.read_queue(q2, 0, 10)] == [b"3"]
+
+
+def test_each_place_keeps_the_expiry_its_queue_gave_the_message_whatever_its_ttl_later(store):
+    queues = {name: FakeQueue("/", name) for name in ("lasting", "expiring", "plain")}
+    for name in queues:
+        store.put_queue("/", name, False, {})
+    queues["lasting"].message_ttl, queues["expiring"].message_ttl = 60_000, 1_000
+    before = time.time()
+    store.add_message(persistent(b"m"), list(queues.values()))
+    after = time.time()
+    committed(store)
+    queues["lasting"].message_ttl = queues["expiring"].message_ttl = None     # a policy changed them since
+    queues["plain"].message_ttl = 5
+    store = reopened(store)
+    store.load()
+    expiry = {name: store.read_queue(queue, 0, 10)[0][3] for name, queue in queues.items()}
+    assert before + 60 <= expiry["lasting"] <= after + 60
+    assert before + 1 <= expiry["expiring"] <= after + 1
+    assert expiry["plain"] is None
 
 
 def test_read_queue_sees_only_what_is_committed(tmp_path):
