@@ -762,8 +762,8 @@ class Queue:
         if (consumer is None and not full and self.window is not None and self.message_ttl != 0
                 and ready.beyond_window(message, self.window)):
             # (With a TTL of 0 a message goes at once, below.) A paged message waits on disk
-            # only: not held, not counted. Its expiry is worked out again when it is read back
-            # (`_from_store`), and its limits count it meanwhile.
+            # only: not held, not counted. Its place there keeps the expiry it was given
+            # here (`_from_store` gives it back), and its limits count it meanwhile.
             paged = False
             if self.store is not None and message.stored is not None:
                 if message.properties.get("delivery_mode") == 2:
@@ -832,8 +832,8 @@ class Queue:
             rows = store.read_queue(self, after_key, RECOVER_BATCH)
             if not rows:
                 break
-            for _, message, published_at in rows:
-                message = self._from_store(message, published_at)
+            for _, message, _, expires_at in rows:
+                message = self._from_store(message, expires_at)
                 self._hold(message)
                 ready.append(message)
             after_key = rows[-1][0]
@@ -864,21 +864,20 @@ class Queue:
         return released
 
     def _to_scratch(self, message):
-        """Page `message` to the scratch store, under its priority here, with the wall time
-        its expiry counts from, so that `_from_store` gives it back the same expiry; its key."""
-        published_at = time.time()
-        if message.expires_at is not None:
-            published_at -= time.monotonic() - (message.expires_at - self.effective_ttl(message) / 1000.0)
-        return self.scratch.page(self, message, self.level_of(message), published_at)
+        """Page `message` to the scratch store, under its priority here, with its expiry in
+        wall-clock time, so that `_from_store` gives it back the same expiry; its key."""
+        expires_at = message.expires_at
+        if expires_at is not None:
+            expires_at += time.time() - time.monotonic()
+        return self.scratch.page(self, message, self.level_of(message), expires_at)
 
-    def _from_store(self, message, published_at):
-        """A message read back from the store, with its expiry here (wall-clock time: the
-        clock ran on while it was on disk, or while the broker was down)."""
-        ttl = self.effective_ttl(message)
-        if ttl is None:
+    def _from_store(self, message, expires_at):
+        """A message read back from a store, with the expiry it was given here when the
+        queue took it (`expires_at`, wall-clock time: the clock ran on while it was on disk,
+        or while the broker was down), whatever the queue's TTL is now."""
+        if expires_at is None:
             return message
-        return message.placed(message.redelivered,
-                              time.monotonic() + (published_at + ttl / 1000.0 - time.time()))
+        return message.placed(message.redelivered, time.monotonic() + (expires_at - time.time()))
 
     def _paged_bytes(self, run, priority):
         """The bytes of a PagedRun that does not know them, asked of its store: a durable
@@ -928,8 +927,8 @@ class Queue:
                     ready.lose_run(level, run)
                     continue
                 messages = []
-                for _, message, published_at in rows:
-                    message = self._from_store(message, published_at)
+                for _, message, _, expires_at in rows:
+                    message = self._from_store(message, expires_at)
                     self._hold(message)
                     messages.append(message)
                 level.paged_in(run, messages, rows[-1][0], len(messages))

@@ -100,7 +100,7 @@ class ReadPosition:
         self.offset = offset
         self.after_key = None           # unknown: found through the index
         self.not_before = not_before    # a publish time: earlier messages are passed over
-        self.read_ahead = deque()       # (key, message, published_at) from the store, from `offset` on
+        self.read_ahead = deque()       # (key, message, published_at, expires_at) from the store, from `offset` on
         self.reading = False
         self.generation = 0             # moves on when the position jumps: a read in flight is dropped
 
@@ -265,7 +265,7 @@ class StreamQueue(Queue):
             store.committed()
             start_key = self.segments[0].first_key
             while not self.deleted:
-                keys = [key for key, _, _ in store.read_queue(self, 0, READ_BATCH) if key < start_key]
+                keys = [key for key, *_ in store.read_queue(self, 0, READ_BATCH) if key < start_key]
                 if not keys:
                     break
                 store.remove_messages(self, [_Dropped(key) for key in keys])
@@ -285,7 +285,7 @@ class StreamQueue(Queue):
             rows = self.store.read_queue(self, after_key, READ_BATCH)
             if not rows:
                 break
-            for key, message, published_at in rows:
+            for key, message, published_at, _ in rows:
                 if key < first_key:
                     dropped.append(_Dropped(key))
                 else:
@@ -359,7 +359,7 @@ class StreamQueue(Queue):
         while position.offset < self.next_offset and channel.can_deliver(consumer):
             offset = position.offset
             if read_ahead:
-                key, message, published_at = read_ahead.popleft()
+                key, message, published_at, _ = read_ahead.popleft()
             elif tail and offset >= tail[0][0]:
                 _, message, published_at = tail[offset - tail[0][0]]
                 key = message.stored.key

@@ -416,8 +416,8 @@ def test_messages_that_expired_while_the_broker_was_down_are_dead_lettered_at_st
         "x-message-ttl": 1000, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dead"})
     ch.publish("", "short", b"gone while down", {"delivery_mode": 2})
     held = store.messages["/", "short"]
-    for key, (message, published_at, redelivered, priority) in held.items():
-        held[key] = (message, published_at - 2.0, redelivered, priority)    # as if two seconds went by
+    for key, (message, published_at, expires_at, redelivered, priority) in held.items():
+        held[key] = (message, published_at, expires_at - 2.0, redelivered, priority)    # as if two seconds went by
     queues = Node(store=store).vhosts["/"].queues
     assert queues["short"].message_count == 0 and store.messages["/", "short"] == {}
     assert [m.body for m in queues["dead"].ready] == [b"gone while down"]

@@ -22,11 +22,16 @@ from tests.test_core_queues import RecordingSink, login
 
 
 class FakeQueue:
+    message_ttl = None      # its TTL for every message (ms), as a queue's x-message-ttl
+
     def __init__(self, vhost_name, name):
         self.vhost_name, self.name, self.deleted = vhost_name, name, False
 
     def level_of(self, message):
         return 0
+
+    def effective_ttl(self, message):
+        return self.message_ttl
 
 
 def persistent(body, **properties):
@@ -72,7 +77,7 @@ def committed(store):
 
 def held(store, recovered):
     """Each recovered queue's messages as the queue reads them back: {name: [message]}."""
-    return {name: [message for _, message, _ in store.read_queue(FakeQueue(vhost, name), 0, 10_000)]
+    return {name: [message for _, message, _, _ in store.read_queue(FakeQueue(vhost, name), 0, 10_000)]
             for vhost, name, *_ in recovered.queues}
 
 
@@ -549,13 +554,32 @@ def test_read_queue_gives_a_queues_committed_messages_in_key_order_from_after_a_
     committed(store)
     keys = [message.stored.key for message in messages]
     rows = store.read_queue(q1, 0, 10)
-    assert [(key, message.body) for key, message, _ in rows] == [
+    assert [(key, message.body) for key, message, _, _ in rows] == [
         (keys[0], b"0"), (keys[2], b"2"), (keys[4], b"4"), (keys[5], b"5")]
     assert rows[2][1].properties == {"delivery_mode": 2, "headers": {"n": 4}}
-    assert all(abs(published_at - time.time()) < 60 for _, _, published_at in rows)
-    assert [key for key, _, _ in store.read_queue(q1, keys[2], 2)] == [keys[4], keys[5]]
+    assert all(abs(published_at - time.time()) < 60 and expires_at is None for _, _, published_at, expires_at in rows)
+    assert [key for key, _, _, _ in store.read_queue(q1, keys[2], 2)] == [keys[4], keys[5]]
     assert store.read_queue(q1, keys[5], 10) == []
-    assert [message.body for _, message, _ in store.read_queue(q2, 0, 10)] == [b"3"]
+    assert [message.body for _, message, _, _ in store.read_queue(q2, 0, 10)] == [b"3"]
+
+
+def test_each_place_keeps_the_expiry_its_queue_gave_the_message_whatever_its_ttl_later(store):
+    queues = {name: FakeQueue("/", name) for name in ("lasting", "expiring", "plain")}
+    for name in queues:
+        store.put_queue("/", name, False, {})
+    queues["lasting"].message_ttl, queues["expiring"].message_ttl = 60_000, 1_000
+    before = time.time()
+    store.add_message(persistent(b"m"), list(queues.values()))
+    after = time.time()
+    committed(store)
+    queues["lasting"].message_ttl = queues["expiring"].message_ttl = None     # a policy changed them since
+    queues["plain"].message_ttl = 5
+    store = reopened(store)
+    store.load()
+    expiry = {name: store.read_queue(queue, 0, 10)[0][3] for name, queue in queues.items()}
+    assert before + 60 <= expiry["lasting"] <= after + 60
+    assert before + 1 <= expiry["expiring"] <= after + 1
+    assert expiry["plain"] is None
 
 
 def test_read_queue_sees_only_what_is_committed(tmp_path):
@@ -566,10 +590,10 @@ def test_read_queue_sees_only_what_is_committed(tmp_path):
     committed(store)
     wake, store._wake = store._wake, lambda: None       # the open batch stays open, unwritten
     store.add_message(persistent(b"open"), [queue])
-    assert [message.body for _, message, _ in store.read_queue(queue, 0, 10)] == [b"committed"]
+    assert [message.body for _, message, _, _ in store.read_queue(queue, 0, 10)] == [b"committed"]
     store._wake = wake
     committed(store)
-    assert [message.body for _, message, _ in store.read_queue(queue, 0, 10)] == [b"committed", b"open"]
+    assert [message.body for _, message, _, _ in store.read_queue(queue, 0, 10)] == [b"committed", b"open"]
     store.close()
 
 
@@ -586,7 +610,7 @@ def test_a_message_kept_after_a_purge_of_paged_messages_stays_when_both_share_a_
     store.add_message(persistent(b"after"), [queue])
     store._wake = wake
     committed(store)
-    assert [message.body for _, message, _ in store.read_queue(queue, 0, 10)] == [b"after"]
+    assert [message.body for _, message, _, _ in store.read_queue(queue, 0, 10)] == [b"after"]
     store.close()
 
 
@@ -672,7 +696,7 @@ def test_a_stream_comes_back_with_its_count_and_where_its_log_starts(store):
     assert [(name, count) for _, name, _, _, count in recovered.queues] == [("s", 3)]
     assert recovered.stream_starts == {("/", "s"): (7, messages[1].stored.key)}
     assert store.last_key == messages[-1].stored.key
-    assert [message.body for _, message, _ in store.read_queue(stream, 0, 10)] == [b"0", b"1", b"2"]
+    assert [message.body for _, message, _, _ in store.read_queue(stream, 0, 10)] == [b"0", b"1", b"2"]
 
 
 def test_a_transient_message_to_a_stream_is_confirmed_once_its_commit_is_done():
@@ -719,15 +743,15 @@ def test_a_queues_places_keep_its_priorities_sizes_and_leave_by_priority_or_by_c
     committed(store)
     keys = [message.stored.key for message in messages]
     assert store.paged_sizes(prio) == {0: (2, 1 + 6), 1: (2, 2 + 7), 2: (2, 3 + 8), 3: (4, 4 + 5 + 9 + 10)}
-    assert [key for key, _, _ in store.read_queue(prio, 0, 10, 3)] == [keys[3], keys[4], keys[8], keys[9]]
-    assert [key for key, _, _ in store.read_queue(prio, keys[3], 2, 3)] == [keys[4], keys[8]]
+    assert [key for key, _, _, _ in store.read_queue(prio, 0, 10, 3)] == [keys[3], keys[4], keys[8], keys[9]]
+    assert [key for key, _, _, _ in store.read_queue(prio, keys[3], 2, 3)] == [keys[4], keys[8]]
     assert store.paged_bytes(prio, keys[3], 2, 3) == 5 + 9
     assert store.paged_bytes(plain, keys[1], 3) == 3 + 4 + 5
     store.remove_paged(prio, keys[0], 3)        # priority 3's from the second on: all four
     store.remove_paged_head(plain, keys[1], 3)  # the third to the fifth
     committed(store)
-    assert [key for key, _, _ in store.read_queue(prio, 0, 10)] == [keys[n] for n in (0, 1, 2, 5, 6, 7)]
-    assert [key for key, _, _ in store.read_queue(plain, 0, 10)] == [keys[n] for n in (0, 1, 5, 6, 7, 8, 9)]
+    assert [key for key, _, _, _ in store.read_queue(prio, 0, 10)] == [keys[n] for n in (0, 1, 2, 5, 6, 7)]
+    assert [key for key, _, _, _ in store.read_queue(plain, 0, 10)] == [keys[n] for n in (0, 1, 5, 6, 7, 8, 9)]
     store = reopened(store)
     store.load()
     assert store.paged_sizes(FakePriorityQueue("/", "prio")) == {0: (2, 1 + 6), 1: (2, 2 + 7), 2: (2, 3 + 8)}

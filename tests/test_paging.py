@@ -13,11 +13,11 @@ import time
 import pika
 import pytest
 
-from greenmq import connection
 from greenmq.memory import MESSAGE_OVERHEAD_BYTES
 from tests.broker_process import ROOT, BrokerProcess
 from tests.greenmqctl_process import greenmqctl as ctl
 from tests.http_api import call, path
+from tests.test_scratch_paging import status, wait_for
 
 WINDOW = 4
 BACKLOG = 10 * WINDOW + 3       # ten windows and a part one
@@ -78,8 +78,7 @@ def count(channel, queue):
 
 
 def held_bytes(broker):
-    with connection.Connection(port=broker.port) as admin:
-        return admin.call("status")["memory"]["held_bytes"]
+    return status(broker)["memory"]["held_bytes"]
 
 
 def fanout_to(channel, exchange, queues):
@@ -514,6 +513,14 @@ def test_paged_priority_limited_and_expiring_backlogs_keep_order_and_counts_acro
     assert "Traceback" not in log, log
 
 
+def as_written_before(broker, column):
+    """The stopped broker's store as a GreenMQ wrote it whose places had no `column`."""
+    database = sqlite3.connect(os.path.join(broker.data_dir, "greenmq.sqlite3"))
+    database.execute(f"ALTER TABLE queue_messages DROP COLUMN {column}")
+    database.commit()
+    database.close()
+
+
 def test_a_store_from_before_priorities_were_kept_pages_its_priority_queues_in_order():
     """A store written before the places knew their priority gains them from the messages'
     properties when opened, so its priority backlog comes back in order."""
@@ -524,16 +531,39 @@ def test_a_store_from_before_priorities_were_kept_pages_its_priority_queues_in_o
             publish_tagged(channel, "prio", [tag], priority=priority)
         conn.close()
         broker.stop()
-        database = sqlite3.connect(os.path.join(broker.data_dir, "greenmq.sqlite3"))
-        database.execute("ALTER TABLE queue_messages DROP COLUMN priority")
-        database.commit()
-        database.close()
+        as_written_before(broker, "priority")
         with BrokerProcess("--queue-window", str(SMALL_WINDOW), data_dir=broker.data_dir) as again:
             conn, channel = channel_of(again)
             level = [min(p or 0, 5) for p in PRIORITIES]
             assert tags_of(drain(channel, "prio")) == [
                 priority_tags(PRIORITIES)[n] for n in sorted(range(len(PRIORITIES)), key=lambda n: (-level[n], n))]
             conn.close()
+
+
+def test_a_store_from_before_expiries_were_kept_counts_them_from_the_publish_time(paging_broker):
+    """A store written before each place kept its expiry gains the column when opened, its
+    places marked as keeping none: their messages expire as they did then, the queue's TTL
+    when read back (a policy's too) counted from their publish, paged or not."""
+    conn, channel = channel_of(paging_broker)
+    channel.queue_declare("dead", durable=True)
+    channel.queue_declare("lasting", durable=True, arguments=dead_letter_arguments(
+        "dead", **{"x-message-ttl": LASTING_TTL_MS}))
+    channel.queue_declare("expiring", durable=True, arguments=dead_letter_arguments("dead"))
+    set_message_ttl(paging_broker, "expiring", EXPIRING_TTL_MS)
+    publish_tagged(channel, "lasting", tags(BACKLOG))
+    publish_tagged(channel, "expiring", tags(BACKLOG))
+    conn.close()
+    paging_broker.stop()
+    as_written_before(paging_broker, "expires_at")
+    with BrokerProcess("--queue-window", str(WINDOW), data_dir=paging_broker.data_dir) as again:
+        conn, channel = channel_of(again)
+        assert wait_for_count(channel, "dead", BACKLOG) == BACKLOG
+        assert tags_of(drain(channel, "dead")) == tags(BACKLOG)
+        assert count(channel, "expiring") == 0
+        assert tags_of(drain(channel, "lasting")) == tags(BACKLOG)
+        conn.close()
+        log = again.log()
+    assert "Traceback" not in log, log
 
 
 def test_a_lazy_queue_reads_its_head_back_to_expire_it_unread(paging_broker):
@@ -583,3 +613,81 @@ def test_the_management_api_estimates_a_paged_queues_memory_from_what_it_holds_i
     assert status == 200 and queue["messages"] == BACKLOG
     held_estimate = (MESSAGE_OVERHEAD_BYTES + 4096) * WINDOW
     assert held_estimate <= queue["memory"] < held_estimate + (MESSAGE_OVERHEAD_BYTES + 4096)
+
+
+# -- a policy's message-ttl changed under a paged backlog ---------------------------------------
+
+# A TTL that outlives any test, and one short enough to wait for.
+LASTING_TTL_MS = 3_600_000
+EXPIRING_TTL_MS = 1500
+
+
+def set_message_ttl(broker, queue, ttl):
+    """A policy giving `queue` the message TTL `ttl`; greenmqctl returns once it applies."""
+    assert ctl(broker.port, "set_policy", queue, f"^{queue}$", f'{{"message-ttl": {ttl}}}').returncode == 0
+
+
+@pytest.mark.parametrize("kind", ["persistent", "persistent-restarted", "persistent-in-memory", "transient"])
+def test_a_policys_new_message_ttl_counts_for_new_messages_only_held_or_paged(kind):
+    """As RabbitMQ's (lazy queues too, and across a restart): a message keeps the expiry it
+    was given when queued, whether it waits in memory or on disk (the durable store for
+    persistent messages, or the memory store of an --in-memory broker; the scratch store
+    for transient ones while memory is short). "lengthened" goes from an expiring TTL to a
+    lasting one, "shortened" the other way; each gets a backlog under the first TTL, mostly
+    paged, then one under the second."""
+    transient = kind == "transient"
+    arguments = ("--queue-window", str(WINDOW)) + {
+        "transient": ("--memory-paging-ratio", "0"), "persistent-in-memory": ("--in-memory",)}.get(kind, ())
+    delivery_mode = 1 if transient else 2
+
+    def publish_paged(broker, channel, queue, prefix):
+        before, scratched = held_bytes(broker), status(broker)["scratch"]["messages"]
+        for tag in tags(BACKLOG, prefix):
+            channel.basic_publish("", queue, tag + b":" + BIG, pika.BasicProperties(delivery_mode=delivery_mode))
+        if transient:
+            assert status(broker)["scratch"]["messages"] - scratched > BACKLOG // 2
+        else:
+            assert paged(broker, before, BACKLOG)
+
+    def expire_and_look(broker):
+        """What expired and what is left, once the expiring TTL has passed for every message."""
+        conn, channel = channel_of(broker)
+        channel.queue_declare("dead-clock")
+        channel.queue_declare("clock", arguments=dead_letter_arguments("dead-clock", **{"x-message-ttl": EXPIRING_TTL_MS}))
+        channel.basic_publish("", "clock", b"tick")
+        assert wait_for_count(channel, "dead-clock", 1) == 1
+        wait_for_count(channel, "dead-lengthened", BACKLOG)
+        seen = {"lengthened expired": tags_of(drain(channel, "dead-lengthened")),
+                "lengthened left": count(channel, "lengthened"),
+                "shortened taken": tags_of(drain(channel, "shortened")),
+                "shortened expired at the head": wait_for_count(channel, "dead-shortened", BACKLOG)}
+        conn.close()
+        return seen
+
+    with BrokerProcess(*arguments) as broker:
+        conn, channel = channel_of(broker)
+        if transient:
+            channel.queue_declare("filler")
+            channel.basic_publish("", "filler", b"filler")
+            wait_for(lambda: status(broker)["memory"]["paging"], "memory to be short")
+        for queue, first_ttl in (("lengthened", EXPIRING_TTL_MS), ("shortened", LASTING_TTL_MS)):
+            channel.queue_declare("dead-" + queue, durable=not transient)
+            channel.queue_declare(queue, durable=not transient, arguments=dead_letter_arguments("dead-" + queue))
+            set_message_ttl(broker, queue, first_ttl)
+            publish_paged(broker, channel, queue, b"a")
+        set_message_ttl(broker, "lengthened", LASTING_TTL_MS)
+        set_message_ttl(broker, "shortened", EXPIRING_TTL_MS)
+        for queue in ("lengthened", "shortened"):
+            publish_paged(broker, channel, queue, b"b")
+        conn.close()
+        if kind == "persistent-restarted":
+            broker.stop()
+            with BrokerProcess(*arguments, data_dir=broker.data_dir) as again:
+                seen = expire_and_look(again)
+                log = again.log()
+        else:
+            seen = expire_and_look(broker)
+            log = broker.log()
+    assert "Traceback" not in log, log
+    assert seen == {"lengthened expired": tags(BACKLOG, b"a"), "lengthened left": BACKLOG,
+                    "shortened taken": tags(BACKLOG, b"a"), "shortened expired at the head": BACKLOG}

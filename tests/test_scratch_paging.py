@@ -312,20 +312,20 @@ def test_the_scratch_store_forgets_a_row_once_read_and_removes_only_what_was_pag
     queue, other = FakeQueue(), FakeQueue()
 
     def read(after_key, limit):
-        return [message.body for _, message, _ in scratch.read_queue(queue, after_key, limit)]
+        return [message.body for _, message, _, _ in scratch.read_queue(queue, after_key, limit)]
 
     try:
-        keys = [scratch.page(queue, Message("", "q", b"%d" % number, {"delivery_mode": 1}), 0, 0.0) for number in range(4)]
-        scratch.page(other, Message("", "q", b"other"), 0, 0.0)
+        keys = [scratch.page(queue, Message("", "q", b"%d" % number, {"delivery_mode": 1}), 0, None) for number in range(4)]
+        scratch.page(other, Message("", "q", b"other"), 0, None)
         assert keys == sorted(keys)
         assert memory.held_bytes == 5 * MESSAGE_OVERHEAD_BYTES + 4 + len(b"other")   # until written
         assert read(keys[0] - 1, 2) == [b"0", b"1"]
         assert memory.held_bytes == 0
         assert read(keys[0] - 1, 10) == [b"2", b"3"]        # the first two were forgotten
         assert scratch.messages == 1
-        scratch.page(queue, Message("", "q", b"later"), 0, 0.0)
+        scratch.page(queue, Message("", "q", b"later"), 0, None)
         scratch.remove_paged(queue, 0)      # a purge: what the queue pages next stays
-        scratch.page(queue, Message("", "q", b"after"), 0, 0.0)
+        scratch.page(queue, Message("", "q", b"after"), 0, None)
         assert read(0, 10) == [b"after"]
         assert scratch.messages == 1 and memory.held_bytes == 0
     finally:
@@ -338,16 +338,16 @@ def test_the_scratch_store_reads_and_removes_a_priority_s_rows_only():
     queue = FakeQueue()
     try:
         for number in range(6):
-            scratch.page(queue, Message("", "q", b"%d" % number), number % 2, 0.0)
+            scratch.page(queue, Message("", "q", b"%d" % number), number % 2, None)
         scratch.remove_paged(queue, 0, 1)      # before they are written, then after
-        scratch.page(queue, Message("", "q", b"6"), 1, 0.0)
-        assert [message.body for _, message, _ in scratch.read_queue(queue, 0, 10, 0)] == [b"0", b"2", b"4"]
-        assert [message.body for _, message, _ in scratch.read_queue(queue, 0, 10, 1)] == [b"6"]
-        scratch.page(queue, Message("", "q", b"7"), 0, 0.0)
-        scratch.page(queue, Message("", "q", b"8"), 1, 0.0)
+        scratch.page(queue, Message("", "q", b"6"), 1, None)
+        assert [message.body for _, message, _, _ in scratch.read_queue(queue, 0, 10, 0)] == [b"0", b"2", b"4"]
+        assert [message.body for _, message, _, _ in scratch.read_queue(queue, 0, 10, 1)] == [b"6"]
+        scratch.page(queue, Message("", "q", b"7"), 0, None)
+        scratch.page(queue, Message("", "q", b"8"), 1, None)
         assert scratch.read_queue(queue, 0, 10, 1) and scratch.messages == 1
         scratch.remove_paged(queue, 0, 1)
-        assert [message.body for _, message, _ in scratch.read_queue(queue, 0, 10, 0)] == [b"7"]
+        assert [message.body for _, message, _, _ in scratch.read_queue(queue, 0, 10, 0)] == [b"7"]
     finally:
         scratch.close()
 

@@ -180,7 +180,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def add_message(self, message, queues):
-        """Keep `message` for `queues` (durable, all of them); marks it `stored`."""
+        """Keep `message` for `queues` (durable, all of them), each place with the expiry
+        the queue gives it now (`expiries`); marks it `stored`."""
 
     def _record(self, message, queues):
         """`message`'s record, keyed after every message kept before it."""
@@ -196,8 +197,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def read_queue(self, queue, after_key, limit, priority=None):
         """Up to `limit` committed messages of `queue` with keys above `after_key`, in key
-        order, as [(key, message, published_at)] (time.time() when it was kept); only those
-        of `priority` (`queue.level_of(message)` when it was kept) unless that is None.
+        order, as [(key, message, published_at, expires_at)]: time.time() when it was kept
+        (what a stream's timestamps are), and the wall-clock time it expires in `queue` as
+        given when it was kept (None: never); only those of `priority`
+        (`queue.level_of(message)` when it was kept) unless that is None.
         Blocks the calling greenlet, never the hub. What is not committed yet is not there:
         a reader keeps the newest messages in memory until `after_commit` says they are."""
 
@@ -271,6 +274,22 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def close(self):
         """Commit what is pending and mark the stop clean."""
+
+
+def expiries(message, queues, now):
+    """When `message`, taken by `queues` at wall time `now`, expires in each of them (None:
+    never), or None when it expires in none. A message keeps the expiry it was given when
+    a queue took it, whatever the queue's TTL is later (as in RabbitMQ), so its place keeps
+    it: read back after paging or a restart it expires when it would have in memory."""
+    ttl = message.ttl
+    if ttl is None:
+        for queue in queues:
+            if queue.message_ttl is not None:
+                break
+        else:
+            return None
+    return [None if given is None else now + given / 1000.0
+            for given in (queue.effective_ttl(message) for queue in queues)]
 
 
 def canonical_arguments(arguments):

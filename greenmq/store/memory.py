@@ -5,7 +5,7 @@ import bisect
 import itertools
 import time
 
-from . import Recovered, Store, canonical_arguments
+from . import Recovered, Store, canonical_arguments, expiries
 
 
 class MemoryStore(Store):
@@ -22,7 +22,7 @@ class MemoryStore(Store):
         self.exchanges = {}
         self.queues = {}
         self.bindings = {}
-        # (vhost, queue) -> {key: (message, published_at, redelivered, its priority there)}
+        # (vhost, queue) -> {key: (message, published_at, its expiry there, redelivered, its priority there)}
         self.messages = {}
         # (vhost, queue) -> the keys kept for it in key order, removed ones included until
         # they are more than half: what read_queue finds its place in by bisection.
@@ -102,9 +102,10 @@ class MemoryStore(Store):
         key = self._record(message, queues).key
         now = time.time()
         prioritised = message.properties and message.properties.get("priority")
-        for queue in queues:
+        expires = expiries(message, queues, now)
+        for at, queue in enumerate(queues):
             self.messages[queue.vhost_name, queue.name][key] = (
-                message, now, False, queue.level_of(message) if prioritised else 0)
+                message, now, expires and expires[at], False, queue.level_of(message) if prioritised else 0)
             self.keys[queue.vhost_name, queue.name].append(key)
 
     def remove_messages(self, queue, messages):
@@ -124,13 +125,13 @@ class MemoryStore(Store):
         keys = self.keys.get((queue.vhost_name, queue.name), [])
         for at in range(bisect.bisect_right(keys, after_key), len(keys)):
             kept = held.get(keys[at])
-            if kept is not None and (priority is None or kept[3] == priority):
+            if kept is not None and (priority is None or kept[4] == priority):
                 yield keys[at], kept
 
     def read_queue(self, queue, after_key, limit, priority=None):
         rows = []
-        for key, (message, published_at, redelivered, _) in self._places(queue, after_key, priority):
-            rows.append((key, message.placed(True, None) if redelivered else message, published_at))
+        for key, (message, published_at, expires_at, redelivered, _) in self._places(queue, after_key, priority):
+            rows.append((key, message.placed(True, None) if redelivered else message, published_at, expires_at))
             if len(rows) == limit:
                 break
         return rows
@@ -141,7 +142,7 @@ class MemoryStore(Store):
 
     def paged_sizes(self, queue):
         sizes = {}
-        for _, (message, _, _, priority) in self._places(queue, 0, None):
+        for _, (message, _, _, _, priority) in self._places(queue, 0, None):
             count, size = sizes.get(priority, (0, 0))
             sizes[priority] = (count + 1, size + len(message.body))
         return sizes
@@ -165,8 +166,8 @@ class MemoryStore(Store):
         held = self.messages.get((queue.vhost_name, queue.name), {})
         for message in messages:
             key = message.stored.key
-            stored_message, published_at, _, priority = held[key]
-            held[key] = (stored_message, published_at, True, priority)
+            stored_message, published_at, expires_at, _, priority = held[key]
+            held[key] = (stored_message, published_at, expires_at, True, priority)
 
     def after_commit(self, callback, again=False):
         callback(self.open_batch, True)

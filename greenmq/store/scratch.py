@@ -3,8 +3,9 @@ memory is short (memory.py's paging mark): transient messages, and every message
 the durable store does not keep (non-durable and exclusive queues). A queue pages them
 into its ready list's tail (queue_store.PagedRun) and reads them back in order as their
 turn comes, through the same `read_queue` and `remove_paged` as the durable store: by
-priority in a priority queue (each row keeps its priority there), with the wall time the
-message's expiry counts from (`published_at`), so that it comes back with the same expiry.
+priority in a priority queue (each row keeps its priority there), with the wall-clock time
+the message expires (`expires_at`, as the queue gave it when it took the message), so that
+it comes back with the same expiry.
 
 Nothing in it is promised, so it is an SQLite database with no journal and no syncs,
 removed at a clean stop and wiped at start: a transient message never survives a restart.
@@ -53,11 +54,11 @@ RETRY_SECONDS = 1.0
 # index serves both.
 _SCHEMA = """
 CREATE TABLE paged (key INTEGER PRIMARY KEY, queue INTEGER, priority INTEGER, head BLOB, body BLOB,
-                    published_at REAL);
+                    expires_at REAL);
 CREATE INDEX paged_by_queue ON paged (queue, priority, key);
 """
 _INSERT = "INSERT INTO paged VALUES (?, ?, ?, ?, ?, ?)"
-_READ = ("SELECT key, head, body, published_at FROM paged WHERE queue = ? AND priority = ? AND key > ? "
+_READ = ("SELECT key, head, body, expires_at FROM paged WHERE queue = ? AND priority = ? AND key > ? "
          "ORDER BY key LIMIT ?")
 _DELETE = "DELETE FROM paged WHERE queue = ? AND priority = ? AND key > ? AND key <= ?"
 
@@ -96,16 +97,16 @@ class ScratchStore:
             queue_id = self._queue_ids[queue] = next(self._next_queue_id)
         return queue_id
 
-    def page(self, queue, message, priority, published_at):
+    def page(self, queue, message, priority, expires_at):
         """Keep `message` (not the durable store's) for `queue`, under `priority` there, until
-        it is read back with `published_at` (wall time); returns its key, above every key
-        given before."""
+        it is read back with `expires_at` (wall-clock time, or None); returns its key, above
+        every key given before."""
         self.last_key += 1
         self.messages += 1
         head = (message.exchange, message.routing_key, message.properties, message.encoded_properties,
                 message.redelivered, message.ttl)
         self._rows.append((self.last_key, self._queue_id(queue), priority, pickle.dumps(head), message.body,
-                           published_at))
+                           expires_at))
         size = MESSAGE_OVERHEAD_BYTES + len(message.body)     # as _held_by counts it
         self._rows_bytes += size
         self.memory.held_bytes += size
@@ -115,8 +116,9 @@ class ScratchStore:
 
     def read_queue(self, queue, after_key, limit, priority=None):
         """Up to `limit` messages of `queue` with keys above `after_key`, in key order, as
-        [(key, message, published_at)], gone from here once read; of `priority` only (None:
-        a queue without priorities, see _SCHEMA). Blocks the calling greenlet, never the hub."""
+        [(key, message, None, expires_at)] (no stream pages here, so nothing reads a publish
+        time), gone from here once read; of `priority` only (None: a queue without
+        priorities, see _SCHEMA). Blocks the calling greenlet, never the hub."""
         queue_id = self._queue_ids.get(queue)
         if queue_id is None:
             return []
@@ -127,20 +129,20 @@ class ScratchStore:
             self._flush()
             rows = self._writer.run(self._take, queue_id, priority, after_key, limit)
         if self._failing:     # some rows are in memory still; they may come first
-            rows = sorted(rows + [(key, head, body, published_at)
-                                  for key, owner, level, head, body, published_at in self._rows
+            rows = sorted(rows + [(key, head, body, expires_at)
+                                  for key, owner, level, head, body, expires_at in self._rows
                                   if owner == queue_id and level == priority and key > after_key])[:limit]
             taken = {row[0] for row in rows}
             self._keep_rows(lambda row: row[0] not in taken)
         self.messages -= len(rows)
         messages = []
-        for key, head, body, published_at in rows:
+        for key, head, body, expires_at in rows:
             exchange, routing_key, properties, encoded_properties, redelivered, ttl = pickle.loads(head)
             message = Message(exchange, routing_key, body, properties, encoded_properties)
             if ttl is not None or redelivered:
                 message = message.placed(redelivered, None)
                 message.ttl = ttl
-            messages.append((key, message, published_at))
+            messages.append((key, message, None, expires_at))
         return messages
 
     def remove_paged(self, queue, after_key, priority=None):

@@ -21,7 +21,7 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 
 from ..message import Message, properties_from_json, properties_to_json, ttl_of
-from . import Recovered, Store, StoreError, Stored, canonical_arguments
+from . import Recovered, Store, StoreError, Stored, canonical_arguments, expiries
 from .writer import WriterThread
 
 log = logging.getLogger("greenmq.store")
@@ -99,7 +99,7 @@ CREATE TABLE bindings (vhost TEXT, source TEXT, destination TEXT, routing_key TE
 CREATE TABLE messages (seq INTEGER PRIMARY KEY, exchange TEXT, routing_key TEXT, properties TEXT,
                        amqp_properties BLOB, body BLOB, published_at REAL);
 CREATE TABLE queue_messages (queue_id INTEGER, seq INTEGER, redelivered INTEGER,
-                             priority INTEGER NOT NULL DEFAULT 0,
+                             priority INTEGER NOT NULL DEFAULT 0, expires_at REAL,
                              PRIMARY KEY (queue_id, seq)) WITHOUT ROWID;
 """
 
@@ -111,6 +111,12 @@ _PLACES_PRIORITY_COLUMN = "ALTER TABLE queue_messages ADD COLUMN priority INTEGE
 _FILL_PLACES_PRIORITY = ("UPDATE queue_messages SET priority = MIN(?, COALESCE((SELECT json_extract("
                          "m.properties, '$.priority') FROM messages m WHERE m.seq = queue_messages.seq), 0)) "
                          "WHERE queue_id = ?")
+# Added later too: when the message expires in its queue (wall-clock time, NULL: never), as
+# the queue gave it when it took the message (store.expiries). The places of a store written
+# before have none kept, which this value says: their expiry is worked out as it was then,
+# from the publish time and the queue's TTL when read back (read_queue).
+EXPIRY_NOT_KEPT = -1.0
+_PLACES_EXPIRY_COLUMN = f"ALTER TABLE queue_messages ADD COLUMN expires_at REAL DEFAULT {EXPIRY_NOT_KEPT}"
 
 # Added after format 1 was out: a store written before has no such table, and gains it
 # when opened, so limits need no new format version.
@@ -120,7 +126,7 @@ _LIMITS_TABLE = """CREATE TABLE IF NOT EXISTS limits (kind TEXT, name TEXT, limi
 _STREAM_STARTS_TABLE = """CREATE TABLE IF NOT EXISTS stream_starts (queue_id INTEGER PRIMARY KEY,
                                                                  first_offset INTEGER, first_key INTEGER)"""
 _READ_QUEUE = ("SELECT q.seq, m.exchange, m.routing_key, m.properties, m.amqp_properties, m.body, "
-               "m.published_at, q.redelivered FROM queue_messages q JOIN messages m ON m.seq = q.seq "
+               "m.published_at, q.expires_at, q.redelivered FROM queue_messages q JOIN messages m ON m.seq = q.seq "
                "WHERE q.queue_id = ? AND q.seq > ? {} ORDER BY q.seq LIMIT ?")
 # A priority's places only; SQLite walks the queue's places in key order and skips the
 # other priorities' (small rows, no bodies read).
@@ -145,7 +151,8 @@ _POLICIES_TABLE = """CREATE TABLE IF NOT EXISTS policies (vhost TEXT, kind TEXT,
 # SQLite's limit of 32,766.
 MAX_ROWS_PER_STATEMENT = 256
 _INSERT_MESSAGES = ("INSERT INTO messages VALUES ", "(?, ?, ?, ?, ?, ?, ?)", "")
-_INSERT_PLACES = ("INSERT INTO queue_messages VALUES ", "(?, ?, 0, ?)", "")
+_INSERT_PLACES = ("INSERT INTO queue_messages (queue_id, seq, redelivered, priority, expires_at) VALUES ",
+                  "(?, ?, 0, ?, ?)", "")
 _DELETE_PLACES = ("DELETE FROM queue_messages WHERE queue_id = ? AND seq IN (", "?", ")")
 _DELETE_MESSAGES = ("DELETE FROM messages WHERE seq IN (", "?", ")")
 # A message no queue's place holds any more; each place is looked up by its primary key
@@ -169,8 +176,8 @@ class _Batch:
 
     def __init__(self, number):
         self.number = number
-        # seq -> [row, queue ids, None or {queue id: its priority there}]; dropped again if
-        # acked in time
+        # seq -> [row, queue ids, None or {queue id: (its priority there, its expiry there)}];
+        # dropped again if acked in time
         self.new_messages = {}
         self.unwritten_bytes = 0    # of the messages added, counted in the memory budget until committed
         self.removed_places = []    # (queue id, seq)
@@ -192,8 +199,8 @@ class _Batch:
         if self.new_messages:
             statements += _rows_at_once(_INSERT_MESSAGES, [row for row, _, _ in self.new_messages.values()])
             statements += _rows_at_once(_INSERT_PLACES, [
-                (queue_id, seq, priorities[queue_id] if priorities else 0)
-                for seq, (_, queue_ids, priorities) in self.new_messages.items() for queue_id in queue_ids])
+                (queue_id, seq, *places[queue_id]) if places else (queue_id, seq, 0, None)
+                for seq, (_, queue_ids, places) in self.new_messages.items() for queue_id in queue_ids])
         if self.removed_places:
             by_queue = {}
             for queue_id, seq in self.removed_places:
@@ -259,6 +266,8 @@ class SqliteStore(Store):
             self._places_lack_priorities = "priority" not in columns
             if self._places_lack_priorities:
                 self._db.execute(_PLACES_PRIORITY_COLUMN)
+            if "expires_at" not in columns:
+                self._db.execute(_PLACES_EXPIRY_COLUMN)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the message store {self.path}: {_reason(exc)}") from None
         self._inode = os.stat(self.path).st_ino
@@ -384,12 +393,18 @@ class SqliteStore(Store):
         size = UNWRITTEN_MESSAGE_OVERHEAD_BYTES + len(message.body)
         batch.unwritten_bytes += size
         self.memory.held_bytes += size
+        now = time.time()
+        queue_ids = [self._queue_ids[queue.vhost_name, queue.name] for queue in queues]
+        prioritised = properties and properties.get("priority")
+        expires = expiries(message, queues, now)
+        places = None
+        if prioritised or expires:
+            places = {queue_id: (queue.level_of(message) if prioritised else 0, expires and expires[at])
+                      for at, (queue_id, queue) in enumerate(zip(queue_ids, queues))}
         batch.new_messages[key] = [
             (key, message.exchange, message.routing_key, self._properties_json(message),
-             message.encoded_properties, message.body, time.time()),
-            [self._queue_ids[queue.vhost_name, queue.name] for queue in queues],
-            {self._queue_ids[queue.vhost_name, queue.name]: queue.level_of(message) for queue in queues}
-            if properties and properties.get("priority") else None]
+             message.encoded_properties, message.body, now),
+            queue_ids, places]
         self._wake()
 
     def _properties_json(self, message):
@@ -444,7 +459,7 @@ class SqliteStore(Store):
         if len(decoded) >= PROPERTIES_TEXT_CACHE_SIZE:
             decoded.clear()
         messages, crashed_up_to = [], self._redelivered_up_to
-        for seq, exchange, routing_key, properties, amqp_properties, body, published_at, redelivered in rows:
+        for seq, exchange, routing_key, properties, amqp_properties, body, published_at, expires_at, redelivered in rows:
             ttl = None
             if properties is not None:
                 properties_and_ttl = decoded.get(properties)
@@ -458,7 +473,10 @@ class SqliteStore(Store):
                 message = message.placed(redelivered, None)
                 message.ttl = ttl
             message.stored = Stored(seq, None)     # other queues may hold it: the places say
-            messages.append((seq, message, published_at))
+            if expires_at == EXPIRY_NOT_KEPT:
+                queue_ttl = queue.effective_ttl(message)
+                expires_at = None if queue_ttl is None else published_at + queue_ttl / 1000.0
+            messages.append((seq, message, published_at, expires_at))
         return messages
 
     def _read(self, sql, queue_id, after_key, priority, *more):
