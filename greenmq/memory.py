@@ -55,11 +55,10 @@ DEFAULT_QUEUE_WINDOW = 2048
 
 # Nor more bodies' bytes than this ahead: counted in messages alone, a window of 1 MiB
 # bodies would be 2 GiB, and a read-back as much at once. By default a 32nd of the memory
-# limit, so that 32 full windows are the limit (with 4 KiB bodies 2,048 messages are 8 MiB,
-# so on most machines the count binds up to bodies of some 100 KiB), but at least
-# MIN_QUEUE_WINDOW_BYTES: a few dozen 1 MiB messages keep a consumer fed across a read of
-# the next ones. Never over a quarter of a small limit, which a single queue must not fill.
-# RabbitMQ's classic queues bound what they hold ahead in memory per queue likewise.
+# limit, so that 32 full windows are the limit (the count still binds first for bodies up
+# to a 2,048th of it: 100 KiB with a 6.4 GiB limit, the default on a 16 GiB machine), but
+# at least MIN_QUEUE_WINDOW_BYTES: a few dozen 1 MiB messages keep a consumer fed across a
+# read of the next ones. Never over a quarter of a small limit, which one queue must not fill.
 QUEUE_WINDOW_SHARE_OF_LIMIT = 32
 MIN_QUEUE_WINDOW_BYTES = 32 * 1024 * 1024
 
