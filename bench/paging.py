@@ -8,6 +8,7 @@ here with --memory-limit) beside RabbitMQ on the same backlog.
     python bench/paging.py --url amqp://guest:guest@127.0.0.1:5682/%2f   # and RabbitMQ in the same run
     python bench/paging.py --priorities 10 --message-ttl-ms 3600000     # a priority queue with a TTL
     python bench/paging.py --transient                       # transient messages, non-durable queue
+    python bench/paging.py --size 1048576 --memory-limit-mib 256 --prefetch 10   # 1 MiB bodies
 
 Printed per broker: the publish rate over the first and the last tenth of the backlog, the
 drain's rate, whether every message came back once and in order, and for GreenMQ its peak
@@ -69,11 +70,12 @@ def order(count, priorities):
     return (number for priority in reversed(range(priorities)) for number in range(priority, count, priorities))
 
 
-def drain(url, queue, count, priorities):
-    """Messages per second consuming all `count`, and whether they came once and in order."""
+def drain(url, queue, count, priorities, prefetch):
+    """Messages per second consuming all `count` with a prefetch of `prefetch` (acked by
+    halves), and whether they came once and in order."""
     connection = pika.BlockingConnection(pika.URLParameters(url))
     channel = connection.channel()
-    channel.basic_qos(prefetch_count=1000)
+    channel.basic_qos(prefetch_count=prefetch)
     expected, in_order, received = iter(order(count, priorities)), True, 0
     began = time.perf_counter()
     for method, _, body in channel.consume(queue, inactivity_timeout=30):
@@ -81,7 +83,7 @@ def drain(url, queue, count, priorities):
             break
         in_order = in_order and struct.unpack(">Q", body[:8])[0] == next(expected, None)
         received += 1
-        if received % 500 == 0 or received == count:
+        if received % max(1, prefetch // 2) == 0 or received == count:
             channel.basic_ack(method.delivery_tag, multiple=True)
         if received == count:
             break
@@ -93,7 +95,7 @@ def drain(url, queue, count, priorities):
     return count / seconds, received == count and in_order and left == 0
 
 
-def run(name, url, count, size, priorities, arguments, transient, pid=None):
+def run(name, url, count, size, priorities, arguments, transient, prefetch, pid=None):
     queue = f"paging-{uuid.uuid4().hex[:8]}"
     before = proc_kib(pid, "VmRSS") if pid else None
     first_rate, last_rate = publish(url, queue, count, size, priorities, arguments, transient)
@@ -101,7 +103,7 @@ def run(name, url, count, size, priorities, arguments, transient, pid=None):
     if pid:
         grown = proc_kib(pid, "VmRSS") - before
         line += f"; RSS +{grown / 1024:.0f} MiB for the backlog ({grown * 1024 / count:.0f} B a message)"
-    rate, complete = drain(url, queue, count, priorities)
+    rate, complete = drain(url, queue, count, priorities, prefetch)
     line += f"\n{'':<10} drain {rate:9,.0f} msg/s, {'complete and in order' if complete else 'LOST OR OUT OF ORDER'}"
     if pid:
         line += f"; peak RSS {proc_kib(pid, 'VmHWM') / 1024:.0f} MiB"
@@ -117,6 +119,7 @@ def main():
     parser.add_argument("--priorities", type=int, default=0, help="a priority queue with this many priorities")
     parser.add_argument("--message-ttl-ms", type=int, help="the queue's x-message-ttl")
     parser.add_argument("--transient", action="store_true", help="transient messages into a non-durable queue")
+    parser.add_argument("--prefetch", type=int, default=1000, help="the draining consumer's prefetch")
     args = parser.parse_args()
     count = args.backlog_factor * args.memory_limit_mib * 2**20 // args.size
     arguments = {}
@@ -129,10 +132,10 @@ def main():
           f"queue {arguments or ''}, GreenMQ with --memory-limit {args.memory_limit_mib}MiB")
     with BrokerProcess("--memory-limit", f"{args.memory_limit_mib}MiB") as broker:
         run("GreenMQ", f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f", count, args.size,
-            args.priorities, arguments, args.transient, broker.pid)
+            args.priorities, arguments, args.transient, args.prefetch, broker.pid)
     for url in args.url:
         run(urllib.parse.urlparse(url).netloc.split("@")[-1], url, count, args.size, args.priorities, arguments,
-            args.transient)
+            args.transient, args.prefetch)
 
 
 if __name__ == "__main__":

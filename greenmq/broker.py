@@ -145,13 +145,15 @@ def main(argv=None):
         else:
             log.info("keeping durable entities and persistent messages in %s", store.path)
         node = Node(store=store, memory_limit=settings.memory_limit, queue_window=settings.queue_window,
-                    paging_ratio=settings.memory_paging_ratio,
+                    queue_window_bytes=settings.queue_window_bytes, paging_ratio=settings.memory_paging_ratio,
                     scratch_dir=None if settings.in_memory else os.path.abspath(settings.data_dir))
     except StoreError as exc:
         log.error("%s", exc)
         return 1
     log.info("memory limit %d bytes (%.1f MiB; memory_limit): publishers wait above it", settings.memory_limit,
              settings.memory_limit / 2**20)
+    log.info("queues keep up to %d messages and %.1f MiB of bodies ahead in memory (queue_window, "
+             "queue_window_bytes)", node.memory.queue_window, node.memory.queue_window_bytes / 2**20)
     node.memory.start_trimming()
     node.start_consumer_timeout(settings.consumer_timeout)
     servers = []

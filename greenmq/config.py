@@ -17,7 +17,8 @@ except ImportError:             # Python < 3.11: the same parser, from PyPI
 from .lines import max_line_bytes_for
 from .message import DEFAULT_MAX_MESSAGE_BYTES
 from .node import DEFAULT_CONSUMER_TIMEOUT_MS
-from .memory import DEFAULT_MEMORY_FRACTION, DEFAULT_PAGING_RATIO, DEFAULT_QUEUE_WINDOW, parse_memory_limit
+from .memory import (DEFAULT_MEMORY_FRACTION, DEFAULT_PAGING_RATIO, DEFAULT_QUEUE_WINDOW, MIN_QUEUE_WINDOW_BYTES,
+                     QUEUE_WINDOW_SHARE_OF_LIMIT, parse_bytes, parse_memory_limit)
 from .stats import DEFAULT_SAMPLE_INTERVAL_SECONDS
 
 DEFAULT_HOST = "127.0.0.1"
@@ -174,6 +175,11 @@ SETTINGS = {
                      "of a durable queue beyond them wait on disk only, and others too while memory is "
                      "short (see memory_paging_ratio; default "
                      f"{DEFAULT_QUEUE_WINDOW}; x-queue-mode lazy keeps none)"),
+    "queue_window_bytes": (parse_bytes, None,
+                           "nor more than these bytes of bodies ahead, which bounds each read-back from disk "
+                           "too: bytes, with a unit (64MiB) allowed (default a "
+                           f"{QUEUE_WINDOW_SHARE_OF_LIMIT}th of memory_limit, at least "
+                           f"{MIN_QUEUE_WINDOW_BYTES // 2**20}MiB or a quarter of the limit if that is less)"),
     "data_dir": (_text, DEFAULT_DATA_DIR, "where durable exchanges, queues, bindings, persistent messages, "
                                           f"users and vhosts are kept (default ./{DEFAULT_DATA_DIR})"),
     "in_memory": (_bool, False, "keep nothing on disk: everything lasts only as long as the process"),

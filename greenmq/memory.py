@@ -53,6 +53,15 @@ QUEUE_ENTRY_BYTES = 16
 # takes a few milliseconds) while 10 queues of 4 KiB messages hold 80 MiB at most ahead.
 DEFAULT_QUEUE_WINDOW = 2048
 
+# Nor more bodies' bytes than this ahead: counted in messages alone, a window of 1 MiB
+# bodies would be 2 GiB, and a read-back as much at once. By default a 32nd of the memory
+# limit, so that 32 full windows are the limit (the count still binds first for bodies up
+# to a 2,048th of it: 100 KiB with a 6.4 GiB limit, the default on a 16 GiB machine), but
+# at least MIN_QUEUE_WINDOW_BYTES: a few dozen 1 MiB messages keep a consumer fed across a
+# read of the next ones. Never over a quarter of a small limit, which one queue must not fill.
+QUEUE_WINDOW_SHARE_OF_LIMIT = 32
+MIN_QUEUE_WINDOW_BYTES = 32 * 1024 * 1024
+
 # RabbitMQ's vm_memory_high_watermark_paging_ratio: once the held bytes pass this share of
 # the limit, memory is short and queues page the ready messages beyond their windows to disk
 # (transient ones and those of queues the durable store does not keep go to the scratch
@@ -110,26 +119,43 @@ def machine_memory_bytes():
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def default_queue_window_bytes(limit):
+    """The byte window of each queue for a memory limit of `limit` bytes (see
+    QUEUE_WINDOW_SHARE_OF_LIMIT)."""
+    return max(limit // QUEUE_WINDOW_SHARE_OF_LIMIT, min(MIN_QUEUE_WINDOW_BYTES, limit // 4))
+
+
+def _bytes(value):
+    """Bytes from an integer or a text with a unit (512MiB, 2GB: RabbitMQ's units); None
+    for anything else."""
+    if type(value) is int:
+        return value
+    if type(value) is str:
+        match = re.fullmatch(r"(\d+)\s*([a-z]*)", value.strip().lower())
+        if match and match.group(2) in _UNITS:
+            return int(match.group(1)) * _UNITS[match.group(2)]
+    return None
+
+
+def parse_bytes(value):
+    """A size in bytes (an integer, or a text with a unit such as 64MiB), 0 or more;
+    ValueError saying what is accepted."""
+    size = _bytes(value)
+    if size is None or size < 0:
+        raise ValueError("must be bytes, 0 or more (units such as 64MiB or 1GB allowed)")
+    return size
+
+
 def parse_memory_limit(value):
     """Bytes from an integer, a text with a unit (512MiB, 2GB: RabbitMQ's units) or a
     fraction of the machine's memory (0.4, as vm_memory_high_watermark.relative); ValueError
     saying what is accepted."""
     fraction = None
+    limit = _bytes(value)
     if type(value) is float:
         fraction = value
-    elif type(value) is int:
-        limit = value
-    elif type(value) is str:
-        text = value.strip().lower()
-        match = re.fullmatch(r"(\d+)\s*([a-z]*)", text)
-        if match and match.group(2) in _UNITS:
-            limit = int(match.group(1)) * _UNITS[match.group(2)]
-        elif re.fullmatch(r"\d*\.\d+", text):
-            fraction = float(text)
-        else:
-            limit = None
-    else:
-        limit = None
+    elif type(value) is str and re.fullmatch(r"\d*\.\d+", value.strip()):
+        fraction = float(value)
     if fraction is not None:
         limit = int(fraction * machine_memory_bytes()) if 0 < fraction <= 1 else None
     if limit is None or limit < MIN_MEMORY_LIMIT_BYTES:
@@ -143,10 +169,14 @@ class MemoryBudget:
     publishers are blocked by it. One per node, so two brokers in one process (tests, an
     embedding program) each count their own."""
 
-    def __init__(self, limit, queue_window=DEFAULT_QUEUE_WINDOW, paging_ratio=DEFAULT_PAGING_RATIO):
+    def __init__(self, limit, queue_window=DEFAULT_QUEUE_WINDOW, paging_ratio=DEFAULT_PAGING_RATIO,
+                 queue_window_bytes=None):
         self.held_bytes = 0
         self.limit = limit
-        self.queue_window = queue_window    # see DEFAULT_QUEUE_WINDOW; queue_store.py reads it
+        # See DEFAULT_QUEUE_WINDOW and QUEUE_WINDOW_SHARE_OF_LIMIT; queue_store.py reads them.
+        self.queue_window = queue_window
+        self.queue_window_bytes = (default_queue_window_bytes(limit) if queue_window_bytes is None
+                                   else queue_window_bytes)
         # Above 1, never (RabbitMQ's way to turn paging off): publishers stop at the limit.
         self.paging_mark = int(limit * paging_ratio) if paging_ratio <= 1 else float("inf")
         self.paging = False                 # memory is short: queues page beyond their windows

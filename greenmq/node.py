@@ -59,11 +59,12 @@ VERIFIED_LOGINS_KEPT = 10_000
 
 class Node:
     def __init__(self, store=None, memory_limit=None, queue_window=DEFAULT_QUEUE_WINDOW,
-                 paging_ratio=DEFAULT_PAGING_RATIO, scratch_dir=None):
-        """`scratch_dir`: where the scratch store's file goes (None: a temporary one)."""
+                 paging_ratio=DEFAULT_PAGING_RATIO, scratch_dir=None, queue_window_bytes=None):
+        """`scratch_dir`: where the scratch store's file goes (None: a temporary one);
+        `queue_window_bytes` None: derived from the memory limit (memory.py)."""
         self.store = store if store is not None else MemoryStore()
         self.memory = MemoryBudget(parse_memory_limit(DEFAULT_MEMORY_FRACTION) if memory_limit is None
-                                   else memory_limit, queue_window, paging_ratio)
+                                   else memory_limit, queue_window, paging_ratio, queue_window_bytes)
         self.memory.page_out = self._page_out
         self.store.counts_in(self.memory)
         self.scratch = ScratchStore(scratch_dir, self.memory)

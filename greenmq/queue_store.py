@@ -169,12 +169,18 @@ class ReadyList:
     memory, in order. While the tail holds anything every new message joins it, so the order
     stays; the queue reads runs back into `fresh` as it empties (Queue._page_in). A
     priority's list (in ReadyLevels) knows its `priority`, which the store reads its runs
-    by; a plain queue's is None: its runs are all its stored messages above a key."""
+    by; a plain queue's is None: its runs are all its stored messages above a key. The
+    window is counted in messages and in the bytes of their bodies (`fresh_bytes`), and
+    either bound sends what comes beyond it to the tail.
 
-    __slots__ = ("fresh", "returned", "tail", "tail_count", "priority")
+    `fresh_bytes` changes wherever `fresh` does, here and in Queue._deliver_ready, which
+    takes from a plain list's `fresh` directly."""
+
+    __slots__ = ("fresh", "fresh_bytes", "returned", "tail", "tail_count", "priority")
 
     def __init__(self, priority=None):
         self.fresh = deque()        # never delivered, in publish order
+        self.fresh_bytes = 0        # of the bodies in `fresh`
         self.returned = []          # heap of (order, message): delivered and requeued
         self.tail = deque()         # after `fresh`: PagedRuns and messages kept in memory
         self.tail_count = 0         # the messages in `tail`, paged or not
@@ -189,10 +195,12 @@ class ReadyList:
             self.tail_count += 1
         else:
             self.fresh.append(message)
+            self.fresh_bytes += len(message.body)
 
-    def beyond_window(self, message, window):
-        """Whether `message` would join this list beyond its window of `window` messages."""
-        return self.tail or len(self.fresh) >= window
+    def beyond_window(self, message, window, window_bytes):
+        """Whether `message` would join this list beyond its window of `window` messages
+        and `window_bytes` bytes of bodies."""
+        return self.tail or len(self.fresh) >= window or self.fresh_bytes + len(message.body) > window_bytes
 
     def level_window(self, window):
         """The window of each of its lists, for a queue's window of `window` messages."""
@@ -226,18 +234,24 @@ class ReadyList:
         `fresh`; None when the tail is empty."""
         tail, fresh = self.tail, self.fresh
         while tail and type(tail[0]) is not PagedRun:
-            fresh.append(tail.popleft())
+            message = tail.popleft()
+            fresh.append(message)
+            self.fresh_bytes += len(message.body)
             self.tail_count -= 1
         return tail[0] if tail else None
 
-    def wants_page_in(self, window):
-        """Whether the tail is due to be read back: the window is at most half full."""
-        return bool(self.tail) and len(self.fresh) <= window // 2
+    def _half_empty(self, window, window_bytes):
+        return len(self.fresh) <= window // 2 and self.fresh_bytes <= window_bytes // 2
 
-    def due_run(self, window):
+    def wants_page_in(self, window, window_bytes):
+        """Whether the tail is due to be read back: the window is at most half full, in
+        messages and in bytes."""
+        return bool(self.tail) and self._half_empty(window, window_bytes)
+
+    def due_run(self, window, window_bytes):
         """(this list, the PagedRun to read back now) or None: see `wants_page_in`."""
         run = self.next_run()
-        if run is None or len(self.fresh) > window // 2:
+        if run is None or not self._half_empty(window, window_bytes):
             return None
         return self, run
 
@@ -245,10 +259,12 @@ class ReadyList:
         """The first `count` messages of `run` (the last with `last_key`) left it: `messages`
         are them, in memory now (fewer only if the store lost some)."""
         self.fresh.extend(messages)
+        read_bytes = sum(len(message.body) for message in messages)
+        self.fresh_bytes += read_bytes
         run.after_key = last_key
         run.count -= count
         if run.bytes is not None:
-            run.bytes -= sum(len(message.body) for message in messages)
+            run.bytes -= read_bytes
         self.tail_count -= count
         if not run.count:
             self.tail.popleft()
@@ -283,13 +299,16 @@ class ReadyList:
             keys[run.store] = min(run.after_key, keys.get(run.store, run.after_key))
         return [(store, self.priority, key) for store, key in keys.items()]
 
-    def page_out(self, window, store, page):
-        """Memory is short: the messages in memory beyond the first `window` of `fresh`
-        that `page(message)` keeps in `store` (it returns their key there, or None for one
-        that stays in memory) join the paged tail in their places, each stretch of them a
-        new PagedRun; the runs already there stay as they are."""
+    def page_out(self, window, window_bytes, store, page):
+        """Memory is short: the messages in memory beyond the window (the first `window`
+        of `fresh` within `window_bytes`) that `page(message)` keeps in `store` (it returns
+        their key there, or None for one that stays in memory) join the paged tail in their
+        places, each stretch of them a new PagedRun; the runs already there stay as they are."""
         fresh, tail = self.fresh, self.tail
-        beyond = [fresh.pop() for _ in range(len(fresh) - window)]
+        beyond = []
+        while len(fresh) > window or self.fresh_bytes > window_bytes:
+            beyond.append(fresh.pop())
+            self.fresh_bytes -= len(beyond[-1].body)
         beyond.reverse()
         items = beyond + list(tail)
         tail.clear()
@@ -321,13 +340,16 @@ class ReadyList:
     def popleft(self):
         if self.returned:
             return heapq.heappop(self.returned)[1]
-        return self.fresh.popleft()
+        message = self.fresh.popleft()
+        self.fresh_bytes -= len(message.body)
+        return message
 
     def take_all(self):
         """Empty the list; returns what it held in memory, in order (the paged messages
         are their stores' to drop: see `first_paged_keys`)."""
         messages = list(self)
         self.fresh.clear()
+        self.fresh_bytes = 0
         self.returned.clear()
         self.tail.clear()
         self.tail_count = 0
@@ -451,12 +473,14 @@ class ReadyLevels:
         self.count += 1
         self.bytes += len(message.body)
 
-    def beyond_window(self, message, window):
-        return self._level(message).beyond_window(message, self.level_window(window))
+    def beyond_window(self, message, window, window_bytes):
+        return self._level(message).beyond_window(message, self.level_window(window),
+                                                  self.level_window(window_bytes))
 
     def level_window(self, window):
-        """The queue's window shared by its priorities, so that a priority queue holds no
-        more ahead than a plain one (reads bring PAGE_IN_MIN at least, though)."""
+        """The queue's window (in messages or in bytes) shared by its priorities, so that a
+        priority queue holds no more ahead than a plain one (reads bring PAGE_IN_MIN
+        messages at least, though, if the bytes allow)."""
         return max(1, window // len(self.levels)) if window else 0
 
     def page(self, store, key, message):
@@ -467,13 +491,13 @@ class ReadyLevels:
     def ends_in_run_of(self, store, message):
         return self._level(message).ends_in_run_of(store, message)
 
-    def page_out(self, window, store, page):
-        """Each priority's messages beyond its share of `window`, as ReadyList.page_out:
+    def page_out(self, window, window_bytes, store, page):
+        """Each priority's messages beyond its share of the window, as ReadyList.page_out:
         still counted here (with their bytes), on disk only."""
-        window = self.level_window(window)
+        window, window_bytes = self.level_window(window), self.level_window(window_bytes)
         for level in self.levels:
             if level:
-                level.page_out(window, store, page)
+                level.page_out(window, window_bytes, store, page)
 
     def recovered(self, store, sizes):
         """At start: {priority: (count, bytes)} of the queue's messages in `store`, all paged."""
@@ -484,16 +508,16 @@ class ReadyLevels:
             self.bytes += bytes
             self.top = max(self.top, level)
 
-    def wants_page_in(self, window):
-        window = self.level_window(window)
-        return any(level.wants_page_in(window) for level in self.levels)
+    def wants_page_in(self, window, window_bytes):
+        window, window_bytes = self.level_window(window), self.level_window(window_bytes)
+        return any(level.wants_page_in(window, window_bytes) for level in self.levels)
 
-    def due_run(self, window):
+    def due_run(self, window, window_bytes):
         """The highest priority's run due to be read back, as (its list, the run)."""
-        window = self.level_window(window)
+        window, window_bytes = self.level_window(window), self.level_window(window_bytes)
         for level in reversed(self.levels):
             if level.tail:
-                due = level.due_run(window)
+                due = level.due_run(window, window_bytes)
                 if due is not None:
                     return due
         return None
@@ -696,10 +720,12 @@ class Queue:
         self.overflow = settings.get("x-overflow", "drop-head")
         # How many ready messages stay in memory before others wait on disk only: stored
         # ones of a durable queue in its store, others in the scratch store while memory is
-        # short (None: all stay); a priority queue's priorities share them
+        # short (None: all stay), and within how many bytes of bodies, which bound each read
+        # back too (a lazy queue's as well); a priority queue's priorities share them
         # (ReadyLevels.level_window).
         self.window = (None if self.store is None and self.scratch is None or not self.pages
                        else 0 if settings.get("x-queue-mode") == "lazy" else self.memory.queue_window)
+        self.window_bytes = self.memory.queue_window_bytes
         if self.max_length_bytes is not None and not isinstance(self.ready, ReadyLevels):
             # a plain list cannot count bytes
             self.ready = ReadyLevels.of(self.ready, self._paged_bytes)
@@ -760,7 +786,7 @@ class Queue:
                 consumer.channel.deliver(consumer, message, None)
                 return True
         if (consumer is None and not full and self.window is not None and self.message_ttl != 0
-                and ready.beyond_window(message, self.window)):
+                and ready.beyond_window(message, self.window, self.window_bytes)):
             # (With a TTL of 0 a message goes at once, below.) A paged message waits on disk
             # only: not held, not counted. Its place there keeps the expiry it was given
             # here (`_from_store` gives it back), and its limits count it meanwhile.
@@ -859,7 +885,7 @@ class Queue:
             released += self._let_go(message)
             return key
 
-        self.ready.page_out(0 if deep else self.window, scratch, page)
+        self.ready.page_out(0 if deep else self.window, 0 if deep else self.window_bytes, scratch, page)
         self.memory.held_bytes -= released
         return released
 
@@ -909,11 +935,11 @@ class Queue:
         try:
             while not self.deleted:
                 ready = self.ready
-                due = ready.due_run(self.window)
+                due = ready.due_run(self.window, self.window_bytes)
                 if due is None:
                     break
                 level, run = due
-                count = min(run.count, max(ready.level_window(self.window) - len(level.fresh), PAGE_IN_MIN))
+                count = self._read_count(level, run)
                 store = run.store
                 if not store.committed():
                     continue    # tried again with the store's next commit
@@ -949,6 +975,23 @@ class Queue:
         if ready.fresh or ready.returned:
             self._deliver_ready()   # what the tail held in memory came forward
 
+    def _read_count(self, level, run):
+        """How many messages of `run`, the next of `level` (a ready list), to read back now:
+        as many as its share of the window has room for in messages (PAGE_IN_MIN at least)
+        and in bytes at the run's mean body size (one at least). A run whose bytes are not
+        known (a backlog recovered by a plain queue, a head dropped unread) asks its store
+        for those of the messages the count would read. Blocks the pager, not the hub."""
+        ready = self.ready
+        count = min(run.count, max(ready.level_window(self.window) - len(level.fresh), PAGE_IN_MIN))
+        room = max(0, ready.level_window(self.window_bytes) - level.fresh_bytes)
+        if run.bytes is None:
+            size, of = run.store.paged_bytes(self, run.after_key, count, level.priority), count
+        else:
+            size, of = run.bytes, run.count
+        if size > room:
+            count = max(1, room * of // size)
+        return count
+
     # -- messages out ------------------------------------------------------------------
 
     def dispatch(self):
@@ -960,19 +1003,28 @@ class Queue:
 
     def _page_in_if_due(self):
         ready = self.ready
-        if self.window is not None and self._pager is None and ready.tail and ready.wants_page_in(self.window):
+        if (self.window is not None and self._pager is None and ready.tail
+                and ready.wants_page_in(self.window, self.window_bytes)):
             self._start_page_in()
 
     def _deliver_ready(self):
         ready, consumers = self.ready, self.consumers
         # The ready list's two parts are read directly here and in _next_live and enqueue:
         # these run per message, and a Python-level len() each time cost a tenth of a delivery.
+        # So a plain list's `fresh` is taken from here, and its bytes counted here; a priority
+        # queue's levels count their own as it takes from them.
         fresh, returned = ready.fresh, ready.returned
+        plain = type(ready) is ReadyList
         while (fresh or returned) and consumers:
             consumer = self._next_consumer()
             if consumer is None:
                 return
-            message = ready.popleft() if returned else fresh.popleft()
+            if returned:
+                message = ready.popleft()
+            else:
+                message = fresh.popleft()
+                if plain:
+                    ready.fresh_bytes -= len(message.body)
             if message.expires_at is not None and message.expires_at <= time.monotonic():
                 # Checked here, per message, so that none goes out expired; the ending
                 # itself is drop_expired's.

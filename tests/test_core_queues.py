@@ -472,3 +472,81 @@ def test_drop_head_without_a_dead_letter_exchange_drops_paged_heads_from_the_sto
     # Gone from the store at once, with no read back (no pager started).
     assert limited.message_count == 3 and len(store.messages["/", "limited"]) == 3 and limited._pager is None
     assert [ch.get("limited", no_ack=True)[1].body for _ in range(3)] == [b"7", b"8", b"9"]
+
+
+# -- the window in bytes: big bodies beyond it are paged, and a read-back brings no more ------
+
+BODY_BYTES = 1000
+BYTE_WINDOW = 10 * BODY_BYTES      # ten bodies, in a window of 2,048 messages
+
+
+class ReadsWatched(MemoryStore):
+    """A MemoryStore that records, at each read-back, the bodies' bytes a queue holds ahead
+    with what it read (the read happens before the queue takes the rows in)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ahead_after_reads = []
+
+    def read_queue(self, queue, after_key, limit, priority=None):
+        rows = super().read_queue(queue, after_key, limit, priority)
+        level = queue.ready if priority is None else queue.ready.levels[priority]
+        self.ahead_after_reads.append(level.fresh_bytes + sum(len(message.body) for _, message, *_ in rows))
+        return rows
+
+
+def big_bodies(n):
+    return [b"%03d" % number + b"x" * (BODY_BYTES - 3) for number in range(n)]
+
+
+def test_a_queue_of_big_bodies_holds_its_byte_window_ahead_and_reads_back_no_more():
+    store = ReadsWatched()
+    ch, sink = open_channel(Node(store=store, queue_window_bytes=BYTE_WINDOW))
+    queue = ch.vhost.declare_queue("big", durable=True)
+    bodies = big_bodies(60)
+    publish_persistent(ch, "big", bodies)
+    assert len(queue.ready.fresh) == 10 and queue.ready.fresh_bytes == BYTE_WINDOW and queue.message_count == 60
+    ch.qos(3)
+    ch.consume("big", "c")
+    acked = 0
+    for _ in range(1000):       # each ack opens the prefetch window; the pager reads as it empties
+        for delivery in sink.deliveries[acked:]:
+            ch.ack(delivery[2])
+            acked += 1
+        if acked == len(bodies):
+            break
+        gevent.idle()
+    assert sink.bodies("c") == bodies
+    assert len(store.ahead_after_reads) >= 5 and max(store.ahead_after_reads) <= BYTE_WINDOW
+
+
+def test_a_backlog_of_big_bodies_read_back_at_start_reads_its_byte_window_only():
+    """At start a plain queue knows only how many messages it has on disk, not their bytes:
+    the first read asks the store for the bytes of what it would read."""
+    store = ReadsWatched()
+    ch, _ = open_channel(Node(store=store, queue_window_bytes=BYTE_WINDOW))
+    ch.vhost.declare_queue("big", durable=True)
+    bodies = big_bodies(60)
+    publish_persistent(ch, "big", bodies)
+    store.ahead_after_reads.clear()
+    queue = Node(store=store, queue_window_bytes=BYTE_WINDOW).vhosts["/"].queues["big"]
+    assert queue.message_count == 60 and 0 < queue.ready.fresh_bytes <= BYTE_WINDOW
+    assert [queue.get(no_ack=True)[0].body for _ in range(60)] == bodies
+    assert max(store.ahead_after_reads) <= BYTE_WINDOW
+
+
+@pytest.mark.parametrize("arguments, share", [({"x-queue-mode": "lazy"}, BYTE_WINDOW),
+                                              ({"x-max-priority": 1}, BYTE_WINDOW // 2)], ids=["lazy", "priority"])
+def test_lazy_and_priority_queues_read_back_big_bodies_within_their_byte_window(arguments, share):
+    """A lazy queue reads PAGE_IN_MIN messages when it runs dry, but no more bytes than the
+    window; each of a priority queue's priorities holds and reads its share of it."""
+    store = ReadsWatched()
+    ch, _ = open_channel(Node(store=store, queue_window_bytes=BYTE_WINDOW))
+    queue = ch.vhost.declare_queue("big", durable=True, arguments=arguments)
+    bodies = big_bodies(60)
+    for number, body in enumerate(bodies):
+        ch.publish("", "big", body, {"delivery_mode": 2, "priority": number % 2})
+    assert sum(len(message.body) for message in queue.ready) <= BYTE_WINDOW
+    taken = [queue.get(no_ack=True)[0].body for _ in range(60)]
+    assert sorted(taken) == bodies and queue.message_count == 0
+    assert max(store.ahead_after_reads) <= share

@@ -112,6 +112,19 @@ def test_memory_limit_accepts_bytes_units_and_a_fraction_of_the_machine():
             memory.parse_memory_limit(wrong)
 
 
+def test_a_queues_byte_window_is_a_share_of_the_limit_with_a_floor_a_small_limit_keeps():
+    """A 32nd of the limit, but a few dozen 1 MiB bodies at least, and never a quarter of a
+    small limit; given as bytes with RabbitMQ's units."""
+    assert memory.MemoryBudget(16 * 2**30).queue_window_bytes == 512 * 2**20
+    assert memory.MemoryBudget(256 * 2**20).queue_window_bytes == 32 * 2**20
+    assert memory.MemoryBudget(4 * 2**20).queue_window_bytes == 2**20
+    assert memory.MemoryBudget(4 * 2**20, queue_window_bytes=0).queue_window_bytes == 0
+    assert memory.parse_bytes("64MiB") == 64 * 2**20 and memory.parse_bytes(1000) == 1000
+    for wrong in ("lots", -1, 1.5, "0.5"):
+        with pytest.raises(ValueError, match="must be bytes"):
+            memory.parse_bytes(wrong)
+
+
 def test_a_pika_flood_is_blocked_near_the_limit_then_drained_and_every_message_arrives_once(small_broker, name):
     events = []
     outcome = []

@@ -691,3 +691,56 @@ def test_a_policys_new_message_ttl_counts_for_new_messages_only_held_or_paged(ki
     assert "Traceback" not in log, log
     assert seen == {"lengthened expired": tags(BACKLOG, b"a"), "lengthened left": BACKLOG,
                     "shortened taken": tags(BACKLOG, b"a"), "shortened expired at the head": BACKLOG}
+
+
+# -- the window in bytes: big bodies -------------------------------------------------------
+
+BIG_BODY_BYTES = 256 * 1024
+BYTE_WINDOW = 2 * 2**20     # eight big bodies, in a window of 2,048 messages
+# What the broker holds for a full window: the bodies and a message's overhead each.
+AHEAD_BYTES = BYTE_WINDOW + BYTE_WINDOW // BIG_BODY_BYTES * MESSAGE_OVERHEAD_BYTES
+# Held beside the window while a consumer with a prefetch of three drains: its unacked
+# deliveries, the same written out, and a message's overhead each.
+DRAINING_BYTES = 8 * (BIG_BODY_BYTES + MESSAGE_OVERHEAD_BYTES)
+
+
+def consume_watching_memory(broker, channel, queue, count):
+    """consume(), with the broker's held bytes after every tenth message: their highest."""
+    channel.basic_qos(prefetch_count=3)
+    bodies, highest = [], 0
+    for method, _, body in channel.consume(queue, inactivity_timeout=10):
+        assert method is not None, f"only {len(bodies)} of {count} arrived"
+        bodies.append(body)
+        channel.basic_ack(method.delivery_tag)
+        if len(bodies) % 10 == 0:
+            highest = max(highest, held_bytes(broker))
+        if len(bodies) == count:
+            break
+    channel.cancel()
+    return bodies, highest
+
+
+def test_big_bodies_keep_the_byte_window_ahead_and_drain_in_order_across_a_restart():
+    """200 bodies of 256 KiB with a window of 2 MiB: what the broker holds stays near the
+    window while they are published, drained, and read back after a restart."""
+    arguments = ("--queue-window-bytes", "2MiB")
+    bodies = [b"%03d" % number + b"x" * (BIG_BODY_BYTES - 3) for number in range(200)]
+    with BrokerProcess(*arguments) as broker:
+        conn, channel = channel_of(broker)
+        channel.queue_declare("big", durable=True)
+        publish(channel, "big", bodies)
+        assert count(channel, "big") == 200
+        assert held_bytes(broker) <= AHEAD_BYTES
+        drained, highest = consume_watching_memory(broker, channel, "big", 100)
+        assert drained == bodies[:100] and highest <= AHEAD_BYTES + DRAINING_BYTES
+        conn.close()
+        broker.stop()
+        with BrokerProcess(*arguments, data_dir=broker.data_dir) as again:
+            assert held_bytes(again) <= AHEAD_BYTES     # the first read at start, of bytes not known
+            conn, channel = channel_of(again)
+            drained, highest = consume_watching_memory(again, channel, "big", 100)
+            assert drained == bodies[100:] and highest <= AHEAD_BYTES + DRAINING_BYTES
+            assert count(channel, "big") == 0
+            conn.close()
+            log = broker.log() + again.log()
+    assert "Traceback" not in log, log

@@ -283,13 +283,14 @@ def test_a_tail_of_runs_in_two_stores_and_messages_in_memory_gives_them_back_in_
                 store = scratch if step[0] == "to scratch" else durable
                 ready.page(store, store.page(message), message)
         elif step[0] == "page out":
-            ready.page_out(step[1], scratch, lambda message: None if message.expires_at else scratch.page(message))
+            ready.page_out(step[1], step[1] * 2, scratch, lambda message: None if message.expires_at else scratch.page(message))
         elif step[0] == "read back":
             read_back(step[1])
         elif ready.fresh:
             take()
         assert len(ready) == published - len(taken)
         assert not ready.tail or type(ready.tail[0]) is PagedRun     # what leads the tail is read back
+        assert ready.fresh_bytes == sum(len(message.body) for message in ready.fresh)
     if purge:
         for store, _, after_key in ready.first_paged_keys():
             store.remove_paged(after_key)
@@ -503,5 +504,21 @@ def test_while_memory_is_short_a_queue_of_levels_pages_what_it_takes_beyond_each
         for number in range(12, 15):
             vhost.publish("", new_message("", "q", b"%d" % number, {"priority": number % 3}))
         assert node.scratch.messages == 15 - in_memory
+    finally:
+        node.close()
+
+
+def test_a_page_out_keeps_no_more_bytes_in_memory_than_the_byte_window():
+    """Big transient bodies held while memory was plentiful: when it is short, what goes
+    beyond the window's bytes goes to the scratch store, though the count is far below it."""
+    node = Node(queue_window_bytes=10_000, paging_ratio=2)      # pages only when told here
+    try:
+        vhost = node.vhosts["/"]
+        queue = vhost.declare_queue("q")
+        for number in range(30):
+            vhost.publish("", new_message("", "q", b"%02d" % number + b"x" * 998))
+        assert queue.page_out() > 0
+        assert node.scratch.messages == 20 and queue.ready.fresh_bytes == 10_000 and len(queue.ready) == 30
+        assert [queue.get(no_ack=True)[0].body[:2] for _ in range(30)] == [b"%02d" % n for n in range(30)]
     finally:
         node.close()
