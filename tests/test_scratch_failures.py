@@ -16,7 +16,8 @@ import pytest
 
 from tests import failing_scratch_broker
 from tests.broker_process import BrokerProcess
-from tests.test_durability import small_disk  # noqa: F401  (a fixture: a 2 MiB tmpfs, remounted here)
+from tests.test_amqp_queue_features import bodies
+from tests.test_durability import fill_up, small_disk  # noqa: F401  (small_disk: a fixture, a 2 MiB tmpfs remounted here)
 from tests.test_scratch_paging import (ARGUMENTS, BACKLOG, BODY_BYTES, DEADLINE_SECONDS, LIMIT, WINDOW, consume,
                                        number_of, open_channel, publish, status, wait_for)
 
@@ -115,13 +116,8 @@ def test_while_scratch_writes_fail_paged_messages_stay_in_memory_and_none_is_los
 
 
 def get_all(channel, queue):
-    """The numbers basic.get gives until it answers empty, acked."""
-    numbers = []
-    while True:
-        method, _, message_body = channel.basic_get(queue, auto_ack=True)
-        if method is None:
-            return numbers
-        numbers.append(number_of(message_body))
+    """The numbers basic.get gives until it answers empty."""
+    return [number_of(message_body) for message_body in bodies(channel, queue)]
 
 
 class Waiting:
@@ -204,13 +200,7 @@ def test_a_really_full_disk_under_the_scratch_store_loses_and_doubles_nothing(sm
         publish(channel, "backlog", range(first))
         conn.close()
         assert status(broker)["scratch"]["messages"] > first // 3
-        with open(filler, "wb") as fill:
-            try:
-                while True:
-                    fill.write(b"\0" * 65536)
-                    fill.flush()
-            except OSError:
-                pass
+        fill_up(filler)
         publisher = Publisher(broker, "backlog", range(first, second))
         wait_for(lambda: WRITE_FAILED in broker.log(), "the full disk to be met")
         os.unlink(filler)
