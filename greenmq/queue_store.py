@@ -919,8 +919,10 @@ class Queue:
     def _retry_page_in(self):
         """PAGE_IN_RETRY_SECONDS after a failed read: read again if the tail is still due."""
         self._page_in_retry = None
-        if not self.deleted and self.ready.tail and (self._paged_drop_due or self.ready.wants_page_in(self.window)):
+        if self._paged_drop_due and self.ready.tail and not self.deleted:
             self._start_page_in()
+        else:
+            self._page_in_if_due()
 
     def _page_in(self):
         """Read the paged tail back into the window while the window is at most half full,

@@ -270,7 +270,7 @@ class ScratchStore:
             try:
                 done = work(db)
                 db.execute("COMMIT")
-            except sqlite3.Error:
+            except BaseException:
                 if db.in_transaction:   # (SQLite ends some on its own: a full disk's)
                     db.execute("ROLLBACK")
                 raise
