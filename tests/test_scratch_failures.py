@@ -212,3 +212,4 @@ def test_a_really_full_disk_under_the_scratch_store_loses_and_doubles_nothing(sm
         wait_until_drained(broker)
         log = broker.log()
     assert "Traceback" not in log and READ_FAILED not in log, log
+    assert f"{WRITE_FAILED} {os.path.join(small_disk, 'data', 'scratch.sqlite3')}: database or disk is full" in log
