@@ -106,10 +106,15 @@ TRIM_CHECK_SECONDS = 1.0
 # after large drops as it does for small messages. 32 MiB is the ceiling glibc's own
 # adjustment of the threshold stops at (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit systems).
 HEAP_ALLOCATION_MAX_BYTES = 32 * 1024 * 1024
-# Nor does glibc shrink the heap whenever this much is free at its top (by default twice
-# the largest buffer freed: a message or two of big bodies, given back and faulted in again
-# at the next): that is the trimmer's to do, after a drop of TRIM_AFTER_DROP_BYTES.
-HEAP_TOP_KEPT_BYTES = TRIM_AFTER_DROP_BYTES
+# Nor does glibc shrink the heap on its own until more is free at its top than the drop the
+# trimmer waits for (by default it would at twice the largest buffer freed: a message or two
+# of big bodies, given back and faulted in again at the next): giving back is the trimmer's.
+
+# With a small limit both are at most this share of it: a 32 MiB limit never saw a drop of
+# 64 MiB, so nothing was trimmed, and glibc kept up to 64 MiB free at the heap's top (a
+# transient priority backlog peaked at 77 MiB RSS, bench/paging.py). A quarter of the limit
+# is still many batches of messages freed and reused between trims.
+TRIM_LIMIT_FRACTION = 0.25
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -188,6 +193,8 @@ class MemoryBudget:
         self._unblocked = Event()
         self._unblocked.set()
         self._peak_since_trim = 0       # the high point of held_bytes since the last trim
+        # The drop that starts a trim, and what glibc keeps free at the heap's top meanwhile.
+        self.trim_after_drop_bytes = min(TRIM_AFTER_DROP_BYTES, int(limit * TRIM_LIMIT_FRACTION))
         self._trimmer = None
 
     def admits_publishers(self):
@@ -254,7 +261,7 @@ class MemoryBudget:
         """Return freed memory to the system after large drops, where glibc allows, and
         leave freed big buffers in the heap for reuse until then."""
         if _malloc_trim is not None and self._trimmer is None:
-            _keep_freed_buffers()
+            _keep_freed_buffers(self.trim_after_drop_bytes)
             self._trimmer = gevent.spawn(self._trim_after_drops)
 
     def _trim_after_drops(self):
@@ -264,7 +271,7 @@ class MemoryBudget:
             held = self.held_bytes
             if held > self._peak_since_trim:
                 self._peak_since_trim = held    # grown by a restore or output, not a publisher
-            elif self._peak_since_trim - held >= TRIM_AFTER_DROP_BYTES:
+            elif self._peak_since_trim - held >= self.trim_after_drop_bytes:
                 # Off the hub: a trim walks the whole heap.
                 gevent.get_hub().threadpool.apply(_malloc_trim, (0,))
                 self._peak_since_trim = held
@@ -275,11 +282,12 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 
-def _keep_freed_buffers():
-    """Big allocations from the heap, and no trim of it but the trimmer's (for the whole
-    process: a second node in it sets the same)."""
+def _keep_freed_buffers(heap_top_kept_bytes):
+    """Big allocations from the heap, and no trim of it but the trimmer's until
+    `heap_top_kept_bytes` are free at its top (for the whole process: a second node in it
+    sets its own)."""
     _mallopt(_M_MMAP_THRESHOLD, HEAP_ALLOCATION_MAX_BYTES)
-    _mallopt(_M_TRIM_THRESHOLD, HEAP_TOP_KEPT_BYTES)
+    _mallopt(_M_TRIM_THRESHOLD, heap_top_kept_bytes)
 
 
 def _find_libc(function):

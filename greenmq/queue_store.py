@@ -29,6 +29,7 @@ from .errors import AccessRefused, PreconditionFailed
 from .memory import MESSAGE_OVERHEAD_BYTES, QUEUE_ENTRY_BYTES
 from .message import MAX_EXPIRY_MS
 from .policy import NOT_FOR_CLASSIC_QUEUES
+from .store import StoreReadError
 
 log = logging.getLogger("greenmq.queue")
 
@@ -42,6 +43,11 @@ OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
 # it runs dry, so a consumer is not fed one store read per message; few enough that a lazy
 # queue holds next to nothing ahead.
 PAGE_IN_MIN = 64
+
+# After a read of the paged tail failed (the disk returned errors), the queue tries again
+# this often, not at each dispatch: a disk in trouble is not asked once per message. Its
+# messages wait meanwhile, counted as ready; a purge or a delete ends them.
+PAGE_IN_RETRY_SECONDS = 1.0
 
 # Messages read at once by a queue that keeps all of its messages in memory (one that does
 # not page: a quorum queue) at start: the thread-pool hop costs little per message.
@@ -680,6 +686,7 @@ class Queue:
         self._expiry_timer = None
         self._ttl_timer = None
         self._pager = None          # the greenlet reading the paged tail back (_page_in)
+        self._page_in_retry = None  # after a failed read: the timer that starts it again
         self.configure(self.arguments)
 
     def __repr__(self):
@@ -800,10 +807,12 @@ class Queue:
                         stored.refs = None      # the queues holding it in memory no longer know them all
                     ready.page(self.store, stored.key, message)
                     paged = True
-            elif self.memory.paging or ready.ends_in_run_of(self.scratch, message):
+            elif self.scratch.writable and (self.memory.paging or ready.ends_in_run_of(self.scratch, message)):
                 # Memory is short, or was when this queue's tail began to go to the scratch
                 # store, which the rest of the tail then follows, so that the queue does not
-                # fill memory again for the next page-out to write.
+                # fill memory again for the next page-out to write. (While the scratch store
+                # cannot write, a paged message would stay in memory anyway: it joins the tail
+                # as it is, in its place, and the memory limit's flow control holds.)
                 ready.page(self.scratch, self._to_scratch(message), message)
                 paged = True
             if paged:
@@ -871,9 +880,10 @@ class Queue:
         it) that the durable store does not hold go to the scratch store; returns the bytes
         that frees. `deep`: memory is short still with every queue paged beyond its window
         (many queues' windows fill it), so the window goes too, as a lazy queue's; it fills
-        again as consumers come. Not while the tail is being read back: the read expects its run
-        first."""
-        if self.window is None or self.deleted or self._pager is not None:
+        again as consumers come, and at once for those waiting. Not while the tail is being
+        read back (the read expects its run first), nor while the scratch store cannot write
+        (what it pages would stay in memory)."""
+        if self.window is None or self.deleted or self._pager is not None or not self.scratch.writable:
             return 0
         scratch, durable, released = self.scratch, self.store is not None, 0
 
@@ -887,6 +897,8 @@ class Queue:
 
         self.ready.page_out(0 if deep else self.window, 0 if deep else self.window_bytes, scratch, page)
         self.memory.held_bytes -= released
+        if self.consumers:
+            self._page_in_if_due()      # nothing else would: their window went, and they wait
         return released
 
     def _to_scratch(self, message):
@@ -924,14 +936,24 @@ class Queue:
     # -- the paged tail ------------------------------------------------------------------
 
     def _start_page_in(self):
-        if self._pager is None:
+        """The pager, started if need be; None while a failed read waits for its retry."""
+        if self._pager is None and self._page_in_retry is None:
             self._pager = gevent.spawn(self._page_in)
         return self._pager
+
+    def _retry_page_in(self):
+        """PAGE_IN_RETRY_SECONDS after a failed read: read again if the tail is still due."""
+        self._page_in_retry = None
+        if self._paged_drop_due and self.ready.tail and not self.deleted:
+            self._start_page_in()
+        else:
+            self._page_in_if_due()
 
     def _page_in(self):
         """Read the paged tail back into the window while the window is at most half full,
         a batch at a time once the store has committed it (it reads committed messages
-        only), and deliver. Runs in a greenlet of its own: a read blocks it, not the hub."""
+        only), and deliver. Runs in a greenlet of its own: a read blocks it, not the hub. A
+        read that fails leaves the tail as it was, to be read again PAGE_IN_RETRY_SECONDS later."""
         try:
             while not self.deleted:
                 ready = self.ready
@@ -944,7 +966,11 @@ class Queue:
                 if not store.committed():
                     continue    # tried again with the store's next commit
                 drops = self._paged_drops
-                rows = store.read_queue(self, run.after_key, count, level.priority)
+                try:
+                    rows = store.read_queue(self, run.after_key, count, level.priority)
+                except StoreReadError:      # (the store logs it) nothing was taken: tried again later
+                    self._page_in_retry = gevent.spawn_later(PAGE_IN_RETRY_SECONDS, self._retry_page_in)
+                    break
                 if (self.deleted or self.ready is not ready or not level.tail or level.tail[0] is not run
                         or self._paged_drops != drops):
                     continue    # purged meanwhile, or its head dropped (the read may have seen it)
@@ -1068,10 +1094,11 @@ class Queue:
     def get(self, no_ack, channel=None):
         """basic.get for `channel` (None: the management API's, which settles at once): the
         next ready message and its Delivery (None if `no_ack`), or None when there is none.
-        The answer says how many are left, so the expired ones now at the head go too."""
+        The answer says how many are left, so the expired ones now at the head go too. None
+        too while the paged head cannot be read (see PAGE_IN_RETRY_SECONDS)."""
         self.touch()
         message = self._next_live()
-        while message is None and self.ready.tail and not self.deleted:
+        while message is None and self.ready.tail and not self.deleted and self._page_in_retry is None:
             self._start_page_in().join()
             message = self._next_live()
         if message is None:

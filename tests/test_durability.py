@@ -294,6 +294,17 @@ def small_disk():
         os.rmdir(mount_point)
 
 
+def fill_up(filler):
+    """Write `filler` until its disk is full."""
+    with open(filler, "wb") as fill:
+        try:
+            while True:
+                fill.write(b"\0" * 65536)
+                fill.flush()
+        except OSError:
+            pass
+
+
 def wait_until(condition, timeout=15.0, what="condition"):
     deadline = time.monotonic() + timeout
     while not condition():
@@ -321,13 +332,7 @@ def test_a_failing_disk_nacks_persistent_messages_transient_traffic_goes_on_and_
         ch.confirm_delivery()
         ch.basic_publish("", "q", b"before", PERSISTENT)
         if failure == "full":
-            with open(filler, "wb") as fill:
-                try:
-                    while True:
-                        fill.write(b"\0" * 65536)
-                        fill.flush()
-                except OSError:
-                    pass
+            fill_up(filler)
         else:
             os.rename(data_dir, data_dir + ".away")
         nacked = 0

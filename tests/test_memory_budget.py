@@ -326,22 +326,27 @@ def test_memory_of_a_purged_queue_is_given_back_to_the_system(name, body_bytes):
         client.close()
 
 
-def test_a_queue_filled_and_emptied_between_two_looks_of_the_trimmer_is_trimmed(monkeypatch):
+@pytest.mark.parametrize("limit, drop", [(4 * memory.TRIM_AFTER_DROP_BYTES, memory.TRIM_AFTER_DROP_BYTES),
+                                         (32 * 1024 * 1024, 8 * 1024 * 1024)], ids=["large-limit", "small-limit"])
+def test_a_queue_filled_and_emptied_between_two_looks_of_the_trimmer_is_trimmed(monkeypatch, limit, drop):
     """The trimmer looks at the count once a TRIM_CHECK_SECONDS; the high point in between
-    is kept where publishers are admitted."""
-    trims = []
+    is kept where publishers are admitted. A drop of TRIM_AFTER_DROP_BYTES starts a trim,
+    and glibc keeps no more free at the heap's top; with a small limit, a quarter of it."""
+    trims, options = [], {}
     monkeypatch.setattr(memory, "_malloc_trim", trims.append)
+    monkeypatch.setattr(memory, "_mallopt", options.__setitem__)
     monkeypatch.setattr(memory, "TRIM_CHECK_SECONDS", 0.05)
-    budget = memory.MemoryBudget(4 * memory.TRIM_AFTER_DROP_BYTES)
+    budget = memory.MemoryBudget(limit)
     budget.start_trimming()
     try:
+        assert options[memory._M_TRIM_THRESHOLD] == drop
         gevent.sleep(0)             # the trimmer takes its starting point
-        budget.held_bytes += memory.TRIM_AFTER_DROP_BYTES
+        budget.held_bytes += drop
         assert budget.admits_publishers()
-        budget.held_bytes -= memory.TRIM_AFTER_DROP_BYTES
+        budget.held_bytes -= drop
         deadline = time.monotonic() + DEADLINE_SECONDS
         while not trims:
-            assert time.monotonic() < deadline, "no trim after a drop of TRIM_AFTER_DROP_BYTES"
+            assert time.monotonic() < deadline, f"no trim after a drop of {drop} bytes"
             gevent.sleep(0.01)
         assert trims == [0]
     finally:

@@ -11,6 +11,7 @@ import signal
 import struct
 import time
 
+import gevent
 import pika
 import pytest
 from hypothesis import given, settings
@@ -23,6 +24,7 @@ from greenmq.node import Node
 from greenmq.queue_store import PagedRun, ReadyList
 from greenmq.store.scratch import ScratchStore
 from tests.broker_process import BrokerProcess
+from tests.test_core_queues import open_channel as open_core_channel, publish as publish_core
 
 LIMIT = 4 * 1024 * 1024
 WINDOW = 64                 # 256 KiB of 4 KiB messages in memory per queue, a sixteenth of the limit
@@ -481,6 +483,28 @@ def test_a_message_paged_out_comes_back_with_the_expiry_it_had_and_by_priority(m
         assert [int(message.body) for message in taken] == [2, 5, 8, 11, 1, 4, 7, 10, 0, 3, 6, 9]
         assert [message.expires_at for message in taken] == pytest.approx(
             [expiries[message.body] for message in taken], abs=1e-6)
+    finally:
+        node.close()
+
+
+def test_a_consumer_whose_window_a_deep_page_out_took_is_fed_again_as_it_acks():
+    """Acks bring more only when messages wait in memory (Queue.settle), so a page-out that
+    empties the window reads it back at once for a queue with consumers."""
+    node = Node(queue_window=4, paging_ratio=2)      # pages only when told here
+    try:
+        ch, sink = open_core_channel(node)
+        queue = ch.vhost.declare_queue("q")
+        ch.qos(2)
+        ch.consume("q", "c")
+        publish_core(ch, "q", *(b"%d" % number for number in range(10)))
+        assert sink.bodies() == [b"0", b"1"]
+        assert queue.page_out(deep=True) > 0 and node.scratch.messages == 8
+        ch.ack(2, multiple=True)
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while len(sink.bodies()) < 4:
+            assert time.monotonic() < deadline, f"{sink.bodies()} arrived"
+            gevent.sleep(0.01)
+        assert sink.bodies() == [b"0", b"1", b"2", b"3"]
     finally:
         node.close()
 

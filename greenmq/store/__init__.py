@@ -39,6 +39,11 @@ class StoreError(Exception):
     """The store cannot be opened; the text is one sentence naming the file."""
 
 
+class StoreReadError(Exception):
+    """A store cannot read messages back now (its disk returns errors); nothing was taken,
+    so the reader tries again later. The text says why."""
+
+
 class Stored:
     """The store's record of one persistent message: its key, which orders stored messages
     as they were published, and how many durable queues hold it in memory. `refs` None:
@@ -202,7 +207,9 @@ class Store(abc.ABC):
         given when it was kept (None: never); only those of `priority`
         (`queue.level_of(message)` when it was kept) unless that is None.
         Blocks the calling greenlet, never the hub. What is not committed yet is not there:
-        a reader keeps the newest messages in memory until `after_commit` says they are."""
+        a reader keeps the newest messages in memory until `after_commit` says they are.
+        A store whose reads may fail and succeed later (the scratch store's) raises
+        StoreReadError then, with nothing taken."""
 
     @abc.abstractmethod
     def paged_bytes(self, queue, after_key, count, priority=None):

@@ -7,17 +7,25 @@ priority in a priority queue (each row keeps its priority there), with the wall-
 the message expires (`expires_at`, as the queue gave it when it took the message), so that
 it comes back with the same expiry.
 
-Nothing in it is promised, so it is an SQLite database with no journal and no syncs,
-removed at a clean stop and wiped at start: a transient message never survives a restart.
+Nothing in it is promised, so it is an SQLite database with no syncs, removed at a clean
+stop and wiped at start: a transient message never survives a restart. Its rollback journal
+is kept in memory (JOURNAL_MODE), so that a write or a read back the disk fails halfway
+leaves the file as it was.
 It lives in the data directory, or, with none, in SQLite's private temporary database
 (a file in the temp directory that SQLite unlinks at once). Writes collect on the hub and
 go to the disk in batches on a thread of the store's own (writer.WriterThread), as do
-reads, so the hub never waits for the disk. A row read back is deleted in the same call:
-from then on the queue holds its message in memory.
+reads, so the hub never waits for the disk. A row read back is deleted in the same
+transaction: from then on the queue holds its message in memory.
+
+When the disk fails, nothing is lost: rows it cannot write stay in memory, counted in the
+memory budget (so publishers meet the memory limit's flow control), and are written when it
+can take them again; meanwhile queues page nothing more here (`writable`). A read it cannot
+do raises StoreReadError with nothing taken, and the queue tries again later. Each failure
+is logged once, and its end once.
 
 SQLite reuses the pages of rows read back and finds a queue's next rows by its index. An
 append-only file of records costs less (bench/scratch_store.py, 4 KiB rows: about 1 us a
-row written and 2 read back, against SQLite's 9 and 9) but needs segments, an index per
+row written and 2 read back, against SQLite's 8 and 10) but needs segments, an index per
 queue and their reclaiming to give space back while a queue never empties; with SQLite a
 backlog of ten times the limit already goes in and out faster than RabbitMQ's
 (bench/paging.py --transient, README).
@@ -35,6 +43,7 @@ from gevent.lock import Semaphore
 
 from ..memory import MESSAGE_OVERHEAD_BYTES
 from ..message import Message
+from . import StoreReadError
 from .writer import WriterThread
 
 log = logging.getLogger("greenmq.store")
@@ -48,6 +57,14 @@ CACHE_KIB = 2048
 # After a failed write (full disk) the rows stay in memory, counted in the memory budget so
 # that publishers stop before they pile up, and the write is tried again this often.
 RETRY_SECONDS = 1.0
+
+# With no journal at all (OFF), SQLite cannot roll a transaction back: a batch the disk
+# filled up halfway left the file corrupt ("database disk image is malformed"), and every
+# row in it was lost. A journal in memory costs no disk and no sync; SQLite journals only
+# the pages a transaction changes that held data before it, which a read back's delete does:
+# 4 KiB rows cost about 10 us each read back against 7.5 without, 100-byte ones no more
+# (bench/scratch_store.py --journal OFF, 2026-12-07).
+JOURNAL_MODE = "MEMORY"
 
 # A row's priority is its queue's level for it (Queue.level_of): 0 in every queue but a
 # priority queue, so reading a queue's rows of priority 0 is reading them all there, and one
@@ -74,7 +91,7 @@ class ScratchStore:
             os.unlink(self.path)        # what the last run left, after a kill -9
         self._db = sqlite3.connect("" if self.path is None else self.path, isolation_level=None,
                                    check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=OFF")
+        self._db.execute(f"PRAGMA journal_mode={JOURNAL_MODE}")
         self._db.execute("PRAGMA synchronous=OFF")
         self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         self._db.executescript(_SCHEMA)
@@ -88,7 +105,8 @@ class ScratchStore:
         self._writer = None
         self._using_writer = Semaphore()
         self._flusher = None
-        self._failing = False
+        self._failing = False       # the last write failed: `_rows` are in memory only
+        self._unreadable = False    # the last read failed
         self._closed = False
 
     def _queue_id(self, queue):
@@ -114,11 +132,19 @@ class ScratchStore:
             self._flusher = gevent.spawn(self._flush_while_pending)
         return self.last_key
 
+    @property
+    def writable(self):
+        """Whether paging here frees memory: False while rows a write failed on wait in
+        memory, where more would only be copies of their messages. Once they are read back,
+        the next rows paged find out whether the disk takes them again."""
+        return not (self._failing and self._rows)
+
     def read_queue(self, queue, after_key, limit, priority=None):
         """Up to `limit` messages of `queue` with keys above `after_key`, in key order, as
         [(key, message, None, expires_at)] (no stream pages here, so nothing reads a publish
         time), gone from here once read; of `priority` only (None: a queue without
-        priorities, see _SCHEMA). Blocks the calling greenlet, never the hub."""
+        priorities, see _SCHEMA). Blocks the calling greenlet, never the hub.
+        StoreReadError when the disk cannot be read: nothing was taken."""
         queue_id = self._queue_ids.get(queue)
         if queue_id is None:
             return []
@@ -127,14 +153,25 @@ class ScratchStore:
             if self._closed:
                 return []       # stopping: nothing in it is kept anyway
             self._flush()
-            rows = self._writer.run(self._take, queue_id, priority, after_key, limit)
-        if self._failing:     # some rows are in memory still; they may come first
-            rows = sorted(rows + [(key, head, body, expires_at)
-                                  for key, owner, level, head, body, expires_at in self._rows
-                                  if owner == queue_id and level == priority and key > after_key])[:limit]
-            taken = {row[0] for row in rows}
-            self._keep_rows(lambda row: row[0] not in taken)
+            error, rows = self._writer.run(self._take, queue_id, priority, after_key, limit)
+        if error is not None:
+            if not self._unreadable:
+                log.error("cannot read the scratch store %s: %s; the messages paged there wait until it can be read",
+                          self.path or "(temporary)", error)
+                self._unreadable = True
+            raise StoreReadError(error)
+        if self._unreadable:
+            log.warning("the scratch store %s is readable again", self.path or "(temporary)")
+            self._unreadable = False
         self.messages -= len(rows)
+        if self._failing:     # rows not written yet are in memory; those on disk come before them
+            in_memory = [(key, head, body, expires_at)
+                         for key, owner, level, head, body, expires_at in self._rows
+                         if owner == queue_id and level == priority and key > after_key][:limit - len(rows)]
+            if in_memory:
+                taken = {row[0] for row in in_memory}
+                self._keep_rows(lambda row: row[0] not in taken)    # (counts them out of `messages`)
+                rows += in_memory
         messages = []
         for key, head, body, expires_at in rows:
             exchange, routing_key, properties, encoded_properties, redelivered, ttl = pickle.loads(head)
@@ -211,30 +248,37 @@ class ScratchStore:
     def _write(self, rows, removals):
         """In the writer thread: the rows, then the removals (which never reach rows paged
         after them). Returns (None, how many rows the removals deleted), or (why it failed, 0)."""
+        def write(db):
+            db.executemany(_INSERT, rows)
+            return db.executemany(_DELETE, removals).rowcount if removals else 0
+        return self._transaction(write, 0)
+
+    def _take(self, queue_id, priority, after_key, limit):
+        """In the writer thread: read the rows and delete them, both or neither. Returns
+        (None, the rows) or (why it failed, [])."""
+        def take(db):
+            rows = db.execute(_READ, (queue_id, priority, after_key, limit)).fetchall()
+            if rows:
+                db.execute(_DELETE, (queue_id, priority, after_key, rows[-1][0]))
+            return rows
+        return self._transaction(take, [])
+
+    def _transaction(self, work, failed):
+        """In the writer thread: `work(db)` in one transaction. Returns (None, what it
+        returned), or (why it failed, `failed`) with the file as it was before."""
         db = self._db
         try:
             db.execute("BEGIN")
             try:
-                db.executemany(_INSERT, rows)
-                removed = db.executemany(_DELETE, removals).rowcount if removals else 0
+                done = work(db)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:   # (SQLite ends some on its own: a full disk's)
+                    db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            return str(exc), 0
-        return None, removed
-
-    def _take(self, queue_id, priority, after_key, limit):
-        """In the writer thread: read the rows and delete them."""
-        try:
-            rows = self._db.execute(_READ, (queue_id, priority, after_key, limit)).fetchall()
-            if rows:
-                self._db.execute(_DELETE, (queue_id, priority, after_key, rows[-1][0]))
-        except sqlite3.Error as exc:
-            log.error("cannot read the scratch store %s: %s", self.path or "(temporary)", exc)
-            return []
-        return rows
+            return str(exc), failed
+        return None, done
 
     def close(self):
         """At a clean stop: nothing in it is kept."""
