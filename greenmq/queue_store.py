@@ -961,12 +961,12 @@ class Queue:
                 if due is None:
                     break
                 level, run = due
-                count = self._read_count(level, run)
                 store = run.store
-                if not store.committed():
-                    continue    # tried again with the store's next commit
-                drops = self._paged_drops
                 try:
+                    count = self._read_count(level, run)
+                    if not store.committed():
+                        continue    # tried again with the store's next commit
+                    drops = self._paged_drops
                     rows = store.read_queue(self, run.after_key, count, level.priority)
                 except StoreReadError:      # (the store logs it) nothing was taken: tried again later
                     self._page_in_retry = gevent.spawn_later(PAGE_IN_RETRY_SECONDS, self._retry_page_in)

@@ -27,8 +27,9 @@ import gevent
 from .errors import PreconditionFailed, Unsupported
 from .message import Message
 from .policy import NOT_FOR_STREAMS, age_seconds
-from .queue_store import CLASSIC_REFUSED_ARGUMENTS, QUEUE_ARGUMENTS, Queue, _integer, _string, amqp_type
-from .store import Stored
+from .queue_store import (CLASSIC_REFUSED_ARGUMENTS, PAGE_IN_RETRY_SECONDS, QUEUE_ARGUMENTS, Queue, _integer, _string,
+                          amqp_type)
+from .store import Stored, StoreReadError
 
 # RabbitMQ's default x-stream-max-segment-size-bytes: 500 MB per segment.
 DEFAULT_SEGMENT_BYTES = 500_000_000
@@ -261,17 +262,21 @@ class StreamQueue(Queue):
         """Remove from the store what retention dropped, once committed (the store reads
         back committed messages only), in batches, until it has caught up."""
         store = self.store
-        while not self.deleted:
-            store.committed()
-            start_key = self.segments[0].first_key
+        try:
             while not self.deleted:
-                keys = [key for key, *_ in store.read_queue(self, 0, READ_BATCH) if key < start_key]
-                if not keys:
+                store.committed()
+                start_key = self.segments[0].first_key
+                while not self.deleted:
+                    keys = [key for key, *_ in store.read_queue(self, 0, READ_BATCH) if key < start_key]
+                    if not keys:
+                        break
+                    store.remove_messages(self, [_Dropped(key) for key in keys])
+                if self.deleted or self.segments[0].first_key == start_key:
                     break
-                store.remove_messages(self, [_Dropped(key) for key in keys])
-            if self.deleted or self.segments[0].first_key == start_key:
-                break
-        self._remover = None
+        except StoreReadError:      # (the store logs it) the next drop by retention goes on
+            pass
+        finally:
+            self._remover = None
 
     def recover(self, start):
         """At start, before any client: offsets, segments and the index rebuilt from the
@@ -385,6 +390,9 @@ class StreamQueue(Queue):
                 entry = index[max(0, bisect.bisect_right(index, position.offset, key=_offset_of) - 1)]
                 after_key, skip = entry[1] - 1, position.offset - entry[0]
             rows = self.store.read_queue(self, after_key, skip + self._read_batch())
+        except StoreReadError:      # (the store logs it) this consumer's feed tries again later
+            gevent.spawn_later(PAGE_IN_RETRY_SECONDS, self.dispatch)
+            return
         finally:
             position.reading = False
         if position.generation != generation or self.positions.get(consumer) is not position:

@@ -14,6 +14,7 @@ import pika
 import pytest
 
 from greenmq.memory import MESSAGE_OVERHEAD_BYTES
+from tests import failing_disk_broker
 from tests.broker_process import ROOT, BrokerProcess
 from tests.greenmqctl_process import greenmqctl as ctl
 from tests.http_api import call, path
@@ -264,6 +265,34 @@ def test_a_paged_backlog_keeps_its_order_and_count_across_a_restart(paging_broke
         assert left == BACKLOG - 5 if stop == signal.SIGTERM else BACKLOG - 5 <= left <= BACKLOG
         assert consume(channel, "kept", left) == expected[BACKLOG - left:]
         conn.close()
+
+
+def test_paged_messages_the_store_cannot_read_wait_and_come_in_order_once_it_can(tmp_path):
+    """While the message store's disk returns errors on reads, a queue's paged messages wait
+    in it, counted; the broker serves everyone else, logs the failure and its end once
+    each, and the messages then come, each once and in order (tests/failing_disk_broker.py)."""
+    reads = str(tmp_path / "failing-store-reads")
+    env = {**os.environ, failing_disk_broker.STORE_READS_VARIABLE: reads}
+    with BrokerProcess("--queue-window", str(WINDOW), script="tests/failing_disk_broker.py", env=env) as broker:
+        conn, channel = channel_of(broker)
+        channel.queue_declare("q", durable=True)
+        bodies = bodies_of(BACKLOG)
+        publish(channel, "q", bodies)
+        open(reads, "wb").close()
+        taken = drain(channel, "q")             # the window held in memory, no more
+        assert taken == bodies[:len(taken)] and len(taken) <= WINDOW
+        wait_for(lambda: "cannot read the message store" in broker.log(), "the failed read to be logged")
+        assert count(channel, "q") == BACKLOG - len(taken)
+        channel.queue_declare("bystander", durable=True)
+        publish(channel, "bystander", [b"other"])
+        assert drain(channel, "bystander") == [b"other"]
+        os.unlink(reads)
+        assert consume(channel, "q", BACKLOG - len(taken)) == bodies[len(taken):]
+        assert drain(channel, "q") == []
+        conn.close()
+        log = broker.log()
+    assert "Traceback" not in log, log
+    assert log.count("cannot read the message store") == 1 and log.count("is readable again") == 1, log
 
 
 def test_the_queue_feature_and_durability_tests_pass_with_paging_forced_on():

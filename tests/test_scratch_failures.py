@@ -3,7 +3,7 @@ paged messages stay in memory, counted, so publishers meet the memory limit's fl
 instead of the disk; while it cannot read, the messages paged there wait in their queue,
 counted, and the queue tries again; other clients are answered throughout, each failure is
 logged once, and once the disk works again every message comes out exactly once and in
-order. Through a broker whose scratch store fails on cue (tests/failing_scratch_broker.py),
+order. Through a broker whose scratch store fails on cue (tests/failing_disk_broker.py),
 and through a real full disk (a small tmpfs)."""
 
 import os
@@ -14,7 +14,7 @@ import time
 import pika
 import pytest
 
-from tests import failing_scratch_broker
+from tests import failing_disk_broker
 from tests.broker_process import BrokerProcess
 from tests.test_amqp_queue_features import bodies
 from tests.test_durability import fill_up, small_disk  # noqa: F401  (small_disk: a fixture, a 2 MiB tmpfs remounted here)
@@ -32,9 +32,9 @@ def failing(tmp_path):
     """(the broker, the file whose presence fails its scratch writes, the one for reads).
     Its log must end without a traceback."""
     writes, reads = str(tmp_path / "failing-writes"), str(tmp_path / "failing-reads")
-    env = {**os.environ, failing_scratch_broker.WRITES_VARIABLE: writes,
-           failing_scratch_broker.READS_VARIABLE: reads}
-    with BrokerProcess(*ARGUMENTS, script="tests/failing_scratch_broker.py", env=env) as broker:
+    env = {**os.environ, failing_disk_broker.WRITES_VARIABLE: writes,
+           failing_disk_broker.READS_VARIABLE: reads}
+    with BrokerProcess(*ARGUMENTS, script="tests/failing_disk_broker.py", env=env) as broker:
         yield broker, writes, reads
         log = broker.log()
     assert "Traceback" not in log, log

@@ -21,6 +21,7 @@ from greenmq import connection as greenmq_connection
 from greenmq.node import Node
 from greenmq.store.memory import MemoryStore
 from greenmq.stream import INDEX_INTERVAL, READ_BATCH, READ_BATCH_BYTES, TAIL_BYTES, TAIL_MESSAGES
+from tests import failing_disk_broker
 from tests.broker_process import BrokerProcess
 from tests.greenmqctl_process import greenmqctl_json as ctl_json
 from tests.test_core_queues import RecordingSink, login
@@ -428,6 +429,40 @@ def test_a_consumer_from_first_reads_a_long_log_back_from_the_store_in_order(bro
     middle = read(connection, queue, 1500, count - 1500, prefetch=300, quiet=0)
     assert middle[0] == (1500, b"1500") and len(middle) == count - 1500
     connection.close()
+
+
+def test_a_consumer_whose_reads_of_the_store_fail_is_fed_in_order_once_they_work(tmp_path):
+    """A consumer from "first" of a log longer than what is kept in memory, while the
+    message store's disk returns errors on reads (tests/failing_disk_broker.py): nothing
+    comes, the failure is logged once, and once the disk reads again every message comes,
+    in order, with no crash."""
+    reads = str(tmp_path / "failing-store-reads")
+    env = {**os.environ, failing_disk_broker.STORE_READS_VARIABLE: reads}
+    count = TAIL_MESSAGES + 50
+    with BrokerProcess(script="tests/failing_disk_broker.py", env=env) as broker:
+        connection = pika_connection(broker)
+        connection.channel().queue_declare("log", durable=True, arguments=STREAM)
+        publish(connection, "log", [b"%d" % n for n in range(count)])
+        open(reads, "wb").close()
+        channel = connection.channel()
+        channel.basic_qos(prefetch_count=300)
+        got = []
+        channel.basic_consume("log", lambda ch, method, properties, body: (
+            got.append((properties.headers["x-stream-offset"], body)), ch.basic_ack(method.delivery_tag)),
+            arguments={"x-stream-offset": "first"})
+        deadline = time.monotonic() + WAIT
+        while "cannot read the message store" not in broker.log() and time.monotonic() < deadline:
+            connection.process_data_events(0.05)
+        assert got == []
+        os.unlink(reads)
+        deadline = time.monotonic() + WAIT
+        while len(got) < count and time.monotonic() < deadline:
+            connection.process_data_events(0.05)
+        assert got == [(n, b"%d" % n) for n in range(count)]
+        connection.close()
+        log = broker.log()
+    assert "Traceback" not in log, log
+    assert log.count("cannot read the message store") == 1 and log.count("is readable again") == 1, log
 
 
 def test_listings_show_the_type_stream_and_the_messages_it_holds(broker, against_greenmq):

@@ -208,8 +208,8 @@ class Store(abc.ABC):
         (`queue.level_of(message)` when it was kept) unless that is None.
         Blocks the calling greenlet, never the hub. What is not committed yet is not there:
         a reader keeps the newest messages in memory until `after_commit` says they are.
-        A store whose reads may fail and succeed later (the scratch store's) raises
-        StoreReadError then, with nothing taken."""
+        When its disk cannot be read it raises StoreReadError, with nothing taken: the
+        reader tries again later."""
 
     @abc.abstractmethod
     def paged_bytes(self, queue, after_key, count, priority=None):

@@ -21,7 +21,7 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 
 from ..message import Message, properties_from_json, properties_to_json, ttl_of
-from . import Recovered, Store, StoreError, Stored, canonical_arguments, expiries
+from . import Recovered, Store, StoreError, StoreReadError, Stored, canonical_arguments, expiries
 from .writer import WriterThread
 
 log = logging.getLogger("greenmq.store")
@@ -293,6 +293,7 @@ class SqliteStore(Store):
         self._closed = False
         self._reader = None          # read_queue's connection, opened on first use
         self._reading = Semaphore()  # one read at a time on it
+        self._unreadable = False     # the last read failed (logged once, until one works)
         self._read_properties = {}   # properties text -> (properties, their TTL)
         # After a crash any message stored before it may have been delivered: read_queue
         # flags those with keys up to this one redelivered (0: none).
@@ -487,15 +488,33 @@ class SqliteStore(Store):
         else:
             sql, parameters = sql.format(_OF_PRIORITY), (queue_id, after_key, priority, *more)
         with self._reading:
-            return gevent.get_hub().threadpool.apply(self._read_rows, (sql, parameters))
+            error, rows = gevent.get_hub().threadpool.apply(self._read_rows, (sql, parameters))
+        if error is not None:
+            if not self._unreadable:
+                log.error("cannot read the message store %s: %s; paged messages wait until it can be read",
+                          self.path, error)
+                self._unreadable = True
+            raise StoreReadError(error)
+        if self._unreadable:
+            log.warning("the message store %s is readable again", self.path)
+            self._unreadable = False
+        return rows
 
     def _read_rows(self, sql, parameters):
-        """In a pool thread."""
-        if self._reader is None:
-            self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._reader.execute("PRAGMA query_only=1")
-            self._reader.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-        return self._reader.execute(sql, parameters).fetchall()
+        """In a pool thread: (None, the rows), or (why, None) when the disk failed the read
+        (returned, not raised: the pool would print it as a crash)."""
+        try:
+            if self._reader is None:
+                self._reader = self._open_reader()
+            return None, self._reader.execute(sql, parameters).fetchall()
+        except (sqlite3.Error, OSError) as exc:
+            return _reason(exc), None
+
+    def _open_reader(self):
+        reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        reader.execute("PRAGMA query_only=1")
+        reader.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+        return reader
 
     def paged_bytes(self, queue, after_key, count, priority=None):
         queue_id = self._queue_ids.get((queue.vhost_name, queue.name))
@@ -508,7 +527,9 @@ class SqliteStore(Store):
         if queue_id is None:
             return {}
         with self._reading:
-            rows = gevent.get_hub().threadpool.apply(self._read_rows, (_PAGED_SIZES, (queue_id,)))
+            error, rows = gevent.get_hub().threadpool.apply(self._read_rows, (_PAGED_SIZES, (queue_id,)))
+        if error is not None:       # at start: as a store that cannot be opened
+            raise StoreError(f"cannot read the message store {self.path}: {error}")
         return {priority: (count, size) for priority, count, size in rows}
 
     def remove_paged(self, queue, after_key, priority=None):
