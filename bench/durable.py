@@ -18,10 +18,13 @@ Workloads (100-byte persistent messages, a durable queue, one consumer that acks
   `--c-publishers` a small C program (confirm_publishers.c, built with the machine's cc)
   serves each process's connections: a send and a read per message, where the Python
   selector loop costs about as much CPU as the broker does.
+- "occasional": `--occasional-publishers` raw connections (2) each publishing one message,
+  waiting for its confirm and pausing `--pause-ms` (3) before the next, out of step: the
+  confirm latency's p50 and p90 (a web application's quieter workers beside busy ones).
 Then, GreenMQ only: recovery of `--recovery-messages` stored messages after a clean stop
 and after kill -9, and the broker's memory per queued persistent message.
 
-`--workloads` picks some of them (each, pipelined, publishers, connection) and `--rounds N`
+`--workloads` picks some of them (each, pipelined, publishers, occasional, connection) and `--rounds N`
 measures every broker N times, taking turns, as the machine's load drifts.
 
     python bench/durable.py --workloads publishers pipelined --publishers 1 4 16 --rounds 3 \
@@ -39,6 +42,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from functools import partial
 
@@ -274,12 +278,50 @@ def throughputs(url, args, json_port=None):
         results[f"confirm each, {publishers} raw publishers, msg/s"] = timed(
             partial(publisher, connections=publishers // processes), (url, queue, each, 1), raw_consumer,
             (url, queue), each * publishers, publishers=processes)
+    if "occasional" in args.workloads:
+        declare(url, queue)
+        latencies = occasional_latencies(url, queue, args.occasional_publishers, args.pause_ms / 1000,
+                                         args.occasional_messages)
+        named = f"{args.occasional_publishers} publishers pausing {args.pause_ms:g} ms: confirm"
+        results[f"{named} p50 us"] = latencies[len(latencies) // 2] * 1e6
+        results[f"{named} p90 us"] = latencies[len(latencies) * 9 // 10] * 1e6
     if json_port is not None and "connection" in args.workloads:
         declare(url, queue)
         results[f"pipelined connection.py (window {args.window}), msg/s"] = timed(
             json_publisher, (json_port, queue, args.messages, args.window), raw_consumer, (url, queue),
             args.messages)
     return results
+
+
+def occasional_latencies(url, queue, publishers, pause, messages):
+    """Confirm latencies, sorted, of `publishers` raw connections each publishing one message
+    `messages` times, waiting for its confirm and then `pause` seconds, out of step with
+    each other (each in a thread: the pauses leave the GIL free)."""
+    latencies = []
+
+    def publish_now_and_then(delay):
+        channel = RawChannel(url)
+        channel.call(spec.Confirm.Select(), spec.Confirm.SelectOk)
+        frames = publish_frames(queue)
+        time.sleep(delay)
+        for _ in range(messages):
+            sent = time.perf_counter()
+            channel.sock.sendall(frames)
+            confirmed = False
+            while not confirmed:
+                channel.buffer, methods = method_frames(channel.sock, channel.buffer)
+                confirmed = any((class_id, method_id) == ACK_IDS for class_id, method_id, _ in methods)
+            latencies.append(time.perf_counter() - sent)
+            time.sleep(pause)
+        channel.sock.close()
+
+    threads = [threading.Thread(target=publish_now_and_then, args=(pause * n / publishers,))
+               for n in range(publishers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sorted(latencies)
 
 
 def fill(url, queue, count, window):
@@ -317,7 +359,7 @@ def recovery_and_memory(args):
         return figures
 
 
-WORKLOADS = ("each", "pipelined", "publishers", "connection")
+WORKLOADS = ("each", "pipelined", "publishers", "occasional", "connection")
 
 
 def main():
@@ -333,6 +375,9 @@ def main():
                         help="processes the raw publishers are dealt out to (a divisor of their number)")
     parser.add_argument("--c-publishers", action="store_true",
                         help="serve the raw publishers with confirm_publishers.c (needs cc)")
+    parser.add_argument("--occasional-publishers", type=int, default=2)
+    parser.add_argument("--pause-ms", type=float, default=3.0, help="between an occasional publisher's messages")
+    parser.add_argument("--occasional-messages", type=int, default=300, help="per occasional publisher")
     parser.add_argument("--workloads", nargs="+", default=WORKLOADS, choices=WORKLOADS)
     parser.add_argument("--rounds", type=int, default=1, help="measure every broker this many times, taking turns")
     parser.add_argument("--recovery-messages", type=int, default=1_000_000)
@@ -353,7 +398,8 @@ def main():
             for url in args.url:
                 if key in results[url]:
                     other = results[url][key]
-                    row += f"   {url[:30]}: {other:,.0f} (GreenMQ x{results['GreenMQ'][key] / other:.2f})"
+                    ratio = other / results["GreenMQ"][key] if key.endswith(" us") else results["GreenMQ"][key] / other
+                    row += f"   {url[:30]}: {other:,.0f} (GreenMQ x{ratio:.2f})"
             print(row, flush=True)
     if args.recovery_messages:
         for key, value in recovery_and_memory(args).items():
