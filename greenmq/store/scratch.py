@@ -94,6 +94,7 @@ class ScratchStore:
         self._db.execute(f"PRAGMA journal_mode={JOURNAL_MODE}")
         self._db.execute("PRAGMA synchronous=OFF")
         self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+        self._db.execute("PRAGMA secure_delete=FAST")      # as the message store: no zeros written
         self._db.executescript(_SCHEMA)
         self.last_key = 0
         self.messages = 0           # paged and not yet read back nor removed

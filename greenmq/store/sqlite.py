@@ -240,6 +240,12 @@ class SqliteStore(Store):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+            # Debian's SQLite zeroes every freed page (secure_delete on), so a consumed 1 MiB
+            # body cost a megabyte of zeros through the WAL and a checkpoint: the draining of
+            # a big-body backlog ran at half RabbitMQ's rate on those writes. FAST zeroes only
+            # what costs no extra write; RabbitMQ's own files keep consumed messages until
+            # compaction too.
+            self._db.execute("PRAGMA secure_delete=FAST")
             tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             self._created = not tables
             if not tables:
