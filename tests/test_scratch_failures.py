@@ -94,9 +94,10 @@ def test_while_scratch_writes_fail_paged_messages_stay_in_memory_and_none_is_los
     # Twice the limit cannot stay in memory: flow control stops the publisher.
     wait_for(lambda: status(broker)["memory"]["publishers_blocked"], "the publisher to be blocked")
     assert WRITE_FAILED in broker.log()
-    # No more is paged than the batch the failure was met with (a few reads of input, far
-    # less than an eighth of the limit): what would stay in memory anyway stays as it is.
-    assert status(broker)["scratch"]["messages"] < first + LIMIT // BODY_BYTES // 8
+    # No more is paged than the batch the failure was met with (the input read while that
+    # write was tried: a few reads, more on a loaded machine, far less than a quarter of the
+    # limit): what would stay in memory anyway stays as it is.
+    assert status(broker)["scratch"]["messages"] < first + LIMIT // BODY_BYTES // 4
     assert others_are_answered(broker)
     # Read back while the disk still fails: the rows on disk, then those kept in memory.
     reading = first + WINDOW * 4
