@@ -23,6 +23,7 @@ uncommitted batch growing without bound.
 """
 
 import abc
+import logging
 
 from gevent.event import AsyncResult
 
@@ -42,6 +43,28 @@ class StoreError(Exception):
 class StoreReadError(Exception):
     """A store cannot read messages back now (its disk returns errors); nothing was taken,
     so the reader tries again later. The text says why."""
+
+
+class ReadFailures:
+    """Whether a store's reads fail (its disk returns errors), logged once as they begin and
+    once as they end, however often its readers try meanwhile."""
+
+    def __init__(self, name):
+        self.name = name            # "the message store PATH": what the log lines call it
+        self.failing = False
+
+    def failed(self, error):
+        """A read failed for `error` (text): raises StoreReadError."""
+        if not self.failing:
+            logging.getLogger("greenmq.store").error(
+                "cannot read %s: %s; the messages paged there wait until it can be read", self.name, error)
+            self.failing = True
+        raise StoreReadError(error)
+
+    def succeeded(self):
+        if self.failing:
+            logging.getLogger("greenmq.store").warning("%s is readable again", self.name)
+            self.failing = False
 
 
 class Stored:

@@ -43,7 +43,7 @@ from gevent.lock import Semaphore
 
 from ..memory import MESSAGE_OVERHEAD_BYTES
 from ..message import Message
-from . import StoreReadError
+from . import ReadFailures
 from .writer import WriterThread
 
 log = logging.getLogger("greenmq.store")
@@ -107,7 +107,7 @@ class ScratchStore:
         self._using_writer = Semaphore()
         self._flusher = None
         self._failing = False       # the last write failed: `_rows` are in memory only
-        self._unreadable = False    # the last read failed
+        self._reads = ReadFailures(f"the scratch store {self.path or '(temporary)'}")
         self._closed = False
 
     def _queue_id(self, queue):
@@ -156,14 +156,8 @@ class ScratchStore:
             self._flush()
             error, rows = self._writer.run(self._take, queue_id, priority, after_key, limit)
         if error is not None:
-            if not self._unreadable:
-                log.error("cannot read the scratch store %s: %s; the messages paged there wait until it can be read",
-                          self.path or "(temporary)", error)
-                self._unreadable = True
-            raise StoreReadError(error)
-        if self._unreadable:
-            log.warning("the scratch store %s is readable again", self.path or "(temporary)")
-            self._unreadable = False
+            self._reads.failed(error)
+        self._reads.succeeded()
         self.messages -= len(rows)
         if self._failing:     # rows not written yet are in memory; those on disk come before them
             in_memory = [(key, head, body, expires_at)

@@ -21,7 +21,7 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 
 from ..message import Message, properties_from_json, properties_to_json, ttl_of
-from . import Recovered, Store, StoreError, StoreReadError, Stored, canonical_arguments, expiries
+from . import ReadFailures, Recovered, Store, StoreError, Stored, canonical_arguments, expiries
 from .writer import WriterThread
 
 log = logging.getLogger("greenmq.store")
@@ -299,7 +299,7 @@ class SqliteStore(Store):
         self._closed = False
         self._reader = None          # read_queue's connection, opened on first use
         self._reading = Semaphore()  # one read at a time on it
-        self._unreadable = False     # the last read failed (logged once, until one works)
+        self._reads = ReadFailures(f"the message store {self.path}")
         self._read_properties = {}   # properties text -> (properties, their TTL)
         # After a crash any message stored before it may have been delivered: read_queue
         # flags those with keys up to this one redelivered (0: none).
@@ -496,14 +496,8 @@ class SqliteStore(Store):
         with self._reading:
             error, rows = gevent.get_hub().threadpool.apply(self._read_rows, (sql, parameters))
         if error is not None:
-            if not self._unreadable:
-                log.error("cannot read the message store %s: %s; paged messages wait until it can be read",
-                          self.path, error)
-                self._unreadable = True
-            raise StoreReadError(error)
-        if self._unreadable:
-            log.warning("the message store %s is readable again", self.path)
-            self._unreadable = False
+            self._reads.failed(error)
+        self._reads.succeeded()
         return rows
 
     def _read_rows(self, sql, parameters):
