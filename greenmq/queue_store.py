@@ -807,7 +807,7 @@ class Queue:
                         stored.refs = None      # the queues holding it in memory no longer know them all
                     ready.page(self.store, stored.key, message)
                     paged = True
-            elif self.scratch.writable and (self.memory.paging or ready.ends_in_run_of(self.scratch, message)):
+            elif (self.memory.paging or ready.ends_in_run_of(self.scratch, message)) and self.scratch.writable:
                 # Memory is short, or was when this queue's tail began to go to the scratch
                 # store, which the rest of the tail then follows, so that the queue does not
                 # fill memory again for the next page-out to write. (While the scratch store
