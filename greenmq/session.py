@@ -177,9 +177,13 @@ class Channel:
             self.sink.message_returned(self.number, 312, "NO_ROUTE", message)
         if seq:
             # Whatever the publish kept in the store (a persistent message for durable
-            # queues, any message for a stream) is confirmed once it is on disk.
+            # queues, any message for a stream) is confirmed once it is on disk, or once
+            # every queue is done with it if that comes first (the next to confirm only:
+            # confirms go out in order).
             store = self.vhost.store
             if store.message_writes != writes:
+                if not self.unconfirmed:
+                    store.on_end_before_write(message, self._ended_before_write, seq)
                 self.unconfirmed.append((seq, True, store.open_batch))
                 store.after_commit(self._committed, again=True)
             else:
@@ -226,6 +230,17 @@ class Channel:
         while unconfirmed and unconfirmed[0][2] <= batch:
             seq, ack, waited_for = unconfirmed.popleft()
             self._record_confirm(seq, ack and ok if waited_for == batch else ack)
+        self.session.flush_confirms()
+
+    def _ended_before_write(self, seq):
+        """Message `seq`, the next to confirm, was consumed (or dropped) by every queue
+        before the store wrote it: confirm it and those behind it that wait for nothing."""
+        unconfirmed = self.unconfirmed
+        if self.closed or not unconfirmed or unconfirmed[0][0] != seq:
+            return
+        while unconfirmed and (unconfirmed[0][0] == seq or not unconfirmed[0][2]):
+            number, ack, _ = unconfirmed.popleft()
+            self._record_confirm(number, ack)
         self.session.flush_confirms()
 
     def commit(self, operations):

@@ -798,6 +798,66 @@ def test_publishers_confirmed_by_one_commit_share_the_next_as_each_publishes_on_
         broker.close()
 
 
+def persistent_publish_frames(queue, body):
+    return b"".join(amqp_frame.marshal(frame, 1) for frame in (
+        spec.Basic.Publish(exchange="", routing_key=queue),
+        amqp_header.ContentHeader(0, len(body), spec.Basic.Properties(delivery_mode=2)),
+        amqp_body.ContentBody(body)))
+
+
+def test_a_persistent_message_consumed_before_its_commit_is_confirmed_without_waiting_for_the_disk(
+        data_dir, tmp_path):
+    """As RabbitMQ confirms a message its store drops unwritten because every queue is done
+    with it: while the disk is stalled, a publisher whose message a consumer acked hears its
+    confirm, and the message is never written; one nobody consumed waits for the disk."""
+    gate = str(tmp_path / "commit-gate")
+    broker = BrokerProcess(data_dir=data_dir, script="tests/stalled_commit_broker.py",
+                           env={**os.environ, stalled_commit_broker.GATE_VARIABLE: gate}).start()
+    try:
+        url = f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f"
+        consumed, waiting = RawClient(url).open(), RawClient(url).open()
+        for publisher, queue in ((consumed, "worked"), (waiting, "idle")):
+            publisher.open_channel()
+            publisher.send_method(1, spec.Queue.Declare(queue=queue, durable=True))
+            publisher.expect(spec.Queue.DeclareOk, 1)
+            publisher.send_method(1, spec.Confirm.Select())
+            publisher.expect(spec.Confirm.SelectOk, 1)
+        consumer = RawClient(url).open()
+        consumer.open_channel()
+        consumer.send_method(1, spec.Basic.Consume(queue="worked"))
+        consumer.expect(spec.Basic.ConsumeOk, 1)
+        # A commit stalled by a publisher that wants no confirm: what follows waits in the
+        # open batch behind it.
+        os.mkfifo(gate)
+        conn = connection.Connection("127.0.0.1", broker.port)
+        conn.channel().basic_publish("", "idle", b"staller", connection.BasicProperties(delivery_mode=2))
+        held = stalled_commit_broker.hold(gate)
+        waiting.send(persistent_publish_frames("idle", b"on disk first"))
+        consumed.send(persistent_publish_frames("worked", b"done"))
+        delivery = consumer.expect(spec.Basic.Deliver, 1)
+        consumer.expect(amqp_header.ContentHeader, 1)
+        assert consumer.expect(amqp_body.ContentBody, 1).value == b"done"
+        consumer.send_method(1, spec.Basic.Ack(delivery.delivery_tag))
+        assert consumed.expect(spec.Basic.Ack, 1).delivery_tag == 1
+        # No commit has ended meanwhile, so the other publisher has heard nothing.
+        waiting.sock.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            waiting.sock.recv(1)
+        waiting.sock.setblocking(True)
+        stalled_commit_broker.release(gate, held)
+        assert waiting.expect(spec.Basic.Ack, 1).delivery_tag == 1
+        for client in (consumed, waiting, consumer):
+            client.close()
+        conn.close()
+        broker = restarted(data_dir, broker, signal.SIGKILL)
+        conn, ch = pika_channel(broker)
+        assert [body for body, _ in drain(ch, "idle")] == [b"staller", b"on disk first"]
+        assert drain(ch, "worked") == []
+        conn.close()
+    finally:
+        broker.close()
+
+
 def test_acks_of_a_committed_transaction_are_on_disk_when_commit_ok_arrives(data_dir):
     broker = BrokerProcess(data_dir=data_dir).start()
     try:

@@ -222,6 +222,12 @@ class Store(abc.ABC):
     def remove_messages(self, queue, messages):
         """`queue` is done with `messages` (all `stored`)."""
 
+    def on_end_before_write(self, message, callback, argument):
+        """Call `callback(argument)` should `message`, kept by this batch, end on every queue
+        before the batch is written: it never needs the disk then, and its publisher need
+        not wait for the commit (RabbitMQ confirms a message its store drops unwritten,
+        acked before the write). A store whose commits end at once has nothing to call."""
+
     @abc.abstractmethod
     def read_queue(self, queue, after_key, limit, priority=None):
         """Up to `limit` committed messages of `queue` with keys above `after_key`, in key

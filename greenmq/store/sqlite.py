@@ -176,8 +176,8 @@ class _Batch:
 
     def __init__(self, number):
         self.number = number
-        # seq -> [row, queue ids, None or {queue id: (its priority there, its expiry there)}];
-        # dropped again if acked in time
+        # seq -> [row, queue ids, None or {queue id: (its priority there, its expiry there)},
+        # None or (callback, argument) of on_end_before_write]; dropped again if acked in time
         self.new_messages = {}
         self.unwritten_bytes = 0    # of the messages added, counted in the memory budget until committed
         self.removed_places = []    # (queue id, seq)
@@ -197,10 +197,10 @@ class _Batch:
         """(sql, parameters) in the order they must run."""
         statements = []
         if self.new_messages:
-            statements += _rows_at_once(_INSERT_MESSAGES, [row for row, _, _ in self.new_messages.values()])
+            statements += _rows_at_once(_INSERT_MESSAGES, [pending[0] for pending in self.new_messages.values()])
             statements += _rows_at_once(_INSERT_PLACES, [
                 (queue_id, seq, *places[queue_id]) if places else (queue_id, seq, 0, None)
-                for seq, (_, queue_ids, places) in self.new_messages.items() for queue_id in queue_ids])
+                for seq, (_, queue_ids, places, _) in self.new_messages.items() for queue_id in queue_ids])
         if self.removed_places:
             by_queue = {}
             for queue_id, seq in self.removed_places:
@@ -411,8 +411,13 @@ class SqliteStore(Store):
         batch.new_messages[key] = [
             (key, message.exchange, message.routing_key, self._properties_json(message),
              message.encoded_properties, message.body, now),
-            queue_ids, places]
+            queue_ids, places, None]
         self._wake()
+
+    def on_end_before_write(self, message, callback, argument):
+        pending = self._batch.new_messages.get(message.stored.key) if message.stored else None
+        if pending is not None:
+            pending[3] = (callback, argument)
 
     def _properties_json(self, message):
         if message.properties is None:
@@ -432,6 +437,7 @@ class SqliteStore(Store):
         self.message_writes += 1
         new_messages = batch.new_messages
         queue_id = None if queue.deleted else self._queue_ids.get((queue.vhost_name, queue.name))
+        ended = None
         for message in messages:
             stored = message.stored
             if stored.refs is not None:
@@ -439,13 +445,18 @@ class SqliteStore(Store):
             seq = stored.key
             pending = new_messages.get(seq)
             if pending is not None:
-                # Not written yet: it need never be.
-                if stored.refs == 0:
-                    del new_messages[seq]
-                elif queue_id is not None:
+                # Not written yet: it need never be, once no queue holds it.
+                if stored.refs != 0:
+                    if queue_id is None:
+                        continue
                     pending[1].remove(queue_id)
-                    if not pending[1]:
-                        del new_messages[seq]
+                    if pending[1]:
+                        continue
+                del new_messages[seq]
+                if pending[3] is not None:
+                    if ended is None:
+                        ended = []
+                    ended.append(pending[3])
                 continue
             if queue_id is not None:
                 batch.removed_places.append((queue_id, seq))
@@ -454,6 +465,8 @@ class SqliteStore(Store):
             elif stored.refs is None:
                 batch.removed_if_unheld.append((seq,))
         self._wake_soon()
+        for callback, argument in ended or ():
+            callback(argument)
 
     def read_queue(self, queue, after_key, limit, priority=None):
         """On a connection of its own in the hub's thread pool: WAL lets it read while the
