@@ -7,6 +7,8 @@
 - With $RETURNING_PUBLISHERS_WAIT_SECONDS: the store waits that long at most for the
   publishers a commit confirmed (sqlite.RETURNING_PUBLISHERS_WAIT_SECONDS), so a test of
   that wait does not depend on the machine's speed.
+- With $ENDING_MESSAGES_WAIT_SECONDS: likewise for the wait for new messages to be consumed
+  before their commit (sqlite.ENDING_MESSAGES_WAIT_SECONDS).
 """
 
 import errno
@@ -21,6 +23,7 @@ from greenmq.store import sqlite  # noqa: E402
 
 GATE_VARIABLE = "STALLED_COMMIT_GATE"
 RETURNING_WAIT_VARIABLE = "RETURNING_PUBLISHERS_WAIT_SECONDS"
+ENDING_WAIT_VARIABLE = "ENDING_MESSAGES_WAIT_SECONDS"
 # How long `hold` waits for a commit to reach the gate before the test fails.
 STALL_DEADLINE_SECONDS = 60
 
@@ -61,4 +64,6 @@ if __name__ == "__main__":
         sqlite.SqliteStore._write = _stalled_while_gated(sqlite.SqliteStore._write, os.environ[GATE_VARIABLE])
     if RETURNING_WAIT_VARIABLE in os.environ:
         sqlite.RETURNING_PUBLISHERS_WAIT_SECONDS = float(os.environ[RETURNING_WAIT_VARIABLE])
+    if ENDING_WAIT_VARIABLE in os.environ:
+        sqlite.ENDING_MESSAGES_WAIT_SECONDS = float(os.environ[ENDING_WAIT_VARIABLE])
     sys.exit(broker.main())

@@ -858,6 +858,58 @@ def test_a_persistent_message_consumed_before_its_commit_is_confirmed_without_wa
         broker.close()
 
 
+# Long beside the milliseconds a consumer here takes to ack, so the test does not depend on
+# the machine's speed; the wait ends at the ack.
+ENDING_WAIT_SECONDS = 30
+
+
+def test_where_consumers_ack_before_the_commit_ends_commits_wait_for_the_acks_and_write_nothing(
+        data_dir, tmp_path):
+    """Once a commit's messages were acked while it was written, the next commits wait for
+    their messages' acks: a publisher waiting for each confirm, and a consumer acking each
+    delivery, then go on without a commit a message (one each without the wait)."""
+    gate = str(tmp_path / "commit-gate")
+    broker = BrokerProcess(data_dir=data_dir, script="tests/stalled_commit_broker.py", env={
+        **os.environ, stalled_commit_broker.GATE_VARIABLE: gate,
+        stalled_commit_broker.ENDING_WAIT_VARIABLE: str(ENDING_WAIT_SECONDS)}).start()
+    try:
+        url = f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f"
+        publisher, consumer = RawClient(url).open(), RawClient(url).open()
+        publisher.open_channel()
+        publisher.send_method(1, spec.Queue.Declare(queue="work", durable=True))
+        publisher.expect(spec.Queue.DeclareOk, 1)
+        publisher.send_method(1, spec.Confirm.Select())
+        publisher.expect(spec.Confirm.SelectOk, 1)
+        consumer.open_channel()
+        consumer.send_method(1, spec.Basic.Consume(queue="work"))
+        consumer.expect(spec.Basic.ConsumeOk, 1)
+
+        def consume_one():
+            delivery = consumer.expect(spec.Basic.Deliver, 1)
+            consumer.expect(amqp_header.ContentHeader, 1)
+            consumer.expect(amqp_body.ContentBody, 1)
+            consumer.send_method(1, spec.Basic.Ack(delivery.delivery_tag))
+
+        # The first message's commit is held until its ack has arrived: acked while written.
+        os.mkfifo(gate)
+        publisher.send(persistent_publish_frames("work", b"first"))
+        held = stalled_commit_broker.hold(gate)
+        consume_one()
+        stalled_commit_broker.release(gate, held)
+        assert publisher.expect(spec.Basic.Ack, 1).delivery_tag == 1
+        before = stored_commits(broker)
+        for number in range(2, 22):
+            publisher.send(persistent_publish_frames("work", b"more"))
+            consume_one()
+            assert publisher.expect(spec.Basic.Ack, 1).delivery_tag == number
+        # The first message's removal may take one; a commit a message would be 20.
+        assert stored_commits(broker) - before <= 2
+        for client in (publisher, consumer):
+            client.close()
+    finally:
+        broker.close()
+
+
 def test_acks_of_a_committed_transaction_are_on_disk_when_commit_ok_arrives(data_dir):
     broker = BrokerProcess(data_dir=data_dir).start()
     try:
