@@ -17,7 +17,10 @@ Workloads (100-byte persistent messages, a durable queue, one consumer that acks
   is what is measured. They connect first and start publishing together. With
   `--c-publishers` a small C program (confirm_publishers.c, built with the machine's cc)
   serves each process's connections: a send and a read per message, where the Python
-  selector loop costs about as much CPU as the broker does.
+  selector loop costs about as much CPU as the broker does. A consumer acking each read
+  takes the messages, so most are acked before a commit would write them (and are then
+  confirmed at the ack, in both brokers); with `--unconsumed` nobody consumes and every
+  confirm waits for the disk.
 - "occasional": `--occasional-publishers` raw connections (2) each publishing one message,
   waiting for its confirm and pausing `--pause-ms` (3) before the next, out of step: the
   confirm latency's p50 and p90 (a web application's quieter workers beside busy ones).
@@ -234,13 +237,16 @@ def json_publisher(port, queue, count, window, started):
 
 
 def timed(publisher, publisher_args, consumer, consumer_args, count, publishers=None):
-    """Messages per second from the first publish to the consumer's last delivery. With
-    `publishers`, that many processes run `publisher` (whose arguments give its own count),
-    connected before any starts, so a late process start does not thin the first commits."""
+    """Messages per second from the first publish to the consumer's last delivery, or
+    without a `consumer` to the publishers' last confirm. With `publishers`, that many
+    processes run `publisher` (whose arguments give its own count), connected before any
+    starts, so a late process start does not thin the first commits."""
     ready, started, finished = multiprocessing.Queue(), multiprocessing.Queue(), multiprocessing.Queue()
-    consumer_process = multiprocessing.Process(target=consumer, args=(*consumer_args, count, ready, finished))
-    consumer_process.start()
-    ready.get(timeout=60)
+    consumer_process = None
+    if consumer is not None:
+        consumer_process = multiprocessing.Process(target=consumer, args=(*consumer_args, count, ready, finished))
+        consumer_process.start()
+        ready.get(timeout=60)
     go = multiprocessing.Event() if publishers else None
     publisher_processes = [
         multiprocessing.Process(target=publisher, args=(*publisher_args, started) + ((go,) if go else ()))
@@ -252,10 +258,13 @@ def timed(publisher, publisher_args, consumer, consumer_args, count, publishers=
             started.get(timeout=60)     # connected
         go.set()
     start = min(started.get(timeout=60) for _ in publisher_processes)
-    end = finished.get(timeout=900)
+    end = finished.get(timeout=900) if consumer_process else None
     for process in publisher_processes:
         process.join()
-    consumer_process.join()
+    if consumer_process is None:
+        end = time.monotonic()
+    else:
+        consumer_process.join()
     return count / (end - start)
 
 
@@ -275,8 +284,9 @@ def throughputs(url, args, json_port=None):
         each = args.each_messages // publishers
         processes = math.gcd(publishers, args.publisher_processes)
         publisher = partial(c_publisher, args.c_publishers) if args.c_publishers else raw_publisher
-        results[f"confirm each, {publishers} raw publishers, msg/s"] = timed(
-            partial(publisher, connections=publishers // processes), (url, queue, each, 1), raw_consumer,
+        consumer = None if args.unconsumed else raw_consumer
+        results[f"confirm each, {publishers} raw publishers{', unconsumed' if args.unconsumed else ''}, msg/s"] = timed(
+            partial(publisher, connections=publishers // processes), (url, queue, each, 1), consumer,
             (url, queue), each * publishers, publishers=processes)
     if "occasional" in args.workloads:
         declare(url, queue)
@@ -375,6 +385,8 @@ def main():
                         help="processes the raw publishers are dealt out to (a divisor of their number)")
     parser.add_argument("--c-publishers", action="store_true",
                         help="serve the raw publishers with confirm_publishers.c (needs cc)")
+    parser.add_argument("--unconsumed", action="store_true",
+                        help="no consumer for the raw publishers: every message is written before its confirm")
     parser.add_argument("--occasional-publishers", type=int, default=2)
     parser.add_argument("--pause-ms", type=float, default=3.0, help="between an occasional publisher's messages")
     parser.add_argument("--occasional-messages", type=int, default=300, help="per occasional publisher")
