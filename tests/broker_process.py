@@ -1,5 +1,6 @@
 """A real broker in a subprocess on a free port, for tests and benchmarks."""
 
+import contextlib
 import json
 import os
 import re
@@ -84,6 +85,16 @@ class BrokerProcess:
     @property
     def pid(self):
         return self.process.pid
+
+    @contextlib.contextmanager
+    def frozen(self):
+        """The broker stopped (SIGSTOP) for the block and let go on after it: what clients
+        send meanwhile waits for it, and its first poll then finds all of it at once."""
+        os.kill(self.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.pid, signal.SIGCONT)
 
     def log(self):
         with open(self._log.name, errors="replace") as log:

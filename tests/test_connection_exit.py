@@ -3,7 +3,6 @@ connections a program left open when the interpreter exits, over both wires. Eac
 real script in a subprocess against a real broker, and the queue is counted once it has
 exited."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -113,11 +112,10 @@ def test_the_close_at_exit_gives_up_on_a_broker_that_does_not_answer(wire):
     with BrokerProcess() as broker:
         script = run(PUBLISHER, address(broker, wire), "q", 1, "ctrl-c", 0.5)
         assert script.stdout.readline() == "published\n", script.stderr.read()
-        os.kill(broker.pid, signal.SIGSTOP)
-        try:
-            script.send_signal(signal.SIGINT)
-            script.communicate(timeout=SCRIPT_TIMEOUT / 4)
-        finally:
-            os.kill(broker.pid, signal.SIGCONT)
-            script.kill()
+        with broker.frozen():
+            try:
+                script.send_signal(signal.SIGINT)
+                script.communicate(timeout=SCRIPT_TIMEOUT / 4)
+            finally:
+                script.kill()
         assert script.returncode == -signal.SIGINT

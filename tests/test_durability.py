@@ -732,14 +732,11 @@ def test_publishers_on_many_connections_waiting_for_their_confirms_share_one_com
     try:
         publishers, frames = confirming_raw_publishers(broker, "shared", PUBLISHERS)
         before = stored_commits(broker)
-        # Stopped, the broker finds every publish waiting when it goes on: they arrived
+        # Frozen, the broker finds every publish waiting when it goes on: they arrived
         # during one commit, as they would while the disk syncs one.
-        os.kill(broker.pid, signal.SIGSTOP)
-        try:
+        with broker.frozen():
             for publisher in publishers:
                 publisher.send(frames)
-        finally:
-            os.kill(broker.pid, signal.SIGCONT)
         for number, publisher in enumerate(publishers):
             assert publisher.expect(spec.Basic.Ack, 1).delivery_tag == (2 if number == 0 else 1)
         # Usually one commit; the hub may start the first before it has read every socket

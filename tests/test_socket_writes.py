@@ -1,8 +1,6 @@
 """How the broker's output reaches the sockets: what the input of one poll made for a
 connection goes out in one write, however many connections that input came from."""
 
-import os
-import signal
 import socket
 import struct
 import sys
@@ -48,14 +46,11 @@ def test_messages_from_many_connections_read_in_one_poll_reach_their_consumer_in
             amqp_header.ContentHeader(0, len(body), spec.Basic.Properties()),
             amqp_body.ContentBody(body)))
         before = segments_received(consumer.sock)
-        # Stopped, the broker finds every publish waiting when it goes on: one poll wakes
+        # Frozen, the broker finds every publish waiting when it goes on: one poll wakes
         # all the publishers' sockets.
-        os.kill(broker.pid, signal.SIGSTOP)
-        try:
+        with broker.frozen():
             for publisher in publishers:
                 publisher.send(frames)
-        finally:
-            os.kill(broker.pid, signal.SIGCONT)
         for _ in publishers:
             consumer.expect(spec.Basic.Deliver, 1)
             consumer.expect(amqp_header.ContentHeader, 1)
