@@ -185,7 +185,7 @@ def connection_handler(make_protocol, tls=None):
         loop = hub.loop
         # The reader's yield between reads (below); a TLS socket may hold decrypted input
         # its file descriptor does not show, so it yields with gevent.sleep(0) instead.
-        readable = hub.loop.io(sock.fileno(), 1) if tls is None else None
+        readable = loop.io(sock.fileno(), 1) if tls is None else None
         try:
             read = False        # a read was handled since the last yield
             while not protocol.closed:

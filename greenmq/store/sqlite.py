@@ -462,7 +462,7 @@ class SqliteStore(Store):
         self.message_writes += 1
         new_messages = batch.new_messages
         queue_id = None if queue.deleted else self._queue_ids.get((queue.vhost_name, queue.name))
-        ended = None
+        writing_from, ended = self._writing_from_key, None
         for message in messages:
             stored = message.stored
             if stored.refs is not None:
@@ -486,7 +486,7 @@ class SqliteStore(Store):
                         ended = []
                     ended.append(pending[3])
                 continue
-            if self._writing_from_key is not None and seq >= self._writing_from_key:
+            if writing_from is not None and seq >= writing_from:
                 self._ended_first += 1      # one commit too late
             if queue_id is not None:
                 batch.removed_places.append((queue_id, seq))
