@@ -311,7 +311,8 @@ class SqliteStore(Store):
         # hash(callback) -> when the last commit confirmed it, of the publishers not waited for
         self._late = {}
         # New messages kept and those that ended before their commit did, since the last
-        # commit began; whether commits wait for new messages to end (ENDING_...); the key
+        # commit of new messages began; whether commits wait for new messages to end
+        # (ENDING_...); the key
         # of the first new message of the commit under way, and the event set once the
         # open batch holds no new message.
         self._added = self._ended_first = 0
@@ -672,8 +673,9 @@ class SqliteStore(Store):
                 self._removals_timer = None
             batch, self._batch = self._batch, _Batch(self.open_batch + 1)
             self.open_batch += 1
-            self._wait_for_ends = self._added > 0 and self._ended_first >= self._added * ENDING_FIRST_SHARE
-            self._added = self._ended_first = 0
+            if self._added:     # a commit of removals alone says nothing of the next one
+                self._wait_for_ends = self._ended_first >= self._added * ENDING_FIRST_SHARE
+                self._added = self._ended_first = 0
             self._writing_from_key = next(iter(batch.new_messages), None)
             if self._failed is not None:
                 batch = _merged(self._failed, batch)
