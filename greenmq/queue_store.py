@@ -1216,12 +1216,13 @@ class Queue:
         before their removal from the store, in the same open batch, so a persistent
         message is kept in its new queues by the transaction that lets it go here."""
         self.memory.held_bytes -= sum(map(self._let_go, messages))
-        if reason is not None and self.dead_letter_exchange is not None and messages:
+        dead_lettered = reason is not None and self.dead_letter_exchange is not None and bool(messages)
+        if dead_lettered:
             self._dead_letter(self, messages, reason)
         if self.store is not None:
             stored = [message for message in messages if message.stored is not None]
             if stored:
-                self.store.remove_messages(self, stored)
+                self.store.remove_messages(self, stored, dead_lettered)
 
     @staticmethod
     def _let_go(message):

@@ -855,6 +855,56 @@ def test_a_persistent_message_consumed_before_its_commit_is_confirmed_without_wa
         broker.close()
 
 
+def test_a_message_dead_lettered_before_its_commit_is_confirmed_only_once_its_copy_is_on_disk(
+        data_dir, tmp_path):
+    """A message rejected into a dead-letter queue before it was written ends unwritten, but
+    its copy in the dead-letter queue is not on disk yet: the confirm waits for the commit
+    that keeps the copy, and the copy survives a kill -9."""
+    gate = str(tmp_path / "commit-gate")
+    broker = BrokerProcess(data_dir=data_dir, script="tests/stalled_commit_broker.py",
+                           env={**os.environ, stalled_commit_broker.GATE_VARIABLE: gate}).start()
+    try:
+        client = RawClient(f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f").open()
+        client.open_channel(1)
+        client.open_channel(2)
+        client.send_method(1, spec.Queue.Declare(queue="graveyard", durable=True))
+        client.expect(spec.Queue.DeclareOk, 1)
+        client.send_method(1, spec.Queue.Declare(queue="rejected", durable=True, arguments={
+            "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "graveyard"}))
+        client.expect(spec.Queue.DeclareOk, 1)
+        client.send_method(1, spec.Confirm.Select())
+        client.expect(spec.Confirm.SelectOk, 1)
+        client.send_method(2, spec.Basic.Consume(queue="rejected"))
+        client.expect(spec.Basic.ConsumeOk, 2)
+        os.mkfifo(gate)
+        conn = connection.Connection("127.0.0.1", broker.port)
+        conn.channel().basic_publish("", "graveyard", b"staller", connection.BasicProperties(delivery_mode=2))
+        held = stalled_commit_broker.hold(gate)
+        client.send(persistent_publish_frames("rejected", b"unwanted"))
+        delivery = client.expect(spec.Basic.Deliver, 2)
+        client.expect(amqp_header.ContentHeader, 2)
+        client.expect(amqp_body.ContentBody, 2)
+        client.send_method(2, spec.Basic.Reject(delivery.delivery_tag, requeue=False))
+        # The broker answers in order on a connection: a confirm made by the reject would
+        # come before the qos-ok asked for after it.
+        client.send_method(2, spec.Basic.Qos(prefetch_count=10))
+        frames = [client.receive()]
+        while not isinstance(frames[-1][1], spec.Basic.QosOk):
+            frames.append(client.receive())
+        assert not [frame for _, frame in frames if isinstance(frame, spec.Basic.Ack)]
+        stalled_commit_broker.release(gate, held)
+        assert client.expect(spec.Basic.Ack, 1).delivery_tag == 1
+        client.close()
+        conn.close()
+        broker = restarted(data_dir, broker, signal.SIGKILL)
+        conn, ch = pika_channel(broker)
+        assert [body for body, _ in drain(ch, "graveyard")] == [b"staller", b"unwanted"]
+        assert drain(ch, "rejected") == []
+        conn.close()
+    finally:
+        broker.close()
+
+
 # Long beside the milliseconds a consumer here takes to ack, so the test does not depend on
 # the machine's speed; the wait ends at the ack.
 ENDING_WAIT_SECONDS = 30

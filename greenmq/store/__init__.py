@@ -219,8 +219,10 @@ class Store(abc.ABC):
         return record
 
     @abc.abstractmethod
-    def remove_messages(self, queue, messages):
-        """`queue` is done with `messages` (all `stored`)."""
+    def remove_messages(self, queue, messages, dead_lettered=False):
+        """`queue` is done with `messages` (all `stored`). `dead_lettered`: their copies
+        were just kept for their dead-letter queues, so one ending unwritten is confirmed
+        with this batch, which keeps the copies, not before (on_end_before_write)."""
 
     def on_end_before_write(self, message, callback, argument):
         """Call `callback(argument)` should `message`, kept by this batch, end on every queue

@@ -108,7 +108,7 @@ class MemoryStore(Store):
                 message, now, expires and expires[at], False, queue.level_of(message) if prioritised else 0)
             self.keys[queue.vhost_name, queue.name].append(key)
 
-    def remove_messages(self, queue, messages):
+    def remove_messages(self, queue, messages, dead_lettered=False):
         self.message_writes += 1
         held = self.messages.get((queue.vhost_name, queue.name), {})
         for message in messages:

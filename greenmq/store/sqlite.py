@@ -458,7 +458,7 @@ class SqliteStore(Store):
             text = self._properties_text[encoded] = properties_to_json(message.properties)
         return text
 
-    def remove_messages(self, queue, messages):
+    def remove_messages(self, queue, messages, dead_lettered=False):
         batch = self._batch
         self.message_writes += 1
         new_messages = batch.new_messages
@@ -482,7 +482,7 @@ class SqliteStore(Store):
                 self._ended_first += 1
                 if not new_messages:
                     self._all_ended.set()
-                if pending[3] is not None:
+                if pending[3] is not None and not dead_lettered:
                     if ended is None:
                         ended = []
                     ended.append(pending[3])
