@@ -802,6 +802,34 @@ def persistent_publish_frames(queue, body):
         amqp_body.ContentBody(body)))
 
 
+def stall_commits(broker, gate, queue):
+    """Hold the commits of a stalled_commit_broker at `gate`: one carrying a persistent
+    message for `queue` from a publisher that wants no confirm waits there, and what comes
+    next waits in the open batch behind it. Returns that publisher's connection and what
+    stalled_commit_broker.release takes."""
+    os.mkfifo(gate)
+    conn = connection.Connection("127.0.0.1", broker.port)
+    conn.channel().basic_publish("", queue, b"staller", connection.BasicProperties(delivery_mode=2))
+    return conn, stalled_commit_broker.hold(gate)
+
+
+def bodies_after_kill_9(data_dir, broker, *queues):
+    """Kill -9 `broker` and start it again on `data_dir`: (the new broker, the bodies each
+    of `queues` then holds, drained)."""
+    broker = restarted(data_dir, broker, signal.SIGKILL)
+    conn, ch = pika_channel(broker)
+    bodies = [[body for body, _ in drain(ch, queue)] for queue in queues]
+    conn.close()
+    return broker, bodies
+
+
+def received_delivery(client, channel):
+    """The next delivery on `channel` of a RawClient: (its basic.deliver, its body)."""
+    delivery = client.expect(spec.Basic.Deliver, channel)
+    client.expect(amqp_header.ContentHeader, channel)
+    return delivery, client.expect(amqp_body.ContentBody, channel).value
+
+
 def test_a_persistent_message_consumed_before_its_commit_is_confirmed_without_waiting_for_the_disk(
         data_dir, tmp_path):
     """As RabbitMQ confirms a message its store drops unwritten because every queue is done
@@ -823,17 +851,11 @@ def test_a_persistent_message_consumed_before_its_commit_is_confirmed_without_wa
         consumer.open_channel()
         consumer.send_method(1, spec.Basic.Consume(queue="worked"))
         consumer.expect(spec.Basic.ConsumeOk, 1)
-        # A commit stalled by a publisher that wants no confirm: what follows waits in the
-        # open batch behind it.
-        os.mkfifo(gate)
-        conn = connection.Connection("127.0.0.1", broker.port)
-        conn.channel().basic_publish("", "idle", b"staller", connection.BasicProperties(delivery_mode=2))
-        held = stalled_commit_broker.hold(gate)
+        conn, held = stall_commits(broker, gate, "idle")
         waiting.send(persistent_publish_frames("idle", b"on disk first"))
         consumed.send(persistent_publish_frames("worked", b"done"))
-        delivery = consumer.expect(spec.Basic.Deliver, 1)
-        consumer.expect(amqp_header.ContentHeader, 1)
-        assert consumer.expect(amqp_body.ContentBody, 1).value == b"done"
+        delivery, body = received_delivery(consumer, 1)
+        assert body == b"done"
         consumer.send_method(1, spec.Basic.Ack(delivery.delivery_tag))
         assert consumed.expect(spec.Basic.Ack, 1).delivery_tag == 1
         # No commit has ended meanwhile, so the other publisher has heard nothing.
@@ -846,11 +868,9 @@ def test_a_persistent_message_consumed_before_its_commit_is_confirmed_without_wa
         for client in (consumed, waiting, consumer):
             client.close()
         conn.close()
-        broker = restarted(data_dir, broker, signal.SIGKILL)
-        conn, ch = pika_channel(broker)
-        assert [body for body, _ in drain(ch, "idle")] == [b"staller", b"on disk first"]
-        assert drain(ch, "worked") == []
-        conn.close()
+        broker, (idle, worked) = bodies_after_kill_9(data_dir, broker, "idle", "worked")
+        assert idle == [b"staller", b"on disk first"]
+        assert worked == []
     finally:
         broker.close()
 
@@ -876,14 +896,9 @@ def test_a_message_dead_lettered_before_its_commit_is_confirmed_only_once_its_co
         client.expect(spec.Confirm.SelectOk, 1)
         client.send_method(2, spec.Basic.Consume(queue="rejected"))
         client.expect(spec.Basic.ConsumeOk, 2)
-        os.mkfifo(gate)
-        conn = connection.Connection("127.0.0.1", broker.port)
-        conn.channel().basic_publish("", "graveyard", b"staller", connection.BasicProperties(delivery_mode=2))
-        held = stalled_commit_broker.hold(gate)
+        conn, held = stall_commits(broker, gate, "graveyard")
         client.send(persistent_publish_frames("rejected", b"unwanted"))
-        delivery = client.expect(spec.Basic.Deliver, 2)
-        client.expect(amqp_header.ContentHeader, 2)
-        client.expect(amqp_body.ContentBody, 2)
+        delivery, _ = received_delivery(client, 2)
         client.send_method(2, spec.Basic.Reject(delivery.delivery_tag, requeue=False))
         # The broker answers in order on a connection: a confirm made by the reject would
         # come before the qos-ok asked for after it.
@@ -896,11 +911,9 @@ def test_a_message_dead_lettered_before_its_commit_is_confirmed_only_once_its_co
         assert client.expect(spec.Basic.Ack, 1).delivery_tag == 1
         client.close()
         conn.close()
-        broker = restarted(data_dir, broker, signal.SIGKILL)
-        conn, ch = pika_channel(broker)
-        assert [body for body, _ in drain(ch, "graveyard")] == [b"staller", b"unwanted"]
-        assert drain(ch, "rejected") == []
-        conn.close()
+        broker, (graveyard, rejected) = bodies_after_kill_9(data_dir, broker, "graveyard", "rejected")
+        assert graveyard == [b"staller", b"unwanted"]
+        assert rejected == []
     finally:
         broker.close()
 
@@ -932,9 +945,7 @@ def test_where_consumers_ack_before_the_commit_ends_commits_wait_for_the_acks_an
         consumer.expect(spec.Basic.ConsumeOk, 1)
 
         def consume_one():
-            delivery = consumer.expect(spec.Basic.Deliver, 1)
-            consumer.expect(amqp_header.ContentHeader, 1)
-            consumer.expect(amqp_body.ContentBody, 1)
+            delivery, _ = received_delivery(consumer, 1)
             consumer.send_method(1, spec.Basic.Ack(delivery.delivery_tag))
 
         # The first message's commit is held until its ack has arrived: acked while written.
