@@ -18,14 +18,25 @@ the clients' (this process and its children), and GreenMQ's when this bench star
 With big bodies the clients' kernel copies cost about as much as the broker's, so the
 machine's cores, not the broker, bound the rate: the line says where.
 
+With --bare-relay each workload also runs through the least any broker must do: a relay
+process that receives the producer's bytes once and sends them once to each consumer,
+without frames, queues or acks (with bodies of 64 KiB and up, where frames add a few bytes,
+the kernel's copies are a broker's). No broker outruns it on the same machine, so its rate
+over another broker's is the most any broker could be ahead there (for acked too: the
+relay has no acks to read).
+
 Each --size is a run of its own (bytes, or with KiB or MiB); bodies larger than a frame
 are sent in frame_max pieces, as clients send them, and without --messages a size gets
 BYTES_PER_WORKLOAD of bodies (at most MESSAGES messages).
 """
 
 import argparse
+import collections
+import multiprocessing
 import os
 import resource
+import selectors
+import socket
 import struct
 import sys
 import time
@@ -162,6 +173,100 @@ def raw_rpc(url, args):
     return {"raw RPC p50 us": p50 * 1e6, "raw RPC p99 us": p99 * 1e6}
 
 
+def _relay(width, address, cpu):
+    """The bare relay: `width` consumers, then a producer, connect; every byte the producer
+    sends goes once to each consumer, read as GreenMQ reads (RECV_BYTES at a time) and sent
+    as it sends (without waiting: each consumer takes its bytes at its own pace, from a
+    backlog of its own, and the producer is read while none holds RELAY_BACKLOG_BYTES)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    address.put(listener.getsockname()[1])
+    consumers = [listener.accept()[0] for _ in range(width)]
+    producer = listener.accept()[0]
+    backlogs = {consumer: collections.deque() for consumer in consumers}
+    waiting = dict.fromkeys(consumers, 0)        # bytes in each consumer's backlog
+    poll = selectors.DefaultSelector()
+    poll.register(producer, selectors.EVENT_READ)
+    for consumer in consumers:
+        consumer.setblocking(False)
+        poll.register(consumer, selectors.EVENT_WRITE)
+    reading, paused = True, False
+    while reading or any(waiting.values()):
+        for key, _ in poll.select():
+            sock = key.fileobj
+            if sock is producer:
+                data = producer.recv(RELAY_READ_BYTES)
+                if not data:
+                    reading = False
+                    poll.unregister(producer)
+                    continue
+                for consumer in consumers:
+                    backlogs[consumer].append(memoryview(data))
+                    waiting[consumer] += len(data)
+                if max(waiting.values()) > RELAY_BACKLOG_BYTES:
+                    paused = True
+                    poll.unregister(producer)
+            elif waiting[sock]:
+                backlog = backlogs[sock]
+                try:
+                    sent = sock.send(backlog[0])
+                except BlockingIOError:
+                    continue
+                waiting[sock] -= sent
+                backlog[0] = backlog[0][sent:]
+                if not backlog[0]:
+                    backlog.popleft()
+                if paused and max(waiting.values()) <= RELAY_BACKLOG_BYTES:
+                    paused = False
+                    poll.register(producer, selectors.EVENT_READ)
+    for consumer in consumers:
+        consumer.close()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu.put(usage.ru_utime + usage.ru_stime)
+
+
+# What the relay reads at a time: what GreenMQ does (transport.RECV_BYTES).
+RELAY_READ_BYTES = 256 * 1024
+# How far the relay lets one consumer fall behind: the output GreenMQ holds for a socket
+# before its consumers stop taking messages (transport.OUTBOX_HIGH_WATER).
+RELAY_BACKLOG_BYTES = 1024 * 1024
+
+
+def _relay_produce(port, exchange, routing_key, count, size, started):
+    sock = socket.create_connection(("127.0.0.1", port))
+    batch_count = max(1, min(BATCH, BATCH * 4096 // size))
+    batch = b"x" * (size * batch_count)
+    started.put(time.monotonic())
+    for _ in range(count // batch_count):
+        sock.sendall(batch)
+    sock.sendall(b"x" * (size * (count % batch_count)))
+    sock.close()
+
+
+def _relay_consume(port, queue, count, ready, finished, size):
+    sock = socket.create_connection(("127.0.0.1", port))
+    ready.put(True)
+    buffer, left = bytearray(READ_BYTES), count * size
+    while left > 0:
+        received = sock.recv_into(buffer)
+        if not received:
+            raise RuntimeError("the relay closed the connection early")
+        left -= received
+    finished.put(time.monotonic())
+    sock.close()
+
+
+def bare_relay(width, count, size):
+    """Deliveries a second through the bare relay, and its CPU seconds."""
+    address, cpu = multiprocessing.Queue(), multiprocessing.Queue()
+    relay = multiprocessing.Process(target=_relay, args=(width, address, cpu))
+    relay.start()
+    rate = run_workload(_relay_consume, _relay_produce, address.get(timeout=60), "", "", [None] * width, count, size,
+                        size)
+    seconds = cpu.get(timeout=60)
+    relay.join()
+    return rate, seconds
+
+
 # Each workload runs on every broker before the next starts, so that the machine's other
 # load of the moment weighs on both sides of a ratio alike. The round trip goes first:
 # after a throughput workload a broker may still be busy (freeing, collecting) while the
@@ -192,14 +297,27 @@ def process_cpu_seconds(pid):
 
 
 def print_cpu(workload, cpu, deliveries):
-    """The CPU a delivery took, per side, and the rate at which they would fill every core."""
-    clients = cpu["clients"] / deliveries
+    """The CPU a delivery took, per side (the clients', and the broker's where this bench
+    can read it), and the rate at which they would fill every core."""
+    (_, clients), *broker = ((side, seconds / deliveries) for side, seconds in cpu.items())
     row = f"{workload} CPU a delivery: clients {clients * 1e6:,.0f} us"
-    if "broker" in cpu:
-        broker = cpu["broker"] / deliveries
-        row += (f", GreenMQ {broker * 1e6:,.0f} us; all {os.cpu_count()} cores busy at about "
-                f"{os.cpu_count() / (clients + broker):,.0f}/s")
+    for side, seconds in broker:
+        row += (f", {side} {seconds * 1e6:,.0f} us; all {os.cpu_count()} cores busy at about "
+                f"{os.cpu_count() / (clients + seconds):,.0f}/s")
     print(row)
+
+
+BARE_RELAY = "bare relay"
+
+
+def print_relay_headroom(results):
+    """For each other broker, how far ahead of it the bare relay was: no broker can be
+    further ahead on this machine."""
+    relay = results[BARE_RELAY]
+    for name, measured in results.items():
+        if name not in ("GreenMQ", BARE_RELAY):
+            print(f"the bare relay over {name[:30]}: " + ", ".join(
+                f"{key} x{relay[key] / measured[key]:.2f}" for key in relay))
 
 
 def main():
@@ -212,6 +330,8 @@ def main():
                         help="body size, e.g. 100, 64KiB, 1MiB (repeatable: one run each; default 100)")
     parser.add_argument("--rpc-calls", type=int, default=3_000)
     parser.add_argument("--only", choices=list(WORKLOADS), action="append", help="run only this workload (repeatable)")
+    parser.add_argument("--bare-relay", action="store_true",
+                        help="also run each throughput workload through a relay that only copies bytes (see above)")
     args = parser.parse_args()
     broker = None
     if args.greenmq_url:
@@ -220,25 +340,35 @@ def main():
         broker = BrokerProcess().start()
         greenmq = f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/%2f"
     urls = {"GreenMQ": greenmq, **{url: url for url in args.url}}
+    names = [*urls, BARE_RELAY] if args.bare_relay else list(urls)
     messages = args.messages
     try:
         for size in args.size or [100]:
             args.size, args.messages = size, messages or messages_for(size)
             print(f"{args.messages:,} x {size:,} B transient messages per workload; {args.rpc_calls:,} raw RPC calls")
-            results = {name: {} for name in urls}
+            results = {name: {} for name in names}
             cpu_rows = []
             for workload in args.only or WORKLOADS:
                 for name, url in urls.items():
                     clients, broker_cpu = clients_cpu_seconds(), broker and process_cpu_seconds(broker.pid)
-                    results[name].update(WORKLOADS[workload](url, args))
+                    measured = WORKLOADS[workload](url, args)
+                    results[name].update(measured)
                     if workload in DELIVERIES:
                         cpu = {"clients": clients_cpu_seconds() - clients}
                         if broker and name == "GreenMQ":
-                            cpu["broker"] = process_cpu_seconds(broker.pid) - broker_cpu
+                            cpu["GreenMQ"] = process_cpu_seconds(broker.pid) - broker_cpu
                         cpu_rows.append((f"{workload} ({name[:30]})", cpu, args.messages * DELIVERIES[workload]))
+                if args.bare_relay and workload in DELIVERIES:
+                    clients = clients_cpu_seconds()
+                    rate, relay_cpu = bare_relay(DELIVERIES[workload], args.messages, args.size)
+                    results[BARE_RELAY].update(dict.fromkeys(measured, rate))
+                    cpu = {"clients": clients_cpu_seconds() - clients - relay_cpu, "the relay": relay_cpu}
+                    cpu_rows.append((f"{workload} ({BARE_RELAY})", cpu, args.messages * DELIVERIES[workload]))
             print_comparison(results)
             for row in cpu_rows:
                 print_cpu(*row)
+            if args.bare_relay:
+                print_relay_headroom(results)
     finally:
         if broker is not None:
             broker.close()

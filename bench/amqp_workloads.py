@@ -264,7 +264,10 @@ def print_comparison(results):
     for key in results["GreenMQ"]:
         row = f"{key:26}"
         for name in names:
-            value = results[name][key]
+            value = results[name].get(key)
+            if value is None:       # not measured there (the bare relay's round trip)
+                row += f"{'-':>42}"
+                continue
             ratio = "" if name == "GreenMQ" else f" (GreenMQ x{_better(key, results['GreenMQ'][key], value):.2f})"
             row += f"{value:>26,.0f}{ratio:>16}"
         print(row)
