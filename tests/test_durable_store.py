@@ -1,6 +1,8 @@
 """The durable store's contract, held by both implementations, and the core's use of it:
 confirms that wait for commits, and a requeue whose cost does not grow with depth."""
 
+import ctypes
+import gc
 import os
 import sqlite3
 import subprocess
@@ -233,12 +235,54 @@ def test_a_commit_of_hundreds_of_messages_and_removals_writes_each_row_once(tmp_
     assert rows_after_stop(store, "messages") == 4
 
 
+def sqlite_memory_used():
+    """Bytes SQLite has allocated in this process (its own counter), or a skip where the
+    library's functions cannot be reached."""
+    import _sqlite3
+    try:
+        memory_used = ctypes.CDLL(_sqlite3.__file__).sqlite3_memory_used
+    except (OSError, AttributeError):
+        pytest.skip("SQLite's sqlite3_memory_used is not reachable from this Python")
+    memory_used.restype = ctypes.c_int64
+    return memory_used()
+
+
+def test_a_commit_keeps_none_of_its_bodies(tmp_path):
+    """Once written, the bodies leave the budget's count, so nothing of the store may hold
+    them: not the batch, not the writer thread, and not SQLite's prepared statements, which
+    keep their last parameters until they run again."""
+    store = SqliteStore(str(tmp_path))
+    queue = FakeQueue("/", "q")
+    store.put_queue("/", "q", False, {})
+    assert committed(store) == [True]
+    before = sqlite_memory_used()
+    bodies = [bytes([number]) * 2**20 for number in range(40)]
+    references = [sys.getrefcount(body) for body in bodies]
+    for body in bodies:
+        store.add_message(persistent(body), [queue])
+    del body        # the loop's own reference
+    assert committed(store) == [True]
+    gc.collect()
+    assert [sys.getrefcount(body) for body in bodies] == references
+    assert sqlite_memory_used() - before < 8 * 2**20       # 40 MiB of bodies went through it
+    store.close()
+
+
 def test_the_writer_thread_runs_calls_off_the_hub_and_raises_their_errors():
     writer = WriterThread()
     assert writer.run(threading.get_ident) != threading.get_ident()
     assert writer.run(divmod, 7, 2) == (3, 1)
     with pytest.raises(ZeroDivisionError):
         writer.run(divmod, 1, 0)
+    writer.stop()
+
+
+def test_the_writer_thread_keeps_nothing_of_a_call_once_it_returns():
+    writer = WriterThread()
+    argument, result = bytearray(1), bytearray(1)
+    references = sys.getrefcount(argument), sys.getrefcount(result)
+    assert writer.run(lambda given: result, argument) is result
+    assert (sys.getrefcount(argument), sys.getrefcount(result)) == references
     writer.stop()
 
 

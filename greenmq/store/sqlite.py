@@ -167,10 +167,20 @@ _POLICIES_TABLE = """CREATE TABLE IF NOT EXISTS policies (vhost TEXT, kind TEXT,
 # SQLite's limit of 32,766.
 MAX_ROWS_PER_STATEMENT = 256
 _INSERT_MESSAGES = ("INSERT INTO messages VALUES ", "(?, ?, ?, ?, ?, ?, ?)", "")
+BODY_COLUMN = 5
 _INSERT_PLACES = ("INSERT INTO queue_messages (queue_id, seq, redelivered, priority, expires_at) VALUES ",
                   "(?, ?, 0, ?, ?)", "")
 _DELETE_PLACES = ("DELETE FROM queue_messages WHERE queue_id = ? AND seq IN (", "?", ")")
 _DELETE_MESSAGES = ("DELETE FROM messages WHERE seq IN (", "?", ")")
+
+# A prepared statement keeps a copy of its last parameters until it runs again (Python's
+# sqlite3 resets a statement after use, and a reset leaves its bindings), and its cache
+# keeps one prepared statement per text: 128 rows of 1 MiB bodies stayed 128 MiB of SQLite's
+# memory, counted nowhere, long after their commit (a backlog of 1 MiB bodies held 550 MiB
+# RSS against a 256 MiB limit). A body this large goes one row to a statement, so what the
+# statements keep is one such body and rows of smaller ones (at most 511 x 16 KiB).
+BIG_BODY_BYTES = 16 * 1024
+
 # A message no queue's place holds any more; each place is looked up by its primary key
 # (queue_id, seq), one per queue, rather than by scanning the places.
 _UNHELD = ("NOT EXISTS (SELECT 1 FROM queue_messages q WHERE q.queue_id IN (SELECT id FROM queues) "
@@ -213,7 +223,12 @@ class _Batch:
         """(sql, parameters) in the order they must run."""
         statements = []
         if self.new_messages:
-            statements += _rows_at_once(_INSERT_MESSAGES, [pending[0] for pending in self.new_messages.values()])
+            rows, big_rows = [], []
+            for pending in self.new_messages.values():
+                row = pending[0]
+                (big_rows if len(row[BODY_COLUMN]) >= BIG_BODY_BYTES else rows).append(row)
+            statements += _rows_at_once(_INSERT_MESSAGES, rows)
+            statements += _rows_at_once(_INSERT_MESSAGES, big_rows, most=1)
             statements += _rows_at_once(_INSERT_PLACES, [
                 (queue_id, seq, *places[queue_id]) if places else (queue_id, seq, 0, None)
                 for seq, (_, queue_ids, places, _) in self.new_messages.items() for queue_id in queue_ids])
@@ -714,6 +729,9 @@ class SqliteStore(Store):
             batch.callbacks = {}
             if not self._batch:
                 self._idle.set()
+            # Not kept while the next batch fills: a written batch holds its bodies (a batch of
+            # 1 MiB messages kept 56 MiB, counted nowhere, until the next commit).
+            batch = None
 
     def _write(self, statements, sync):
         """In the writer thread: `statements` as one transaction. Returns None, or why it failed."""
@@ -838,11 +856,11 @@ def _merged(first, second):
     return first
 
 
-def _rows_at_once(statement, rows, first=()):
-    """(sql, parameters) writing `rows` (tuples) in runs of MAX_ROWS_PER_STATEMENT, then
-    halves, down to 1; `statement` is (start, one row's placeholders, end), and `first`
-    the parameters of `start`."""
-    statements, start, size = [], 0, MAX_ROWS_PER_STATEMENT
+def _rows_at_once(statement, rows, first=(), most=MAX_ROWS_PER_STATEMENT):
+    """(sql, parameters) writing `rows` (tuples) in runs of `most`, then halves, down to 1;
+    `statement` is (start, one row's placeholders, end), and `first` the parameters of
+    `start`."""
+    statements, start, size = [], 0, most
     while start < len(rows):
         while size > len(rows) - start:
             size //= 2

@@ -24,7 +24,7 @@ class WriterThread:
     def run(self, function, *args):
         """`function(*args)` in the thread; the calling greenlet waits, the hub goes on."""
         self._hand_over((function, args))
-        finished, value = self._outcome
+        (finished, value), self._outcome = self._outcome, None
         if not finished:
             raise value
         return value
@@ -55,4 +55,7 @@ class WriterThread:
                 self._outcome = (True, function(*args))
             except BaseException as exc:
                 self._outcome = (False, exc)
+            # Nothing of a call outlives it here: a commit's statements hold its bodies, which
+            # leave the memory budget's count once written.
+            self._call = call = function = args = None
             self._done.send()
