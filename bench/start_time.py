@@ -79,12 +79,14 @@ def build_store(data_dir, count):
         client.close()
     db = sqlite3.connect(os.path.join(data_dir, "greenmq.sqlite3"))
     (seq, *row), = db.execute("SELECT * FROM messages")
-    (queue_id, _, redelivered), = db.execute("SELECT * FROM queue_messages")
+    (queue_id, _, *place), = db.execute("SELECT * FROM queue_messages")
+    insert_message = f"INSERT INTO messages VALUES (?{', ?' * len(row)})"
+    insert_place = f"INSERT INTO queue_messages VALUES (?, ?{', ?' * len(place)})"
     db.execute("BEGIN")
     for start in range(seq + 1, seq + count, BUILD_BATCH):
         keys = range(start, min(start + BUILD_BATCH, seq + count))
-        db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)", ((key, *row) for key in keys))
-        db.executemany("INSERT INTO queue_messages VALUES (?, ?, ?)", ((queue_id, key, redelivered) for key in keys))
+        db.executemany(insert_message, ((key, *row) for key in keys))
+        db.executemany(insert_place, ((queue_id, key, *place) for key in keys))
     db.execute("COMMIT")
     db.close()
 
