@@ -1,6 +1,7 @@
 """The durable store's contract, held by both implementations, and the core's use of it:
 confirms that wait for commits, and a requeue whose cost does not grow with depth."""
 
+import _sqlite3
 import ctypes
 import gc
 import os
@@ -238,7 +239,6 @@ def test_a_commit_of_hundreds_of_messages_and_removals_writes_each_row_once(tmp_
 def sqlite_memory_used():
     """Bytes SQLite has allocated in this process (its own counter), or a skip where the
     library's functions cannot be reached."""
-    import _sqlite3
     try:
         memory_used = ctypes.CDLL(_sqlite3.__file__).sqlite3_memory_used
     except (OSError, AttributeError):
