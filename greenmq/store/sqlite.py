@@ -177,8 +177,14 @@ _DELETE_MESSAGES = ("DELETE FROM messages WHERE seq IN (", "?", ")")
 # sqlite3 resets a statement after use, and a reset leaves its bindings), and its cache
 # keeps one prepared statement per text: 128 rows of 1 MiB bodies stayed 128 MiB of SQLite's
 # memory, counted nowhere, long after their commit (a backlog of 1 MiB bodies held 550 MiB
-# RSS against a 256 MiB limit). A body this large goes one row to a statement, so what the
-# statements keep is one such body and rows of smaller ones (at most 511 x 16 KiB).
+# RSS against a 256 MiB limit). So a statement carries at most STATEMENT_BODY_BYTES of
+# bodies (or one body), and what the texts keep stays under 10 MiB but for the last body
+# larger than that, held by the one-row statement until the next such body. Bodies
+# of BIG_BODY_BYTES or more go in statements of their own, so that one of them does not
+# shorten the statements of a batch of small ones. (One row to each statement cost 16 KiB
+# bodies half their publish rate once the writer thread was the bound, bench/paging.py
+# --size 16384: each statement costs the thread the GIL, as above.)
+STATEMENT_BODY_BYTES = 1024 * 1024
 BIG_BODY_BYTES = 16 * 1024
 
 # A message no queue's place holds any more; each place is looked up by its primary key
@@ -227,8 +233,9 @@ class _Batch:
             for pending in self.new_messages.values():
                 row = pending[0]
                 (big_rows if len(row[BODY_COLUMN]) >= BIG_BODY_BYTES else rows).append(row)
-            statements += _rows_at_once(_INSERT_MESSAGES, rows)
-            statements += _rows_at_once(_INSERT_MESSAGES, big_rows, most=1)
+            for some in (rows, big_rows):
+                if some:
+                    statements += _rows_at_once(_INSERT_MESSAGES, some, most=_rows_a_statement(some))
             statements += _rows_at_once(_INSERT_PLACES, [
                 (queue_id, seq, *places[queue_id]) if places else (queue_id, seq, 0, None)
                 for seq, (_, queue_ids, places, _) in self.new_messages.items() for queue_id in queue_ids])
@@ -867,6 +874,16 @@ def _rows_at_once(statement, rows, first=(), most=MAX_ROWS_PER_STATEMENT):
         statements.append((_rows_sql(*statement, size), [*first, *chain.from_iterable(rows[start:start + size])]))
         start += size
     return statements
+
+
+def _rows_a_statement(rows):
+    """How many of `rows` (messages) one statement may write: MAX_ROWS_PER_STATEMENT, halved
+    until they carry at most STATEMENT_BODY_BYTES of bodies, down to 1."""
+    largest = max(len(row[BODY_COLUMN]) for row in rows)
+    most = MAX_ROWS_PER_STATEMENT
+    while most > 1 and most * largest > STATEMENT_BODY_BYTES:
+        most //= 2
+    return most
 
 
 @functools.lru_cache(maxsize=None)      # four kinds of statement, nine sizes each
