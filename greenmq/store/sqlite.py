@@ -178,14 +178,18 @@ _DELETE_MESSAGES = ("DELETE FROM messages WHERE seq IN (", "?", ")")
 # keeps one prepared statement per text: 128 rows of 1 MiB bodies stayed 128 MiB of SQLite's
 # memory, counted nowhere, long after their commit (a backlog of 1 MiB bodies held 550 MiB
 # RSS against a 256 MiB limit). So a statement carries at most STATEMENT_BODY_BYTES of
-# bodies (or one body), and what the texts keep stays under 10 MiB but for the last body
-# larger than that, held by the one-row statement until the next such body. Bodies
-# of BIG_BODY_BYTES or more go in statements of their own, so that one of them does not
-# shorten the statements of a batch of small ones. (One row to each statement cost 16 KiB
-# bodies half their publish rate once the writer thread was the bound, bench/paging.py
-# --size 16384: each statement costs the thread the GIL, as above.)
+# bodies, or one body, and what the statements keep stays under 10 MiB: the one-row
+# statement, when it carried a larger body (up to the largest message), runs once more with
+# an empty row, deleted at once in the same transaction. Bodies of BIG_BODY_BYTES or more go
+# in statements of their own, so that one of them does not shorten a batch of small ones.
+# (One row to each statement cost 16 KiB bodies half their publish rate once the writer
+# thread was the bound, bench/paging.py --size 16384: each statement costs it the GIL.)
 STATEMENT_BODY_BYTES = 1024 * 1024
 BIG_BODY_BYTES = 16 * 1024
+_EMPTY_ROW_SEQ = -1         # no message's: their keys count up from 1
+_UNBIND_ONE_ROW_INSERT = [
+    ("".join(_INSERT_MESSAGES), (_EMPTY_ROW_SEQ, "", "", None, None, b"", 0)),      # the one-row text
+    ("DELETE FROM messages WHERE seq = ?", (_EMPTY_ROW_SEQ,))]
 
 # A message no queue's place holds any more; each place is looked up by its primary key
 # (queue_id, seq), one per queue, rather than by scanning the places.
@@ -235,7 +239,10 @@ class _Batch:
                 (big_rows if len(row[BODY_COLUMN]) >= BIG_BODY_BYTES else rows).append(row)
             for some in (rows, big_rows):
                 if some:
-                    statements += _rows_at_once(_INSERT_MESSAGES, some, most=_rows_a_statement(some))
+                    largest = max(len(row[BODY_COLUMN]) for row in some)
+                    statements += _rows_at_once(_INSERT_MESSAGES, some, most=_rows_a_statement(largest))
+                    if largest > STATEMENT_BODY_BYTES:
+                        statements += _UNBIND_ONE_ROW_INSERT
             statements += _rows_at_once(_INSERT_PLACES, [
                 (queue_id, seq, *places[queue_id]) if places else (queue_id, seq, 0, None)
                 for seq, (_, queue_ids, places, _) in self.new_messages.items() for queue_id in queue_ids])
@@ -876,10 +883,10 @@ def _rows_at_once(statement, rows, first=(), most=MAX_ROWS_PER_STATEMENT):
     return statements
 
 
-def _rows_a_statement(rows):
-    """How many of `rows` (messages) one statement may write: MAX_ROWS_PER_STATEMENT, halved
-    until they carry at most STATEMENT_BODY_BYTES of bodies, down to 1."""
-    largest = max(len(row[BODY_COLUMN]) for row in rows)
+def _rows_a_statement(largest):
+    """How many messages whose largest body is `largest` bytes one statement may write:
+    MAX_ROWS_PER_STATEMENT, halved until they carry at most STATEMENT_BODY_BYTES of bodies,
+    down to 1."""
     most = MAX_ROWS_PER_STATEMENT
     while most > 1 and most * largest > STATEMENT_BODY_BYTES:
         most //= 2
