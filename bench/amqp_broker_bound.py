@@ -208,13 +208,16 @@ def _relay(width, address, cpu):
             elif waiting[sock]:
                 backlog = backlogs[sock]
                 try:
-                    sent = sock.send(backlog[0])
+                    sent = sock.sendmsg(backlog)       # all it holds, in one writev, as GreenMQ sends
                 except BlockingIOError:
                     continue
                 waiting[sock] -= sent
-                backlog[0] = backlog[0][sent:]
-                if not backlog[0]:
-                    backlog.popleft()
+                while sent >= len(backlog[0]):
+                    sent -= len(backlog.popleft())
+                    if not backlog:
+                        break
+                else:
+                    backlog[0] = backlog[0][sent:]
                 if paused and max(waiting.values()) <= RELAY_BACKLOG_BYTES:
                     paused = False
                     poll.register(producer, selectors.EVENT_READ)
